@@ -1,0 +1,17 @@
+"""loadertop: top for your PyTorch DataLoader."""
+
+from loadertop.core.config import ConfigError, LoaderConfig
+from loadertop.core.engine import Trainer, TrainerState
+from loadertop.core.store import MetricsStore
+from loadertop.core.workload import Workload, WorkloadError
+
+__all__ = [
+    "ConfigError",
+    "LoaderConfig",
+    "MetricsStore",
+    "Trainer",
+    "TrainerState",
+    "Workload",
+    "WorkloadError",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,198 @@
+"""Command line: ``loadertop`` (the monitor), ``loadertop run --headless``; bad input exits 2 with one line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import IO, NoReturn
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """Bad input from the command line: one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line that says where to look."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _int_at_least(minimum: int, what: str):  # noqa: ANN202 - argparse type factory
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{what} must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}") from None
+    if not value >= 0:  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    return value
+
+
+def _switch(text: str) -> tuple[int, int]:
+    step_text, sep, workers_text = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        step, workers = int(step_text), int(workers_text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be STEP:WORKERS (e.g. 100:2), got {text!r}") from None
+    if step < 1 or workers < 0:
+        raise argparse.ArgumentTypeError(f"needs STEP >= 1 and WORKERS >= 0, got {text!r}")
+    return step, workers
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    """The options every mode shares (DESIGN.md's public interface)."""
+    g = parser.add_argument_group("training")
+    g.add_argument("--workers", type=_int_at_least(0, "--workers"), default=0, metavar="N",
+                   help="DataLoader num_workers to start with (default 0)")
+    g.add_argument("--batch-size", type=_int_at_least(1, "--batch-size"), default=32, metavar="N",
+                   help="samples per batch (default 32)")
+    g.add_argument("--epochs", type=_int_at_least(1, "--epochs"), default=5, metavar="N",
+                   help="epochs to train (default 5)")
+    g.add_argument("--device", default="auto", metavar="auto|cpu|cuda",
+                   help="where to train; auto picks CUDA when available (default auto)")
+    g.add_argument("--workload", default=None, metavar="MODULE:CALLABLE",
+                   help="a factory returning loadertop.Workload (default: the built-in image workload)")
+    g.add_argument("--pin-memory", action="store_true", help="DataLoader pin_memory (CUDA only)")
+    g.add_argument("--persistent-workers", action="store_true", help="DataLoader persistent_workers")
+    g.add_argument("--prefetch-factor", type=_int_at_least(1, "--prefetch-factor"), default=None, metavar="N",
+                   help="DataLoader prefetch_factor (batches per worker loaded ahead; needs workers)")
+    g.add_argument("--seed", type=_int_at_least(0, "--seed"), default=0, metavar="N",
+                   help="seeds the data order, the built-in images and the model (default 0)")
+    b = parser.add_argument_group("built-in workload")
+    b.add_argument("--data", default=None, metavar="DIR",
+                   help="folder for the built-in images (generated there once; default ~/.cache/loadertop)")
+    b.add_argument("--io-latency-ms", type=_non_negative_float, default=0.0, metavar="MS",
+                   help="simulated storage latency per sample, as on a network file system (default 0)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``loadertop`` argument parser."""
+    parser = _Parser(
+        prog="loadertop",
+        description="top for your PyTorch DataLoader: train in the background and watch load vs compute time.",
+    )
+    _add_common(parser)
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    run = sub.add_parser("run", help="train with the monitor, or with --headless print progress lines")
+    _add_common(run)
+    h = run.add_argument_group("headless")
+    h.add_argument("--headless", action="store_true", help="no TUI: progress lines on stdout")
+    h.add_argument("--max-batches", type=_int_at_least(1, "--max-batches"), default=None, metavar="N",
+                   help="stop after N batches in all")
+    h.add_argument("--switch", type=_switch, action="append", default=[], metavar="STEP:WORKERS",
+                   help="hot-restart to WORKERS workers once STEP batches have run (repeatable)")
+    h.add_argument("--record", default=None, metavar="FILE.jsonl",
+                   help="write one JSON object per batch (flushed as it goes)")
+    h.add_argument("--progress-interval", type=_non_negative_float, default=5.0, metavar="SECONDS",
+                   help="longest gap between progress lines within an epoch (default 5)")
+    return parser
+
+
+def _fail(message: str, err: IO[str]) -> int:
+    print(f"loadertop: error: {message}", file=err)
+    return EXIT_USAGE
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``loadertop`` command; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    err = sys.stderr
+    try:
+        return _dispatch(args)
+    except UsageError as exc:
+        return _fail(str(exc), err)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    # Imported here so that --help and argument errors answer without loading torch.
+    from loadertop.core.config import ConfigError, LoaderConfig
+    from loadertop.core.engine import Trainer, resolve_device
+    from loadertop.core.headless import run_headless
+    from loadertop.core.workload import WorkloadError, load_workload
+
+    config = LoaderConfig(
+        num_workers=args.workers,
+        batch_size=args.batch_size,
+        pin_memory=args.pin_memory,
+        persistent_workers=args.persistent_workers,
+        prefetch_factor=args.prefetch_factor,
+    )
+    try:
+        config.validate_strict()
+        resolve_device(args.device)
+    except (ConfigError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+
+    switches = dict(getattr(args, "switch", []) or [])
+    if len(switches) != len(getattr(args, "switch", []) or []):
+        raise UsageError("--switch: each STEP may be given once")
+
+    if args.workload is not None:
+        if args.data is not None or args.io_latency_ms:
+            raise UsageError("--data and --io-latency-ms apply to the built-in workload only, not to --workload")
+        try:
+            workload = load_workload(args.workload)
+        except WorkloadError as exc:
+            raise UsageError(str(exc)) from None
+    else:
+        from loadertop.core.builtin import make_workload
+
+        try:
+            workload = make_workload(seed=args.seed, data_dir=args.data, io_latency_ms=args.io_latency_ms)
+        except (OSError, ValueError) as exc:
+            raise UsageError(str(exc)) from None
+
+    record_file = None
+    record_path = getattr(args, "record", None)
+    if record_path:
+        try:
+            record_file = open(record_path, "w", encoding="utf-8")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise UsageError(f"cannot write --record {record_path}: {exc.strerror or exc}") from None
+
+    try:
+        trainer = Trainer(
+            workload,
+            config,
+            epochs=args.epochs,
+            max_batches=getattr(args, "max_batches", None),
+            device=args.device,
+            seed=args.seed,
+        )
+    except (WorkloadError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+
+    if not getattr(args, "headless", False):
+        print("loadertop: the live monitor is not available yet; running headless", file=sys.stderr)
+    try:
+        return run_headless(
+            trainer,
+            switches=switches,
+            record_file=record_file,
+            progress_interval_s=getattr(args, "progress_interval", 5.0),
+        )
+    finally:
+        if record_file is not None:
+            record_file.close()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The headless half of loadertop: engine, metrics and workloads. Never imports textual or rich."""

@@ -1,0 +1,103 @@
+"""Loader configuration: the knobs a hot restart may change, validated with clear messages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A loader setting that cannot work; the message says what to change."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoaderConfig:
+    """The DataLoader settings loadertop varies between (re)starts.
+
+    Attributes:
+        num_workers: worker processes; 0 loads in the training thread itself.
+        batch_size: samples per batch.
+        pin_memory: page-locked host memory for faster host-to-GPU copies (CUDA only).
+        persistent_workers: keep the workers alive across epochs.
+        prefetch_factor: batches loaded in advance by each worker (None: PyTorch's default, 2).
+    """
+
+    num_workers: int = 0
+    batch_size: int = 32
+    pin_memory: bool = False
+    persistent_workers: bool = False
+    prefetch_factor: int | None = None
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first setting that cannot work."""
+        if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int):
+            raise ConfigError(f"num_workers must be an integer >= 0, got {self.num_workers!r}")
+        if self.num_workers < 0:
+            raise ConfigError(f"num_workers must be >= 0, got {self.num_workers}")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int):
+            raise ConfigError(f"batch size must be an integer >= 1, got {self.batch_size!r}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.prefetch_factor is not None and (
+            isinstance(self.prefetch_factor, bool)
+            or not isinstance(self.prefetch_factor, int)
+            or self.prefetch_factor < 1
+        ):
+            raise ConfigError(f"prefetch factor must be an integer >= 1, got {self.prefetch_factor!r}")
+
+    def validate_strict(self) -> None:
+        """Like validate, and also refuse settings that only apply with workers.
+
+        Used for what the user typed: PyTorch rejects prefetch_factor and
+        persistent_workers when num_workers is 0, and so do we, in words.
+        """
+        self.validate()
+        if self.num_workers == 0 and self.prefetch_factor is not None:
+            raise ConfigError("--prefetch-factor needs --workers 1 or more (with 0 workers nothing is prefetched)")
+        if self.num_workers == 0 and self.persistent_workers:
+            raise ConfigError("--persistent-workers needs --workers 1 or more (with 0 workers there are none to keep)")
+
+    def with_workers(self, num_workers: int) -> LoaderConfig:
+        """A copy with another worker count."""
+        return replace(self, num_workers=num_workers)
+
+    def loader_kwargs(self, *, pin_memory_allowed: bool) -> dict[str, Any]:
+        """Keyword arguments for torch.utils.data.DataLoader.
+
+        Settings that only apply with workers are dropped at 0 workers, so that a
+        hot restart to 0 workers keeps working whatever else was chosen.
+        """
+        kwargs: dict[str, Any] = {
+            "num_workers": self.num_workers,
+            "batch_size": self.batch_size,
+            "pin_memory": self.pin_memory and pin_memory_allowed,
+        }
+        if self.num_workers > 0:
+            kwargs["persistent_workers"] = self.persistent_workers
+            if self.prefetch_factor is not None:
+                kwargs["prefetch_factor"] = self.prefetch_factor
+        return kwargs
+
+    @property
+    def key(self) -> str:
+        """A short, stable label naming this configuration, e.g. ``w2 b32``."""
+        parts = [f"w{self.num_workers}", f"b{self.batch_size}"]
+        if self.pin_memory:
+            parts.append("pin")
+        if self.persistent_workers and self.num_workers > 0:
+            parts.append("persist")
+        if self.prefetch_factor is not None and self.num_workers > 0:
+            parts.append(f"pf{self.prefetch_factor}")
+        return " ".join(parts)
+
+    def describe(self) -> str:
+        """A readable one-line description, e.g. ``2 workers, batch 32``."""
+        workers = "1 worker" if self.num_workers == 1 else f"{self.num_workers} workers"
+        parts = [workers, f"batch {self.batch_size}"]
+        if self.pin_memory:
+            parts.append("pin_memory")
+        if self.persistent_workers and self.num_workers > 0:
+            parts.append("persistent")
+        if self.prefetch_factor is not None and self.num_workers > 0:
+            parts.append(f"prefetch {self.prefetch_factor}")
+        return ", ".join(parts)

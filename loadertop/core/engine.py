@@ -1,0 +1,547 @@
+"""The trainer: trains a workload in a background thread and hot-restarts its DataLoader on request."""
+
+from __future__ import annotations
+
+import enum
+import math
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from loadertop.core.config import LoaderConfig
+from loadertop.core.records import BatchRecord, StartEvent
+from loadertop.core.sampler import ResumableSampler
+from loadertop.core.store import MetricsStore
+from loadertop.core.workload import IndexedDataset, SampleError, Workload, sample_index_of
+
+
+class TrainerState(enum.Enum):
+    """Where the trainer is; shown in the header."""
+
+    IDLE = "idle"
+    STARTING = "starting"
+    RUNNING = "running"
+    PAUSED = "paused"
+    RESTARTING = "restarting"
+    STOPPING = "stopping"
+    FINISHED = "finished"
+    STOPPED = "stopped"
+    ERROR = "error"
+
+    @property
+    def is_done(self) -> bool:
+        """True once the training thread has ended."""
+        return self in (TrainerState.FINISHED, TrainerState.STOPPED, TrainerState.ERROR)
+
+
+@dataclass(frozen=True, slots=True)
+class TrainerError:
+    """Why a run failed.
+
+    Attributes:
+        kind: ``"dataset"`` (the dataset raised), ``"worker"`` (a worker process died),
+            ``"step"`` (the model, loss or optimizer raised) or ``"setup"``.
+        message: one line for the user.
+        sample_index: the failing sample, for dataset errors.
+        step: batches done when it failed.
+        detail: the full traceback text (for a worker, the worker's own traceback).
+    """
+
+    kind: str
+    message: str
+    sample_index: int | None
+    step: int
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class TrainerStatus:
+    """A frozen view of the trainer's progress for displays."""
+
+    state: TrainerState
+    config: LoaderConfig
+    pending: LoaderConfig | None
+    device: str
+    epoch: int
+    epochs: int
+    batch_in_epoch: int
+    batches_per_epoch: int
+    step: int
+    max_batches: int | None
+    elapsed_s: float
+    worker_pids: tuple[int, ...]
+    error: TrainerError | None
+
+
+def resolve_device(device: str) -> torch.device:
+    """Map ``auto|cpu|cuda[:N]`` to a torch device; ``auto`` picks CUDA when available.
+
+    Raises:
+        ValueError: for an unknown name or CUDA asked for where there is none.
+    """
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":
+        return torch.device("cpu")
+    if device == "cuda" or device.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda: PyTorch sees no CUDA GPU here; use --device cpu or auto")
+        return torch.device(device)
+    raise ValueError(f"--device must be auto, cpu or cuda, got {device!r}")
+
+
+def _ignore_sigint_in_worker(worker_id: int) -> None:
+    """Workers leave Ctrl+C to the main process, which shuts them down in order."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _shutdown_iterator(iterator: Any) -> None:
+    """Stop a DataLoader iterator's worker processes now, not whenever it is collected."""
+    shutdown = getattr(iterator, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+
+
+class _Stop(Exception):
+    """Internal: leave the loop because a stop was requested."""
+
+
+class Trainer:
+    """Trains ``workload`` in a background thread; every batch goes to ``store``.
+
+    Commands (``pause``, ``resume``, ``restart``, ``stop``) may come from any
+    thread and take effect at the next batch boundary. Restart requests do not
+    queue: the last one wins.
+
+    Args:
+        workload: what to train.
+        config: the first loader configuration.
+        epochs: epochs to train before finishing.
+        max_batches: stop after this many batches in all (None: no limit).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        seed: seeds the epoch order and the model's randomness.
+        store: where records go (a new MetricsStore by default).
+        on_record: called in the training thread after each batch, with the record;
+            keep it cheap. It may call ``restart`` to switch at an exact step.
+    """
+
+    def __init__(
+        self,
+        workload: Workload,
+        config: LoaderConfig,
+        *,
+        epochs: int = 5,
+        max_batches: int | None = None,
+        device: str = "auto",
+        seed: int = 0,
+        store: MetricsStore | None = None,
+        on_record: Callable[[BatchRecord], None] | None = None,
+    ) -> None:
+        config.validate()
+        workload.validate()
+        if epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {epochs}")
+        if max_batches is not None and max_batches < 1:
+            raise ValueError(f"max batches must be >= 1, got {max_batches}")
+        self.workload = workload
+        self.device = resolve_device(device)
+        self.seed = seed
+        self.epochs = epochs
+        self.max_batches = max_batches
+        self.store = store if store is not None else MetricsStore()
+        self.on_record = on_record
+
+        self._dataset = IndexedDataset(workload.dataset)
+        self._num_samples = len(self._dataset)
+        self._sampler = ResumableSampler(self._num_samples, seed=seed)
+        self._optimizer: torch.optim.Optimizer | None = None
+
+        self._lock = threading.Condition()
+        self._config = config
+        self._pending: LoaderConfig | None = None
+        self._pending_since = 0.0
+        self._stop_requested = False
+        self._paused = False
+        self._state = TrainerState.IDLE
+        self._error: TrainerError | None = None
+        self._thread: threading.Thread | None = None
+        self._worker_pids: tuple[int, ...] = ()
+        self._starts = 0
+
+        # Progress, written by the training thread only.
+        self._epoch = 0  # 0-based
+        self._position = 0  # samples of the current epoch consumed
+        self._batch_in_epoch = 0
+        self._step = 0
+        self._t_start = 0.0
+
+    # ----------------------------------------------------------------- commands
+
+    def start(self) -> None:
+        """Start the training thread (once)."""
+        with self._lock:
+            if self._thread is not None:
+                raise RuntimeError("the trainer was already started")
+            self._state = TrainerState.STARTING
+            self._t_start = time.perf_counter()
+            self._thread = threading.Thread(target=self._run, name="loadertop-trainer", daemon=True)
+        self._thread.start()
+
+    def restart(self, config: LoaderConfig) -> None:
+        """Hot-restart with ``config`` at the next batch boundary (the last request wins)."""
+        config.validate()
+        with self._lock:
+            if self._state.is_done:
+                raise RuntimeError(f"the run has {self._state.value}; start a new trainer")
+            if self._pending is None:
+                self._pending_since = time.perf_counter()
+            self._pending = config
+            self._lock.notify_all()
+
+    def pause(self) -> None:
+        """Pause at the next batch boundary."""
+        with self._lock:
+            self._paused = True
+            self._lock.notify_all()
+
+    def resume(self) -> None:
+        """Resume after ``pause``."""
+        with self._lock:
+            self._paused = False
+            self._lock.notify_all()
+
+    def stop(self) -> None:
+        """Ask the training thread to stop at the next batch boundary; see ``join``."""
+        with self._lock:
+            self._stop_requested = True
+            self._lock.notify_all()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the training thread to end; True when it has."""
+        thread = self._thread
+        if thread is None:
+            return True
+        thread.join(timeout)
+        return not thread.is_alive()
+
+    def close(self, timeout: float = 10.0) -> bool:
+        """Stop and wait; True when the thread (and so every worker) is gone."""
+        self.stop()
+        return self.join(timeout)
+
+    # ------------------------------------------------------------------ queries
+
+    @property
+    def state(self) -> TrainerState:
+        """The current state."""
+        return self._state
+
+    @property
+    def error(self) -> TrainerError | None:
+        """Why the run failed, once it has."""
+        return self._error
+
+    @property
+    def config(self) -> LoaderConfig:
+        """The running loader configuration."""
+        return self._config
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """Batches in a full epoch at the running batch size."""
+        return math.ceil(self._num_samples / self._config.batch_size)
+
+    def status(self) -> TrainerStatus:
+        """A frozen view of progress, for displays."""
+        with self._lock:
+            return TrainerStatus(
+                state=self._state,
+                config=self._config,
+                pending=self._pending,
+                device=str(self.device),
+                epoch=min(self._epoch + 1, self.epochs),
+                epochs=self.epochs,
+                batch_in_epoch=self._batch_in_epoch,
+                batches_per_epoch=self.batches_per_epoch,
+                step=self._step,
+                max_batches=self.max_batches,
+                elapsed_s=(time.perf_counter() - self._t_start) if self._t_start else 0.0,
+                worker_pids=self._worker_pids,
+                error=self._error,
+            )
+
+    def worker_pids(self) -> tuple[int, ...]:
+        """Pids of the running loader's worker processes."""
+        return self._worker_pids
+
+    # --------------------------------------------------------------- the thread
+
+    def _set_state(self, state: TrainerState) -> None:
+        with self._lock:
+            self._state = state
+
+    def _run(self) -> None:
+        final = TrainerState.FINISHED
+        try:
+            self._prepare()
+            self._loop()
+        except _Stop:
+            final = TrainerState.STOPPED
+        except BaseException as exc:  # noqa: BLE001 - a training thread must never die silently
+            final = TrainerState.ERROR
+            self._error = self._describe_error(exc)
+        finally:
+            with self._lock:
+                self._worker_pids = ()
+                if self._stop_requested and final is TrainerState.ERROR and self._error is not None:
+                    # A worker that died because we were stopping is not the user's error.
+                    if self._error.kind == "worker":
+                        final, self._error = TrainerState.STOPPED, None
+                self._state = final
+                self._lock.notify_all()
+
+    def _prepare(self) -> None:
+        torch.manual_seed(self.seed)
+        model = self.workload.model.to(self.device)
+        optimizer = self.workload.optimizer
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            optimizer = optimizer(model.parameters())
+            if not isinstance(optimizer, torch.optim.Optimizer):
+                raise TypeError(
+                    f"the workload's optimizer factory returned {type(optimizer).__name__}, "
+                    "expected a torch.optim.Optimizer"
+                )
+        self._optimizer = optimizer
+
+    def _make_loader(self, config: LoaderConfig) -> DataLoader[Any]:
+        kwargs = config.loader_kwargs(pin_memory_allowed=self.device.type == "cuda")
+        generator = torch.Generator()
+        generator.manual_seed(self.seed * 7919 + self._starts)
+        return DataLoader(
+            self._dataset,
+            sampler=self._sampler,
+            collate_fn=self.workload.collate_fn,
+            worker_init_fn=_ignore_sigint_in_worker if config.num_workers > 0 else None,
+            generator=generator,
+            drop_last=False,
+            **kwargs,
+        )
+
+    def _finished(self) -> bool:
+        if self.max_batches is not None and self._step >= self.max_batches:
+            return True
+        return self._epoch >= self.epochs
+
+    def _take_command(self) -> LoaderConfig | None:
+        """At a batch boundary: wait while paused, raise _Stop, or return a pending restart."""
+        with self._lock:
+            while True:
+                if self._stop_requested:
+                    raise _Stop
+                if self._pending is not None:
+                    config, self._pending = self._pending, None
+                    return config
+                if not self._paused:
+                    if self._state is TrainerState.PAUSED:
+                        self._state = TrainerState.RUNNING
+                    return None
+                self._state = TrainerState.PAUSED
+                self._lock.wait()
+
+    def _loop(self) -> None:
+        config = self._config
+        loader: DataLoader[Any] | None = None
+        iterator: Any = None
+        reason = "start"
+        requested_at = self._t_start
+        try:
+            while not self._finished():
+                if loader is None:
+                    loader = self._make_loader(config)
+                self._sampler.set_position(self._epoch, self._position)
+                self._starts += 1
+                t_iter = time.perf_counter()
+                iterator = iter(loader)
+                with self._lock:
+                    self._worker_pids = tuple(p.pid for p in getattr(iterator, "_workers", ()) if p.pid)
+                outcome, next_config = self._consume(iterator, config, reason, t_iter, requested_at)
+                if outcome == "epoch_end":
+                    self._epoch += 1
+                    self._position = 0
+                    self._batch_in_epoch = 0
+                    reason, requested_at = "epoch", time.perf_counter()
+                    if not config.persistent_workers:
+                        _shutdown_iterator(iterator)
+                        iterator = None
+                    continue
+                if outcome == "max_batches":
+                    break
+                # A hot restart: shut the old workers down, build a loader for the new config.
+                assert next_config is not None
+                self._set_state(TrainerState.RESTARTING)
+                requested_at = self._pending_since
+                _shutdown_iterator(iterator)
+                iterator = None
+                loader = None
+                with self._lock:
+                    self._config = config = next_config
+                    self._worker_pids = ()
+                reason = "restart"
+        finally:
+            if iterator is not None:
+                _shutdown_iterator(iterator)
+            if loader is not None and getattr(loader, "_iterator", None) is not None:
+                _shutdown_iterator(loader._iterator)
+
+    def _consume(
+        self,
+        iterator: Any,
+        config: LoaderConfig,
+        reason: str,
+        t_iter: float,
+        requested_at: float,
+    ) -> tuple[str, LoaderConfig | None]:
+        """Train on batches until the epoch ends, a restart is asked or max_batches is reached.
+
+        Returns:
+            ``("epoch_end", None)``, ``("restart", new_config)`` or ``("max_batches", None)``.
+        """
+        first = True
+        while True:
+            if not first:
+                pending = self._take_command()
+                if pending is not None:
+                    return "restart", pending
+            else:
+                # A restart asked while the loader was starting is honoured after its first batch.
+                with self._lock:
+                    if self._stop_requested:
+                        raise _Stop
+            t0 = time.perf_counter()
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return "epoch_end", None
+            t1 = time.perf_counter()
+            loss, accuracy, samples = self._train_step(batch)
+            t2 = time.perf_counter()
+
+            if first:
+                event = StartEvent(
+                    reason=reason,
+                    config=config,
+                    after_step=self._step,
+                    epoch=self._epoch + 1,
+                    position=self._position,
+                    startup_s=t1 - t_iter,
+                    latency_s=t1 - requested_at,
+                    worker_pids=self._worker_pids,
+                )
+                self.store.add_start(event)
+                with self._lock:
+                    if self._state in (TrainerState.STARTING, TrainerState.RESTARTING):
+                        self._state = TrainerState.RUNNING
+
+            self._position += samples
+            self._batch_in_epoch += 1
+            self._step += 1
+            record = BatchRecord(
+                step=self._step,
+                epoch=self._epoch + 1,
+                batch_in_epoch=self._batch_in_epoch,
+                config_key=config.key,
+                num_workers=config.num_workers,
+                batch_size=config.batch_size,
+                samples=samples,
+                load_s=t1 - t0,
+                compute_s=t2 - t1,
+                loss=loss,
+                accuracy=accuracy,
+                time=time.time(),
+                elapsed_s=t2 - self._t_start,
+                warmup=first,
+            )
+            self.store.add(record, config)
+            if self.on_record is not None:
+                self.on_record(record)
+            first = False
+            if self.max_batches is not None and self._step >= self.max_batches:
+                return "max_batches", None
+
+    def _train_step(self, batch: Any) -> tuple[float, float | None, int]:
+        """Forward, backward and optimizer step; synchronised so the clock includes GPU work."""
+        if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+            raise TypeError(
+                f"a batch must be (inputs, targets), got {type(batch).__name__}"
+                + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else "")
+            )
+        inputs, targets = batch
+        non_blocking = self._config.pin_memory and self.device.type == "cuda"
+        inputs = _to_device(inputs, self.device, non_blocking)
+        targets = _to_device(targets, self.device, non_blocking)
+        model = self.workload.model
+        optimizer = self._optimizer
+        assert optimizer is not None
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        output = model(inputs)
+        loss = self.workload.loss_fn(output, targets)
+        loss.backward()
+        optimizer.step()
+        accuracy: torch.Tensor | None = None
+        if (
+            isinstance(output, torch.Tensor)
+            and isinstance(targets, torch.Tensor)
+            and output.ndim == 2
+            and targets.ndim == 1
+            and not targets.is_floating_point()
+        ):
+            with torch.no_grad():
+                accuracy = (output.argmax(dim=1) == targets).float().mean()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        samples = _batch_len(targets if isinstance(targets, torch.Tensor) else inputs)
+        return float(loss.item()), (float(accuracy.item()) if accuracy is not None else None), samples
+
+    def _describe_error(self, exc: BaseException) -> TrainerError:
+        detail = "".join(traceback.format_exception(exc))
+        text = str(exc)
+        if isinstance(exc, SampleError) or sample_index_of(text) is not None:
+            index = sample_index_of(text)
+            # A worker re-raise carries the worker's traceback; the last line is the original error.
+            original = text.strip().splitlines()[-1] if text.strip() else type(exc).__name__
+            original = original.split("SampleError: ", 1)[-1]
+            return TrainerError("dataset", original, index, self._step, detail)
+        if isinstance(exc, RuntimeError) and "DataLoader worker" in text and "exited unexpectedly" in text:
+            return TrainerError("worker", text.splitlines()[0], None, self._step, detail)
+        kind = "setup" if self._step == 0 and self._optimizer is None else "step"
+        first_line = text.splitlines()[0] if text else ""
+        return TrainerError(kind, f"{type(exc).__name__}: {first_line}".rstrip(": "), None, self._step, detail)
+
+
+def _to_device(value: Any, device: torch.device, non_blocking: bool) -> Any:
+    """Move tensors (also inside tuples, lists and dicts) to ``device``."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device, non_blocking=non_blocking)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_to_device(v, device, non_blocking) for v in value)
+    if isinstance(value, dict):
+        return {k: _to_device(v, device, non_blocking) for k, v in value.items()}
+    return value
+
+
+def _batch_len(value: Any) -> int:
+    if isinstance(value, torch.Tensor):
+        return int(value.shape[0]) if value.ndim else 1
+    if isinstance(value, (tuple, list)) and value:
+        return _batch_len(value[0])
+    if isinstance(value, dict) and value:
+        return _batch_len(next(iter(value.values())))
+    return 1

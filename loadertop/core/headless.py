@@ -1,0 +1,284 @@
+"""Headless runs: progress lines on stdout, scheduled hot restarts, a JSONL record and a summary table."""
+
+from __future__ import annotations
+
+import json
+import math
+import queue
+import signal
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import FrameType
+from typing import IO, Any
+
+from loadertop.core.engine import Trainer, TrainerState
+from loadertop.core.procs import reap_children
+from loadertop.core.records import BatchRecord
+from loadertop.core.store import ConfigSummary
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+
+
+class _Interrupted(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@dataclass
+class _Window:
+    """Running sums over the batches since the last progress line (warm-ups excluded)."""
+
+    batches: int = 0
+    samples: int = 0
+    load_s: float = 0.0
+    compute_s: float = 0.0
+    loss: float = 0.0
+    correct: float = 0.0
+    acc_samples: int = 0
+
+    def add(self, record: BatchRecord) -> None:
+        self.loss += record.loss * record.samples
+        if record.accuracy is not None:
+            self.correct += record.accuracy * record.samples
+            self.acc_samples += record.samples
+        if not record.warmup:
+            self.batches += 1
+            self.samples += record.samples
+            self.load_s += record.load_s
+            self.compute_s += record.compute_s
+
+    def describe(self, all_samples: int) -> str:
+        parts = []
+        if self.batches:
+            parts.append(f"load {self.load_s / self.batches * 1000:7.1f} ms")
+            parts.append(f"compute {self.compute_s / self.batches * 1000:6.1f} ms")
+            total = self.load_s + self.compute_s
+            parts.append(f"{self.samples / total:7.0f} samples/s" if total > 0 else "")
+        if all_samples:
+            parts.append(f"loss {self.loss / all_samples:.3f}")
+        if self.acc_samples:
+            parts.append(f"acc {self.correct / self.acc_samples:.3f}")
+        return "  ".join(p for p in parts if p)
+
+
+def format_table(summaries: tuple[ConfigSummary, ...]) -> str:
+    """The per-configuration comparison as a plain-text table, fastest row marked with ``*``."""
+    header = ("", "config", "batches", "load ms", "load p95", "compute ms", "iter ms", "samples/s", "start-up ms")
+    best = max(
+        (s for s in summaries if s.batches and not math.isnan(s.samples_per_s)),
+        key=lambda s: s.samples_per_s,
+        default=None,
+    )
+
+    def num(value: float, digits: int = 1) -> str:
+        return "-" if math.isnan(value) else f"{value:.{digits}f}"
+
+    rows = [header]
+    for s in summaries:
+        rows.append(
+            (
+                "*" if s is best else "",
+                s.key,
+                str(s.batches),
+                num(s.load_ms_mean),
+                num(s.load_ms_p95),
+                num(s.compute_ms_mean),
+                num(s.iter_ms_mean),
+                num(s.samples_per_s, 0),
+                num(s.startup_ms, 0),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = []
+    for row in rows:
+        cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1])]
+        cells += [cell.rjust(w) for cell, w in zip(row[2:], widths[2:], strict=True)]
+        lines.append("  ".join(cells).rstrip())
+    if best is not None:
+        lines.append("* fastest (most samples/s); warm-up batches after each (re)start excluded")
+    return "\n".join(lines)
+
+
+def run_headless(
+    trainer: Trainer,
+    *,
+    switches: Mapping[int, int] | None = None,
+    record_file: IO[str] | None = None,
+    progress_interval_s: float = 5.0,
+    out: IO[str] | None = None,
+    err: IO[str] | None = None,
+) -> int:
+    """Run ``trainer`` to the end, printing progress; return the process exit code.
+
+    Args:
+        trainer: a trainer not yet started; its ``on_record`` is taken over.
+        switches: ``{step: workers}``: hot-restart to ``workers`` once ``step`` batches have run.
+        record_file: an open text file receiving one JSON object per batch, flushed per batch.
+        progress_interval_s: the longest gap between progress lines within an epoch.
+        out: where progress goes (stdout by default); errors go to ``err`` (stderr).
+
+    Returns:
+        0 when training finished, 1 when it failed, 128 + signal number when interrupted.
+    """
+    out = out or sys.stdout
+    err = err or sys.stderr
+    pending_switches = dict(switches or {})
+    records: queue.SimpleQueue[BatchRecord] = queue.SimpleQueue()
+
+    def on_record(record: BatchRecord) -> None:
+        if record_file is not None:
+            record_file.write(json.dumps(record.to_json()) + "\n")
+            record_file.flush()
+        workers = pending_switches.pop(record.step, None)
+        if workers is not None:
+            trainer.restart(trainer.config.with_workers(workers))
+        records.put(record)
+
+    trainer.on_record = on_record
+    status = trainer.status()
+    total = trainer.max_batches or status.batches_per_epoch * trainer.epochs
+    print(f"loadertop: {trainer.workload.name}", file=out)
+    for note in trainer.workload.notes:
+        print(f"  note: {note}", file=out)
+    limit = f", at most {trainer.max_batches} batches" if trainer.max_batches else ""
+    print(
+        f"  device {status.device} | {status.config.describe()} | {trainer.epochs} epochs "
+        f"of {status.batches_per_epoch} batches{limit} ({total} batches)",
+        file=out,
+        flush=True,
+    )
+
+    interrupted: int | None = None
+    previous = _install_signal_handlers()
+    try:
+        try:
+            trainer.start()
+            _follow(trainer, records, progress_interval_s, out)
+        except _Interrupted as exc:
+            interrupted = exc.signum
+            print(f"\ninterrupted ({signal.Signals(exc.signum).name}): stopping at the next batch "
+                  "and shutting the workers down", file=err, flush=True)
+            trainer.stop()
+            try:
+                _follow(trainer, records, progress_interval_s, out)
+            except _Interrupted:
+                pass  # asked twice: skip the remaining progress, still shut down below
+    finally:
+        _restore_signal_handlers(previous)
+        trainer.stop()
+        if not trainer.join(15.0):
+            print("loadertop: the training thread did not stop within 15 s", file=err)
+        leftover = reap_children()
+        if leftover:
+            print(f"loadertop: terminated left-over worker processes {leftover}", file=err)
+
+    summaries = trainer.store.summaries()
+    if summaries:
+        print("\n" + format_table(summaries), file=out)
+    for step in sorted(pending_switches):
+        print(f"note: --switch {step}:{pending_switches[step]} was not reached", file=out)
+    out.flush()
+
+    if interrupted is not None:
+        return 128 + interrupted
+    error = trainer.error
+    if trainer.state is TrainerState.ERROR and error is not None:
+        where = f" (sample index {error.sample_index})" if error.sample_index is not None else ""
+        print(f"loadertop: run failed at step {error.step + 1}{where}: {error.message}", file=err)
+        if error.detail:
+            print("details:\n" + _indent(error.detail.rstrip()), file=err)
+        err.flush()
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _follow(trainer: Trainer, records: queue.SimpleQueue[BatchRecord], interval_s: float, out: IO[str]) -> None:
+    """Print progress until the training thread ends."""
+    window = _Window()
+    window_samples = 0
+    epoch_window = _Window()
+    epoch_samples = 0
+    last_line = time.monotonic()
+    starts_seen = 0
+    current_epoch = 1
+    while True:
+        done = trainer.join(0.1)
+        drained = []
+        while True:
+            try:
+                drained.append(records.get_nowait())
+            except queue.Empty:
+                break
+        snapshot_starts = trainer.store.starts()
+        for event in snapshot_starts[starts_seen:]:
+            if event.reason == "restart":
+                print(
+                    f"step {event.after_step}: hot restart to {event.config.describe()} "
+                    f"(start-up {event.startup_s * 1000:.0f} ms, epoch {event.epoch} "
+                    f"continues at sample {event.position})",
+                    file=out,
+                )
+        starts_seen = len(snapshot_starts)
+        for record in drained:
+            if record.epoch != current_epoch:
+                _epoch_line(trainer, current_epoch, epoch_window, epoch_samples, out)
+                epoch_window, epoch_samples = _Window(), 0
+                window, window_samples = _Window(), 0
+                last_line = time.monotonic()
+                current_epoch = record.epoch
+            window.add(record)
+            window_samples += record.samples
+            epoch_window.add(record)
+            epoch_samples += record.samples
+        now = time.monotonic()
+        if drained and now - last_line >= interval_s and window_samples:
+            status = trainer.status()
+            print(
+                f"  epoch {current_epoch}/{trainer.epochs} batch {status.batch_in_epoch:>4}/"
+                f"{status.batches_per_epoch}  step {status.step:>6}  w{status.config.num_workers}  "
+                + window.describe(window_samples),
+                file=out,
+                flush=True,
+            )
+            window, window_samples = _Window(), 0
+            last_line = now
+        if done:
+            if epoch_samples:
+                _epoch_line(trainer, current_epoch, epoch_window, epoch_samples, out)
+            out.flush()
+            return
+
+
+def _epoch_line(trainer: Trainer, epoch: int, window: _Window, samples: int, out: IO[str]) -> None:
+    print(f"epoch {epoch}/{trainer.epochs}  " + window.describe(samples), file=out, flush=True)
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  " + line for line in text.splitlines())
+
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
+    raise _Interrupted(signum)
+
+
+def _install_signal_handlers() -> dict[int, Any]:
+    """Ctrl+C, SIGTERM and SIGHUP all stop the run in order (main thread only)."""
+    previous: dict[int, Any] = {}
+    try:
+        for sig in _SIGNALS:
+            previous[sig] = signal.signal(sig, _raise_interrupted)
+    except ValueError:  # not the main thread: leave signals alone
+        pass
+    return previous
+
+
+def _restore_signal_handlers(previous: dict[int, Callable[..., Any] | int | None]) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler if handler is not None else signal.SIG_DFL)

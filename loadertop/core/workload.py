@@ -1,0 +1,159 @@
+"""Workloads: what to train, and how a user's ``MODULE:CALLABLE`` factory is loaded and checked."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset, IterableDataset
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+
+
+class WorkloadError(ValueError):
+    """A workload that cannot be used; the message says what is wrong and what to do."""
+
+
+@dataclass
+class Workload:
+    """Everything loadertop needs to train: a map-style dataset, a model, a loss and an optimizer.
+
+    Attributes:
+        dataset: a map-style dataset (``__len__`` and ``__getitem__``) yielding ``(input, target)``.
+        model: the ``torch.nn.Module`` to train; loadertop moves it to the chosen device.
+        loss_fn: ``loss_fn(output, target)`` returning a scalar tensor, called in the training thread.
+        optimizer: an optimizer over the model's parameters, or a callable that builds one from
+            ``model.parameters()`` (build it that way when the model should move to CUDA first).
+        name: shown in the header and in summaries.
+        notes: extra facts to show beside the name, e.g. a simulated storage latency.
+        collate_fn: passed to the DataLoader when given.
+    """
+
+    dataset: Any
+    model: nn.Module
+    loss_fn: Callable[[Any, Any], torch.Tensor]
+    optimizer: torch.optim.Optimizer | OptimizerFactory
+    name: str = "workload"
+    notes: tuple[str, ...] = field(default_factory=tuple)
+    collate_fn: Callable[[list[Any]], Any] | None = None
+
+    def validate(self) -> None:
+        """Raise WorkloadError naming the first field that cannot work."""
+        if isinstance(self.dataset, IterableDataset):
+            raise WorkloadError(
+                "the dataset is an IterableDataset: loadertop needs a map-style dataset "
+                "(__len__ and __getitem__) to resume an epoch across restarts"
+            )
+        if not (hasattr(self.dataset, "__getitem__") and hasattr(self.dataset, "__len__")):
+            raise WorkloadError(
+                f"the dataset ({type(self.dataset).__name__}) needs __len__ and __getitem__ (a map-style dataset)"
+            )
+        try:
+            size = len(self.dataset)
+        except Exception as exc:  # the user's __len__ may raise anything
+            raise WorkloadError(f"len(dataset) raised {type(exc).__name__}: {exc}") from exc
+        if size < 1:
+            raise WorkloadError("the dataset is empty: it needs at least one sample")
+        if not isinstance(self.model, nn.Module):
+            raise WorkloadError(f"model must be a torch.nn.Module, got {type(self.model).__name__}")
+        if not callable(self.loss_fn):
+            raise WorkloadError(f"loss_fn must be callable, got {type(self.loss_fn).__name__}")
+        if not (isinstance(self.optimizer, torch.optim.Optimizer) or callable(self.optimizer)):
+            raise WorkloadError(
+                "optimizer must be a torch.optim.Optimizer or a callable taking the model's parameters, "
+                f"got {type(self.optimizer).__name__}"
+            )
+
+
+class SampleError(RuntimeError):
+    """A dataset's ``__getitem__`` raised; the message names the sample index.
+
+    It takes a single message argument so that PyTorch can rebuild it in the
+    main process when it was raised inside a worker.
+    """
+
+    _INDEX = re.compile(r"dataset raised at sample index (-?\d+)")
+
+    @property
+    def sample_index(self) -> int | None:
+        """The failing sample's index, parsed from the message (also after a worker re-raise)."""
+        return sample_index_of(str(self))
+
+
+def sample_index_of(message: str) -> int | None:
+    """The sample index named by a SampleError message, if any (the last one wins)."""
+    found = SampleError._INDEX.findall(message)
+    return int(found[-1]) if found else None
+
+
+class IndexedDataset(Dataset[Any]):
+    """Wraps a dataset so that an exception in ``__getitem__`` names the sample index.
+
+    Picklable whenever the wrapped dataset is (workers started with spawn).
+    """
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        try:
+            return self.dataset[index]
+        except Exception as exc:
+            raise SampleError(
+                f"dataset raised at sample index {index}: {type(exc).__name__}: {exc}"
+            ) from exc
+
+
+def load_workload(spec: str) -> Workload:
+    """Import ``MODULE:CALLABLE``, call it with no arguments and check what it returns.
+
+    The current directory is put on ``sys.path`` first, as ``python -m`` does, so a
+    workload module beside the user's shell works without installing it.
+
+    Raises:
+        WorkloadError: with one line naming the problem.
+    """
+    module_name, sep, attr_path = spec.partition(":")
+    if not sep or not module_name or not attr_path:
+        raise WorkloadError(
+            f"--workload must look like MODULE:CALLABLE (e.g. mypkg.train:make_workload), got {spec!r}"
+        )
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # ImportError, or anything the module raises at import time
+        raise WorkloadError(
+            f"cannot import workload module {module_name!r}: {type(exc).__name__}: {exc}"
+        ) from exc
+    target: Any = module
+    for part in attr_path.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise WorkloadError(f"module {module_name!r} has no attribute {attr_path!r}") from None
+    if not callable(target):
+        raise WorkloadError(f"{spec} is a {type(target).__name__}, not a callable that returns a Workload")
+    try:
+        workload = target()
+    except Exception as exc:
+        raise WorkloadError(f"workload factory {spec} raised {type(exc).__name__}: {exc}") from exc
+    if not isinstance(workload, Workload):
+        raise WorkloadError(
+            f"workload factory {spec} returned {type(workload).__name__}, expected loadertop.Workload"
+        )
+    if workload.name == "workload":
+        workload.name = spec
+    workload.validate()
+    return workload
