@@ -74,6 +74,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--persistent-workers", action="store_true", help="DataLoader persistent_workers")
     g.add_argument("--prefetch-factor", type=_int_at_least(1, "--prefetch-factor"), default=None, metavar="N",
                    help="DataLoader prefetch_factor (batches per worker loaded ahead; needs workers)")
+    g.add_argument("--threads", type=_int_at_least(1, "--threads"), default=None, metavar="N",
+                   help="PyTorch threads for the training step (default: the workload's choice, "
+                   "1 for the built-in one, else PyTorch's default)")
     g.add_argument("--seed", type=_int_at_least(0, "--seed"), default=0, metavar="N",
                    help="seeds the data order, the built-in images and the model (default 0)")
     b = parser.add_argument_group("built-in workload")
@@ -159,6 +162,9 @@ def _dispatch(args: argparse.Namespace) -> int:
             workload = make_workload(seed=args.seed, data_dir=args.data, io_latency_ms=args.io_latency_ms)
         except (OSError, ValueError) as exc:
             raise UsageError(str(exc)) from None
+
+    if args.threads is not None:
+        workload.num_threads = args.threads
 
     record_file = None
     record_path = getattr(args, "record", None)

@@ -225,4 +225,7 @@ def make_workload(
         optimizer=lambda params: torch.optim.Adam(params, lr=3e-3),
         name="built-in: 1000 PNG images 32x32, 10 classes, small CNN",
         notes=notes,
+        # A CNN this small gains little from a second intra-op thread, which would
+        # spin against the workers for the same cores: leave the cores to loading.
+        num_threads=1,
     )

@@ -308,6 +308,8 @@ class Trainer:
                 self._lock.notify_all()
 
     def _prepare(self) -> None:
+        if self.workload.num_threads is not None:
+            torch.set_num_threads(self.workload.num_threads)
         torch.manual_seed(self.seed)
         model = self.workload.model.to(self.device)
         optimizer = self.workload.optimizer
@@ -414,6 +416,10 @@ class Trainer:
             ``("epoch_end", None)``, ``("restart", new_config)`` or ``("max_batches", None)``.
         """
         first = True
+        # After a (re)start each worker's first batch was made during start-up, in parallel:
+        # they arrive in a burst, so they are warm-up, not steady state. An epoch boundary is
+        # steady state: every epoch pays for refilling the pipeline (or re-spawning workers).
+        warmup_left = max(1, config.num_workers) if reason != "epoch" else 0
         while True:
             if not first:
                 pending = self._take_command()
@@ -466,8 +472,9 @@ class Trainer:
                 accuracy=accuracy,
                 time=time.time(),
                 elapsed_s=t2 - self._t_start,
-                warmup=first,
+                warmup=warmup_left > 0,
             )
+            warmup_left -= 1
             self.store.add(record, config)
             if self.on_record is not None:
                 self.on_record(record)

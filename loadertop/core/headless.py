@@ -145,9 +145,11 @@ def run_headless(
     for note in trainer.workload.notes:
         print(f"  note: {note}", file=out)
     limit = f", at most {trainer.max_batches} batches" if trainer.max_batches else ""
+    threads = trainer.workload.num_threads
+    threads_text = f" | torch threads {threads}" if threads is not None else ""
     print(
         f"  device {status.device} | {status.config.describe()} | {trainer.epochs} epochs "
-        f"of {status.batches_per_epoch} batches{limit} ({total} batches)",
+        f"of {status.batches_per_epoch} batches{limit} ({total} batches){threads_text}",
         file=out,
         flush=True,
     )

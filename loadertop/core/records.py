@@ -26,7 +26,8 @@ class BatchRecord:
         accuracy: share of correct predictions, or None when the task is not classification.
         time: wall-clock time (UNIX seconds) at the end of the step.
         elapsed_s: seconds since the run started, at the end of the step.
-        warmup: first batch after the loader (re)started; kept out of steady-state figures.
+        warmup: one of the first ``max(1, num_workers)`` batches after a start or hot restart
+            (made during worker start-up, so they arrive in a burst); kept out of steady-state figures.
     """
 
     step: int

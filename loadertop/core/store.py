@@ -34,8 +34,11 @@ def _mean(values: Sequence[float]) -> float:
 class ConfigSummary:
     """Steady-state figures of one loader configuration over the whole run.
 
-    Warm-up batches (the first after each loader start) are counted apart and
-    excluded from every mean and percentile.
+    Warm-up batches (the first ``max(1, num_workers)`` after each start or hot
+    restart, made while the workers started) are counted apart and excluded from
+    every mean and percentile. Epoch boundaries are included: every epoch pays
+    for them. ``startup_ms`` is the mean time from ``iter(loader)`` to the first
+    batch over the starts and restarts of this configuration.
     """
 
     key: str
@@ -155,7 +158,8 @@ class MetricsStore:
         """Record a loader (re)start and its start-up time."""
         with self._lock:
             self._starts.append(event)
-            self._accumulator(event.config).startup_s.append(event.startup_s)
+            if event.reason != "epoch":  # epoch boundaries are part of the steady state
+                self._accumulator(event.config).startup_s.append(event.startup_s)
             self._version += 1
 
     def add(self, record: BatchRecord, config: LoaderConfig) -> None:

@@ -34,6 +34,9 @@ class Workload:
         name: shown in the header and in summaries.
         notes: extra facts to show beside the name, e.g. a simulated storage latency.
         collate_fn: passed to the DataLoader when given.
+        num_threads: PyTorch intra-op threads for the training step (``torch.set_num_threads``);
+            None leaves PyTorch's default (one per core). On a small CPU box, fewer threads
+            leave cores to the DataLoader workers instead of contending with them.
     """
 
     dataset: Any
@@ -43,6 +46,7 @@ class Workload:
     name: str = "workload"
     notes: tuple[str, ...] = field(default_factory=tuple)
     collate_fn: Callable[[list[Any]], Any] | None = None
+    num_threads: int | None = None
 
     def validate(self) -> None:
         """Raise WorkloadError naming the first field that cannot work."""
@@ -63,6 +67,8 @@ class Workload:
             raise WorkloadError("the dataset is empty: it needs at least one sample")
         if not isinstance(self.model, nn.Module):
             raise WorkloadError(f"model must be a torch.nn.Module, got {type(self.model).__name__}")
+        if self.num_threads is not None and (not isinstance(self.num_threads, int) or self.num_threads < 1):
+            raise WorkloadError(f"num_threads must be an integer >= 1 or None, got {self.num_threads!r}")
         if not callable(self.loss_fn):
             raise WorkloadError(f"loss_fn must be callable, got {type(self.loss_fn).__name__}")
         if not (isinstance(self.optimizer, torch.optim.Optimizer) or callable(self.optimizer)):
