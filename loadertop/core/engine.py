@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 import signal
 import threading
 import time
@@ -525,6 +526,7 @@ class Trainer:
             # A worker re-raise carries the worker's traceback; the last line is the original error.
             original = text.strip().splitlines()[-1] if text.strip() else type(exc).__name__
             original = original.split("SampleError: ", 1)[-1]
+            original = re.sub(r"^dataset raised at sample index -?\d+: ", "", original)
             return TrainerError("dataset", original, index, self._step, detail)
         if isinstance(exc, RuntimeError) and "DataLoader worker" in text and "exited unexpectedly" in text:
             return TrainerError("worker", text.splitlines()[0], None, self._step, detail)

@@ -1,0 +1,115 @@
+"""The command line: bad input gets one line and exit 2; runs end with nothing left behind."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from loadertop.cli import main
+
+
+def run_main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    try:
+        code = main(args)
+    except SystemExit as exc:  # argparse exits by itself
+        code = int(exc.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+BAD_INPUT = [
+    (["--workers", "-1"], "--workers must be >= 0, got -1"),
+    (["--workers", "abc"], "--workers must be an integer >= 0, got 'abc'"),
+    (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+    (["--epochs", "x"], "--epochs must be an integer >= 1"),
+    (["--prefetch-factor", "2"], "--prefetch-factor needs --workers 1 or more"),
+    (["--persistent-workers"], "--persistent-workers needs --workers 1 or more"),
+    (["--device", "tpu"], "--device must be auto, cpu or cuda, got 'tpu'"),
+    (["--switch", "ten:2"], "must be STEP:WORKERS"),
+    (["--switch", "10:-2"], "needs STEP >= 1 and WORKERS >= 0"),
+    (["--workload", "nocolon"], "--workload must look like MODULE:CALLABLE"),
+    (["--workload", "no_such_module_xyz:make"], "cannot import workload module 'no_such_module_xyz': ModuleNotFoundError"),
+    (["--workload", "tests.workloads:missing"], "module 'tests.workloads' has no attribute 'missing'"),
+    (["--workload", "tests.workloads:NOT_CALLABLE"], "is a int, not a callable that returns a Workload"),
+    (["--workload", "tests.workloads:raises"], "workload factory tests.workloads:raises raised RuntimeError: cannot build the model"),
+    (["--workload", "tests.workloads:wrong_type"], "returned dict, expected loadertop.Workload"),
+    (["--workload", "tests.workloads:sleepy", "--io-latency-ms", "3"], "apply to the built-in workload only"),
+    (["--record", "/nonexistent-dir/x.jsonl"], "cannot write --record /nonexistent-dir/x.jsonl"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_INPUT, ids=[" ".join(a) for a, _ in BAD_INPUT])
+def test_bad_input_gets_one_clear_line_and_exit_2(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    code, out, err = run_main(["run", "--headless", "--max-batches", "1", *args], capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert message in lines[0]
+    assert lines[0].startswith("loadertop")
+    assert out == ""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_asked_for_without_a_gpu(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_main(["run", "--headless", "--device", "cuda"], capsys)
+    assert code == 2
+    assert err.strip() == "loadertop: error: --device cuda: PyTorch sees no CUDA GPU here; use --device cpu or auto"
+
+
+def wait_for(predicate, timeout: float = 60.0) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_a_finished_run_records_every_batch_and_leaves_no_process(tagged_run, tmp_path: Path) -> None:  # noqa: ANN001
+    record = tmp_path / "run.jsonl"
+    run = tagged_run(["run", "--headless", "--workload", "tests.workloads:sleepy", "--workers", "2",
+                      "--batch-size", "10", "--epochs", "2", "--switch", "5:1", "--switch", "25:0",
+                      "--record", str(record)])
+    out, err = run.proc.communicate(timeout=120)
+    assert run.proc.returncode == 0, err
+    rows = [json.loads(line) for line in record.read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 41))
+    assert {r["num_workers"] for r in rows[:5]} == {2}
+    assert {r["num_workers"] for r in rows[5:25]} == {1}
+    assert {r["num_workers"] for r in rows[25:]} == {0}
+    for key in ("step", "epoch", "num_workers", "load_ms", "compute_ms", "loss", "accuracy", "time"):
+        assert key in rows[0]
+    assert "step 5: hot restart to 1 worker" in out
+    assert "epoch 2/2" in out
+    assert "w2 b32" not in out and "w2 b10" in out  # the summary table names each config
+    assert run.leftovers() == []
+
+
+def test_a_failing_dataset_exits_1_with_the_sample_index(tagged_run) -> None:  # noqa: ANN001
+    run = tagged_run(["run", "--headless", "--workload", "tests.workloads:broken", "--workers", "2",
+                      "--batch-size", "4"])
+    _, err = run.proc.communicate(timeout=120)
+    assert run.proc.returncode == 1
+    assert "(sample index 37): ValueError: broken sample 37" in err
+    assert run.leftovers() == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_an_interrupted_run_stops_its_workers(tagged_run, tmp_path: Path, signum: int) -> None:  # noqa: ANN001
+    record = tmp_path / "run.jsonl"
+    run = tagged_run(["run", "--headless", "--workload", "tests.workloads:sleepy", "--workers", "2",
+                      "--epochs", "100", "--record", str(record)])
+    wait_for(lambda: record.exists() and len(record.read_text().splitlines()) >= 5)
+    wait_for(lambda: len(run.leftovers()) >= 3)  # the run and its two workers (between epochs they re-spawn)
+    run.proc.send_signal(signum)
+    out, err = run.proc.communicate(timeout=30)
+    assert run.proc.returncode == 128 + signum, err
+    assert "interrupted" in err
+    assert "w2 b32" in out  # the summary still prints
+    wait_for(lambda: run.leftovers() == [], timeout=5)
