@@ -7,32 +7,13 @@ Importable as ``tests.workloads:NAME`` from the project root, so they also serve
 from __future__ import annotations
 
 import os
-import time
 from typing import Any
 
 import torch
 from torch import nn
 
 from loadertop import Workload
-
-
-class SleepDataset(torch.utils.data.Dataset):
-    """Each sample sleeps ``sleep_s`` (a known load cost) and returns ``([index], 0)``."""
-
-    def __init__(self, size: int, sleep_s: float, fail_at: int | None = None) -> None:
-        self.size = size
-        self.sleep_s = sleep_s
-        self.fail_at = fail_at
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if index == self.fail_at:
-            raise ValueError(f"broken sample {index}")
-        if self.sleep_s:
-            time.sleep(self.sleep_s)
-        return torch.tensor([float(index)]), torch.tensor(index % 2)
+from loadertop.core.calibrated import SleepDataset
 
 
 class RecordingModel(nn.Module):

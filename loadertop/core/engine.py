@@ -9,6 +9,7 @@ import signal
 import threading
 import time
 import traceback
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,10 @@ from loadertop.core.records import BatchRecord, StartEvent
 from loadertop.core.sampler import ResumableSampler
 from loadertop.core.store import MetricsStore
 from loadertop.core.workload import IndexedDataset, SampleError, Workload, sample_index_of
+
+
+# loadertop reports too many workers in its own words; PyTorch's warning would land on the TUI's screen.
+warnings.filterwarnings("ignore", message=r"This DataLoader will create \d+ worker processes", category=UserWarning)
 
 
 class TrainerState(enum.Enum):

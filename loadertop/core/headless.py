@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import IO, Any
 
+import psutil
+
 from loadertop.core.engine import Trainer, TrainerState
 from loadertop.core.procs import reap_children
 from loadertop.core.records import BatchRecord
@@ -103,6 +105,11 @@ def format_table(summaries: tuple[ConfigSummary, ...]) -> str:
     return "\n".join(lines)
 
 
+def _core_note(num_workers: int) -> str:
+    cores = psutil.cpu_count() or 1
+    return f" [more workers than the {cores} cores]" if num_workers > cores else ""
+
+
 def run_headless(
     trainer: Trainer,
     *,
@@ -149,7 +156,8 @@ def run_headless(
     threads_text = f" | torch threads {threads}" if threads is not None else ""
     print(
         f"  device {status.device} | {status.config.describe()} | {trainer.epochs} epochs "
-        f"of {status.batches_per_epoch} batches{limit} ({total} batches){threads_text}",
+        f"of {status.batches_per_epoch} batches{limit} ({total} batches){threads_text}"
+        + _core_note(status.config.num_workers),
         file=out,
         flush=True,
     )
@@ -221,7 +229,7 @@ def _follow(trainer: Trainer, records: queue.SimpleQueue[BatchRecord], interval_
                 print(
                     f"step {event.after_step}: hot restart to {event.config.describe()} "
                     f"(start-up {event.startup_s * 1000:.0f} ms, epoch {event.epoch} "
-                    f"continues at sample {event.position})",
+                    f"continues at sample {event.position})" + _core_note(event.config.num_workers),
                     file=out,
                 )
         starts_seen = len(snapshot_starts)

@@ -9,18 +9,11 @@ import pytest
 import torch
 
 from loadertop import LoaderConfig, Trainer, TrainerState
+from loadertop.core.calibrated import measured_sleep_s
 from loadertop.core.procs import child_processes
 from loadertop.core.records import BatchRecord
 from loadertop.core.sampler import epoch_permutation
 from tests import workloads
-
-
-def measured_sleep_s(nominal_s: float, repeats: int = 100) -> float:
-    """What time.sleep(nominal) really takes here: the calibration of the sleep dataset."""
-    start = time.perf_counter()
-    for _ in range(repeats):
-        time.sleep(nominal_s)
-    return (time.perf_counter() - start) / repeats
 
 
 def run_to_end(trainer: Trainer, timeout: float = 120.0) -> None:
