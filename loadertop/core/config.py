@@ -78,26 +78,23 @@ class LoaderConfig:
                 kwargs["prefetch_factor"] = self.prefetch_factor
         return kwargs
 
+    def _labels(self) -> list[tuple[str, str]]:
+        """(short, long) labels of every setting that is in effect."""
+        workers = "1 worker" if self.num_workers == 1 else f"{self.num_workers} workers"
+        labels = [(f"w{self.num_workers}", workers), (f"b{self.batch_size}", f"batch {self.batch_size}")]
+        if self.pin_memory:
+            labels.append(("pin", "pin_memory"))
+        if self.persistent_workers and self.num_workers > 0:
+            labels.append(("persist", "persistent"))
+        if self.prefetch_factor is not None and self.num_workers > 0:
+            labels.append((f"pf{self.prefetch_factor}", f"prefetch {self.prefetch_factor}"))
+        return labels
+
     @property
     def key(self) -> str:
         """A short, stable label naming this configuration, e.g. ``w2 b32``."""
-        parts = [f"w{self.num_workers}", f"b{self.batch_size}"]
-        if self.pin_memory:
-            parts.append("pin")
-        if self.persistent_workers and self.num_workers > 0:
-            parts.append("persist")
-        if self.prefetch_factor is not None and self.num_workers > 0:
-            parts.append(f"pf{self.prefetch_factor}")
-        return " ".join(parts)
+        return " ".join(short for short, _ in self._labels())
 
     def describe(self) -> str:
         """A readable one-line description, e.g. ``2 workers, batch 32``."""
-        workers = "1 worker" if self.num_workers == 1 else f"{self.num_workers} workers"
-        parts = [workers, f"batch {self.batch_size}"]
-        if self.pin_memory:
-            parts.append("pin_memory")
-        if self.persistent_workers and self.num_workers > 0:
-            parts.append("persistent")
-        if self.prefetch_factor is not None and self.num_workers > 0:
-            parts.append(f"prefetch {self.prefetch_factor}")
-        return ", ".join(parts)
+        return ", ".join(long for _, long in self._labels())
