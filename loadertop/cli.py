@@ -44,6 +44,13 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = _non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
+    return value
+
+
 def _switch(text: str) -> tuple[int, int]:
     step_text, sep, workers_text = text.partition(":")
     try:
@@ -106,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write one JSON object per batch (flushed as it goes)")
     h.add_argument("--progress-interval", type=_non_negative_float, default=5.0, metavar="SECONDS",
                    help="longest gap between progress lines within an epoch (default 5)")
+    for p in (parser, run):
+        p.add_argument("--sample-interval", type=_positive_float, default=1.0, metavar="SECONDS",
+                       help="seconds between system samples: cores, workers, memory, GPUs (default 1)")
     return parser
 
 
@@ -194,6 +204,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             switches=switches,
             record_file=record_file,
             progress_interval_s=getattr(args, "progress_interval", 5.0),
+            sample_interval_s=args.sample_interval,
         )
     finally:
         if record_file is not None:

@@ -21,6 +21,7 @@ from loadertop.core.config import LoaderConfig
 from loadertop.core.records import BatchRecord, StartEvent
 from loadertop.core.sampler import ResumableSampler
 from loadertop.core.store import MetricsStore
+from loadertop.core.system import SystemSnapshot
 from loadertop.core.workload import IndexedDataset, SampleError, Workload, sample_index_of
 
 
@@ -284,8 +285,20 @@ class Trainer:
             )
 
     def worker_pids(self) -> tuple[int, ...]:
-        """Pids of the running loader's worker processes."""
+        """Pids of the running loader's worker processes, in worker-id order."""
         return self._worker_pids
+
+    def record_cost(self, snapshot: SystemSnapshot) -> None:
+        """Account a system sample's process-tree CPU and RSS to the running configuration.
+
+        Pass it as a SystemSampler's ``on_sample``; samples taken while starting,
+        restarting or paused are left out, so each configuration pays only for itself.
+        """
+        with self._lock:
+            if self._state is not TrainerState.RUNNING:
+                return
+            config = self._config
+        self.store.add_cost(config, snapshot.tree_cpu_percent, snapshot.tree_rss_bytes)
 
     # --------------------------------------------------------------- the thread
 

@@ -19,6 +19,7 @@ from loadertop.core.engine import Trainer, TrainerState
 from loadertop.core.procs import reap_children
 from loadertop.core.records import BatchRecord
 from loadertop.core.store import ConfigSummary
+from loadertop.core.system import SystemSampler
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -69,7 +70,8 @@ class _Window:
 
 def format_table(summaries: tuple[ConfigSummary, ...]) -> str:
     """The per-configuration comparison as a plain-text table, fastest row marked with ``*``."""
-    header = ("", "config", "batches", "load ms", "load p95", "compute ms", "iter ms", "samples/s", "start-up ms")
+    header = ("", "config", "batches", "load ms", "load p95", "compute ms", "iter ms", "samples/s", "start-up ms",
+              "CPU %", "peak RSS MB")
     best = max(
         (s for s in summaries if s.batches and not math.isnan(s.samples_per_s)),
         key=lambda s: s.samples_per_s,
@@ -92,6 +94,8 @@ def format_table(summaries: tuple[ConfigSummary, ...]) -> str:
                 num(s.iter_ms_mean),
                 num(s.samples_per_s, 0),
                 num(s.startup_ms, 0),
+                num(s.cpu_percent, 0),
+                num(s.rss_mb, 0),
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
@@ -101,7 +105,8 @@ def format_table(summaries: tuple[ConfigSummary, ...]) -> str:
         cells += [cell.rjust(w) for cell, w in zip(row[2:], widths[2:], strict=True)]
         lines.append("  ".join(cells).rstrip())
     if best is not None:
-        lines.append("* fastest (most samples/s); warm-up batches after each (re)start excluded")
+        lines.append("* fastest (most samples/s); warm-up batches after each (re)start excluded; "
+                     "CPU % of the process tree, 100 = one core")
     return "\n".join(lines)
 
 
@@ -116,6 +121,7 @@ def run_headless(
     switches: Mapping[int, int] | None = None,
     record_file: IO[str] | None = None,
     progress_interval_s: float = 5.0,
+    sample_interval_s: float = 1.0,
     out: IO[str] | None = None,
     err: IO[str] | None = None,
 ) -> int:
@@ -126,6 +132,7 @@ def run_headless(
         switches: ``{step: workers}``: hot-restart to ``workers`` once ``step`` batches have run.
         record_file: an open text file receiving one JSON object per batch, flushed per batch.
         progress_interval_s: the longest gap between progress lines within an epoch.
+        sample_interval_s: seconds between system samples (CPU and memory cost per configuration).
         out: where progress goes (stdout by default); errors go to ``err`` (stderr).
 
     Returns:
@@ -163,9 +170,12 @@ def run_headless(
     )
 
     interrupted: int | None = None
+    sampler = SystemSampler(interval_s=sample_interval_s, worker_pids=trainer.worker_pids,
+                            on_sample=trainer.record_cost)
     previous = _install_signal_handlers()
     try:
         try:
+            sampler.start()
             trainer.start()
             _follow(trainer, records, progress_interval_s, out)
         except _Interrupted as exc:
@@ -180,6 +190,7 @@ def run_headless(
     finally:
         _restore_signal_handlers(previous)
         trainer.stop()
+        sampler.stop()
         if not trainer.join(15.0):
             print("loadertop: the training thread did not stop within 15 s", file=err)
         leftover = reap_children()

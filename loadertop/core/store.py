@@ -38,7 +38,9 @@ class ConfigSummary:
     restart, made while the workers started) are counted apart and excluded from
     every mean and percentile. Epoch boundaries are included: every epoch pays
     for them. ``startup_ms`` is the mean time from ``iter(loader)`` to the first
-    batch over the starts and restarts of this configuration.
+    batch over the starts and restarts of this configuration. ``cpu_percent`` is
+    the process tree's mean CPU (100 = one core) and ``rss_mb`` its peak resident
+    memory while this configuration ran, from the system sampler (NaN without one).
     """
 
     key: str
@@ -55,6 +57,8 @@ class ConfigSummary:
     samples_per_s: float
     startup_ms: float
     starts: int
+    cpu_percent: float = math.nan
+    rss_mb: float = math.nan
 
     @property
     def num_workers(self) -> int:
@@ -79,6 +83,9 @@ class _ConfigAccumulator:
         self.samples = 0
         self.warmup_batches = 0
         self.startup_s = array("d")
+        self.cpu_percent_sum = 0.0
+        self.cpu_samples = 0
+        self.rss_peak_bytes = 0
 
     def add(self, record: BatchRecord) -> None:
         if record.warmup:
@@ -96,6 +103,9 @@ class _ConfigAccumulator:
         twin.samples = self.samples
         twin.warmup_batches = self.warmup_batches
         twin.startup_s = array("d", self.startup_s)
+        twin.cpu_percent_sum = self.cpu_percent_sum
+        twin.cpu_samples = self.cpu_samples
+        twin.rss_peak_bytes = self.rss_peak_bytes
         return twin
 
     def summary(self) -> ConfigSummary:
@@ -118,6 +128,8 @@ class _ConfigAccumulator:
             samples_per_s=self.samples / total_s if total_s > 0 else math.nan,
             startup_ms=_mean(self.startup_s) * 1000.0,
             starts=len(self.startup_s),
+            cpu_percent=self.cpu_percent_sum / self.cpu_samples if self.cpu_samples else math.nan,
+            rss_mb=self.rss_peak_bytes / (1024 * 1024) if self.cpu_samples else math.nan,
         )
 
 
@@ -160,6 +172,15 @@ class MetricsStore:
             self._starts.append(event)
             if event.reason != "epoch":  # epoch boundaries are part of the steady state
                 self._accumulator(event.config).startup_s.append(event.startup_s)
+            self._version += 1
+
+    def add_cost(self, config: LoaderConfig, cpu_percent: float, rss_bytes: int) -> None:
+        """Account one system sample (process-tree CPU% and RSS) to ``config``."""
+        with self._lock:
+            acc = self._accumulator(config)
+            acc.cpu_percent_sum += cpu_percent
+            acc.cpu_samples += 1
+            acc.rss_peak_bytes = max(acc.rss_peak_bytes, rss_bytes)
             self._version += 1
 
     def add(self, record: BatchRecord, config: LoaderConfig) -> None:

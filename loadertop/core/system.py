@@ -1,0 +1,384 @@
+"""System sampling: every CPU core, memory, /dev/shm, the DataLoader worker processes and NVIDIA GPUs.
+
+A ``SystemSampler`` runs in its own thread (once a second by default) and hands out
+frozen ``SystemSnapshot`` objects. NVML is initialised once and shut down on ``stop``;
+without a GPU or without the NVML library the snapshot says so in words.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import psutil
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessSample:
+    """One process of the training tree.
+
+    Attributes:
+        pid: process id.
+        role: ``"main"`` (the training process) or ``"worker"`` (a DataLoader worker).
+        worker_id: the DataLoader worker id (0..k-1), None for the main process.
+        cpu_percent: CPU use since the previous sample, in percent of one core.
+        rss_bytes: resident memory.
+    """
+
+    pid: int
+    role: str
+    worker_id: int | None
+    cpu_percent: float
+    rss_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class GpuSample:
+    """One NVIDIA GPU as NVML reports it; a field NVML cannot read is None."""
+
+    index: int
+    name: str
+    utilization_percent: float | None
+    memory_used_bytes: int | None
+    memory_total_bytes: int | None
+    temperature_c: float | None
+    power_w: float | None
+    process_memory_bytes: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class SystemSnapshot:
+    """The machine at one moment, as far as training cares.
+
+    Attributes:
+        time: UNIX time of the sample.
+        cpu_percent_per_core: utilisation of every logical core since the previous sample.
+        load_average: 1, 5 and 15 minute load averages.
+        memory_total_bytes, memory_used_bytes, memory_available_bytes: system memory.
+        processes: the main training process first, then the workers in worker-id order.
+        tree_cpu_percent: CPU of the main process and all its descendants (100 = one core).
+        tree_rss_bytes: resident memory of the main process and all its descendants.
+        shm_used_bytes, shm_total_bytes: ``/dev/shm``, None where it does not exist.
+        gpus: one entry per NVIDIA GPU.
+        gpu_status: ``"1 NVIDIA GPU"`` or ``"no NVIDIA GPU: <reason>"``.
+        sampler_cpu_fraction: the sampler's own CPU seconds per wall second so far.
+    """
+
+    time: float
+    cpu_percent_per_core: tuple[float, ...]
+    load_average: tuple[float, float, float]
+    memory_total_bytes: int
+    memory_used_bytes: int
+    memory_available_bytes: int
+    processes: tuple[ProcessSample, ...]
+    tree_cpu_percent: float
+    tree_rss_bytes: int
+    shm_used_bytes: int | None
+    shm_total_bytes: int | None
+    gpus: tuple[GpuSample, ...]
+    gpu_status: str
+    sampler_cpu_fraction: float
+
+    @property
+    def workers(self) -> tuple[ProcessSample, ...]:
+        """The DataLoader worker processes, in worker-id order."""
+        return tuple(p for p in self.processes if p.role == "worker")
+
+
+class NvmlReader:
+    """Reads NVIDIA GPUs through NVML (``pynvml`` from nvidia-ml-py); initialised once.
+
+    ``status`` says in words why there is no GPU when there is none; nothing raises.
+    """
+
+    def __init__(self) -> None:
+        self._nvml: Any = None
+        self._handles: list[Any] = []
+        self.status = "no NVIDIA GPU"
+        try:
+            import pynvml
+        except ImportError:
+            self.status = "no NVIDIA GPU: the NVML library (nvidia-ml-py) is not installed"
+            return
+        try:
+            pynvml.nvmlInit()
+        except pynvml.NVMLError as exc:
+            self.status = f"no NVIDIA GPU: {_nvml_reason(exc)}"
+            return
+        except OSError as exc:  # a broken driver install can fail below NVML's own errors
+            self.status = f"no NVIDIA GPU: NVML failed to load ({exc})"
+            return
+        self._nvml = pynvml
+        try:
+            count = pynvml.nvmlDeviceGetCount()
+            self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+        except pynvml.NVMLError as exc:
+            self.status = f"no NVIDIA GPU: {_nvml_reason(exc)}"
+            self.close()
+            return
+        if not self._handles:
+            self.status = "no NVIDIA GPU: NVML sees no devices"
+            self.close()
+            return
+        self.status = f"{len(self._handles)} NVIDIA GPU" + ("s" if len(self._handles) > 1 else "")
+
+    @property
+    def available(self) -> bool:
+        """True when at least one GPU can be read."""
+        return self._nvml is not None and bool(self._handles)
+
+    def read(self) -> tuple[GpuSample, ...]:
+        """One sample per GPU; fields NVML cannot read (permissions, old drivers) are None."""
+        if not self.available:
+            return ()
+        nvml = self._nvml
+        me = os.getpid()
+        samples = []
+        for index, handle in enumerate(self._handles):
+            name = _try(lambda h=handle: nvml.nvmlDeviceGetName(h)) or f"GPU {index}"
+            if isinstance(name, bytes):
+                name = name.decode(errors="replace")
+            util = _try(lambda h=handle: float(nvml.nvmlDeviceGetUtilizationRates(h).gpu))
+            memory = _try(lambda h=handle: nvml.nvmlDeviceGetMemoryInfo(h))
+            temp = _try(lambda h=handle: float(nvml.nvmlDeviceGetTemperature(h, nvml.NVML_TEMPERATURE_GPU)))
+            power = _try(lambda h=handle: nvml.nvmlDeviceGetPowerUsage(h) / 1000.0)
+            procs = _try(lambda h=handle: nvml.nvmlDeviceGetComputeRunningProcesses(h)) or []
+            mine = [p.usedGpuMemory for p in procs if p.pid == me and p.usedGpuMemory is not None]
+            samples.append(
+                GpuSample(
+                    index=index,
+                    name=str(name),
+                    utilization_percent=util,
+                    memory_used_bytes=int(memory.used) if memory is not None else None,
+                    memory_total_bytes=int(memory.total) if memory is not None else None,
+                    temperature_c=temp,
+                    power_w=power,
+                    process_memory_bytes=int(sum(mine)) if mine else (0 if procs is not None else None),
+                )
+            )
+        return tuple(samples)
+
+    def close(self) -> None:
+        """Shut NVML down (once)."""
+        if self._nvml is not None:
+            try:
+                self._nvml.nvmlShutdown()
+            except Exception:  # noqa: BLE001 - shutting down must not fail the app
+                pass
+            self._nvml = None
+            self._handles = []
+
+
+def _nvml_reason(exc: Exception) -> str:
+    text = str(exc)
+    if "Library Not Found" in text:
+        return "NVML library not found (no NVIDIA driver on this machine)"
+    if "Driver Not Loaded" in text:
+        return "the NVIDIA driver is not loaded"
+    if "Insufficient Permissions" in text or "No permission" in text:
+        return "no permission to read NVML"
+    return f"NVML error: {text}"
+
+
+def _try(read: Callable[[], Any]) -> Any:
+    try:
+        return read()
+    except Exception:  # noqa: BLE001 - one unreadable field must not hide the others
+        return None
+
+
+class SystemSampler:
+    """Samples the machine in a background thread and keeps the latest snapshot.
+
+    Args:
+        interval_s: seconds between samples (default 1).
+        worker_pids: returns the running loader's worker pids in worker-id order
+            (e.g. ``Trainer.worker_pids``).
+        on_sample: called in the sampler thread with each snapshot; keep it cheap.
+        read_gpus: set False to skip NVML entirely.
+    """
+
+    def __init__(
+        self,
+        *,
+        interval_s: float = 1.0,
+        worker_pids: Callable[[], Sequence[int]] = tuple,
+        on_sample: Callable[[SystemSnapshot], None] | None = None,
+        read_gpus: bool = True,
+    ) -> None:
+        if interval_s <= 0:
+            raise ValueError(f"sampling interval must be > 0 s, got {interval_s}")
+        self.interval_s = interval_s
+        self._worker_pids = worker_pids
+        self._on_sample = on_sample
+        self._read_gpus = read_gpus
+        self._nvml: NvmlReader | None = None
+        self._me = psutil.Process()
+        self._procs: dict[int, psutil.Process] = {}
+        self._latest: SystemSnapshot | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._cpu_s = 0.0
+        self._t0 = time.monotonic()
+        psutil.cpu_percent(percpu=True)  # prime: the first reading is measured from here
+        self._me.cpu_percent()
+
+    @property
+    def gpu_status(self) -> str:
+        """``"N NVIDIA GPU(s)"`` or ``"no NVIDIA GPU: <reason>"``."""
+        return self._gpus().status
+
+    def _gpus(self) -> NvmlReader:
+        if self._nvml is None:
+            self._nvml = NvmlReader() if self._read_gpus else _NoGpus()
+        return self._nvml
+
+    def start(self) -> None:
+        """Start the sampling thread."""
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="loadertop-sampler", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the thread and shut NVML down."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        with self._lock:
+            if self._nvml is not None:
+                self._nvml.close()
+
+    def latest(self) -> SystemSnapshot | None:
+        """The most recent snapshot (None before the first)."""
+        return self._latest
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                snapshot = self.sample()
+                if self._on_sample is not None:
+                    self._on_sample(snapshot)
+            except Exception:  # noqa: BLE001 - a failed sample must not end sampling
+                pass
+            self._stop.wait(self.interval_s)
+
+    def _process(self, pid: int) -> psutil.Process | None:
+        proc = self._procs.get(pid)
+        if proc is not None and proc.is_running():  # is_running also catches a reused pid
+            return proc
+        try:
+            proc = psutil.Process(pid)
+            proc.cpu_percent()  # prime; measured from the next sample on
+        except psutil.Error:
+            return None
+        self._procs[pid] = proc
+        return proc
+
+    def sample(self) -> SystemSnapshot:
+        """Take one snapshot now (also usable without the thread)."""
+        with self._lock:
+            t_cpu = time.thread_time()
+            snapshot = self._sample()
+            self._cpu_s += time.thread_time() - t_cpu
+            wall = max(time.monotonic() - self._t0, 1e-9)
+            snapshot = replace(snapshot, sampler_cpu_fraction=self._cpu_s / wall)
+            self._latest = snapshot
+            return snapshot
+
+    def _sample(self) -> SystemSnapshot:
+        per_core = tuple(float(x) for x in psutil.cpu_percent(percpu=True))
+        try:
+            load = tuple(float(x) for x in os.getloadavg())
+        except OSError:
+            load = (0.0, 0.0, 0.0)
+        memory = psutil.virtual_memory()
+
+        worker_pids = list(self._worker_pids())
+        processes = []
+        main_cpu = self._me.cpu_percent()
+        main_rss = _rss(self._me)
+        processes.append(ProcessSample(self._me.pid, "main", None, main_cpu, main_rss))
+        live: set[int] = {self._me.pid}
+        for worker_id, pid in enumerate(worker_pids):
+            proc = self._process(pid)
+            if proc is None:
+                continue
+            live.add(pid)
+            try:
+                with proc.oneshot():
+                    processes.append(ProcessSample(pid, "worker", worker_id, proc.cpu_percent(), _rss(proc)))
+            except psutil.Error:
+                continue
+        # Other descendants (e.g. a pin-memory helper's children) count in the tree totals.
+        tree_cpu, tree_rss = main_cpu, main_rss
+        for sample in processes[1:]:
+            tree_cpu += sample.cpu_percent
+            tree_rss += sample.rss_bytes
+        try:
+            children = self._me.children(recursive=True)
+        except psutil.Error:
+            children = []
+        for child in children:
+            if child.pid in live:
+                continue
+            proc = self._process(child.pid)
+            if proc is None:
+                continue
+            live.add(child.pid)
+            try:
+                tree_cpu += proc.cpu_percent()
+                tree_rss += _rss(proc)
+            except psutil.Error:
+                continue
+        for pid in list(self._procs):  # forget processes that are gone: no stale entries
+            if pid not in live:
+                del self._procs[pid]
+
+        shm_used = shm_total = None
+        if os.path.isdir("/dev/shm"):
+            try:
+                usage = shutil.disk_usage("/dev/shm")
+                shm_used, shm_total = usage.used, usage.total
+            except OSError:
+                pass
+
+        gpus = self._gpus()
+        return SystemSnapshot(
+            time=time.time(),
+            cpu_percent_per_core=per_core,
+            load_average=(load[0], load[1], load[2]),
+            memory_total_bytes=int(memory.total),
+            memory_used_bytes=int(memory.used),
+            memory_available_bytes=int(memory.available),
+            processes=tuple(processes),
+            tree_cpu_percent=tree_cpu,
+            tree_rss_bytes=tree_rss,
+            shm_used_bytes=shm_used,
+            shm_total_bytes=shm_total,
+            gpus=gpus.read(),
+            gpu_status=gpus.status,
+            sampler_cpu_fraction=0.0,
+        )
+
+
+class _NoGpus(NvmlReader):
+    def __init__(self) -> None:  # noqa: D107 - no NVML at all
+        self._nvml = None
+        self._handles = []
+        self.status = "no NVIDIA GPU: GPU sampling is off"
+
+
+def _rss(proc: psutil.Process) -> int:
+    try:
+        return int(proc.memory_info().rss)
+    except psutil.Error:
+        return 0

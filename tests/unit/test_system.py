@@ -1,0 +1,145 @@
+"""System sampling with real worker processes; the no-GPU path; per-configuration cost."""
+
+from __future__ import annotations
+
+import builtins
+import math
+import time
+
+import psutil
+import pytest
+
+from loadertop import LoaderConfig, Trainer, TrainerState
+from loadertop.core.system import NvmlReader, SystemSampler
+from tests import workloads
+
+
+def wait_for(predicate, timeout: float = 30.0) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_the_sampler_follows_the_workers_across_a_restart() -> None:
+    trainer = Trainer(
+        workloads.make(size=4000, sleep_s=0.001),
+        LoaderConfig(num_workers=2, batch_size=8, persistent_workers=True),
+        epochs=10,
+        device="cpu",
+    )
+    sampler = SystemSampler(worker_pids=trainer.worker_pids, read_gpus=False)
+    trainer.start()
+    try:
+        wait_for(lambda: trainer.state is TrainerState.RUNNING and len(trainer.worker_pids()) == 2)
+        time.sleep(0.2)
+        snapshot = sampler.sample()
+        workers = snapshot.workers
+        assert [w.worker_id for w in workers] == [0, 1]
+        assert all(w.rss_bytes > 0 for w in workers)
+        old_pids = {w.pid for w in workers}
+        assert old_pids == set(trainer.worker_pids())
+        assert snapshot.processes[0].role == "main" and snapshot.processes[0].pid == psutil.Process().pid
+        assert snapshot.tree_rss_bytes >= sum(p.rss_bytes for p in snapshot.processes)
+
+        trainer.restart(trainer.config.with_workers(1))
+        wait_for(lambda: trainer.config.num_workers == 1 and trainer.state is TrainerState.RUNNING)
+        snapshot = sampler.sample()
+        assert len(snapshot.workers) == 1
+        [worker] = snapshot.workers
+        assert worker.worker_id == 0 and worker.pid not in old_pids and worker.rss_bytes > 0
+        assert set(sampler._procs) <= {worker.pid, psutil.Process().pid}  # nothing stale kept
+    finally:
+        assert trainer.close(15)
+    snapshot = sampler.sample()
+    assert snapshot.workers == ()
+
+
+def test_one_entry_per_logical_core_and_memory_and_shm() -> None:
+    sampler = SystemSampler(read_gpus=False)
+    time.sleep(0.1)
+    snapshot = sampler.sample()
+    assert len(snapshot.cpu_percent_per_core) == psutil.cpu_count(logical=True)
+    assert all(0.0 <= c <= 100.0 for c in snapshot.cpu_percent_per_core)
+    assert snapshot.memory_total_bytes > snapshot.memory_available_bytes > 0
+    assert len(snapshot.load_average) == 3
+    if psutil.LINUX:
+        assert snapshot.shm_total_bytes is not None and snapshot.shm_total_bytes > 0
+
+
+def test_without_nvml_the_snapshot_says_so_in_words(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_import = builtins.__import__
+
+    def no_pynvml(name: str, *args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        if name == "pynvml":
+            raise ImportError("No module named 'pynvml'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_pynvml)
+    reader = NvmlReader()
+    assert reader.status == "no NVIDIA GPU: the NVML library (nvidia-ml-py) is not installed"
+    assert reader.read() == ()
+    reader.close()
+
+
+def test_the_gpu_status_here_is_words_or_real_gpus() -> None:
+    sampler = SystemSampler()
+    snapshot = sampler.sample()
+    sampler.stop()
+    if snapshot.gpus:
+        assert snapshot.gpu_status.endswith(("NVIDIA GPU", "NVIDIA GPUs"))
+    else:
+        assert snapshot.gpu_status.startswith("no NVIDIA GPU: ")
+
+
+@pytest.mark.gpu
+def test_nvml_reads_every_gpu() -> None:
+    reader = NvmlReader()
+    if not reader.available:
+        pytest.skip(reader.status)
+    try:
+        gpus = reader.read()
+        assert gpus and all(g.name for g in gpus)
+        assert all(g.memory_total_bytes and g.memory_total_bytes > 0 for g in gpus)
+        assert all(g.utilization_percent is None or 0 <= g.utilization_percent <= 100 for g in gpus)
+    finally:
+        reader.close()
+
+
+def test_each_configuration_accumulates_its_cpu_and_peak_rss() -> None:
+    switched = []
+
+    def on_record(record) -> None:  # noqa: ANN001
+        if record.step == 60 and not switched:
+            switched.append(True)
+            trainer.restart(trainer.config.with_workers(0))
+
+    trainer = Trainer(
+        workloads.make(size=120, sleep_s=0.004),
+        LoaderConfig(num_workers=2, batch_size=4),
+        epochs=4,
+        device="cpu",
+        on_record=on_record,
+    )
+    sampler = SystemSampler(interval_s=0.05, worker_pids=trainer.worker_pids, on_sample=trainer.record_cost,
+                            read_gpus=False)
+    sampler.start()
+    trainer.start()
+    assert trainer.join(120)
+    sampler.stop()
+    two, zero = trainer.store.summaries()
+    assert (two.num_workers, zero.num_workers) == (2, 0)
+    for summary in (two, zero):
+        assert not math.isnan(summary.cpu_percent) and summary.cpu_percent >= 0
+        assert summary.rss_mb > 10
+    assert two.rss_mb > zero.rss_mb  # two worker processes on top of the main one
+
+
+def test_the_samplers_own_cost_is_measured() -> None:
+    sampler = SystemSampler(interval_s=0.01, read_gpus=False)
+    sampler.start()
+    time.sleep(0.5)
+    sampler.stop()
+    snapshot = sampler.latest()
+    assert snapshot is not None
+    assert 0 < snapshot.sampler_cpu_fraction < 1
