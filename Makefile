@@ -20,6 +20,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/accuracy.py
+	$(PY) benchmarks/sampler_cost.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -222,6 +222,7 @@ class SystemSampler:
         self._nvml: NvmlReader | None = None
         self._me = psutil.Process()
         self._procs: dict[int, psutil.Process] = {}
+        self._new: set[int] = set()
         self._latest: SystemSnapshot | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -277,11 +278,25 @@ class SystemSampler:
             return proc
         try:
             proc = psutil.Process(pid)
-            proc.cpu_percent()  # prime; measured from the next sample on
         except psutil.Error:
             return None
         self._procs[pid] = proc
+        self._new.add(pid)
         return proc
+
+    def _cpu_percent(self, proc: psutil.Process) -> float:
+        """CPU% since the last sample; for a process seen for the first time, over its life so far.
+
+        Workers are re-spawned at every restart (and every epoch without persistent
+        workers): psutil's first reading would be 0, hiding exactly the processes that matter.
+        """
+        since_last = proc.cpu_percent()
+        if proc.pid not in self._new:
+            return since_last
+        self._new.discard(proc.pid)
+        times = proc.cpu_times()
+        age = max(time.time() - proc.create_time(), 1e-3)
+        return 100.0 * (times.user + times.system) / age
 
     def sample(self) -> SystemSnapshot:
         """Take one snapshot now (also usable without the thread)."""
@@ -315,7 +330,7 @@ class SystemSampler:
             live.add(pid)
             try:
                 with proc.oneshot():
-                    processes.append(ProcessSample(pid, "worker", worker_id, proc.cpu_percent(), _rss(proc)))
+                    processes.append(ProcessSample(pid, "worker", worker_id, self._cpu_percent(proc), _rss(proc)))
             except psutil.Error:
                 continue
         # Other descendants (e.g. a pin-memory helper's children) count in the tree totals.
@@ -335,13 +350,14 @@ class SystemSampler:
                 continue
             live.add(child.pid)
             try:
-                tree_cpu += proc.cpu_percent()
+                tree_cpu += self._cpu_percent(proc)
                 tree_rss += _rss(proc)
             except psutil.Error:
                 continue
         for pid in list(self._procs):  # forget processes that are gone: no stale entries
             if pid not in live:
                 del self._procs[pid]
+                self._new.discard(pid)
 
         shm_used = shm_total = None
         if os.path.isdir("/dev/shm"):

@@ -143,3 +143,19 @@ def test_the_samplers_own_cost_is_measured() -> None:
     snapshot = sampler.latest()
     assert snapshot is not None
     assert 0 < snapshot.sampler_cpu_fraction < 1
+
+
+def test_a_busy_process_shows_its_cpu_on_the_first_sample() -> None:
+    import subprocess
+    import sys
+
+    busy = subprocess.Popen([sys.executable, "-c", "import time\nt=time.time()\nwhile time.time()-t<5: pass"])
+    try:
+        time.sleep(0.8)
+        sampler = SystemSampler(worker_pids=lambda: [busy.pid], read_gpus=False)
+        [worker] = sampler.sample().workers
+        assert worker.pid == busy.pid
+        assert worker.cpu_percent > 30  # psutil's own first reading would be 0
+    finally:
+        busy.kill()
+        busy.wait()
