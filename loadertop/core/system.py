@@ -149,8 +149,8 @@ class NvmlReader:
             memory = _try(lambda h=handle: nvml.nvmlDeviceGetMemoryInfo(h))
             temp = _try(lambda h=handle: float(nvml.nvmlDeviceGetTemperature(h, nvml.NVML_TEMPERATURE_GPU)))
             power = _try(lambda h=handle: nvml.nvmlDeviceGetPowerUsage(h) / 1000.0)
-            procs = _try(lambda h=handle: nvml.nvmlDeviceGetComputeRunningProcesses(h)) or []
-            mine = [p.usedGpuMemory for p in procs if p.pid == me and p.usedGpuMemory is not None]
+            procs = _try(lambda h=handle: nvml.nvmlDeviceGetComputeRunningProcesses(h))
+            mine = [p.usedGpuMemory for p in procs or () if p.pid == me and p.usedGpuMemory is not None]
             samples.append(
                 GpuSample(
                     index=index,
