@@ -64,32 +64,38 @@ def _switch(text: str) -> tuple[int, int]:
     return step, workers
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
-    """The options every mode shares (DESIGN.md's public interface)."""
+def _add_common(parser: argparse.ArgumentParser, *, with_defaults: bool = True) -> None:
+    """The options every mode shares (DESIGN.md's public interface).
+
+    On a subcommand they carry no defaults, so ``loadertop --workers 2 run`` keeps the 2.
+    """
+    def d(value: object) -> object:
+        return value if with_defaults else argparse.SUPPRESS
+
     g = parser.add_argument_group("training")
-    g.add_argument("--workers", type=_int_at_least(0, "--workers"), default=0, metavar="N",
+    g.add_argument("--workers", type=_int_at_least(0, "--workers"), default=d(0), metavar="N",
                    help="DataLoader num_workers to start with (default 0)")
-    g.add_argument("--batch-size", type=_int_at_least(1, "--batch-size"), default=32, metavar="N",
+    g.add_argument("--batch-size", type=_int_at_least(1, "--batch-size"), default=d(32), metavar="N",
                    help="samples per batch (default 32)")
-    g.add_argument("--epochs", type=_int_at_least(1, "--epochs"), default=5, metavar="N",
+    g.add_argument("--epochs", type=_int_at_least(1, "--epochs"), default=d(5), metavar="N",
                    help="epochs to train (default 5)")
-    g.add_argument("--device", default="auto", metavar="auto|cpu|cuda",
+    g.add_argument("--device", default=d("auto"), metavar="auto|cpu|cuda",
                    help="where to train; auto picks CUDA when available (default auto)")
-    g.add_argument("--workload", default=None, metavar="MODULE:CALLABLE",
+    g.add_argument("--workload", default=d(None), metavar="MODULE:CALLABLE",
                    help="a factory returning loadertop.Workload (default: the built-in image workload)")
-    g.add_argument("--pin-memory", action="store_true", help="DataLoader pin_memory (CUDA only)")
-    g.add_argument("--persistent-workers", action="store_true", help="DataLoader persistent_workers")
-    g.add_argument("--prefetch-factor", type=_int_at_least(1, "--prefetch-factor"), default=None, metavar="N",
+    g.add_argument("--pin-memory", action="store_true", default=d(False), help="DataLoader pin_memory (CUDA only)")
+    g.add_argument("--persistent-workers", action="store_true", default=d(False), help="DataLoader persistent_workers")
+    g.add_argument("--prefetch-factor", type=_int_at_least(1, "--prefetch-factor"), default=d(None), metavar="N",
                    help="DataLoader prefetch_factor (batches per worker loaded ahead; needs workers)")
-    g.add_argument("--threads", type=_int_at_least(1, "--threads"), default=None, metavar="N",
+    g.add_argument("--threads", type=_int_at_least(1, "--threads"), default=d(None), metavar="N",
                    help="PyTorch threads for the training step (default: the workload's choice, "
                    "1 for the built-in one, else PyTorch's default)")
-    g.add_argument("--seed", type=_int_at_least(0, "--seed"), default=0, metavar="N",
+    g.add_argument("--seed", type=_int_at_least(0, "--seed"), default=d(0), metavar="N",
                    help="seeds the data order, the built-in images and the model (default 0)")
     b = parser.add_argument_group("built-in workload")
-    b.add_argument("--data", default=None, metavar="DIR",
+    b.add_argument("--data", default=d(None), metavar="DIR",
                    help="folder for the built-in images (generated there once; default ~/.cache/loadertop)")
-    b.add_argument("--io-latency-ms", type=_non_negative_float, default=0.0, metavar="MS",
+    b.add_argument("--io-latency-ms", type=_non_negative_float, default=d(0.0), metavar="MS",
                    help="simulated storage latency per sample, as on a network file system (default 0)")
 
 
@@ -102,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(parser)
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     run = sub.add_parser("run", help="train with the monitor, or with --headless print progress lines")
-    _add_common(run)
+    _add_common(run, with_defaults=False)
     h = run.add_argument_group("headless")
     h.add_argument("--headless", action="store_true", help="no TUI: progress lines on stdout")
     h.add_argument("--max-batches", type=_int_at_least(1, "--max-batches"), default=None, metavar="N",
@@ -113,8 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write one JSON object per batch (flushed as it goes)")
     h.add_argument("--progress-interval", type=_non_negative_float, default=5.0, metavar="SECONDS",
                    help="longest gap between progress lines within an epoch (default 5)")
-    for p in (parser, run):
-        p.add_argument("--sample-interval", type=_positive_float, default=1.0, metavar="SECONDS",
+    for p, default in ((parser, 1.0), (run, argparse.SUPPRESS)):
+        p.add_argument("--sample-interval", type=_positive_float, default=default, metavar="SECONDS",
                        help="seconds between system samples: cores, workers, memory, GPUs (default 1)")
     return parser
 

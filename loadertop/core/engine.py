@@ -179,6 +179,7 @@ class Trainer:
         self._state = TrainerState.IDLE
         self._error: TrainerError | None = None
         self._thread: threading.Thread | None = None
+        self._done = threading.Event()
         self._worker_pids: tuple[int, ...] = ()
         self._starts = 0
 
@@ -235,7 +236,11 @@ class Trainer:
         thread = self._thread
         if thread is None:
             return True
-        thread.join(timeout)
+        # Wait on an event, not Thread.join: a signal handler that raises inside
+        # Thread.join (Ctrl+C, SIGTERM in headless runs) can leave is_alive() wrong.
+        if not self._done.wait(timeout):
+            return False
+        thread.join(5.0)  # it is only returning now
         return not thread.is_alive()
 
     def close(self, timeout: float = 10.0) -> bool:
@@ -325,6 +330,7 @@ class Trainer:
                         final, self._error = TrainerState.STOPPED, None
                 self._state = final
                 self._lock.notify_all()
+            self._done.set()
 
     def _prepare(self) -> None:
         if self.workload.num_threads is not None:

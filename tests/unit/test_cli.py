@@ -113,3 +113,13 @@ def test_an_interrupted_run_stops_its_workers(tagged_run, tmp_path: Path, signum
     assert "interrupted" in err
     assert "w2 b32" in out  # the summary still prints
     wait_for(lambda: run.leftovers() == [], timeout=5)
+
+
+def test_shared_options_work_before_and_after_the_subcommand() -> None:
+    from loadertop.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["--workers", "2", "run", "--headless"]).workers == 2
+    assert parser.parse_args(["run", "--workers", "3"]).workers == 3
+    assert parser.parse_args(["run"]).workers == 0
+    assert parser.parse_args(["--sample-interval", "0.5", "run"]).sample_interval == 0.5
