@@ -20,20 +20,7 @@ import psutil
 import torch
 
 from loadertop import LoaderConfig, Trainer
-from torch.utils.data import default_collate
-
-from loadertop.core.calibrated import make_sleep_workload
-
-
-def batch_cost_s(sleep_ms: float, batch_size: int, repeats: int = 30) -> float:
-    """Seconds to load and collate one batch of the calibrated dataset in this process."""
-    import time
-
-    dataset = make_sleep_workload(size=batch_size, sleep_ms=sleep_ms).dataset
-    start = time.perf_counter()
-    for _ in range(repeats):
-        default_collate([dataset[i] for i in range(batch_size)])
-    return (time.perf_counter() - start) / repeats
+from loadertop.core.calibrated import batch_cost_s, make_sleep_workload
 
 
 def main() -> int:

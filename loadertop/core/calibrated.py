@@ -6,7 +6,7 @@ import time
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from loadertop.core.workload import Workload
 
@@ -36,11 +36,16 @@ class SleepDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         return torch.tensor([float(index)]), torch.tensor(index % 2)
 
 
-def measured_sleep_s(nominal_s: float, repeats: int = 200) -> float:
-    """What ``time.sleep(nominal_s)`` really takes on this machine (timer slack included)."""
+def batch_cost_s(sleep_ms: float, batch_size: int, repeats: int = 30) -> float:
+    """Seconds to load and collate one batch of the calibrated dataset in this process.
+
+    The known cost against which loadertop's load times are checked: timer slack,
+    tensor creation and collation included.
+    """
+    dataset = SleepDataset(batch_size, sleep_ms / 1000.0)
     start = time.perf_counter()
     for _ in range(repeats):
-        time.sleep(nominal_s)
+        default_collate([dataset[i] for i in range(batch_size)])
     return (time.perf_counter() - start) / repeats
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from loadertop import LoaderConfig, Trainer, TrainerState
-from loadertop.core.calibrated import measured_sleep_s
+from loadertop.core.calibrated import batch_cost_s
 from loadertop.core.procs import child_processes
 from loadertop.core.records import BatchRecord
 from loadertop.core.sampler import epoch_permutation
@@ -33,7 +33,7 @@ def no_children_left(timeout: float = 5.0) -> bool:
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_load_time_matches_a_known_sleep_per_sample(num_workers: int) -> None:
     sleep_s, batch = 0.002, 10
-    per_sample = measured_sleep_s(sleep_s)
+    batch_ms = batch_cost_s(sleep_s * 1000, batch) * 1000
     trainer = Trainer(
         workloads.make(size=600, sleep_s=sleep_s),
         LoaderConfig(num_workers=num_workers, batch_size=batch, persistent_workers=num_workers > 0),
@@ -46,10 +46,10 @@ def test_load_time_matches_a_known_sleep_per_sample(num_workers: int) -> None:
     assert summary.batches + summary.warmup_batches == 60
     assert summary.warmup_batches == max(1, num_workers)
     if num_workers == 0:
-        expected_ms = batch * per_sample * 1000
+        expected_ms = batch_ms
     else:
-        # k workers each make a batch in batch*sleep; the step waits for the rest of it.
-        expected_ms = batch * per_sample * 1000 / num_workers - summary.compute_ms_mean
+        # k workers each make a batch in batch_ms; the step waits for the rest of it.
+        expected_ms = batch_ms / num_workers - summary.compute_ms_mean
     ratio = summary.load_ms_mean / expected_ms
     # Loose bounds: the test suite shares a noisy machine; benchmarks/accuracy.py measures the 5% target.
     assert 0.8 < ratio < 1.25, f"load {summary.load_ms_mean:.2f} ms vs expected {expected_ms:.2f} ms"
