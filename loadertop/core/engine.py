@@ -162,6 +162,8 @@ class Trainer:
         self.seed = seed
         self.epochs = epochs
         self.max_batches = max_batches
+        self._epochs_per_run = epochs
+        self._max_batches_per_run = max_batches
         self.store = store if store is not None else MetricsStore()
         self.on_record = on_record
 
@@ -203,15 +205,45 @@ class Trainer:
         self._thread.start()
 
     def restart(self, config: LoaderConfig) -> None:
-        """Hot-restart with ``config`` at the next batch boundary (the last request wins)."""
+        """Hot-restart with ``config`` at the next batch boundary (the last request wins).
+
+        After the run has ended (finished, failed or stopped) this starts it again with
+        ``config``, keeping the model, the optimizer, the step count and the store: a
+        failed run retries from the batch that failed; a finished one trains for as
+        many epochs (or ``max_batches``) again.
+        """
         config.validate()
         with self._lock:
-            if self._state.is_done:
-                raise RuntimeError(f"the run has {self._state.value}; start a new trainer")
+            if self._thread is not None and self._state.is_done:
+                self._launch_again(config)
+                return
             if self._pending is None:
                 self._pending_since = time.perf_counter()
             self._pending = config
             self._lock.notify_all()
+
+    def _launch_again(self, config: LoaderConfig) -> None:
+        """Start a new training thread after the last one ended (caller holds the lock)."""
+        old = self._thread
+        if old is not None:
+            old.join(5.0)  # it set _done and is returning
+        if self._state is TrainerState.FINISHED:
+            if self.max_batches is not None and self._step >= self.max_batches:
+                self.max_batches += self._max_batches_per_run or 0
+            else:
+                self.epochs = self._epoch + self._epochs_per_run
+        self._config = config
+        self._pending = None
+        self._pending_since = time.perf_counter()
+        self._stop_requested = False
+        self._paused = False
+        self._error = None
+        self._state = TrainerState.RESTARTING
+        self._done = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, kwargs={"reason": "restart"}, name="loadertop-trainer", daemon=True
+        )
+        self._thread.start()
 
     def pause(self) -> None:
         """Pause at the next batch boundary."""
@@ -311,11 +343,11 @@ class Trainer:
         with self._lock:
             self._state = state
 
-    def _run(self) -> None:
+    def _run(self, reason: str = "start") -> None:
         final = TrainerState.FINISHED
         try:
             self._prepare()
-            self._loop()
+            self._loop(reason)
         except _Stop:
             final = TrainerState.STOPPED
         except BaseException as exc:  # noqa: BLE001 - a training thread must never die silently
@@ -333,6 +365,8 @@ class Trainer:
             self._done.set()
 
     def _prepare(self) -> None:
+        if self._optimizer is not None:  # a run started again keeps its model and optimizer
+            return
         if self.workload.num_threads is not None:
             torch.set_num_threads(self.workload.num_threads)
         torch.manual_seed(self.seed)
@@ -382,12 +416,11 @@ class Trainer:
                 self._state = TrainerState.PAUSED
                 self._lock.wait()
 
-    def _loop(self) -> None:
+    def _loop(self, reason: str) -> None:
         config = self._config
         loader: DataLoader[Any] | None = None
         iterator: Any = None
-        reason = "start"
-        requested_at = self._t_start
+        requested_at = self._t_start if reason == "start" else self._pending_since
         try:
             while not self._finished():
                 if loader is None:

@@ -177,3 +177,38 @@ def test_start_up_is_kept_out_of_the_steady_state() -> None:
     [summary] = trainer.store.summaries()
     assert summary.starts == 1 and summary.startup_ms == pytest.approx(starts[0].startup_s * 1000)
     assert summary.batches == 38 and summary.warmup_batches == 2
+
+
+def test_restart_after_the_run_finished_trains_as_many_epochs_again_with_the_model_kept() -> None:
+    workload = workloads.make(size=16)
+    trainer = Trainer(workload, LoaderConfig(batch_size=4), epochs=2, device="cpu", seed=3)
+    run_to_end(trainer)
+    assert trainer.state is TrainerState.FINISHED
+    weight = workload.model.linear.weight.detach().clone()
+    trainer.restart(LoaderConfig(num_workers=1, batch_size=4))
+    assert trainer.join(60)
+    assert trainer.state is TrainerState.FINISHED
+    records = trainer.store.snapshot().records
+    assert [r.step for r in records] == list(range(1, 17))  # steps go on, nothing repeated
+    assert [r.epoch for r in records[8:]] == [3] * 4 + [4] * 4
+    assert {r.num_workers for r in records[8:]} == {1}
+    # The second run began from the weights the first one ended with.
+    assert torch.equal(workload.model.weights_before_forward[8], weight)
+    assert [e.reason for e in trainer.store.starts()] == ["start", "epoch", "restart", "epoch"]
+    assert no_children_left()
+
+
+def test_restart_after_an_error_retries_the_batch_that_failed() -> None:
+    size = 64
+    workload = workloads.make(size=size, fail_at=29)
+    trainer = Trainer(workload, LoaderConfig(batch_size=4), epochs=1, device="cpu", seed=1)
+    run_to_end(trainer)
+    assert trainer.state is TrainerState.ERROR
+    done = trainer.store.snapshot().total_batches
+    workload.dataset.fail_at = None  # the user fixed the data
+    trainer.restart(LoaderConfig(num_workers=2, batch_size=4))
+    assert trainer.join(60)
+    assert trainer.state is TrainerState.FINISHED and trainer.error is None
+    seen = [i for batch in workload.model.seen for i in batch]
+    assert sorted(seen) == list(range(size))  # the failed batch was trained once, nothing skipped
+    assert trainer.store.snapshot().total_batches == size // 4 > done
