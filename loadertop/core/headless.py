@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import queue
 import signal
@@ -15,9 +14,11 @@ from typing import IO, Any
 
 import psutil
 
+from loadertop.core.advice import fastest
 from loadertop.core.engine import Trainer, TrainerState
 from loadertop.core.procs import reap_children
 from loadertop.core.records import BatchRecord
+from loadertop.core.session import JsonlRecorder
 from loadertop.core.store import ConfigSummary
 from loadertop.core.system import SystemSampler
 
@@ -72,11 +73,7 @@ def format_table(summaries: tuple[ConfigSummary, ...]) -> str:
     """The per-configuration comparison as a plain-text table, fastest row marked with ``*``."""
     header = ("", "config", "batches", "load ms", "load p95", "compute ms", "iter ms", "samples/s", "start-up ms",
               "CPU %", "peak RSS MB")
-    best = max(
-        (s for s in summaries if s.batches and not math.isnan(s.samples_per_s)),
-        key=lambda s: s.samples_per_s,
-        default=None,
-    )
+    best = fastest(summaries)
 
     def num(value: float, digits: int = 1) -> str:
         return "-" if math.isnan(value) else f"{value:.{digits}f}"
@@ -143,10 +140,11 @@ def run_headless(
     pending_switches = dict(switches or {})
     records: queue.SimpleQueue[BatchRecord] = queue.SimpleQueue()
 
+    recorder = JsonlRecorder(record_file) if record_file is not None else None
+
     def on_record(record: BatchRecord) -> None:
-        if record_file is not None:
-            record_file.write(json.dumps(record.to_json()) + "\n")
-            record_file.flush()
+        if recorder is not None:
+            recorder(record)
         workers = pending_switches.pop(record.step, None)
         if workers is not None:
             trainer.restart(trainer.config.with_workers(workers))

@@ -1,0 +1,150 @@
+"""A live session: a trainer and a system sampler run together, seen through frozen views.
+
+Front-ends (the TUI, tests, other tools) talk to a ``Session``: they pull a
+``SessionView`` whenever they redraw and send commands; nothing is pushed to them.
+``loadertop.core.replay.ReplaySession`` offers the same interface over recorded data.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from typing import IO, Protocol
+
+import psutil
+
+from loadertop.core.config import LoaderConfig
+from loadertop.core.engine import Trainer, TrainerState, TrainerStatus
+from loadertop.core.procs import reap_children
+from loadertop.core.records import BatchRecord
+from loadertop.core.store import StoreSnapshot
+from loadertop.core.system import SystemSampler, SystemSnapshot
+
+
+@dataclass(frozen=True, slots=True)
+class SessionView:
+    """Everything a display shows at one moment; immutable, safe to keep.
+
+    Attributes:
+        workload_name: the workload's name.
+        notes: facts to show beside it (e.g. a simulated storage latency).
+        status: the trainer's state, configuration and progress.
+        store: the recorded batches, (re)starts and per-configuration summaries.
+        system: the latest system sample (None before the first).
+        gpu_status: ``"1 NVIDIA GPU"`` or ``"no NVIDIA GPU: <reason>"``.
+        cpu_count: logical cores of the machine.
+    """
+
+    workload_name: str
+    notes: tuple[str, ...]
+    status: TrainerStatus
+    store: StoreSnapshot
+    system: SystemSnapshot | None
+    gpu_status: str
+    cpu_count: int
+
+
+class SessionLike(Protocol):
+    """What a front-end needs: views and commands (a live Session or a replay)."""
+
+    def start(self) -> None: ...
+    def view(self) -> SessionView: ...
+    def apply(self, config: LoaderConfig) -> None: ...
+    def pause(self) -> None: ...
+    def resume(self) -> None: ...
+    def stop(self) -> None: ...
+    def close(self, timeout_s: float = 10.0) -> list[int]: ...
+
+
+class JsonlRecorder:
+    """Writes each batch record as one JSON line, flushed at once (``--record``)."""
+
+    def __init__(self, file: IO[str]) -> None:
+        self.file = file
+        self._lock = threading.Lock()
+
+    def __call__(self, record: BatchRecord) -> None:
+        """Append ``record``."""
+        with self._lock:
+            self.file.write(json.dumps(record.to_json()) + "\n")
+            self.file.flush()
+
+
+class Session:
+    """Runs ``trainer`` with a ``SystemSampler`` that follows its workers and bills their cost.
+
+    Args:
+        trainer: a trainer not yet started.
+        sample_interval_s: seconds between system samples.
+        record_file: an open text file receiving one JSON line per batch.
+        read_gpus: False to skip NVML.
+    """
+
+    def __init__(
+        self,
+        trainer: Trainer,
+        *,
+        sample_interval_s: float = 1.0,
+        record_file: IO[str] | None = None,
+        read_gpus: bool = True,
+    ) -> None:
+        self.trainer = trainer
+        self.sampler = SystemSampler(
+            interval_s=sample_interval_s,
+            worker_pids=trainer.worker_pids,
+            on_sample=trainer.record_cost,
+            read_gpus=read_gpus,
+        )
+        if record_file is not None:
+            trainer.on_record = JsonlRecorder(record_file)
+        self._cpu_count = psutil.cpu_count() or 1
+        self._closed = False
+
+    def start(self) -> None:
+        """Start sampling and training."""
+        self.sampler.start()
+        self.trainer.start()
+
+    def view(self) -> SessionView:
+        """The session now."""
+        return SessionView(
+            workload_name=self.trainer.workload.name,
+            notes=tuple(self.trainer.workload.notes),
+            status=self.trainer.status(),
+            store=self.trainer.store.snapshot(),
+            system=self.sampler.latest(),
+            gpu_status=self.sampler.gpu_status,
+            cpu_count=self._cpu_count,
+        )
+
+    def apply(self, config: LoaderConfig) -> None:
+        """Hot-restart with ``config``, or start again after the run ended (last request wins)."""
+        self.trainer.restart(config)
+
+    def pause(self) -> None:
+        """Pause at the next batch boundary."""
+        self.trainer.pause()
+
+    def resume(self) -> None:
+        """Resume after ``pause``."""
+        self.trainer.resume()
+
+    def stop(self) -> None:
+        """Ask training to stop at the next batch boundary (does not wait)."""
+        self.trainer.stop()
+
+    def close(self, timeout_s: float = 10.0) -> list[int]:
+        """Stop training and sampling, wait for the workers to go; return pids that had to be terminated."""
+        if self._closed:
+            return []
+        self._closed = True
+        self.trainer.stop()
+        self.sampler.stop()
+        self.trainer.join(timeout_s)
+        return reap_children()
+
+    @property
+    def state(self) -> TrainerState:
+        """The trainer's state."""
+        return self.trainer.state

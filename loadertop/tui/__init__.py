@@ -1,0 +1,1 @@
+"""The Textual monitor: draws what ``loadertop.core`` publishes and sends it commands."""

@@ -1,0 +1,210 @@
+"""The loadertop monitor: pulls a ``SessionView`` a few times a second and sends key presses as commands."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import ClassVar
+
+from textual.app import App, ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.reactive import reactive
+from textual.widgets import Footer, Static
+
+from loadertop.core.config import LoaderConfig
+from loadertop.core.engine import TrainerState
+from loadertop.core.session import SessionLike, SessionView
+from loadertop.tui.screens import ConfigForm, HelpScreen
+from loadertop.tui.widgets import (
+    ComparisonTable,
+    CoreMeters,
+    ErrorPanel,
+    GpuPanel,
+    LoadComputePanel,
+    LossChart,
+    PendingBar,
+    RunHeader,
+    ViewWidget,
+    WorkersPanel,
+)
+from loadertop.tui.widgets.pending import describe_change
+
+MAX_WORKERS = 64
+QUIT_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+class LoaderTopApp(App[None]):
+    """Watch training and change the DataLoader's workers without stopping the run.
+
+    Args:
+        session: the live ``Session`` (or a ``ReplaySession`` for tests and screenshots).
+        refresh_hz: how often the screen pulls a new view.
+        start_session: start the session when the app mounts (False when it already runs).
+    """
+
+    CSS_PATH = "loadertop.tcss"
+    TITLE = "loadertop"
+    ENABLE_COMMAND_PALETTE = False
+    HORIZONTAL_BREAKPOINTS: ClassVar[list[tuple[int, str]] | None] = [(0, "-tiny-w"), (60, "-narrow"), (100, "-wide")]
+    VERTICAL_BREAKPOINTS: ClassVar[list[tuple[int, str]] | None] = [(0, "-tiny-h"), (16, "-short"), (30, "-tall")]
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("plus,equals_sign", "more_workers", "+1 worker", key_display="+", id="more",
+                tooltip="One worker more (pending until r)"),
+        Binding("minus", "fewer_workers", "-1 worker", key_display="-", id="fewer",
+                tooltip="One worker fewer (pending until r)"),
+        *[Binding(str(n), f"set_workers({n})", f"{n} workers", show=False) for n in range(10)],
+        Binding("r", "apply", "apply", id="apply", tooltip="Hot-restart with the pending settings"),
+        Binding("p", "pause", "pause", id="pause", tooltip="Pause or resume training"),
+        Binding("c", "settings", "settings", id="settings", tooltip="Batch size, pin_memory, persistence, prefetch"),
+        Binding("question_mark", "help", "help", key_display="?", id="help", tooltip="Every key"),
+        Binding("q", "quit", "quit", id="quit", tooltip="Stop training and quit"),
+        Binding("ctrl+c", "quit", "quit", show=False, priority=True),
+    ]
+
+    pending: reactive[LoaderConfig | None] = reactive(None)
+    """The configuration ``r`` applies; changed by +/-, 0-9 and the settings form."""
+
+    def __init__(self, session: SessionLike, *, refresh_hz: float = 4.0, start_session: bool = True) -> None:
+        super().__init__()
+        self.session = session
+        self.refresh_hz = refresh_hz
+        self.start_session = start_session
+        self.latest: SessionView | None = None
+        self._last_version = -1
+        self._last_system: object = None
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="main"):
+            yield RunHeader(id="header")
+            yield PendingBar(id="pending")
+            with Horizontal(id="charts"):
+                yield self._panel(LossChart(id="loss"), "loss & accuracy")
+                yield self._panel(LoadComputePanel(id="load"), "load vs compute (ms per batch)")
+            yield ErrorPanel(id="error")
+            with Horizontal(id="system"):
+                yield self._panel(CoreMeters(id="cpu"), "CPU")
+                yield self._panel(GpuPanel(id="gpu"), "GPU")
+                yield self._panel(WorkersPanel(id="workers"), "processes")
+            yield self._panel(ComparisonTable(id="table"), "worker counts tried")
+        yield Static("terminal too small for loadertop: make it at least 60x16 (q quits)", id="too-small")
+        yield Footer()
+
+    @staticmethod
+    def _panel(widget: ViewWidget, title: str) -> ViewWidget:
+        widget.add_class("panel")
+        widget.border_title = title
+        return widget
+
+    def on_mount(self) -> None:
+        if self.start_session:
+            self.session.start()
+        self.refresh_view()
+        self.set_interval(1 / self.refresh_hz, self.refresh_view, name="pull-view")
+        try:
+            loop = asyncio.get_running_loop()
+            for sig in QUIT_SIGNALS:
+                loop.add_signal_handler(sig, self._on_quit_signal, sig)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no signals here
+            pass
+
+    def _on_quit_signal(self, signum: int) -> None:
+        # SIGTERM, or SIGHUP when the SSH link drops: stop training first, then leave.
+        self.session.stop()
+        self.exit(return_code=128 + signum)
+
+    # ------------------------------------------------------------------ drawing
+
+    def refresh_view(self) -> None:
+        """Pull the session's view and hand it to every panel (the only place views come from)."""
+        view = self.session.view()
+        self.latest = view
+        if self.pending is None:
+            self.pending = view.status.config
+        changed = view.store.version != self._last_version or view.system is not self._last_system
+        self._last_version, self._last_system = view.store.version, view.system
+        for widget in self.query(ViewWidget):
+            if changed or isinstance(widget, (RunHeader, PendingBar, ErrorPanel)):
+                widget.view = view
+        self.query_one(ErrorPanel).set_class(view.status.error is not None, "-shown")
+
+    def watch_pending(self, pending: LoaderConfig | None) -> None:
+        self.query_one(PendingBar).pending = pending
+
+    # ------------------------------------------------------------------ actions
+
+    def _set_pending_workers(self, workers: int) -> None:
+        if self.pending is None:
+            return
+        self.pending = self.pending.with_workers(max(0, min(workers, MAX_WORKERS)))
+
+    def action_more_workers(self) -> None:
+        """One worker more in the pending configuration."""
+        if self.pending is not None:
+            self._set_pending_workers(self.pending.num_workers + 1)
+
+    def action_fewer_workers(self) -> None:
+        """One worker fewer in the pending configuration."""
+        if self.pending is not None:
+            self._set_pending_workers(self.pending.num_workers - 1)
+
+    def action_set_workers(self, workers: int) -> None:
+        """Set the pending worker count."""
+        self._set_pending_workers(workers)
+
+    def action_apply(self) -> None:
+        """Hot-restart with the pending configuration (or train again once the run has ended)."""
+        view = self.latest
+        pending = self.pending
+        if view is None or pending is None:
+            return
+        status = view.status
+        if not status.state.is_done and pending == status.config and status.pending is None:
+            self.notify("nothing to apply: change the workers with +/- or 0-9, the rest with c", timeout=3)
+            return
+        try:
+            self.session.apply(pending)
+        except (RuntimeError, ValueError) as exc:
+            self.notify(str(exc), severity="error", timeout=6)
+            return
+        if status.state.is_done:
+            self.notify(f"training again with {pending.describe()}", timeout=3)
+        else:
+            self.notify(f"hot-restart: {describe_change(status.config, pending)}", timeout=3)
+        self.refresh_view()
+
+    def action_pause(self) -> None:
+        """Pause or resume training."""
+        view = self.latest
+        if view is None:
+            return
+        state = view.status.state
+        if state.is_done:
+            self.notify(f"the run has {state.value}: r trains again", timeout=3)
+        elif state is TrainerState.PAUSED:
+            self.session.resume()
+        else:
+            self.session.pause()
+        self.refresh_view()
+
+    def action_settings(self) -> None:
+        """Open the form for the other loader settings."""
+        if self.pending is None:
+            return
+        note = "" if self.latest is None or self.latest.status.device.startswith("cuda") else " (CUDA only)"
+
+        def done(config: LoaderConfig | None) -> None:
+            if config is not None:
+                self.pending = config
+
+        self.push_screen(ConfigForm(self.pending, pin_memory_note=note), done)
+
+    def action_help(self) -> None:
+        """Show every key."""
+        self.push_screen(HelpScreen())
+
+    async def action_quit(self) -> None:
+        """Stop training (the caller waits for the workers) and leave."""
+        self.session.stop()
+        self.exit()

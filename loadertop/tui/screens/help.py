@@ -1,0 +1,57 @@
+"""Help: every key, and how to read the screen."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Static
+
+KEYS = (
+    ("+ / -", "one worker more / fewer (pending; nothing restarts yet)"),
+    ("0 … 9", "set the pending worker count directly"),
+    ("r", "apply: hot-restart with the pending settings (model and epoch position kept);\n"
+          "after the run ended or failed, train again"),
+    ("c", "edit the other loader settings: batch size, pin_memory, persistent_workers, prefetch_factor"),
+    ("p", "pause / resume training"),
+    ("?", "this help"),
+    ("q, Ctrl+C", "quit: stops training and shuts the workers down"),
+)
+
+READING = (
+    "load = time the step waited for the next batch; compute = the training step itself.",
+    "input-bound: the step waits for data more than 10% of the time; add workers until it is not.",
+    "The table keeps one row per configuration; warm-up batches after each (re)start are left out.",
+    "★ marks the most samples/s; past the best count, more workers only cost CPU and memory.",
+)
+
+
+class HelpScreen(ModalScreen[None]):
+    """A modal list of the keys; any of Esc, q or ? closes it."""
+
+    DEFAULT_CSS = """
+    HelpScreen { align: center middle; }
+    HelpScreen > Vertical {
+        width: 90%; max-width: 100; height: auto; max-height: 90%;
+        border: round $accent; background: $surface; padding: 0 1;
+    }
+    """
+
+    BINDINGS = [
+        Binding("escape,q,question_mark", "dismiss", "close", tooltip="Close the help"),
+    ]
+
+    def compose(self) -> ComposeResult:
+        text = Text()
+        for key, what in KEYS:
+            text.append(f"{key:>10}  ", "bold")
+            text.append(what.replace("\n", "\n" + " " * 12) + "\n")
+        text.append("\n")
+        for line in READING:
+            text.append(line + "\n", "dim")
+        text.append("\nEsc closes this help.", "dim")
+        with Vertical() as box:
+            box.border_title = "loadertop keys"
+            yield Static(text, id="help-text")

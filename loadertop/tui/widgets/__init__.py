@@ -1,0 +1,25 @@
+"""The monitor's panels, one widget a file; each draws a ``SessionView`` and nothing else."""
+
+from loadertop.tui.widgets.base import ViewWidget
+from loadertop.tui.widgets.comparison import ComparisonTable
+from loadertop.tui.widgets.cores import CoreMeters
+from loadertop.tui.widgets.error_panel import ErrorPanel
+from loadertop.tui.widgets.gpu import GpuPanel
+from loadertop.tui.widgets.header import RunHeader
+from loadertop.tui.widgets.load_compute import LoadComputePanel
+from loadertop.tui.widgets.loss_chart import LossChart
+from loadertop.tui.widgets.pending import PendingBar
+from loadertop.tui.widgets.workers import WorkersPanel
+
+__all__ = [
+    "ComparisonTable",
+    "CoreMeters",
+    "ErrorPanel",
+    "GpuPanel",
+    "LoadComputePanel",
+    "LossChart",
+    "PendingBar",
+    "RunHeader",
+    "ViewWidget",
+    "WorkersPanel",
+]

@@ -1,0 +1,98 @@
+"""The comparison table: one row per configuration tried in this run, the fastest marked."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from rich.text import Text
+
+from loadertop.core.advice import fastest, verdict
+from loadertop.core.store import ConfigSummary
+from loadertop.tui.widgets.base import ViewWidget
+
+
+def _num(value: float, digits: int = 1) -> str:
+    return "-" if math.isnan(value) else f"{value:,.{digits}f}"
+
+
+@dataclass(frozen=True)
+class Column:
+    """A table column: heading, width, how to read a summary, and when it is dropped for room."""
+
+    heading: str
+    width: int
+    cell: Callable[[ConfigSummary], str]
+    drop_order: int  # 0 never; higher numbers go first when the table is too wide
+
+
+COLUMNS = (
+    Column("workers", 7, lambda s: str(s.num_workers), 0),
+    Column("config", 14, lambda s: s.key.split(" ", 1)[1] if " " in s.key else "", 6),
+    Column("batches", 7, lambda s: str(s.batches), 5),
+    Column("load ms", 8, lambda s: _num(s.load_ms_mean), 0),
+    Column("load p95", 8, lambda s: _num(s.load_ms_p95), 4),
+    Column("compute ms", 10, lambda s: _num(s.compute_ms_mean), 0),
+    Column("iter ms", 8, lambda s: _num(s.iter_ms_mean), 3),
+    Column("samples/s", 9, lambda s: _num(s.samples_per_s, 0), 0),
+    Column("start-up ms", 11, lambda s: _num(s.startup_ms, 0), 2),
+    Column("CPU %", 6, lambda s: _num(s.cpu_percent, 0), 1),
+    Column("RSS MB", 7, lambda s: _num(s.rss_mb, 0), 1),
+    Column("verdict", 13, lambda s: v.label if (v := verdict(s.load_ms_mean, s.compute_ms_mean)) else "-", 7),
+)
+MARK_WIDTH = 2
+
+
+def _settings_differ(summaries: tuple[ConfigSummary, ...]) -> bool:
+    """Whether the configurations differ in more than the worker count."""
+    return len({s.config.with_workers(0) for s in summaries}) > 1
+
+
+def fit_columns(width: int, *, show_config: bool = True) -> list[Column]:
+    """The columns that fit ``width`` cells, dropping the least needed first (and "config" when all agree)."""
+    columns = [c for c in COLUMNS if show_config or c.heading != "config"]
+    while columns and MARK_WIDTH + sum(c.width + 1 for c in columns) > width:
+        victim = max(columns, key=lambda c: c.drop_order)
+        if victim.drop_order == 0:
+            break
+        columns.remove(victim)
+    return columns
+
+
+class ComparisonTable(ViewWidget):
+    """Every configuration of this run side by side; ``★`` fastest, ``▶`` running now."""
+
+    def render(self) -> Text:
+        text = Text(no_wrap=True, overflow="crop")
+        view = self.view
+        if view is None:
+            return text
+        summaries = view.store.summaries
+        columns = fit_columns(self.content_size.width, show_config=_settings_differ(summaries))
+        text.append(" " * MARK_WIDTH)
+        text.append(" ".join(c.heading.rjust(c.width) for c in columns), "bold")
+        text.append("\n")
+        if not summaries:
+            text.append("  no batches yet: each worker count you try gets a row here", "dim")
+            return text
+        best = fastest(summaries)
+        running = view.status.config.key
+        ordered = sorted(summaries, key=lambda s: (s.num_workers, s.key))
+        room = self.content_size.height - 1  # below the heading
+        show_legend = len(ordered) < room
+        if len(ordered) > room:  # keep the running row and the fastest in sight
+            keep = [s for s in ordered if s is best or s.key == running]
+            others = [s for s in ordered if s not in keep][: max(room - len(keep), 0)]
+            ordered = sorted(keep + others, key=lambda s: (s.num_workers, s.key))
+        for summary in ordered:
+            mark = "★" if summary is best else " "
+            mark += "▶" if summary.key == running else " "
+            style = "bold green" if summary is best else ("bold" if summary.key == running else "")
+            text.append(mark, "bold yellow")
+            text.append(" ".join(c.cell(summary).rjust(c.width) for c in columns), style)
+            text.append("\n")
+        if show_legend:
+            text.append("★ fastest  ▶ running   warm-up batches after each (re)start left out; "
+                        "CPU %: 100 = one core", "dim")
+        return text

@@ -1,0 +1,70 @@
+"""The header: workload, device, running configuration, state, progress, elapsed time, samples/s."""
+
+from __future__ import annotations
+
+import math
+
+from rich.text import Text
+
+from loadertop.core.advice import recent_stats
+from loadertop.core.engine import TrainerState
+from loadertop.tui.plot import meter
+from loadertop.tui.widgets.base import ViewWidget
+
+STATE_STYLES = {
+    TrainerState.IDLE: "dim",
+    TrainerState.STARTING: "bold yellow",
+    TrainerState.RUNNING: "bold green",
+    TrainerState.PAUSED: "bold yellow",
+    TrainerState.RESTARTING: "bold yellow",
+    TrainerState.STOPPING: "bold yellow",
+    TrainerState.FINISHED: "bold cyan",
+    TrainerState.STOPPED: "bold",
+    TrainerState.ERROR: "bold red",
+}
+
+
+def format_duration(seconds: float) -> str:
+    """``1:02:03`` or ``02:03``."""
+    seconds = int(max(seconds, 0))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02}:{secs:02}" if hours else f"{minutes:02}:{secs:02}"
+
+
+class RunHeader(ViewWidget):
+    """Two lines: what runs where and in which state; then progress, time and throughput."""
+
+    DEFAULT_CSS = """
+    RunHeader { height: 2; padding: 0 1; text-wrap: nowrap; text-overflow: ellipsis; }
+    """
+
+    def render(self) -> Text:
+        view = self.view
+        if view is None:
+            return Text("loadertop — starting…")
+        status = view.status
+        line = Text(no_wrap=True, overflow="ellipsis")
+        line.append("loadertop", "bold")
+        line.append(" │ ")
+        line.append(status.config.describe(), "bold")
+        line.append(" │ ")
+        line.append(status.state.value.upper(), STATE_STYLES.get(status.state, ""))
+        line.append(f" │ {status.device} │ {view.workload_name}")
+        for note in view.notes:
+            line.append(f" ({note})", "dim")
+        line.append("\n")
+
+        done = status.batch_in_epoch / status.batches_per_epoch if status.batches_per_epoch else 0.0
+        bar_w = max(6, min(24, self.size.width // 6))
+        line.append(f"epoch {status.epoch}/{status.epochs} ")
+        line.append("▕" + meter(done * 100, bar_w) + "▏", "cyan")
+        line.append(f" {status.batch_in_epoch}/{status.batches_per_epoch}  step {status.step}")
+        if status.max_batches is not None:
+            line.append(f"/{status.max_batches}")
+        line.append(f"  │ {format_duration(status.elapsed_s)}")
+        stats = recent_stats(view.store.records, status.config.key)
+        if not math.isnan(stats.samples_per_s):
+            line.append("  │ ")
+            line.append(f"{stats.samples_per_s:,.0f} samples/s", "bold")
+        return line

@@ -1,0 +1,56 @@
+"""The pending configuration and what ``r`` will do with it, always in sight."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.reactive import reactive
+
+from loadertop.core.config import LoaderConfig
+from loadertop.tui.widgets.base import ViewWidget
+
+
+def describe_change(current: LoaderConfig, pending: LoaderConfig) -> str:
+    """What differs, e.g. ``2 → 4 workers, batch 32 → 64``."""
+    parts = []
+    if pending.num_workers != current.num_workers:
+        parts.append(f"{current.num_workers} → {pending.num_workers} workers")
+    if pending.batch_size != current.batch_size:
+        parts.append(f"batch {current.batch_size} → {pending.batch_size}")
+    for name, label in (("pin_memory", "pin_memory"), ("persistent_workers", "persistent")):
+        if getattr(pending, name) != getattr(current, name):
+            parts.append(f"{label} {'on' if getattr(pending, name) else 'off'}")
+    if pending.prefetch_factor != current.prefetch_factor:
+        parts.append(f"prefetch {pending.prefetch_factor or 'default'}")
+    return ", ".join(parts)
+
+
+class PendingBar(ViewWidget):
+    """``next: 4 workers, batch 32 — r: hot-restart 2 → 4 workers``."""
+
+    DEFAULT_CSS = """
+    PendingBar { height: 1; padding: 0 1; background: $boost; text-wrap: nowrap; text-overflow: ellipsis; }
+    """
+
+    pending: reactive[LoaderConfig | None] = reactive(None)
+    """The configuration ``r`` applies (the app owns it; None until the first view)."""
+
+    def render(self) -> Text:
+        text = Text(no_wrap=True, overflow="ellipsis")
+        view, pending = self.view, self.pending
+        if view is None or pending is None:
+            return text
+        status = view.status
+        text.append("next: ")
+        text.append(pending.describe(), "bold reverse")
+        text.append("  ")
+        change = describe_change(status.config, pending)
+        if status.state.is_done:
+            verb = "retry" if status.error is not None else "train again"
+            text.append("r: ", "bold")
+            text.append(f"{verb} with {pending.describe()}")
+        elif change:
+            text.append("r: ", "bold")
+            text.append(f"hot-restart {change}", "bold yellow")
+        else:
+            text.append("r: nothing to change (+/- 0-9: workers, c: settings)", "dim")
+        return text
