@@ -5,9 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import IO, NoReturn
+from typing import IO, TYPE_CHECKING, NoReturn
+
+if TYPE_CHECKING:
+    from loadertop.core.engine import Trainer
 
 EXIT_USAGE = 2
+MONITOR_EPOCHS = 100
+HEADLESS_EPOCHS = 5
 
 
 class UsageError(Exception):
@@ -77,8 +82,9 @@ def _add_common(parser: argparse.ArgumentParser, *, with_defaults: bool = True) 
                    help="DataLoader num_workers to start with (default 0)")
     g.add_argument("--batch-size", type=_int_at_least(1, "--batch-size"), default=d(32), metavar="N",
                    help="samples per batch (default 32)")
-    g.add_argument("--epochs", type=_int_at_least(1, "--epochs"), default=d(5), metavar="N",
-                   help="epochs to train (default 5)")
+    g.add_argument("--epochs", type=_int_at_least(1, "--epochs"), default=d(None), metavar="N",
+                   help=f"epochs to train (default {MONITOR_EPOCHS} in the monitor, a few minutes of the "
+                   f"built-in workload; {HEADLESS_EPOCHS} headless)")
     g.add_argument("--device", default=d("auto"), metavar="auto|cpu|cuda",
                    help="where to train; auto picks CUDA when available (default auto)")
     g.add_argument("--workload", default=d(None), metavar="MODULE:CALLABLE",
@@ -109,16 +115,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     run = sub.add_parser("run", help="train with the monitor, or with --headless print progress lines")
     _add_common(run, with_defaults=False)
-    h = run.add_argument_group("headless")
+    h = run.add_argument_group("run")
     h.add_argument("--headless", action="store_true", help="no TUI: progress lines on stdout")
     h.add_argument("--max-batches", type=_int_at_least(1, "--max-batches"), default=None, metavar="N",
                    help="stop after N batches in all")
     h.add_argument("--switch", type=_switch, action="append", default=[], metavar="STEP:WORKERS",
-                   help="hot-restart to WORKERS workers once STEP batches have run (repeatable)")
+                   help="headless: hot-restart to WORKERS workers once STEP batches have run (repeatable)")
     h.add_argument("--record", default=None, metavar="FILE.jsonl",
                    help="write one JSON object per batch (flushed as it goes)")
     h.add_argument("--progress-interval", type=_non_negative_float, default=5.0, metavar="SECONDS",
-                   help="longest gap between progress lines within an epoch (default 5)")
+                   help="headless: longest gap between progress lines within an epoch (default 5)")
     for p, default in ((parser, 1.0), (run, argparse.SUPPRESS)):
         p.add_argument("--sample-interval", type=_positive_float, default=default, metavar="SECONDS",
                        help="seconds between system samples: cores, workers, memory, GPUs (default 1)")
@@ -160,6 +166,14 @@ def _dispatch(args: argparse.Namespace) -> int:
     except (ConfigError, ValueError) as exc:
         raise UsageError(str(exc)) from None
 
+    headless = getattr(args, "headless", False)
+    if not headless:
+        if getattr(args, "switch", None):
+            raise UsageError("--switch needs --headless (in the monitor, press a digit and r)")
+        if not (sys.stdin.isatty() and sys.stderr.isatty()):
+            raise UsageError("the monitor needs a terminal (stdin and stderr); without one use: loadertop run --headless")
+    if args.epochs is None:
+        args.epochs = HEADLESS_EPOCHS if headless else MONITOR_EPOCHS
     switches = dict(getattr(args, "switch", []) or [])
     if len(switches) != len(getattr(args, "switch", []) or []):
         raise UsageError("--switch: each STEP may be given once")
@@ -202,9 +216,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     except (WorkloadError, ValueError) as exc:
         raise UsageError(str(exc)) from None
 
-    if not getattr(args, "headless", False):
-        print("loadertop: the live monitor is not available yet; running headless", file=sys.stderr)
     try:
+        if not headless:
+            return _run_monitor(trainer, record_file, args.sample_interval)
         return run_headless(
             trainer,
             switches=switches,
@@ -215,6 +229,38 @@ def _dispatch(args: argparse.Namespace) -> int:
     finally:
         if record_file is not None:
             record_file.close()
+
+
+def _run_monitor(trainer: Trainer, record_file: IO[str] | None, sample_interval_s: float) -> int:
+    """The Textual monitor; after it closes, the comparison table is printed on stdout."""
+    from loadertop.core.headless import format_table
+    from loadertop.core.session import Session
+    from loadertop.tui.app import LoaderTopApp
+
+    session = Session(trainer, sample_interval_s=sample_interval_s, record_file=record_file)
+    app = LoaderTopApp(session)
+    code = 0
+    try:
+        app.run()
+        code = app.return_code or 0
+    except KeyboardInterrupt:  # Ctrl+C before the app took the terminal
+        code = 130
+    finally:
+        leftover = session.close()
+    try:
+        summaries = trainer.store.summaries()
+        if summaries and code < 128:
+            print(format_table(summaries))
+        if leftover:
+            print(f"loadertop: terminated left-over worker processes {leftover}", file=sys.stderr)
+        error = trainer.error
+        if error is not None and code == 0:
+            where = f" (sample index {error.sample_index})" if error.sample_index is not None else ""
+            print(f"loadertop: run failed at step {error.step + 1}{where}: {error.message}", file=sys.stderr)
+            code = 1
+    except OSError:  # the terminal is gone (SIGHUP): nothing to print to
+        pass
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,28 @@
+"""Fixtures for the app tests: a recorded session served by ReplaySession (the fake engine)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from loadertop.core.replay import ReplaySession, load_view
+from loadertop.core.session import SessionView
+
+RECORDED = Path(__file__).resolve().parent.parent / "data" / "session.json"
+
+
+@pytest.fixture(scope="session")
+def recorded_view() -> SessionView:
+    """A real run of the built-in workload (0 -> 1 -> 4 -> 2 workers), saved at step 300 with 2 workers running."""
+    return load_view(RECORDED)
+
+
+@pytest.fixture
+def replay(recorded_view: SessionView) -> ReplaySession:
+    return ReplaySession(dataclasses.replace(recorded_view))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--snapshot-update", action="store_true", help="rewrite the SVG snapshots from this run")

@@ -1,0 +1,181 @@
+"""Each key drives the session as described, and the screen shows the pending and applied configuration."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from textual.widgets import Checkbox, Input
+
+from loadertop import LoaderConfig, TrainerState
+from loadertop.core.engine import TrainerError
+from loadertop.core.replay import ReplaySession
+from loadertop.tui.app import LoaderTopApp
+from loadertop.tui.screens import ConfigForm, HelpScreen
+from loadertop.tui.widgets import ErrorPanel, PendingBar, RunHeader
+
+SIZE = (120, 36)
+
+
+def screen_text(app: LoaderTopApp, widget_type: type) -> str:
+    widget = app.query_one(widget_type)
+    return str(widget.render())
+
+
+def applied(replay: ReplaySession) -> list[LoaderConfig]:
+    return [arg for name, arg in replay.commands if name == "apply"]
+
+
+async def test_the_app_starts_the_session_and_shows_the_running_configuration(replay: ReplaySession) -> None:
+    app = LoaderTopApp(replay)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert replay.commands[0] == ("start", None)
+        header = screen_text(app, RunHeader)
+        assert "2 workers, batch 32" in header and "RUNNING" in header and "step 300" in header
+        assert "next: 2 workers, batch 32" in screen_text(app, PendingBar)
+        assert "nothing to change" in screen_text(app, PendingBar)
+
+
+async def test_plus_minus_and_digits_change_only_the_pending_count(replay: ReplaySession) -> None:
+    app = LoaderTopApp(replay)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("plus", "plus")
+        assert app.pending == LoaderConfig(num_workers=4)
+        assert "hot-restart 2 → 4 workers" in screen_text(app, PendingBar)
+        await pilot.press("minus")
+        assert app.pending.num_workers == 3
+        await pilot.press("7")
+        assert app.pending.num_workers == 7
+        await pilot.press("0", "minus")  # never below 0
+        assert app.pending.num_workers == 0
+        assert "hot-restart 2 → 0 workers" in screen_text(app, PendingBar)
+        assert applied(replay) == []  # nothing restarts before r
+        assert "2 workers, batch 32" in screen_text(app, RunHeader)
+
+
+async def test_r_applies_the_pending_configuration_and_the_header_follows(replay: ReplaySession) -> None:
+    app = LoaderTopApp(replay)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("4", "r")
+        assert applied(replay) == [LoaderConfig(num_workers=4)]
+        await pilot.pause()
+        assert "4 workers, batch 32" in screen_text(app, RunHeader)
+        assert "nothing to change" in screen_text(app, PendingBar)
+        await pilot.press("r")  # nothing pending: no restart
+        assert applied(replay) == [LoaderConfig(num_workers=4)]
+
+
+async def test_rapid_presses_send_only_what_r_applies_and_the_last_wins(replay: ReplaySession) -> None:
+    app = LoaderTopApp(replay)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press(*"13579", "r", *"086", "r", "plus", "r")
+        assert [c.num_workers for c in applied(replay)] == [9, 6, 7]
+        assert replay.view().status.config.num_workers == 7
+
+
+async def test_p_pauses_and_resumes(replay: ReplaySession) -> None:
+    app = LoaderTopApp(replay)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("p")
+        await pilot.pause()
+        assert replay.commands[-1] == ("pause", None)
+        assert "PAUSED" in screen_text(app, RunHeader)
+        await pilot.press("p")
+        await pilot.pause()
+        assert replay.commands[-1] == ("resume", None)
+        assert "RUNNING" in screen_text(app, RunHeader)
+
+
+@pytest.mark.parametrize("key", ["q", "ctrl+c"])
+async def test_q_and_ctrl_c_stop_training_and_exit(replay: ReplaySession, key: str) -> None:
+    app = LoaderTopApp(replay)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press(key)
+        await pilot.pause()
+    assert ("stop", None) in replay.commands
+    assert app.return_code == 0
+
+
+async def test_help_lists_every_key_and_closes(replay: ReplaySession) -> None:
+    app = LoaderTopApp(replay)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("question_mark")
+        await pilot.pause()
+        assert isinstance(app.screen, HelpScreen)
+        text = str(app.screen.query_one("#help-text").render())
+        for key in ("+ / -", "0 … 9", "r", "c", "p", "?", "q, Ctrl+C"):
+            assert key in text
+        await pilot.press("escape")
+        assert not isinstance(app.screen, HelpScreen)
+
+
+async def test_the_settings_form_edits_the_pending_configuration(replay: ReplaySession) -> None:
+    app = LoaderTopApp(replay)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("3", "c")
+        await pilot.pause()
+        form = app.screen
+        assert isinstance(form, ConfigForm)
+        form.query_one("#batch-size", Input).value = "64"
+        form.query_one("#prefetch", Input).value = "4"
+        form.query_one("#persistent", Checkbox).value = True
+        await pilot.click("#save")
+        await pilot.pause()
+        assert not isinstance(app.screen, ConfigForm)
+        expected = LoaderConfig(num_workers=3, batch_size=64, persistent_workers=True, prefetch_factor=4)
+        assert app.pending == expected
+        bar = screen_text(app, PendingBar)
+        assert "2 → 3 workers, batch 32 → 64" in bar and "persistent on" in bar and "prefetch 4" in bar
+        assert applied(replay) == []
+        await pilot.press("r")
+        assert applied(replay) == [expected]
+
+
+async def test_the_settings_form_refuses_bad_values_in_words_and_escape_cancels(replay: ReplaySession) -> None:
+    app = LoaderTopApp(replay)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("c")
+        await pilot.pause()
+        form = app.screen
+        form.query_one("#batch-size", Input).value = "0"
+        await pilot.click("#save")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfigForm)
+        assert "batch size must be >= 1, got 0" in str(form.query_one("#form-error").render())
+        await pilot.press("escape")
+        await pilot.pause()
+        assert not isinstance(app.screen, ConfigForm)
+        assert app.pending == LoaderConfig(num_workers=2)
+
+
+async def test_an_error_is_shown_with_its_message_and_r_tries_again(replay: ReplaySession) -> None:
+    view = replay.view()
+    error = TrainerError("dataset", "ValueError: broken sample 37", 37, 300, "Traceback …")
+    replay.set_view(dataclasses.replace(view, status=dataclasses.replace(view.status, state=TrainerState.ERROR,
+                                                                         error=error)))
+    app = LoaderTopApp(replay)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        panel = app.query_one(ErrorPanel)
+        assert panel.has_class("-shown") and panel.display
+        text = str(panel.render())
+        assert "the dataset raised at step 301 (sample index 37): ValueError: broken sample 37" in text
+        assert "retry with 2 workers" in screen_text(app, PendingBar)
+        await pilot.press("r")  # same settings: after an error r still tries again
+        await pilot.pause()
+        assert applied(replay) == [LoaderConfig(num_workers=2)]
+        assert not panel.has_class("-shown")
+
+
+async def test_a_finished_run_keeps_its_results_and_r_trains_again(replay: ReplaySession) -> None:
+    view = replay.view()
+    replay.set_view(dataclasses.replace(view, status=dataclasses.replace(view.status, state=TrainerState.FINISHED)))
+    app = LoaderTopApp(replay)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("p")  # nothing to pause
+        assert ("pause", None) not in replay.commands
+        assert "FINISHED" in screen_text(app, RunHeader)
+        assert "train again with 2 workers" in screen_text(app, PendingBar)
+        await pilot.press("1", "r")
+        assert applied(replay) == [LoaderConfig(num_workers=1)]

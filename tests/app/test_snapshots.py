@@ -1,0 +1,105 @@
+"""SVG snapshots of the real app drawn from a recorded session: every number on screen is fixed.
+
+On a mismatch the new SVG is written beside the expected one as ``*.actual.svg``;
+``pytest tests/app --snapshot-update`` rewrites the expected files after a deliberate change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from textual.pilot import Pilot
+
+from loadertop import TrainerState
+from loadertop.core.engine import TrainerError
+from loadertop.core.replay import ReplaySession
+from loadertop.core.session import SessionView
+from loadertop.core.system import GpuSample
+from loadertop.tui.app import LoaderTopApp
+
+SNAPSHOTS = Path(__file__).resolve().parent / "snapshots"
+GIB = 1024**3
+
+
+async def snapshot(
+    request: pytest.FixtureRequest,
+    view: SessionView,
+    name: str,
+    size: tuple[int, int],
+    run_before: Callable[[Pilot], Awaitable[None]] | None = None,
+) -> None:
+    app = LoaderTopApp(ReplaySession(view))
+    async with app.run_test(size=size) as pilot:
+        if run_before is not None:
+            await run_before(pilot)
+        await pilot.pause()
+        app.refresh_view()
+        await pilot.pause()
+        svg = app.export_screenshot(title=f"loadertop {size[0]}x{size[1]}")
+    expected_path = SNAPSHOTS / f"{name}.svg"
+    actual_path = SNAPSHOTS / f"{name}.actual.svg"
+    if request.config.getoption("--snapshot-update") or not expected_path.exists():
+        SNAPSHOTS.mkdir(exist_ok=True)
+        expected_path.write_text(svg, encoding="utf-8")
+        actual_path.unlink(missing_ok=True)
+        if not request.config.getoption("--snapshot-update"):
+            pytest.fail(f"no snapshot yet: wrote {expected_path.name}; check it and run again")
+        return
+    if svg != expected_path.read_text(encoding="utf-8"):
+        actual_path.write_text(svg, encoding="utf-8")
+        pytest.fail(f"{name}: the screen differs from {expected_path.name}; see {actual_path.name}")
+    actual_path.unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("size", [(120, 36), (80, 24)], ids=["120x36", "80x24"])
+async def test_running(request: pytest.FixtureRequest, recorded_view: SessionView, size: tuple[int, int]) -> None:
+    await snapshot(request, recorded_view, f"running_{size[0]}x{size[1]}", size)
+
+
+@pytest.mark.parametrize("size", [(120, 36), (80, 24)], ids=["120x36", "80x24"])
+async def test_pending_change(request: pytest.FixtureRequest, recorded_view: SessionView,
+                              size: tuple[int, int]) -> None:
+    async def press(pilot: Pilot) -> None:
+        await pilot.press("plus", "plus")
+
+    await snapshot(request, recorded_view, f"pending_{size[0]}x{size[1]}", size, press)
+
+
+@pytest.mark.parametrize("size", [(120, 36), (80, 24)], ids=["120x36", "80x24"])
+async def test_error(request: pytest.FixtureRequest, recorded_view: SessionView, size: tuple[int, int]) -> None:
+    error = TrainerError("worker", "DataLoader worker (pid(s) 11496) exited unexpectedly", None, 300, "")
+    status = dataclasses.replace(recorded_view.status, state=TrainerState.ERROR, error=error)
+    await snapshot(request, dataclasses.replace(recorded_view, status=status), f"error_{size[0]}x{size[1]}", size)
+
+
+async def test_help(request: pytest.FixtureRequest, recorded_view: SessionView) -> None:
+    async def press(pilot: Pilot) -> None:
+        await pilot.press("question_mark")
+
+    await snapshot(request, recorded_view, "help_120x36", (120, 36), press)
+
+
+async def test_settings_form(request: pytest.FixtureRequest, recorded_view: SessionView) -> None:
+    async def press(pilot: Pilot) -> None:
+        await pilot.press("c")
+
+    await snapshot(request, recorded_view, "settings_80x24", (80, 24), press)
+
+
+async def test_gpus(request: pytest.FixtureRequest, recorded_view: SessionView) -> None:
+    """The GPU panel with two GPUs (values made up for the test: no GPU was lent to record one)."""
+    assert recorded_view.system is not None
+    gpus = (
+        GpuSample(0, "NVIDIA H100 80GB HBM3", 87.0, 61 * GIB, 80 * GIB, 64.0, 412.0, 60 * GIB),
+        GpuSample(1, "NVIDIA H100 80GB HBM3", 3.0, 1 * GIB, 80 * GIB, 38.0, 71.0, None),
+    )
+    system = dataclasses.replace(recorded_view.system, gpus=gpus, gpu_status="2 NVIDIA GPUs")
+    view = dataclasses.replace(recorded_view, system=system, gpu_status="2 NVIDIA GPUs")
+    await snapshot(request, view, "gpus_120x36", (120, 36))
+
+
+async def test_too_small(request: pytest.FixtureRequest, recorded_view: SessionView) -> None:
+    await snapshot(request, recorded_view, "too_small_40x12", (40, 12))
