@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 
-.PHONY: run test bench clean
+.PHONY: run test bench screenshots clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/accuracy.py
 	$(PY) benchmarks/sampler_cost.py
+	$(PY) benchmarks/overhead.py
+
+screenshots: $(STAMP)
+	$(PY) screenshots/make_screenshots.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -31,7 +31,7 @@ from loadertop.tui.widgets import (
 from loadertop.tui.widgets.pending import describe_change
 
 MAX_WORKERS = 64
-QUIT_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+QUIT_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 
 
 class LoaderTopApp(App[None]):
@@ -72,8 +72,7 @@ class LoaderTopApp(App[None]):
         self.refresh_hz = refresh_hz
         self.start_session = start_session
         self.latest: SessionView | None = None
-        self._last_version = -1
-        self._last_system: object = None
+        self._tick = 0
 
     def compose(self) -> ComposeResult:
         with Vertical(id="main"):
@@ -116,16 +115,19 @@ class LoaderTopApp(App[None]):
 
     # ------------------------------------------------------------------ drawing
 
-    def refresh_view(self) -> None:
-        """Pull the session's view and hand it to every panel (the only place views come from)."""
+    def refresh_view(self, *, force: bool = False) -> None:
+        """Pull the session's view and hand it to the panels it is news to (the only place views come from).
+
+        Args:
+            force: every panel redraws now (after a key press changed the session).
+        """
         view = self.session.view()
         self.latest = view
+        self._tick += 1
         if self.pending is None:
             self.pending = view.status.config
-        changed = view.store.version != self._last_version or view.system is not self._last_system
-        self._last_version, self._last_system = view.store.version, view.system
         for widget in self.query(ViewWidget):
-            if changed or isinstance(widget, (RunHeader, PendingBar, ErrorPanel)):
+            if force or widget.wants(view, self._tick):
                 widget.view = view
         self.query_one(ErrorPanel).set_class(view.status.error is not None, "-shown")
 
@@ -172,7 +174,7 @@ class LoaderTopApp(App[None]):
             self.notify(f"training again with {pending.describe()}", timeout=3)
         else:
             self.notify(f"hot-restart: {describe_change(status.config, pending)}", timeout=3)
-        self.refresh_view()
+        self.refresh_view(force=True)
 
     def action_pause(self) -> None:
         """Pause or resume training."""
@@ -186,7 +188,7 @@ class LoaderTopApp(App[None]):
             self.session.resume()
         else:
             self.session.pause()
-        self.refresh_view()
+        self.refresh_view(force=True)
 
     def action_settings(self) -> None:
         """Open the form for the other loader settings."""

@@ -67,6 +67,30 @@ class BrailleCanvas:
         return chr(_BRAILLE_BASE + bits) if bits else " "
 
 
+def append_runs(text: Text, cells: Sequence[tuple[str, str]]) -> None:
+    """Append (character, style) cells, one span per run of equal style (fewer spans draw faster).
+
+    Braille and block characters stay one span each: fonts without them fall back to
+    glyphs of another width, and an SVG export would drift along a run.
+    """
+    run: list[str] = []
+    run_style = None
+    for char, style in cells:
+        if run and (style != run_style or _own_span(char) or _own_span(run[-1])):
+            text.append("".join(run), run_style or None)
+            run = []
+        run_style = style
+        run.append(char)
+    if run:
+        text.append("".join(run), run_style or None)
+
+
+def _own_span(char: str) -> bool:
+    """Braille and block elements: often drawn from a fallback font of another width."""
+    code = ord(char)
+    return 0x2800 < code <= 0x28FF or 0x2580 <= code <= 0x259F
+
+
 def format_value(value: float) -> str:
     """A short axis label: 2.31, 0.052, 12.5, 1.2k."""
     if math.isnan(value):
@@ -210,15 +234,17 @@ def loss_chart(
             label = ""
         text.append(label.rjust(left - 1) + " ", AXIS_STYLE)
         text.append("│", AXIS_STYLE)
+        cells: list[tuple[str, str]] = []
         for column in range(plot_w):
             if canvas.filled(column, row):
-                text.append(canvas.char(column, row), LOSS_STYLE)
+                cells.append((canvas.char(column, row), LOSS_STYLE))
             elif accuracy_row.get(column) == row:
-                text.append("•", ACCURACY_STYLE)
+                cells.append(("•", ACCURACY_STYLE))
             elif column in markers:
-                text.append("┊", MARKER_STYLE)
+                cells.append(("┊", MARKER_STYLE))
             else:
-                text.append(" ")
+                cells.append((" ", ""))
+        append_runs(text, cells)
         text.append("│", AXIS_STYLE)
         if has_accuracy and row in (0, plot_h - 1) or (has_accuracy and row == plot_h // 2 and plot_h >= 5):
             pct = round(100 * (1 - row / (plot_h - 1)))
@@ -278,12 +304,7 @@ def load_compute_chart(records: Sequence[BatchRecord], width: int, height: int) 
             label = format_value(scale_ms / 2)
         text.append(label.rjust(left - 1) + "│", AXIS_STYLE)
         text.append(" " * pad)
-        for cells in columns:
-            if row < len(cells):
-                char, style = cells[row]
-                text.append(char, style)
-            else:
-                text.append(" ")
+        append_runs(text, [cells[row] if row < len(cells) else (" ", "") for cells in columns])
         text.append("\n")
     marks = [" "] * bars_w
     for i in range(1, len(shown)):

@@ -123,3 +123,19 @@ def test_shared_options_work_before_and_after_the_subcommand() -> None:
     assert parser.parse_args(["run", "--workers", "3"]).workers == 3
     assert parser.parse_args(["run"]).workers == 0
     assert parser.parse_args(["--sample-interval", "0.5", "run"]).sample_interval == 0.5
+
+
+def test_the_monitor_without_a_terminal_says_how_to_run_headless(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sys.stdin.isatty", lambda: False)
+    code, out, err = run_main(["--workers", "1"], capsys)
+    assert code == 2 and out == ""
+    assert err.strip() == ("loadertop: error: the monitor needs a terminal (stdin and stderr); "
+                           "without one use: loadertop run --headless")
+
+
+def test_switch_belongs_to_headless_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_main(["run", "--switch", "10:2"], capsys)
+    assert code == 2
+    assert "--switch needs --headless (in the monitor, press a digit and r)" in err

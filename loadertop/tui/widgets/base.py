@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from textual.reactive import reactive
 from textual.widget import Widget
 
@@ -9,7 +11,30 @@ from loadertop.core.session import SessionView
 
 
 class ViewWidget(Widget):
-    """A widget whose ``render`` is a pure function of ``view`` and its size."""
+    """A widget whose ``render`` is a pure function of ``view`` and its size.
+
+    The app hands a new view only when the part the widget follows has changed
+    (``follows``) and at most every ``every_ticks`` pulls: drawing is the monitor's
+    main cost, and the machine's CPU belongs to training.
+    """
+
+    follows: ClassVar[str] = "store"
+    """``"store"`` (batches and summaries), ``"system"`` (the sampler) or ``"status"`` (every pull)."""
+    every_ticks: ClassVar[int] = 1
+    """Redraw at most every this many pulls of the app's timer."""
+
+    def wants(self, view: SessionView, tick: int) -> bool:
+        """Whether ``view`` is news to this widget on pull number ``tick``."""
+        old = self.view
+        if old is None:
+            return True
+        if tick % self.every_ticks:
+            return False
+        if self.follows == "store":
+            return view.store.version != old.store.version or view.status.config != old.status.config
+        if self.follows == "system":
+            return view.system is not old.system or view.status.config != old.status.config
+        return True
 
     view: reactive[SessionView | None] = reactive(None, always_update=True)
     """The session as last pulled by the app (assigned, never mutated); None before the first."""

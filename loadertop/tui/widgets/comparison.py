@@ -63,6 +63,9 @@ def fit_columns(width: int, *, show_config: bool = True) -> list[Column]:
 class ComparisonTable(ViewWidget):
     """Every configuration of this run side by side; ``★`` fastest, ``▶`` running now."""
 
+    follows = "store"
+    every_ticks = 4
+
     def render(self) -> Text:
         text = Text(no_wrap=True, overflow="crop")
         view = self.view

@@ -6,7 +6,7 @@ import math
 
 from rich.text import Text
 
-from loadertop.tui.plot import level, meter
+from loadertop.tui.plot import append_runs, level, meter
 from loadertop.tui.widgets.base import ViewWidget
 
 GIB = 1024**3
@@ -18,6 +18,8 @@ def _core_style(percent: float) -> str:
 
 class CoreMeters(ViewWidget):
     """Meters laid out in as many columns as fit; with more cores than room, one level glyph per core."""
+
+    follows = "system"
 
     def render(self) -> Text:
         text = Text(no_wrap=True, overflow="crop")
@@ -50,8 +52,7 @@ class CoreMeters(ViewWidget):
         else:  # many cores: one glyph each
             per_row = max(width, 1)
             for start in range(0, len(cores), per_row):
-                for pct in cores[start : start + per_row]:
-                    text.append(level(pct), _core_style(pct))
+                append_runs(text, [(level(pct), _core_style(pct)) for pct in cores[start : start + per_row]])
                 text.append("\n")
         load1, load5, _ = system.load_average
         text.append(f"load {load1:.2f} {load5:.2f}", "dim")

@@ -17,6 +17,8 @@ KIND_TITLES = {
 class ErrorPanel(ViewWidget):
     """Shown (CSS class ``-failed`` on the app) only while the run has failed."""
 
+    follows = "status"
+
     DEFAULT_CSS = """
     ErrorPanel { height: auto; max-height: 6; border: heavy $error; padding: 0 1; display: none; }
     """

@@ -15,6 +15,8 @@ GIB = 1024**3
 class GpuPanel(ViewWidget):
     """Per GPU: name, utilisation meter, memory, temperature and power where NVML reads them."""
 
+    follows = "system"
+
     def render(self) -> Text:
         text = Text(no_wrap=True, overflow="crop")
         view = self.view

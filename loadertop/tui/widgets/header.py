@@ -35,6 +35,8 @@ def format_duration(seconds: float) -> str:
 class RunHeader(ViewWidget):
     """Two lines: what runs where and in which state; then progress, time and throughput."""
 
+    follows = "status"
+
     DEFAULT_CSS = """
     RunHeader { height: 2; padding: 0 1; text-wrap: nowrap; text-overflow: ellipsis; }
     """

@@ -20,6 +20,9 @@ def _ms(value: float) -> str:
 class LoadComputePanel(ViewWidget):
     """Stacked bars per batch (load ``█``, compute ``░``), then the figures of the running configuration."""
 
+    follows = "store"
+    every_ticks = 2
+
     def render(self) -> Text:
         if self.view is None:
             return Text("")

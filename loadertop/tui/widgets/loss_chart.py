@@ -11,6 +11,9 @@ from loadertop.tui.widgets.base import ViewWidget
 class LossChart(ViewWidget):
     """A braille line plot of the loss, accuracy as ``•``, ``▼Nw`` where the run switched to N workers."""
 
+    follows = "store"
+    every_ticks = 2
+
     def render(self) -> Text:
         if self.view is None:
             return Text("")

@@ -27,6 +27,8 @@ def describe_change(current: LoaderConfig, pending: LoaderConfig) -> str:
 class PendingBar(ViewWidget):
     """``next: 4 workers, batch 32 — r: hot-restart 2 → 4 workers``."""
 
+    follows = "status"
+
     DEFAULT_CSS = """
     PendingBar { height: 1; padding: 0 1; background: $boost; text-wrap: nowrap; text-overflow: ellipsis; }
     """

@@ -12,6 +12,8 @@ MIB = 1024 * 1024
 class WorkersPanel(ViewWidget):
     """One row per process: ``main`` first, then ``w0``..``wN``; totals when rows do not fit."""
 
+    follows = "system"
+
     def render(self) -> Text:
         text = Text(no_wrap=True, overflow="crop")
         view = self.view

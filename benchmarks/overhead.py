@@ -1,0 +1,121 @@
+"""What watching costs: training throughput with the monitor open against headless, and key-press latency.
+
+1. Throughput: the built-in workload with the same worker count runs ``--max-batches``
+   headless and with the app open in a real terminal (tmux), alternating, each with
+   ``--record``. Steady-state samples/s comes from the records (warm-up batches and
+   the first ``--skip`` batches left out): samples / wall time between batch ends.
+   Ratio = monitor / headless, median over the rounds. Target: at least 0.97.
+2. Latency: the app at 0 workers on the built-in workload (its augmentation runs in
+   the training thread, CPU-heavy), ``+`` and ``-`` pressed in turn; the time from
+   ``tmux send-keys`` to the pane showing the new pending count. Target: p95 under 100 ms.
+
+Usage: python benchmarks/overhead.py [--workers 2] [--batches 400] [--rounds 2] [--presses 40]
+Needs tmux.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.e2e.tmux import TmuxApp, step_of  # noqa: E402 - after the path is set
+
+
+def throughput(record: Path, skip: int) -> float:
+    """Steady samples/s from a --record file: samples after ``skip`` batches over their wall time."""
+    rows = [json.loads(line) for line in record.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows[skip:] if not r["warmup"]]
+    if len(rows) < 2:
+        raise RuntimeError(f"{record}: too few batches to measure")
+    elapsed = rows[-1]["time"] - rows[0]["time"]
+    return sum(r["samples"] for r in rows[1:]) / elapsed
+
+
+def run_headless(args: argparse.Namespace, record: Path) -> float:
+    subprocess.run(
+        [sys.executable, "-m", "loadertop", "run", "--headless", "--workers", str(args.workers),
+         "--max-batches", str(args.batches), "--record", str(record)],
+        cwd=ROOT, check=True, stdout=subprocess.DEVNULL,
+    )
+    return throughput(record, args.skip)
+
+
+def run_monitor(args: argparse.Namespace, record: Path, tmp: Path) -> float:
+    app = TmuxApp(["run", "--workers", str(args.workers), "--max-batches", str(args.batches),
+                   "--record", str(record)], tmp)
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            if record.exists() and len(record.read_text().splitlines()) >= args.batches:
+                break
+            time.sleep(0.5)
+        app.send("q")
+        if app.exit_status(30) != 0:
+            raise RuntimeError("the app did not exit cleanly")
+    finally:
+        app.close()
+    return throughput(record, args.skip)
+
+
+def key_latency(args: argparse.Namespace, tmp: Path) -> list[float]:
+    app = TmuxApp(["--workers", "0"], tmp)
+    latencies = []
+    try:
+        app.wait_for(lambda s: step_of(s) > 10, timeout=120, what="training at 0 workers")
+        for i in range(args.presses):
+            key, expect = ("+", "next: 1 worker") if i % 2 == 0 else ("-", "next: 0 workers")
+            t0 = time.perf_counter()
+            app.send(key)
+            app.wait_for(lambda s, e=expect: e in s, timeout=5, what=expect, poll_s=0.01)
+            latencies.append((time.perf_counter() - t0) * 1000)
+            time.sleep(0.2)
+        app.send("q")
+        app.exit_status(30)
+    finally:
+        app.close()
+    return latencies
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--batches", type=int, default=400)
+    parser.add_argument("--skip", type=int, default=20, help="batches left out at the start of each run")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--presses", type=int, default=40)
+    parser.add_argument("--latency-only", action="store_true", help="skip the throughput runs")
+    args = parser.parse_args()
+    print(f"machine: {platform.machine()}, {psutil.cpu_count()} logical cores, Python {platform.python_version()}")
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        headless, monitor = [], []
+        for i in range(0 if args.latency_only else args.rounds):
+            headless.append(run_headless(args, tmp / f"headless{i}.jsonl"))
+            monitor.append(run_monitor(args, tmp / f"monitor{i}.jsonl", tmp))
+            print(f"round {i + 1}: headless {headless[-1]:.0f} samples/s, monitor {monitor[-1]:.0f} samples/s")
+        if headless:
+            ratio = statistics.median(monitor) / statistics.median(headless)
+            print(f"throughput, built-in workload, {args.workers} workers, {args.batches} batches: "
+                  f"monitor/headless = {ratio:.3f} (target >= 0.97) {'OK' if ratio >= 0.97 else 'MISSED'}")
+        latencies = sorted(key_latency(args, tmp))
+        p95 = latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))]
+        print(f"key press -> screen at 0 workers (CPU-heavy training thread), {len(latencies)} presses: "
+              f"median {statistics.median(latencies):.0f} ms, p95 {p95:.0f} ms, max {latencies[-1]:.0f} ms "
+              f"(target p95 < 100 ms) {'OK' if p95 < 100 else 'MISSED'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""Draw the README's screenshots: the real app, fed the recorded session in screenshots/session.json.
+
+    make screenshots        (or: python screenshots/make_screenshots.py)
+
+The recording is a real run of the built-in workload on the machine named in the
+README (``screenshots/record_session.py`` makes a new one); drawing from it keeps
+every figure in the SVGs fixed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from textual.pilot import Pilot
+
+from loadertop.core.replay import ReplaySession, load_view
+from loadertop.core.session import SessionView
+from loadertop.tui.app import LoaderTopApp
+
+HERE = Path(__file__).resolve().parent
+
+
+async def shoot(view: SessionView, name: str, size: tuple[int, int],
+                before: Callable[[Pilot], Awaitable[None]] | None = None) -> Path:
+    app = LoaderTopApp(ReplaySession(dataclasses.replace(view)))
+    async with app.run_test(size=size) as pilot:
+        if before is not None:
+            await before(pilot)
+        await pilot.pause()
+        path = HERE / f"{name}.svg"
+        app.save_screenshot(filename=path.name, path=str(HERE))
+    return path
+
+
+async def press(pilot: Pilot, *keys: str) -> None:
+    await pilot.press(*keys)
+
+
+async def main() -> int:
+    view = load_view(HERE / "session.json")
+    made = [
+        await shoot(view, "monitor-120x36", (120, 36)),
+        await shoot(view, "monitor-80x24", (80, 24)),
+        await shoot(view, "pending-switch-120x36", (120, 36), lambda p: press(p, "plus", "plus")),
+        await shoot(view, "help-120x36", (120, 36), lambda p: press(p, "question_mark")),
+    ]
+    for path in made:
+        print(f"wrote {path.relative_to(HERE.parent)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))

@@ -1,0 +1,78 @@
+"""The real app with the real engine in a real terminal (tmux): switch workers, then every way to quit."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.tmux import HAVE_TMUX, TmuxApp, step_of
+
+pytestmark = [pytest.mark.skipif(not HAVE_TMUX, reason="tmux is not installed"), pytest.mark.slow]
+
+# 200 samples of 2 ms each: quick batches, and long enough with many epochs.
+ARGS = ["--workload", "tests.workloads:sleepy", "--batch-size", "16", "--epochs", "1000", "--sample-interval", "0.5"]
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Iterator[TmuxApp]:
+    running = TmuxApp(ARGS, tmp_path)
+    yield running
+    running.close()
+
+
+def no_process_left(app: TmuxApp, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not app.processes():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_switch_to_two_workers_then_quit_leaves_nothing(app: TmuxApp) -> None:
+    screen = app.wait_for(lambda s: step_of(s) > 5, what="batches")
+    assert "0 workers, batch 16" in screen and "RUNNING" in screen
+    assert "no worker processes" in screen
+
+    app.send("2")
+    screen = app.wait_for(lambda s: "hot-restart 0 → 2 workers" in s, timeout=5, what="the pending change")
+    assert "next: 2 workers, batch 16" in screen
+    app.send("r")
+    screen = app.wait_for(
+        lambda s: "2 workers, batch 16 │ RUNNING" in s and re.search(r"^│?.*\bw1\s+\d+", s, re.M),
+        timeout=30,
+        what="2 workers in the header and the processes panel",
+    )
+    assert re.search(r"\bw0\s+\d+", screen) and re.search(r"\bw1\s+\d+", screen)
+    assert "nothing to change" in screen
+    assert len(app.processes()) == 3  # loadertop and its two workers
+
+    step = step_of(screen)
+    app.wait_for(lambda s: step_of(s) > step + 5, timeout=30, what="training to go on")
+    app.send("q")
+    assert app.exit_status() == 0
+    assert no_process_left(app)
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm", "sighup"])
+def test_every_way_to_quit_stops_training_and_leaves_no_process(app: TmuxApp, how: str) -> None:
+    app.wait_for(lambda s: step_of(s) > 3, what="batches")
+    app.send("2", "r")
+    app.wait_for(lambda s: re.search(r"\bw1\s+\d+", s), timeout=30, what="2 workers up")
+    started = time.monotonic()
+    if how == "ctrl-c":
+        app.send("C-c")
+        assert app.exit_status() == 0
+    elif how == "sigterm":
+        os.kill(app.main_pid(), signal.SIGTERM)
+        assert app.exit_status() == 128 + signal.SIGTERM
+    else:  # the terminal goes away, as when an SSH link drops
+        app.tmux("kill-server")
+    assert no_process_left(app, timeout=10), [p.cmdline() for p in app.processes()]
+    assert time.monotonic() - started < 10
