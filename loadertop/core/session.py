@@ -32,7 +32,7 @@ class SessionView:
         status: the trainer's state, configuration and progress.
         store: the recorded batches, (re)starts and per-configuration summaries.
         system: the latest system sample (None before the first).
-        gpu_status: ``"1 NVIDIA GPU"`` or ``"no NVIDIA GPU: <reason>"``.
+        gpu_status: ``"1 NVIDIA GPU"``, ``"no NVIDIA GPU: <reason>"``, or ``"sampling"`` before the first sample.
         cpu_count: logical cores of the machine.
     """
 
@@ -108,13 +108,15 @@ class Session:
 
     def view(self) -> SessionView:
         """The session now."""
+        system = self.sampler.latest()
         return SessionView(
             workload_name=self.trainer.workload.name,
             notes=tuple(self.trainer.workload.notes),
             status=self.trainer.status(),
             store=self.trainer.store.snapshot(),
-            system=self.sampler.latest(),
-            gpu_status=self.sampler.gpu_status,
+            system=system,
+            # NVML is opened by the sampler's thread alone; until its first sample there is no answer.
+            gpu_status=system.gpu_status if system is not None else "sampling",
             cpu_count=self._cpu_count,
         )
 

@@ -224,14 +224,9 @@ def loss_chart(
     text.append("\n")
 
     for row in range(plot_h):
-        if row == 0:
-            label = format_value(high)
-        elif row == plot_h - 1:
-            label = format_value(low)
-        elif row == plot_h // 2 and plot_h >= 5:
-            label = format_value((high + low) / 2)
-        else:
-            label = ""
+        labelled = row in (0, plot_h - 1) or (row == plot_h // 2 and plot_h >= 5)
+        fraction = row / (plot_h - 1)  # of the way down: the row's own value, not a rounded midpoint
+        label = format_value(high - fraction * (high - low)) if labelled else ""
         text.append(label.rjust(left - 1) + " ", AXIS_STYLE)
         text.append("│", AXIS_STYLE)
         cells: list[tuple[str, str]] = []
@@ -246,9 +241,8 @@ def loss_chart(
                 cells.append((" ", ""))
         append_runs(text, cells)
         text.append("│", AXIS_STYLE)
-        if has_accuracy and row in (0, plot_h - 1) or (has_accuracy and row == plot_h // 2 and plot_h >= 5):
-            pct = round(100 * (1 - row / (plot_h - 1)))
-            text.append(f"{pct:>3}%", ACCURACY_STYLE)
+        if has_accuracy and labelled:
+            text.append(f"{round(100 * (1 - fraction)):>3}%", ACCURACY_STYLE)
         text.append("\n")
 
     axis = f"step {first_step}"

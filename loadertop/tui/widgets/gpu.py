@@ -22,7 +22,10 @@ class GpuPanel(ViewWidget):
         view = self.view
         if view is None:
             return text
-        gpus = view.system.gpus if view.system is not None else ()
+        if view.system is None:
+            text.append("sampling…", "dim")
+            return text
+        gpus = view.system.gpus
         if not gpus:
             status = view.gpu_status
             head, _, reason = status.partition(": ")

@@ -12,7 +12,7 @@ class LossChart(ViewWidget):
     """A braille line plot of the loss, accuracy as ``•``, ``▼Nw`` where the run switched to N workers."""
 
     follows = "store"
-    every_ticks = 2
+    every_ticks = 4
 
     def render(self) -> Text:
         if self.view is None:

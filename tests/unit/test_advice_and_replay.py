@@ -1,0 +1,75 @@
+"""Verdicts, the fastest configuration, recent-batch statistics; recorded sessions round-trip."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import pytest
+
+from loadertop import LoaderConfig, Trainer
+from loadertop.core.advice import INPUT_BOUND_SHARE, fastest, recent_stats, verdict
+from loadertop.core.records import BatchRecord
+from loadertop.core.replay import ReplaySession, load_view, save_view
+from loadertop.core.session import Session
+from tests import workloads
+
+
+def record(step: int, key: str, load_ms: float, compute_ms: float, warmup: bool = False) -> BatchRecord:
+    return BatchRecord(step, 1, step, key, int(key[1]), 32, 32, load_ms / 1000, compute_ms / 1000, 1.0, None,
+                       0.0, 0.0, warmup)
+
+
+def test_verdict_threshold_and_words() -> None:
+    assert verdict(math.nan, 10) is None and verdict(0, 0) is None
+    edge = verdict(INPUT_BOUND_SHARE * 100, (1 - INPUT_BOUND_SHARE) * 100)
+    assert edge is not None and not edge.input_bound  # "more than" the share
+    bound = verdict(30, 10)
+    assert bound is not None and bound.input_bound and bound.load_share == pytest.approx(0.75)
+    assert bound.sentence() == "input-bound: the step waits for data 75% of the time"
+    assert verdict(1, 99).label == "compute-bound"
+
+
+def test_recent_stats_cover_only_the_running_configuration_since_it_started_without_warmup() -> None:
+    records = [record(s, "w0 b32", 50, 10) for s in range(1, 11)]
+    records += [record(11, "w2 b32", 99, 99, warmup=True), record(12, "w2 b32", 99, 99, warmup=True)]
+    records += [record(s, "w2 b32", 5 + s % 2, 10) for s in range(13, 23)]
+    stats = recent_stats(records, "w2 b32", window=50)
+    assert stats.batches == 10
+    assert stats.load_ms_mean == pytest.approx(5.5) and stats.compute_ms_mean == pytest.approx(10)
+    assert stats.samples_per_s == pytest.approx(320 / 0.155)
+    assert recent_stats(records, "w2 b32", window=4).batches == 4
+    assert math.isnan(recent_stats(records, "w4 b32").load_ms_mean)  # not running: nothing recent
+
+
+def test_fastest_and_a_recorded_session_round_trip(tmp_path: Path) -> None:
+    trainer = Trainer(workloads.make(size=64), LoaderConfig(batch_size=8), epochs=3, device="cpu")
+    trainer.on_record = lambda r: trainer.restart(LoaderConfig(num_workers=1, batch_size=8)) if r.step == 8 else None
+    session = Session(trainer, sample_interval_s=0.1)
+    session.start()
+    assert trainer.join(60)
+    view = session.view()
+    session.close()
+    assert view.system is not None and len(view.store.summaries) == 2
+    best = fastest(view.store.summaries)
+    assert best is not None and best.samples_per_s == max(s.samples_per_s for s in view.store.summaries)
+
+    path = tmp_path / "session.json"
+    save_view(view, path)
+    loaded = load_view(path)
+    assert loaded.status == view.status and loaded.store.records == view.store.records
+    assert loaded.store.starts == view.store.starts and loaded.system == view.system
+    for a, b in zip(loaded.store.summaries, view.store.summaries, strict=True):  # NaN-safe comparison
+        assert dataclasses.astuple(a).__repr__() == dataclasses.astuple(b).__repr__()
+
+    replay = ReplaySession(loaded)
+    replay.apply(LoaderConfig(num_workers=3))
+    assert replay.view().status.config.num_workers == 3 and replay.commands == [("apply", LoaderConfig(3))]
+
+
+def test_a_file_that_is_not_a_recording_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "x.json"
+    path.write_text('{"rows": []}')
+    with pytest.raises(ValueError, match="not a loadertop session recording"):
+        load_view(path)
