@@ -76,3 +76,19 @@ def test_every_way_to_quit_stops_training_and_leaves_no_process(app: TmuxApp, ho
         app.tmux("kill-server")
     assert no_process_left(app, timeout=10), [p.cmdline() for p in app.processes()]
     assert time.monotonic() - started < 10
+
+
+def test_keys_faster_than_workers_start_never_deadlock_and_the_last_wins(app: TmuxApp) -> None:
+    app.wait_for(lambda s: step_of(s) > 3, what="batches")
+    app.send("4", "r", "1", "r", "0", "r", "3", "r")
+    screen = app.wait_for(
+        lambda s: "3 workers, batch 16 │ RUNNING" in s and re.search(r"\bw2\s+\d+", s),
+        timeout=60,
+        what="3 workers running after a burst of restarts",
+    )
+    step = step_of(screen)
+    app.wait_for(lambda s: step_of(s) > step + 5, timeout=30, what="training to go on")
+    assert len(app.processes()) == 4
+    app.send("q")
+    assert app.exit_status() == 0
+    assert no_process_left(app)

@@ -1,6 +1,6 @@
 """The monitor's panels, one widget a file; each draws a ``SessionView`` and nothing else."""
 
-from loadertop.tui.widgets.base import ViewWidget
+from loadertop.tui.widgets.base import SystemPanel, ViewWidget
 from loadertop.tui.widgets.comparison import ComparisonTable
 from loadertop.tui.widgets.cores import CoreMeters
 from loadertop.tui.widgets.error_panel import ErrorPanel
@@ -20,6 +20,7 @@ __all__ = [
     "LossChart",
     "PendingBar",
     "RunHeader",
+    "SystemPanel",
     "ViewWidget",
     "WorkersPanel",
 ]

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from rich.text import Text
 from textual.reactive import reactive
 from textual.widget import Widget
 
 from loadertop.core.session import SessionView
+from loadertop.core.system import SystemSnapshot
 
 
 class ViewWidget(Widget):
@@ -38,3 +40,22 @@ class ViewWidget(Widget):
 
     view: reactive[SessionView | None] = reactive(None, always_update=True)
     """The session as last pulled by the app (assigned, never mutated); None before the first."""
+
+
+class SystemPanel(ViewWidget):
+    """A panel drawn from the latest system sample; says "sampling…" until the first."""
+
+    follows = "system"
+
+    def render(self) -> Text:
+        text = Text(no_wrap=True, overflow="crop")
+        view = self.view
+        if view is None or view.system is None:
+            text.append("sampling…", "dim")
+            return text
+        self.draw(text, view, view.system)
+        return text
+
+    def draw(self, text: Text, view: SessionView, system: SystemSnapshot) -> None:
+        """Append the panel's content for ``system`` to ``text``."""
+        raise NotImplementedError

@@ -7,7 +7,9 @@ import math
 from rich.text import Text
 
 from loadertop.tui.plot import append_runs, level, meter
-from loadertop.tui.widgets.base import ViewWidget
+from loadertop.core.session import SessionView
+from loadertop.core.system import SystemSnapshot
+from loadertop.tui.widgets.base import SystemPanel
 
 GIB = 1024**3
 
@@ -16,18 +18,10 @@ def _core_style(percent: float) -> str:
     return "red" if percent >= 90 else "yellow" if percent >= 60 else "green"
 
 
-class CoreMeters(ViewWidget):
+class CoreMeters(SystemPanel):
     """Meters laid out in as many columns as fit; with more cores than room, one level glyph per core."""
 
-    follows = "system"
-
-    def render(self) -> Text:
-        text = Text(no_wrap=True, overflow="crop")
-        view = self.view
-        if view is None or view.system is None:
-            text.append("sampling…", "dim")
-            return text
-        system = view.system
+    def draw(self, text: Text, view: SessionView, system: SystemSnapshot) -> None:
         cores = system.cpu_percent_per_core
         width, height = self.content_size.width, self.content_size.height
         rows_for_cores = max(height - 1, 1)  # the memory line stays; /dev/shm only if there is room
@@ -60,4 +54,3 @@ class CoreMeters(ViewWidget):
         if system.shm_total_bytes and rows + 1 < height:
             used = (system.shm_used_bytes or 0) / GIB
             text.append(f"\nshm {used:.2f}/{system.shm_total_bytes / GIB:.1f} GiB", "dim")
-        return text

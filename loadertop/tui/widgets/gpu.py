@@ -7,25 +7,18 @@ import textwrap
 from rich.text import Text
 
 from loadertop.tui.plot import meter
-from loadertop.tui.widgets.base import ViewWidget
+from loadertop.core.session import SessionView
+from loadertop.core.system import SystemSnapshot
+from loadertop.tui.widgets.base import SystemPanel
 
 GIB = 1024**3
 
 
-class GpuPanel(ViewWidget):
+class GpuPanel(SystemPanel):
     """Per GPU: name, utilisation meter, memory, temperature and power where NVML reads them."""
 
-    follows = "system"
-
-    def render(self) -> Text:
-        text = Text(no_wrap=True, overflow="crop")
-        view = self.view
-        if view is None:
-            return text
-        if view.system is None:
-            text.append("sampling…", "dim")
-            return text
-        gpus = view.system.gpus
+    def draw(self, text: Text, view: SessionView, system: SystemSnapshot) -> None:
+        gpus = system.gpus
         if not gpus:
             status = view.gpu_status
             head, _, reason = status.partition(": ")
@@ -33,7 +26,7 @@ class GpuPanel(ViewWidget):
             if reason:  # the panel does not wrap: fold the reason to its width
                 for line in textwrap.wrap(reason, max(self.content_size.width, 10)):
                     text.append(f"\n{line}", "dim")
-            return text
+            return
         width, height = self.content_size.width, self.content_size.height
         lines = 3 if 3 * len(gpus) <= height else 2 if 2 * len(gpus) <= height else 1
         for gpu in gpus:
@@ -74,7 +67,6 @@ class GpuPanel(ViewWidget):
                 text.append(meter(mem_share or 0.0, bar_w), "cyan")
                 text.append(f"{_pct(mem_share)}\n")
         text.rstrip()
-        return text
 
 
 def _pct(value: float | None) -> str:

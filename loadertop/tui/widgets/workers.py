@@ -4,26 +4,18 @@ from __future__ import annotations
 
 from rich.text import Text
 
-from loadertop.tui.widgets.base import ViewWidget
+from loadertop.core.session import SessionView
+from loadertop.core.system import SystemSnapshot
+from loadertop.tui.widgets.base import SystemPanel
 
 MIB = 1024 * 1024
 
 
-class WorkersPanel(ViewWidget):
+class WorkersPanel(SystemPanel):
     """One row per process: ``main`` first, then ``w0``..``wN``; totals when rows do not fit."""
 
-    follows = "system"
-
-    def render(self) -> Text:
-        text = Text(no_wrap=True, overflow="crop")
-        view = self.view
-        if view is None:
-            return text
-        system = view.system
+    def draw(self, text: Text, view: SessionView, system: SystemSnapshot) -> None:
         expected = view.status.config.num_workers
-        if system is None:
-            text.append("sampling…", "dim")
-            return text
         processes = system.processes
         height = self.content_size.height
         with_header = len(processes) + 2 <= height
@@ -46,4 +38,3 @@ class WorkersPanel(ViewWidget):
                 f"{workers} worker{'s' if workers != 1 else ''}, tree CPU {system.tree_cpu_percent:.0f}%"
             )
             text.append(label, "dim")
-        return text
