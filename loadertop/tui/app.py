@@ -75,18 +75,33 @@ class LoaderTopApp(App[None]):
         self._tick = 0
 
     def compose(self) -> ComposeResult:
+        # Held by reference: queries go to the active screen, which may be the help or the form.
+        self._pending_bar = PendingBar(id="pending")
+        self._error_panel = ErrorPanel(id="error")
+        self._views: list[ViewWidget] = [
+            RunHeader(id="header"),
+            self._pending_bar,
+            self._panel(LossChart(id="loss"), "loss & accuracy"),
+            self._panel(LoadComputePanel(id="load"), "load vs compute (ms per batch)"),
+            self._error_panel,
+            self._panel(CoreMeters(id="cpu"), "CPU"),
+            self._panel(GpuPanel(id="gpu"), "GPU"),
+            self._panel(WorkersPanel(id="workers"), "processes"),
+            self._panel(ComparisonTable(id="table"), "worker counts tried"),
+        ]
+        header, pending, loss, load, error, cpu, gpu, workers, table = self._views
         with Vertical(id="main"):
-            yield RunHeader(id="header")
-            yield PendingBar(id="pending")
+            yield header
+            yield pending
             with Horizontal(id="charts"):
-                yield self._panel(LossChart(id="loss"), "loss & accuracy")
-                yield self._panel(LoadComputePanel(id="load"), "load vs compute (ms per batch)")
-            yield ErrorPanel(id="error")
+                yield loss
+                yield load
+            yield error
             with Horizontal(id="system"):
-                yield self._panel(CoreMeters(id="cpu"), "CPU")
-                yield self._panel(GpuPanel(id="gpu"), "GPU")
-                yield self._panel(WorkersPanel(id="workers"), "processes")
-            yield self._panel(ComparisonTable(id="table"), "worker counts tried")
+                yield cpu
+                yield gpu
+                yield workers
+            yield table
         yield Static("terminal too small for loadertop: make it at least 60x16 (q quits)", id="too-small")
         yield Footer()
 
@@ -126,13 +141,13 @@ class LoaderTopApp(App[None]):
         self._tick += 1
         if self.pending is None:
             self.pending = view.status.config
-        for widget in self.query(ViewWidget):
+        for widget in self._views:
             if force or widget.wants(view, self._tick):
                 widget.view = view
-        self.query_one(ErrorPanel).set_class(view.status.error is not None, "-shown")
+        self._error_panel.set_class(view.status.error is not None, "-shown")
 
     def watch_pending(self, pending: LoaderConfig | None) -> None:
-        self.query_one(PendingBar).pending = pending
+        self._pending_bar.pending = pending
 
     # ------------------------------------------------------------------ actions
 

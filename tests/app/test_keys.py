@@ -179,3 +179,16 @@ async def test_a_finished_run_keeps_its_results_and_r_trains_again(replay: Repla
         assert "train again with 2 workers" in screen_text(app, PendingBar)
         await pilot.press("1", "r")
         assert applied(replay) == [LoaderConfig(num_workers=1)]
+
+
+async def test_panels_keep_updating_behind_the_help_screen(replay: ReplaySession) -> None:
+    app = LoaderTopApp(replay)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("question_mark")
+        await pilot.pause()
+        view = replay.view()
+        replay.set_view(dataclasses.replace(view, status=dataclasses.replace(view.status, step=777)))
+        app.refresh_view()  # the timer's call, while the help screen is the active one
+        await pilot.press("escape")
+        await pilot.pause()
+        assert "step 777" in str(app.query_one(RunHeader).render())

@@ -6,7 +6,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -26,13 +26,17 @@ def app(tmp_path: Path) -> Iterator[TmuxApp]:
     running.close()
 
 
-def no_process_left(app: TmuxApp, timeout: float = 5.0) -> bool:
+def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not app.processes():
+        if condition():
             return True
-        time.sleep(0.1)
+        time.sleep(0.05)
     return False
+
+
+def no_process_left(app: TmuxApp, timeout: float = 5.0) -> bool:
+    return eventually(lambda: not app.processes(), timeout)
 
 
 def test_switch_to_two_workers_then_quit_leaves_nothing(app: TmuxApp) -> None:
@@ -51,7 +55,7 @@ def test_switch_to_two_workers_then_quit_leaves_nothing(app: TmuxApp) -> None:
     )
     assert re.search(r"\bw0\s+\d+", screen) and re.search(r"\bw1\s+\d+", screen)
     assert "nothing to change" in screen
-    assert len(app.processes()) == 3  # loadertop and its two workers
+    assert eventually(lambda: len(app.processes()) == 3)  # loadertop and its two workers
 
     step = step_of(screen)
     app.wait_for(lambda s: step_of(s) > step + 5, timeout=30, what="training to go on")
@@ -88,7 +92,26 @@ def test_keys_faster_than_workers_start_never_deadlock_and_the_last_wins(app: Tm
     )
     step = step_of(screen)
     app.wait_for(lambda s: step_of(s) > step + 5, timeout=30, what="training to go on")
-    assert len(app.processes()) == 4
+    assert eventually(lambda: len(app.processes()) == 4)  # between epochs the workers re-spawn
     app.send("q")
     assert app.exit_status() == 0
     assert no_process_left(app)
+
+
+def test_a_dataset_error_shows_in_the_app_keeps_the_history_and_r_tries_again(tmp_path: Path) -> None:
+    app = TmuxApp(["--workload", "tests.workloads:broken", "--batch-size", "4", "--workers", "2"], tmp_path)
+    try:
+        screen = app.wait_for(lambda s: "ERROR" in s and "has error: no worker" in s, timeout=60, what="the error")
+        assert "the dataset raised at step" in screen and "(sample index 37): ValueError: broken sample 37" in screen
+        assert "retry with 2 workers, batch 4" in screen
+        assert re.search(r"★▶\s+2\s+\d+", screen)  # the table kept the batches before the failure
+        step = step_of(screen)
+        assert step > 0
+        app.send("r")  # the same sample fails again: the app says so again, nothing hangs
+        app.wait_for(lambda s: "training again with 2 workers, batch 4" in s, timeout=10, what="the retry's notice")
+        screen = app.wait_for(lambda s: "ERROR" in s and "sample index 37" in s, timeout=60, what="the error again")
+        app.send("q")
+        assert app.exit_status() == 1
+        assert no_process_left(app)
+    finally:
+        app.close()

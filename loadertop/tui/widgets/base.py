@@ -28,15 +28,15 @@ class ViewWidget(Widget):
     def wants(self, view: SessionView, tick: int) -> bool:
         """Whether ``view`` is news to this widget on pull number ``tick``."""
         old = self.view
-        if old is None:
+        if old is None or self.follows == "status":
             return True
+        if view.status.state != old.status.state or view.status.config != old.status.config:
+            return True  # a restart, a pause, the end of the run: show it at once
         if tick % self.every_ticks:
             return False
         if self.follows == "store":
-            return view.store.version != old.store.version or view.status.config != old.status.config
-        if self.follows == "system":
-            return view.system is not old.system or view.status.config != old.status.config
-        return True
+            return view.store.version != old.store.version
+        return view.system is not old.system
 
     view: reactive[SessionView | None] = reactive(None, always_update=True)
     """The session as last pulled by the app (assigned, never mutated); None before the first."""

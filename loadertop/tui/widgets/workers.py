@@ -15,7 +15,8 @@ class WorkersPanel(SystemPanel):
     """One row per process: ``main`` first, then ``w0``..``wN``; totals when rows do not fit."""
 
     def draw(self, text: Text, view: SessionView, system: SystemSnapshot) -> None:
-        expected = view.status.config.num_workers
+        state = view.status.state
+        expected = 0 if state.is_done else view.status.config.num_workers
         processes = system.processes
         height = self.content_size.height
         with_header = len(processes) + 2 <= height
@@ -34,7 +35,10 @@ class WorkersPanel(SystemPanel):
         if expected and workers != expected:
             text.append(f"{workers} of {expected} workers up", "yellow")
         elif hidden or len(shown) < height - with_header:
-            label = "no worker processes: loading in the main process" if not workers else (
+            idle = f"the run has {state.value}: no worker processes" if state.is_done else (
+                "no worker processes: loading in the main process"
+            )
+            label = idle if not workers else (
                 f"{workers} worker{'s' if workers != 1 else ''}, tree CPU {system.tree_cpu_percent:.0f}%"
             )
             text.append(label, "dim")
