@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -12,7 +14,7 @@ from textual.widgets import Static
 KEYS = (
     ("+ / -", "one worker more / fewer (pending; nothing restarts yet)"),
     ("0 … 9", "set the pending worker count directly"),
-    ("r", "apply: hot-restart with the pending settings (model and epoch position kept);\n"
+    ("r", "apply: hot-restart with the pending settings (model and epoch position kept); "
           "after the run ended or failed, train again"),
     ("c", "edit the other loader settings: batch size, pin_memory, persistent_workers, prefetch_factor"),
     ("p", "pause / resume training"),
@@ -47,7 +49,7 @@ class HelpScreen(ModalScreen[None]):
         text = Text()
         for key, what in KEYS:
             text.append(f"{key:>10}  ", "bold")
-            text.append(what.replace("\n", "\n" + " " * 12) + "\n")
+            text.append("\n".join(textwrap.wrap(what, 72, subsequent_indent=" " * 12)) + "\n")
         text.append("\n")
         for line in READING:
             text.append(line + "\n", "dim")
