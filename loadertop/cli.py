@@ -9,11 +9,15 @@ from collections.abc import Sequence
 from typing import IO, TYPE_CHECKING, NoReturn
 
 if TYPE_CHECKING:
+    from loadertop.core.config import LoaderConfig
     from loadertop.core.engine import Trainer
+    from loadertop.core.workload import Workload
 
 EXIT_USAGE = 2
 MONITOR_EPOCHS = 100
 HEADLESS_EPOCHS = 5
+SWEEP_BATCHES = 100  # as loadertop.core.sweep.DEFAULT_BATCHES, without importing torch for --help
+SWEEP_EPOCHS = 1_000_000  # a sweep ends when its last count is measured, not by epochs
 
 
 class UsageError(Exception):
@@ -70,7 +74,19 @@ def _switch(text: str) -> tuple[int, int]:
     return step, workers
 
 
-def _add_common(parser: argparse.ArgumentParser, *, with_defaults: bool = True) -> None:
+def _count_list(text: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be worker counts separated by commas (e.g. 0,1,2,4), got {text!r}") from None
+    if not counts or any(c < 0 for c in counts):
+        raise argparse.ArgumentTypeError(f"needs one or more counts >= 0 (e.g. 0,1,2,4), got {text!r}")
+    if len(set(counts)) != len(counts):
+        raise argparse.ArgumentTypeError(f"lists a count twice: {text!r}")
+    return counts
+
+
+def _add_common(parser: argparse.ArgumentParser, *, with_defaults: bool = True, workers: bool = True) -> None:
     """The options every mode shares (DESIGN.md's public interface).
 
     On a subcommand they carry no defaults, so ``loadertop --workers 2 run`` keeps the 2.
@@ -79,8 +95,9 @@ def _add_common(parser: argparse.ArgumentParser, *, with_defaults: bool = True) 
         return value if with_defaults else argparse.SUPPRESS
 
     g = parser.add_argument_group("training")
-    g.add_argument("--workers", type=_int_at_least(0, "--workers"), default=d(0), metavar="N",
-                   help="DataLoader num_workers to start with (default 0)")
+    if workers:
+        g.add_argument("--workers", type=_int_at_least(0, "--workers"), default=d(0), metavar="N",
+                       help="DataLoader num_workers to start with (default 0)")
     g.add_argument("--batch-size", type=_int_at_least(1, "--batch-size"), default=d(32), metavar="N",
                    help="samples per batch (default 32)")
     g.add_argument("--epochs", type=_int_at_least(1, "--epochs"), default=d(None), metavar="N",
@@ -126,7 +143,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write one JSON object per batch (flushed as it goes)")
     h.add_argument("--progress-interval", type=_non_negative_float, default=5.0, metavar="SECONDS",
                    help="headless: longest gap between progress lines within an epoch (default 5)")
-    for p, default in ((parser, 1.0), (run, argparse.SUPPRESS)):
+    sweep = sub.add_parser("sweep", help="measure each worker count in turn and recommend one")
+    w = sweep.add_argument_group("sweep")
+    w.add_argument("--workers", dest="counts", type=_count_list, default=None, metavar="LIST",
+                   help="worker counts to measure, in order (default 0,1,2,4,... up to twice the usable cores)")
+    w.add_argument("--batches", type=_int_at_least(1, "--batches"), default=SWEEP_BATCHES, metavar="N",
+                   help=f"steady batches measured per count, after each restart's warm-up (default {SWEEP_BATCHES})")
+    w.add_argument("--json", default=None, metavar="FILE", help="write the rows and the recommendation as JSON ('-': stdout)")
+    w.add_argument("--csv", default=None, metavar="FILE", help="write the rows as CSV ('-': stdout)")
+    w.add_argument("--markdown", default=None, metavar="FILE",
+                   help="write the table as Markdown, for an issue or a notebook ('-': stdout)")
+    _add_common(sweep, with_defaults=False, workers=False)
+    for p, default in ((parser, 1.0), (run, argparse.SUPPRESS), (sweep, argparse.SUPPRESS)):
         p.add_argument("--sample-interval", type=_positive_float, default=default, metavar="SECONDS",
                        help="seconds between system samples: cores, workers, memory, GPUs (default 1)")
     return parser
@@ -149,24 +177,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     # Imported here so that --help and argument errors answer without loading torch.
-    from loadertop.core.config import ConfigError, LoaderConfig
-    from loadertop.core.engine import Trainer, resolve_device
     from loadertop.core.headless import run_headless
-    from loadertop.core.workload import WorkloadError, load_workload
 
-    config = LoaderConfig(
-        num_workers=args.workers,
-        batch_size=args.batch_size,
-        pin_memory=args.pin_memory,
-        persistent_workers=args.persistent_workers,
-        prefetch_factor=args.prefetch_factor,
-    )
-    try:
-        config.validate_strict()
-        resolve_device(args.device)
-    except (ConfigError, ValueError) as exc:
-        raise UsageError(str(exc)) from None
-
+    if args.command == "sweep":
+        return _sweep(args)
+    config = _config(args, args.workers)
     headless = getattr(args, "headless", False)
     if not headless:
         if getattr(args, "switch", None):
@@ -178,6 +193,46 @@ def _dispatch(args: argparse.Namespace) -> int:
     switches = dict(getattr(args, "switch", []) or [])
     if len(switches) != len(getattr(args, "switch", []) or []):
         raise UsageError("--switch: each STEP may be given once")
+    workload = _workload(args)
+    record_path = getattr(args, "record", None)
+    record_file = _open_output(record_path, "--record") if record_path else None
+    try:
+        trainer = _trainer(args, workload, config, epochs=args.epochs, max_batches=getattr(args, "max_batches", None))
+        if not headless:
+            return _run_monitor(trainer, record_file, args.sample_interval)
+        return run_headless(
+            trainer,
+            switches=switches,
+            record_file=record_file,
+            progress_interval_s=getattr(args, "progress_interval", 5.0),
+            sample_interval_s=args.sample_interval,
+        )
+    finally:
+        if record_file is not None:
+            record_file.close()
+
+
+def _config(args: argparse.Namespace, num_workers: int) -> LoaderConfig:
+    from loadertop.core.config import ConfigError, LoaderConfig
+    from loadertop.core.engine import resolve_device
+
+    config = LoaderConfig(
+        num_workers=num_workers,
+        batch_size=args.batch_size,
+        pin_memory=args.pin_memory,
+        persistent_workers=args.persistent_workers,
+        prefetch_factor=args.prefetch_factor,
+    )
+    try:
+        config.validate_strict()
+        resolve_device(args.device)
+    except (ConfigError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    return config
+
+
+def _workload(args: argparse.Namespace) -> Workload:
+    from loadertop.core.workload import WorkloadError, load_workload
 
     if args.workload is not None:
         if args.data is not None or args.io_latency_ms:
@@ -193,48 +248,77 @@ def _dispatch(args: argparse.Namespace) -> int:
             workload = make_workload(seed=args.seed, data_dir=args.data, io_latency_ms=args.io_latency_ms)
         except (OSError, ValueError) as exc:
             raise UsageError(str(exc)) from None
-
     if args.threads is not None:
         workload.num_threads = args.threads
+    return workload
 
-    record_file = None
-    record_path = getattr(args, "record", None)
-    if record_path:
-        try:
-            record_file = open(record_path, "w", encoding="utf-8")  # noqa: SIM115 - closed below
-        except OSError as exc:
-            raise UsageError(f"cannot write --record {record_path}: {exc.strerror or exc}") from None
+
+def _trainer(args: argparse.Namespace, workload: Workload, config: LoaderConfig, *, epochs: int,
+             max_batches: int | None) -> Trainer:
+    from loadertop.core.engine import Trainer
+    from loadertop.core.workload import WorkloadError
 
     try:
-        trainer = Trainer(
-            workload,
-            config,
-            epochs=args.epochs,
-            max_batches=getattr(args, "max_batches", None),
-            device=args.device,
-            seed=args.seed,
-        )
+        return Trainer(workload, config, epochs=epochs, max_batches=max_batches, device=args.device, seed=args.seed)
     except (WorkloadError, ValueError) as exc:
         raise UsageError(str(exc)) from None
 
+
+def _open_output(path: str, option: str) -> IO[str]:
+    """``path`` opened for writing ('-' is stdout); a one-line usage error when it cannot be."""
+    if path == "-":
+        return sys.stdout
     try:
-        if not headless:
-            return _run_monitor(trainer, record_file, args.sample_interval)
-        return run_headless(
-            trainer,
-            switches=switches,
-            record_file=record_file,
-            progress_interval_s=getattr(args, "progress_interval", 5.0),
-            sample_interval_s=args.sample_interval,
-        )
+        return open(path, "w", encoding="utf-8")  # noqa: SIM115 - the caller closes it
+    except OSError as exc:
+        raise UsageError(f"cannot write {option} {path}: {exc.strerror or exc}") from None
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    """``loadertop sweep``: each count in turn on one run, then the table, the advice and the files asked for."""
+    from loadertop.core.advice import default_counts, machine_facts
+    from loadertop.core.report import csv_text, dumps, markdown_table, report_json
+    from loadertop.core.headless import run_sweep_headless
+    from loadertop.core.sweep import Sweep
+
+    machine = machine_facts()
+    counts = args.counts or default_counts(machine.usable_cores)
+    _config(args, max(counts))  # settings that need workers apply to the counts that have them
+    config = _config(args, max(counts)).with_workers(counts[0])
+    outputs = {option: path for option, path in (("--json", args.json), ("--csv", args.csv),
+                                                   ("--markdown", args.markdown)) if path}
+    if list(outputs.values()).count("-") > 1:
+        raise UsageError("only one of --json, --csv and --markdown can write to stdout ('-')")
+    files = {option: _open_output(path, option) for option, path in outputs.items()}
+    to_stdout = "-" in outputs.values()
+    try:
+        workload = _workload(args)
+        trainer = _trainer(args, workload, config, epochs=SWEEP_EPOCHS, max_batches=None)
+        sweep = Sweep(trainer, counts, args.batches, base=config)
+        # With a format on stdout, the progress and the table go to stderr.
+        code, rows, advice = run_sweep_headless(trainer, sweep, sample_interval_s=args.sample_interval,
+                                                out=sys.stderr if to_stdout else sys.stdout)
+        if rows:
+            machine = machine_facts()
+            meta = {"workload": workload.name, "device": trainer.status().device,
+                    "batch_size": config.batch_size, "batches_per_count": args.batches,
+                    "counts": list(counts), "complete": code == 0}
+            writers = {"--json": lambda: dumps(report_json(rows, advice, machine, **meta)),
+                       "--csv": lambda: csv_text(rows, advice),
+                       "--markdown": lambda: markdown_table(rows, advice)}
+            for option, file in files.items():
+                file.write(writers[option]())
+                file.flush()
+        return code
     finally:
-        if record_file is not None:
-            record_file.close()
+        for file in files.values():
+            if file is not sys.stdout:
+                file.close()
 
 
 def _run_monitor(trainer: Trainer, record_file: IO[str] | None, sample_interval_s: float) -> int:
     """The Textual monitor; after it closes, the comparison table is printed on stdout."""
-    from loadertop.core.headless import format_table
+    from loadertop.core.report import format_table
     from loadertop.core.session import Session
     from loadertop.tui.app import LoaderTopApp
 

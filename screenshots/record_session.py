@@ -30,14 +30,13 @@ def main() -> int:
     switches = {int(s): int(w) for s, w in (item.split(":") for item in args.switch.split(","))}
 
     trainer = Trainer(make_workload(seed=0), LoaderConfig(num_workers=0), epochs=100, device="cpu")
-    session = Session(trainer)
 
     def on_record(record):  # noqa: ANN001, ANN202 - the training thread's callback
         workers = switches.pop(record.step, None)
         if workers is not None:
             trainer.restart(trainer.config.with_workers(workers))
 
-    trainer.on_record = on_record
+    session = Session(trainer, on_record=on_record)
     session.start()
     try:
         while trainer.status().step < args.at_step:

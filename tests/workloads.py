@@ -7,6 +7,7 @@ Importable as ``tests.workloads:NAME`` from the project root, so they also serve
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import torch
@@ -67,3 +68,56 @@ NOT_CALLABLE = 42
 
 def env_tag() -> str:
     return os.environ.get("LOADERTOP_TEST_TAG", "")
+
+
+class SlowStepModel(nn.Module):
+    """A linear model whose forward also sleeps ``step_s`` (the GIL is free: like a GPU step)."""
+
+    def __init__(self, step_s: float) -> None:
+        super().__init__()
+        self.linear = nn.Linear(1, 2)
+        self.step_s = step_s
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.step_s)
+        return self.linear(x / 100.0)
+
+
+class BurnDataset(torch.utils.data.Dataset):
+    """Each sample costs ``cpu_s`` of CPU time (a busy loop), however many processes share the cores."""
+
+    def __init__(self, size: int, cpu_s: float) -> None:
+        self.size = size
+        self.cpu_s = cpu_s
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        end = time.thread_time() + self.cpu_s
+        while time.thread_time() < end:
+            pass
+        return torch.tensor([float(index)]), index % 2
+
+
+def io_bound(size: int = 4000, sleep_s: float = 0.004, step_s: float = 0.020) -> Workload:
+    """Loading sleeps (scales with workers, no CPU); the step takes ``step_s``: 2 workers keep up."""
+    return Workload(
+        dataset=SleepDataset(size, sleep_s),
+        model=SlowStepModel(step_s),
+        loss_fn=nn.functional.cross_entropy,
+        optimizer=lambda params: torch.optim.SGD(params, lr=0.01),
+        name="io-bound test",
+    )
+
+
+def cpu_bound(size: int = 4000, cpu_s: float = 0.002) -> Workload:
+    """Loading burns CPU: more workers help until they fill the cores, then not."""
+    return Workload(
+        dataset=BurnDataset(size, cpu_s),
+        model=nn.Linear(1, 2),
+        loss_fn=nn.functional.cross_entropy,
+        optimizer=lambda params: torch.optim.SGD(params, lr=0.01),
+        name="cpu-bound test",
+        num_threads=1,
+    )

@@ -1,13 +1,15 @@
-"""Reading the measurements: input-bound or compute-bound, the fastest configuration, recent-batch statistics."""
+"""Reading the measurements: input- or compute-bound, the fastest configuration, the recommendation and warnings."""
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from loadertop.core.records import BatchRecord
 from loadertop.core.store import ConfigSummary, percentile
+from loadertop.core.system import SystemSnapshot
 
 INPUT_BOUND_SHARE = 0.10
 """A step that waits for data more than this share of its iteration is input-bound."""
@@ -95,3 +97,164 @@ def recent_stats(records: Sequence[BatchRecord], config_key: str, *, window: int
         compute_ms_p95=percentile(compute, 95),
         samples_per_s=sum(r.samples for r in chosen) / busy_s if busy_s > 0 else math.nan,
     )
+
+
+RECOMMEND_WITHIN = 0.05
+"""The recommendation: the fewest workers whose throughput is within this share of the fastest."""
+MIN_BATCHES = 10
+"""Configurations with fewer steady batches are too noisy to judge."""
+SHM_WARN_SHARE = 0.8
+MEMORY_WARN_SHARE = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class MachineFacts:
+    """What the advice needs to know about the machine.
+
+    Attributes:
+        usable_cores: cores this process may run on (its CPU affinity).
+        memory_total_bytes: system memory.
+        shm_used_bytes, shm_total_bytes: ``/dev/shm`` (None where there is none).
+        start_method: the multiprocessing start method the DataLoader workers use.
+    """
+
+    usable_cores: int
+    memory_total_bytes: int
+    shm_used_bytes: int | None = None
+    shm_total_bytes: int | None = None
+    start_method: str = "fork"
+
+
+def machine_facts(system: SystemSnapshot | None = None) -> MachineFacts:
+    """This machine's facts; ``/dev/shm`` and memory from ``system`` when given."""
+    import multiprocessing
+
+    import psutil
+
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = psutil.cpu_count() or 1
+    return MachineFacts(
+        usable_cores=usable,
+        memory_total_bytes=system.memory_total_bytes if system is not None else psutil.virtual_memory().total,
+        shm_used_bytes=system.shm_used_bytes if system is not None else None,
+        shm_total_bytes=system.shm_total_bytes if system is not None else None,
+        start_method=multiprocessing.get_start_method(allow_none=True) or "fork",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Advice:
+    """What the measurements say.
+
+    Attributes:
+        fastest: the configuration with the most samples/s (None before any can be judged).
+        recommended: the fewest workers within ``RECOMMEND_WITHIN`` of the fastest, same other settings.
+        reason: the recommendation in one sentence.
+        warnings: each a sentence saying what to look at and why.
+    """
+
+    fastest: ConfigSummary | None
+    recommended: ConfigSummary | None
+    reason: str
+    warnings: tuple[str, ...]
+
+    def is_fastest(self, summary: ConfigSummary) -> bool:
+        """Whether ``summary`` is the fastest configuration (by key: summaries are rebuilt on every pull)."""
+        return self.fastest is not None and summary.key == self.fastest.key
+
+    def is_recommended(self, summary: ConfigSummary) -> bool:
+        """Whether ``summary`` is the recommended configuration."""
+        return self.recommended is not None and summary.key == self.recommended.key
+
+    @property
+    def recommended_num_workers(self) -> int | None:
+        """The recommended worker count, if any."""
+        return self.recommended.num_workers if self.recommended is not None else None
+
+
+def recommend(summaries: Sequence[ConfigSummary], *, within: float = RECOMMEND_WITHIN) -> Advice:
+    """The fastest configuration and the recommendation, without machine warnings."""
+    judged = [s for s in summaries if s.batches >= MIN_BATCHES and not math.isnan(s.samples_per_s)]
+    best = fastest(judged)
+    if best is None:
+        return Advice(None, None, f"not enough batches yet (at least {MIN_BATCHES} steady per configuration)", ())
+    siblings = [s for s in judged if s.config.with_workers(0) == best.config.with_workers(0)]
+    good = [s for s in siblings if s.samples_per_s >= (1 - within) * best.samples_per_s]
+    chosen = min(good, key=lambda s: (s.num_workers, -s.samples_per_s))
+    if chosen is best:
+        reason = f"{_workers(best.num_workers)}: the fastest measured ({best.samples_per_s:,.0f} samples/s)"
+        if len(siblings) == 1:
+            reason += "; try other worker counts to compare"
+    else:
+        reason = (
+            f"{_workers(chosen.num_workers)}: {chosen.samples_per_s:,.0f} samples/s is within "
+            f"{(1 - chosen.samples_per_s / best.samples_per_s) * 100:.0f}% of the fastest "
+            f"({_workers(best.num_workers)}, {best.samples_per_s:,.0f}); fewer workers cost less CPU and memory"
+        )
+    return Advice(best, chosen, reason, ())
+
+
+def advise(summaries: Sequence[ConfigSummary], machine: MachineFacts, *,
+           within: float = RECOMMEND_WITHIN) -> Advice:
+    """The recommendation plus warnings about cores, memory, ``/dev/shm``, input-bound runs and the start method."""
+    advice = recommend(summaries, within=within)
+    warnings: list[str] = []
+    judged = [s for s in summaries if s.batches >= MIN_BATCHES]
+    most = max((s.num_workers for s in judged), default=0)
+    if most > machine.usable_cores:
+        warnings.append(
+            f"{_workers(most)} on {machine.usable_cores} usable core{'s' if machine.usable_cores != 1 else ''}: "
+            "workers past the core count compete "
+            "with each other and with the training step for CPU"
+        )
+    base_rss = next((s.rss_mb for s in judged if s.num_workers == 0 and not math.isnan(s.rss_mb)), math.nan)
+    for s in judged:
+        if s.num_workers and not math.isnan(s.rss_mb):
+            share = s.rss_mb * 1024 * 1024 / machine.memory_total_bytes
+            per_worker = (s.rss_mb - base_rss) / s.num_workers if not math.isnan(base_rss) else math.nan
+            if share > MEMORY_WARN_SHARE:
+                each = f" (about {per_worker:,.0f} MB per worker)" if not math.isnan(per_worker) else ""
+                warnings.append(
+                    f"memory: {_workers(s.num_workers)} peaked at {s.rss_mb:,.0f} MB{each}, "
+                    f"{share * 100:.0f}% of RAM; each worker holds a copy of what the dataset touches"
+                )
+    if machine.shm_total_bytes and machine.shm_used_bytes is not None:
+        shm_share = machine.shm_used_bytes / machine.shm_total_bytes
+        if shm_share > SHM_WARN_SHARE:
+            warnings.append(
+                f"/dev/shm is {shm_share * 100:.0f}% full: workers hand batches over through it and die with a "
+                "bus error when it fills (in Docker raise --shm-size; or lower batch size or prefetch_factor)"
+            )
+    best = advice.fastest
+    if best is not None:
+        v = verdict(best.load_ms_mean, best.compute_ms_mean)
+        if v is not None and v.input_bound:
+            warnings.append(
+                f"still input-bound at the fastest count ({_workers(best.num_workers)}: the step waits for data "
+                f"{v.load_share * 100:.0f}% of the time): faster storage, a larger prefetch_factor, cheaper "
+                "transforms or more cores would help more than workers"
+            )
+        if machine.start_method != "fork" and best.num_workers and not best.config.persistent_workers:
+            warnings.append(
+                f"workers start with '{machine.start_method}': each start imports and pickles the dataset again "
+                f"(start-up {best.startup_ms:,.0f} ms); persistent_workers keeps them across epochs"
+            )
+    return Advice(advice.fastest, advice.recommended, advice.reason, tuple(warnings))
+
+
+def default_counts(cores: int) -> tuple[int, ...]:
+    """0, 1, 2, 4, ... up to twice the cores (twice the cores itself included)."""
+    counts = [0, 1]
+    n = 2
+    while n < 2 * cores:
+        counts.append(n)
+        n *= 2
+    if 2 * cores not in counts:
+        counts.append(2 * cores)
+    return tuple(counts)
+
+
+def _workers(n: int) -> str:
+    return "1 worker" if n == 1 else f"{n} workers"

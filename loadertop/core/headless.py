@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import queue
 import signal
 import sys
@@ -14,19 +13,23 @@ from typing import IO, Any
 
 import psutil
 
-from loadertop.core.advice import fastest
 from loadertop.core.engine import Trainer, TrainerState
 from loadertop.core.procs import reap_children
 from loadertop.core.records import BatchRecord
-from loadertop.core.session import JsonlRecorder
+from loadertop.core.advice import Advice, advise, machine_facts
+from loadertop.core.report import advice_lines, format_table
+from loadertop.core.session import JsonlRecorder, Session
 from loadertop.core.store import ConfigSummary
+from loadertop.core.sweep import Sweep
 from loadertop.core.system import SystemSampler
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 
 
-class _Interrupted(Exception):
+class Interrupted(Exception):
+    """Raised in the main thread by Ctrl+C, SIGTERM or SIGHUP during a headless run."""
+
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
@@ -67,44 +70,6 @@ class _Window:
         if self.acc_samples:
             parts.append(f"acc {self.correct / self.acc_samples:.3f}")
         return "  ".join(p for p in parts if p)
-
-
-def format_table(summaries: tuple[ConfigSummary, ...]) -> str:
-    """The per-configuration comparison as a plain-text table, fastest row marked with ``*``."""
-    header = ("", "config", "batches", "load ms", "load p95", "compute ms", "iter ms", "samples/s", "start-up ms",
-              "CPU %", "peak RSS MB")
-    best = fastest(summaries)
-
-    def num(value: float, digits: int = 1) -> str:
-        return "-" if math.isnan(value) else f"{value:.{digits}f}"
-
-    rows = [header]
-    for s in summaries:
-        rows.append(
-            (
-                "*" if s is best else "",
-                s.key,
-                str(s.batches),
-                num(s.load_ms_mean),
-                num(s.load_ms_p95),
-                num(s.compute_ms_mean),
-                num(s.iter_ms_mean),
-                num(s.samples_per_s, 0),
-                num(s.startup_ms, 0),
-                num(s.cpu_percent, 0),
-                num(s.rss_mb, 0),
-            )
-        )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = []
-    for row in rows:
-        cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1])]
-        cells += [cell.rjust(w) for cell, w in zip(row[2:], widths[2:], strict=True)]
-        lines.append("  ".join(cells).rstrip())
-    if best is not None:
-        lines.append("* fastest (most samples/s); warm-up batches after each (re)start excluded; "
-                     "CPU % of the process tree, 100 = one core")
-    return "\n".join(lines)
 
 
 def _core_note(num_workers: int) -> str:
@@ -170,23 +135,23 @@ def run_headless(
     interrupted: int | None = None
     sampler = SystemSampler(interval_s=sample_interval_s, worker_pids=trainer.worker_pids,
                             on_sample=trainer.record_cost)
-    previous = _install_signal_handlers()
+    previous = install_signal_handlers()
     try:
         try:
             sampler.start()
             trainer.start()
             _follow(trainer, records, progress_interval_s, out)
-        except _Interrupted as exc:
+        except Interrupted as exc:
             interrupted = exc.signum
             print(f"\ninterrupted ({signal.Signals(exc.signum).name}): stopping at the next batch "
                   "and shutting the workers down", file=err, flush=True)
             trainer.stop()
             try:
                 _follow(trainer, records, progress_interval_s, out)
-            except _Interrupted:
+            except Interrupted:
                 pass  # asked twice: skip the remaining progress, still shut down below
     finally:
-        _restore_signal_handlers(previous)
+        restore_signal_handlers(previous)
         trainer.stop()
         sampler.stop()
         if not trainer.join(15.0):
@@ -197,13 +162,21 @@ def run_headless(
 
     summaries = trainer.store.summaries()
     if summaries:
-        print("\n" + format_table(summaries), file=out)
+        advice = advise(summaries, machine_facts(sampler.latest()))
+        print("\n" + format_table(summaries, advice), file=out)
+        if len({s.num_workers for s in summaries}) > 1:
+            print("\n".join(advice_lines(advice)), file=out)
     for step in sorted(pending_switches):
         print(f"note: --switch {step}:{pending_switches[step]} was not reached", file=out)
     out.flush()
 
     if interrupted is not None:
         return 128 + interrupted
+    return exit_code(trainer, err)
+
+
+def exit_code(trainer: Trainer, err: IO[str]) -> int:
+    """0 when the run ended well; 1 after printing why it failed (sample index and traceback)."""
     error = trainer.error
     if trainer.state is TrainerState.ERROR and error is not None:
         where = f" (sample index {error.sample_index})" if error.sample_index is not None else ""
@@ -284,10 +257,10 @@ _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
-    raise _Interrupted(signum)
+    raise Interrupted(signum)
 
 
-def _install_signal_handlers() -> dict[int, Any]:
+def install_signal_handlers() -> dict[int, Any]:
     """Ctrl+C, SIGTERM and SIGHUP all stop the run in order (main thread only)."""
     previous: dict[int, Any] = {}
     try:
@@ -298,6 +271,76 @@ def _install_signal_handlers() -> dict[int, Any]:
     return previous
 
 
-def _restore_signal_handlers(previous: dict[int, Callable[..., Any] | int | None]) -> None:
+def restore_signal_handlers(previous: dict[int, Callable[..., Any] | int | None]) -> None:
     for sig, handler in previous.items():
         signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+def run_sweep_headless(
+    trainer: Trainer,
+    sweep: Sweep,
+    *,
+    sample_interval_s: float = 1.0,
+    out: IO[str] | None = None,
+    err: IO[str] | None = None,
+) -> tuple[int, tuple[ConfigSummary, ...], Advice]:
+    """Run ``sweep`` on a fresh ``trainer`` to the end, a line per count; print the table and the advice.
+
+    Returns:
+        The exit code (0, 1 when training failed, 128 + signal when interrupted), the swept
+        rows in sweep order and the advice (both cover what was measured, also when cut short).
+    """
+    out = out or sys.stdout
+    err = err or sys.stderr
+    session = Session(trainer, sample_interval_s=sample_interval_s)
+    trainer.on_record = sweep.on_record
+    sweep.on_done = trainer.stop
+    total = len(sweep.counts) * sweep.batches_per_count
+    print(f"loadertop sweep: {trainer.workload.name}", file=out)
+    for note in trainer.workload.notes:
+        print(f"  note: {note}", file=out)
+    print(f"  device {trainer.status().device} | batch {trainer.config.batch_size} | workers "
+          f"{', '.join(map(str, sweep.counts))} | {sweep.batches_per_count} steady batches each "
+          f"({total} in all, warm-up after each restart not counted)", file=out, flush=True)
+    interrupted: int | None = None
+    previous = install_signal_handlers()
+    reported = 0
+    try:
+        try:
+            session.sampler.start()
+            sweep.begin()
+            while not trainer.join(0.2):
+                reported = _report_counts(trainer, sweep, reported, out)
+        except Interrupted as exc:
+            interrupted = exc.signum
+            print(f"\ninterrupted ({signal.Signals(exc.signum).name}): stopping; the counts measured so far "
+                  "follow", file=err, flush=True)
+    finally:
+        restore_signal_handlers(previous)
+        leftover = session.close(15.0)
+        if leftover:
+            print(f"loadertop: terminated left-over worker processes {leftover}", file=err)
+    _report_counts(trainer, sweep, reported, out)
+    rows = sweep.rows(trainer.store.summaries())
+    advice = advise(rows, machine_facts(session.sampler.latest()))
+    if rows:
+        print("\n" + format_table(rows, advice), file=out)
+        print("\n".join(advice_lines(advice)), file=out, flush=True)
+    code = 128 + interrupted if interrupted is not None else exit_code(trainer, err)
+    return code, rows, advice
+
+
+def _report_counts(trainer: Trainer, sweep: Sweep, reported: int, out: IO[str]) -> int:
+    """Print a line for each count finished since ``reported``; return how many are reported now."""
+    done = sweep.progress().index
+    if done <= reported:
+        return reported
+    by_key = {s.key: s for s in trainer.store.summaries()}
+    for i in range(reported, done):
+        s = by_key.get(sweep.configs[i].key)
+        if s is None:
+            continue
+        print(f"[{i + 1}/{len(sweep.counts)}] {s.config.describe()}: load {s.load_ms_mean:.1f} ms, compute "
+              f"{s.compute_ms_mean:.1f} ms, {s.samples_per_s:,.0f} samples/s, start-up {s.startup_ms:,.0f} ms",
+              file=out, flush=True)
+    return done

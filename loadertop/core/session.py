@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import IO, Protocol
 
 import psutil
 
+from loadertop.core.advice import Advice, advise, default_counts, machine_facts
 from loadertop.core.config import LoaderConfig
 from loadertop.core.engine import Trainer, TrainerState, TrainerStatus
 from loadertop.core.procs import reap_children
 from loadertop.core.records import BatchRecord
 from loadertop.core.store import StoreSnapshot
+from loadertop.core.sweep import DEFAULT_BATCHES, Sweep, SweepProgress
 from loadertop.core.system import SystemSampler, SystemSnapshot
 
 
@@ -34,6 +37,8 @@ class SessionView:
         system: the latest system sample (None before the first).
         gpu_status: ``"1 NVIDIA GPU"``, ``"no NVIDIA GPU: <reason>"``, or ``"sampling"`` before the first sample.
         cpu_count: logical cores of the machine.
+        advice: the fastest and the recommended configuration, with warnings (None in old recordings).
+        sweep: the sweep's progress, once one was started.
     """
 
     workload_name: str
@@ -43,6 +48,8 @@ class SessionView:
     system: SystemSnapshot | None
     gpu_status: str
     cpu_count: int
+    advice: Advice | None = None
+    sweep: SweepProgress | None = None
 
 
 class SessionLike(Protocol):
@@ -55,6 +62,8 @@ class SessionLike(Protocol):
     def resume(self) -> None: ...
     def stop(self) -> None: ...
     def close(self, timeout_s: float = 10.0) -> list[int]: ...
+    def start_sweep(self, counts: Sequence[int] | None = None, batches: int = DEFAULT_BATCHES) -> None: ...
+    def cancel_sweep(self) -> None: ...
 
 
 class JsonlRecorder:
@@ -79,6 +88,7 @@ class Session:
         sample_interval_s: seconds between system samples.
         record_file: an open text file receiving one JSON line per batch.
         read_gpus: False to skip NVML.
+        on_record: also called with each record, in the training thread (keep it cheap).
     """
 
     def __init__(
@@ -88,6 +98,7 @@ class Session:
         sample_interval_s: float = 1.0,
         record_file: IO[str] | None = None,
         read_gpus: bool = True,
+        on_record: Callable[[BatchRecord], None] | None = None,
     ) -> None:
         self.trainer = trainer
         self.sampler = SystemSampler(
@@ -96,10 +107,23 @@ class Session:
             on_sample=trainer.record_cost,
             read_gpus=read_gpus,
         )
-        if record_file is not None:
-            trainer.on_record = JsonlRecorder(record_file)
+        self._recorder = JsonlRecorder(record_file) if record_file is not None else None
+        self._sweep: Sweep | None = None
+        self._extra_on_record = on_record
+        trainer.on_record = self._on_record
         self._cpu_count = psutil.cpu_count() or 1
+        self._machine = machine_facts()
         self._closed = False
+
+    def _on_record(self, record: BatchRecord) -> None:
+        """The training thread's callback: the record file, then the sweep."""
+        if self._recorder is not None:
+            self._recorder(record)
+        sweep = self._sweep
+        if sweep is not None:
+            sweep.on_record(record)
+        if self._extra_on_record is not None:
+            self._extra_on_record(record)
 
     def start(self) -> None:
         """Start sampling and training."""
@@ -109,16 +133,40 @@ class Session:
     def view(self) -> SessionView:
         """The session now."""
         system = self.sampler.latest()
+        store = self.trainer.store.snapshot()
+        machine = self._machine
+        if system is not None:
+            machine = replace(machine, memory_total_bytes=system.memory_total_bytes,
+                              shm_used_bytes=system.shm_used_bytes, shm_total_bytes=system.shm_total_bytes)
+        sweep = self._sweep
         return SessionView(
             workload_name=self.trainer.workload.name,
             notes=tuple(self.trainer.workload.notes),
             status=self.trainer.status(),
-            store=self.trainer.store.snapshot(),
+            store=store,
             system=system,
             # NVML is opened by the sampler's thread alone; until its first sample there is no answer.
             gpu_status=system.gpu_status if system is not None else "sampling",
             cpu_count=self._cpu_count,
+            advice=advise(store.summaries, machine),
+            sweep=sweep.progress() if sweep is not None else None,
         )
+
+    def start_sweep(self, counts: Sequence[int] | None = None, batches: int = DEFAULT_BATCHES) -> None:
+        """Measure each worker count in turn (default 0, 1, 2, 4, ... up to twice the usable cores).
+
+        Training goes on across the counts; the last count keeps running when the sweep is done.
+        """
+        if self._sweep is not None and self._sweep.progress().state == "running":
+            raise RuntimeError("a sweep is already running (Esc cancels it)")
+        sweep = Sweep(self.trainer, counts or default_counts(self._machine.usable_cores), batches)
+        self._sweep = sweep
+        sweep.begin()
+
+    def cancel_sweep(self) -> None:
+        """Stop the sweep where it is; what was measured stays."""
+        if self._sweep is not None:
+            self._sweep.cancel()
 
     def apply(self, config: LoaderConfig) -> None:
         """Hot-restart with ``config``, or start again after the run ended (last request wins)."""

@@ -45,13 +45,14 @@ def test_recent_stats_cover_only_the_running_configuration_since_it_started_with
 
 def test_fastest_and_a_recorded_session_round_trip(tmp_path: Path) -> None:
     trainer = Trainer(workloads.make(size=64), LoaderConfig(batch_size=8), epochs=3, device="cpu")
-    trainer.on_record = lambda r: trainer.restart(LoaderConfig(num_workers=1, batch_size=8)) if r.step == 8 else None
-    session = Session(trainer, sample_interval_s=0.1)
+    session = Session(trainer, sample_interval_s=0.1, on_record=lambda r: trainer.restart(
+        LoaderConfig(num_workers=1, batch_size=8)) if r.step == 8 else None)
     session.start()
     assert trainer.join(60)
     view = session.view()
     session.close()
     assert view.system is not None and len(view.store.summaries) == 2
+    assert view.advice is not None and view.advice.fastest is not None
     best = fastest(view.store.summaries)
     assert best is not None and best.samples_per_s == max(s.samples_per_s for s in view.store.summaries)
 

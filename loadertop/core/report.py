@@ -1,0 +1,160 @@
+"""The comparison as text: a plain table, Markdown, CSV and JSON, with the advice."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from loadertop.core.advice import Advice, MachineFacts, recommend, verdict
+from loadertop.core.store import ConfigSummary
+
+# DESIGN.md's JSON row fields, in order; CSV and Markdown use the same columns.
+ROW_FIELDS = (
+    "num_workers", "batches", "load_ms_mean", "load_ms_p95", "compute_ms_mean", "iter_ms_mean",
+    "samples_per_s", "startup_ms", "cpu_percent", "rss_mb",
+)
+HEADINGS = ("workers", "batches", "load ms", "load p95", "compute ms", "iter ms", "samples/s", "start-up ms",
+            "CPU %", "peak RSS MB")
+DIGITS = (0, 0, 1, 1, 1, 1, 0, 0, 0, 0)
+LEGEND = ("* fastest (most samples/s)  + recommended  warm-up batches after each (re)start excluded; "
+          "CPU % of the process tree, 100 = one core")
+
+
+def _cell(value: float | int, digits: int) -> str:
+    if isinstance(value, float) and math.isnan(value):
+        return "-"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _marks(summary: ConfigSummary, advice: Advice) -> str:
+    return ("*" if advice.is_fastest(summary) else "") + ("+" if advice.is_recommended(summary) else "")
+
+
+def _label(summary: ConfigSummary, show_config: bool) -> str:
+    return summary.key if show_config else str(summary.num_workers)
+
+
+def _settings_differ(summaries: Sequence[ConfigSummary]) -> bool:
+    return len({s.config.with_workers(0) for s in summaries}) > 1
+
+
+def format_table(summaries: Sequence[ConfigSummary], advice: Advice | None = None) -> str:
+    """The comparison as aligned plain text, marks first (``*`` fastest, ``+`` recommended)."""
+    advice = advice or recommend(summaries)
+    show_config = _settings_differ(summaries)
+    header = ("", "config" if show_config else "workers", *HEADINGS[1:], "verdict")
+    rows = [header]
+    for s in summaries:
+        v = verdict(s.load_ms_mean, s.compute_ms_mean)
+        values = [getattr(s, f) for f in ROW_FIELDS[1:]]
+        rows.append((_marks(s, advice), _label(s, show_config),
+                     *(_cell(x, d) for x, d in zip(values, DIGITS[1:], strict=True)), v.label if v else "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = []
+    for row in rows:
+        cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1])]
+        cells += [cell.rjust(w) for cell, w in zip(row[2:-1], widths[2:-1], strict=True)]
+        cells.append(row[-1].ljust(widths[-1]))
+        lines.append("  ".join(cells).rstrip())
+    if advice.fastest is not None:
+        lines.append(LEGEND)
+    return "\n".join(lines)
+
+
+def advice_lines(advice: Advice) -> list[str]:
+    """The recommendation and each warning, one line each."""
+    lines = [f"recommended: {advice.reason}"]
+    lines += [f"warning: {w}" for w in advice.warnings]
+    return lines
+
+
+def markdown_table(summaries: Sequence[ConfigSummary], advice: Advice | None = None) -> str:
+    """A Markdown table (marks as bold and a trailing note), for an issue or a notebook."""
+    advice = advice or recommend(summaries)
+    show_config = _settings_differ(summaries)
+    head = ("config" if show_config else "workers", *HEADINGS[1:], "verdict")
+    lines = ["| " + " | ".join(head) + " |", "|" + "--:|" * (len(head) - 1) + ":--|"]
+    for s in summaries:
+        v = verdict(s.load_ms_mean, s.compute_ms_mean)
+        label = _label(s, show_config)
+        marks = []
+        if advice.is_fastest(s):
+            marks.append("fastest")
+        if advice.is_recommended(s):
+            marks.append("recommended")
+        if marks:
+            label = f"**{label}** ({', '.join(marks)})"
+        values = [_cell(getattr(s, f), d) for f, d in zip(ROW_FIELDS[1:], DIGITS[1:], strict=True)]
+        lines.append("| " + " | ".join([label, *values, v.label if v else "-"]) + " |")
+    lines.append("")
+    lines.append(f"Recommended: {advice.reason}.")
+    lines += [f"- {w}" for w in advice.warnings]
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(summaries: Sequence[ConfigSummary], advice: Advice | None = None) -> str:
+    """CSV with DESIGN.md's row fields, the other settings, the verdict and the marks."""
+    advice = advice or recommend(summaries)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([*ROW_FIELDS, "config", "verdict", "fastest", "recommended"])
+    for s in summaries:
+        v = verdict(s.load_ms_mean, s.compute_ms_mean)
+        writer.writerow([*(_csv_value(getattr(s, f)) for f in ROW_FIELDS), s.key, v.label if v else "",
+                         int(advice.is_fastest(s)), int(advice.is_recommended(s))])
+    return out.getvalue()
+
+
+def _csv_value(value: float | int) -> str:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.4f}".rstrip("0").rstrip(".")
+    return str(value)
+
+
+def report_json(
+    summaries: Sequence[ConfigSummary],
+    advice: Advice,
+    machine: MachineFacts,
+    **meta: Any,
+) -> dict[str, Any]:
+    """DESIGN.md's JSON: ``rows`` and ``recommended_num_workers``, plus the advice and the machine."""
+
+    def number(value: float | int) -> float | int | None:
+        return None if isinstance(value, float) and math.isnan(value) else value
+
+    rows = []
+    for s in summaries:
+        v = verdict(s.load_ms_mean, s.compute_ms_mean)
+        row: dict[str, Any] = {f: number(getattr(s, f)) for f in ROW_FIELDS}
+        row.update(
+            config=s.key,
+            batch_size=s.config.batch_size,
+            warmup_batches=s.warmup_batches,
+            compute_ms_p95=number(s.compute_ms_p95),
+            iter_ms_p95=number(s.iter_ms_p95),
+            load_share=number(v.load_share) if v else None,
+            verdict=v.label if v else None,
+        )
+        rows.append(row)
+    return {
+        **meta,
+        "rows": rows,
+        "recommended_num_workers": advice.recommended_num_workers,
+        "fastest_num_workers": advice.fastest.num_workers if advice.fastest is not None else None,
+        "recommendation": advice.reason,
+        "warnings": list(advice.warnings),
+        "machine": {
+            "usable_cores": machine.usable_cores,
+            "memory_total_mb": round(machine.memory_total_bytes / (1024 * 1024)),
+            "start_method": machine.start_method,
+        },
+    }
+
+
+def dumps(document: dict[str, Any]) -> str:
+    """JSON text (no NaN: missing figures are null)."""
+    return json.dumps(document, indent=2, allow_nan=False) + "\n"
