@@ -12,12 +12,15 @@ import enum
 import json
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Union
 
+from loadertop.core.advice import recommend
 from loadertop.core.config import LoaderConfig
 from loadertop.core.engine import TrainerState
 from loadertop.core.session import SessionView
+from loadertop.core.sweep import DEFAULT_BATCHES, SweepProgress
 
 FORMAT = 1
 
@@ -83,6 +86,8 @@ class ReplaySession:
     """
 
     def __init__(self, view: SessionView) -> None:
+        if view.advice is None:  # a recording from before advice was part of the view
+            view = dataclasses.replace(view, advice=recommend(view.store.summaries))
         self._view = view
         self.commands: list[tuple[str, Any]] = []
         self.closed = False
@@ -126,6 +131,19 @@ class ReplaySession:
     def stop(self) -> None:
         """Log the stop."""
         self.commands.append(("stop", None))
+
+    def start_sweep(self, counts: Sequence[int] | None = None, batches: int = DEFAULT_BATCHES) -> None:
+        """Log the sweep and show it running at its first count."""
+        counts = tuple(counts or (0, 1, 2, 4))
+        self.commands.append(("start_sweep", counts))
+        self._view = dataclasses.replace(self._view, sweep=SweepProgress(counts, batches, 0, 0, "running"))
+
+    def cancel_sweep(self) -> None:
+        """Log the cancel and show the sweep cancelled."""
+        self.commands.append(("cancel_sweep", None))
+        if self._view.sweep is not None and self._view.sweep.state == "running":
+            self._view = dataclasses.replace(self._view, sweep=dataclasses.replace(self._view.sweep,
+                                                                                   state="cancelled"))
 
     def close(self, timeout_s: float = 10.0) -> list[int]:
         """Log the close; nothing to wait for."""

@@ -15,7 +15,7 @@ from textual.widgets import Footer, Static
 from loadertop.core.config import LoaderConfig
 from loadertop.core.engine import TrainerState
 from loadertop.core.session import SessionLike, SessionView
-from loadertop.tui.screens import ConfigForm, HelpScreen
+from loadertop.tui.screens import ConfigForm, HelpScreen, SweepResult
 from loadertop.tui.widgets import (
     ComparisonTable,
     CoreMeters,
@@ -56,6 +56,8 @@ class LoaderTopApp(App[None]):
                 tooltip="One worker fewer (pending until r)"),
         *[Binding(str(n), f"set_workers({n})", f"{n} workers", show=False) for n in range(10)],
         Binding("r", "apply", "apply", id="apply", tooltip="Hot-restart with the pending settings"),
+        Binding("s", "sweep", "sweep", id="sweep", tooltip="Measure each worker count in turn, then recommend"),
+        Binding("escape", "cancel_sweep", "cancel sweep", show=False),
         Binding("p", "pause", "pause", id="pause", tooltip="Pause or resume training"),
         Binding("c", "settings", "settings", id="settings", tooltip="Batch size, pin_memory, persistence, prefetch"),
         Binding("question_mark", "help", "help", key_display="?", id="help", tooltip="Every key"),
@@ -73,6 +75,7 @@ class LoaderTopApp(App[None]):
         self.start_session = start_session
         self.latest: SessionView | None = None
         self._tick = 0
+        self._sweep_state: str | None = None
 
     def compose(self) -> ComposeResult:
         # Held by reference: queries go to the active screen, which may be the help or the form.
@@ -145,6 +148,11 @@ class LoaderTopApp(App[None]):
             if force or widget.wants(view, self._tick):
                 widget.view = view
         self._error_panel.set_class(view.status.error is not None, "-shown")
+        sweep_state = view.sweep.state if view.sweep is not None else None
+        if sweep_state != self._sweep_state:
+            if sweep_state == "done" and self._sweep_state == "running":
+                self._sweep_done(view)
+            self._sweep_state = sweep_state
 
     def watch_pending(self, pending: LoaderConfig | None) -> None:
         self._pending_bar.pending = pending
@@ -216,6 +224,46 @@ class LoaderTopApp(App[None]):
                 self.pending = config
 
         self.push_screen(ConfigForm(self.pending, pin_memory_note=note), done)
+
+    def action_sweep(self) -> None:
+        """Measure each worker count in turn; at the end, offer the recommended one."""
+        view = self.latest
+        if view is not None and view.sweep is not None and view.sweep.state == "running":
+            self.notify("a sweep is running: Esc cancels it", timeout=3)
+            return
+        try:
+            self.session.start_sweep()
+        except (RuntimeError, ValueError) as exc:
+            self.notify(str(exc), severity="error", timeout=6)
+            return
+        self.refresh_view(force=True)
+        sweep = self.latest.sweep if self.latest is not None else None
+        if sweep is not None:
+            counts = ", ".join(map(str, sweep.counts))
+            self.notify(f"sweep: {counts} workers, {sweep.batches_per_count} batches each; Esc cancels", timeout=4)
+
+    def action_cancel_sweep(self) -> None:
+        """Cancel a running sweep; what was measured stays in the table."""
+        view = self.latest
+        if view is None or view.sweep is None or view.sweep.state != "running":
+            return
+        self.session.cancel_sweep()
+        self.notify("sweep cancelled: the table keeps what was measured", timeout=3)
+        self.refresh_view(force=True)
+
+    def _sweep_done(self, view: SessionView) -> None:
+        advice = view.advice
+        if advice is None or advice.recommended is None:
+            self.notify("sweep done: not enough batches to recommend a count", timeout=5)
+            return
+        recommended = advice.recommended.config
+        self.pending = recommended
+
+        def adopt(yes: bool | None) -> None:
+            if yes and self.latest is not None and recommended != self.latest.status.config:
+                self.action_apply()
+
+        self.push_screen(SweepResult(advice, recommended, view.status.config), adopt)
 
     def action_help(self) -> None:
         """Show every key."""

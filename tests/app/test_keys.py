@@ -11,8 +11,8 @@ from loadertop import LoaderConfig, TrainerState
 from loadertop.core.engine import TrainerError
 from loadertop.core.replay import ReplaySession
 from loadertop.tui.app import LoaderTopApp
-from loadertop.tui.screens import ConfigForm, HelpScreen
-from loadertop.tui.widgets import ErrorPanel, PendingBar, RunHeader
+from loadertop.tui.screens import ConfigForm, HelpScreen, SweepResult
+from loadertop.tui.widgets import ComparisonTable, ErrorPanel, PendingBar, RunHeader
 
 SIZE = (120, 36)
 
@@ -192,3 +192,40 @@ async def test_panels_keep_updating_behind_the_help_screen(replay: ReplaySession
         await pilot.press("escape")
         await pilot.pause()
         assert "step 777" in str(app.query_one(RunHeader).render())
+
+
+async def test_s_sweeps_esc_cancels_and_the_end_offers_the_recommended_count(replay: ReplaySession) -> None:
+    view = replay.view()
+    replay.set_view(dataclasses.replace(view, status=dataclasses.replace(view.status, config=LoaderConfig(4))))
+    app = LoaderTopApp(replay)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("s")
+        await pilot.pause()
+        assert replay.commands[-1] == ("start_sweep", (0, 1, 2, 4))
+        assert "sweep 1/4: 0 workers, 0/100 batches" in screen_text(app, PendingBar)
+        await pilot.press("escape")
+        assert replay.commands[-1] == ("cancel_sweep", None)
+        await pilot.press("s")  # a new sweep after the cancelled one
+        sweep = replay.view().sweep
+        assert sweep is not None and sweep.state == "running"
+        replay.set_view(dataclasses.replace(replay.view(), sweep=dataclasses.replace(sweep, index=4, state="done")))
+        app.refresh_view()
+        await pilot.pause()
+        assert isinstance(app.screen, SweepResult)
+        advice_text = str(app.screen.query_one("#sweep-advice").render())
+        assert "Recommended: 2 workers: 749 samples/s is within 1% of the fastest (4 workers, 756)" in advice_text
+        assert app.pending == LoaderConfig(num_workers=2)
+        await pilot.press("enter")
+        await pilot.pause()
+        assert not isinstance(app.screen, SweepResult)
+        assert applied(replay) == [LoaderConfig(num_workers=2)]
+
+
+async def test_the_table_marks_the_fastest_and_the_recommended_rows(replay: ReplaySession) -> None:
+    app = LoaderTopApp(replay)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        lines = str(app.query_one(ComparisonTable).render()).splitlines()
+        rows = {line[3:].split()[0]: line[:3] for line in lines[1:5]}
+        assert rows == {"0": "   ", "1": "   ", "2": " ◆▶", "4": "★  "}
+        assert any(line.startswith("◆ 2 workers: 749 samples/s is within 1% of the fastest") for line in lines)

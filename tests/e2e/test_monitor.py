@@ -115,3 +115,24 @@ def test_a_dataset_error_shows_in_the_app_keeps_the_history_and_r_tries_again(tm
         assert no_process_left(app)
     finally:
         app.close()
+
+
+def test_a_sweep_in_the_app_fills_the_table_and_offers_the_recommendation(tmp_path: Path) -> None:
+    app = TmuxApp(["--workload", "tests.workloads:sleepy", "--batch-size", "4", "--epochs", "1000"], tmp_path)
+    try:
+        app.wait_for(lambda s: step_of(s) > 3, what="batches")
+        app.send("s")
+        app.wait_for(lambda s: "sweep 1/4: 0 workers" in s or "sweep 2/4" in s, timeout=10, what="the sweep")
+        screen = app.wait_for(lambda s: "sweep done" in s, timeout=120, what="the end of the sweep")
+        assert "Recommended:" in screen and "(Enter)" in screen
+        app.send("Escape")  # keep the current count
+        screen = app.wait_for(lambda s: "sweep done" not in s, timeout=10, what="the result to close")
+        for count in (0, 1, 2, 4):
+            assert re.search(rf"^│ [★ ][◆ ][▶ ]\s+{count}\s+\d+", screen, re.M), screen
+        assert "4 workers, batch 4 │ RUNNING" in screen  # the last count keeps running
+        assert re.search(r"◆.*workers?:", screen)
+        app.send("q")
+        assert app.exit_status() == 0
+        assert no_process_left(app)
+    finally:
+        app.close()

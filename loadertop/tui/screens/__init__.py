@@ -1,6 +1,7 @@
-"""Modal screens: help and the loader settings form."""
+"""Modal screens: help, the loader settings form and the sweep result."""
 
 from loadertop.tui.screens.config_form import ConfigForm
 from loadertop.tui.screens.help import HelpScreen
+from loadertop.tui.screens.sweep_result import SweepResult
 
-__all__ = ["ConfigForm", "HelpScreen"]
+__all__ = ["ConfigForm", "HelpScreen", "SweepResult"]

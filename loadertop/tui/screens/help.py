@@ -17,6 +17,8 @@ KEYS = (
     ("r", "apply: hot-restart with the pending settings (model and epoch position kept); "
           "after the run ended or failed, train again"),
     ("c", "edit the other loader settings: batch size, pin_memory, persistent_workers, prefetch_factor"),
+    ("s", "sweep: measure 0, 1, 2, 4, ... workers in turn (training goes on), then recommend one"),
+    ("Esc", "cancel a sweep (what was measured stays)"),
     ("p", "pause / resume training"),
     ("?", "this help"),
     ("q, Ctrl+C", "quit: stops training and shuts the workers down"),
@@ -26,7 +28,7 @@ READING = (
     "load = time the step waited for the next batch; compute = the training step itself.",
     "input-bound: the step waits for data more than 10% of the time; add workers until it is not.",
     "The table keeps one row per configuration; warm-up batches after each (re)start are left out.",
-    "★ marks the most samples/s; past the best count, more workers only cost CPU and memory.",
+    "★ marks the most samples/s; ◆ the fewest workers within 5% of it: past that, more only cost CPU and memory.",
 )
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from rich.text import Text
 
-from loadertop.core.advice import fastest, verdict
+from loadertop.core.advice import recommend, verdict
 from loadertop.core.store import ConfigSummary
 from loadertop.tui.widgets.base import ViewWidget
 
@@ -41,7 +41,7 @@ COLUMNS = (
     Column("RSS MB", 7, lambda s: _num(s.rss_mb, 0), 1),
     Column("verdict", 13, lambda s: v.label if (v := verdict(s.load_ms_mean, s.compute_ms_mean)) else "-", 7),
 )
-MARK_WIDTH = 2
+MARK_WIDTH = 3  # ★ fastest, ◆ recommended, ▶ running
 
 
 def _settings_differ(summaries: tuple[ConfigSummary, ...]) -> bool:
@@ -61,7 +61,7 @@ def fit_columns(width: int, *, show_config: bool = True) -> list[Column]:
 
 
 class ComparisonTable(ViewWidget):
-    """Every configuration of this run side by side; ``★`` fastest, ``▶`` running now."""
+    """Every configuration of this run side by side; ``★`` fastest, ``◆`` recommended, ``▶`` running now."""
 
     follows = "store"
     every_ticks = 4
@@ -77,25 +77,31 @@ class ComparisonTable(ViewWidget):
         text.append(" ".join(c.heading.rjust(c.width) for c in columns), "bold")
         text.append("\n")
         if not summaries:
-            text.append("  no batches yet: each worker count you try gets a row here", "dim")
+            text.append("  no batches yet: each worker count you try gets a row here; s sweeps them all", "dim")
             return text
-        best = fastest(summaries)
+        advice = view.advice or recommend(summaries)
         running = view.status.config.key
         ordered = sorted(summaries, key=lambda s: (s.num_workers, s.key))
         room = self.content_size.height - 1  # below the heading
-        show_legend = len(ordered) < room
-        if len(ordered) > room:  # keep the running row and the fastest in sight
-            keep = [s for s in ordered if s is best or s.key == running]
+        if len(ordered) > room:  # keep the running, fastest and recommended rows in sight
+            keep = [s for s in ordered if advice.is_fastest(s) or advice.is_recommended(s) or s.key == running]
             others = [s for s in ordered if s not in keep][: max(room - len(keep), 0)]
             ordered = sorted(keep + others, key=lambda s: (s.num_workers, s.key))
         for summary in ordered:
-            mark = "★" if summary is best else " "
-            mark += "▶" if summary.key == running else " "
-            style = "bold green" if summary is best else ("bold" if summary.key == running else "")
+            best, chosen = advice.is_fastest(summary), advice.is_recommended(summary)
+            mark = ("★" if best else " ") + ("◆" if chosen else " ") + ("▶" if summary.key == running else " ")
+            style = "bold green" if chosen else "green" if best else ("bold" if summary.key == running else "")
             text.append(mark, "bold yellow")
             text.append(" ".join(c.cell(summary).rjust(c.width) for c in columns), style)
             text.append("\n")
-        if show_legend:
-            text.append("★ fastest  ▶ running   warm-up batches after each (re)start left out; "
+        spare = room - len(ordered)
+        if spare >= 1:
+            text.append("★ fastest  ◆ recommended  ▶ running   warm-up batches after each (re)start left out; "
                         "CPU %: 100 = one core", "dim")
+        if spare >= 2:
+            text.append("\n◆ ", "bold yellow")
+            text.append(advice.reason)
+        if spare >= 3 and advice.warnings:
+            text.append("\n! ", "bold red")
+            text.append(advice.warnings[0] + (f" (+{len(advice.warnings) - 1} more)" if len(advice.warnings) > 1 else ""))
         return text

@@ -6,6 +6,7 @@ from rich.text import Text
 from textual.reactive import reactive
 
 from loadertop.core.config import LoaderConfig
+from loadertop.tui.plot import meter
 from loadertop.tui.widgets.base import ViewWidget
 
 
@@ -42,6 +43,16 @@ class PendingBar(ViewWidget):
         if view is None or pending is None:
             return text
         status = view.status
+        sweep = view.sweep
+        if sweep is not None and sweep.state == "running" and not status.state.is_done:
+            current = sweep.current
+            text.append("sweep ", "bold")
+            text.append(f"{sweep.index + 1}/{len(sweep.counts)}: ", "bold")
+            text.append(f"{current} worker{'s' if current != 1 else ''}, "
+                        f"{sweep.batches_done}/{sweep.batches_per_count} batches ")
+            text.append("▕" + meter(sweep.fraction * 100, 12) + "▏", "cyan")
+            text.append("  Esc cancels (keeps what was measured)", "dim")
+            return text
         text.append("next: ")
         text.append(pending.describe(), "bold reverse")
         text.append("  ")
@@ -54,5 +65,5 @@ class PendingBar(ViewWidget):
             text.append("r: ", "bold")
             text.append(f"hot-restart {change}", "bold yellow")
         else:
-            text.append("r: nothing to change (+/- 0-9: workers, c: settings)", "dim")
+            text.append("r: nothing to change (+/- 0-9: workers, c: settings, s: sweep)", "dim")
         return text
