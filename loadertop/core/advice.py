@@ -100,7 +100,8 @@ def recent_stats(records: Sequence[BatchRecord], config_key: str, *, window: int
 
 
 RECOMMEND_WITHIN = 0.05
-"""The recommendation: the fewest workers whose throughput is within this share of the fastest."""
+"""The recommendation: the fewest workers whose throughput is within this share of the fastest
+(or slower by less than two standard errors of the difference: the measurement's own noise)."""
 MIN_BATCHES = 10
 """Configurations with fewer steady batches are too noisy to judge."""
 SHM_WARN_SHARE = 0.8
@@ -181,19 +182,29 @@ def recommend(summaries: Sequence[ConfigSummary], *, within: float = RECOMMEND_W
     if best is None:
         return Advice(None, None, f"not enough batches yet (at least {MIN_BATCHES} steady per configuration)", ())
     siblings = [s for s in judged if s.config.with_workers(0) == best.config.with_workers(0)]
-    good = [s for s in siblings if s.samples_per_s >= (1 - within) * best.samples_per_s]
+    good = [s for s in siblings if s.samples_per_s >= (1 - within) * best.samples_per_s or _within_noise(s, best)]
     chosen = min(good, key=lambda s: (s.num_workers, -s.samples_per_s))
     if chosen is best:
         reason = f"{_workers(best.num_workers)}: the fastest measured ({best.samples_per_s:,.0f} samples/s)"
         if len(siblings) == 1:
             reason += "; try other worker counts to compare"
     else:
+        gap = 1 - chosen.samples_per_s / best.samples_per_s
+        how = (f"within {gap * 100:.0f}% of" if gap <= within
+               else f"{gap * 100:.0f}% below, within the measurement noise of,")
         reason = (
-            f"{_workers(chosen.num_workers)}: {chosen.samples_per_s:,.0f} samples/s is within "
-            f"{(1 - chosen.samples_per_s / best.samples_per_s) * 100:.0f}% of the fastest "
+            f"{_workers(chosen.num_workers)}: {chosen.samples_per_s:,.0f} samples/s is {how} the fastest "
             f"({_workers(best.num_workers)}, {best.samples_per_s:,.0f}); fewer workers cost less CPU and memory"
         )
     return Advice(best, chosen, reason, ())
+
+
+def _within_noise(summary: ConfigSummary, best: ConfigSummary) -> bool:
+    """Whether ``summary``'s mean iteration is slower than ``best``'s by less than two standard errors."""
+    spread = math.hypot(summary.iter_ms_sem, best.iter_ms_sem)
+    if math.isnan(spread):
+        return False
+    return summary.iter_ms_mean - best.iter_ms_mean <= 2 * spread
 
 
 def advise(summaries: Sequence[ConfigSummary], machine: MachineFacts, *,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 import threading
 from array import array
 from collections import deque
@@ -41,6 +42,7 @@ class ConfigSummary:
     batch over the starts and restarts of this configuration. ``cpu_percent`` is
     the process tree's mean CPU (100 = one core) and ``rss_mb`` its peak resident
     memory while this configuration ran, from the system sampler (NaN without one).
+    ``iter_ms_std`` is the standard deviation of the iteration time (for noise estimates).
     """
 
     key: str
@@ -59,11 +61,17 @@ class ConfigSummary:
     starts: int
     cpu_percent: float = math.nan
     rss_mb: float = math.nan
+    iter_ms_std: float = math.nan
 
     @property
     def num_workers(self) -> int:
         """The configuration's worker count."""
         return self.config.num_workers
+
+    @property
+    def iter_ms_sem(self) -> float:
+        """Standard error of the mean iteration time (NaN with fewer than 2 batches)."""
+        return self.iter_ms_std / math.sqrt(self.batches) if self.batches > 1 else math.nan
 
     @property
     def load_share(self) -> float:
@@ -130,6 +138,7 @@ class _ConfigAccumulator:
             starts=len(self.startup_s),
             cpu_percent=self.cpu_percent_sum / self.cpu_samples if self.cpu_samples else math.nan,
             rss_mb=self.rss_peak_bytes / (1024 * 1024) if self.cpu_samples else math.nan,
+            iter_ms_std=statistics.stdev(iters) * 1000.0 if len(iters) > 1 else math.nan,
         )
 
 
