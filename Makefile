@@ -22,6 +22,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/accuracy.py
 	$(PY) benchmarks/sampler_cost.py
 	$(PY) benchmarks/overhead.py
+	$(PY) benchmarks/sweep.py
 
 screenshots: $(STAMP)
 	$(PY) screenshots/make_screenshots.py
