@@ -104,7 +104,7 @@ def test_a_dataset_error_shows_in_the_app_keeps_the_history_and_r_tries_again(tm
         screen = app.wait_for(lambda s: "ERROR" in s and "has error: no worker" in s, timeout=60, what="the error")
         assert "the dataset raised at step" in screen and "(sample index 37): ValueError: broken sample 37" in screen
         assert "retry with 2 workers, batch 4" in screen
-        assert re.search(r"★▶\s+2\s+\d+", screen)  # the table kept the batches before the failure
+        assert re.search(r"★◆▶\s+2\s+\d+", screen)  # the table kept the batches before the failure
         step = step_of(screen)
         assert step > 0
         app.send("r")  # the same sample fails again: the app says so again, nothing hangs
