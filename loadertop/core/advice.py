@@ -190,7 +190,7 @@ def recommend(summaries: Sequence[ConfigSummary], *, within: float = RECOMMEND_W
             reason += "; try other worker counts to compare"
     else:
         gap = 1 - chosen.samples_per_s / best.samples_per_s
-        how = (f"within {gap * 100:.0f}% of" if gap <= within
+        how = (f"within {gap * 100:.0f}% of" if chosen.samples_per_s >= (1 - within) * best.samples_per_s
                else f"{gap * 100:.0f}% below, within the measurement noise of,")
         reason = (
             f"{_workers(chosen.num_workers)}: {chosen.samples_per_s:,.0f} samples/s is {how} the fastest "

@@ -9,10 +9,20 @@ from pathlib import Path
 import pytest
 
 from loadertop import LoaderConfig, Trainer
-from loadertop.core.advice import INPUT_BOUND_SHARE, fastest, recent_stats, verdict
+from loadertop.core.advice import (
+    INPUT_BOUND_SHARE,
+    MachineFacts,
+    advise,
+    default_counts,
+    fastest,
+    recent_stats,
+    recommend,
+    verdict,
+)
 from loadertop.core.records import BatchRecord
 from loadertop.core.replay import ReplaySession, load_view, save_view
 from loadertop.core.session import Session
+from loadertop.core.store import ConfigSummary
 from tests import workloads
 
 
@@ -74,3 +84,52 @@ def test_a_file_that_is_not_a_recording_is_refused(tmp_path: Path) -> None:
     path.write_text('{"rows": []}')
     with pytest.raises(ValueError, match="not a loadertop session recording"):
         load_view(path)
+
+
+def summary(workers: int, samples_per_s: float, *, batches: int = 50, load_ms: float = 5.0, compute_ms: float = 20.0,
+            rss_mb: float = math.nan, iter_ms_std: float = math.nan, persistent: bool = False,
+            startup_ms: float = 100.0) -> ConfigSummary:
+    config = LoaderConfig(num_workers=workers, persistent_workers=persistent)
+    return ConfigSummary(config.key, config, batches, 1, batches * 32, load_ms, load_ms, compute_ms, compute_ms,
+                         32_000 / samples_per_s, 32_000 / samples_per_s, samples_per_s, startup_ms, 1,
+                         rss_mb=rss_mb, iter_ms_std=iter_ms_std)
+
+
+MACHINE = MachineFacts(usable_cores=4, memory_total_bytes=8 * 1024**3)
+
+
+def test_the_recommendation_is_the_fewest_workers_within_5_percent_or_the_noise() -> None:
+    rows = [summary(0, 300), summary(2, 760), summary(4, 800), summary(8, 790)]
+    advice = recommend(rows)
+    assert advice.fastest is rows[2] and advice.recommended is rows[1]  # 5% below 800
+    assert advice.reason.startswith("2 workers: 760 samples/s is within 5% of the fastest (4 workers, 800)")
+    assert recommend([summary(2, 700), summary(4, 800)]).recommended_num_workers == 4  # 12.5% slower
+    # 12.5% slower but the iterations are noisy: within two standard errors, so the fewer workers win.
+    noisy = [summary(2, 700, iter_ms_std=60.0), summary(4, 800, iter_ms_std=60.0)]
+    advice = recommend(noisy)
+    assert advice.recommended_num_workers == 2 and "within the measurement noise" in advice.reason
+    too_few = recommend([summary(2, 900, batches=9), summary(4, 800)])
+    assert too_few.fastest is not None and too_few.fastest.num_workers == 4  # 9 batches cannot be judged
+    assert recommend([]).recommended is None
+
+
+def test_warnings_name_cores_memory_shm_input_bound_and_the_start_method() -> None:
+    rows = [summary(0, 300, rss_mb=700), summary(8, 800, rss_mb=5000, load_ms=30.0, compute_ms=20.0)]
+    machine = MachineFacts(usable_cores=4, memory_total_bytes=8 * 1024**3, shm_used_bytes=90, shm_total_bytes=100,
+                           start_method="spawn")
+    warnings = advise(rows, machine).warnings
+    assert any(w.startswith("8 workers on 4 usable cores") for w in warnings)
+    assert any("memory: 8 workers peaked at 5,000 MB (about 538 MB per worker), 61% of RAM" in w for w in warnings)
+    assert any(w.startswith("/dev/shm is 90% full") for w in warnings)
+    assert any(w.startswith("still input-bound at the fastest count (8 workers: the step waits for data 60%")
+               for w in warnings)
+    assert any("workers start with 'spawn'" in w for w in warnings)
+    calm = advise([summary(0, 300), summary(2, 800, load_ms=1.0)], MACHINE)
+    assert calm.warnings == () and calm.recommended_num_workers == 2
+
+
+def test_default_counts_double_up_to_twice_the_cores() -> None:
+    assert default_counts(1) == (0, 1, 2)
+    assert default_counts(2) == (0, 1, 2, 4)
+    assert default_counts(6) == (0, 1, 2, 4, 8, 12)
+    assert default_counts(16) == (0, 1, 2, 4, 8, 16, 32)
