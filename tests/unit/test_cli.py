@@ -48,13 +48,15 @@ def test_bad_input_gets_one_clear_line_and_exit_2(
     args: list[str], message: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(Path(__file__).resolve().parents[2])
-    code, out, err = run_main(["run", "--headless", "--max-batches", "1", *args], capsys)
-    assert code == 2
+    assert_usage_error(run_main(["run", "--headless", "--max-batches", "1", *args], capsys), message)
+
+
+def assert_usage_error(result: tuple[int, str, str], message: str) -> None:
+    """Exit 2, nothing on stdout, and one line on stderr that starts with loadertop and says ``message``."""
+    code, out, err = result
+    assert code == 2 and out == ""
     lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert message in lines[0]
-    assert lines[0].startswith("loadertop")
-    assert out == ""
+    assert len(lines) == 1 and message in lines[0] and lines[0].startswith("loadertop"), err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

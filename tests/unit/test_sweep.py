@@ -18,7 +18,7 @@ from loadertop.core.sweep import Sweep
 from loadertop.core.procs import child_processes
 from loadertop.core.report import ROW_FIELDS
 from tests import workloads
-from tests.unit.test_cli import run_main
+from tests.unit.test_cli import assert_usage_error, run_main
 
 
 def sweep(workload, counts: tuple[int, ...], batches: int, batch_size: int = 8):  # noqa: ANN001, ANN201
@@ -152,7 +152,4 @@ BAD_SWEEPS = [
 @pytest.mark.parametrize(("args", "message"), BAD_SWEEPS, ids=[" ".join(a) for a, _ in BAD_SWEEPS])
 def test_bad_sweep_arguments_exit_2_with_one_line(args: list[str], message: str,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run_main(["sweep", "--workload", "tests.workloads:sleepy", *args], capsys)
-    assert code == 2 and out == ""
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], err
+    assert_usage_error(run_main(["sweep", "--workload", "tests.workloads:sleepy", *args], capsys), message)

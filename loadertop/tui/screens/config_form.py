@@ -37,15 +37,10 @@ class ConfigForm(ModalScreen[LoaderConfig | None]):
     """Edits the pending configuration; Enter or Save keeps it (``r`` applies it), Esc cancels."""
 
     DEFAULT_CSS = """
-    ConfigForm { align: center middle; }
-    ConfigForm > Vertical {
-        width: 64; height: auto; border: round $accent; background: $surface; padding: 0 1;
-    }
     ConfigForm .row { height: 3; }
     ConfigForm .row Label { width: 22; padding: 1 0 0 0; }
     ConfigForm Input { width: 1fr; }
     ConfigForm #form-error { color: $error; height: auto; }
-    ConfigForm #buttons { height: 3; align: right middle; }
     """
 
     BINDINGS = [Binding("escape", "cancel", "cancel", tooltip="Close without changing the pending settings")]
@@ -56,7 +51,7 @@ class ConfigForm(ModalScreen[LoaderConfig | None]):
         self.pin_memory_note = pin_memory_note
 
     def compose(self) -> ComposeResult:
-        with Vertical() as box:
+        with Vertical(classes="dialog") as box:
             box.border_title = f"loader settings (workers: {self.base.num_workers}, set with +/- or 0-9)"
             with Horizontal(classes="row"):
                 yield Label("batch size")
@@ -72,7 +67,7 @@ class ConfigForm(ModalScreen[LoaderConfig | None]):
             yield Checkbox("pin_memory" + self.pin_memory_note, self.base.pin_memory, id="pin-memory")
             yield Checkbox("persistent_workers (needs workers)", self.base.persistent_workers, id="persistent")
             yield Static("", id="form-error")
-            with Horizontal(id="buttons"):
+            with Horizontal(classes="buttons"):
                 yield Button("Cancel", id="cancel")
                 yield Button("Save (r applies)", id="save", variant="primary")
 

@@ -35,14 +35,6 @@ READING = (
 class HelpScreen(ModalScreen[None]):
     """A modal list of the keys; any of Esc, q or ? closes it."""
 
-    DEFAULT_CSS = """
-    HelpScreen { align: center middle; }
-    HelpScreen > Vertical {
-        width: 90%; max-width: 100; height: auto; max-height: 90%;
-        border: round $accent; background: $surface; padding: 0 1;
-    }
-    """
-
     BINDINGS = [
         Binding("escape,q,question_mark", "dismiss", "close", tooltip="Close the help"),
     ]
@@ -56,6 +48,6 @@ class HelpScreen(ModalScreen[None]):
         for line in READING:
             text.append(line + "\n", "dim")
         text.append("\nEsc closes this help.", "dim")
-        with Vertical() as box:
+        with Vertical(classes="dialog") as box:
             box.border_title = "loadertop keys"
             yield Static(text, id="help-text")

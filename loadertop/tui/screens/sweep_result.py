@@ -18,15 +18,6 @@ from loadertop.core.config import LoaderConfig
 class SweepResult(ModalScreen[bool]):
     """Dismissed with True to continue at the recommended configuration (Enter), False to keep the current (Esc)."""
 
-    DEFAULT_CSS = """
-    SweepResult { align: center middle; }
-    SweepResult > Vertical {
-        width: 90%; max-width: 96; height: auto; max-height: 90%;
-        border: round $success; background: $surface; padding: 0 1;
-    }
-    SweepResult #sweep-buttons { height: 3; align: right middle; }
-    """
-
     BINDINGS = [Binding("escape", "keep", "keep", tooltip="Keep training at the current count")]
 
     def __init__(self, advice: Advice, recommended: LoaderConfig, current: LoaderConfig) -> None:
@@ -45,10 +36,10 @@ class SweepResult(ModalScreen[bool]):
             text.append("\n  ".join(lines))
         text.append("\n\nThe table holds every count measured. ", "dim")
         text.append(f"Training now runs with {self.current.describe()}.", "dim")
-        with Vertical() as box:
+        with Vertical(classes="dialog") as box:
             box.border_title = "sweep done"
             yield Static(text, id="sweep-advice")
-            with Horizontal(id="sweep-buttons"):
+            with Horizontal(classes="buttons"):
                 yield Button("Keep current (Esc)", id="keep")
                 yield Button(f"Train at {self.recommended.describe()} (Enter)", id="adopt", variant="success")
 
