@@ -106,19 +106,30 @@ def _add_common(parser: argparse.ArgumentParser, *, with_defaults: bool = True, 
     g.add_argument("--device", default=d("auto"), metavar="auto|cpu|cuda",
                    help="where to train; auto picks CUDA when available (default auto)")
     g.add_argument("--workload", default=d(None), metavar="MODULE:CALLABLE",
-                   help="a factory returning loadertop.Workload (default: the built-in image workload)")
+                   help="a factory returning loadertop.Workload (default: the built-in image workload); "
+                   "one with a data_dir parameter receives --data")
+    g.add_argument("--dataset", default=d(None), metavar="NAME",
+                   help="a torchvision dataset already on disk under --data (default ./data): "
+                   "cifar10, cifar100, mnist, fashionmnist")
     g.add_argument("--pin-memory", action="store_true", default=d(False), help="DataLoader pin_memory (CUDA only)")
     g.add_argument("--persistent-workers", action="store_true", default=d(False), help="DataLoader persistent_workers")
     g.add_argument("--prefetch-factor", type=_int_at_least(1, "--prefetch-factor"), default=d(None), metavar="N",
                    help="DataLoader prefetch_factor (batches per worker loaded ahead; needs workers)")
+    g.add_argument("--start-method", choices=("fork", "spawn", "forkserver"), default=d(None),
+                   help="how DataLoader workers start (default: the platform's; spawn and forkserver need a "
+                   "picklable dataset)")
+    g.add_argument("--timeout", type=_non_negative_float, default=d(0.0), metavar="SECONDS",
+                   help="DataLoader timeout: fail when the workers deliver no batch for this long (default 0: "
+                   "wait forever; needs workers)")
     g.add_argument("--threads", type=_int_at_least(1, "--threads"), default=d(None), metavar="N",
                    help="PyTorch threads for the training step (default: the workload's choice, "
                    "1 for the built-in one, else PyTorch's default)")
     g.add_argument("--seed", type=_int_at_least(0, "--seed"), default=d(0), metavar="N",
                    help="seeds the data order, the built-in images and the model (default 0)")
-    b = parser.add_argument_group("built-in workload")
+    b = parser.add_argument_group("data")
     b.add_argument("--data", default=d(None), metavar="DIR",
-                   help="folder for the built-in images (generated there once; default ~/.cache/loadertop)")
+                   help="the data folder: for the built-in images (generated there once; default "
+                   "~/.cache/loadertop), a --dataset's root, or passed to a --workload factory as data_dir")
     b.add_argument("--io-latency-ms", type=_non_negative_float, default=d(0.0), metavar="MS",
                    help="simulated storage latency per sample, as on a network file system (default 0)")
 
@@ -194,6 +205,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if len(switches) != len(getattr(args, "switch", []) or []):
         raise UsageError("--switch: each STEP may be given once")
     workload = _workload(args)
+    _check_start_method(workload, config)
     record_path = getattr(args, "record", None)
     record_file = _open_output(record_path, "--record") if record_path else None
     try:
@@ -222,6 +234,8 @@ def _config(args: argparse.Namespace, num_workers: int) -> LoaderConfig:
         pin_memory=args.pin_memory,
         persistent_workers=args.persistent_workers,
         prefetch_factor=args.prefetch_factor,
+        start_method=args.start_method,
+        timeout_s=args.timeout,
     )
     try:
         config.validate_strict()
@@ -234,11 +248,20 @@ def _config(args: argparse.Namespace, num_workers: int) -> LoaderConfig:
 def _workload(args: argparse.Namespace) -> Workload:
     from loadertop.core.workload import WorkloadError, load_workload
 
+    if args.workload is not None and args.dataset is not None:
+        raise UsageError("choose --workload or --dataset, not both")
+    if (args.workload is not None or args.dataset is not None) and args.io_latency_ms:
+        raise UsageError("--io-latency-ms applies to the built-in workload only")
     if args.workload is not None:
-        if args.data is not None or args.io_latency_ms:
-            raise UsageError("--data and --io-latency-ms apply to the built-in workload only, not to --workload")
         try:
-            workload = load_workload(args.workload)
+            workload = load_workload(args.workload, data_dir=args.data)
+        except WorkloadError as exc:
+            raise UsageError(str(exc)) from None
+    elif args.dataset is not None:
+        from loadertop.core.datasets import make_dataset_workload
+
+        try:
+            workload = make_dataset_workload(args.dataset, args.data, seed=args.seed)
         except WorkloadError as exc:
             raise UsageError(str(exc)) from None
     else:
@@ -251,6 +274,17 @@ def _workload(args: argparse.Namespace) -> Workload:
     if args.threads is not None:
         workload.num_threads = args.threads
     return workload
+
+
+def _check_start_method(workload: Workload, config: LoaderConfig) -> None:
+    """spawn/forkserver workers get a pickled dataset: refuse one that cannot be, before training."""
+    from loadertop.core.workload import WorkloadError, check_picklable
+
+    if config.num_workers:
+        try:
+            check_picklable(workload, config)
+        except WorkloadError as exc:
+            raise UsageError(str(exc)) from None
 
 
 def _trainer(args: argparse.Namespace, workload: Workload, config: LoaderConfig, *, epochs: int,
@@ -293,6 +327,7 @@ def _sweep(args: argparse.Namespace) -> int:
     to_stdout = "-" in outputs.values()
     try:
         workload = _workload(args)
+        _check_start_method(workload, config.with_workers(max(counts)))
         trainer = _trainer(args, workload, config, epochs=SWEEP_EPOCHS, max_batches=None)
         sweep = Sweep(trainer, counts, args.batches, base=config)
         # With a format on stdout, the progress and the table go to stderr.

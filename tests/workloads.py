@@ -121,3 +121,54 @@ def cpu_bound(size: int = 4000, cpu_s: float = 0.002) -> Workload:
         name="cpu-bound test",
         num_threads=1,
     )
+
+
+class HandleDataset(SleepDataset):
+    """A dataset holding an open file, as datasets reading one big file often do: it cannot be pickled."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size, 0.0)
+        self.handle = open(__file__, "rb")  # noqa: SIM115 - kept open on purpose
+
+
+def unpicklable() -> Workload:
+    workload = make(size=64)
+    workload.dataset = HandleDataset(64)
+    return workload
+
+
+class HangDataset(SleepDataset):
+    """Sample ``hang_at`` takes ``hang_s`` (a stuck network read, a deadlock)."""
+
+    def __init__(self, size: int, hang_at: int, hang_s: float) -> None:
+        super().__init__(size, 0.001)
+        self.hang_at = hang_at
+        self.hang_s = hang_s
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        if index == self.hang_at:
+            time.sleep(self.hang_s)
+        return super().__getitem__(index)
+
+
+class PairsDataset(torch.utils.data.Dataset):
+    """Samples as dicts, batched by the default collate into a dict of tensors."""
+
+    def __len__(self) -> int:
+        return 64
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"x": torch.tensor([float(index)]), "y": torch.tensor(index % 2)}
+
+
+def pairs_step(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    output = model(batch["x"] / 64.0)
+    loss = nn.functional.cross_entropy(output, batch["y"])
+    return loss, (output.argmax(1) == batch["y"]).float().mean()
+
+
+def dict_batches() -> Workload:
+    """Dict batches trained through a step function (no loss_fn)."""
+    return Workload(dataset=PairsDataset(), model=nn.Linear(1, 2), loss_fn=None,
+                    optimizer=lambda params: torch.optim.SGD(params, lr=0.1), name="dict batches",
+                    step_fn=pairs_step)

@@ -6,6 +6,17 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 
+START_METHODS = ("fork", "spawn", "forkserver")
+
+
+def available_start_methods() -> tuple[str, ...]:
+    """The multiprocessing start methods this platform offers, in START_METHODS order."""
+    import multiprocessing
+
+    offered = set(multiprocessing.get_all_start_methods())
+    return tuple(m for m in START_METHODS if m in offered)
+
+
 class ConfigError(ValueError):
     """A loader setting that cannot work; the message says what to change."""
 
@@ -20,6 +31,8 @@ class LoaderConfig:
         pin_memory: page-locked host memory for faster host-to-GPU copies (CUDA only).
         persistent_workers: keep the workers alive across epochs.
         prefetch_factor: batches loaded in advance by each worker (None: PyTorch's default, 2).
+        start_method: how workers start: ``fork``, ``spawn`` or ``forkserver`` (None: the platform's default).
+        timeout_s: the longest wait for a batch from the workers before failing (0: wait forever).
     """
 
     num_workers: int = 0
@@ -27,6 +40,8 @@ class LoaderConfig:
     pin_memory: bool = False
     persistent_workers: bool = False
     prefetch_factor: int | None = None
+    start_method: str | None = None
+    timeout_s: float = 0.0
 
     def validate(self) -> None:
         """Raise ConfigError naming the first setting that cannot work."""
@@ -44,6 +59,17 @@ class LoaderConfig:
             or self.prefetch_factor < 1
         ):
             raise ConfigError(f"prefetch factor must be an integer >= 1, got {self.prefetch_factor!r}")
+        if self.start_method is not None and self.start_method not in START_METHODS:
+            raise ConfigError(
+                f"start method must be one of {', '.join(START_METHODS)}, got {self.start_method!r}"
+            )
+        if self.start_method is not None and self.start_method not in available_start_methods():
+            raise ConfigError(
+                f"start method {self.start_method!r} is not available on this platform "
+                f"(available: {', '.join(available_start_methods())})"
+            )
+        if isinstance(self.timeout_s, bool) or not isinstance(self.timeout_s, (int, float)) or not self.timeout_s >= 0:
+            raise ConfigError(f"timeout must be a number of seconds >= 0, got {self.timeout_s!r}")
 
     def validate_strict(self) -> None:
         """Like validate, and also refuse settings that only apply with workers.
@@ -56,6 +82,10 @@ class LoaderConfig:
             raise ConfigError("--prefetch-factor needs --workers 1 or more (with 0 workers nothing is prefetched)")
         if self.num_workers == 0 and self.persistent_workers:
             raise ConfigError("--persistent-workers needs --workers 1 or more (with 0 workers there are none to keep)")
+        if self.num_workers == 0 and self.start_method is not None:
+            raise ConfigError("--start-method needs --workers 1 or more (with 0 workers no process is started)")
+        if self.num_workers == 0 and self.timeout_s:
+            raise ConfigError("--timeout needs --workers 1 or more (with 0 workers the step loads the batch itself)")
 
     def with_workers(self, num_workers: int) -> LoaderConfig:
         """A copy with another worker count."""
@@ -76,6 +106,10 @@ class LoaderConfig:
             kwargs["persistent_workers"] = self.persistent_workers
             if self.prefetch_factor is not None:
                 kwargs["prefetch_factor"] = self.prefetch_factor
+            if self.start_method is not None:
+                kwargs["multiprocessing_context"] = self.start_method
+            if self.timeout_s:
+                kwargs["timeout"] = float(self.timeout_s)
         return kwargs
 
     def _labels(self) -> list[tuple[str, str]]:
@@ -88,6 +122,10 @@ class LoaderConfig:
             labels.append(("persist", "persistent"))
         if self.prefetch_factor is not None and self.num_workers > 0:
             labels.append((f"pf{self.prefetch_factor}", f"prefetch {self.prefetch_factor}"))
+        if self.start_method is not None and self.num_workers > 0:
+            labels.append((self.start_method, self.start_method))
+        if self.timeout_s and self.num_workers > 0:
+            labels.append((f"t{self.timeout_s:g}", f"timeout {self.timeout_s:g} s"))
         return labels
 
     @property

@@ -22,7 +22,14 @@ from loadertop.core.records import BatchRecord, StartEvent
 from loadertop.core.sampler import ResumableSampler
 from loadertop.core.store import MetricsStore
 from loadertop.core.system import SystemSnapshot
-from loadertop.core.workload import IndexedDataset, SampleError, Workload, sample_index_of
+from loadertop.core.workload import (
+    IndexedDataset,
+    SampleError,
+    Workload,
+    WorkloadError,
+    check_picklable,
+    sample_index_of,
+)
 
 
 # loadertop reports too many workers in its own words; PyTorch's warning would land on the TUI's screen.
@@ -382,6 +389,8 @@ class Trainer:
         self._optimizer = optimizer
 
     def _make_loader(self, config: LoaderConfig) -> DataLoader[Any]:
+        if config.num_workers:
+            check_picklable(self.workload, config)
         kwargs = config.loader_kwargs(pin_memory_allowed=self.device.type == "cuda")
         generator = torch.Generator()
         generator.manual_seed(self.seed * 7919 + self._starts)
@@ -542,6 +551,8 @@ class Trainer:
 
     def _train_step(self, batch: Any) -> tuple[float, float | None, int]:
         """Forward, backward and optimizer step; synchronised so the clock includes GPU work."""
+        if self.workload.step_fn is not None:
+            return self._custom_step(batch)
         if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
             raise TypeError(
                 f"a batch must be (inputs, targets), got {type(batch).__name__}"
@@ -575,6 +586,29 @@ class Trainer:
         samples = _batch_len(targets if isinstance(targets, torch.Tensor) else inputs)
         return float(loss.item()), (float(accuracy.item()) if accuracy is not None else None), samples
 
+    def _custom_step(self, batch: Any) -> tuple[float, float | None, int]:
+        """The workload's ``step_fn(model, batch)`` gives the loss (and maybe accuracy); loadertop does the rest."""
+        non_blocking = self._config.pin_memory and self.device.type == "cuda"
+        batch = _to_device(batch, self.device, non_blocking)
+        model = self.workload.model
+        optimizer = self._optimizer
+        assert optimizer is not None and self.workload.step_fn is not None
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        result = self.workload.step_fn(model, batch)
+        loss, accuracy = (result if isinstance(result, tuple) else (result, None))
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            raise TypeError(
+                f"step_fn must return the loss as a scalar tensor (or (loss, accuracy)), got {type(loss).__name__}"
+            )
+        loss.backward()
+        optimizer.step()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        accuracy_value = float(accuracy.item() if isinstance(accuracy, torch.Tensor) else accuracy) \
+            if accuracy is not None else None
+        return float(loss.item()), accuracy_value, _batch_len(batch)
+
     def _describe_error(self, exc: BaseException) -> TrainerError:
         detail = "".join(traceback.format_exception(exc))
         text = str(exc)
@@ -587,6 +621,16 @@ class Trainer:
             return TrainerError("dataset", original, index, self._step, detail)
         if isinstance(exc, RuntimeError) and "DataLoader worker" in text and "exited unexpectedly" in text:
             return TrainerError("worker", text.splitlines()[0], None, self._step, detail)
+        if isinstance(exc, RuntimeError) and "DataLoader timed out" in text:
+            config = self._config
+            return TrainerError(
+                "timeout",
+                f"no batch within the {config.timeout_s:g} s timeout ({config.describe()}): a worker hangs "
+                "or loads far slower than that",
+                None, self._step, detail,
+            )
+        if isinstance(exc, WorkloadError):
+            return TrainerError("setup", str(exc), None, self._step, detail)
         kind = "setup" if self._step == 0 and self._optimizer is None else "step"
         first_line = text.splitlines()[0] if text else ""
         return TrainerError(kind, f"{type(exc).__name__}: {first_line}".rstrip(": "), None, self._step, detail)

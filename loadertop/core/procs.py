@@ -8,7 +8,11 @@ import psutil
 
 
 def child_processes() -> list[psutil.Process]:
-    """This process's live descendants (zombies excluded)."""
+    """This process's live descendants (zombies excluded).
+
+    Python's own helpers for ``spawn``/``forkserver`` workers are left out: the
+    resource tracker and the fork server live as long as this process and end with it.
+    """
     try:
         children = psutil.Process().children(recursive=True)
     except psutil.Error:
@@ -16,11 +20,17 @@ def child_processes() -> list[psutil.Process]:
     alive = []
     for child in children:
         try:
-            if child.status() != psutil.STATUS_ZOMBIE:
-                alive.append(child)
+            if child.status() == psutil.STATUS_ZOMBIE or _is_multiprocessing_helper(child):
+                continue
+            alive.append(child)
         except psutil.Error:
             continue
     return alive
+
+
+def _is_multiprocessing_helper(proc: psutil.Process) -> bool:
+    command = " ".join(proc.cmdline())
+    return "multiprocessing.resource_tracker" in command or "multiprocessing.forkserver" in command
 
 
 def reap_children(timeout_s: float = 3.0) -> list[int]:

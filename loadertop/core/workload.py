@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import re
 import sys
@@ -34,6 +35,10 @@ class Workload:
         name: shown in the header and in summaries.
         notes: extra facts to show beside the name, e.g. a simulated storage latency.
         collate_fn: passed to the DataLoader when given.
+        step_fn: for batches that are not ``(inputs, targets)``: ``step_fn(model, batch)`` gets the batch
+            (already on the device) and returns the loss as a scalar tensor, or ``(loss, accuracy)``;
+            loadertop zeroes the gradients before, and runs ``backward`` and the optimizer after.
+            ``loss_fn`` is then not called (pass any callable).
         num_threads: PyTorch intra-op threads for the training step (``torch.set_num_threads``);
             None leaves PyTorch's default (one per core). On a small CPU box, fewer threads
             leave cores to the DataLoader workers instead of contending with them.
@@ -41,12 +46,13 @@ class Workload:
 
     dataset: Any
     model: nn.Module
-    loss_fn: Callable[[Any, Any], torch.Tensor]
+    loss_fn: Callable[[Any, Any], torch.Tensor] | None
     optimizer: torch.optim.Optimizer | OptimizerFactory
     name: str = "workload"
     notes: tuple[str, ...] = field(default_factory=tuple)
     collate_fn: Callable[[list[Any]], Any] | None = None
     num_threads: int | None = None
+    step_fn: Callable[[nn.Module, Any], Any] | None = None
 
     def validate(self) -> None:
         """Raise WorkloadError naming the first field that cannot work."""
@@ -69,7 +75,9 @@ class Workload:
             raise WorkloadError(f"model must be a torch.nn.Module, got {type(self.model).__name__}")
         if self.num_threads is not None and (not isinstance(self.num_threads, int) or self.num_threads < 1):
             raise WorkloadError(f"num_threads must be an integer >= 1 or None, got {self.num_threads!r}")
-        if not callable(self.loss_fn):
+        if self.step_fn is not None and not callable(self.step_fn):
+            raise WorkloadError(f"step_fn must be callable, got {type(self.step_fn).__name__}")
+        if self.step_fn is None and not callable(self.loss_fn):
             raise WorkloadError(f"loss_fn must be callable, got {type(self.loss_fn).__name__}")
         if not (isinstance(self.optimizer, torch.optim.Optimizer) or callable(self.optimizer)):
             raise WorkloadError(
@@ -120,11 +128,12 @@ class IndexedDataset(Dataset[Any]):
             ) from exc
 
 
-def load_workload(spec: str) -> Workload:
-    """Import ``MODULE:CALLABLE``, call it with no arguments and check what it returns.
+def load_workload(spec: str, *, data_dir: str | None = None) -> Workload:
+    """Import ``MODULE:CALLABLE``, call it and check what it returns.
 
     The current directory is put on ``sys.path`` first, as ``python -m`` does, so a
-    workload module beside the user's shell works without installing it.
+    workload module beside the user's shell works without installing it. A factory
+    with a ``data_dir`` parameter receives ``data_dir`` (``--data``) when one is given.
 
     Raises:
         WorkloadError: with one line naming the problem.
@@ -151,8 +160,15 @@ def load_workload(spec: str) -> Workload:
             raise WorkloadError(f"module {module_name!r} has no attribute {attr_path!r}") from None
     if not callable(target):
         raise WorkloadError(f"{spec} is a {type(target).__name__}, not a callable that returns a Workload")
+    kwargs: dict[str, Any] = {}
+    if data_dir is not None:
+        if not _takes(target, "data_dir"):
+            raise WorkloadError(f"--data was given, but {spec} takes no data_dir parameter to receive it")
+        kwargs["data_dir"] = data_dir
     try:
-        workload = target()
+        workload = target(**kwargs)
+    except WorkloadError:
+        raise
     except Exception as exc:
         raise WorkloadError(f"workload factory {spec} raised {type(exc).__name__}: {exc}") from exc
     if not isinstance(workload, Workload):
@@ -163,3 +179,36 @@ def load_workload(spec: str) -> Workload:
         workload.name = spec
     workload.validate()
     return workload
+
+
+def _takes(target: Callable[..., Any], name: str) -> bool:
+    try:
+        parameters = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+
+
+def check_picklable(workload: Workload, config: Any) -> None:
+    """Raise WorkloadError when ``spawn``/``forkserver`` workers could not receive the dataset.
+
+    Those workers start a fresh interpreter and get a pickled copy of the dataset (and of
+    ``collate_fn``); ``fork`` copies the process instead and needs nothing of this.
+    """
+    import multiprocessing
+    import pickle
+
+    method = config.start_method or multiprocessing.get_start_method(allow_none=True) or "fork"
+    if method == "fork":
+        return
+    for what, obj in (("dataset", workload.dataset), ("collate_fn", workload.collate_fn)):
+        if obj is None:
+            continue
+        try:
+            pickle.dumps(obj)
+        except Exception as exc:  # noqa: BLE001 - pickling raises many kinds
+            raise WorkloadError(
+                f"the {what} cannot be sent to '{method}' workers, which need a pickled copy: "
+                f"{type(exc).__name__}: {exc}. Define its class at module level and keep no lambdas, open "
+                "files, locks or generators on it, or use --start-method fork"
+            ) from exc

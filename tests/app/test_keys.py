@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from textual.widgets import Checkbox, Input
+from textual.widgets import Checkbox, Input, Select
 
 from loadertop import LoaderConfig, TrainerState
 from loadertop.core.engine import TrainerError
@@ -120,13 +120,17 @@ async def test_the_settings_form_edits_the_pending_configuration(replay: ReplayS
         form.query_one("#batch-size", Input).value = "64"
         form.query_one("#prefetch", Input).value = "4"
         form.query_one("#persistent", Checkbox).value = True
+        form.query_one("#start-method", Select).value = "spawn"
+        form.query_one("#timeout", Input).value = "30"
         await pilot.click("#save")
         await pilot.pause()
         assert not isinstance(app.screen, ConfigForm)
-        expected = LoaderConfig(num_workers=3, batch_size=64, persistent_workers=True, prefetch_factor=4)
+        expected = LoaderConfig(num_workers=3, batch_size=64, persistent_workers=True, prefetch_factor=4,
+                                start_method="spawn", timeout_s=30.0)
         assert app.pending == expected
         bar = screen_text(app, PendingBar)
         assert "2 → 3 workers, batch 32 → 64" in bar and "persistent on" in bar and "prefetch 4" in bar
+        assert "start spawn" in bar and "timeout 30 s" in bar
         assert applied(replay) == []
         await pilot.press("r")
         assert applied(replay) == [expected]

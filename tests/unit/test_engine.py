@@ -212,3 +212,41 @@ def test_restart_after_an_error_retries_the_batch_that_failed() -> None:
     seen = [i for batch in workload.model.seen for i in batch]
     assert sorted(seen) == list(range(size))  # the failed batch was trained once, nothing skipped
     assert trainer.store.snapshot().total_batches == size // 4 > done
+
+
+def test_a_worker_slower_than_the_timeout_names_the_configuration_instead_of_freezing() -> None:
+    workload = workloads.make(size=64)
+    workload.dataset = workloads.HangDataset(64, hang_at=5, hang_s=8.0)
+    config = LoaderConfig(num_workers=1, batch_size=4, timeout_s=1.0)
+    trainer = Trainer(workload, config, epochs=1, device="cpu")
+    started = time.monotonic()
+    run_to_end(trainer, timeout=30)
+    assert trainer.state is TrainerState.ERROR
+    error = trainer.error
+    assert error is not None and error.kind == "timeout"
+    assert error.message == ("no batch within the 1 s timeout (1 worker, batch 4, timeout 1 s): a worker hangs "
+                             "or loads far slower than that")
+    assert time.monotonic() - started < 15
+    assert no_children_left(10)
+
+
+def test_spawn_workers_train_end_to_end_and_a_step_fn_handles_dict_batches() -> None:
+    workload = workloads.dict_batches()
+    trainer = Trainer(workload, LoaderConfig(num_workers=2, batch_size=8, start_method="spawn"), epochs=2,
+                      device="cpu")
+    run_to_end(trainer, timeout=120)
+    assert trainer.state is TrainerState.FINISHED, trainer.error
+    records = trainer.store.snapshot().records
+    assert len(records) == 2 * 8 and all(r.samples == 8 for r in records)
+    assert all(r.accuracy is not None and 0 <= r.accuracy <= 1 for r in records)
+    assert no_children_left()
+
+
+def test_a_dataset_that_cannot_be_pickled_for_spawn_is_refused_in_words() -> None:
+    trainer = Trainer(workloads.unpicklable(), LoaderConfig(num_workers=1, batch_size=4, start_method="spawn"),
+                      epochs=1, device="cpu")
+    run_to_end(trainer)
+    assert trainer.error is not None and trainer.error.kind == "setup"
+    assert trainer.error.message.startswith(
+        "the dataset cannot be sent to 'spawn' workers, which need a pickled copy: TypeError: cannot pickle"
+    )

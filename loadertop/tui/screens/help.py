@@ -16,7 +16,8 @@ KEYS = (
     ("0 … 9", "set the pending worker count directly"),
     ("r", "apply: hot-restart with the pending settings (model and epoch position kept); "
           "after the run ended or failed, train again"),
-    ("c", "edit the other loader settings: batch size, pin_memory, persistent_workers, prefetch_factor"),
+    ("c", "edit the other loader settings: batch size, prefetch_factor, start method, timeout, pin_memory, "
+          "persistent_workers"),
     ("s", "sweep: measure 0, 1, 2, 4, ... workers in turn (training goes on), then recommend one"),
     ("Esc", "cancel a sweep (what was measured stays)"),
     ("p", "pause / resume training"),

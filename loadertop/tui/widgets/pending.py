@@ -22,6 +22,10 @@ def describe_change(current: LoaderConfig, pending: LoaderConfig) -> str:
             parts.append(f"{label} {'on' if getattr(pending, name) else 'off'}")
     if pending.prefetch_factor != current.prefetch_factor:
         parts.append(f"prefetch {pending.prefetch_factor or 'default'}")
+    if pending.start_method != current.start_method:
+        parts.append(f"start {pending.start_method or 'default'}")
+    if pending.timeout_s != current.timeout_s:
+        parts.append(f"timeout {pending.timeout_s:g} s" if pending.timeout_s else "no timeout")
     return ", ".join(parts)
 
 
