@@ -48,7 +48,7 @@ def test_the_sampler_follows_the_workers_across_a_restart() -> None:
         assert len(snapshot.workers) == 1
         [worker] = snapshot.workers
         assert worker.worker_id == 0 and worker.pid not in old_pids and worker.rss_bytes > 0
-        assert set(sampler._procs) <= {worker.pid, psutil.Process().pid}  # nothing stale kept
+        assert not set(sampler._procs) & old_pids  # nothing stale kept (other helpers may be cached)
     finally:
         assert trainer.close(15)
     snapshot = sampler.sample()
