@@ -107,6 +107,7 @@ class Session:
             on_sample=trainer.record_cost,
             read_gpus=read_gpus,
         )
+        _start_resource_tracker()
         self._recorder = JsonlRecorder(record_file) if record_file is not None else None
         self._sweep: Sweep | None = None
         self._extra_on_record = on_record
@@ -198,3 +199,18 @@ class Session:
     def state(self) -> TrainerState:
         """The trainer's state."""
         return self.trainer.state
+
+
+def _start_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker now, while ``sys.stderr`` is a real file.
+
+    ``spawn`` and ``forkserver`` workers need it, and it starts by passing
+    ``sys.stderr.fileno()`` to the new process: under a front-end that captures stderr
+    (Textual's returns -1) that fails with "bad value(s) in fds_to_keep" (textual#3593).
+    """
+    try:
+        from multiprocessing import resource_tracker
+
+        resource_tracker.ensure_running()
+    except Exception:  # noqa: BLE001 - platforms without it simply do not need it
+        pass

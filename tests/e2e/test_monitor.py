@@ -136,3 +136,16 @@ def test_a_sweep_in_the_app_fills_the_table_and_offers_the_recommendation(tmp_pa
         assert no_process_left(app)
     finally:
         app.close()
+
+
+def test_the_app_runs_spawn_workers(tmp_path: Path) -> None:
+    app = TmuxApp([*ARGS, "--workers", "2", "--start-method", "spawn"], tmp_path)
+    try:
+        screen = app.wait_for(lambda s: re.search(r"\bw1\s+\d+", s) and step_of(s) > 5, timeout=90,
+                              what="2 spawn workers and batches")
+        assert "2 workers, batch 16, spawn │ RUNNING" in screen
+        app.send("q")
+        assert app.exit_status() == 0
+        assert no_process_left(app)
+    finally:
+        app.close()
