@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import math
+import os
 import re
 import signal
 import threading
@@ -92,6 +93,8 @@ class TrainerStatus:
     elapsed_s: float
     worker_pids: tuple[int, ...]
     error: TrainerError | None
+    nonfinite_steps: int = 0
+    first_nonfinite_step: int | None = None
 
 
 def resolve_device(device: str) -> torch.device:
@@ -123,6 +126,66 @@ def _shutdown_iterator(iterator: Any) -> None:
         shutdown()
 
 
+# How often a DataLoader waiting for a batch checks that its workers are alive (PyTorch: 5 s).
+# The SIGCHLD handler that reports a dead worker at once is only installed from the main
+# thread, and loadertop trains in another one: polling each second finds a killed worker fast.
+# (The wait's default is bound when PyTorch defines the method, hence both places.)
+WORKER_CHECK_INTERVAL_S = 1.0
+torch.utils.data._utils.MP_STATUS_CHECK_INTERVAL = WORKER_CHECK_INTERVAL_S
+_multiprocessing_iter = getattr(torch.utils.data.dataloader, "_MultiProcessingDataLoaderIter", None)
+if _multiprocessing_iter is not None and getattr(_multiprocessing_iter._try_get_data, "__defaults__", None):
+    _multiprocessing_iter._try_get_data.__defaults__ = (WORKER_CHECK_INTERVAL_S,)
+
+_SIGNAL_CAUSES = {
+    signal.SIGKILL: "likely the kernel's out-of-memory killer (see dmesg); fewer workers or smaller batches "
+                    "need less memory",
+    signal.SIGBUS: "likely /dev/shm is full: workers hand batches over through it (in Docker raise --shm-size; "
+                   "or lower the batch size or prefetch_factor)",
+    signal.SIGSEGV: "a crash in native code the dataset called",
+    signal.SIGTERM: "stopped from outside loadertop",
+}
+
+
+class WorkerDied(RuntimeError):
+    """One or more DataLoader workers ended while the loader ran; the message says which and why."""
+
+    def __init__(self, dead: list[tuple[int, int, int | None]]) -> None:
+        parts = []
+        for worker_id, pid, code in dead:
+            if code is not None and code < 0:
+                try:
+                    sig = signal.Signals(-code)
+                    name, cause = sig.name, _SIGNAL_CAUSES.get(sig)
+                except ValueError:
+                    name, cause = f"signal {-code}", None
+                parts.append(f"DataLoader worker {worker_id} (pid {pid}) was killed by {name}"
+                             + (f": {cause}" if cause else ""))
+            else:
+                parts.append(f"DataLoader worker {worker_id} (pid {pid}) exited with code {code}")
+        super().__init__("; ".join(parts) or "a DataLoader worker exited unexpectedly")
+
+
+def _dead_workers(iterator: Any) -> list[tuple[int, int, int | None]]:
+    """(worker id, pid, exit code) of the iterator's workers that are no longer alive."""
+    dead = []
+    for worker_id, process in enumerate(getattr(iterator, "_workers", ())):
+        try:
+            if not process.is_alive():
+                dead.append((worker_id, process.pid, process.exitcode))
+        except (AssertionError, ValueError):  # a process object already closed
+            continue
+    return dead
+
+
+class NonFiniteLoss(ArithmeticError):
+    """The loss became NaN or infinite (the run stops unless told to go on)."""
+
+    def __init__(self, step: int, loss: float) -> None:
+        super().__init__(f"the loss is {loss} at step {step}: training diverged (a lower learning rate, gradient "
+                         "clipping or a data check may help); --on-nan continue keeps going")
+        self.step = step
+
+
 class _Stop(Exception):
     """Internal: leave the loop because a stop was requested."""
 
@@ -144,6 +207,9 @@ class Trainer:
         store: where records go (a new MetricsStore by default).
         on_record: called in the training thread after each batch, with the record;
             keep it cheap. It may call ``restart`` to switch at an exact step.
+        on_nan: ``"stop"`` (an error naming the step) or ``"continue"`` when the loss is NaN or infinite.
+        stall_timeout_s: a DataLoader timeout for configurations that set none (0: none), so a
+            hung worker ends in an error instead of a frozen run.
     """
 
     def __init__(
@@ -157,8 +223,16 @@ class Trainer:
         seed: int = 0,
         store: MetricsStore | None = None,
         on_record: Callable[[BatchRecord], None] | None = None,
+        on_nan: str = "stop",
+        stall_timeout_s: float = 0.0,
     ) -> None:
         config.validate()
+        if on_nan not in ("stop", "continue"):
+            raise ValueError(f"on_nan must be 'stop' or 'continue', got {on_nan!r}")
+        if stall_timeout_s < 0:
+            raise ValueError(f"stall timeout must be >= 0 s, got {stall_timeout_s}")
+        self.on_nan = on_nan
+        self.stall_timeout_s = stall_timeout_s
         workload.validate()
         if epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {epochs}")
@@ -191,6 +265,8 @@ class Trainer:
         self._done = threading.Event()
         self._worker_pids: tuple[int, ...] = ()
         self._starts = 0
+        self._nonfinite_steps = 0
+        self._first_nonfinite_step: int | None = None
 
         # Progress, written by the training thread only.
         self._epoch = 0  # 0-based
@@ -326,7 +402,23 @@ class Trainer:
                 elapsed_s=(time.perf_counter() - self._t_start) if self._t_start else 0.0,
                 worker_pids=self._worker_pids,
                 error=self._error,
+                nonfinite_steps=self._nonfinite_steps,
+                first_nonfinite_step=self._first_nonfinite_step,
             )
+
+    def kill_workers(self) -> list[int]:
+        """Terminate the running loader's workers (when a stop must not wait for their batch); their pids.
+
+        The training thread's DataLoader then notices within a second and the thread ends.
+        """
+        killed = []
+        for pid in self._worker_pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            except OSError:
+                continue
+        return killed
 
     def worker_pids(self) -> tuple[int, ...]:
         """Pids of the running loader's worker processes, in worker-id order."""
@@ -392,6 +484,8 @@ class Trainer:
         if config.num_workers:
             check_picklable(self.workload, config)
         kwargs = config.loader_kwargs(pin_memory_allowed=self.device.type == "cuda")
+        if config.num_workers and not config.timeout_s and self.stall_timeout_s:
+            kwargs["timeout"] = self.stall_timeout_s
         generator = torch.Generator()
         generator.manual_seed(self.seed * 7919 + self._starts)
         return DataLoader(
@@ -463,6 +557,10 @@ class Trainer:
                     self._config = config = next_config
                     self._worker_pids = ()
                 reason = "restart"
+        except RuntimeError as exc:
+            if "exited unexpectedly" in str(exc) and iterator is not None:
+                raise WorkerDied(_dead_workers(iterator)) from exc
+            raise
         finally:
             if iterator is not None:
                 _shutdown_iterator(iterator)
@@ -545,6 +643,13 @@ class Trainer:
             self.store.add(record, config)
             if self.on_record is not None:
                 self.on_record(record)
+            if not math.isfinite(loss):
+                with self._lock:
+                    self._nonfinite_steps += 1
+                    if self._first_nonfinite_step is None:
+                        self._first_nonfinite_step = self._step
+                if self.on_nan == "stop":
+                    raise NonFiniteLoss(self._step, loss)
             first = False
             if self.max_batches is not None and self._step >= self.max_batches:
                 return "max_batches", None
@@ -619,14 +724,19 @@ class Trainer:
             original = original.split("SampleError: ", 1)[-1]
             original = re.sub(r"^dataset raised at sample index -?\d+: ", "", original)
             return TrainerError("dataset", original, index, self._step, detail)
+        if isinstance(exc, WorkerDied):
+            return TrainerError("worker", str(exc), None, self._step, detail)
         if isinstance(exc, RuntimeError) and "DataLoader worker" in text and "exited unexpectedly" in text:
             return TrainerError("worker", text.splitlines()[0], None, self._step, detail)
+        if isinstance(exc, NonFiniteLoss):
+            return TrainerError("nan", str(exc), None, exc.step - 1, detail)
         if isinstance(exc, RuntimeError) and "DataLoader timed out" in text:
             config = self._config
+            limit = config.timeout_s or self.stall_timeout_s
             return TrainerError(
                 "timeout",
-                f"no batch within the {config.timeout_s:g} s timeout ({config.describe()}): a worker hangs "
-                "or loads far slower than that",
+                f"no batch within the {limit:g} s timeout ({config.describe()}): a worker hangs "
+                "or loads far slower than that (--timeout sets the limit)",
                 None, self._step, detail,
             )
         if isinstance(exc, WorkloadError):

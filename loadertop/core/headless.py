@@ -14,11 +14,10 @@ from typing import IO, Any
 import psutil
 
 from loadertop.core.engine import Trainer, TrainerState
-from loadertop.core.procs import reap_children
 from loadertop.core.records import BatchRecord
 from loadertop.core.advice import Advice, advise, machine_facts
 from loadertop.core.report import advice_lines, format_table
-from loadertop.core.session import JsonlRecorder, Session
+from loadertop.core.session import JsonlRecorder, Session, shutdown
 from loadertop.core.store import ConfigSummary
 from loadertop.core.sweep import Sweep
 from loadertop.core.system import SystemSampler
@@ -143,20 +142,11 @@ def run_headless(
             _follow(trainer, records, progress_interval_s, out)
         except Interrupted as exc:
             interrupted = exc.signum
-            print(f"\ninterrupted ({signal.Signals(exc.signum).name}): stopping at the next batch "
-                  "and shutting the workers down", file=err, flush=True)
-            trainer.stop()
-            try:
-                _follow(trainer, records, progress_interval_s, out)
-            except Interrupted:
-                pass  # asked twice: skip the remaining progress, still shut down below
+            print(f"\ninterrupted ({signal.Signals(exc.signum).name}): stopping and shutting the workers down",
+                  file=err, flush=True)
     finally:
         restore_signal_handlers(previous)
-        trainer.stop()
-        sampler.stop()
-        if not trainer.join(15.0):
-            print("loadertop: the training thread did not stop within 15 s", file=err)
-        leftover = reap_children()
+        leftover = shutdown(trainer, sampler)
         if leftover:
             print(f"loadertop: terminated left-over worker processes {leftover}", file=err)
 
@@ -317,7 +307,7 @@ def run_sweep_headless(
                   "follow", file=err, flush=True)
     finally:
         restore_signal_handlers(previous)
-        leftover = session.close(15.0)
+        leftover = session.close()
         if leftover:
             print(f"loadertop: terminated left-over worker processes {leftover}", file=err)
     _report_counts(trainer, sweep, reported, out)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import IO, Protocol
@@ -23,6 +24,9 @@ from loadertop.core.records import BatchRecord
 from loadertop.core.store import StoreSnapshot
 from loadertop.core.sweep import DEFAULT_BATCHES, Sweep, SweepProgress
 from loadertop.core.system import SystemSampler, SystemSnapshot
+
+QUIT_WITHIN_S = 2.5
+"""How long a stop may take, workers included, before loadertop stops waiting."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,15 +189,12 @@ class Session:
         """Ask training to stop at the next batch boundary (does not wait)."""
         self.trainer.stop()
 
-    def close(self, timeout_s: float = 10.0) -> list[int]:
-        """Stop training and sampling, wait for the workers to go; return pids that had to be terminated."""
+    def close(self, timeout_s: float = QUIT_WITHIN_S) -> list[int]:
+        """Stop training and sampling within ``timeout_s``; return pids that had to be terminated."""
         if self._closed:
             return []
         self._closed = True
-        self.trainer.stop()
-        self.sampler.stop()
-        self.trainer.join(timeout_s)
-        return reap_children()
+        return shutdown(self.trainer, self.sampler, timeout_s=timeout_s)
 
     @property
     def state(self) -> TrainerState:
@@ -214,3 +215,22 @@ def _start_resource_tracker() -> None:
         resource_tracker.ensure_running()
     except Exception:  # noqa: BLE001 - platforms without it simply do not need it
         pass
+
+
+
+def shutdown(trainer: Trainer, sampler: SystemSampler | None, *, timeout_s: float = QUIT_WITHIN_S) -> list[int]:
+    """Stop ``trainer`` and ``sampler`` fast, even while workers are busy with a long batch.
+
+    The trainer stops at the next batch boundary; if that has not come within a second,
+    its workers are killed, which ends the batch (the DataLoader notices within a second).
+    With 0 workers a long ``__getitem__`` cannot be cut short: the training thread is a
+    daemon and ends with the process. Returns the pids of left-over children terminated.
+    """
+    deadline = time.monotonic() + timeout_s
+    trainer.stop()
+    if sampler is not None:
+        sampler.stop(0.5)
+    if not trainer.join(min(1.0, timeout_s / 2)):
+        trainer.kill_workers()
+        trainer.join(max(deadline - time.monotonic() - 0.3, 0.1))
+    return reap_children(timeout_s=0.3)

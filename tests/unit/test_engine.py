@@ -225,7 +225,7 @@ def test_a_worker_slower_than_the_timeout_names_the_configuration_instead_of_fre
     error = trainer.error
     assert error is not None and error.kind == "timeout"
     assert error.message == ("no batch within the 1 s timeout (1 worker, batch 4, timeout 1 s): a worker hangs "
-                             "or loads far slower than that")
+                             "or loads far slower than that (--timeout sets the limit)")
     assert time.monotonic() - started < 15
     assert no_children_left(10)
 
