@@ -1,7 +1,6 @@
 """``python -m loadertop``: the same as the ``loadertop`` command."""
 
-import sys
+from loadertop.cli import run
 
-from loadertop.cli import main
-
-sys.exit(main())
+if __name__ == "__main__":
+    run()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import sys
+import threading
 from collections.abc import Sequence
 from typing import IO, TYPE_CHECKING, NoReturn
 
@@ -16,6 +18,7 @@ if TYPE_CHECKING:
 EXIT_USAGE = 2
 MONITOR_EPOCHS = 100
 HEADLESS_EPOCHS = 5
+MONITOR_STALL_TIMEOUT_S = 60.0  # a hung worker ends in a message, not a frozen screen (unless --timeout)
 SWEEP_BATCHES = 100  # as loadertop.core.sweep.DEFAULT_BATCHES, without importing torch for --help
 SWEEP_EPOCHS = 1_000_000  # a sweep ends when its last count is measured, not by epochs
 
@@ -119,8 +122,11 @@ def _add_common(parser: argparse.ArgumentParser, *, with_defaults: bool = True, 
                    help="how DataLoader workers start (default: the platform's; spawn and forkserver need a "
                    "picklable dataset)")
     g.add_argument("--timeout", type=_non_negative_float, default=d(0.0), metavar="SECONDS",
-                   help="DataLoader timeout: fail when the workers deliver no batch for this long (default 0: "
-                   "wait forever; needs workers)")
+                   help="DataLoader timeout: fail when the workers deliver no batch for this long (default: "
+                   "60 in the monitor, 0 = wait forever headless; needs workers)")
+    g.add_argument("--on-nan", choices=("stop", "continue"), default=d("stop"),
+                   help="when the loss becomes NaN or infinite: stop with an error naming the step, or flag it "
+                   "and go on (default stop)")
     g.add_argument("--threads", type=_int_at_least(1, "--threads"), default=d(None), metavar="N",
                    help="PyTorch threads for the training step (default: the workload's choice, "
                    "1 for the built-in one, else PyTorch's default)")
@@ -186,6 +192,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc), err)
 
 
+def run() -> NoReturn:
+    """The console script: ``main``, then exit without waiting on a training thread still stuck in a batch.
+
+    Workers are already shut down by then; a ``__getitem__`` that hangs in the training
+    thread itself (0 workers) would otherwise hold the interpreter's exit.
+    """
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        code = 130
+    if any(t.is_alive() for t in threading.enumerate() if t is not threading.main_thread()):
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+    sys.exit(code)
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     # Imported here so that --help and argument errors answer without loading torch.
     from loadertop.core.headless import run_headless
@@ -209,7 +235,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     record_path = getattr(args, "record", None)
     record_file = _open_output(record_path, "--record") if record_path else None
     try:
-        trainer = _trainer(args, workload, config, epochs=args.epochs, max_batches=getattr(args, "max_batches", None))
+        trainer = _trainer(args, workload, config, epochs=args.epochs, max_batches=getattr(args, "max_batches", None),
+                           stall_timeout_s=0.0 if headless else MONITOR_STALL_TIMEOUT_S)
         if not headless:
             return _run_monitor(trainer, record_file, args.sample_interval)
         return run_headless(
@@ -288,12 +315,13 @@ def _check_start_method(workload: Workload, config: LoaderConfig) -> None:
 
 
 def _trainer(args: argparse.Namespace, workload: Workload, config: LoaderConfig, *, epochs: int,
-             max_batches: int | None) -> Trainer:
+             max_batches: int | None, stall_timeout_s: float = 0.0) -> Trainer:
     from loadertop.core.engine import Trainer
     from loadertop.core.workload import WorkloadError
 
     try:
-        return Trainer(workload, config, epochs=epochs, max_batches=max_batches, device=args.device, seed=args.seed)
+        return Trainer(workload, config, epochs=epochs, max_batches=max_batches, device=args.device, seed=args.seed,
+                       on_nan=args.on_nan, stall_timeout_s=stall_timeout_s)
     except (WorkloadError, ValueError) as exc:
         raise UsageError(str(exc)) from None
 

@@ -172,3 +172,24 @@ def dict_batches() -> Workload:
     return Workload(dataset=PairsDataset(), model=nn.Linear(1, 2), loss_fn=None,
                     optimizer=lambda params: torch.optim.SGD(params, lr=0.1), name="dict batches",
                     step_fn=pairs_step)
+
+
+def stalling() -> Workload:
+    """Sample 150 of 4000 takes 60 s: with workers the run soon waits on it (a stuck read)."""
+    workload = make(size=4000)
+    workload.dataset = HangDataset(4000, hang_at=150, hang_s=60.0)
+    return workload
+
+
+def nan_at(step: int = 5) -> Workload:
+    """The loss becomes NaN from batch ``step`` on."""
+    workload = make(size=400)
+    calls = {"n": 0}
+
+    def loss_fn(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        loss = nn.functional.cross_entropy(output, target)
+        return loss * float("nan") if calls["n"] >= step else loss
+
+    workload.loss_fn = loss_fn
+    return workload

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import queue
 import signal
 import sys
@@ -187,6 +188,7 @@ def _follow(trainer: Trainer, records: queue.SimpleQueue[BatchRecord], interval_
     last_line = time.monotonic()
     starts_seen = 0
     current_epoch = 1
+    warned_nonfinite = False
     while True:
         done = trainer.join(0.1)
         drained = []
@@ -206,6 +208,11 @@ def _follow(trainer: Trainer, records: queue.SimpleQueue[BatchRecord], interval_
                 )
         starts_seen = len(snapshot_starts)
         for record in drained:
+            if not math.isfinite(record.loss) and not warned_nonfinite:
+                warned_nonfinite = True
+                print(f"warning: the loss is {record.loss} at step {record.step} "
+                      f"({'stopping' if trainer.on_nan == 'stop' else 'going on: --on-nan continue'})",
+                      file=out, flush=True)
             if record.epoch != current_epoch:
                 _epoch_line(trainer, current_epoch, epoch_window, epoch_samples, out)
                 epoch_window, epoch_samples = _Window(), 0

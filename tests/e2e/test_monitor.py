@@ -64,22 +64,40 @@ def test_switch_to_two_workers_then_quit_leaves_nothing(app: TmuxApp) -> None:
     assert no_process_left(app)
 
 
-@pytest.mark.parametrize("how", ["ctrl-c", "sigterm", "sighup"])
-def test_every_way_to_quit_stops_training_and_leaves_no_process(app: TmuxApp, how: str) -> None:
-    app.wait_for(lambda s: step_of(s) > 3, what="batches")
-    app.send("2", "r")
-    app.wait_for(lambda s: re.search(r"\bw1\s+\d+", s), timeout=30, what="2 workers up")
-    started = time.monotonic()
-    if how == "ctrl-c":
-        app.send("C-c")
-        assert app.exit_status() == 0
-    elif how == "sigterm":
-        os.kill(app.main_pid(), signal.SIGTERM)
-        assert app.exit_status() == 128 + signal.SIGTERM
-    else:  # the terminal goes away, as when an SSH link drops
-        app.tmux("kill-server")
-    assert no_process_left(app, timeout=10), [p.cmdline() for p in app.processes()]
-    assert time.monotonic() - started < 10
+def shm_entries() -> set[str]:
+    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+
+
+@pytest.mark.parametrize("how", ["q", "ctrl-c", "sigterm", "sighup"])
+def test_every_way_to_quit_during_a_stuck_batch_leaves_nothing_within_3_seconds(tmp_path: Path, how: str) -> None:
+    shm_before = shm_entries()
+    app = TmuxApp(["--workload", "tests.workloads:stalling", "--batch-size", "8", "--workers", "2"], tmp_path)
+    try:
+        app.wait_for(lambda s: re.search(r"\bw1\s+\d+", s) and step_of(s) > 3, what="2 workers and batches")
+        # Wait until the run is stuck on the 60 s sample: no new step for a second and a half.
+        deadline = time.monotonic() + 60
+        while True:
+            before = step_of(app.screen())
+            time.sleep(1.5)
+            if step_of(app.screen()) == before or time.monotonic() > deadline:
+                break
+        started = time.monotonic()
+        if how == "q":
+            app.send("q")
+        elif how == "ctrl-c":
+            app.send("C-c")
+        elif how == "sigterm":
+            os.kill(app.main_pid(), signal.SIGTERM)
+        else:  # the terminal goes away, as when an SSH link drops
+            app.tmux("kill-server")
+        assert no_process_left(app, timeout=3.0), [p.cmdline() for p in app.processes()]
+        took = time.monotonic() - started
+        assert took < 3.0, took
+        if how in ("q", "ctrl-c", "sigterm"):
+            assert app.exit_status(5) == (128 + signal.SIGTERM if how == "sigterm" else 0)
+        assert not {name for name in shm_entries() - shm_before if "torch" in name or "loadertop" in name}
+    finally:
+        app.close()
 
 
 def test_keys_faster_than_workers_start_never_deadlock_and_the_last_wins(app: TmuxApp) -> None:

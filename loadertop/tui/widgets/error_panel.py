@@ -11,6 +11,8 @@ KIND_TITLES = {
     "worker": "a DataLoader worker died",
     "step": "the training step failed",
     "setup": "the workload could not start",
+    "timeout": "the workers delivered no batch in time",
+    "nan": "the loss is not a finite number",
 }
 
 

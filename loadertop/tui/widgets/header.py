@@ -69,4 +69,8 @@ class RunHeader(ViewWidget):
         if not math.isnan(stats.samples_per_s):
             line.append("  │ ")
             line.append(f"{stats.samples_per_s:,.0f} samples/s", "bold")
+        if status.nonfinite_steps:
+            line.append("  │ ")
+            line.append(f"⚠ loss NaN/inf from step {status.first_nonfinite_step} "
+                        f"({status.nonfinite_steps} batch{'es' if status.nonfinite_steps != 1 else ''})", "bold red")
         return line

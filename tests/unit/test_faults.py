@@ -1,0 +1,127 @@
+"""Faults with real processes: a killed worker, a NaN loss, a stop during a stuck batch, a killed run's record."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from loadertop import LoaderConfig, Trainer, TrainerState
+from loadertop.core.engine import WorkerDied
+from loadertop.core.procs import child_processes
+from loadertop.core.session import Session
+from tests import workloads
+from tests.conftest import ROOT
+from tests.unit.test_cli import run_main
+from tests.unit.test_engine import no_children_left
+
+
+def wait_for(condition, timeout: float = 30.0) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_a_killed_worker_is_reported_within_seconds_with_its_pid_and_signal_and_restart_works() -> None:
+    trainer = Trainer(workloads.make(size=4000, sleep_s=0.002), LoaderConfig(num_workers=2, batch_size=8),
+                      epochs=1, device="cpu")
+    trainer.start()
+    wait_for(lambda: len(trainer.worker_pids()) == 2 and trainer.status().step >= 5)
+    victim = trainer.worker_pids()[1]
+    killed_at = time.monotonic()
+    os.kill(victim, signal.SIGKILL)
+    assert trainer.join(10)
+    assert time.monotonic() - killed_at < 3.0
+    error = trainer.error
+    assert trainer.state is TrainerState.ERROR and error is not None and error.kind == "worker"
+    assert error.message.startswith(f"DataLoader worker 1 (pid {victim}) was killed by SIGKILL: likely the kernel's "
+                                    "out-of-memory killer")
+    assert no_children_left()
+    done = trainer.status().step
+    trainer.restart(LoaderConfig(num_workers=1, batch_size=8))  # try again: the run goes on
+    wait_for(lambda: trainer.status().step > done + 5)
+    assert trainer.close(10) and no_children_left()
+
+
+def test_signals_name_their_likely_cause() -> None:
+    assert "/dev/shm is full" in str(WorkerDied([(0, 11, -signal.SIGBUS)]))
+    assert "crash in native code" in str(WorkerDied([(1, 12, -signal.SIGSEGV)]))
+    assert str(WorkerDied([(2, 13, 3)])) == "DataLoader worker 2 (pid 13) exited with code 3"
+
+
+def test_a_nan_loss_stops_the_run_naming_the_step_or_goes_on_when_asked() -> None:
+    trainer = Trainer(workloads.nan_at(5), LoaderConfig(batch_size=8), epochs=1, device="cpu")
+    trainer.start()
+    assert trainer.join(30)
+    error = trainer.error
+    assert error is not None and error.kind == "nan" and error.step + 1 == 5
+    assert error.message.startswith("the loss is nan at step 5: training diverged")
+    assert trainer.status().first_nonfinite_step == 5
+
+    going = Trainer(workloads.nan_at(5), LoaderConfig(batch_size=8), epochs=1, device="cpu", on_nan="continue")
+    going.start()
+    assert going.join(30) and going.state is TrainerState.FINISHED
+    status = going.status()
+    assert status.first_nonfinite_step == 5 and status.nonfinite_steps == 50 - 4
+
+
+def test_headless_says_where_the_loss_went_bad(capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
+    code, out, err = run_main(["run", "--headless", "--workload", "tests.workloads:nan_at"], capsys)
+    assert code == 1
+    assert "warning: the loss is nan at step 5 (stopping)" in out
+    assert "loadertop: run failed at step 5: the loss is nan at step 5" in err
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_closing_during_a_stuck_batch_takes_under_three_seconds(num_workers: int) -> None:
+    trainer = Trainer(workloads.stalling(), LoaderConfig(num_workers=num_workers, batch_size=8), epochs=1,
+                      device="cpu")
+    session = Session(trainer, sample_interval_s=0.5)
+    session.start()
+    wait_for(lambda: stalled(trainer), timeout=60)  # the batch holding sample 150 (60 s) is being made
+    started = time.monotonic()
+    session.close()
+    took = time.monotonic() - started
+    assert took < 3.0, took
+    if num_workers:  # with 0 workers the stuck __getitem__ runs in the (daemon) training thread itself
+        assert trainer.state.is_done and no_children_left(1.0)
+
+
+def stalled(trainer: Trainer, quiet_s: float = 1.0) -> bool:
+    """True once no batch has completed for ``quiet_s``."""
+    step = trainer.status().step
+    time.sleep(quiet_s)
+    return step > 0 and trainer.status().step == step
+
+
+def test_a_killed_run_keeps_every_batch_but_the_last_in_its_record(tmp_path: Path) -> None:
+    record = tmp_path / "run.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "loadertop", "run", "--headless", "--workload", "tests.workloads:sleepy",
+         "--workers", "1", "--batch-size", "4", "--epochs", "50", "--record", str(record)],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: record.exists() and len(record.read_text().splitlines()) >= 30)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = record.read_text()
+    lines = text.splitlines()
+    complete = [json.loads(line) for line in lines[:-1]]
+    assert [r["step"] for r in complete] == list(range(1, len(complete) + 1))
+    if text.endswith("\n"):  # the last line was complete too
+        assert json.loads(lines[-1])["step"] == len(lines)
+    time.sleep(2)  # orphaned workers notice their parent is gone
+    assert not [p for p in child_processes() if "loadertop" in " ".join(p.cmdline())]
