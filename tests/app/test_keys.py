@@ -233,3 +233,19 @@ async def test_the_table_marks_the_fastest_and_the_recommended_rows(replay: Repl
         rows = {line[3:].split()[0]: line[:3] for line in lines[1:5]}
         assert rows == {"0": "   ", "1": "   ", "2": " ◆▶", "4": "★  "}
         assert any(line.startswith("◆ 2 workers: 749 samples/s is within 1% of the fastest") for line in lines)
+
+
+async def test_a_tiny_terminal_shows_a_notice_and_resizing_back_restores_the_layout(replay: ReplaySession) -> None:
+    app = LoaderTopApp(replay)
+    async with app.run_test(size=(40, 12)) as pilot:
+        await pilot.pause()
+        assert app.query_one("#too-small").display and not app.query_one("#main").display
+        await pilot.press("4")  # keys still work while the notice shows
+        await pilot.resize_terminal(120, 36)
+        await pilot.pause()
+        assert app.query_one("#main").display and not app.query_one("#too-small").display
+        assert "hot-restart 2 → 4 workers" in screen_text(app, PendingBar)
+        assert "step 300" in screen_text(app, RunHeader)
+        await pilot.resize_terminal(30, 8)
+        await pilot.pause()
+        assert app.query_one("#too-small").display

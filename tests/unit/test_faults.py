@@ -125,3 +125,20 @@ def test_a_killed_run_keeps_every_batch_but_the_last_in_its_record(tmp_path: Pat
         assert json.loads(lines[-1])["step"] == len(lines)
     time.sleep(2)  # orphaned workers notice their parent is gone
     assert not [p for p in child_processes() if "loadertop" in " ".join(p.cmdline())]
+
+
+def test_ten_hot_restarts_leave_children_fds_shm_and_memory_at_their_baseline() -> None:
+    from loadertop.core.calibrated import make_sleep_workload
+    from loadertop.core.soak import soak
+
+    trainer = Trainer(make_sleep_workload(size=100_000, sleep_ms=0.5), LoaderConfig(batch_size=8), epochs=1,
+                      device="cpu")
+    trainer.start()
+    try:
+        base, final = soak(trainer, 10)
+    finally:
+        assert trainer.close(10)
+    assert final.children == base.children == 0
+    assert final.fds <= base.fds and final.shm_entries <= base.shm_entries
+    assert final.rss_mb < 1.10 * base.rss_mb
+    assert no_children_left()
