@@ -23,6 +23,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/sampler_cost.py
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/sweep.py
+	$(PY) benchmarks/soak.py
 
 screenshots: $(STAMP)
 	$(PY) screenshots/make_screenshots.py

@@ -249,3 +249,13 @@ async def test_a_tiny_terminal_shows_a_notice_and_resizing_back_restores_the_lay
         await pilot.resize_terminal(30, 8)
         await pilot.pause()
         assert app.query_one("#too-small").display
+
+
+async def test_a_nan_loss_is_flagged_in_the_header(replay: ReplaySession) -> None:
+    view = replay.view()
+    status = dataclasses.replace(view.status, nonfinite_steps=3, first_nonfinite_step=298)
+    replay.set_view(dataclasses.replace(view, status=status))
+    app = LoaderTopApp(replay)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert "⚠ loss NaN/inf from step 298 (3 batches)" in screen_text(app, RunHeader)

@@ -95,6 +95,8 @@ def test_every_way_to_quit_during_a_stuck_batch_leaves_nothing_within_3_seconds(
         assert took < 3.0, took
         if how in ("q", "ctrl-c", "sigterm"):
             assert app.exit_status(5) == (128 + signal.SIGTERM if how == "sigterm" else 0)
+            screen = app.screen()  # the terminal is back to the shell's screen: no panel left on it
+            assert "+1 worker" not in screen and "╭─ loss" not in screen
         assert not {name for name in shm_entries() - shm_before if "torch" in name or "loadertop" in name}
     finally:
         app.close()
