@@ -6,12 +6,13 @@ import os
 import re
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.tmux import HAVE_TMUX, TmuxApp, step_of
+from tests.helpers import eventually
 
 pytestmark = [pytest.mark.skipif(not HAVE_TMUX, reason="tmux is not installed"), pytest.mark.slow]
 
@@ -24,15 +25,6 @@ def app(tmp_path: Path) -> Iterator[TmuxApp]:
     running = TmuxApp(ARGS, tmp_path)
     yield running
     running.close()
-
-
-def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def no_process_left(app: TmuxApp, timeout: float = 5.0) -> bool:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from loadertop.cli import main
+from tests.helpers import wait_for
 
 
 def run_main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -75,13 +75,6 @@ def test_cuda_asked_for_without_a_gpu(capsys: pytest.CaptureFixture[str]) -> Non
     code, _, err = run_main(["run", "--headless", "--device", "cuda"], capsys)
     assert code == 2
     assert err.strip() == "loadertop: error: --device cuda: PyTorch sees no CUDA GPU here; use --device cpu or auto"
-
-
-def wait_for(predicate, timeout: float = 60.0) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def test_a_finished_run_records_every_batch_and_leaves_no_process(tagged_run, tmp_path: Path) -> None:  # noqa: ANN001

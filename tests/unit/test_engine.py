@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
 import time
 
 import pytest
@@ -10,24 +9,15 @@ import torch
 
 from loadertop import LoaderConfig, Trainer, TrainerState
 from loadertop.core.calibrated import batch_cost_s
-from loadertop.core.procs import child_processes
 from loadertop.core.records import BatchRecord
 from loadertop.core.sampler import epoch_permutation
 from tests import workloads
+from tests.helpers import no_children_left
 
 
 def run_to_end(trainer: Trainer, timeout: float = 120.0) -> None:
     trainer.start()
     assert trainer.join(timeout), "the trainer did not finish in time"
-
-
-def no_children_left(timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not child_processes():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])

@@ -19,14 +19,7 @@ from loadertop.core.session import Session
 from tests import workloads
 from tests.conftest import ROOT
 from tests.unit.test_cli import run_main
-from tests.unit.test_engine import no_children_left
-
-
-def wait_for(condition, timeout: float = 30.0) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
+from tests.helpers import no_children_left, wait_for
 
 
 def test_a_killed_worker_is_reported_within_seconds_with_its_pid_and_signal_and_restart_works() -> None:

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from loadertop import LoaderConfig, Trainer
-from loadertop.core.advice import machine_facts
 from loadertop.core.headless import run_sweep_headless
 from loadertop.core.sweep import Sweep
 from loadertop.core.procs import child_processes

@@ -12,13 +12,7 @@ import pytest
 from loadertop import LoaderConfig, Trainer, TrainerState
 from loadertop.core.system import NvmlReader, SystemSampler
 from tests import workloads
-
-
-def wait_for(predicate, timeout: float = 30.0) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
+from tests.helpers import wait_for
 
 
 def test_the_sampler_follows_the_workers_across_a_restart() -> None:
