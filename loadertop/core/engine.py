@@ -265,6 +265,7 @@ class Trainer:
         self._done = threading.Event()
         self._worker_pids: tuple[int, ...] = ()
         self._starts = 0
+        self._picklable_for: set[str | None] = set()
         self._nonfinite_steps = 0
         self._first_nonfinite_step: int | None = None
 
@@ -481,8 +482,9 @@ class Trainer:
         self._optimizer = optimizer
 
     def _make_loader(self, config: LoaderConfig) -> DataLoader[Any]:
-        if config.num_workers:
-            check_picklable(self.workload, config)
+        if config.num_workers and config.start_method not in self._picklable_for:
+            check_picklable(self.workload, config)  # once per start method: spawn pickles it anyway
+            self._picklable_for.add(config.start_method)
         kwargs = config.loader_kwargs(pin_memory_allowed=self.device.type == "cuda")
         if config.num_workers and not config.timeout_s and self.stall_timeout_s:
             kwargs["timeout"] = self.stall_timeout_s
