@@ -8,6 +8,7 @@ import os
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, NoReturn
 
 if TYPE_CHECKING:
@@ -230,11 +231,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     switches = dict(getattr(args, "switch", []) or [])
     if len(switches) != len(getattr(args, "switch", []) or []):
         raise UsageError("--switch: each STEP may be given once")
-    workload = _workload(args)
-    _check_start_method(workload, config)
     record_path = getattr(args, "record", None)
     record_file = _open_output(record_path, "--record") if record_path else None
     try:
+        workload = _workload(args)
+        _check_start_method(workload, config)
         trainer = _trainer(args, workload, config, epochs=args.epochs, max_batches=getattr(args, "max_batches", None),
                            stall_timeout_s=0.0 if headless else MONITOR_STALL_TIMEOUT_S)
         if not headless:
@@ -292,8 +293,11 @@ def _workload(args: argparse.Namespace) -> Workload:
         except WorkloadError as exc:
             raise UsageError(str(exc)) from None
     else:
-        from loadertop.core.builtin import make_workload
+        from loadertop.core.builtin import MARKER, default_data_dir, make_workload
 
+        root = Path(args.data).expanduser() if args.data is not None else default_data_dir(args.seed)
+        if not (root / MARKER).exists():
+            print(f"loadertop: writing the built-in images (once) to {root} ...", file=sys.stderr, flush=True)
         try:
             workload = make_workload(seed=args.seed, data_dir=args.data, io_latency_ms=args.io_latency_ms)
         except (OSError, ValueError) as exc:
