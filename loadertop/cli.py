@@ -349,7 +349,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
     machine = machine_facts()
     counts = args.counts or default_counts(machine.usable_cores)
-    _config(args, max(counts))  # settings that need workers apply to the counts that have them
+    # Settings that need workers are checked against the largest count, the ones that have them.
     config = _config(args, max(counts)).with_workers(counts[0])
     outputs = {option: path for option, path in (("--json", args.json), ("--csv", args.csv),
                                                    ("--markdown", args.markdown)) if path}
@@ -366,7 +366,6 @@ def _sweep(args: argparse.Namespace) -> int:
         code, rows, advice = run_sweep_headless(trainer, sweep, sample_interval_s=args.sample_interval,
                                                 out=sys.stderr if to_stdout else sys.stdout)
         if rows:
-            machine = machine_facts()
             meta = {"workload": workload.name, "device": trainer.status().device,
                     "batch_size": config.batch_size, "batches_per_count": args.batches,
                     "counts": list(counts), "complete": code == 0}

@@ -658,26 +658,35 @@ class Trainer:
 
     def _train_step(self, batch: Any) -> tuple[float, float | None, int]:
         """Forward, backward and optimizer step; synchronised so the clock includes GPU work."""
+        non_blocking = self._config.pin_memory and self.device.type == "cuda"
+        batch = _to_device(batch, self.device, non_blocking)
+        model = self.workload.model
+        optimizer = self._optimizer
+        assert optimizer is not None
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
         if self.workload.step_fn is not None:
-            return self._custom_step(batch)
+            loss, accuracy, samples = self._step_fn_loss(model, batch)
+        else:
+            loss, accuracy, samples = self._pair_loss(model, batch)
+        loss.backward()
+        optimizer.step()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        if isinstance(accuracy, torch.Tensor):
+            accuracy = accuracy.item()
+        return float(loss.item()), (float(accuracy) if accuracy is not None else None), samples
+
+    def _pair_loss(self, model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, Any, int]:
+        """An ``(inputs, targets)`` batch: ``loss_fn(model(inputs), targets)``, and accuracy for class labels."""
         if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
             raise TypeError(
                 f"a batch must be (inputs, targets), got {type(batch).__name__}"
                 + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else "")
             )
         inputs, targets = batch
-        non_blocking = self._config.pin_memory and self.device.type == "cuda"
-        inputs = _to_device(inputs, self.device, non_blocking)
-        targets = _to_device(targets, self.device, non_blocking)
-        model = self.workload.model
-        optimizer = self._optimizer
-        assert optimizer is not None
-        model.train()
-        optimizer.zero_grad(set_to_none=True)
         output = model(inputs)
         loss = self.workload.loss_fn(output, targets)
-        loss.backward()
-        optimizer.step()
         accuracy: torch.Tensor | None = None
         if (
             isinstance(output, torch.Tensor)
@@ -688,33 +697,18 @@ class Trainer:
         ):
             with torch.no_grad():
                 accuracy = (output.argmax(dim=1) == targets).float().mean()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        samples = _batch_len(targets if isinstance(targets, torch.Tensor) else inputs)
-        return float(loss.item()), (float(accuracy.item()) if accuracy is not None else None), samples
+        return loss, accuracy, _batch_len(targets if isinstance(targets, torch.Tensor) else inputs)
 
-    def _custom_step(self, batch: Any) -> tuple[float, float | None, int]:
-        """The workload's ``step_fn(model, batch)`` gives the loss (and maybe accuracy); loadertop does the rest."""
-        non_blocking = self._config.pin_memory and self.device.type == "cuda"
-        batch = _to_device(batch, self.device, non_blocking)
-        model = self.workload.model
-        optimizer = self._optimizer
-        assert optimizer is not None and self.workload.step_fn is not None
-        model.train()
-        optimizer.zero_grad(set_to_none=True)
+    def _step_fn_loss(self, model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, Any, int]:
+        """Any other batch: the workload's ``step_fn(model, batch)`` gives the loss, or ``(loss, accuracy)``."""
+        assert self.workload.step_fn is not None
         result = self.workload.step_fn(model, batch)
         loss, accuracy = (result if isinstance(result, tuple) else (result, None))
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             raise TypeError(
                 f"step_fn must return the loss as a scalar tensor (or (loss, accuracy)), got {type(loss).__name__}"
             )
-        loss.backward()
-        optimizer.step()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        accuracy_value = float(accuracy.item() if isinstance(accuracy, torch.Tensor) else accuracy) \
-            if accuracy is not None else None
-        return float(loss.item()), accuracy_value, _batch_len(batch)
+        return loss, accuracy, _batch_len(batch)
 
     def _describe_error(self, exc: BaseException) -> TrainerError:
         detail = "".join(traceback.format_exception(exc))

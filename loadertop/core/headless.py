@@ -18,10 +18,9 @@ from loadertop.core.engine import Trainer, TrainerState
 from loadertop.core.records import BatchRecord
 from loadertop.core.advice import Advice, advise, machine_facts
 from loadertop.core.report import advice_lines, format_table
-from loadertop.core.session import JsonlRecorder, Session, shutdown
+from loadertop.core.session import Session
 from loadertop.core.store import ConfigSummary
 from loadertop.core.sweep import Sweep
-from loadertop.core.system import SystemSampler
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -105,17 +104,13 @@ def run_headless(
     pending_switches = dict(switches or {})
     records: queue.SimpleQueue[BatchRecord] = queue.SimpleQueue()
 
-    recorder = JsonlRecorder(record_file) if record_file is not None else None
-
     def on_record(record: BatchRecord) -> None:
-        if recorder is not None:
-            recorder(record)
         workers = pending_switches.pop(record.step, None)
         if workers is not None:
             trainer.restart(trainer.config.with_workers(workers))
         records.put(record)
 
-    trainer.on_record = on_record
+    session = Session(trainer, sample_interval_s=sample_interval_s, record_file=record_file, on_record=on_record)
     status = trainer.status()
     total = trainer.max_batches or status.batches_per_epoch * trainer.epochs
     print(f"loadertop: {trainer.workload.name}", file=out)
@@ -133,13 +128,10 @@ def run_headless(
     )
 
     interrupted: int | None = None
-    sampler = SystemSampler(interval_s=sample_interval_s, worker_pids=trainer.worker_pids,
-                            on_sample=trainer.record_cost)
     previous = install_signal_handlers()
     try:
         try:
-            sampler.start()
-            trainer.start()
+            session.start()
             _follow(trainer, records, progress_interval_s, out)
         except Interrupted as exc:
             interrupted = exc.signum
@@ -147,13 +139,13 @@ def run_headless(
                   file=err, flush=True)
     finally:
         restore_signal_handlers(previous)
-        leftover = shutdown(trainer, sampler)
+        leftover = session.close()
         if leftover:
             print(f"loadertop: terminated left-over worker processes {leftover}", file=err)
 
     summaries = trainer.store.summaries()
     if summaries:
-        advice = advise(summaries, machine_facts(sampler.latest()))
+        advice = advise(summaries, machine_facts(session.sampler.latest()))
         print("\n" + format_table(summaries, advice), file=out)
         if len({s.num_workers for s in summaries}) > 1:
             print("\n".join(advice_lines(advice)), file=out)
@@ -289,8 +281,7 @@ def run_sweep_headless(
     """
     out = out or sys.stdout
     err = err or sys.stderr
-    session = Session(trainer, sample_interval_s=sample_interval_s)
-    trainer.on_record = sweep.on_record
+    session = Session(trainer, sample_interval_s=sample_interval_s, on_record=sweep.on_record)
     sweep.on_done = trainer.stop
     total = len(sweep.counts) * sweep.batches_per_count
     print(f"loadertop sweep: {trainer.workload.name}", file=out)

@@ -38,14 +38,15 @@ def _label(summary: ConfigSummary, show_config: bool) -> str:
     return summary.key if show_config else str(summary.num_workers)
 
 
-def _settings_differ(summaries: Sequence[ConfigSummary]) -> bool:
+def settings_differ(summaries: Sequence[ConfigSummary]) -> bool:
+    """Whether the configurations differ in more than the worker count (then rows are named by key)."""
     return len({s.config.with_workers(0) for s in summaries}) > 1
 
 
 def format_table(summaries: Sequence[ConfigSummary], advice: Advice | None = None) -> str:
     """The comparison as aligned plain text, marks first (``*`` fastest, ``+`` recommended)."""
     advice = advice or recommend(summaries)
-    show_config = _settings_differ(summaries)
+    show_config = settings_differ(summaries)
     header = ("", "config" if show_config else "workers", *HEADINGS[1:], "verdict")
     rows = [header]
     for s in summaries:
@@ -75,7 +76,7 @@ def advice_lines(advice: Advice) -> list[str]:
 def markdown_table(summaries: Sequence[ConfigSummary], advice: Advice | None = None) -> str:
     """A Markdown table (marks as bold and a trailing note), for an issue or a notebook."""
     advice = advice or recommend(summaries)
-    show_config = _settings_differ(summaries)
+    show_config = settings_differ(summaries)
     head = ("config" if show_config else "workers", *HEADINGS[1:], "verdict")
     lines = ["| " + " | ".join(head) + " |", "|" + "--:|" * (len(head) - 1) + ":--|"]
     for s in summaries:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from rich.text import Text
 
 from loadertop.core.advice import recommend, verdict
+from loadertop.core.report import settings_differ
 from loadertop.core.store import ConfigSummary
 from loadertop.tui.widgets.base import ViewWidget
 
@@ -44,11 +45,6 @@ COLUMNS = (
 MARK_WIDTH = 3  # ★ fastest, ◆ recommended, ▶ running
 
 
-def _settings_differ(summaries: tuple[ConfigSummary, ...]) -> bool:
-    """Whether the configurations differ in more than the worker count."""
-    return len({s.config.with_workers(0) for s in summaries}) > 1
-
-
 def fit_columns(width: int, *, show_config: bool = True) -> list[Column]:
     """The columns that fit ``width`` cells, dropping the least needed first (and "config" when all agree)."""
     columns = [c for c in COLUMNS if show_config or c.heading != "config"]
@@ -72,7 +68,7 @@ class ComparisonTable(ViewWidget):
         if view is None:
             return text
         summaries = view.store.summaries
-        columns = fit_columns(self.content_size.width, show_config=_settings_differ(summaries))
+        columns = fit_columns(self.content_size.width, show_config=settings_differ(summaries))
         text.append(" " * MARK_WIDTH)
         text.append(" ".join(c.heading.rjust(c.width) for c in columns), "bold")
         text.append("\n")
