@@ -32,7 +32,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.e2e.tmux import TmuxApp, step_of  # noqa: E402 - after the path is set
+from tests.e2e.tmux import TmuxApp, step_of
 
 
 def throughput(record: Path, skip: int) -> float:

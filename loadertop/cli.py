@@ -35,7 +35,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _int_at_least(minimum: int, what: str):  # noqa: ANN202 - argparse type factory
+def _int_at_least(minimum: int, what: str):
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -335,7 +335,7 @@ def _open_output(path: str, option: str) -> IO[str]:
     if path == "-":
         return sys.stdout
     try:
-        return open(path, "w", encoding="utf-8")  # noqa: SIM115 - the caller closes it
+        return open(path, "w", encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"cannot write {option} {path}: {exc.strerror or exc}") from None
 
@@ -343,8 +343,8 @@ def _open_output(path: str, option: str) -> IO[str]:
 def _sweep(args: argparse.Namespace) -> int:
     """``loadertop sweep``: each count in turn on one run, then the table, the advice and the files asked for."""
     from loadertop.core.advice import default_counts, machine_facts
-    from loadertop.core.report import csv_text, dumps, markdown_table, report_json
     from loadertop.core.headless import run_sweep_headless
+    from loadertop.core.report import csv_text, dumps, markdown_table, report_json
     from loadertop.core.sweep import Sweep
 
     machine = machine_facts()

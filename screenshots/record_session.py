@@ -31,7 +31,7 @@ def main() -> int:
 
     trainer = Trainer(make_workload(seed=0), LoaderConfig(num_workers=0), epochs=100, device="cpu")
 
-    def on_record(record):  # noqa: ANN001, ANN202 - the training thread's callback
+    def on_record(record):
         workers = switches.pop(record.step, None)
         if workers is not None:
             trainer.restart(trainer.config.with_workers(workers))

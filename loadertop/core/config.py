@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-
 START_METHODS = ("fork", "spawn", "forkserver")
 
 

@@ -32,7 +32,6 @@ from loadertop.core.workload import (
     sample_index_of,
 )
 
-
 # loadertop reports too many workers in its own words; PyTorch's warning would land on the TUI's screen.
 warnings.filterwarnings("ignore", message=r"This DataLoader will create \d+ worker processes", category=UserWarning)
 
@@ -175,6 +174,27 @@ def _dead_workers(iterator: Any) -> list[tuple[int, int, int | None]]:
         except (AssertionError, ValueError):  # a process object already closed
             continue
     return dead
+
+
+def _worker_death(iterator: Any, exc: BaseException, grace_s: float = 1.0) -> WorkerDied | None:
+    """The death of a worker behind ``exc``, or None when every worker is alive.
+
+    A worker killed while it hands a batch over shows up in the main process as whatever
+    the transfer hit: PyTorch's "exited unexpectedly", or a ConnectionResetError or
+    EOFError while the batch's shared memory handle is received. The dead process may not
+    be reaped yet at that moment, so for those errors its exit is waited for briefly.
+    """
+    if not getattr(iterator, "_workers", None):
+        return None
+    says_exited = isinstance(exc, RuntimeError) and "exited unexpectedly" in str(exc)
+    deadline = time.monotonic() + (grace_s if says_exited or isinstance(exc, (OSError, EOFError)) else 0.0)
+    while True:
+        dead = _dead_workers(iterator)
+        if dead:
+            return WorkerDied(dead)
+        if time.monotonic() >= deadline:
+            return WorkerDied([]) if says_exited else None
+        time.sleep(0.02)
 
 
 class NonFiniteLoss(ArithmeticError):
@@ -456,10 +476,10 @@ class Trainer:
         finally:
             with self._lock:
                 self._worker_pids = ()
-                if self._stop_requested and final is TrainerState.ERROR and self._error is not None:
-                    # A worker that died because we were stopping is not the user's error.
-                    if self._error.kind == "worker":
-                        final, self._error = TrainerState.STOPPED, None
+                # A worker that died because we were stopping is not the user's error.
+                if (self._stop_requested and final is TrainerState.ERROR and self._error is not None
+                        and self._error.kind == "worker"):
+                    final, self._error = TrainerState.STOPPED, None
                 self._state = final
                 self._lock.notify_all()
             self._done.set()
@@ -559,9 +579,12 @@ class Trainer:
                     self._config = config = next_config
                     self._worker_pids = ()
                 reason = "restart"
-        except RuntimeError as exc:
-            if "exited unexpectedly" in str(exc) and iterator is not None:
-                raise WorkerDied(_dead_workers(iterator)) from exc
+        except _Stop:
+            raise
+        except Exception as exc:
+            died = _worker_death(iterator, exc) if iterator is not None else None
+            if died is not None:
+                raise died from exc
             raise
         finally:
             if iterator is not None:

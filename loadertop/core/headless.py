@@ -14,9 +14,9 @@ from typing import IO, Any
 
 import psutil
 
+from loadertop.core.advice import Advice, advise, machine_facts
 from loadertop.core.engine import Trainer, TrainerState
 from loadertop.core.records import BatchRecord
-from loadertop.core.advice import Advice, advise, machine_facts
 from loadertop.core.report import advice_lines, format_table
 from loadertop.core.session import Session
 from loadertop.core.store import ConfigSummary

@@ -24,7 +24,7 @@ LEGEND = ("* fastest (most samples/s)  + recommended  warm-up batches after each
           "CPU % of the process tree, 100 = one core")
 
 
-def _cell(value: float | int, digits: int) -> str:
+def _cell(value: float, digits: int) -> str:
     if isinstance(value, float) and math.isnan(value):
         return "-"
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
@@ -110,7 +110,7 @@ def csv_text(summaries: Sequence[ConfigSummary], advice: Advice | None = None) -
     return out.getvalue()
 
 
-def _csv_value(value: float | int) -> str:
+def _csv_value(value: float) -> str:
     if isinstance(value, float):
         return "" if math.isnan(value) else f"{value:.4f}".rstrip("0").rstrip(".")
     return str(value)
@@ -124,7 +124,7 @@ def report_json(
 ) -> dict[str, Any]:
     """DESIGN.md's JSON: ``rows`` and ``recommended_num_workers``, plus the advice and the machine."""
 
-    def number(value: float | int) -> float | int | None:
+    def number(value: float) -> float | int | None:
         return None if isinstance(value, float) and math.isnan(value) else value
 
     rows = []

@@ -387,7 +387,7 @@ class SystemSampler:
 
 
 class _NoGpus(NvmlReader):
-    def __init__(self) -> None:  # noqa: D107 - no NVML at all
+    def __init__(self) -> None:
         self._nvml = None
         self._handles = []
         self.status = "no NVIDIA GPU: GPU sampling is off"

@@ -206,7 +206,7 @@ def check_picklable(workload: Workload, config: Any) -> None:
             continue
         try:
             pickle.dumps(obj)
-        except Exception as exc:  # noqa: BLE001 - pickling raises many kinds
+        except Exception as exc:
             raise WorkloadError(
                 f"the {what} cannot be sent to '{method}' workers, which need a pickled copy: "
                 f"{type(exc).__name__}: {exc}. Define its class at module level and keep no lambdas, open "

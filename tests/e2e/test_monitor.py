@@ -41,7 +41,7 @@ def test_switch_to_two_workers_then_quit_leaves_nothing(app: TmuxApp) -> None:
     assert "next: 2 workers, batch 16" in screen
     app.send("r")
     screen = app.wait_for(
-        lambda s: "2 workers, batch 16 │ RUNNING" in s and re.search(r"^│?.*\bw1\s+\d+", s, re.M),
+        lambda s: "2 workers, batch 16 │ RUNNING" in s and re.search(r"^│?.*\bw1\s+\d+", s, re.MULTILINE),
         timeout=30,
         what="2 workers in the header and the processes panel",
     )
@@ -140,7 +140,7 @@ def test_a_sweep_in_the_app_fills_the_table_and_offers_the_recommendation(tmp_pa
         app.send("Escape")  # keep the current count
         screen = app.wait_for(lambda s: "sweep done" not in s, timeout=10, what="the result to close")
         for count in (0, 1, 2, 4):
-            assert re.search(rf"^│ [★ ][◆ ][▶ ]\s+{count}\s+\d+", screen, re.M), screen
+            assert re.search(rf"^│ [★ ][◆ ][▶ ]\s+{count}\s+\d+", screen, re.MULTILINE), screen
         assert "4 workers, batch 4 │ RUNNING" in screen  # the last count keeps running
         assert re.search(r"◆.*workers?:", screen)
         app.send("q")

@@ -77,7 +77,7 @@ def test_cuda_asked_for_without_a_gpu(capsys: pytest.CaptureFixture[str]) -> Non
     assert err.strip() == "loadertop: error: --device cuda: PyTorch sees no CUDA GPU here; use --device cpu or auto"
 
 
-def test_a_finished_run_records_every_batch_and_leaves_no_process(tagged_run, tmp_path: Path) -> None:  # noqa: ANN001
+def test_a_finished_run_records_every_batch_and_leaves_no_process(tagged_run, tmp_path: Path) -> None:
     record = tmp_path / "run.jsonl"
     run = tagged_run(["run", "--headless", "--workload", "tests.workloads:sleepy", "--workers", "2",
                       "--batch-size", "10", "--epochs", "2", "--switch", "5:1", "--switch", "25:0",
@@ -98,7 +98,7 @@ def test_a_finished_run_records_every_batch_and_leaves_no_process(tagged_run, tm
     assert run.leftovers() == []
 
 
-def test_a_failing_dataset_exits_1_with_the_sample_index(tagged_run) -> None:  # noqa: ANN001
+def test_a_failing_dataset_exits_1_with_the_sample_index(tagged_run) -> None:
     run = tagged_run(["run", "--headless", "--workload", "tests.workloads:broken", "--workers", "2",
                       "--batch-size", "4"])
     _, err = run.proc.communicate(timeout=120)
@@ -108,7 +108,7 @@ def test_a_failing_dataset_exits_1_with_the_sample_index(tagged_run) -> None:  #
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
-def test_an_interrupted_run_stops_its_workers(tagged_run, tmp_path: Path, signum: int) -> None:  # noqa: ANN001
+def test_an_interrupted_run_stops_its_workers(tagged_run, tmp_path: Path, signum: int) -> None:
     record = tmp_path / "run.jsonl"
     run = tagged_run(["run", "--headless", "--workload", "tests.workloads:sleepy", "--workers", "2",
                       "--epochs", "100", "--record", str(record)])

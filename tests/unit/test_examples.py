@@ -19,7 +19,7 @@ def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def run_example(tagged_run, args: list[str]) -> str:  # noqa: ANN001
+def run_example(tagged_run, args: list[str]) -> str:
     run = tagged_run(["run", "--headless", "--max-batches", "4", "--batch-size", "8", *args])
     out, err = run.proc.communicate(timeout=180)
     assert run.proc.returncode == 0, err
@@ -28,7 +28,7 @@ def run_example(tagged_run, args: list[str]) -> str:  # noqa: ANN001
 
 
 @pytest.mark.slow
-def test_image_folder_example_reads_any_class_folders(tagged_run, image_folder: Path) -> None:  # noqa: ANN001
+def test_image_folder_example_reads_any_class_folders(tagged_run, image_folder: Path) -> None:
     out = run_example(tagged_run, ["--workload", "examples.image_folder:make_workload", "--data", str(image_folder),
                                    "--workers", "1"])
     assert "ImageFolder" in out and "(40 images, 10 classes), ResNet-18" in out
@@ -36,13 +36,13 @@ def test_image_folder_example_reads_any_class_folders(tagged_run, image_folder: 
 
 
 @pytest.mark.slow
-def test_heavy_decode_example_spends_its_time_loading(tagged_run) -> None:  # noqa: ANN001
+def test_heavy_decode_example_spends_its_time_loading(tagged_run) -> None:
     out = run_example(tagged_run, ["--workload", "examples.heavy_decode:make_workload", "--workers", "2"])
     assert "in-memory JPEGs 256px -> 128px crops" in out
 
 
 @pytest.mark.slow
-def test_token_sequences_example_trains_dict_batches_through_its_step_function(tagged_run) -> None:  # noqa: ANN001
+def test_token_sequences_example_trains_dict_batches_through_its_step_function(tagged_run) -> None:
     out = run_example(tagged_run, ["--workload", "examples.token_sequences:make_workload", "--workers", "2",
                                    "--start-method", "spawn"])
     assert "token sequences 20-200 long" in out and "acc " in out

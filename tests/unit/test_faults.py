@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 
 from loadertop import LoaderConfig, Trainer, TrainerState
-from loadertop.core.engine import WorkerDied
+from loadertop.core.engine import WorkerDied, _worker_death
 from loadertop.core.procs import child_processes
 from loadertop.core.session import Session
 from tests import workloads
 from tests.conftest import ROOT
-from tests.unit.test_cli import run_main
 from tests.helpers import no_children_left, wait_for
+from tests.unit.test_cli import run_main
 
 
 def test_a_killed_worker_is_reported_within_seconds_with_its_pid_and_signal_and_restart_works() -> None:
@@ -41,6 +41,45 @@ def test_a_killed_worker_is_reported_within_seconds_with_its_pid_and_signal_and_
     trainer.restart(LoaderConfig(num_workers=1, batch_size=8))  # try again: the run goes on
     wait_for(lambda: trainer.status().step > done + 5)
     assert trainer.close(10) and no_children_left()
+
+
+class _FakeProcess:
+    def __init__(self, pid: int, dies_at: float | None, exitcode: int = -signal.SIGKILL) -> None:
+        self.pid, self._dies_at, self._exitcode = pid, dies_at, exitcode
+
+    def is_alive(self) -> bool:
+        return self._dies_at is None or time.monotonic() < self._dies_at
+
+    @property
+    def exitcode(self) -> int | None:
+        return None if self.is_alive() else self._exitcode
+
+
+class _FakeIterator:
+    def __init__(self, *workers: _FakeProcess) -> None:
+        self._workers = list(workers)
+
+
+def test_a_transfer_cut_by_a_dying_worker_is_reported_as_the_worker_death() -> None:
+    # Killed while handing a batch over, a worker shows up in the main process as a
+    # ConnectionResetError before its exit is reaped; the death is what the user must see.
+    soon = time.monotonic() + 0.2
+    died = _worker_death(_FakeIterator(_FakeProcess(11, None), _FakeProcess(12, soon)),
+                         ConnectionResetError(104, "Connection reset by peer"))
+    assert died is not None and str(died).startswith("DataLoader worker 1 (pid 12) was killed by SIGKILL")
+    # PyTorch's own message counts even when the exit is not seen in time.
+    exited = RuntimeError("DataLoader worker (pid(s) 12) exited unexpectedly")
+    assert str(_worker_death(_FakeIterator(_FakeProcess(12, None)), exited, grace_s=0.05)) == (
+        "a DataLoader worker exited unexpectedly")
+
+
+def test_errors_while_every_worker_lives_stay_what_they_are_and_are_not_waited_on() -> None:
+    alive = _FakeIterator(_FakeProcess(11, None), _FakeProcess(12, None))
+    started = time.monotonic()
+    assert _worker_death(alive, ValueError("bad collate")) is None
+    assert _worker_death(_FakeIterator(), ConnectionResetError(104, "reset")) is None  # 0 workers
+    assert time.monotonic() - started < 0.1
+    assert _worker_death(alive, EOFError(), grace_s=0.1) is None
 
 
 def test_signals_name_their_likely_cause() -> None:

@@ -12,7 +12,7 @@ from tests.conftest import ROOT
 
 def test_the_readme_factory_runs_headless(tmp_path: Path) -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    block = re.search(r"   ```python\n   # mytrain.py\n(.*?)   ```", readme, re.S)
+    block = re.search(r"   ```python\n   # mytrain.py\n(.*?)   ```", readme, re.DOTALL)
     assert block is not None, "the README lost its mytrain.py example"
     code = "\n".join(line[3:] for line in block.group(1).splitlines())
     (tmp_path / "mytrain.py").write_text(code + "\n", encoding="utf-8")

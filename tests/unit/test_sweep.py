@@ -13,14 +13,14 @@ import pytest
 
 from loadertop import LoaderConfig, Trainer
 from loadertop.core.headless import run_sweep_headless
-from loadertop.core.sweep import Sweep
 from loadertop.core.procs import child_processes
 from loadertop.core.report import ROW_FIELDS
+from loadertop.core.sweep import Sweep
 from tests import workloads
 from tests.unit.test_cli import assert_usage_error, run_main
 
 
-def sweep(workload, counts: tuple[int, ...], batches: int, batch_size: int = 8):  # noqa: ANN001, ANN201
+def sweep(workload, counts: tuple[int, ...], batches: int, batch_size: int = 8):
     config = LoaderConfig(num_workers=counts[0], batch_size=batch_size)
     trainer = Trainer(workload, config, epochs=1000, device="cpu")
     out = io.StringIO()

@@ -64,7 +64,7 @@ def test_one_entry_per_logical_core_and_memory_and_shm() -> None:
 def test_without_nvml_the_snapshot_says_so_in_words(monkeypatch: pytest.MonkeyPatch) -> None:
     real_import = builtins.__import__
 
-    def no_pynvml(name: str, *args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def no_pynvml(name: str, *args, **kwargs):
         if name == "pynvml":
             raise ImportError("No module named 'pynvml'")
         return real_import(name, *args, **kwargs)
@@ -103,7 +103,7 @@ def test_nvml_reads_every_gpu() -> None:
 def test_each_configuration_accumulates_its_cpu_and_peak_rss() -> None:
     switched = []
 
-    def on_record(record) -> None:  # noqa: ANN001
+    def on_record(record) -> None:
         if record.step == 60 and not switched:
             switched.append(True)
             trainer.restart(trainer.config.with_workers(0))

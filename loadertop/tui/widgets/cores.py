@@ -6,9 +6,9 @@ import math
 
 from rich.text import Text
 
-from loadertop.tui.plot import append_runs, level, meter
 from loadertop.core.session import SessionView
 from loadertop.core.system import SystemSnapshot
+from loadertop.tui.plot import append_runs, level, meter
 from loadertop.tui.widgets.base import SystemPanel
 
 GIB = 1024**3

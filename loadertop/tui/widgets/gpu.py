@@ -6,9 +6,9 @@ import textwrap
 
 from rich.text import Text
 
-from loadertop.tui.plot import meter
 from loadertop.core.session import SessionView
 from loadertop.core.system import SystemSnapshot
+from loadertop.tui.plot import meter
 from loadertop.tui.widgets.base import SystemPanel
 
 GIB = 1024**3
