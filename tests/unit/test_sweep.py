@@ -6,9 +6,13 @@ import csv
 import io
 import json
 import os
+import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 
 from loadertop import LoaderConfig, Trainer
@@ -54,12 +58,29 @@ def cores() -> Iterator[Callable[[int], None]]:
     os.sched_setaffinity(0, original)
 
 
+@dataclass
+class _Others:
+    cores: float = 0.0
+
+
+@contextmanager
+def others_cpu() -> Iterator[_Others]:
+    """The CPU other processes (and the hypervisor) took meanwhile, in cores, for tests that need idle cores."""
+    result = _Others()
+    mine0, machine0, t0 = sum(os.times()[:4]), psutil.cpu_times(), time.monotonic()
+    yield result
+    mine1, machine1, t1 = sum(os.times()[:4]), psutil.cpu_times(), time.monotonic()
+    busy = sum(getattr(machine1, f) - getattr(machine0, f)
+               for f in ("user", "nice", "system", "irq", "softirq", "steal") if hasattr(machine0, f))
+    result.cores = max(0.0, busy - (mine1 - mine0)) / max(t1 - t0, 1e-9)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity (Linux)")
 def test_cpu_bound_loading_on_one_core_recommends_no_workers(cores: Callable[[int], None]) -> None:
     # 40 ms of CPU per batch and one core: a worker can only take the core from the training thread.
     cores(1)
-    rows, advice, out = sweep(workloads.cpu_bound(cpu_s=0.010), (0, 1, 2), batches=20, batch_size=4)
+    _rows, advice, out = sweep(workloads.cpu_bound(cpu_s=0.010), (0, 1, 2), batches=20, batch_size=4)
     assert advice.recommended_num_workers == 0, out
     assert "2 workers on 1 usable core:" in out
 
@@ -69,14 +90,21 @@ def test_cpu_bound_loading_on_one_core_recommends_no_workers(cores: Callable[[in
                     reason="needs 2 cores and CPU affinity")
 def test_cpu_bound_loading_scales_to_the_core_count_then_stops(cores: Callable[[int], None]) -> None:
     cores(2)
-    rows, advice, out = sweep(workloads.cpu_bound(cpu_s=0.010), (1, 2, 4), batches=30, batch_size=4)
-    speed = {r.num_workers: r.samples_per_s for r in rows}
-    assert speed[2] > 1.6 * speed[1], out  # a second core nearly doubles loading
-    # Past the cores there is no new CPU; more workers only win back the share the training
-    # process took (here up to ~8%, which can tip the 5% rule toward 4).
-    assert speed[4] < 1.15 * speed[2], out
+    with others_cpu() as others:
+        rows, advice, out = sweep(workloads.cpu_bound(cpu_s=0.010), (1, 2, 4), batches=30, batch_size=4)
     assert advice.recommended_num_workers in (2, 4)
     assert "4 workers on 2 usable cores" in out
+    if others.cores > 0.3:
+        pytest.skip(f"other processes used {others.cores:.1f} cores during the sweep: scaling needs idle cores")
+    speed = {r.num_workers: r.samples_per_s for r in rows}
+    cpu = {r.num_workers: r.cpu_percent for r in rows}
+    assert speed[2] > 1.6 * speed[1], out  # a second core nearly doubles loading
+    # Past the cores there is no new CPU: four workers do not load more per CPU-second than two.
+    assert speed[4] / cpu[4] < 1.1 * speed[2] / cpu[2], out
+    if cpu[2] >= 150:  # two workers had the two cores (another busy process lets four take more of them)
+        # More workers then only win back the share the training process took (here up to ~8%,
+        # which can tip the 5% rule toward 4).
+        assert speed[4] < 1.15 * speed[2], out
 
 
 def test_a_sweep_switches_only_after_its_steady_batches_and_cancel_keeps_the_run_going() -> None:
