@@ -33,7 +33,7 @@ def main() -> int:
         epochs=1,
         device="cpu",
     )
-    sampler = SystemSampler(interval_s=args.interval, worker_pids=trainer.worker_pids, on_sample=trainer.record_cost)
+    sampler = SystemSampler(interval_s=args.interval, worker_pids=trainer.worker_pids, on_sample=lambda _s: trainer.sample_cost())
     trainer.start()
     sampler.start()
     time.sleep(args.seconds)

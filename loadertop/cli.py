@@ -368,7 +368,9 @@ def _sweep(args: argparse.Namespace) -> int:
         if rows:
             meta = {"workload": workload.name, "device": trainer.status().device,
                     "batch_size": config.batch_size, "batches_per_count": args.batches,
-                    "counts": list(counts), "complete": code == 0}
+                    "counts": list(counts), "measured_longer": list(sweep.counts[sweep.planned:]),
+                    "complete": code == 0, "cpu_accounting": trainer.cpu_clock.mode,
+                    "cpu_s_before_first_config": trainer.store.cpu_before_first_config_s}
             writers = {"--json": lambda: dumps(report_json(rows, advice, machine, **meta)),
                        "--csv": lambda: csv_text(rows, advice),
                        "--markdown": lambda: markdown_table(rows, advice)}
@@ -388,7 +390,7 @@ def _run_monitor(trainer: Trainer, record_file: IO[str] | None, sample_interval_
     from loadertop.core.session import Session
     from loadertop.tui.app import LoaderTopApp
 
-    session = Session(trainer, sample_interval_s=sample_interval_s, record_file=record_file)
+    session = Session(trainer, sample_interval_s=sample_interval_s, record_file=record_file, monitor_thread=True)
     app = LoaderTopApp(session)
     # torch, the model and the dataset are loaded: move their objects out of the garbage collector's
     # reach. A full collection over them took ~280 ms (a frozen screen, a late key press); ~35 ms after.

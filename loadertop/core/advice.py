@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from loadertop.core.records import BatchRecord
 from loadertop.core.store import ConfigSummary, percentile
-from loadertop.core.system import SystemSnapshot
+from loadertop.core.system import SystemSnapshot, usable_cores
 
 INPUT_BOUND_SHARE = 0.10
 """A step that waits for data more than this share of its iteration is input-bound."""
@@ -100,8 +99,10 @@ def recent_stats(records: Sequence[BatchRecord], config_key: str, *, window: int
 
 
 RECOMMEND_WITHIN = 0.05
-"""The recommendation: the fewest workers whose throughput is within this share of the fastest
-(or slower by less than two standard errors of the difference: the measurement's own noise)."""
+"""The recommendation: the fewest workers whose measured throughput is within this share of the fastest.
+Noise never stretches it: a count measured further below the fastest is not recommended."""
+NOISE_Z = 2.0
+"""How many standard errors a measurement must clear to be told apart from the ``RECOMMEND_WITHIN`` line."""
 MIN_BATCHES = 10
 """Configurations with fewer steady batches are too noisy to judge."""
 SHM_WARN_SHARE = 0.8
@@ -132,12 +133,8 @@ def machine_facts(system: SystemSnapshot | None = None) -> MachineFacts:
 
     import psutil
 
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        usable = psutil.cpu_count() or 1
     return MachineFacts(
-        usable_cores=usable,
+        usable_cores=usable_cores(),
         memory_total_bytes=system.memory_total_bytes if system is not None else psutil.virtual_memory().total,
         shm_used_bytes=system.shm_used_bytes if system is not None else None,
         shm_total_bytes=system.shm_total_bytes if system is not None else None,
@@ -154,12 +151,15 @@ class Advice:
         recommended: the fewest workers within ``RECOMMEND_WITHIN`` of the fastest, same other settings.
         reason: the recommendation in one sentence.
         warnings: each a sentence saying what to look at and why.
+        undecided: keys of the configurations the measurement cannot yet place on either side of the
+            ``RECOMMEND_WITHIN`` line (the fastest among them): measuring them longer would settle it.
     """
 
     fastest: ConfigSummary | None
     recommended: ConfigSummary | None
     reason: str
     warnings: tuple[str, ...]
+    undecided: tuple[str, ...] = ()
 
     def is_fastest(self, summary: ConfigSummary) -> bool:
         """Whether ``summary`` is the fastest configuration (by key: summaries are rebuilt on every pull)."""
@@ -174,37 +174,71 @@ class Advice:
         """The recommended worker count, if any."""
         return self.recommended.num_workers if self.recommended is not None else None
 
+    @property
+    def decided(self) -> bool:
+        """True when the measurements separate every count that matters for the recommendation."""
+        return not self.undecided
+
+
+def relative_to(summary: ConfigSummary, best: ConfigSummary) -> tuple[float, float]:
+    """``summary``'s throughput as a share of ``best``'s, and the standard error of that share (NaN: unknown)."""
+    ratio = summary.samples_per_s / best.samples_per_s
+    if summary is best or summary.key == best.key:
+        return 1.0, 0.0
+    error = ratio * math.hypot(summary.samples_per_s_sem / summary.samples_per_s,
+                               best.samples_per_s_sem / best.samples_per_s)
+    return ratio, error
+
+
+def undecided_against(summary: ConfigSummary, best: ConfigSummary, *, within: float = RECOMMEND_WITHIN) -> bool:
+    """Whether the measurement cannot tell if ``summary`` is within ``within`` of ``best`` (either way)."""
+    ratio, error = relative_to(summary, best)
+    if math.isnan(error):
+        return True
+    return abs(ratio - (1 - within)) < NOISE_Z * error
+
 
 def recommend(summaries: Sequence[ConfigSummary], *, within: float = RECOMMEND_WITHIN) -> Advice:
-    """The fastest configuration and the recommendation, without machine warnings."""
+    """The fastest configuration and the recommendation, without machine warnings.
+
+    The recommendation is the fewest workers whose measured samples/s is at least
+    ``1 - within`` of the fastest's. Counts at or below it whose side of that line is within
+    ``NOISE_Z`` standard errors are ``undecided``: the reason says so, with the figures.
+    """
     judged = [s for s in summaries if s.batches >= MIN_BATCHES and not math.isnan(s.samples_per_s)]
     best = fastest(judged)
     if best is None:
         return Advice(None, None, f"not enough batches yet (at least {MIN_BATCHES} steady per configuration)", ())
     siblings = [s for s in judged if s.config.with_workers(0) == best.config.with_workers(0)]
-    good = [s for s in siblings if s.samples_per_s >= (1 - within) * best.samples_per_s or _within_noise(s, best)]
+    good = [s for s in siblings if s.samples_per_s >= (1 - within) * best.samples_per_s]
     chosen = min(good, key=lambda s: (s.num_workers, -s.samples_per_s))
     if chosen is best:
-        reason = f"{_workers(best.num_workers)}: the fastest measured ({best.samples_per_s:,.0f} samples/s)"
+        reason = f"{_workers(best.num_workers)}: the fastest measured ({speed_text(best)})"
         if len(siblings) == 1:
             reason += "; try other worker counts to compare"
     else:
         gap = 1 - chosen.samples_per_s / best.samples_per_s
-        how = (f"within {gap * 100:.0f}% of" if chosen.samples_per_s >= (1 - within) * best.samples_per_s
-               else f"{gap * 100:.0f}% below, within the measurement noise of,")
         reason = (
-            f"{_workers(chosen.num_workers)}: {chosen.samples_per_s:,.0f} samples/s is {how} the fastest "
-            f"({_workers(best.num_workers)}, {best.samples_per_s:,.0f}); fewer workers cost less CPU and memory"
+            f"{_workers(chosen.num_workers)}: {speed_text(chosen)} is within {gap * 100:.0f}% of the fastest "
+            f"({_workers(best.num_workers)}, {speed_text(best)}); fewer workers cost less CPU and memory"
         )
-    return Advice(best, chosen, reason, ())
+    unsure = [s for s in siblings if s.num_workers <= chosen.num_workers and s.key != best.key
+              and undecided_against(s, best, within=within)]
+    if unsure:
+        names = ", ".join(f"{_workers(s.num_workers)} ({speed_text(s)})" for s in unsure)
+        reason += (f"; but the measurement cannot yet tell whether {names} "
+                   f"{'is' if len(unsure) == 1 else 'are'} within {within * 100:.0f}% of "
+                   f"{_workers(best.num_workers)}: measure longer (more batches) to be sure")
+    undecided = tuple(s.key for s in (*unsure, best)) if unsure else ()
+    return Advice(best, chosen, reason, (), undecided)
 
 
-def _within_noise(summary: ConfigSummary, best: ConfigSummary) -> bool:
-    """Whether ``summary``'s mean iteration is slower than ``best``'s by less than two standard errors."""
-    spread = math.hypot(summary.iter_ms_sem, best.iter_ms_sem)
+def speed_text(summary: ConfigSummary) -> str:
+    """``1,210 ± 40 samples/s`` (two standard errors), or without the ± when it is unknown."""
+    spread = NOISE_Z * summary.samples_per_s_sem
     if math.isnan(spread):
-        return False
-    return summary.iter_ms_mean - best.iter_ms_mean <= 2 * spread
+        return f"{summary.samples_per_s:,.0f} samples/s"
+    return f"{summary.samples_per_s:,.0f} ± {spread:,.0f} samples/s"
 
 
 def advise(summaries: Sequence[ConfigSummary], machine: MachineFacts, *,
@@ -252,7 +286,7 @@ def advise(summaries: Sequence[ConfigSummary], machine: MachineFacts, *,
                 f"workers start with '{machine.start_method}': each start imports and pickles the dataset again "
                 f"(start-up {best.startup_ms:,.0f} ms); persistent_workers keeps them across epochs"
             )
-    return Advice(advice.fastest, advice.recommended, advice.reason, tuple(warnings))
+    return Advice(advice.fastest, advice.recommended, advice.reason, tuple(warnings), advice.undecided)
 
 
 def default_counts(cores: int) -> tuple[int, ...]:

@@ -19,10 +19,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from loadertop.core.config import LoaderConfig
+from loadertop.core.cost import TreeCpuClock
 from loadertop.core.records import BatchRecord, StartEvent
 from loadertop.core.sampler import ResumableSampler
 from loadertop.core.store import MetricsStore
-from loadertop.core.system import SystemSnapshot
 from loadertop.core.workload import (
     IndexedDataset,
     SampleError,
@@ -94,6 +94,23 @@ class TrainerStatus:
     error: TrainerError | None
     nonfinite_steps: int = 0
     first_nonfinite_step: int | None = None
+    worker_spawns: int = 0
+    exited_workers: tuple[ExitedWorker, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ExitedWorker:
+    """A DataLoader worker of the last generation that was shut down (at an epoch end, a restart or the end).
+
+    Attributes:
+        worker_id: its DataLoader worker id.
+        pid: its process id.
+        lifetime_s: from the start of its loader iterator to the end of its shutdown.
+    """
+
+    worker_id: int
+    pid: int
+    lifetime_s: float
 
 
 def resolve_device(device: str) -> torch.device:
@@ -288,6 +305,11 @@ class Trainer:
         self._picklable_for: set[str | None] = set()
         self._nonfinite_steps = 0
         self._first_nonfinite_step: int | None = None
+        self.cpu_clock = TreeCpuClock()
+        self._cost_open = False
+        self._worker_spawns = 0
+        self._workers_since = 0.0
+        self._exited_workers: tuple[ExitedWorker, ...] = ()
 
         # Progress, written by the training thread only.
         self._epoch = 0  # 0-based
@@ -425,6 +447,8 @@ class Trainer:
                 error=self._error,
                 nonfinite_steps=self._nonfinite_steps,
                 first_nonfinite_step=self._first_nonfinite_step,
+                worker_spawns=self._worker_spawns,
+                exited_workers=self._exited_workers,
             )
 
     def kill_workers(self) -> list[int]:
@@ -445,17 +469,46 @@ class Trainer:
         """Pids of the running loader's worker processes, in worker-id order."""
         return self._worker_pids
 
-    def record_cost(self, snapshot: SystemSnapshot) -> None:
-        """Account a system sample's process-tree CPU and RSS to the running configuration.
+    def sample_cost(self) -> None:
+        """Read the tree's CPU clock now, for the running configuration's figures so far and its peak RSS.
 
-        Pass it as a SystemSampler's ``on_sample``; samples taken while starting,
-        restarting or paused are left out, so each configuration pays only for itself.
+        Call it from a sampling thread (e.g. a SystemSampler's ``on_sample``): what each
+        configuration finally costs is accounted at its boundaries by the training thread,
+        whatever the sampling interval; this only keeps the running one's figures fresh.
         """
+        self.store.tick_cost(self.cpu_clock.read())
+
+    # ------------------------------------------------------------ cost boundaries
+
+    def _open_cost(self, config: LoaderConfig) -> None:
+        """``config`` starts (or resumes) running: its CPU is accounted from now."""
+        if not self._cost_open:
+            self.store.open_cost(config, self.cpu_clock.read())
+            self._cost_open = True
+
+    def _close_cost(self) -> None:
+        """The running configuration stops (restart, pause, end): credit it its CPU up to now."""
+        if self._cost_open:
+            self.store.close_cost(self.cpu_clock.read())
+            self._cost_open = False
+
+    def _shutdown_workers(self, iterator: Any) -> None:
+        """Shut the iterator's workers down and reap them; their last memory counts toward the peak first.
+
+        The clock's lock is held while they are reaped, so no reading sees a worker twice or never.
+        """
+        if self._cost_open and self._worker_pids:
+            self.store.tick_cost(self.cpu_clock.read())
+        with self.cpu_clock.lock:
+            _shutdown_iterator(iterator)
+        ended = time.perf_counter()
         with self._lock:
-            if self._state is not TrainerState.RUNNING:
-                return
-            config = self._config
-        self.store.add_cost(config, snapshot.tree_cpu_percent, snapshot.tree_rss_bytes)
+            if self._worker_pids:
+                self._exited_workers = tuple(
+                    ExitedWorker(worker_id, pid, ended - self._workers_since)
+                    for worker_id, pid in enumerate(self._worker_pids)
+                )
+            self._worker_pids = ()
 
     # --------------------------------------------------------------- the thread
 
@@ -537,7 +590,10 @@ class Trainer:
                 if not self._paused:
                     if self._state is TrainerState.PAUSED:
                         self._state = TrainerState.RUNNING
+                        self._open_cost(self._config)
                     return None
+                if self._state is not TrainerState.PAUSED:
+                    self._close_cost()  # a pause costs the configuration nothing
                 self._state = TrainerState.PAUSED
                 self._lock.wait()
 
@@ -552,10 +608,15 @@ class Trainer:
                     loader = self._make_loader(config)
                 self._sampler.set_position(self._epoch, self._position)
                 self._starts += 1
+                self._open_cost(config)
                 t_iter = time.perf_counter()
                 iterator = iter(loader)
+                pids = tuple(p.pid for p in getattr(iterator, "_workers", ()) if p.pid)
                 with self._lock:
-                    self._worker_pids = tuple(p.pid for p in getattr(iterator, "_workers", ()) if p.pid)
+                    if set(pids) - set(self._worker_pids):  # a new generation (persistent workers stay)
+                        self._worker_spawns += len(set(pids) - set(self._worker_pids))
+                        self._workers_since = t_iter
+                    self._worker_pids = pids
                 outcome, next_config = self._consume(iterator, config, reason, t_iter, requested_at)
                 if outcome == "epoch_end":
                     self._epoch += 1
@@ -563,7 +624,7 @@ class Trainer:
                     self._batch_in_epoch = 0
                     reason, requested_at = "epoch", time.perf_counter()
                     if not config.persistent_workers:
-                        _shutdown_iterator(iterator)
+                        self._shutdown_workers(iterator)
                         iterator = None
                     continue
                 if outcome == "max_batches":
@@ -572,12 +633,12 @@ class Trainer:
                 assert next_config is not None
                 self._set_state(TrainerState.RESTARTING)
                 requested_at = self._pending_since
-                _shutdown_iterator(iterator)
+                self._shutdown_workers(iterator)
+                self._close_cost()
                 iterator = None
                 loader = None
                 with self._lock:
                     self._config = config = next_config
-                    self._worker_pids = ()
                 reason = "restart"
         except _Stop:
             raise
@@ -588,9 +649,10 @@ class Trainer:
             raise
         finally:
             if iterator is not None:
-                _shutdown_iterator(iterator)
+                self._shutdown_workers(iterator)
             if loader is not None and getattr(loader, "_iterator", None) is not None:
-                _shutdown_iterator(loader._iterator)
+                self._shutdown_workers(loader._iterator)
+            self._close_cost()
 
     def _consume(
         self,

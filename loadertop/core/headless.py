@@ -12,15 +12,14 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import IO, Any
 
-import psutil
-
-from loadertop.core.advice import Advice, advise, machine_facts
+from loadertop.core.advice import Advice, advise, machine_facts, speed_text
 from loadertop.core.engine import Trainer, TrainerState
 from loadertop.core.records import BatchRecord
 from loadertop.core.report import advice_lines, format_table
 from loadertop.core.session import Session
 from loadertop.core.store import ConfigSummary
 from loadertop.core.sweep import Sweep
+from loadertop.core.system import usable_cores
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -72,8 +71,8 @@ class _Window:
 
 
 def _core_note(num_workers: int) -> str:
-    cores = psutil.cpu_count() or 1
-    return f" [more workers than the {cores} cores]" if num_workers > cores else ""
+    cores = usable_cores()
+    return f" [more workers than the {cores} usable cores]" if num_workers > cores else ""
 
 
 def run_headless(
@@ -328,7 +327,11 @@ def _report_counts(trainer: Trainer, sweep: Sweep, reported: int, out: IO[str]) 
         s = by_key.get(sweep.configs[i].key)
         if s is None:
             continue
-        print(f"[{i + 1}/{len(sweep.counts)}] {s.config.describe()}: load {s.load_ms_mean:.1f} ms, compute "
-              f"{s.compute_ms_mean:.1f} ms, {s.samples_per_s:,.0f} samples/s, start-up {s.startup_ms:,.0f} ms",
-              file=out, flush=True)
+        if i == sweep.planned:
+            print(f"measuring {', '.join(map(str, sweep.counts[sweep.planned:]))} workers longer: the measurements "
+                  "cannot yet tell which of them are within 5% of the fastest", file=out, flush=True)
+        where = f"{i + 1}/{sweep.planned}" if i < sweep.planned else "longer"
+        print(f"[{where}] {s.config.describe()}: load {s.load_ms_mean:.1f} ms, compute "
+              f"{s.compute_ms_mean:.1f} ms, {speed_text(s)}, start-up {s.startup_ms:,.0f} ms, "
+              f"{s.cpu_s_per_sample * 1000:.2f} CPU ms/sample", file=out, flush=True)
     return done

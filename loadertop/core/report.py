@@ -6,28 +6,59 @@ import csv
 import io
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from loadertop.core.advice import Advice, MachineFacts, recommend, verdict
+from loadertop.core.advice import NOISE_Z, Advice, MachineFacts, recommend, verdict
 from loadertop.core.store import ConfigSummary
 
-# DESIGN.md's JSON row fields, in order; CSV and Markdown use the same columns.
+# DESIGN.md's JSON row fields, in order, then the accounted cost and the throughput's standard error.
 ROW_FIELDS = (
     "num_workers", "batches", "load_ms_mean", "load_ms_p95", "compute_ms_mean", "iter_ms_mean",
     "samples_per_s", "startup_ms", "cpu_percent", "rss_mb",
+    "samples_per_s_sem", "wall_s", "cpu_s", "cpu_s_per_sample", "worker_cpu_share",
 )
-HEADINGS = ("workers", "batches", "load ms", "load p95", "compute ms", "iter ms", "samples/s", "start-up ms",
-            "CPU %", "peak RSS MB")
-DIGITS = (0, 0, 1, 1, 1, 1, 0, 0, 0, 0)
-LEGEND = ("* fastest (most samples/s)  + recommended  warm-up batches after each (re)start excluded; "
-          "CPU % of the process tree, 100 = one core")
 
 
-def _cell(value: float, digits: int) -> str:
+@dataclass(frozen=True, slots=True)
+class Column:
+    """A column of the plain and Markdown tables: a heading and how to show one summary's cell."""
+
+    heading: str
+    cell: Callable[[ConfigSummary], str]
+
+
+def _cell(value: float, digits: int, scale: float = 1.0) -> str:
     if isinstance(value, float) and math.isnan(value):
         return "-"
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+    return f"{value * scale:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _speed_cell(s: ConfigSummary) -> str:
+    spread = NOISE_Z * s.samples_per_s_sem
+    return _cell(s.samples_per_s, 0) + ("" if math.isnan(spread) else f" ±{spread:,.0f}")
+
+
+COLUMNS = (
+    Column("batches", lambda s: str(s.batches)),
+    Column("load ms", lambda s: _cell(s.load_ms_mean, 1)),
+    Column("load p95", lambda s: _cell(s.load_ms_p95, 1)),
+    Column("compute ms", lambda s: _cell(s.compute_ms_mean, 1)),
+    Column("iter ms", lambda s: _cell(s.iter_ms_mean, 1)),
+    Column("samples/s", _speed_cell),
+    Column("start-up ms", lambda s: _cell(s.startup_ms, 0)),
+    Column("wall s", lambda s: _cell(s.wall_s, 1)),
+    Column("CPU s", lambda s: _cell(s.cpu_s, 2)),
+    Column("CPU ms/sample", lambda s: _cell(s.cpu_s_per_sample, 2, 1000.0)),
+    Column("in workers", lambda s: _cell(s.worker_cpu_share, 0, 100.0) + ("%" if s.worker_cpu_share >= 0 else "")),
+    Column("CPU %", lambda s: _cell(s.cpu_percent, 0)),
+    Column("peak RSS MB", lambda s: _cell(s.rss_mb, 0)),
+)
+LEGEND = ("* fastest (most samples/s)  + recommended  ± two standard errors  warm-up batches after each (re)start "
+          "excluded\nCPU accounted per configuration for the whole process tree (workers that exited included): "
+          "CPU s in all, CPU ms per delivered sample, the share in worker processes, CPU % = 100 x CPU s / wall s "
+          "(100 = one core)")
 
 
 def _marks(summary: ConfigSummary, advice: Advice) -> str:
@@ -47,13 +78,12 @@ def format_table(summaries: Sequence[ConfigSummary], advice: Advice | None = Non
     """The comparison as aligned plain text, marks first (``*`` fastest, ``+`` recommended)."""
     advice = advice or recommend(summaries)
     show_config = settings_differ(summaries)
-    header = ("", "config" if show_config else "workers", *HEADINGS[1:], "verdict")
+    header = ("", "config" if show_config else "workers", *(c.heading for c in COLUMNS), "verdict")
     rows = [header]
     for s in summaries:
         v = verdict(s.load_ms_mean, s.compute_ms_mean)
-        values = [getattr(s, f) for f in ROW_FIELDS[1:]]
-        rows.append((_marks(s, advice), _label(s, show_config),
-                     *(_cell(x, d) for x, d in zip(values, DIGITS[1:], strict=True)), v.label if v else "-"))
+        rows.append((_marks(s, advice), _label(s, show_config), *(c.cell(s) for c in COLUMNS),
+                     v.label if v else "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = []
     for row in rows:
@@ -77,7 +107,7 @@ def markdown_table(summaries: Sequence[ConfigSummary], advice: Advice | None = N
     """A Markdown table (marks as bold and a trailing note), for an issue or a notebook."""
     advice = advice or recommend(summaries)
     show_config = settings_differ(summaries)
-    head = ("config" if show_config else "workers", *HEADINGS[1:], "verdict")
+    head = ("config" if show_config else "workers", *(c.heading for c in COLUMNS), "verdict")
     lines = ["| " + " | ".join(head) + " |", "|" + "--:|" * (len(head) - 1) + ":--|"]
     for s in summaries:
         v = verdict(s.load_ms_mean, s.compute_ms_mean)
@@ -89,11 +119,11 @@ def markdown_table(summaries: Sequence[ConfigSummary], advice: Advice | None = N
             marks.append("recommended")
         if marks:
             label = f"**{label}** ({', '.join(marks)})"
-        values = [_cell(getattr(s, f), d) for f, d in zip(ROW_FIELDS[1:], DIGITS[1:], strict=True)]
-        lines.append("| " + " | ".join([label, *values, v.label if v else "-"]) + " |")
+        lines.append("| " + " | ".join([label, *(c.cell(s) for c in COLUMNS), v.label if v else "-"]) + " |")
     lines.append("")
     lines.append(f"Recommended: {advice.reason}.")
     lines += [f"- {w}" for w in advice.warnings]
+    lines += ["", LEGEND.replace("\n", "; ") + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -147,6 +177,7 @@ def report_json(
         "recommended_num_workers": advice.recommended_num_workers,
         "fastest_num_workers": advice.fastest.num_workers if advice.fastest is not None else None,
         "recommendation": advice.reason,
+        "undecided_num_workers": [s.num_workers for s in summaries if s.key in advice.undecided],
         "warnings": list(advice.warnings),
         "machine": {
             "usable_cores": machine.usable_cores,

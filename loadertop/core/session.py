@@ -14,8 +14,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import IO, Protocol
 
-import psutil
-
 from loadertop.core.advice import Advice, advise, default_counts, machine_facts
 from loadertop.core.config import LoaderConfig
 from loadertop.core.engine import Trainer, TrainerState, TrainerStatus
@@ -40,7 +38,6 @@ class SessionView:
         store: the recorded batches, (re)starts and per-configuration summaries.
         system: the latest system sample (None before the first).
         gpu_status: ``"1 NVIDIA GPU"``, ``"no NVIDIA GPU: <reason>"``, or ``"sampling"`` before the first sample.
-        cpu_count: logical cores of the machine.
         advice: the fastest and the recommended configuration, with warnings (None in old recordings).
         sweep: the sweep's progress, once one was started.
     """
@@ -51,7 +48,6 @@ class SessionView:
     store: StoreSnapshot
     system: SystemSnapshot | None
     gpu_status: str
-    cpu_count: int
     advice: Advice | None = None
     sweep: SweepProgress | None = None
 
@@ -93,6 +89,8 @@ class Session:
         record_file: an open text file receiving one JSON line per batch.
         read_gpus: False to skip NVML.
         on_record: also called with each record, in the training thread (keep it cheap).
+        monitor_thread: True when the calling thread draws a monitor (the TUI): its CPU, like the
+            system sampler's, is left out of what the configurations cost.
     """
 
     def __init__(
@@ -103,20 +101,23 @@ class Session:
         record_file: IO[str] | None = None,
         read_gpus: bool = True,
         on_record: Callable[[BatchRecord], None] | None = None,
+        monitor_thread: bool = False,
     ) -> None:
         self.trainer = trainer
         self.sampler = SystemSampler(
             interval_s=sample_interval_s,
             worker_pids=trainer.worker_pids,
-            on_sample=trainer.record_cost,
+            on_sample=lambda _snapshot: trainer.sample_cost(),
             read_gpus=read_gpus,
+            on_thread_start=lambda thread_id: trainer.cpu_clock.exclude_threads([thread_id]),
         )
+        if monitor_thread:
+            trainer.cpu_clock.exclude_threads([threading.get_native_id()])
         _start_resource_tracker()
         self._recorder = JsonlRecorder(record_file) if record_file is not None else None
         self._sweep: Sweep | None = None
         self._extra_on_record = on_record
         trainer.on_record = self._on_record
-        self._cpu_count = psutil.cpu_count() or 1
         self._machine = machine_facts()
         self._closed = False
 
@@ -152,7 +153,6 @@ class Session:
             system=system,
             # NVML is opened by the sampler's thread alone; until its first sample there is no answer.
             gpu_status=system.gpu_status if system is not None else "sampling",
-            cpu_count=self._cpu_count,
             advice=advise(store.summaries, machine),
             sweep=sweep.progress() if sweep is not None else None,
         )

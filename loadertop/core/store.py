@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from loadertop.core.config import LoaderConfig
+from loadertop.core.cost import TreeCpu
 from loadertop.core.records import BatchRecord, StartEvent
 
 
@@ -39,10 +40,18 @@ class ConfigSummary:
     restart, made while the workers started) are counted apart and excluded from
     every mean and percentile. Epoch boundaries are included: every epoch pays
     for them. ``startup_ms`` is the mean time from ``iter(loader)`` to the first
-    batch over the starts and restarts of this configuration. ``cpu_percent`` is
-    the process tree's mean CPU (100 = one core) and ``rss_mb`` its peak resident
-    memory while this configuration ran, from the system sampler (NaN without one).
-    ``iter_ms_std`` is the standard deviation of the iteration time (for noise estimates).
+    batch over the starts and restarts of this configuration.
+
+    The cost comes from CPU accounting at the configuration's boundaries (start, hot
+    restart, pause, stop), not from samples: ``cpu_s`` is every CPU-second the training
+    process tree spent while it ran (its workers' start-up and warm-up included, and
+    workers that exited, reaped children being counted by the kernel), ``wall_s`` the
+    wall time it ran, ``cpu_percent`` their ratio (100 = one core), ``cpu_s_per_sample``
+    what one delivered sample cost the whole tree (loading and training together), and
+    ``worker_cpu_share`` the share of ``cpu_s`` spent in child processes (the workers).
+    ``rss_mb`` is the tree's peak resident memory, read at each system sample and at each
+    boundary. ``samples_per_s_sem`` is the standard error of ``samples_per_s``: block means
+    of the steady batches, with the pipeline refill at epoch starts as its own stratum.
     """
 
     key: str
@@ -62,16 +71,16 @@ class ConfigSummary:
     cpu_percent: float = math.nan
     rss_mb: float = math.nan
     iter_ms_std: float = math.nan
+    wall_s: float = math.nan
+    cpu_s: float = math.nan
+    cpu_s_per_sample: float = math.nan
+    worker_cpu_share: float = math.nan
+    samples_per_s_sem: float = math.nan
 
     @property
     def num_workers(self) -> int:
         """The configuration's worker count."""
         return self.config.num_workers
-
-    @property
-    def iter_ms_sem(self) -> float:
-        """Standard error of the mean iteration time (NaN with fewer than 2 batches)."""
-        return self.iter_ms_std / math.sqrt(self.batches) if self.batches > 1 else math.nan
 
     @property
     def load_share(self) -> float:
@@ -81,6 +90,43 @@ class ConfigSummary:
         return self.load_ms_mean / self.iter_ms_mean
 
 
+def refill_batches(num_workers: int) -> int:
+    """Batches at the start of an epoch that carry the pipeline's refill (a new epoch's first batches)."""
+    return max(1, num_workers)
+
+
+def block_size(num_workers: int) -> int:
+    """Steady batches per block for the batch-means error: workers deliver in turns, so a block spans them."""
+    return max(5, num_workers)
+
+
+def throughput_sem(iters: Sequence[float], refill: Sequence[int], samples: int, block: int) -> float:
+    """Standard error of ``samples / sum(iters)`` (NaN when it cannot be told: fewer than 3 blocks).
+
+    Steady batches are grouped into blocks of consecutive batches whose means are close
+    to independent (batch means); batches that refill the pipeline at an epoch start are
+    a stratum of their own, so their size does not pass for noise. Where epoch starts fall
+    in the measured window is itself uncertain (one more or one fewer): that adds a
+    quarter of one refill's extra cost squared to the variance of the total.
+    """
+    steady = [t for t, r in zip(iters, refill, strict=True) if not r]
+    refills = [t for t, r in zip(iters, refill, strict=True) if r]
+    n = len(iters)
+    total = sum(iters)
+    blocks = [statistics.fmean(steady[i:i + block]) for i in range(0, len(steady) - block + 1, block)]
+    if len(blocks) < 3 or total <= 0:
+        return math.nan
+    var_total = len(steady) ** 2 * statistics.variance(blocks) / len(blocks)
+    if len(refills) > 1:
+        var_total += len(refills) * statistics.variance(refills)
+    if refills:
+        epoch_starts = max(1, len([1 for a, b in zip((0, *refill), refill) if b and not a]))
+        extra = (sum(refills) - len(refills) * statistics.fmean(steady)) / epoch_starts
+        var_total += 0.25 * extra ** 2
+    mean_iter = total / n
+    return (samples / total) * math.sqrt(var_total) / n / mean_iter
+
+
 class _ConfigAccumulator:
     """Mutable per-configuration totals; only touched under the store's lock."""
 
@@ -88,32 +134,40 @@ class _ConfigAccumulator:
         self.config = config
         self.load_s = array("d")
         self.compute_s = array("d")
+        self.refill = array("b")  # 1 for a steady batch that refills the pipeline at an epoch start
         self.samples = 0
+        self.all_samples = 0  # warm-up batches included: what the accounted CPU paid for
         self.warmup_batches = 0
         self.startup_s = array("d")
-        self.cpu_percent_sum = 0.0
-        self.cpu_samples = 0
         self.rss_peak_bytes = 0
+        self.cpu_s = 0.0
+        self.children_cpu_s = 0.0
+        self.wall_s = 0.0
+        self.accounted = False  # a boundary reading was taken at least once
 
     def add(self, record: BatchRecord) -> None:
+        self.all_samples += record.samples
         if record.warmup:
             self.warmup_batches += 1
             return
         self.load_s.append(record.load_s)
         self.compute_s.append(record.compute_s)
+        self.refill.append(int(record.batch_in_epoch <= refill_batches(record.num_workers)))
         self.samples += record.samples
+
+    def credit(self, start: TreeCpu, end: TreeCpu) -> None:
+        """Add the CPU and wall time between two readings."""
+        self.cpu_s += max(end.total_s - start.total_s, 0.0)
+        self.children_cpu_s += max(end.children_s - start.children_s, 0.0)
+        self.wall_s += max(end.time - start.time, 0.0)
+        self.rss_peak_bytes = max(self.rss_peak_bytes, start.rss_bytes, end.rss_bytes)
+        self.accounted = True
 
     def copy(self) -> _ConfigAccumulator:
         """A private copy (arrays copy as one memcpy), so summaries are computed outside the lock."""
         twin = _ConfigAccumulator(self.config)
-        twin.load_s = array("d", self.load_s)
-        twin.compute_s = array("d", self.compute_s)
-        twin.samples = self.samples
-        twin.warmup_batches = self.warmup_batches
-        twin.startup_s = array("d", self.startup_s)
-        twin.cpu_percent_sum = self.cpu_percent_sum
-        twin.cpu_samples = self.cpu_samples
-        twin.rss_peak_bytes = self.rss_peak_bytes
+        for name, value in vars(self).items():
+            setattr(twin, name, array(value.typecode, value) if isinstance(value, array) else value)
         return twin
 
     def summary(self) -> ConfigSummary:
@@ -121,6 +175,7 @@ class _ConfigAccumulator:
         computes = self.compute_s
         iters = [a + b for a, b in zip(loads, computes, strict=True)]
         total_s = sum(iters)
+        cost = self.accounted and self.wall_s > 0
         return ConfigSummary(
             key=self.config.key,
             config=self.config,
@@ -136,9 +191,14 @@ class _ConfigAccumulator:
             samples_per_s=self.samples / total_s if total_s > 0 else math.nan,
             startup_ms=_mean(self.startup_s) * 1000.0,
             starts=len(self.startup_s),
-            cpu_percent=self.cpu_percent_sum / self.cpu_samples if self.cpu_samples else math.nan,
-            rss_mb=self.rss_peak_bytes / (1024 * 1024) if self.cpu_samples else math.nan,
+            cpu_percent=100.0 * self.cpu_s / self.wall_s if cost else math.nan,
+            rss_mb=self.rss_peak_bytes / (1024 * 1024) if self.rss_peak_bytes else math.nan,
             iter_ms_std=statistics.stdev(iters) * 1000.0 if len(iters) > 1 else math.nan,
+            wall_s=self.wall_s if cost else math.nan,
+            cpu_s=self.cpu_s if cost else math.nan,
+            cpu_s_per_sample=self.cpu_s / self.all_samples if cost and self.all_samples else math.nan,
+            worker_cpu_share=self.children_cpu_s / self.cpu_s if cost and self.cpu_s > 0 else math.nan,
+            samples_per_s_sem=throughput_sem(iters, self.refill, self.samples, block_size(self.config.num_workers)),
         )
 
 
@@ -168,6 +228,10 @@ class MetricsStore:
         self._configs: dict[str, _ConfigAccumulator] = {}
         self._total = 0
         self._version = 0
+        self._open: tuple[str, TreeCpu] | None = None  # the configuration whose CPU is being accounted
+        self._first_reading: TreeCpu | None = None
+        self._latest_reading: TreeCpu | None = None
+        self._samples_at_latest = 0  # the open configuration's samples when the latest reading was taken
 
     def _accumulator(self, config: LoaderConfig) -> _ConfigAccumulator:
         acc = self._configs.get(config.key)
@@ -183,14 +247,55 @@ class MetricsStore:
                 self._accumulator(event.config).startup_s.append(event.startup_s)
             self._version += 1
 
-    def add_cost(self, config: LoaderConfig, cpu_percent: float, rss_bytes: int) -> None:
-        """Account one system sample (process-tree CPU% and RSS) to ``config``."""
+    def open_cost(self, config: LoaderConfig, reading: TreeCpu) -> None:
+        """``config`` starts running at ``reading``: its CPU is accounted from here until ``close_cost``."""
         with self._lock:
-            acc = self._accumulator(config)
-            acc.cpu_percent_sum += cpu_percent
-            acc.cpu_samples += 1
-            acc.rss_peak_bytes = max(acc.rss_peak_bytes, rss_bytes)
+            self._accumulator(config)
+            if self._first_reading is None:
+                self._first_reading = reading
+            self._open = (config.key, reading)
+            self._latest_reading = reading
+            self._samples_at_latest = self._configs[config.key].all_samples
             self._version += 1
+
+    def close_cost(self, reading: TreeCpu) -> None:
+        """The running configuration stops (a restart, a pause, the end): credit it up to ``reading``."""
+        with self._lock:
+            if self._open is None:
+                return
+            key, start = self._open
+            self._configs[key].credit(start, reading)
+            self._open = None
+            self._latest_reading = reading
+            self._version += 1
+
+    def tick_cost(self, reading: TreeCpu) -> None:
+        """A reading while running (the system sampler's): the open configuration's figures so far and peak RSS."""
+        with self._lock:
+            if self._open is None:
+                return
+            acc = self._configs[self._open[0]]
+            acc.rss_peak_bytes = max(acc.rss_peak_bytes, reading.rss_bytes)
+            self._latest_reading = reading
+            self._samples_at_latest = acc.all_samples
+            self._version += 1
+
+    @property
+    def cpu_before_first_config_s(self) -> float:
+        """CPU-seconds the tree had used when the first configuration started (imports, set-up); NaN before."""
+        reading = self._first_reading
+        return reading.total_s if reading is not None else math.nan
+
+    def _accumulators(self) -> list[_ConfigAccumulator]:
+        """Private copies of every configuration's totals, the open one credited up to the latest reading."""
+        accs = [acc.copy() for acc in self._configs.values()]
+        if self._open is not None and self._latest_reading is not None:
+            key, start = self._open
+            if self._latest_reading.time > start.time:
+                running = next(a for a in accs if a.config.key == key)
+                running.credit(start, self._latest_reading)
+                running.all_samples = self._samples_at_latest  # per-sample cost up to the reading, not past it
+        return accs
 
     def add(self, record: BatchRecord, config: LoaderConfig) -> None:
         """Record one batch measured under ``config``."""
@@ -213,7 +318,7 @@ class MetricsStore:
     def summaries(self) -> tuple[ConfigSummary, ...]:
         """One summary per configuration, in the order they were first used."""
         with self._lock:
-            accs = [acc.copy() for acc in self._configs.values()]
+            accs = self._accumulators()
         return tuple(acc.summary() for acc in accs)
 
     def snapshot(self, *, last: int | None = None) -> StoreSnapshot:
@@ -224,7 +329,7 @@ class MetricsStore:
             else:
                 records = tuple(list(self._recent)[-last:])
             starts = tuple(self._starts)
-            accs = [acc.copy() for acc in self._configs.values()]
+            accs = self._accumulators()
             total, version = self._total, self._version
         return StoreSnapshot(
             records=records,

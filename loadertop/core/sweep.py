@@ -3,7 +3,10 @@
 A ``Sweep`` switches a running ``Trainer`` from one worker count to the next once
 ``batches_per_count`` steady batches of the current one are in (warm-up batches
 after each restart are not counted). The figures come from the trainer's store,
-so a count measured before the sweep adds to its own row.
+so a count measured before the sweep adds to its own row. When the planned counts
+are measured and the measurements cannot yet tell whether a count is within 5% of the
+fastest (``Advice.undecided``), the sweep measures those counts again, up to
+``extra_rounds`` times, each adding ``batches_per_count`` batches to their rows.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from loadertop.core.advice import recommend
 from loadertop.core.config import LoaderConfig
 from loadertop.core.engine import Trainer, TrainerState
 from loadertop.core.records import BatchRecord
@@ -19,6 +23,8 @@ from loadertop.core.store import ConfigSummary
 
 DEFAULT_BATCHES = 100
 """Steady batches measured per worker count unless told otherwise."""
+EXTRA_ROUNDS = 2
+"""How many times a sweep measures undecided counts again before it says it cannot tell."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,11 +32,12 @@ class SweepProgress:
     """Where a sweep stands.
 
     Attributes:
-        counts: the worker counts, in the order measured.
+        counts: the worker counts, in the order measured (undecided counts measured again appended).
         batches_per_count: steady batches measured per count.
         index: the count being measured (``len(counts)`` once done).
         batches_done: steady batches of that count so far.
         state: ``"running"``, ``"done"`` or ``"cancelled"``.
+        planned: how many of ``counts`` were asked for; those after it measure undecided counts longer.
     """
 
     counts: tuple[int, ...]
@@ -38,6 +45,12 @@ class SweepProgress:
     index: int
     batches_done: int
     state: str
+    planned: int = 0
+
+    @property
+    def extending(self) -> bool:
+        """True while counts the first measurements could not tell apart are measured again."""
+        return bool(self.planned) and self.index >= self.planned and self.state == "running"
 
     @property
     def current(self) -> int | None:
@@ -60,6 +73,7 @@ class Sweep:
         batches_per_count: steady batches per count.
         base: the other loader settings (default: the trainer's current configuration).
         on_done: called (in the training thread) when the last count is measured.
+        extra_rounds: how many times undecided counts are measured again (0: never).
     """
 
     def __init__(
@@ -70,6 +84,7 @@ class Sweep:
         *,
         base: LoaderConfig | None = None,
         on_done: Callable[[], None] | None = None,
+        extra_rounds: int = EXTRA_ROUNDS,
     ) -> None:
         if not counts:
             raise ValueError("a sweep needs at least one worker count")
@@ -83,13 +98,16 @@ class Sweep:
         for config in self.configs:
             config.validate()
         self.counts = tuple(counts)
+        self.planned = len(self.counts)
         self.batches_per_count = batches_per_count
         self.on_done = on_done
+        self.extra_rounds = extra_rounds
         self._lock = threading.Lock()
         self._index = 0
         self._done = 0
         self._armed = False  # the current count's loader has delivered its first (warm-up) batch
         self._state = "idle"
+        self._rounds = 0  # rounds of measuring undecided counts again
 
     def begin(self) -> None:
         """Start measuring the first count (starting the trainer, or hot-restarting it)."""
@@ -113,7 +131,8 @@ class Sweep:
     def progress(self) -> SweepProgress:
         """A frozen view of the progress."""
         with self._lock:
-            return SweepProgress(self.counts, self.batches_per_count, self._index, self._done, self._state)
+            return SweepProgress(self.counts, self.batches_per_count, self._index, self._done, self._state,
+                                 self.planned)
 
     def on_record(self, record: BatchRecord) -> None:
         """Count ``record`` toward the current count and switch when it has enough (training thread)."""
@@ -132,6 +151,8 @@ class Sweep:
             self._index += 1
             self._done = 0
             self._armed = False
+            if self._index == len(self.configs):
+                self._measure_undecided_again()
             if self._index < len(self.configs):
                 next_config = self.configs[self._index]
             else:
@@ -143,8 +164,19 @@ class Sweep:
         else:
             self.trainer.restart(next_config)
 
+    def _measure_undecided_again(self) -> None:
+        """All counts are in: queue the ones the measurements cannot tell apart for another round (lock held)."""
+        if self._rounds >= self.extra_rounds:
+            return
+        advice = recommend(self.rows(self.trainer.store.summaries()))
+        again = [c for c in self.configs[: self.planned] if c.key in advice.undecided]
+        self.configs += tuple(again)
+        self.counts += tuple(c.num_workers for c in again)
+        self._rounds += 1
+
     def rows(self, summaries: Sequence[ConfigSummary]) -> tuple[ConfigSummary, ...]:
-        """The summaries of the swept configurations, in sweep order (those measured so far)."""
+        """The summaries of the swept configurations, in the order first measured (those measured so far)."""
         by_key = {s.key: s for s in summaries}
-        return tuple(by_key[c.key] for c in self.configs if c.key in by_key and by_key[c.key].batches)
+        keys = dict.fromkeys(c.key for c in self.configs)
+        return tuple(by_key[k] for k in keys if k in by_key and by_key[k].batches)
 

@@ -92,6 +92,17 @@ class SystemSnapshot:
         return tuple(p for p in self.processes if p.role == "worker")
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity where the platform has one, else every logical core.
+
+    The one answer to "how many cores" for every warning, note and recommendation.
+    """
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return psutil.cpu_count() or 1
+
+
 class NvmlReader:
     """Reads NVIDIA GPUs through NVML (``pynvml`` from nvidia-ml-py); initialised once.
 
@@ -203,6 +214,8 @@ class SystemSampler:
             (e.g. ``Trainer.worker_pids``).
         on_sample: called in the sampler thread with each snapshot; keep it cheap.
         read_gpus: set False to skip NVML entirely.
+        on_thread_start: called in the sampling thread before its first sample, with the thread's
+            native id (e.g. to leave the sampler's own CPU out of what training costs).
     """
 
     def __init__(
@@ -212,6 +225,7 @@ class SystemSampler:
         worker_pids: Callable[[], Sequence[int]] = tuple,
         on_sample: Callable[[SystemSnapshot], None] | None = None,
         read_gpus: bool = True,
+        on_thread_start: Callable[[int], None] | None = None,
     ) -> None:
         if interval_s <= 0:
             raise ValueError(f"sampling interval must be > 0 s, got {interval_s}")
@@ -219,6 +233,7 @@ class SystemSampler:
         self._worker_pids = worker_pids
         self._on_sample = on_sample
         self._read_gpus = read_gpus
+        self._on_thread_start = on_thread_start
         self._nvml: NvmlReader | None = None
         self._me = psutil.Process()
         self._procs: dict[int, psutil.Process] = {}
@@ -263,6 +278,8 @@ class SystemSampler:
         return self._latest
 
     def _run(self) -> None:
+        if self._on_thread_start is not None:
+            self._on_thread_start(threading.get_native_id())
         while not self._stop.is_set():
             try:
                 snapshot = self.sample()

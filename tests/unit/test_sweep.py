@@ -143,9 +143,13 @@ def test_sweep_files_have_every_field(tmp_path: Path, capsys: pytest.CaptureFixt
     assert [row["num_workers"] for row in document["rows"]] == [0, 2]
     for row in document["rows"]:
         assert set(ROW_FIELDS) <= set(row)
-        assert row["batches"] == 12 and row["samples_per_s"] > 0 and row["startup_ms"] > 0
+        # A count measured again because the first 12 batches could not tell it apart adds 12 more each time.
+        again = document["measured_longer"].count(row["num_workers"])
+        assert row["batches"] == 12 * (1 + again) and row["samples_per_s"] > 0 and row["startup_ms"] > 0
+        assert row["cpu_s"] > 0 and row["wall_s"] > 0 and row["cpu_s_per_sample"] > 0
     assert document["rows"][1]["cpu_percent"] is not None and document["rows"][1]["rss_mb"] > 0
     assert document["recommended_num_workers"] == 2 and document["complete"] is True
+    assert document["cpu_accounting"] == "accounted" and document["cpu_s_before_first_config"] > 0
     assert document["machine"]["usable_cores"] >= 1 and document["batches_per_count"] == 12
     table = list(csv.DictReader(paths["csv"].read_text().splitlines()))
     assert [r["num_workers"] for r in table] == ["0", "2"] and table[1]["recommended"] == "1"

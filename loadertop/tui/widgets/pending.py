@@ -51,7 +51,11 @@ class PendingBar(ViewWidget):
         if sweep is not None and sweep.state == "running" and not status.state.is_done:
             current = sweep.current
             text.append("sweep ", "bold")
-            text.append(f"{sweep.index + 1}/{len(sweep.counts)}: ", "bold")
+            if sweep.extending:  # the first measurements could not tell these counts apart
+                text.append(f"measuring longer {sweep.index - sweep.planned + 1}/{len(sweep.counts) - sweep.planned}: ",
+                            "bold yellow")
+            else:
+                text.append(f"{sweep.index + 1}/{len(sweep.counts)}: ", "bold")
             text.append(f"{current} worker{'s' if current != 1 else ''}, "
                         f"{sweep.batches_done}/{sweep.batches_per_count} batches ")
             text.append("▕" + meter(sweep.fraction * 100, 12) + "▏", "cyan")
