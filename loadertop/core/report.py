@@ -43,22 +43,20 @@ def _speed_cell(s: ConfigSummary) -> str:
 COLUMNS = (
     Column("batches", lambda s: str(s.batches)),
     Column("load ms", lambda s: _cell(s.load_ms_mean, 1)),
-    Column("load p95", lambda s: _cell(s.load_ms_p95, 1)),
     Column("compute ms", lambda s: _cell(s.compute_ms_mean, 1)),
     Column("iter ms", lambda s: _cell(s.iter_ms_mean, 1)),
     Column("samples/s", _speed_cell),
-    Column("start-up ms", lambda s: _cell(s.startup_ms, 0)),
+    Column("start ms", lambda s: _cell(s.startup_ms, 0)),
     Column("wall s", lambda s: _cell(s.wall_s, 1)),
     Column("CPU s", lambda s: _cell(s.cpu_s, 2)),
-    Column("CPU ms/sample", lambda s: _cell(s.cpu_s_per_sample, 2, 1000.0)),
-    Column("in workers", lambda s: _cell(s.worker_cpu_share, 0, 100.0) + ("%" if s.worker_cpu_share >= 0 else "")),
+    Column("ms/sample", lambda s: _cell(s.cpu_s_per_sample, 2, 1000.0)),
+    Column("wkr share", lambda s: _cell(s.worker_cpu_share, 0, 100.0) + ("%" if s.worker_cpu_share >= 0 else "")),
     Column("CPU %", lambda s: _cell(s.cpu_percent, 0)),
-    Column("peak RSS MB", lambda s: _cell(s.rss_mb, 0)),
+    Column("RSS MB", lambda s: _cell(s.rss_mb, 0)),
 )
 LEGEND = ("* fastest (most samples/s)  + recommended  ± two standard errors  warm-up batches after each (re)start "
-          "excluded\nCPU accounted per configuration for the whole process tree (workers that exited included): "
-          "CPU s in all, CPU ms per delivered sample, the share in worker processes, CPU % = 100 x CPU s / wall s "
-          "(100 = one core)")
+          "excluded\nCPU accounted for the whole process tree (exited workers included): CPU s in all, CPU ms per "
+          "delivered sample,\nthe share in worker processes, CPU % = 100 x CPU s / wall s (100 = one core), RSS MB the peak")
 
 
 def _marks(summary: ConfigSummary, advice: Advice) -> str:
@@ -123,7 +121,7 @@ def markdown_table(summaries: Sequence[ConfigSummary], advice: Advice | None = N
     lines.append("")
     lines.append(f"Recommended: {advice.reason}.")
     lines += [f"- {w}" for w in advice.warnings]
-    lines += ["", LEGEND.replace("\n", "; ") + "."]
+    lines += ["", LEGEND.replace("\n", " ") + "."]
     return "\n".join(lines) + "\n"
 
 

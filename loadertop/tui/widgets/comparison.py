@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from rich.text import Text
 
-from loadertop.core.advice import recommend, verdict
+from loadertop.core.advice import NOISE_Z, recommend, verdict
 from loadertop.core.report import settings_differ
 from loadertop.core.store import ConfigSummary
 from loadertop.tui.widgets.base import ViewWidget
@@ -16,6 +16,12 @@ from loadertop.tui.widgets.base import ViewWidget
 
 def _num(value: float, digits: int = 1) -> str:
     return "-" if math.isnan(value) else f"{value:,.{digits}f}"
+
+
+def _speed(summary: ConfigSummary) -> str:
+    """Samples/s and, once it can be told, ± two standard errors."""
+    spread = NOISE_Z * summary.samples_per_s_sem
+    return _num(summary.samples_per_s, 0) + ("" if math.isnan(spread) else f" ±{spread:,.0f}")
 
 
 @dataclass(frozen=True)
@@ -31,13 +37,15 @@ class Column:
 COLUMNS = (
     Column("workers", 7, lambda s: str(s.num_workers), 0),
     Column("config", 14, lambda s: s.key.split(" ", 1)[1] if " " in s.key else "", 6),
-    Column("batches", 7, lambda s: str(s.batches), 5),
+    Column("batches", 7, lambda s: str(s.batches), 8),
     Column("load ms", 8, lambda s: _num(s.load_ms_mean), 0),
     Column("load p95", 8, lambda s: _num(s.load_ms_p95), 4),
     Column("compute ms", 10, lambda s: _num(s.compute_ms_mean), 0),
     Column("iter ms", 8, lambda s: _num(s.iter_ms_mean), 3),
-    Column("samples/s", 9, lambda s: _num(s.samples_per_s, 0), 0),
+    Column("samples/s", 12, lambda s: _speed(s), 0),
     Column("start-up ms", 11, lambda s: _num(s.startup_ms, 0), 2),
+    Column("CPU/sample", 10, lambda s: "-" if math.isnan(s.cpu_s_per_sample) else f"{s.cpu_s_per_sample * 1000:.2f} ms",
+           1),
     Column("CPU %", 6, lambda s: _num(s.cpu_percent, 0), 1),
     Column("RSS MB", 7, lambda s: _num(s.rss_mb, 0), 1),
     Column("verdict", 13, lambda s: v.label if (v := verdict(s.load_ms_mean, s.compute_ms_mean)) else "-", 7),
@@ -92,8 +100,8 @@ class ComparisonTable(ViewWidget):
             text.append("\n")
         spare = room - len(ordered)
         if spare >= 1:
-            text.append("★ fastest  ◆ recommended  ▶ running   warm-up batches after each (re)start left out; "
-                        "CPU %: 100 = one core", "dim")
+            text.append("★ fastest  ◆ recommended  ▶ running  ± two standard errors  CPU: the whole process tree, "
+                        "accounted (100% = one core)", "dim")
         if spare >= 2:
             text.append("\n◆ ", "bold yellow")
             text.append(advice.reason)
