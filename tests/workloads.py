@@ -193,3 +193,35 @@ def nan_at(step: int = 5) -> Workload:
 
     workload.loss_fn = loss_fn
     return workload
+
+
+class StorageDataset(BurnDataset):
+    """Each sample waits ``sleep_s`` for storage (no CPU), then costs ``cpu_s`` of CPU to decode."""
+
+    def __init__(self, size: int, sleep_s: float, cpu_s: float) -> None:
+        super().__init__(size, cpu_s)
+        self.sleep_s = sleep_s
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        time.sleep(self.sleep_s)
+        return super().__getitem__(index)
+
+
+def _landscape(dataset: torch.utils.data.Dataset, step_s: float, name: str) -> Workload:
+    return Workload(dataset=dataset, model=SlowStepModel(step_s), loss_fn=nn.functional.cross_entropy,
+                    optimizer=lambda params: torch.optim.SGD(params, lr=0.01), name=name, num_threads=1)
+
+
+def sleep_bound() -> Workload:
+    """Loading waits 4 ms per sample (no CPU), the step 2 ms: the best count is far above 2 cores."""
+    return _landscape(SleepDataset(20_000, 0.004), 0.002, "sleep-bound test")
+
+
+def storage_and_cpu() -> Workload:
+    """2 ms of storage latency and 0.5 ms of CPU per sample (issue 12's second sweep)."""
+    return _landscape(StorageDataset(20_000, 0.002, 0.0005), 0.001, "storage + CPU test")
+
+
+def compute_bound() -> Workload:
+    """Loading is almost free (0.05 ms per sample), the step 20 ms: workers cannot help."""
+    return _landscape(SleepDataset(20_000, 0.00005), 0.020, "compute-bound test")

@@ -12,7 +12,7 @@ from loadertop.core.engine import TrainerError
 from loadertop.core.replay import ReplaySession
 from loadertop.tui.app import LoaderTopApp
 from loadertop.tui.screens import ConfigForm, HelpScreen, SweepResult
-from loadertop.tui.widgets import ComparisonTable, ErrorPanel, PendingBar, RunHeader
+from loadertop.tui.widgets import ComparisonTable, ErrorPanel, PendingBar, RunHeader, WorkersPanel
 
 SIZE = (120, 36)
 
@@ -200,7 +200,7 @@ async def test_panels_keep_updating_behind_the_help_screen(replay: ReplaySession
 
 async def test_s_sweeps_esc_cancels_and_the_end_offers_the_recommended_count(replay: ReplaySession) -> None:
     view = replay.view()
-    replay.set_view(dataclasses.replace(view, status=dataclasses.replace(view.status, config=LoaderConfig(4))))
+    replay.set_view(dataclasses.replace(view, status=dataclasses.replace(view.status, config=LoaderConfig(0))))
     app = LoaderTopApp(replay)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("s")
@@ -217,12 +217,13 @@ async def test_s_sweeps_esc_cancels_and_the_end_offers_the_recommended_count(rep
         await pilot.pause()
         assert isinstance(app.screen, SweepResult)
         advice_text = str(app.screen.query_one("#sweep-advice").render())
-        assert "Recommended: 2 workers: 749 samples/s is within 1% of the fastest (4 workers, 756)" in advice_text
-        assert app.pending == LoaderConfig(num_workers=2)
+        assert "Recommended: 4 workers: the fastest measured (336 ± 75 samples/s); but the measurement cannot yet " \
+               "tell whether 2 workers (304 ± 28 samples/s)" in " ".join(advice_text.split())
+        assert app.pending == LoaderConfig(num_workers=4)
         await pilot.press("enter")
         await pilot.pause()
         assert not isinstance(app.screen, SweepResult)
-        assert applied(replay) == [LoaderConfig(num_workers=2)]
+        assert applied(replay) == [LoaderConfig(num_workers=4)]
 
 
 async def test_the_table_marks_the_fastest_and_the_recommended_rows(replay: ReplaySession) -> None:
@@ -231,8 +232,31 @@ async def test_the_table_marks_the_fastest_and_the_recommended_rows(replay: Repl
         await pilot.pause()
         lines = str(app.query_one(ComparisonTable).render()).splitlines()
         rows = {line[3:].split()[0]: line[:3] for line in lines[1:5]}
-        assert rows == {"0": "   ", "1": "   ", "2": " ◆▶", "4": "★  "}
-        assert any(line.startswith("◆ 2 workers: 749 samples/s is within 1% of the fastest") for line in lines)
+        assert rows == {"0": "   ", "1": "   ", "2": "  ▶", "4": "★◆ "}
+        assert any(line.startswith("◆ 4 workers: the fastest measured (336 ± 75 samples/s)") for line in lines)
+        assert lines[3].split()[6:9] == ["304", "±28", "200"]  # samples/s ± two standard errors, start-up ms
+        assert "6.58 ms" in lines[3]  # CPU per delivered sample, accounted
+
+
+async def test_workers_that_exited_stay_dimmed_with_their_lifetime_until_replaced(replay: ReplaySession) -> None:
+    view = replay.view()
+    # Between two epochs: the last sample still shows the old workers, which the trainer has shut down.
+    old = tuple(dataclasses.replace(p, pid=w.pid) if p.role == "worker" else p
+                for p, w in zip(view.system.processes, (None, *view.status.exited_workers), strict=True))
+    between = dataclasses.replace(view, status=dataclasses.replace(view.status, worker_pids=()),
+                                  system=dataclasses.replace(view.system, processes=old))
+    replay.set_view(between)
+    app = LoaderTopApp(replay)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        text = screen_text(app, WorkersPanel)
+        assert "w0     12644 exited after 3.30 s" in text and "w1     12645 exited after 3.30 s" in text
+        assert "new workers for the next epoch; 24 started" in text
+        replay.set_view(view)  # the new workers are sampled: live rows again
+        app.refresh_view()
+        await pilot.pause()
+        text = screen_text(app, WorkersPanel)
+        assert "exited" not in text and "w0     12652" in text and "2 workers, tree CPU" in text
 
 
 async def test_a_tiny_terminal_shows_a_notice_and_resizing_back_restores_the_layout(replay: ReplaySession) -> None:
