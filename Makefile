@@ -24,6 +24,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/sweep.py
 	$(PY) benchmarks/soak.py
+	$(PY) benchmarks/cost.py
 
 screenshots: $(STAMP)
 	$(PY) screenshots/make_screenshots.py

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import statistics
 import threading
 from array import array
 from collections import deque
@@ -30,6 +29,12 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else math.nan
+
+
+def _variance(values: Sequence[float]) -> float:
+    """Sample variance in floats (``statistics.variance`` is exact and slow: this runs at every redraw)."""
+    mean = sum(values) / len(values)
+    return sum((v - mean) ** 2 for v in values) / (len(values) - 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,15 +118,15 @@ def throughput_sem(iters: Sequence[float], refill: Sequence[int], samples: int, 
     refills = [t for t, r in zip(iters, refill, strict=True) if r]
     n = len(iters)
     total = sum(iters)
-    blocks = [statistics.fmean(steady[i:i + block]) for i in range(0, len(steady) - block + 1, block)]
+    blocks = [sum(steady[i:i + block]) / block for i in range(0, len(steady) - block + 1, block)]
     if len(blocks) < 3 or total <= 0:
         return math.nan
-    var_total = len(steady) ** 2 * statistics.variance(blocks) / len(blocks)
+    var_total = len(steady) ** 2 * _variance(blocks) / len(blocks)
     if len(refills) > 1:
-        var_total += len(refills) * statistics.variance(refills)
+        var_total += len(refills) * _variance(refills)
     if refills:
         epoch_starts = max(1, len([1 for a, b in zip((0, *refill), refill) if b and not a]))
-        extra = (sum(refills) - len(refills) * statistics.fmean(steady)) / epoch_starts
+        extra = (sum(refills) - len(refills) * _mean(steady)) / epoch_starts
         var_total += 0.25 * extra ** 2
     mean_iter = total / n
     return (samples / total) * math.sqrt(var_total) / n / mean_iter
@@ -193,7 +198,7 @@ class _ConfigAccumulator:
             starts=len(self.startup_s),
             cpu_percent=100.0 * self.cpu_s / self.wall_s if cost else math.nan,
             rss_mb=self.rss_peak_bytes / (1024 * 1024) if self.rss_peak_bytes else math.nan,
-            iter_ms_std=statistics.stdev(iters) * 1000.0 if len(iters) > 1 else math.nan,
+            iter_ms_std=math.sqrt(_variance(iters)) * 1000.0 if len(iters) > 1 else math.nan,
             wall_s=self.wall_s if cost else math.nan,
             cpu_s=self.cpu_s if cost else math.nan,
             cpu_s_per_sample=self.cpu_s / self.all_samples if cost and self.all_samples else math.nan,
