@@ -33,11 +33,20 @@ def main() -> int:
         epochs=1,
         device="cpu",
     )
-    sampler = SystemSampler(interval_s=args.interval, worker_pids=trainer.worker_pids, on_sample=lambda _s: trainer.sample_cost())
+    clock_cpu_s = [0.0]  # the CPU accounting's reading at each sample (the on_sample callback)
+
+    def account(_snapshot: object) -> None:
+        started = time.thread_time()
+        trainer.sample_cost()
+        clock_cpu_s[0] += time.thread_time() - started
+
+    sampler = SystemSampler(interval_s=args.interval, worker_pids=trainer.worker_pids, on_sample=account)
     trainer.start()
     sampler.start()
+    started = time.monotonic()
     time.sleep(args.seconds)
     snapshot = sampler.latest()
+    clock_fraction = clock_cpu_s[0] / (time.monotonic() - started)
     sampler.stop()
     trainer.close()
     assert snapshot is not None
@@ -46,7 +55,9 @@ def main() -> int:
     print(f"interval {args.interval:g} s, {args.seconds:g} s, {len(snapshot.workers)} workers followed")
     print(f"sampler CPU seconds per wall second: {snapshot.sampler_cpu_fraction:.5f} "
           f"({snapshot.sampler_cpu_fraction * 100:.3f}% of one core; about {per_sample_ms:.2f} ms CPU per sample)")
-    ok = snapshot.sampler_cpu_fraction < 0.02
+    print(f"CPU accounting's reading at each sample: {clock_fraction:.5f} CPU s per wall second; "
+          f"together {snapshot.sampler_cpu_fraction + clock_fraction:.5f}")
+    ok = snapshot.sampler_cpu_fraction + clock_fraction < 0.02
     print("target < 0.02:", "met" if ok else "NOT met")
     return 0 if ok else 1
 
