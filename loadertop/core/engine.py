@@ -618,11 +618,14 @@ class Trainer:
                         self._workers_since = t_iter
                     self._worker_pids = pids
                 outcome, next_config = self._consume(iterator, config, reason, t_iter, requested_at)
-                if outcome == "epoch_end":
+                if outcome in ("epoch_end", "empty"):
                     self._epoch += 1
                     self._position = 0
                     self._batch_in_epoch = 0
-                    reason, requested_at = "epoch", time.perf_counter()
+                    if outcome == "epoch_end":
+                        reason, requested_at = "epoch", time.perf_counter()
+                    # "empty": a (re)start at the very end of an epoch; its first batches, in the next
+                    # epoch, are still its warm-up and its start-up is still measured.
                     if not config.persistent_workers:
                         self._shutdown_workers(iterator)
                         iterator = None
@@ -665,7 +668,8 @@ class Trainer:
         """Train on batches until the epoch ends, a restart is asked or max_batches is reached.
 
         Returns:
-            ``("epoch_end", None)``, ``("restart", new_config)`` or ``("max_batches", None)``.
+            ``("epoch_end", None)``, ``("restart", new_config)``, ``("max_batches", None)``, or
+            ``("empty", None)`` when the loader had nothing left of the epoch (a restart at its very end).
         """
         first = True
         # After a (re)start each worker's first batch was made during start-up, in parallel:
@@ -686,7 +690,7 @@ class Trainer:
             try:
                 batch = next(iterator)
             except StopIteration:
-                return "epoch_end", None
+                return ("empty" if first else "epoch_end"), None
             t1 = time.perf_counter()
             loss, accuracy, samples = self._train_step(batch)
             t2 = time.perf_counter()

@@ -90,6 +90,24 @@ def test_hot_restarts_continue_the_epoch_without_skipping_or_repeating() -> None
     assert no_children_left()
 
 
+def test_a_restart_at_the_very_end_of_an_epoch_still_counts_its_warm_up_and_start_up() -> None:
+    # Asked with the epoch's last batch, the new loader has nothing left of it: its first
+    # batches come from the next epoch and are still its warm-up, its start a restart.
+    def on_record(record: BatchRecord) -> None:
+        if record.step == 5:
+            trainer.restart(trainer.config.with_workers(2))
+
+    trainer = Trainer(workloads.make(size=20), LoaderConfig(num_workers=0, batch_size=4), epochs=3,
+                      device="cpu", on_record=on_record)
+    run_to_end(trainer)
+    records = trainer.store.snapshot().records
+    assert [(r.num_workers, r.epoch, r.batch_in_epoch, r.warmup) for r in records[4:8]] == [
+        (0, 1, 5, False), (2, 2, 1, True), (2, 2, 2, True), (2, 2, 3, False)]
+    assert [(e.reason, e.config.num_workers, e.epoch) for e in trainer.store.starts()][:2] == [
+        ("start", 0, 1), ("restart", 2, 2)]
+    assert no_children_left()
+
+
 def test_last_restart_request_wins_and_pause_resume_stop() -> None:
     trainer = Trainer(
         workloads.make(size=400, sleep_s=0.002), LoaderConfig(num_workers=0, batch_size=4), epochs=50, device="cpu"

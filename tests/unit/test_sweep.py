@@ -39,7 +39,9 @@ def test_io_bound_loading_recommends_the_fewest_workers_that_keep_up_with_the_st
     # A batch of 8 takes 32 ms to load (sleeps, no CPU), the step 20 ms: 1 worker leaves the step waiting,
     # 2 workers make a batch every 16 ms and keep up, 4 cannot do better.
     rows, advice, out = sweep(workloads.io_bound(), (0, 1, 2, 4), batches=30)
-    assert [r.num_workers for r in rows] == [0, 1, 2, 4] and all(r.batches == 30 for r in rows)
+    assert [r.num_workers for r in rows] == [0, 1, 2, 4]
+    # 30 steady batches each, and 30 more each time a count was measured longer to settle the noise.
+    assert all(r.batches == 30 * (1 + out.count(f"[longer] {r.config.describe()}:")) for r in rows), out
     speed = {r.num_workers: r.samples_per_s for r in rows}
     assert speed[1] > 1.2 * speed[0] and speed[2] > 1.3 * speed[1]
     assert advice.recommended_num_workers == 2, out

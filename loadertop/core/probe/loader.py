@@ -1,0 +1,328 @@
+"""``loadertop.DataLoader``: a drop-in ``torch.utils.data.DataLoader`` whose workers can change while a loop runs.
+
+``for batch in loader:`` works as with torch's DataLoader (it *is* one: isinstance checks and
+frameworks keep working). A request to change the worker count (``loader.switch(4)``, from
+any thread) takes effect at the next batch boundary of a running loop: the old workers are
+shut down, new ones started, and the loop receives exactly the batches a stock DataLoader
+would have delivered, in the same order:
+
+- The index stream (the sampler's or batch_sampler's iterator) is created once per epoch, as
+  torch creates it, and handed from one worker generation to the next. Indices the old
+  workers had been sent but whose batches were not yet delivered are issued again, first.
+- A switch consumes no random numbers from the script's generators: the sampler is not
+  re-iterated, and the new workers' base seed comes from a private generator seeded from
+  the old one's, not from ``loader.generator`` or torch's global RNG.
+- An ``IterableDataset`` stream (or ``in_order=False``) cannot be continued exactly in other
+  workers: there the change waits for the next epoch (``LoaderStatus.deferred``).
+
+Each batch is timed: ``load_s`` is the time blocked in ``next()``, ``step_s`` the time from
+the previous ``next()`` returning to this call (whatever the loop did with the batch). Nothing
+else is added to the loop's path: two clock reads and a call of each observer.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import IterableDataset
+
+from loadertop.core.probe import torch_compat
+
+_names = itertools.count(1)
+
+
+@dataclass(frozen=True, slots=True)
+class LoaderBatch:
+    """One batch as the loop received it.
+
+    Attributes:
+        loader: the loader's name.
+        epoch: 1-based: how many times the loop has iterated the loader.
+        batch: 1-based position of the batch within the epoch.
+        num_workers: workers of the generation that delivered it.
+        load_s: seconds blocked in ``next()``.
+        step_s: seconds from the previous batch's ``next()`` returning to this ``next()`` call
+            (the loop's own work with the previous batch); None for an epoch's first batch.
+        time: ``time.monotonic()`` when the batch was handed to the loop.
+    """
+
+    loader: str
+    epoch: int
+    batch: int
+    num_workers: int
+    load_s: float
+    step_s: float | None
+    time: float
+
+
+@dataclass(frozen=True, slots=True)
+class LoaderStatus:
+    """Where a loader stands.
+
+    Attributes:
+        name: its name (``name=`` or its creation site ``file:line``).
+        num_workers: the workers of the running generation (or of the next ``iter()``).
+        pending: a requested worker count not yet applied.
+        deferred: True when the pending change waits for the next epoch (IterableDataset, in_order=False).
+        epoch: iterations started so far.
+        switches: worker changes applied so far.
+        worker_pids: the running generation's worker processes.
+    """
+
+    name: str
+    num_workers: int
+    pending: int | None
+    deferred: bool
+    epoch: int
+    switches: int
+    worker_pids: tuple[int, ...]
+
+
+class DataLoader(torch.utils.data.DataLoader):
+    """``torch.utils.data.DataLoader`` with the same arguments, plus ``name=``; see the module's docstring.
+
+    Args:
+        *args, **kwargs: as for ``torch.utils.data.DataLoader``.
+        name: how the monitor names this loader (default: the ``file:line`` that created it).
+    """
+
+    def __init__(self, *args: Any, name: str | None = None, **kwargs: Any) -> None:
+        torch_compat.install()
+        super().__init__(*args, **kwargs)
+        self.name = name or _creation_site()
+        self._request: int | None = None
+        self._request_lock = threading.Lock()
+        self._observers: list[Callable[[LoaderBatch], None]] = []
+        self._stream_to_hand_out: _IssuedIndices | None = None
+        self._last_stream: _IssuedIndices | None = None
+        self._active: weakref.ref[_SwitchingIterator] | None = None  # weak: a dropped iterator ends its workers
+        self._epoch = 0
+        self._switches = 0
+
+    # -------------------------------------------------------------- public
+
+    def switch(self, num_workers: int) -> None:
+        """Change the worker count at the next batch boundary (or the next epoch; last request wins)."""
+        if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 0:
+            raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
+        with self._request_lock:
+            self._request = num_workers
+        if self._running() is None:  # no loop is running: the next iter() starts with it
+            self._apply_between_epochs()
+
+    def add_observer(self, observer: Callable[[LoaderBatch], None]) -> None:
+        """Call ``observer`` with a ``LoaderBatch`` for every batch the loop receives (in the loop's thread)."""
+        self._observers.append(observer)
+
+    @property
+    def continues_exactly(self) -> bool:
+        """Whether a switch can continue the running epoch exactly (map-style data, batches in order)."""
+        return not isinstance(self.dataset, IterableDataset) and getattr(self, "in_order", True)
+
+    def status(self) -> LoaderStatus:
+        """A frozen view of this loader."""
+        active = self._running()
+        pids = active.worker_pids() if active is not None else ()
+        return LoaderStatus(self.name, self.num_workers, self._request,
+                            self._request is not None and not self.continues_exactly,
+                            self._epoch, self._switches, pids)
+
+    # ------------------------------------------------------ torch's hooks
+
+    @property
+    def _index_sampler(self) -> Any:  # type: ignore[override]
+        """Torch's index sampler, wrapped so that the indices handed to workers are known (map-style data)."""
+        real = super()._index_sampler
+        return _IndexSampler(self, real) if self.continues_exactly else real
+
+    def __iter__(self) -> _SwitchingIterator:  # type: ignore[override]
+        self._apply_between_epochs()
+        self._epoch += 1
+        inner = super().__iter__()
+        iterator = _SwitchingIterator(self, inner, self._last_stream if self.continues_exactly else None)
+        self._active = weakref.ref(iterator)
+        return iterator
+
+    def _running(self) -> _SwitchingIterator | None:
+        """The iterator of the loop in progress, if any."""
+        return self._active() if self._active is not None else None
+
+    # ------------------------------------------------------------ switching
+
+    def _take_request(self) -> int | None:
+        with self._request_lock:
+            request, self._request = self._request, None
+        return request
+
+    def _apply_between_epochs(self) -> None:
+        """No batch is in flight: a pending change just sets the count for the next ``iter()``."""
+        request = self._take_request()
+        if request is None or request == self.num_workers:
+            return
+        old = getattr(self, "_iterator", None)
+        if old is not None:  # persistent workers of the old count
+            torch_compat.shutdown_workers(old)
+            self._iterator = None
+        self._set_workers(request)
+
+    def _set_workers(self, num_workers: int) -> None:
+        self.num_workers = num_workers
+        if num_workers > 0 and self.prefetch_factor is None:
+            self.prefetch_factor = 2
+        self._switches += 1
+
+    def _new_generation(self, stream: _IssuedIndices, base_seed: int) -> Any:
+        """A torch iterator for the current settings that continues ``stream``; no random number drawn."""
+        self._stream_to_hand_out = stream
+        script_generator = self.generator
+        private = torch.Generator()
+        private.manual_seed(base_seed)  # the new workers' base seed, from the old one: not the script's RNG
+        global_state = torch.get_rng_state()
+        try:
+            self.generator = private
+            inner = self._get_iterator()
+        finally:
+            self.generator = script_generator
+            torch.set_rng_state(global_state)
+            self._stream_to_hand_out = None
+        if self.persistent_workers and self.num_workers > 0:
+            self._iterator = inner
+        return inner
+
+
+class _IssuedIndices:
+    """The index stream a torch iterator draws from: it records what it hands out until delivered.
+
+    Args:
+        source: the sampler's (or batch_sampler's) iterator for this epoch.
+        again: indices to issue before the source's: those the previous workers never delivered.
+    """
+
+    def __init__(self, source: Iterator[Any], again: tuple[Any, ...] = ()) -> None:
+        self.source = source
+        self.again = deque(again)
+        self.issued: deque[Any] = deque()  # handed to the loader, not yet delivered, oldest first
+
+    def __iter__(self) -> _IssuedIndices:
+        return self
+
+    def __next__(self) -> Any:
+        item = self.again.popleft() if self.again else next(self.source)
+        self.issued.append(item)
+        return item
+
+    def delivered(self) -> None:
+        """The oldest issued batch reached the loop (batches are delivered in order)."""
+        if self.issued:
+            self.issued.popleft()
+
+    def undelivered(self) -> tuple[Any, ...]:
+        """What must be issued again, in order: sent to the old workers but not delivered, then not yet sent."""
+        return (*self.issued, *self.again)
+
+
+class _IndexSampler:
+    """What ``loader._index_sampler`` returns: the real one, whose iterator is recorded (same length)."""
+
+    def __init__(self, loader: DataLoader, real: Any) -> None:
+        self._loader = loader
+        self._real = real
+
+    def __iter__(self) -> _IssuedIndices:
+        stream = self._loader._stream_to_hand_out
+        if stream is None:  # a new epoch: iterate the sampler exactly as torch would
+            stream = _IssuedIndices(iter(self._real))
+        self._loader._last_stream = stream
+        return stream
+
+    def __len__(self) -> int:
+        return len(self._real)
+
+
+class _SwitchingIterator:
+    """The iterator the loop holds; it keeps one epoch going across worker generations."""
+
+    def __init__(self, loader: DataLoader, inner: Any, stream: _IssuedIndices | None) -> None:
+        self._loader = loader
+        self._inner = inner
+        self._stream = stream
+        self._batch = 0
+        self._returned_at: float | None = None
+
+    def __iter__(self) -> _SwitchingIterator:
+        return self
+
+    def __len__(self) -> int:
+        return len(self._inner)
+
+    def __getattr__(self, name: str) -> Any:  # torch's iterator attributes (``_workers``...) stay reachable
+        return getattr(self._inner, name)
+
+    def worker_pids(self) -> tuple[int, ...]:
+        """Pids of the running generation's workers."""
+        return tuple(w.pid for w in getattr(self._inner, "_workers", ()) if w.pid)
+
+    def __next__(self) -> Any:
+        called = time.perf_counter()
+        loader = self._loader
+        if loader._request is not None and loader.continues_exactly:
+            self._switch()
+            called = time.perf_counter()  # the switch's stall is shown apart, not as this batch's load
+        try:
+            batch = next(self._inner)
+        except StopIteration:
+            if loader._running() is self:
+                loader._active = None
+            raise
+        except Exception:
+            if self._stream is not None:
+                self._stream.delivered()  # a batch that raised was consumed, as with torch's iterator
+            raise
+        returned = time.perf_counter()
+        if self._stream is not None:
+            self._stream.delivered()
+        self._batch += 1
+        record = LoaderBatch(loader.name, loader._epoch, self._batch, loader.num_workers, returned - called,
+                             None if self._returned_at is None else called - self._returned_at, time.monotonic())
+        self._returned_at = returned
+        for observer in loader._observers:
+            observer(record)
+        return batch
+
+    def _switch(self) -> None:
+        """Apply the pending worker count now, between two batches."""
+        loader = self._loader
+        request = loader._take_request()
+        if request is None or request == loader.num_workers or self._stream is None:
+            return
+        old, stream = self._inner, self._stream
+        base_seed = int(getattr(old, "_base_seed", 0))
+        again = stream.undelivered()
+        torch_compat.shutdown_workers(old)
+        if getattr(loader, "_iterator", None) is old:
+            loader._iterator = None
+        loader._set_workers(request)
+        self._stream = _IssuedIndices(stream.source, again)
+        self._inner = loader._new_generation(self._stream, base_seed)
+
+
+def _creation_site() -> str:
+    """``file:line`` of the code that created the loader (outside loadertop and torch)."""
+    here = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+    frame = sys._getframe(2)
+    while frame is not None:
+        path = frame.f_code.co_filename
+        if not path.startswith(here) and f"{os.sep}torch{os.sep}" not in path:
+            return f"{os.path.basename(path)}:{frame.f_lineno}"
+        frame = frame.f_back
+    return f"loader {next(_names)}"

@@ -1,0 +1,72 @@
+"""The one place where loadertop relies on or adjusts PyTorch's private DataLoader API.
+
+``install()`` runs when a loadertop loader or trainer starts (never on ``import loadertop``):
+it checks that the running torch has what loadertop uses and makes one adjustment. A torch
+without them gets one clear message naming the version and what is missing.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import torch
+import torch.utils.data.dataloader as _dataloader
+
+WORKER_CHECK_INTERVAL_S = 1.0
+"""How often a DataLoader waiting for a batch checks that its workers are alive (PyTorch: 5 s).
+
+The SIGCHLD handler that reports a dead worker at once is only installed from the main thread,
+and loadertop may train (and a loop may run) in another one: polling each second finds a killed
+worker fast. The wait's default is bound when PyTorch defines the method, hence both places."""
+
+# What loadertop uses: (owner, attribute) pairs of torch's private DataLoader API.
+_USES = (
+    (_dataloader.DataLoader, "_get_iterator"),
+    (_dataloader.DataLoader, "_index_sampler"),
+    (_dataloader, "_MultiProcessingDataLoaderIter"),
+    (_dataloader, "_BaseDataLoaderIter"),
+    (torch.utils.data._utils, "MP_STATUS_CHECK_INTERVAL"),
+)
+
+_installed = False
+_lock = threading.Lock()
+
+
+class IncompatibleTorch(RuntimeError):
+    """The running torch lacks part of the DataLoader internals loadertop relies on."""
+
+
+def missing() -> list[str]:
+    """The private names loadertop needs that this torch does not have."""
+    absent = [f"{getattr(owner, '__name__', owner)}.{name}" for owner, name in _USES if not hasattr(owner, name)]
+    multi = getattr(_dataloader, "_MultiProcessingDataLoaderIter", None)
+    if multi is not None and not hasattr(multi, "_shutdown_workers"):
+        absent.append("_MultiProcessingDataLoaderIter._shutdown_workers")
+    return absent
+
+
+def install() -> None:
+    """Check this torch once and shorten the worker-liveness poll; raise ``IncompatibleTorch`` if it cannot work."""
+    global _installed
+    with _lock:
+        if _installed:
+            return
+        absent = missing()
+        if absent:
+            raise IncompatibleTorch(
+                f"loadertop cannot instrument DataLoaders of torch {torch.__version__}: it lacks {', '.join(absent)} "
+                "(loadertop is tested with torch 2.4 to 2.14)"
+            )
+        torch.utils.data._utils.MP_STATUS_CHECK_INTERVAL = WORKER_CHECK_INTERVAL_S
+        multi = _dataloader._MultiProcessingDataLoaderIter
+        if getattr(multi._try_get_data, "__defaults__", None):
+            multi._try_get_data.__defaults__ = (WORKER_CHECK_INTERVAL_S,)
+        _installed = True
+
+
+def shutdown_workers(iterator: Any) -> None:
+    """Stop a DataLoader iterator's worker processes now (and reap them), not whenever it is collected."""
+    shutdown = getattr(iterator, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()

@@ -1,0 +1,207 @@
+"""loadertop.DataLoader: the batches a stock DataLoader delivers, in order, across worker switches; no RNG drawn."""
+
+from __future__ import annotations
+
+import inspect
+import random
+from collections.abc import Callable, Iterator
+
+import pytest
+import torch
+from torch.utils.data import DistributedSampler, IterableDataset, Sampler, WeightedRandomSampler
+
+import loadertop
+from loadertop.core.calibrated import SleepDataset
+from loadertop.core.probe.loader import DataLoader, LoaderBatch
+from tests.helpers import no_children_left
+
+SIZE = 50
+
+
+def run(make: Callable[..., torch.utils.data.DataLoader], switches: dict[int, int], *, epochs: int = 2,
+        limit: int | None = None) -> tuple[list[list[int]], torch.Tensor, list[int]]:
+    """Iterate ``epochs`` epochs (or ``limit`` batches), switching after the batches named; what was seen.
+
+    Returns the sample indices of every batch, three draws of torch's global RNG afterwards (the
+    script's later randomness), and the worker count that delivered each batch.
+    """
+    torch.manual_seed(1234)
+    loader = make()
+    seen: list[list[int]] = []
+    workers: list[int] = []
+    if isinstance(loader, DataLoader):
+        loader.add_observer(lambda batch: workers.append(batch.num_workers))
+    for epoch in range(epochs):
+        sampler = getattr(loader, "sampler", None)
+        if isinstance(sampler, DistributedSampler):
+            sampler.set_epoch(epoch)
+        for batch in loader:
+            x = batch[0] if isinstance(batch, (list, tuple)) else batch
+            seen.append(x.reshape(-1).long().tolist())
+            if len(seen) in switches:
+                loader.switch(switches[len(seen)])
+            if limit is not None and len(seen) >= limit:
+                break
+    return seen, torch.rand(3), workers
+
+
+# Each case: how to build the loader (stock torch or loadertop's class), and where its workers start.
+def shuffled(cls: type, workers: int = 0, **extra) -> torch.utils.data.DataLoader:
+    return cls(SleepDataset(SIZE, 0.0), batch_size=4, shuffle=True, num_workers=workers, **extra)
+
+
+def with_generator(cls: type, workers: int = 0) -> torch.utils.data.DataLoader:
+    return shuffled(cls, workers, generator=torch.Generator().manual_seed(7))
+
+
+def distributed(cls: type, workers: int = 0) -> torch.utils.data.DataLoader:
+    dataset = SleepDataset(SIZE, 0.0)
+    return cls(dataset, batch_size=4, sampler=DistributedSampler(dataset, num_replicas=1, rank=0, seed=3),
+               num_workers=workers)
+
+
+def weighted(cls: type, workers: int = 0) -> torch.utils.data.DataLoader:
+    weights = [1.0 + (i % 5) for i in range(SIZE)]
+    return cls(SleepDataset(SIZE, 0.0), batch_size=4, sampler=WeightedRandomSampler(weights, 40), num_workers=workers)
+
+
+class Buckets(Sampler[list[int]]):
+    """A custom batch_sampler: batches of 3, 5 and 7 indices in turn, shuffled from the global RNG."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = torch.randperm(self.size).tolist()
+        sizes = [3, 5, 7]
+        i = k = 0
+        while i < self.size:
+            yield order[i:i + sizes[k % 3]]
+            i += sizes[k % 3]
+            k += 1
+
+    def __len__(self) -> int:
+        return 9
+
+
+def custom_batches(cls: type, workers: int = 0) -> torch.utils.data.DataLoader:
+    return cls(SleepDataset(SIZE, 0.0), batch_sampler=Buckets(SIZE), num_workers=workers)
+
+
+class Forever(Sampler[int]):
+    """An infinite sampler (step-based training): random indices forever."""
+
+    def __iter__(self) -> Iterator[int]:
+        while True:
+            yield int(torch.randint(SIZE, ()).item())
+
+
+def infinite(cls: type, workers: int = 0) -> torch.utils.data.DataLoader:
+    return cls(SleepDataset(SIZE, 0.0), batch_size=4, sampler=Forever(), num_workers=workers)
+
+
+def unbatched(cls: type, workers: int = 0) -> torch.utils.data.DataLoader:
+    return cls(SleepDataset(SIZE, 0.0), batch_size=None, shuffle=True, num_workers=workers)
+
+
+def persistent(cls: type, workers: int = 2) -> torch.utils.data.DataLoader:
+    return shuffled(cls, workers, persistent_workers=True, prefetch_factor=3)
+
+
+CASES = {
+    "RandomSampler from the global RNG": (shuffled, {3: 2, 9: 1, 14: 0, 20: 2}),
+    "RandomSampler with its own generator": (with_generator, {2: 1, 7: 3}),
+    "DistributedSampler": (distributed, {4: 2, 17: 1}),
+    "WeightedRandomSampler": (weighted, {1: 2, 6: 0}),
+    "a custom batch_sampler": (custom_batches, {2: 2, 5: 1, 12: 2}),
+    "batch_size=None": (unbatched, {10: 2, 30: 1}),
+    "persistent workers, prefetch 3": (persistent, {5: 1, 8: 3, 16: 0}),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_switches_deliver_exactly_the_stock_batches_and_draw_no_random_numbers(case: str) -> None:
+    make, switches = CASES[case]
+    stock, stock_rng, _ = run(lambda: make(torch.utils.data.DataLoader), {})
+    ours, our_rng, workers = run(lambda: make(DataLoader), switches)
+    assert ours == stock  # every batch, in order: none lost, none repeated
+    assert torch.equal(our_rng, stock_rng)  # the script's later randomness is untouched
+    # The switches really happened where asked: the batch after each one came from the new count.
+    for after, count in switches.items():
+        assert workers[after] == count, (after, workers)
+    assert no_children_left()
+
+
+def test_an_infinite_sampler_keeps_its_stream_across_switches() -> None:
+    stock, stock_rng, _ = run(lambda: infinite(torch.utils.data.DataLoader), {}, epochs=1, limit=30)
+    ours, our_rng, workers = run(lambda: infinite(DataLoader), {5: 2, 15: 1}, epochs=1, limit=30)
+    assert ours == stock and torch.equal(our_rng, stock_rng)
+    assert workers[5] == 2 and workers[15] == 1
+    assert no_children_left()
+
+
+def test_it_is_a_torch_dataloader_with_the_same_length_and_a_name() -> None:
+    loader = DataLoader(SleepDataset(SIZE, 0.0), batch_size=4)
+    line = inspect.currentframe().f_lineno - 1
+    assert isinstance(loader, torch.utils.data.DataLoader) and loadertop.DataLoader is DataLoader
+    assert len(loader) == len(torch.utils.data.DataLoader(SleepDataset(SIZE, 0.0), batch_size=4)) == 13
+    assert loader.name == f"test_dropin_loader.py:{line}"  # the line that created it
+    assert DataLoader(SleepDataset(4, 0.0), name="val").name == "val"
+    with pytest.raises(ValueError, match="num_workers must be an integer >= 0"):
+        loader.switch(-1)
+
+
+def test_a_switch_between_epochs_applies_at_the_next_iter() -> None:
+    loader = DataLoader(SleepDataset(8, 0.0), batch_size=4, num_workers=0)
+    list(loader)
+    loader.switch(2)
+    assert loader.num_workers == 2 and loader.status().pending is None
+    records: list[LoaderBatch] = []
+    loader.add_observer(records.append)
+    list(loader)
+    assert [r.num_workers for r in records] == [2, 2] and [r.batch for r in records] == [1, 2]
+    assert records[0].step_s is None and records[1].step_s is not None and records[1].load_s >= 0
+    assert no_children_left()
+
+
+class Stream(IterableDataset):
+    """An IterableDataset: 0..n-1, split between workers by worker id."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __iter__(self) -> Iterator[int]:
+        info = torch.utils.data.get_worker_info()
+        start, step = (info.id, info.num_workers) if info is not None else (0, 1)
+        return iter(range(start, self.n, step))
+
+
+def test_an_iterable_dataset_changes_workers_at_the_next_epoch_and_says_so() -> None:
+    loader = DataLoader(Stream(12), batch_size=3, num_workers=0)
+    first: list[list[int]] = []
+    for batch in loader:
+        first.append(batch.tolist())
+        if len(first) == 1:
+            loader.switch(2)
+            assert loader.status().deferred and loader.status().pending == 2
+    assert first == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]]  # the stream was not cut mid-epoch
+    second = [batch.tolist() for batch in loader]
+    assert loader.num_workers == 2 and not loader.status().deferred
+    assert sorted(sum(second, [])) == list(range(12))
+    assert no_children_left()
+
+
+def test_python_and_global_rng_untouched_by_a_switch_with_workers() -> None:
+    random.seed(5)
+    torch.manual_seed(5)
+    loader = DataLoader(SleepDataset(40, 0.0), batch_size=4, shuffle=True, num_workers=1)
+    it = iter(loader)
+    next(it)
+    python_state, torch_state = random.getstate(), torch.get_rng_state()
+    loader.switch(3)
+    next(it)
+    assert random.getstate() == python_state and torch.equal(torch.get_rng_state(), torch_state)
+    assert len(it.worker_pids()) == 3
+    del it
+    loader.switch(0)
+    assert no_children_left()
