@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from loadertop.core.config import LoaderConfig
 from loadertop.core.cost import TreeCpuClock
+from loadertop.core.probe import torch_compat
 from loadertop.core.records import BatchRecord, StartEvent
 from loadertop.core.sampler import ResumableSampler
 from loadertop.core.store import MetricsStore
@@ -134,23 +135,6 @@ def _ignore_sigint_in_worker(worker_id: int) -> None:
     """Workers leave Ctrl+C to the main process, which shuts them down in order."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
-
-def _shutdown_iterator(iterator: Any) -> None:
-    """Stop a DataLoader iterator's worker processes now, not whenever it is collected."""
-    shutdown = getattr(iterator, "_shutdown_workers", None)
-    if shutdown is not None:
-        shutdown()
-
-
-# How often a DataLoader waiting for a batch checks that its workers are alive (PyTorch: 5 s).
-# The SIGCHLD handler that reports a dead worker at once is only installed from the main
-# thread, and loadertop trains in another one: polling each second finds a killed worker fast.
-# (The wait's default is bound when PyTorch defines the method, hence both places.)
-WORKER_CHECK_INTERVAL_S = 1.0
-torch.utils.data._utils.MP_STATUS_CHECK_INTERVAL = WORKER_CHECK_INTERVAL_S
-_multiprocessing_iter = getattr(torch.utils.data.dataloader, "_MultiProcessingDataLoaderIter", None)
-if _multiprocessing_iter is not None and getattr(_multiprocessing_iter._try_get_data, "__defaults__", None):
-    _multiprocessing_iter._try_get_data.__defaults__ = (WORKER_CHECK_INTERVAL_S,)
 
 _SIGNAL_CAUSES = {
     signal.SIGKILL: "likely the kernel's out-of-memory killer (see dmesg); fewer workers or smaller batches "
@@ -500,7 +484,7 @@ class Trainer:
         if self._cost_open and self._worker_pids:
             self.store.tick_cost(self.cpu_clock.read())
         with self.cpu_clock.lock:
-            _shutdown_iterator(iterator)
+            torch_compat.shutdown_workers(iterator)
         ended = time.perf_counter()
         with self._lock:
             if self._worker_pids:
@@ -538,6 +522,7 @@ class Trainer:
             self._done.set()
 
     def _prepare(self) -> None:
+        torch_compat.install()  # the worker-liveness poll; a torch loadertop cannot drive stops here in words
         if self._optimizer is not None:  # a run started again keeps its model and optimizer
             return
         if self.workload.num_threads is not None:

@@ -133,9 +133,12 @@ def test_switches_deliver_exactly_the_stock_batches_and_draw_no_random_numbers(c
 
 
 def test_an_infinite_sampler_keeps_its_stream_across_switches() -> None:
-    stock, stock_rng, _ = run(lambda: infinite(torch.utils.data.DataLoader), {}, epochs=1, limit=30)
-    ours, our_rng, workers = run(lambda: infinite(DataLoader), {5: 2, 15: 1}, epochs=1, limit=30)
-    assert ours == stock and torch.equal(our_rng, stock_rng)
+    stock, _, _ = run(lambda: infinite(torch.utils.data.DataLoader), {}, epochs=1, limit=30)
+    ours, _, workers = run(lambda: infinite(DataLoader), {5: 2, 15: 1}, epochs=1, limit=30)
+    # The same stream. (This sampler draws from the global RNG as it is pulled, and workers pull
+    # ahead by prefetch_factor x num_workers: there the script's later draws depend on the worker
+    # count in stock torch too, so they are not compared.)
+    assert ours == stock
     assert workers[5] == 2 and workers[15] == 1
     assert no_children_left()
 
@@ -187,7 +190,7 @@ def test_an_iterable_dataset_changes_workers_at_the_next_epoch_and_says_so() -> 
     assert first == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]]  # the stream was not cut mid-epoch
     second = [batch.tolist() for batch in loader]
     assert loader.num_workers == 2 and not loader.status().deferred
-    assert sorted(sum(second, [])) == list(range(12))
+    assert sorted(i for batch in second for i in batch) == list(range(12))
     assert no_children_left()
 
 

@@ -187,13 +187,13 @@ class DataLoader(torch.utils.data.DataLoader):
         script_generator = self.generator
         private = torch.Generator()
         private.manual_seed(base_seed)  # the new workers' base seed, from the old one: not the script's RNG
-        global_state = torch.get_rng_state()
         try:
             self.generator = private
+            # Not torch's global RNG state saved and restored around this: a sampler that draws as it
+            # goes (an infinite one) is pulled for the new workers' first batches here, and must stay pulled.
             inner = self._get_iterator()
         finally:
             self.generator = script_generator
-            torch.set_rng_state(global_state)
             self._stream_to_hand_out = None
         if self.persistent_workers and self.num_workers > 0:
             self._iterator = inner
