@@ -1,19 +1,45 @@
-"""loadertop: top for your PyTorch DataLoader."""
+"""loadertop: top for your PyTorch DataLoader.
 
-from loadertop.core.config import ConfigError, LoaderConfig
-from loadertop.core.engine import Trainer, TrainerState
-from loadertop.core.probe.loader import DataLoader
-from loadertop.core.store import MetricsStore
-from loadertop.core.workload import Workload, WorkloadError
+The names below are imported on first use: ``import loadertop`` itself loads no torch, so the
+launcher's bootstrap in every process of a script, the protocol and the TUI stay light.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from loadertop.core.config import ConfigError as ConfigError
+    from loadertop.core.config import LoaderConfig as LoaderConfig
+    from loadertop.core.engine import Trainer as Trainer
+    from loadertop.core.engine import TrainerState as TrainerState
+    from loadertop.core.probe.loader import DataLoader as DataLoader
+    from loadertop.core.store import MetricsStore as MetricsStore
+    from loadertop.core.workload import Workload as Workload
+    from loadertop.core.workload import WorkloadError as WorkloadError
+
+_WHERE = {
+    "ConfigError": "loadertop.core.config",
+    "DataLoader": "loadertop.core.probe.loader",
+    "LoaderConfig": "loadertop.core.config",
+    "MetricsStore": "loadertop.core.store",
+    "Trainer": "loadertop.core.engine",
+    "TrainerState": "loadertop.core.engine",
+    "Workload": "loadertop.core.workload",
+    "WorkloadError": "loadertop.core.workload",
+}
 
 __all__ = [
-    "ConfigError",
-    "DataLoader",
-    "LoaderConfig",
-    "MetricsStore",
-    "Trainer",
-    "TrainerState",
-    "Workload",
-    "WorkloadError",
+    "ConfigError", "DataLoader", "LoaderConfig", "MetricsStore", "Trainer", "TrainerState", "Workload", "WorkloadError",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'loadertop' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

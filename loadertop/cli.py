@@ -184,12 +184,57 @@ def _fail(message: str, err: IO[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``loadertop`` command; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    script = None
+    if "--" in argv:  # loadertop run [options] -- COMMAND [ARGS...]: the command is not ours to parse
+        split = argv.index("--")
+        argv, script = argv[:split], argv[split + 1:]
+    parser = build_parser()
+    args = parser.parse_args(argv)
     err = sys.stderr
     try:
+        if script is not None:
+            workers_given = any(a == "--workers" or a.startswith("--workers=") for a in argv)
+            return _launch(args, script, parser, workers_given=workers_given)
         return _dispatch(args)
     except UsageError as exc:
         return _fail(str(exc), err)
+
+
+# Options that shape the built-in training; a script's loaders keep the script's own settings.
+_BUILT_IN_ONLY = ("batch_size", "epochs", "device", "workload", "dataset", "pin_memory", "persistent_workers",
+                  "prefetch_factor", "start_method", "timeout", "on_nan", "threads", "seed", "data", "io_latency_ms",
+                  "max_batches")
+
+
+def _launch(args: argparse.Namespace, script: list[str], parser: argparse.ArgumentParser, *,
+            workers_given: bool) -> int:
+    """``loadertop run --headless [--workers N] [--switch S:N] [--record F] -- COMMAND``."""
+    from loadertop.core.launcher import LaunchError, launch
+
+    if args.command != "run":
+        raise UsageError("a command after '--' goes with loadertop run: loadertop run --headless -- python train.py")
+    defaults = parser.parse_args([])
+    for name in _BUILT_IN_ONLY:
+        if getattr(args, name, None) != getattr(defaults, name, None):
+            option = "--" + name.replace("_", "-")
+            raise UsageError(f"{option} applies to the built-in workload; a script's loaders keep its own settings "
+                             "(--workers, --switch and --record act on them)")
+    if not args.headless:
+        raise UsageError("loadertop run -- COMMAND needs --headless for now: the monitor for scripts "
+                         "(its own process, over a socket) is not built yet")
+    switches = dict(args.switch)
+    if len(switches) != len(args.switch):
+        raise UsageError("--switch: each STEP may be given once")
+    if args.record == "-":
+        raise UsageError("--record needs a file with a script: its stdout is the script's")
+    if args.record:
+        _open_output(args.record, "--record").close()  # a bad path is refused here, in one line
+    workers = args.workers if workers_given else None
+    try:
+        return launch(script, workers=workers, switches=switches, record=args.record)
+    except LaunchError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def run() -> NoReturn:

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from loadertop.core.config import LoaderConfig
 from loadertop.core.cost import TreeCpuClock
 from loadertop.core.probe import torch_compat
+from loadertop.core.probe.loader import batch_len
 from loadertop.core.records import BatchRecord, StartEvent
 from loadertop.core.sampler import ResumableSampler
 from loadertop.core.store import MetricsStore
@@ -771,7 +772,7 @@ class Trainer:
         ):
             with torch.no_grad():
                 accuracy = (output.argmax(dim=1) == targets).float().mean()
-        return loss, accuracy, _batch_len(targets if isinstance(targets, torch.Tensor) else inputs)
+        return loss, accuracy, batch_len(targets if isinstance(targets, torch.Tensor) else inputs)
 
     def _step_fn_loss(self, model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, Any, int]:
         """Any other batch: the workload's ``step_fn(model, batch)`` gives the loss, or ``(loss, accuracy)``."""
@@ -782,7 +783,7 @@ class Trainer:
             raise TypeError(
                 f"step_fn must return the loss as a scalar tensor (or (loss, accuracy)), got {type(loss).__name__}"
             )
-        return loss, accuracy, _batch_len(batch)
+        return loss, accuracy, batch_len(batch)
 
     def _describe_error(self, exc: BaseException) -> TrainerError:
         detail = "".join(traceback.format_exception(exc))
@@ -825,13 +826,3 @@ def _to_device(value: Any, device: torch.device, non_blocking: bool) -> Any:
     if isinstance(value, dict):
         return {k: _to_device(v, device, non_blocking) for k, v in value.items()}
     return value
-
-
-def _batch_len(value: Any) -> int:
-    if isinstance(value, torch.Tensor):
-        return int(value.shape[0]) if value.ndim else 1
-    if isinstance(value, (tuple, list)) and value:
-        return _batch_len(value[0])
-    if isinstance(value, dict) and value:
-        return _batch_len(next(iter(value.values())))
-    return 1

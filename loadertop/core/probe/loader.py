@@ -22,6 +22,7 @@ else is added to the loop's path: two clock reads and a call of each observer.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import os
 import sys
@@ -50,16 +51,18 @@ class LoaderBatch:
         epoch: 1-based: how many times the loop has iterated the loader.
         batch: 1-based position of the batch within the epoch.
         num_workers: workers of the generation that delivered it.
+        samples: samples in the batch (the length of its first tensor).
         load_s: seconds blocked in ``next()``.
         step_s: seconds from the previous batch's ``next()`` returning to this ``next()`` call
             (the loop's own work with the previous batch); None for an epoch's first batch.
-        time: ``time.monotonic()`` when the batch was handed to the loop.
+        time: wall-clock time (UNIX seconds) when the batch was handed to the loop.
     """
 
     loader: str
     epoch: int
     batch: int
     num_workers: int
+    samples: int
     load_s: float
     step_s: float | None
     time: float
@@ -88,6 +91,17 @@ class LoaderStatus:
     worker_pids: tuple[int, ...]
 
 
+class CreationHook:
+    """What a launcher does with every loader a script creates (see ``DataLoader.creation_hook``)."""
+
+    def arguments(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        """The constructor's arguments by name (``torch.utils.data.DataLoader``'s), possibly changed."""
+        return arguments
+
+    def created(self, loader: DataLoader) -> None:
+        """``loader`` is built."""
+
+
 class DataLoader(torch.utils.data.DataLoader):
     """``torch.utils.data.DataLoader`` with the same arguments, plus ``name=``; see the module's docstring.
 
@@ -96,8 +110,16 @@ class DataLoader(torch.utils.data.DataLoader):
         name: how the monitor names this loader (default: the ``file:line`` that created it).
     """
 
+    creation_hook: CreationHook | None = None
+    """Set by the launcher in a script it runs: sees (and may change) every loader's arguments."""
+
     def __init__(self, *args: Any, name: str | None = None, **kwargs: Any) -> None:
         torch_compat.install()
+        hook = DataLoader.creation_hook
+        if hook is not None:
+            bound = _TORCH_SIGNATURE.bind(self, *args, **kwargs)
+            arguments = hook.arguments({k: v for k, v in bound.arguments.items() if k != "self"})
+            args, kwargs = (), arguments
         super().__init__(*args, **kwargs)
         self.name = name or _creation_site()
         self._request: int | None = None
@@ -108,6 +130,8 @@ class DataLoader(torch.utils.data.DataLoader):
         self._active: weakref.ref[_SwitchingIterator] | None = None  # weak: a dropped iterator ends its workers
         self._epoch = 0
         self._switches = 0
+        if hook is not None:
+            hook.created(self)
 
     # -------------------------------------------------------------- public
 
@@ -292,8 +316,9 @@ class _SwitchingIterator:
         if self._stream is not None:
             self._stream.delivered()
         self._batch += 1
-        record = LoaderBatch(loader.name, loader._epoch, self._batch, loader.num_workers, returned - called,
-                             None if self._returned_at is None else called - self._returned_at, time.monotonic())
+        record = LoaderBatch(loader.name, loader._epoch, self._batch, loader.num_workers, batch_len(batch),
+                             returned - called,
+                             None if self._returned_at is None else called - self._returned_at, time.time())
         self._returned_at = returned
         for observer in loader._observers:
             observer(record)
@@ -314,6 +339,20 @@ class _SwitchingIterator:
         loader._set_workers(request)
         self._stream = _IssuedIndices(stream.source, again)
         self._inner = loader._new_generation(self._stream, base_seed)
+
+
+_TORCH_SIGNATURE = inspect.signature(torch.utils.data.DataLoader.__init__)
+
+
+def batch_len(value: Any) -> int:
+    """Samples in a batch: the length of its first tensor (in a tuple, list or dict), else 1."""
+    if isinstance(value, torch.Tensor):
+        return int(value.shape[0]) if value.ndim else 1
+    if isinstance(value, (tuple, list)) and value:
+        return batch_len(value[0])
+    if isinstance(value, dict) and value:
+        return batch_len(next(iter(value.values())))
+    return 1
 
 
 def _creation_site() -> str:

@@ -1,0 +1,261 @@
+"""Inside a script that ``loadertop run -- COMMAND`` started: every DataLoader becomes loadertop's.
+
+The launcher puts ``bootstrap/`` on the script's PYTHONPATH and its settings in the
+``LOADERTOP_PROBE`` environment variable. ``bootstrap/sitecustomize.py`` calls
+``install_from_environment``, which waits for the script to import torch (nothing is imported
+before: a script that never imports torch runs as it would) and then makes
+``torch.utils.data.DataLoader`` loadertop's drop-in class. The first process of the run that
+imports torch claims it (the script, not a spawned DataLoader worker); there ``--workers``
+sets every loader's worker count, ``--switch`` changes the training loader's (the first one
+created) after the batches named, and each batch goes to ``--record`` and to loadertop's lines
+on stderr through a bounded queue and a writer thread: the loop never waits on the writing.
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import json
+import os
+import queue
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import IO, Any
+
+ENV = "LOADERTOP_PROBE"
+QUEUE_LIMIT = 10_000
+"""Batches waiting for the writer thread; past that they are dropped (and counted), never waited for."""
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    """What the launcher asks of the script's loaders (``LOADERTOP_PROBE``, JSON).
+
+    Attributes:
+        workers: every loader's worker count instead of the script's (None: the script's own).
+        switches: ``{batches: workers}``: switch the training loader after that many of its batches.
+        record: a JSONL file for one object per batch (None: none).
+        claim: a path the first process to import torch creates, to be the one that acts.
+    """
+
+    workers: int | None = None
+    switches: dict[int, int] = field(default_factory=dict)
+    record: str | None = None
+    claim: str | None = None
+
+    def to_environment(self) -> str:
+        """The value of ``LOADERTOP_PROBE``."""
+        return json.dumps({"workers": self.workers, "switches": {str(k): v for k, v in self.switches.items()},
+                           "record": self.record, "claim": self.claim})
+
+    @classmethod
+    def from_environment(cls, text: str) -> ProbeSettings:
+        """Parse ``LOADERTOP_PROBE``."""
+        data = json.loads(text)
+        return cls(workers=data.get("workers"), switches={int(k): int(v) for k, v in data.get("switches", {}).items()},
+                   record=data.get("record"), claim=data.get("claim"))
+
+
+def install_from_environment() -> None:
+    """Instrument torch's DataLoader as soon as the script imports torch (from sitecustomize)."""
+    settings = ProbeSettings.from_environment(os.environ[ENV])
+    if "torch" in sys.modules:
+        _instrument(settings)
+    else:
+        sys.meta_path.insert(0, _AfterImport("torch", lambda _module: _instrument(settings)))
+
+
+def _instrument(settings: ProbeSettings) -> None:
+    import torch.utils.data
+
+    from loadertop.core.probe.loader import DataLoader
+
+    torch.utils.data.DataLoader = DataLoader  # type: ignore[misc]
+    if _claim(settings.claim):
+        DataLoader.creation_hook = LaunchedRun(settings)
+
+
+def _claim(path: str | None) -> bool:
+    """Be the process of the run that acts on its loaders: the first to get here (atomic create)."""
+    if path is None:
+        return True
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        return False
+    except OSError:
+        return False
+    return True
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Runs ``then(module)`` once module ``name`` has been imported, without changing how it is found."""
+
+    def __init__(self, name: str, then: Callable[[ModuleType], None]) -> None:
+        self.name = name
+        self.then = then
+        self._finding = False
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+        if fullname != self.name or self._finding:
+            return None
+        self._finding = True
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            self._finding = False
+        if spec is None or spec.loader is None:
+            return None
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        spec.loader = _ThenLoader(spec.loader, self.then)
+        return spec
+
+
+class _ThenLoader(importlib.abc.Loader):
+    """A module loader that calls ``then(module)`` after the module ran; everything else is the original's."""
+
+    def __init__(self, loader: Any, then: Callable[[ModuleType], None]) -> None:
+        self._loader = loader
+        self._then = then
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        self._loader.exec_module(module)
+        try:
+            self._then(module)
+        except Exception as exc:  # noqa: BLE001 - the script must run even when loadertop cannot watch it
+            print(f"loadertop: cannot instrument DataLoaders ({type(exc).__name__}: {exc}); the script runs "
+                  "unwatched", file=sys.stderr)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loader, name)
+
+
+class LaunchedRun:
+    """The creation hook of a launched script: settings applied, every batch recorded and summed up."""
+
+    def __init__(self, settings: ProbeSettings) -> None:
+        self.settings = settings
+        self.loaders: list[Any] = []
+        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(QUEUE_LIMIT)
+        self.dropped = 0
+        self._steps: dict[str, int] = {}
+        self._record: IO[str] | None = open(settings.record, "w", encoding="utf-8") if settings.record else None  # noqa: SIM115
+        self._writer = threading.Thread(target=self._write, name="loadertop-writer", daemon=True)
+        self._writer.start()
+        atexit.register(self.close)
+
+    # ---------------------------------------------------------------- hook
+
+    def arguments(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        """``--workers`` replaces the script's count; settings that need workers are dropped at 0."""
+        workers = self.settings.workers
+        if workers is None:
+            return arguments
+        arguments = dict(arguments, num_workers=workers)
+        if workers == 0:
+            for name, neutral in (("prefetch_factor", None), ("persistent_workers", False),
+                                  ("multiprocessing_context", None), ("timeout", 0)):
+                if name in arguments:
+                    arguments[name] = neutral
+        return arguments
+
+    def created(self, loader: Any) -> None:
+        """Watch ``loader``; the first one created is the training loader that ``--switch`` addresses."""
+        training = not self.loaders
+        self.loaders.append(loader)
+        self._steps[loader.name] = 0
+        loader.add_observer(lambda batch: self._on_batch(loader, batch, training))
+        role = " (training: --switch applies to it)" if training else ""
+        self._say(f"DataLoader {loader.name}: {_workers(loader.num_workers)}, batch {loader.batch_size}{role}")
+
+    # -------------------------------------------------------- loop thread
+
+    def _on_batch(self, loader: Any, batch: Any, training: bool) -> None:
+        step = self._steps[loader.name] = self._steps[loader.name] + 1
+        self._put(("batch", (step, batch)))
+        if training and step in self.settings.switches:
+            workers = self.settings.switches[step]
+            loader.switch(workers)
+            self._put(("say", f"{loader.name}: switching {batch.num_workers} -> {_workers(workers)} after batch {step}"))
+
+    def _put(self, item: tuple[str, Any]) -> None:
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            self.dropped += 1
+
+    # ------------------------------------------------------- writer thread
+
+    def _write(self) -> None:
+        sums: dict[tuple[str, int], list[float]] = {}  # (loader, workers) -> [batches, load_s, step_s, samples]
+        epochs: dict[str, tuple[int, list[float]]] = {}  # loader -> (epoch, [batches, load_s, step_s, samples])
+        while True:
+            kind, payload = self._queue.get()
+            if kind == "close":
+                self._summary(sums)
+                return
+            if kind == "say":
+                self._say(payload)
+                continue
+            step, batch = payload
+            if self._record is not None:
+                self._record.write(json.dumps({
+                    "loader": batch.loader, "step": step, "epoch": batch.epoch, "batch": batch.batch,
+                    "num_workers": batch.num_workers, "samples": batch.samples,
+                    "load_ms": round(batch.load_s * 1000, 4),
+                    "step_ms": None if batch.step_s is None else round(batch.step_s * 1000, 4),
+                    "time": round(batch.time, 6)}) + "\n")
+                self._record.flush()
+            current = epochs.get(batch.loader)
+            if current is not None and current[0] != batch.epoch:
+                self._say(f"{batch.loader} epoch {current[0]}: " + _describe(*current[1]))
+            if current is None or current[0] != batch.epoch:
+                current = epochs[batch.loader] = (batch.epoch, [0, 0.0, 0.0, 0])
+            row = sums.setdefault((batch.loader, batch.num_workers), [0, 0.0, 0.0, 0])
+            for totals in (row, current[1]):
+                totals[0] += 1
+                totals[1] += batch.load_s
+                totals[2] += batch.step_s or 0.0
+                totals[3] += batch.samples
+
+    def _summary(self, sums: dict[tuple[str, int], list[float]]) -> None:
+        for (name, workers), row in sums.items():
+            self._say(f"{name} with {_workers(workers)}: " + _describe(*row))
+        if self.dropped:
+            self._say(f"{self.dropped} batch records dropped: the writer could not keep up")
+
+    def close(self) -> None:
+        """Write what is queued and the summary (at the script's exit)."""
+        if not self._writer.is_alive():
+            return
+        try:
+            self._queue.put(("close", None), timeout=2.0)
+        except queue.Full:
+            return
+        self._writer.join(5.0)
+        if self._record is not None:
+            self._record.close()
+
+    @staticmethod
+    def _say(text: str) -> None:
+        print(f"loadertop: {text}", file=sys.stderr, flush=True)
+
+
+def _describe(batches: float, load_s: float, step_s: float, samples: float) -> str:
+    busy = load_s + step_s
+    speed = f", {samples / busy:,.0f} samples/s" if busy > 0 else ""
+    return (f"{batches:.0f} batches, load {load_s / batches * 1000:.1f} ms, step {step_s / batches * 1000:.1f} ms"
+            f"{speed}")
+
+
+def _workers(n: int) -> str:
+    return "1 worker" if n == 1 else f"{n} workers"

@@ -1,0 +1,97 @@
+"""Users' own scripts, unmodified, under ``loadertop run --headless -- COMMAND``: same batches, same randomness."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import no_children_left
+from tests.unit.test_cli import assert_usage_error, run_main
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = "tests/scripts/plain_loop.py"
+
+
+def run(args: list[str], timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def launched(*options: str, command: list[str]) -> subprocess.CompletedProcess[str]:
+    return run([sys.executable, "-m", "loadertop", "run", "--headless", *options, "--", *command])
+
+
+def records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sampler", ["random", "distributed", "buckets"])
+def test_switches_mid_epoch_leave_the_scripts_batches_and_randomness_as_they_were(sampler: str,
+                                                                                   tmp_path: Path) -> None:
+    # The same script, once with plain python and once under the launcher switching 0 -> 2 -> 1
+    # workers in the middle of the first epoch: AdamW, a step LR schedule, bfloat16 autocast,
+    # clipping, accumulation, a validation loader, dropout, shuffling from the global RNG.
+    plain = run([sys.executable, SCRIPT, str(tmp_path / "plain.json"), "--sampler", sampler])
+    assert plain.returncode == 0, plain.stderr
+    record = tmp_path / "run.jsonl"
+    watched = launched("--switch", "3:2", "--switch", "9:1", "--record", str(record),
+                       command=[sys.executable, SCRIPT, str(tmp_path / "watched.json"), "--sampler", sampler])
+    assert watched.returncode == 0, watched.stderr
+    seen_plain = json.loads((tmp_path / "plain.json").read_text())
+    seen_watched = json.loads((tmp_path / "watched.json").read_text())
+    assert seen_watched["train"] == seen_plain["train"] and seen_watched["val"] == seen_plain["val"]
+    assert seen_watched["later_draws"] == seen_plain["later_draws"]  # the script's own randomness after
+    assert seen_watched["weights"] == seen_plain["weights"]  # and so the very same training
+    # The script's output passes through unchanged; loadertop's lines go to stderr, prefixed.
+    assert watched.stdout == plain.stdout and "loadertop:" not in watched.stdout
+    assert "loadertop: DataLoader plain_loop.py:" in watched.stderr
+    assert "switching 0 -> 2 workers after batch 3" in watched.stderr and "2 -> 1 worker after batch 9" in watched.stderr
+    train = [r for r in records(record) if r["loader"] == records(record)[0]["loader"]]
+    assert [r["num_workers"] for r in train[:12]] == [0] * 3 + [2] * 6 + [1] * 3
+    assert all(r["num_workers"] == 1 for r in train[12:]) and [r["step"] for r in train] == list(
+        range(1, len(train) + 1))
+    assert len(train) == len(seen_plain["train"]) and all(r["load_ms"] >= 0 for r in train)
+    assert no_children_left()
+
+
+@pytest.mark.slow
+def test_workers_sets_every_loader_and_the_exit_code_is_the_scripts(tmp_path: Path) -> None:
+    record = tmp_path / "run.jsonl"
+    watched = launched("--workers", "2", "--record", str(record),
+                       command=[sys.executable, SCRIPT, str(tmp_path / "out.json")])
+    assert watched.returncode == 0, watched.stderr
+    by_loader: dict[str, set[int]] = {}
+    for r in records(record):
+        by_loader.setdefault(r["loader"], set()).add(r["num_workers"])
+    assert list(by_loader.values()) == [{2}, {2}]  # training and validation loaders alike
+    failed = launched(command=[sys.executable, "-c", "import torch; raise ValueError('boom')"])
+    assert failed.returncode == 1 and "ValueError: boom" in failed.stderr
+    assert launched(command=[sys.executable, "-c", "import sys; sys.exit(3)"]).returncode == 3
+
+
+def test_a_process_that_never_imports_torch_is_left_alone() -> None:
+    done = launched(command=[sys.executable, "-c", "import sys; print('torch' in sys.modules)"])
+    assert done.returncode == 0 and done.stdout == "False\n" and done.stderr == ""
+
+
+BAD_LAUNCHES = [
+    (["run", "--headless", "--"], "give the command to run"),
+    (["run", "--headless", "--", "no-such-command-xyz"], "cannot run 'no-such-command-xyz': not found on PATH"),
+    (["run", "--headless", "--", "./missing/script.sh"], "cannot run './missing/script.sh': no such file"),
+    (["run", "--", sys.executable, SCRIPT], "needs --headless for now"),
+    (["run", "--headless", "--batch-size", "4", "--", sys.executable, SCRIPT],
+     "--batch-size applies to the built-in workload"),
+    (["run", "--headless", "--record", "-", "--", sys.executable, SCRIPT], "--record needs a file with a script"),
+    (["run", "--headless", "--switch", "3:1", "--switch", "3:2", "--", sys.executable, SCRIPT],
+     "each STEP may be given once"),
+    (["sweep", "--", sys.executable, SCRIPT], "a command after '--' goes with loadertop run"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_LAUNCHES, ids=[" ".join(a[:4]) for a, _ in BAD_LAUNCHES])
+def test_bad_launches_exit_2_with_one_line(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert_usage_error(run_main(args, capsys), message)
