@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from loadertop.core.config import LoaderConfig as LoaderConfig
     from loadertop.core.engine import Trainer as Trainer
     from loadertop.core.engine import TrainerState as TrainerState
+    from loadertop.core.probe.launched import log as log
     from loadertop.core.probe.loader import DataLoader as DataLoader
     from loadertop.core.store import MetricsStore as MetricsStore
     from loadertop.core.workload import Workload as Workload
@@ -28,10 +29,12 @@ _WHERE = {
     "TrainerState": "loadertop.core.engine",
     "Workload": "loadertop.core.workload",
     "WorkloadError": "loadertop.core.workload",
+    "log": "loadertop.core.probe.launched",
 }
 
 __all__ = [
     "ConfigError", "DataLoader", "LoaderConfig", "MetricsStore", "Trainer", "TrainerState", "Workload", "WorkloadError",
+    "log",
 ]
 __version__ = "0.1.0"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -71,6 +72,23 @@ def test_workers_sets_every_loader_and_the_exit_code_is_the_scripts(tmp_path: Pa
     failed = launched(command=[sys.executable, "-c", "import torch; raise ValueError('boom')"])
     assert failed.returncode == 1 and "ValueError: boom" in failed.stderr
     assert launched(command=[sys.executable, "-c", "import sys; sys.exit(3)"]).returncode == 3
+
+
+@pytest.mark.slow
+def test_loadertop_log_records_the_loss_of_each_training_batch_without_changing_the_run(tmp_path: Path) -> None:
+    plain = run([sys.executable, SCRIPT, str(tmp_path / "plain.json"), "--log"])  # a no-op without the launcher
+    assert plain.returncode == 0, plain.stderr
+    record = tmp_path / "run.jsonl"
+    watched = launched("--switch", "5:2", "--record", str(record),
+                       command=[sys.executable, SCRIPT, str(tmp_path / "watched.json"), "--log"])
+    assert watched.returncode == 0, watched.stderr
+    assert json.loads((tmp_path / "watched.json").read_text()) == json.loads((tmp_path / "plain.json").read_text())
+    lines = records(record)
+    logged = [r for r in lines if r.get("event") == "log"]
+    batches = [r for r in lines if "event" not in r and r["loader"] == lines[0]["loader"]]
+    assert [r["step"] for r in logged] == [r["step"] for r in batches] == list(range(1, 25))
+    assert all(0 < r["loss"] < 5 for r in logged) and {r["lr"] for r in logged} >= {0.01, 0.005}
+    assert re.search(r"loadertop: plain_loop.py:\d+ epoch 1: 12 batches, .*, loss \d\.\d{4}\n", watched.stderr)
 
 
 def test_a_process_that_never_imports_torch_is_left_alone() -> None:

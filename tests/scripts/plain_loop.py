@@ -6,7 +6,7 @@ dropout. It writes what it saw to the JSON file named by its first argument: the
 indices of every training and validation batch, and a few draws of the global RNG at the end
 (the script's later randomness).
 
-    python tests/scripts/plain_loop.py out.json [--sampler random|distributed|buckets] [--workers N]
+    python tests/scripts/plain_loop.py out.json [--sampler random|distributed|buckets] [--workers N] [--log]
 """
 
 import argparse
@@ -59,6 +59,7 @@ def main():
     parser.add_argument("out")
     parser.add_argument("--sampler", default="random", choices=("random", "distributed", "buckets"))
     parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--log", action="store_true", help="report the loss with loadertop.log (one added line)")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -86,6 +87,10 @@ def main():
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 loss = nn.functional.cross_entropy(model(x), y) / accumulate
             loss.backward()
+            if args.log:
+                import loadertop
+
+                loadertop.log(loss=loss * accumulate, lr=scheduler.get_last_lr()[0])
             if (i + 1) % accumulate == 0:
                 nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 optimizer.step()

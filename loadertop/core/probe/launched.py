@@ -61,6 +61,21 @@ class ProbeSettings:
                    record=data.get("record"), claim=data.get("claim"))
 
 
+_run: LaunchedRun | None = None  # the run this process acts for, once it claimed it
+
+
+def log(**metrics: Any) -> None:
+    """Record metrics (``loss=...``) for the training loader's latest batch; nothing outside ``loadertop run``.
+
+    Tensors are detached and read by loadertop's writer thread, never here: the training thread
+    is not made to wait for the device. In ``--record`` each call is a line ``{"event": "log",
+    "loader": ..., "step": ..., "loss": ...}``; the epoch lines show the mean loss.
+    """
+    run = _run
+    if run is not None:
+        run.log(metrics)
+
+
 def install_from_environment() -> None:
     """Instrument torch's DataLoader as soon as the script imports torch (from sitecustomize)."""
     settings = ProbeSettings.from_environment(os.environ[ENV])
@@ -75,9 +90,11 @@ def _instrument(settings: ProbeSettings) -> None:
 
     from loadertop.core.probe.loader import DataLoader
 
+    global _run
     torch.utils.data.DataLoader = DataLoader  # type: ignore[misc]
     if _claim(settings.claim):
-        DataLoader.creation_hook = LaunchedRun(settings)
+        _run = LaunchedRun(settings)
+        DataLoader.creation_hook = _run
 
 
 def _claim(path: str | None) -> bool:
@@ -187,6 +204,14 @@ class LaunchedRun:
             loader.switch(workers)
             self._put(("say", f"{loader.name}: switching {batch.num_workers} -> {_workers(workers)} after batch {step}"))
 
+    def log(self, metrics: dict[str, Any]) -> None:
+        """Queue ``metrics`` for the training loader's latest batch (tensors detached, not read)."""
+        if not self.loaders:
+            return
+        name = self.loaders[0].name
+        values = {k: v.detach() if hasattr(v, "detach") else v for k, v in metrics.items()}
+        self._put(("log", (name, self._steps[name], values)))
+
     def _put(self, item: tuple[str, Any]) -> None:
         try:
             self._queue.put_nowait(item)
@@ -206,6 +231,9 @@ class LaunchedRun:
             if kind == "say":
                 self._say(payload)
                 continue
+            if kind == "log":
+                self._write_log(*payload, epochs)
+                continue
             step, batch = payload
             if self._record is not None:
                 self._record.write(json.dumps({
@@ -219,13 +247,25 @@ class LaunchedRun:
             if current is not None and current[0] != batch.epoch:
                 self._say(f"{batch.loader} epoch {current[0]}: " + _describe(*current[1]))
             if current is None or current[0] != batch.epoch:
-                current = epochs[batch.loader] = (batch.epoch, [0, 0.0, 0.0, 0])
+                current = epochs[batch.loader] = (batch.epoch, [0, 0.0, 0.0, 0, 0.0, 0])
             row = sums.setdefault((batch.loader, batch.num_workers), [0, 0.0, 0.0, 0])
             for totals in (row, current[1]):
                 totals[0] += 1
                 totals[1] += batch.load_s
                 totals[2] += batch.step_s or 0.0
                 totals[3] += batch.samples
+
+    def _write_log(self, loader: str, step: int, values: dict[str, Any],
+                   epochs: dict[str, tuple[int, list[float]]]) -> None:
+        numbers = {k: _number(v) for k, v in values.items()}
+        if self._record is not None:
+            self._record.write(json.dumps({"event": "log", "loader": loader, "step": step, **numbers}) + "\n")
+            self._record.flush()
+        loss = numbers.get("loss")
+        current = epochs.get(loader)
+        if isinstance(loss, float) and current is not None:
+            current[1][4] += loss
+            current[1][5] += 1
 
     def _summary(self, sums: dict[tuple[str, int], list[float]]) -> None:
         for (name, workers), row in sums.items():
@@ -250,11 +290,23 @@ class LaunchedRun:
         print(f"loadertop: {text}", file=sys.stderr, flush=True)
 
 
-def _describe(batches: float, load_s: float, step_s: float, samples: float) -> str:
+def _describe(batches: float, load_s: float, step_s: float, samples: float, loss: float = 0.0,
+              losses: float = 0) -> str:
     busy = load_s + step_s
     speed = f", {samples / busy:,.0f} samples/s" if busy > 0 else ""
+    mean_loss = f", loss {loss / losses:.4f}" if losses else ""
     return (f"{batches:.0f} batches, load {load_s / batches * 1000:.1f} ms, step {step_s / batches * 1000:.1f} ms"
-            f"{speed}")
+            f"{speed}{mean_loss}")
+
+
+def _number(value: Any) -> Any:
+    """A logged value as JSON: tensors read here, in the writer thread (``item()`` waits for the device here)."""
+    if hasattr(value, "item"):
+        try:
+            return float(value.item()) if getattr(value, "numel", lambda: 1)() == 1 else value.tolist()
+        except (RuntimeError, ValueError):
+            return None
+    return value if isinstance(value, (int, float, str, bool)) or value is None else str(value)
 
 
 def _workers(n: int) -> str:

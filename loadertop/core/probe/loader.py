@@ -290,6 +290,8 @@ class _SwitchingIterator:
         return len(self._inner)
 
     def __getattr__(self, name: str) -> Any:  # torch's iterator attributes (``_workers``...) stay reachable
+        if name == "_inner":  # not set yet (a copy made without __init__): no endless lookup
+            raise AttributeError(name)
         return getattr(self._inner, name)
 
     def worker_pids(self) -> tuple[int, ...]:
