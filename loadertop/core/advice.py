@@ -233,6 +233,14 @@ def recommend(summaries: Sequence[ConfigSummary], *, within: float = RECOMMEND_W
     return Advice(best, chosen, reason, (), undecided)
 
 
+def speed_cell(summary: ConfigSummary) -> str:
+    """``1,210 ±40`` for tables: samples/s and, once it can be told, two standard errors."""
+    if math.isnan(summary.samples_per_s):
+        return "-"
+    spread = NOISE_Z * summary.samples_per_s_sem
+    return f"{summary.samples_per_s:,.0f}" + ("" if math.isnan(spread) else f" ±{spread:,.0f}")
+
+
 def speed_text(summary: ConfigSummary) -> str:
     """``1,210 ± 40 samples/s`` (two standard errors), or without the ± when it is unknown."""
     spread = NOISE_Z * summary.samples_per_s_sem

@@ -523,7 +523,7 @@ class Trainer:
             self._done.set()
 
     def _prepare(self) -> None:
-        torch_compat.install()  # the worker-liveness poll; a torch loadertop cannot drive stops here in words
+        torch_compat.install()  # the 1 s worker-liveness poll; a torch loadertop cannot drive fails here, in words
         if self._optimizer is not None:  # a run started again keeps its model and optimizer
             return
         if self.workload.num_threads is not None:
@@ -590,11 +590,11 @@ class Trainer:
         requested_at = self._t_start if reason == "start" else self._pending_since
         try:
             while not self._finished():
+                self._open_cost(config)  # building the loader (pickling the dataset for spawn) is its cost too
                 if loader is None:
                     loader = self._make_loader(config)
                 self._sampler.set_position(self._epoch, self._position)
                 self._starts += 1
-                self._open_cost(config)
                 t_iter = time.perf_counter()
                 iterator = iter(loader)
                 pids = tuple(p.pid for p in getattr(iterator, "_workers", ()) if p.pid)

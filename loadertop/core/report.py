@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from loadertop.core.advice import NOISE_Z, Advice, MachineFacts, recommend, verdict
+from loadertop.core.advice import Advice, MachineFacts, recommend, speed_cell, verdict
 from loadertop.core.store import ConfigSummary
 
 # DESIGN.md's JSON row fields, in order, then the accounted cost and the throughput's standard error.
@@ -35,17 +35,12 @@ def _cell(value: float, digits: int, scale: float = 1.0) -> str:
     return f"{value * scale:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def _speed_cell(s: ConfigSummary) -> str:
-    spread = NOISE_Z * s.samples_per_s_sem
-    return _cell(s.samples_per_s, 0) + ("" if math.isnan(spread) else f" ±{spread:,.0f}")
-
-
 COLUMNS = (
     Column("batches", lambda s: str(s.batches)),
     Column("load ms", lambda s: _cell(s.load_ms_mean, 1)),
     Column("compute ms", lambda s: _cell(s.compute_ms_mean, 1)),
     Column("iter ms", lambda s: _cell(s.iter_ms_mean, 1)),
-    Column("samples/s", _speed_cell),
+    Column("samples/s", speed_cell),
     Column("start ms", lambda s: _cell(s.startup_ms, 0)),
     Column("wall s", lambda s: _cell(s.wall_s, 1)),
     Column("CPU s", lambda s: _cell(s.cpu_s, 2)),

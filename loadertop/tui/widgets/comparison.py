@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from rich.text import Text
 
-from loadertop.core.advice import NOISE_Z, recommend, verdict
+from loadertop.core.advice import recommend, speed_cell, verdict
 from loadertop.core.report import settings_differ
 from loadertop.core.store import ConfigSummary
 from loadertop.tui.widgets.base import ViewWidget
@@ -16,12 +16,6 @@ from loadertop.tui.widgets.base import ViewWidget
 
 def _num(value: float, digits: int = 1) -> str:
     return "-" if math.isnan(value) else f"{value:,.{digits}f}"
-
-
-def _speed(summary: ConfigSummary) -> str:
-    """Samples/s and, once it can be told, ± two standard errors."""
-    spread = NOISE_Z * summary.samples_per_s_sem
-    return _num(summary.samples_per_s, 0) + ("" if math.isnan(spread) else f" ±{spread:,.0f}")
 
 
 @dataclass(frozen=True)
@@ -42,7 +36,7 @@ COLUMNS = (
     Column("load p95", 8, lambda s: _num(s.load_ms_p95), 4),
     Column("compute ms", 10, lambda s: _num(s.compute_ms_mean), 0),
     Column("iter ms", 8, lambda s: _num(s.iter_ms_mean), 3),
-    Column("samples/s", 12, lambda s: _speed(s), 0),
+    Column("samples/s", 12, speed_cell, 0),
     Column("start-up ms", 11, lambda s: _num(s.startup_ms, 0), 2),
     Column("CPU/sample", 10, lambda s: "-" if math.isnan(s.cpu_s_per_sample) else f"{s.cpu_s_per_sample * 1000:.2f} ms",
            1),
