@@ -13,9 +13,9 @@ if TYPE_CHECKING:
     from loadertop.core.config import ConfigError as ConfigError
     from loadertop.core.config import LoaderConfig as LoaderConfig
     from loadertop.core.engine import Trainer as Trainer
-    from loadertop.core.engine import TrainerState as TrainerState
     from loadertop.core.probe.launched import log as log
     from loadertop.core.probe.loader import DataLoader as DataLoader
+    from loadertop.core.status import TrainerState as TrainerState
     from loadertop.core.store import MetricsStore as MetricsStore
     from loadertop.core.workload import Workload as Workload
     from loadertop.core.workload import WorkloadError as WorkloadError
@@ -26,7 +26,7 @@ _WHERE = {
     "LoaderConfig": "loadertop.core.config",
     "MetricsStore": "loadertop.core.store",
     "Trainer": "loadertop.core.engine",
-    "TrainerState": "loadertop.core.engine",
+    "TrainerState": "loadertop.core.status",
     "Workload": "loadertop.core.workload",
     "WorkloadError": "loadertop.core.workload",
     "log": "loadertop.core.probe.launched",

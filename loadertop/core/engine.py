@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 import math
 import os
 import re
@@ -12,7 +11,6 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,6 +22,7 @@ from loadertop.core.probe import torch_compat
 from loadertop.core.probe.loader import batch_len
 from loadertop.core.records import BatchRecord, StartEvent
 from loadertop.core.sampler import ResumableSampler
+from loadertop.core.status import ExitedWorker, TrainerError, TrainerState, TrainerStatus
 from loadertop.core.store import MetricsStore
 from loadertop.core.workload import (
     IndexedDataset,
@@ -36,83 +35,6 @@ from loadertop.core.workload import (
 
 # loadertop reports too many workers in its own words; PyTorch's warning would land on the TUI's screen.
 warnings.filterwarnings("ignore", message=r"This DataLoader will create \d+ worker processes", category=UserWarning)
-
-
-class TrainerState(enum.Enum):
-    """Where the trainer is; shown in the header."""
-
-    IDLE = "idle"
-    STARTING = "starting"
-    RUNNING = "running"
-    PAUSED = "paused"
-    RESTARTING = "restarting"
-    STOPPING = "stopping"
-    FINISHED = "finished"
-    STOPPED = "stopped"
-    ERROR = "error"
-
-    @property
-    def is_done(self) -> bool:
-        """True once the training thread has ended."""
-        return self in (TrainerState.FINISHED, TrainerState.STOPPED, TrainerState.ERROR)
-
-
-@dataclass(frozen=True, slots=True)
-class TrainerError:
-    """Why a run failed.
-
-    Attributes:
-        kind: ``"dataset"`` (the dataset raised), ``"worker"`` (a worker process died),
-            ``"step"`` (the model, loss or optimizer raised) or ``"setup"``.
-        message: one line for the user.
-        sample_index: the failing sample, for dataset errors.
-        step: batches done when it failed.
-        detail: the full traceback text (for a worker, the worker's own traceback).
-    """
-
-    kind: str
-    message: str
-    sample_index: int | None
-    step: int
-    detail: str
-
-
-@dataclass(frozen=True, slots=True)
-class TrainerStatus:
-    """A frozen view of the trainer's progress for displays."""
-
-    state: TrainerState
-    config: LoaderConfig
-    pending: LoaderConfig | None
-    device: str
-    epoch: int
-    epochs: int
-    batch_in_epoch: int
-    batches_per_epoch: int
-    step: int
-    max_batches: int | None
-    elapsed_s: float
-    worker_pids: tuple[int, ...]
-    error: TrainerError | None
-    nonfinite_steps: int = 0
-    first_nonfinite_step: int | None = None
-    worker_spawns: int = 0
-    exited_workers: tuple[ExitedWorker, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class ExitedWorker:
-    """A DataLoader worker of the last generation that was shut down (at an epoch end, a restart or the end).
-
-    Attributes:
-        worker_id: its DataLoader worker id.
-        pid: its process id.
-        lifetime_s: from the start of its loader iterator to the end of its shutdown.
-    """
-
-    worker_id: int
-    pid: int
-    lifetime_s: float
 
 
 def resolve_device(device: str) -> torch.device:

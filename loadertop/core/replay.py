@@ -18,9 +18,9 @@ from typing import Any, Union
 
 from loadertop.core.advice import recommend
 from loadertop.core.config import LoaderConfig
-from loadertop.core.engine import TrainerState
-from loadertop.core.session import SessionView
+from loadertop.core.status import TrainerState
 from loadertop.core.sweep import DEFAULT_BATCHES, SweepProgress
+from loadertop.core.view import SessionView
 
 FORMAT = 1
 

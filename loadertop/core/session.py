@@ -11,59 +11,20 @@ import json
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
-from typing import IO, Protocol
+from dataclasses import replace
+from typing import IO
 
-from loadertop.core.advice import Advice, advise, default_counts, machine_facts
+from loadertop.core.advice import advise, default_counts, machine_facts
 from loadertop.core.config import LoaderConfig
-from loadertop.core.engine import Trainer, TrainerState, TrainerStatus
+from loadertop.core.engine import Trainer, TrainerState
 from loadertop.core.procs import reap_children
 from loadertop.core.records import BatchRecord
-from loadertop.core.store import StoreSnapshot
-from loadertop.core.sweep import DEFAULT_BATCHES, Sweep, SweepProgress
-from loadertop.core.system import SystemSampler, SystemSnapshot
+from loadertop.core.sweep import DEFAULT_BATCHES, Sweep
+from loadertop.core.system import SystemSampler
+from loadertop.core.view import SessionView
 
 QUIT_WITHIN_S = 2.5
 """How long a stop may take, workers included, before loadertop stops waiting."""
-
-
-@dataclass(frozen=True, slots=True)
-class SessionView:
-    """Everything a display shows at one moment; immutable, safe to keep.
-
-    Attributes:
-        workload_name: the workload's name.
-        notes: facts to show beside it (e.g. a simulated storage latency).
-        status: the trainer's state, configuration and progress.
-        store: the recorded batches, (re)starts and per-configuration summaries.
-        system: the latest system sample (None before the first).
-        gpu_status: ``"1 NVIDIA GPU"``, ``"no NVIDIA GPU: <reason>"``, or ``"sampling"`` before the first sample.
-        advice: the fastest and the recommended configuration, with warnings (None in old recordings).
-        sweep: the sweep's progress, once one was started.
-    """
-
-    workload_name: str
-    notes: tuple[str, ...]
-    status: TrainerStatus
-    store: StoreSnapshot
-    system: SystemSnapshot | None
-    gpu_status: str
-    advice: Advice | None = None
-    sweep: SweepProgress | None = None
-
-
-class SessionLike(Protocol):
-    """What a front-end needs: views and commands (a live Session or a replay)."""
-
-    def start(self) -> None: ...
-    def view(self) -> SessionView: ...
-    def apply(self, config: LoaderConfig) -> None: ...
-    def pause(self) -> None: ...
-    def resume(self) -> None: ...
-    def stop(self) -> None: ...
-    def close(self, timeout_s: float = 10.0) -> list[int]: ...
-    def start_sweep(self, counts: Sequence[int] | None = None, batches: int = DEFAULT_BATCHES) -> None: ...
-    def cancel_sweep(self) -> None: ...
 
 
 class JsonlRecorder:

@@ -14,12 +14,16 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from loadertop.core.advice import recommend
 from loadertop.core.config import LoaderConfig
-from loadertop.core.engine import Trainer, TrainerState
 from loadertop.core.records import BatchRecord
+from loadertop.core.status import TrainerState
 from loadertop.core.store import ConfigSummary
+
+if TYPE_CHECKING:  # the sweep drives a trainer; its progress is read by torch-free front-ends
+    from loadertop.core.engine import Trainer
 
 DEFAULT_BATCHES = 100
 """Steady batches measured per worker count unless told otherwise."""

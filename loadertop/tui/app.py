@@ -13,8 +13,8 @@ from textual.reactive import reactive
 from textual.widgets import Footer, Static
 
 from loadertop.core.config import LoaderConfig
-from loadertop.core.engine import TrainerState
-from loadertop.core.session import SessionLike, SessionView
+from loadertop.core.status import TrainerState
+from loadertop.core.view import SessionLike, SessionView
 from loadertop.tui.screens import ConfigForm, HelpScreen, SweepResult
 from loadertop.tui.widgets import (
     ComparisonTable,

@@ -1,4 +1,4 @@
-"""The built-in workload's images and learnability, and the core/TUI boundary."""
+"""The built-in workload's images and learnability, and the boundaries: core/TUI, torch-free front-ends."""
 
 from __future__ import annotations
 
@@ -71,3 +71,21 @@ def test_core_never_imports_textual_or_rich() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == ""
+
+
+def imported_after(statement: str) -> set[str]:
+    """Top-level modules loaded by ``statement`` in a fresh interpreter."""
+    code = f"{statement}\nimport sys\nprint(' '.join(sorted({{m.split('.')[0] for m in sys.modules}})))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return set(done.stdout.split())
+
+
+def test_the_tui_recordings_and_reports_load_no_torch() -> None:
+    loaded = imported_after("import loadertop.tui.app, loadertop.core.replay, loadertop.core.view, "
+                            "loadertop.core.report, loadertop.core.launcher, loadertop")
+    assert "torch" not in loaded and "textual" in loaded
+
+
+def test_the_launchers_bootstrap_loads_nothing_heavy_before_the_script_imports_torch() -> None:
+    loaded = imported_after("import loadertop.core.probe.launched")
+    assert not loaded & {"torch", "textual", "rich", "numpy", "psutil"}

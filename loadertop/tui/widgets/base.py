@@ -8,8 +8,8 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widget import Widget
 
-from loadertop.core.session import SessionView
 from loadertop.core.system import SystemSnapshot
+from loadertop.core.view import SessionView
 
 
 class ViewWidget(Widget):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from rich.text import Text
 
-from loadertop.core.session import SessionView
 from loadertop.core.system import SystemSnapshot
+from loadertop.core.view import SessionView
 from loadertop.tui.widgets.base import SystemPanel
 
 MIB = 1024 * 1024
