@@ -226,6 +226,8 @@ class LaunchedRun:
         while True:
             kind, payload = self._queue.get()
             if kind == "close":
+                for name, (number, totals) in epochs.items():  # the last epoch of each loader
+                    self._say(f"{name} epoch {number}: " + _describe(*totals))
                 self._summary(sums)
                 return
             if kind == "say":
