@@ -10,6 +10,7 @@ from textual.widgets import Checkbox, Input, Select
 from loadertop import LoaderConfig, TrainerState
 from loadertop.core.engine import TrainerError
 from loadertop.core.replay import ReplaySession
+from loadertop.core.sweep import SweepProgress
 from loadertop.tui.app import LoaderTopApp
 from loadertop.tui.screens import ConfigForm, HelpScreen, SweepResult
 from loadertop.tui.widgets import ComparisonTable, ErrorPanel, PendingBar, RunHeader, WorkersPanel
@@ -224,6 +225,22 @@ async def test_s_sweeps_esc_cancels_and_the_end_offers_the_recommended_count(rep
         await pilot.pause()
         assert not isinstance(app.screen, SweepResult)
         assert applied(replay) == [LoaderConfig(num_workers=4)]
+
+
+async def test_the_pending_bar_says_when_a_sweep_measures_undecided_counts_longer(replay: ReplaySession) -> None:
+    view = replay.view()
+    # Planned 0, 1, 2, 4; the measurements could not tell 2 from 4, so both are measured again.
+    extending = SweepProgress((0, 1, 2, 4, 2, 4), 100, 4, 37, "running", planned=4)
+    replay.set_view(dataclasses.replace(view, sweep=extending))
+    app = LoaderTopApp(replay)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert "sweep measuring longer 1/2: 2 workers, 37/100 batches" in screen_text(app, PendingBar)
+        planned = SweepProgress((0, 1, 2, 4), 100, 1, 5, "running", planned=4)  # before: the plain count
+        replay.set_view(dataclasses.replace(view, sweep=planned))
+        app.refresh_view()
+        await pilot.pause()
+        assert "sweep 2/4: 1 worker, 5/100 batches" in screen_text(app, PendingBar)
 
 
 async def test_the_table_marks_the_fastest_and_the_recommended_rows(replay: ReplaySession) -> None:
