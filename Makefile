@@ -25,6 +25,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/sweep.py
 	$(PY) benchmarks/soak.py
 	$(PY) benchmarks/cost.py
+	$(PY) benchmarks/dropin_overhead.py
 
 screenshots: $(STAMP)
 	$(PY) screenshots/make_screenshots.py

@@ -243,7 +243,7 @@ class LaunchedRun:
                     "num_workers": batch.num_workers, "samples": batch.samples,
                     "load_ms": round(batch.load_s * 1000, 4),
                     "step_ms": None if batch.step_s is None else round(batch.step_s * 1000, 4),
-                    "time": round(batch.time, 6)}) + "\n")
+                    "switch_ms": round(batch.switch_s * 1000, 4), "time": round(batch.time, 6)}) + "\n")
                 self._record.flush()
             current = epochs.get(batch.loader)
             if current is not None and current[0] != batch.epoch:

@@ -32,7 +32,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch.utils.data import IterableDataset
@@ -40,11 +40,11 @@ from torch.utils.data import IterableDataset
 from loadertop.core.probe import torch_compat
 
 _names = itertools.count(1)
+_clock = time.perf_counter
 
 
-@dataclass(frozen=True, slots=True)
-class LoaderBatch:
-    """One batch as the loop received it.
+class LoaderBatch(NamedTuple):
+    """One batch as the loop received it (a named tuple: built on the loop's path, it must be cheap).
 
     Attributes:
         loader: the loader's name.
@@ -56,6 +56,7 @@ class LoaderBatch:
         step_s: seconds from the previous batch's ``next()`` returning to this ``next()`` call
             (the loop's own work with the previous batch); None for an epoch's first batch.
         time: wall-clock time (UNIX seconds) when the batch was handed to the loop.
+        switch_s: seconds spent switching workers just before this batch was asked for (0 if none).
     """
 
     loader: str
@@ -66,6 +67,7 @@ class LoaderBatch:
     load_s: float
     step_s: float | None
     time: float
+    switch_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,6 +284,7 @@ class _SwitchingIterator:
         self._stream = stream
         self._batch = 0
         self._returned_at: float | None = None
+        self._wall_offset = time.time() - _clock()  # wall-clock times from the cheap monotonic clock
 
     def __iter__(self) -> _SwitchingIterator:
         return self
@@ -299,11 +302,13 @@ class _SwitchingIterator:
         return tuple(w.pid for w in getattr(self._inner, "_workers", ()) if w.pid)
 
     def __next__(self) -> Any:
-        called = time.perf_counter()
         loader = self._loader
+        switch_s = 0.0
         if loader._request is not None and loader.continues_exactly:
+            started = _clock()
             self._switch()
-            called = time.perf_counter()  # the switch's stall is shown apart, not as this batch's load
+            switch_s = _clock() - started  # the workers' restart, kept apart from this batch's load
+        called = _clock()
         try:
             batch = next(self._inner)
         except StopIteration:
@@ -314,16 +319,18 @@ class _SwitchingIterator:
             if self._stream is not None:
                 self._stream.delivered()  # a batch that raised was consumed, as with torch's iterator
             raise
-        returned = time.perf_counter()
+        returned = _clock()
         if self._stream is not None:
             self._stream.delivered()
         self._batch += 1
-        record = LoaderBatch(loader.name, loader._epoch, self._batch, loader.num_workers, batch_len(batch),
-                             returned - called,
-                             None if self._returned_at is None else called - self._returned_at, time.time())
+        if loader._observers:
+            record = LoaderBatch(loader.name, loader._epoch, self._batch, loader.num_workers, batch_len(batch),
+                                 returned - called,
+                                 None if self._returned_at is None else called - self._returned_at,
+                                 returned + self._wall_offset, switch_s)
+            for observer in loader._observers:
+                observer(record)
         self._returned_at = returned
-        for observer in loader._observers:
-            observer(record)
         return batch
 
     def _switch(self) -> None:
@@ -348,6 +355,8 @@ _TORCH_SIGNATURE = inspect.signature(torch.utils.data.DataLoader.__init__)
 
 def batch_len(value: Any) -> int:
     """Samples in a batch: the length of its first tensor (in a tuple, list or dict), else 1."""
+    if type(value) in (tuple, list) and value and type(value[0]) is torch.Tensor and value[0].ndim:
+        return int(value[0].shape[0])  # the common (inputs, targets) batch, without the general walk
     if isinstance(value, torch.Tensor):
         return int(value.shape[0]) if value.ndim else 1
     if isinstance(value, (tuple, list)) and value:

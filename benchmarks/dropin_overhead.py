@@ -1,0 +1,81 @@
+"""What loadertop.DataLoader adds to a tight loop: instrumented / stock samples per second.
+
+A loop that does nothing with its batches (the worst case for any per-batch cost) iterates a
+small in-memory dataset with torch's DataLoader and with loadertop's drop-in, with one observer
+attached as the launcher attaches one, in alternating chunks of 100 batches (so the
+machine's drift hits both alike). Prints the per-round ratios and their geometric mean; goal >= 0.99.
+
+Usage: python benchmarks/dropin_overhead.py [--rounds 6] [--batches 3000] [--workers 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import math
+import platform
+import sys
+import time
+
+import torch
+from torch.utils.data import Dataset
+
+from loadertop.core.probe.loader import DataLoader
+from loadertop.core.system import usable_cores
+
+
+class Vectors(Dataset):
+    def __len__(self) -> int:
+        return 1_000_000
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return torch.full((16,), float(index)), index % 10
+
+
+def make(cls: type, workers: int, batch_size: int):
+    loader = cls(Vectors(), batch_size=batch_size, num_workers=workers, persistent_workers=workers > 0)
+    if isinstance(loader, DataLoader):
+        # An observer like the launcher's: each record goes to a bounded buffer that something drains.
+        loader.add_observer(collections.deque(maxlen=1000).append)
+    iterator = iter(loader)
+    for _ in range(20):  # warm up (workers start, first batches)
+        next(iterator)
+    return iterator
+
+
+def one_round(batches: int, workers: int, batch_size: int, chunk: int = 100) -> dict[type, float]:
+    """Samples/s of both loaders, measured in alternating chunks so that the machine's drift hits both."""
+    iterators = {cls: make(cls, workers, batch_size) for cls in (torch.utils.data.DataLoader, DataLoader)}
+    spent = dict.fromkeys(iterators, 0.0)
+    for _ in range(batches // chunk):
+        for cls, iterator in iterators.items():
+            started = time.perf_counter()
+            for _ in range(chunk):
+                next(iterator)
+            spent[cls] += time.perf_counter() - started
+    return {cls: (batches // chunk) * chunk * batch_size / seconds for cls, seconds in spent.items()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--batches", type=int, default=3000)
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=8)
+    args = parser.parse_args()
+    print(f"machine: {platform.machine()}, {usable_cores()} usable cores, torch {torch.__version__}; "
+          f"{args.workers} workers, batch {args.batch_size}, {args.batches} batches per measurement")
+    ratios = []
+    for round_ in range(args.rounds):
+        speed = one_round(args.batches, args.workers, args.batch_size)
+        ratio = speed[DataLoader] / speed[torch.utils.data.DataLoader]
+        ratios.append(ratio)
+        print(f"round {round_ + 1}: stock {speed[torch.utils.data.DataLoader]:,.0f} samples/s, "
+              f"loadertop {speed[DataLoader]:,.0f} samples/s, ratio {ratio:.3f}")
+    mean = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
+    print(f"instrumented / stock: {mean:.3f} (geometric mean; goal >= 0.99)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
