@@ -174,7 +174,7 @@ def _start_resource_tracker() -> None:
         from multiprocessing import resource_tracker
 
         resource_tracker.ensure_running()
-    except Exception:  # noqa: BLE001 - platforms without it simply do not need it
+    except Exception:  # noqa: BLE001, S110 - platforms without it simply do not need it
         pass
 
 

@@ -181,7 +181,7 @@ class NvmlReader:
         if self._nvml is not None:
             try:
                 self._nvml.nvmlShutdown()
-            except Exception:  # noqa: BLE001 - shutting down must not fail the app
+            except Exception:  # noqa: BLE001, S110 - shutting down must not fail the app
                 pass
             self._nvml = None
             self._handles = []
@@ -285,7 +285,7 @@ class SystemSampler:
                 snapshot = self.sample()
                 if self._on_sample is not None:
                     self._on_sample(snapshot)
-            except Exception:  # noqa: BLE001 - a failed sample must not end sampling
+            except Exception:  # noqa: BLE001, S110 - a failed sample must not end sampling
                 pass
             self._stop.wait(self.interval_s)
 

@@ -41,7 +41,7 @@ class TmuxApp:
         )
 
     def tmux(self, *args: str) -> str:
-        return subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True).stdout
+        return subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True, check=False).stdout
 
     def screen(self) -> str:
         """The pane's text now."""

@@ -122,8 +122,8 @@ def test_without_reaped_children_times_the_clock_keeps_what_it_last_saw(monkeypa
     monkeypatch.setattr(cost, "_has_children_times", lambda proc: False)
     clock = TreeCpuClock()
     assert clock.mode == "sampled"
-    child = subprocess.Popen([sys.executable, "-c", "import time\nend = time.process_time() + 0.3\n"
-                              "while time.process_time() < end: pass\ntime.sleep(30)"])
+    burn = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass\ntime.sleep(30)"
+    child = subprocess.Popen([sys.executable, "-c", burn])
     try:
         wait_for(lambda: sum(psutil.Process(child.pid).cpu_times()[:2]) >= 0.3)
         seen = clock.read().children_s

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import pytest
@@ -79,7 +80,7 @@ def test_hot_restarts_continue_the_epoch_without_skipping_or_repeating() -> None
     # The model and optimizer carried on: no re-initialisation at any restart.
     weights = model.weights_before_forward
     assert len(weights) == trainer.status().step == 26
-    for before, after in zip(weights, weights[1:], strict=False):
+    for before, after in itertools.pairwise(weights):
         assert not torch.equal(before, after), "a step left the weights unchanged"
     initial = weights[0]
     assert all(not torch.equal(initial, w) for w in weights[1:]), "weights went back to their initial values"

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import ClassVar
 
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Input, Label, Select, Static
@@ -54,7 +55,7 @@ class ConfigForm(ModalScreen[LoaderConfig | None]):
     ConfigForm #form-error { color: $error; height: auto; }
     """
 
-    BINDINGS = [Binding("escape", "cancel", "cancel", tooltip="Close without changing the pending settings")]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "cancel", tooltip="Close without changing the pending settings")]
 
     def __init__(self, pending: LoaderConfig, *, pin_memory_note: str = "") -> None:
         super().__init__()

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import textwrap
+from typing import ClassVar
 
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Static
@@ -14,10 +15,10 @@ from textual.widgets import Static
 KEYS = (
     ("+ / -", "one worker more / fewer (pending; nothing restarts yet)"),
     ("0 … 9", "set the pending worker count directly"),
-    ("r", "apply: hot-restart with the pending settings (model and epoch position kept); "
-          "after the run ended or failed, train again"),
-    ("c", "edit the other loader settings: batch size, prefetch_factor, start method, timeout, pin_memory, "
-          "persistent_workers"),
+    ("r", ("apply: hot-restart with the pending settings (model and epoch position kept); "
+           "after the run ended or failed, train again")),
+    ("c", ("edit the other loader settings: batch size, prefetch_factor, start method, timeout, pin_memory, "
+           "persistent_workers")),
     ("s", "sweep: measure 0, 1, 2, 4, ... workers in turn (training goes on), then recommend one"),
     ("Esc", "cancel a sweep (what was measured stays)"),
     ("p", "pause / resume training"),
@@ -36,7 +37,7 @@ READING = (
 class HelpScreen(ModalScreen[None]):
     """A modal list of the keys; any of Esc, q or ? closes it."""
 
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape,q,question_mark", "dismiss", "close", tooltip="Close the help"),
     ]
 

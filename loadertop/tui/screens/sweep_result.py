@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import textwrap
+from typing import ClassVar
 
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Static
@@ -18,7 +19,7 @@ from loadertop.core.config import LoaderConfig
 class SweepResult(ModalScreen[bool]):
     """Dismissed with True to continue at the recommended configuration (Enter), False to keep the current (Esc)."""
 
-    BINDINGS = [Binding("escape", "keep", "keep", tooltip="Keep training at the current count")]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "keep", "keep", tooltip="Keep training at the current count")]
 
     def __init__(self, advice: Advice, recommended: LoaderConfig, current: LoaderConfig) -> None:
         super().__init__()
