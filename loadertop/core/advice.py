@@ -182,9 +182,9 @@ class Advice:
 
 def relative_to(summary: ConfigSummary, best: ConfigSummary) -> tuple[float, float]:
     """``summary``'s throughput as a share of ``best``'s, and the standard error of that share (NaN: unknown)."""
-    ratio = summary.samples_per_s / best.samples_per_s
-    if summary is best or summary.key == best.key:
+    if summary.key == best.key:
         return 1.0, 0.0
+    ratio = summary.samples_per_s / best.samples_per_s
     error = ratio * math.hypot(summary.samples_per_s_sem / summary.samples_per_s,
                                best.samples_per_s_sem / best.samples_per_s)
     return ratio, error

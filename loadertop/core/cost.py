@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import psutil
 
+from loadertop.core.system import process_rss
+
 
 @dataclass(frozen=True, slots=True)
 class TreeCpu:
@@ -75,7 +77,7 @@ class TreeCpuClock:
             now = time.monotonic()
             with self._proc.oneshot():
                 times = self._proc.cpu_times()
-                rss = _rss(self._proc)
+                rss = process_rss(self._proc)
                 main_s = times.user + times.system - self._excluded_s()
             try:
                 children = self._proc.children(recursive=True)
@@ -89,7 +91,7 @@ class TreeCpuClock:
                         child_times = child.cpu_times()
                         cpu_s = child_times.user + child_times.system + _reaped_s(child_times)
                         key = (child.pid, child.create_time())
-                        rss += _rss(child)
+                        rss += process_rss(child)
                 except psutil.Error:  # gone between the listing and the reading: counted as reaped
                     continue
                 live_s += cpu_s
@@ -125,10 +127,3 @@ def _has_children_times(proc: psutil.Process) -> bool:
 
 def _reaped_s(times: object) -> float:
     return float(getattr(times, "children_user", 0.0) + getattr(times, "children_system", 0.0))
-
-
-def _rss(proc: psutil.Process) -> int:
-    try:
-        return int(proc.memory_info().rss)
-    except psutil.Error:
-        return 0

@@ -75,7 +75,6 @@ class ConfigSummary:
     starts: int
     cpu_percent: float = math.nan
     rss_mb: float = math.nan
-    iter_ms_std: float = math.nan
     wall_s: float = math.nan
     cpu_s: float = math.nan
     cpu_s_per_sample: float = math.nan
@@ -116,7 +115,6 @@ def throughput_sem(iters: Sequence[float], refill: Sequence[int], samples: int, 
     """
     steady = [t for t, r in zip(iters, refill, strict=True) if not r]
     refills = [t for t, r in zip(iters, refill, strict=True) if r]
-    n = len(iters)
     total = sum(iters)
     blocks = [sum(steady[i:i + block]) / block for i in range(0, len(steady) - block + 1, block)]
     if len(blocks) < 3 or total <= 0:
@@ -128,8 +126,7 @@ def throughput_sem(iters: Sequence[float], refill: Sequence[int], samples: int, 
         epoch_starts = max(1, len([1 for a, b in zip((0, *refill), refill) if b and not a]))
         extra = (sum(refills) - len(refills) * _mean(steady)) / epoch_starts
         var_total += 0.25 * extra ** 2
-    mean_iter = total / n
-    return (samples / total) * math.sqrt(var_total) / n / mean_iter
+    return samples * math.sqrt(var_total) / total ** 2  # d(samples / total) = samples / total**2 * d(total)
 
 
 class _ConfigAccumulator:
@@ -198,7 +195,6 @@ class _ConfigAccumulator:
             starts=len(self.startup_s),
             cpu_percent=100.0 * self.cpu_s / self.wall_s if cost else math.nan,
             rss_mb=self.rss_peak_bytes / (1024 * 1024) if self.rss_peak_bytes else math.nan,
-            iter_ms_std=math.sqrt(_variance(iters)) * 1000.0 if len(iters) > 1 else math.nan,
             wall_s=self.wall_s if cost else math.nan,
             cpu_s=self.cpu_s if cost else math.nan,
             cpu_s_per_sample=self.cpu_s / self.all_samples if cost and self.all_samples else math.nan,

@@ -337,7 +337,7 @@ class SystemSampler:
         worker_pids = list(self._worker_pids())
         processes = []
         main_cpu = self._me.cpu_percent()
-        main_rss = _rss(self._me)
+        main_rss = process_rss(self._me)
         processes.append(ProcessSample(self._me.pid, "main", None, main_cpu, main_rss))
         live: set[int] = {self._me.pid}
         for worker_id, pid in enumerate(worker_pids):
@@ -347,7 +347,7 @@ class SystemSampler:
             live.add(pid)
             try:
                 with proc.oneshot():
-                    processes.append(ProcessSample(pid, "worker", worker_id, self._cpu_percent(proc), _rss(proc)))
+                    processes.append(ProcessSample(pid, "worker", worker_id, self._cpu_percent(proc), process_rss(proc)))
             except psutil.Error:
                 continue
         # Other descendants (e.g. a pin-memory helper's children) count in the tree totals.
@@ -368,7 +368,7 @@ class SystemSampler:
             live.add(child.pid)
             try:
                 tree_cpu += self._cpu_percent(proc)
-                tree_rss += _rss(proc)
+                tree_rss += process_rss(proc)
             except psutil.Error:
                 continue
         for pid in list(self._procs):  # forget processes that are gone: no stale entries
@@ -410,7 +410,8 @@ class _NoGpus(NvmlReader):
         self.status = "no NVIDIA GPU: GPU sampling is off"
 
 
-def _rss(proc: psutil.Process) -> int:
+def process_rss(proc: psutil.Process) -> int:
+    """Resident memory of ``proc``; 0 when it is gone or cannot be read."""
     try:
         return int(proc.memory_info().rss)
     except psutil.Error:
