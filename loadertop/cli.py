@@ -12,6 +12,7 @@ from typing import IO, TYPE_CHECKING, NoReturn
 
 if TYPE_CHECKING:
     from loadertop.core.config import LoaderConfig
+    from loadertop.core.remote import RemoteSession
     from loadertop.core.engine import Trainer
     from loadertop.core.workload import Workload
 
@@ -171,7 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--markdown", default=None, metavar="FILE",
                    help="write the table as Markdown, for an issue or a notebook ('-': stdout)")
     _add_common(sweep, with_defaults=False, workers=False)
-    for p, default in ((parser, 1.0), (run, argparse.SUPPRESS), (sweep, argparse.SUPPRESS)):
+    attach = sub.add_parser("attach", help="watch a script that loadertop run started (after d, from another terminal)")
+    attach.add_argument("pid", nargs="?", type=_int_at_least(1, "PID"), default=None, metavar="PID",
+                        help="the script's pid (needed when several runs are going)")
+    attach.add_argument("--list", action="store_true", help="print the runs going now, one a line, and exit")
+    for p, default in ((parser, 1.0), (run, argparse.SUPPRESS), (sweep, argparse.SUPPRESS),
+                       (attach, argparse.SUPPRESS)):
         p.add_argument("--sample-interval", type=_positive_float, default=default, metavar="SECONDS",
                        help="seconds between system samples: cores, workers, memory, GPUs (default 1)")
     return parser
@@ -210,7 +216,7 @@ _BUILT_IN_ONLY = ("batch_size", "epochs", "device", "workload", "dataset", "pin_
 def _launch(args: argparse.Namespace, script: list[str], parser: argparse.ArgumentParser, *,
             workers_given: bool) -> int:
     """``loadertop run --headless [--workers N] [--switch S:N] [--record F] -- COMMAND``."""
-    from loadertop.core.launcher import LaunchError, launch
+    from loadertop.core.launcher import LaunchError, launch, spawn
 
     if args.command != "run":
         raise UsageError("a command after '--' goes with loadertop run: loadertop run --headless -- python train.py")
@@ -220,9 +226,6 @@ def _launch(args: argparse.Namespace, script: list[str], parser: argparse.Argume
             option = "--" + name.replace("_", "-")
             raise UsageError(f"{option} applies to the built-in workload; a script's loaders keep its own settings "
                              "(--workers, --switch and --record act on them)")
-    if not args.headless:
-        raise UsageError("loadertop run -- COMMAND needs --headless for now: the monitor for scripts "
-                         "(its own process, over a socket) is not built yet")
     switches = dict(args.switch)
     if len(switches) != len(args.switch):
         raise UsageError("--switch: each STEP may be given once")
@@ -232,9 +235,91 @@ def _launch(args: argparse.Namespace, script: list[str], parser: argparse.Argume
         _open_output(args.record, "--record").close()  # a bad path is refused here, in one line
     workers = args.workers if workers_given else None
     try:
-        return launch(script, workers=workers, switches=switches, record=args.record)
+        if args.headless:
+            return launch(script, workers=workers, switches=switches, record=args.record)
+        _need_terminal("loadertop run --headless -- COMMAND")
+        child, log = spawn(script, workers=workers, switches=switches, record=args.record)
     except LaunchError as exc:
         raise UsageError(str(exc)) from None
+    from loadertop.core.remote import RemoteSession
+
+    session = RemoteSession(child=child, log_path=log, command=script, sample_interval_s=args.sample_interval)
+    return _watch_script(session)
+
+
+def _need_terminal(instead: str) -> None:
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        raise UsageError(f"the monitor needs a terminal (stdin and stderr); without one use: {instead}")
+
+
+def _attach(args: argparse.Namespace) -> int:
+    """``loadertop attach [PID]``: watch a script that ``loadertop run`` started."""
+    from loadertop.core.protocol.runtime import RuntimeDirError, describe, live_runs
+    from loadertop.core.remote import RemoteSession
+
+    try:
+        runs = live_runs()
+    except RuntimeDirError as exc:
+        raise UsageError(str(exc)) from None
+    if args.list:
+        for run in runs:
+            print(describe(run))
+        if not runs:
+            print("loadertop: no loadertop run is running", file=sys.stderr)
+        return 0
+    if args.pid is not None:
+        chosen = [r for r in runs if r.pid == args.pid]
+        if not chosen:
+            others = f"; running: {', '.join(str(r.pid) for r in runs)}" if runs else ""
+            raise UsageError(f"no loadertop run with pid {args.pid}{others}")
+    elif not runs:
+        raise UsageError("no loadertop run is running: start one with loadertop run -- python train.py")
+    elif len(runs) > 1:
+        listed = "; ".join(describe(r) for r in runs)
+        raise UsageError(f"{len(runs)} runs: say which, loadertop attach PID ({listed})")
+    else:
+        chosen = runs
+    run = chosen[0]
+    _need_terminal("loadertop attach --list")
+    session = RemoteSession(pid=run.pid, socket_path=run.socket_path, log_path=run.log_path, command=run.command,
+                            sample_interval_s=args.sample_interval)
+    return _watch_script(session)
+
+
+def _watch_script(session: RemoteSession) -> int:
+    """The monitor on a script; afterwards its exit code (or 0 after a detach), its traceback on stderr."""
+    from loadertop.core.report import format_table
+    from loadertop.tui.app import LoaderTopApp
+
+    app = LoaderTopApp(session)
+    code = 0
+    try:
+        app.run()
+        code = app.return_code or 0
+    except KeyboardInterrupt:
+        session.stop()
+        code = 130
+    finally:
+        session.close()
+    view = session.view()
+    try:
+        if session.detached:
+            where = f"; its output goes to {session.log_path}" if session.log_path else ""
+            print(f"loadertop: detached: pid {view.script.pid if view.script else session.root_pid} runs on"
+                  f"{where}; loadertop attach watches it again", file=sys.stderr)
+            return 0
+        if view.store.summaries:
+            print(format_table(view.store.summaries))
+        stopped_by_us = session.stopping and "KeyboardInterrupt" in (session.traceback or "").strip()[-200:]
+        if session.traceback and not stopped_by_us:
+            sys.stderr.write(session.traceback if session.traceback.endswith("\n") else session.traceback + "\n")
+        if view.script is not None and view.script.ended:
+            print(f"loadertop: {view.script.ended}", file=sys.stderr)
+    except OSError:  # the terminal is gone
+        pass
+    if session.exit_code is not None:
+        return session.exit_code
+    return code
 
 
 def run() -> NoReturn:
@@ -258,6 +343,8 @@ def run() -> NoReturn:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "attach":  # the monitor of a script: no torch in this process
+        return _attach(args)
     # Imported here so that --help and argument errors answer without loading torch.
     from loadertop.core.headless import run_headless
 

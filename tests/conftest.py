@@ -76,3 +76,15 @@ def tagged_run() -> Iterator[type[TaggedRun]]:
             run.proc.wait(10)
         for proc in run.leftovers():
             proc.kill()
+
+
+@pytest.fixture
+def runtime_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private runtime directory for run sockets (short: a Unix socket path has ~100 bytes)."""
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="lt-"))
+    monkeypatch.setenv("LOADERTOP_RUNTIME_DIR", str(path / "rt"))
+    yield path / "rt"
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,9 +1,15 @@
-"""``loadertop run --headless -- COMMAND``: run a user's command with every DataLoader in it instrumented.
+"""``loadertop run [--headless] -- COMMAND``: run a user's command with every DataLoader in it instrumented.
 
-The command runs as a child process, unchanged, with the terminal's stdin, stdout and stderr;
-loadertop's own lines come from inside it on stderr, prefixed ``loadertop:``. Its exit code is
-returned (128 + N when signal N ended it). Ctrl+C reaches it from the terminal as usual;
-SIGTERM and SIGHUP sent to loadertop are passed on to it. Imports no torch.
+Headless (``launch``), the command runs as a child process, unchanged, with the terminal's
+stdin, stdout and stderr; loadertop's own lines come from inside it on stderr, prefixed
+``loadertop:``. Its exit code is returned (128 + N when signal N ended it). Ctrl+C reaches it
+from the terminal as usual; SIGTERM and SIGHUP sent to loadertop are passed on to it.
+
+Under the monitor (``spawn``), the monitor owns the terminal: the command runs in a session of
+its own (a hangup of the monitor's terminal does not reach it, so ``d`` can detach), its
+stdin is /dev/null and its stdout and stderr go to a log file beside its socket, which the
+monitor's log panel shows. Either way it serves monitors on a socket (``loadertop attach``).
+Imports no torch.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType
@@ -57,7 +64,7 @@ def launch(command: Sequence[str], *, workers: int | None = None, switches: Mapp
     with tempfile.TemporaryDirectory(prefix="loadertop-run-") as run_dir:
         settings = ProbeSettings(workers=workers, switches=dict(switches or {}),
                                  record=os.path.abspath(record) if record else None,
-                                 claim=os.path.join(run_dir, "claimed"))
+                                 claim=os.path.join(run_dir, "claimed"), command=tuple(command))
         child = subprocess.Popen([executable, *command[1:]], env=environment(settings))
 
         def pass_on(signum: int, _frame: FrameType | None) -> None:
@@ -73,3 +80,25 @@ def launch(command: Sequence[str], *, workers: int | None = None, switches: Mapp
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
     return code if code >= 0 else 128 - code
+
+
+def spawn(command: Sequence[str], *, workers: int | None = None, switches: Mapping[int, int] | None = None,
+          record: str | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``command`` for the monitor (see the module's docstring); returns the child and its log file."""
+    from loadertop.core.protocol.runtime import RuntimeDirError, runtime_dir
+
+    executable = resolve(command)
+    try:
+        directory = runtime_dir()
+    except RuntimeDirError as exc:
+        raise LaunchError(str(exc)) from None
+    stamp = f"{os.getpid()}-{int(time.time() * 1000)}"
+    log = directory / f"run-{stamp}.log"
+    settings = ProbeSettings(workers=workers, switches=dict(switches or {}),
+                             record=os.path.abspath(record) if record else None,
+                             claim=str(directory / f"run-{stamp}.claim"), command=tuple(command), log=str(log))
+    with open(log, "wb") as output:
+        os.chmod(log, 0o600)
+        child = subprocess.Popen([executable, *command[1:]], env=environment(settings), stdin=subprocess.DEVNULL,
+                                 stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+    return child, str(log)

@@ -11,7 +11,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -145,12 +145,16 @@ class NvmlReader:
         """True when at least one GPU can be read."""
         return self._nvml is not None and bool(self._handles)
 
-    def read(self) -> tuple[GpuSample, ...]:
-        """One sample per GPU; fields NVML cannot read (permissions, old drivers) are None."""
+    def read(self, pids: Collection[int] | None = None) -> tuple[GpuSample, ...]:
+        """One sample per GPU; fields NVML cannot read (permissions, old drivers) are None.
+
+        Args:
+            pids: the processes whose GPU memory is "the process's" (default: this one).
+        """
         if not self.available:
             return ()
         nvml = self._nvml
-        me = os.getpid()
+        mine_pids = {os.getpid()} if pids is None else set(pids)
         samples = []
         for index, handle in enumerate(self._handles):
             name = _try(lambda h=handle: nvml.nvmlDeviceGetName(h)) or f"GPU {index}"
@@ -161,7 +165,7 @@ class NvmlReader:
             temp = _try(lambda h=handle: float(nvml.nvmlDeviceGetTemperature(h, nvml.NVML_TEMPERATURE_GPU)))
             power = _try(lambda h=handle: nvml.nvmlDeviceGetPowerUsage(h) / 1000.0)
             procs = _try(lambda h=handle: nvml.nvmlDeviceGetComputeRunningProcesses(h))
-            mine = [p.usedGpuMemory for p in procs or () if p.pid == me and p.usedGpuMemory is not None]
+            mine = [p.usedGpuMemory for p in procs or () if p.pid in mine_pids and p.usedGpuMemory is not None]
             samples.append(
                 GpuSample(
                     index=index,
@@ -216,6 +220,8 @@ class SystemSampler:
         read_gpus: set False to skip NVML entirely.
         on_thread_start: called in the sampling thread before its first sample, with the thread's
             native id (e.g. to leave the sampler's own CPU out of what training costs).
+        pid: the training process to follow, with its descendants (default: this one; a watched
+            script's pid in a monitor of its own).
     """
 
     def __init__(
@@ -226,6 +232,7 @@ class SystemSampler:
         on_sample: Callable[[SystemSnapshot], None] | None = None,
         read_gpus: bool = True,
         on_thread_start: Callable[[int], None] | None = None,
+        pid: int | None = None,
     ) -> None:
         if interval_s <= 0:
             raise ValueError(f"sampling interval must be > 0 s, got {interval_s}")
@@ -235,7 +242,7 @@ class SystemSampler:
         self._read_gpus = read_gpus
         self._on_thread_start = on_thread_start
         self._nvml: NvmlReader | None = None
-        self._me = psutil.Process()
+        self._me = psutil.Process(pid)
         self._procs: dict[int, psutil.Process] = {}
         self._new: set[int] = set()
         self._latest: SystemSnapshot | None = None
@@ -397,7 +404,7 @@ class SystemSampler:
             tree_rss_bytes=tree_rss,
             shm_used_bytes=shm_used,
             shm_total_bytes=shm_total,
-            gpus=gpus.read(),
+            gpus=gpus.read(live),
             gpu_status=gpus.status,
             sampler_cpu_fraction=0.0,
         )

@@ -19,6 +19,66 @@ from loadertop.core.system import SystemSnapshot
 
 
 @dataclass(frozen=True, slots=True)
+class LoaderInfo:
+    """A DataLoader of a watched script, as it last reported itself.
+
+    Attributes:
+        name: its name (``name=`` or its creation site ``file:line``).
+        num_workers: the workers running now (or at its next ``iter()``).
+        batch_size: its batch size (None with ``batch_size=None`` or a batch_sampler).
+        batches_per_epoch: ``len(loader)`` (None when unsized).
+        training: the loader that commands address by default.
+        exact: a switch continues the running epoch; False (an IterableDataset): it waits for the next epoch.
+        pending: a requested worker count not yet applied.
+        epoch: iterations started so far.
+        worker_pids: its running workers.
+    """
+
+    name: str
+    num_workers: int
+    batch_size: int | None
+    batches_per_epoch: int | None
+    training: bool
+    exact: bool
+    pending: int | None
+    epoch: int
+    worker_pids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptView:
+    """What a monitor knows of a user's script beyond the batches (None for the built-in workload).
+
+    Attributes:
+        command: the command line.
+        pid: the process that trains (None until it is known).
+        log_path: the file the script's output goes to (None: its own terminal).
+        log_tail: the latest lines of that output.
+        loaders: every DataLoader it created, in creation order.
+        selected: the loader shown and commanded (the training one unless the user chose another).
+        connected: whether the monitor hears from the script now.
+        control: who may switch workers, in words ("this monitor", or who else does).
+        ended: how the script ended, in words (None while it runs).
+        dropped: messages lost on the way: the monitor did not read them in time, or the script's queue was full.
+        rejected: lines from the script this monitor refused (malformed, oversized, unknown).
+        notice: (sequence number, text) of the latest thing to tell the user (a refusal, a switch).
+    """
+
+    command: tuple[str, ...]
+    pid: int | None
+    log_path: str | None
+    log_tail: tuple[str, ...]
+    loaders: tuple[LoaderInfo, ...]
+    selected: str | None
+    connected: bool
+    control: str
+    ended: str | None
+    dropped: int = 0
+    rejected: int = 0
+    notice: tuple[int, str] = (0, "")
+
+
+@dataclass(frozen=True, slots=True)
 class SessionView:
     """Everything a display shows at one moment; immutable, safe to keep.
 
@@ -31,6 +91,7 @@ class SessionView:
         gpu_status: ``"1 NVIDIA GPU"``, ``"no NVIDIA GPU: <reason>"``, or ``"sampling"`` before the first sample.
         advice: the fastest and the recommended configuration, with warnings (None in old recordings).
         sweep: the sweep's progress, once one was started.
+        script: the watched script, its loaders and its output (None for the built-in workload).
     """
 
     workload_name: str
@@ -41,6 +102,7 @@ class SessionView:
     gpu_status: str
     advice: Advice | None = None
     sweep: SweepProgress | None = None
+    script: ScriptView | None = None
 
 
 class SessionLike(Protocol):

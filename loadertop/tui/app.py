@@ -22,6 +22,7 @@ from loadertop.tui.widgets import (
     ErrorPanel,
     GpuPanel,
     LoadComputePanel,
+    LogPanel,
     LossChart,
     PendingBar,
     RunHeader,
@@ -60,6 +61,10 @@ class LoaderTopApp(App[None]):
         Binding("escape", "cancel_sweep", "cancel sweep", show=False),
         Binding("p", "pause", "pause", id="pause", tooltip="Pause or resume training"),
         Binding("c", "settings", "settings", id="settings", tooltip="Batch size, pin_memory, persistence, prefetch"),
+        Binding("l", "next_loader", "next loader", id="loader",
+                tooltip="A script's next DataLoader: shown, and what the keys switch"),
+        Binding("d", "detach", "detach", id="detach",
+                tooltip="Leave a script running and quit (loadertop attach watches it again)"),
         Binding("question_mark", "help", "help", key_display="?", id="help", tooltip="Every key"),
         Binding("q", "quit", "quit", id="quit", tooltip="Stop training and quit"),
         Binding("ctrl+c", "quit", "quit", show=False, priority=True),
@@ -76,6 +81,8 @@ class LoaderTopApp(App[None]):
         self.latest: SessionView | None = None
         self._tick = 0
         self._sweep_state: str | None = None
+        self._notice_seen = 0
+        self._watching_script = False
 
     def compose(self) -> ComposeResult:
         # Held by reference: queries go to the active screen, which may be the help or the form.
@@ -91,8 +98,9 @@ class LoaderTopApp(App[None]):
             self._panel(GpuPanel(id="gpu"), "GPU"),
             self._panel(WorkersPanel(id="workers"), "processes"),
             self._panel(ComparisonTable(id="table"), "worker counts tried"),
+            self._panel(LogPanel(id="log"), "the script's output"),
         ]
-        header, pending, loss, load, error, cpu, gpu, workers, table = self._views
+        header, pending, loss, load, error, cpu, gpu, workers, table, log = self._views
         with Vertical(id="main"):
             yield header
             yield pending
@@ -105,6 +113,7 @@ class LoaderTopApp(App[None]):
                 yield gpu
                 yield workers
             yield table
+            yield log
         yield Static("terminal too small for loadertop: make it at least 60x16 (q quits)", id="too-small")
         yield Footer()
 
@@ -127,8 +136,13 @@ class LoaderTopApp(App[None]):
             pass
 
     def _on_quit_signal(self, signum: int) -> None:
-        # SIGTERM, or SIGHUP when the SSH link drops: stop training first, then leave.
-        self.session.stop()
+        # SIGTERM, or SIGHUP when the SSH link drops: stop training first, then leave. A script
+        # in a process of its own outlives a dropped link: it runs on, and loadertop attach finds it.
+        detach = getattr(self.session, "detach", None)
+        if signum == signal.SIGHUP and detach is not None:
+            detach()
+        else:
+            self.session.stop()
         self.exit(return_code=128 + signum)
 
     # ------------------------------------------------------------------ drawing
@@ -140,19 +154,42 @@ class LoaderTopApp(App[None]):
             force: every panel redraws now (after a key press changed the session).
         """
         view = self.session.view()
+        previous = self.latest
         self.latest = view
         self._tick += 1
-        if self.pending is None:
-            self.pending = view.status.config
+        if self.pending is None or (previous is not None and self.pending == previous.status.config):
+            self.pending = view.status.config  # untouched by the user: it follows what runs
         for widget in self._views:
             if force or widget.wants(view, self._tick):
                 widget.view = view
         self._error_panel.set_class(view.status.error is not None, "-shown")
+        script = view.script
+        if (script is not None) != self._watching_script:
+            self._watching_script = script is not None
+            self.screen_stack[0].set_class(self._watching_script, "-script")
+            self.refresh_bindings()
+            if self._watching_script:
+                self.query_one("#log").border_title = f"the script's output ({script.log_path or 'its terminal'})"
+        if script is not None and script.notice[0] != self._notice_seen:
+            self._notice_seen = script.notice[0]
+            refused = script.notice[1].startswith("refused")
+            self.notify(script.notice[1], severity="warning" if refused else "information", timeout=4)
         sweep_state = view.sweep.state if view.sweep is not None else None
         if sweep_state != self._sweep_state:
             if sweep_state == "done" and self._sweep_state == "running":
                 self._sweep_done(view)
             self._sweep_state = sweep_state
+
+    SCRIPT_ONLY: ClassVar[frozenset[str]] = frozenset({"next_loader", "detach"})
+    BUILT_IN_ONLY: ClassVar[frozenset[str]] = frozenset({"sweep", "pause", "settings"})
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """The footer offers what works here: a script's loop is its own (no pause, sweep or settings)."""
+        if action in self.SCRIPT_ONLY:
+            return self._watching_script
+        if action in self.BUILT_IN_ONLY:
+            return not self._watching_script
+        return True
 
     def watch_pending(self, pending: LoaderConfig | None) -> None:
         self._pending_bar.pending = pending
@@ -205,12 +242,16 @@ class LoaderTopApp(App[None]):
         if view is None:
             return
         state = view.status.state
-        if state.is_done:
-            self.notify(f"the run has {state.value}: r trains again", timeout=3)
-        elif state is TrainerState.PAUSED:
-            self.session.resume()
-        else:
-            self.session.pause()
+        try:
+            if state.is_done:
+                self.notify(f"the run has {state.value}: r trains again", timeout=3)
+            elif state is TrainerState.PAUSED:
+                self.session.resume()
+            else:
+                self.session.pause()
+        except RuntimeError as exc:
+            self.notify(str(exc), severity="warning", timeout=4)
+            return
         self.refresh_view(force=True)
 
     def action_settings(self) -> None:
@@ -265,9 +306,32 @@ class LoaderTopApp(App[None]):
 
         self.push_screen(SweepResult(advice, recommended, view.status.config), adopt)
 
+    def action_next_loader(self) -> None:
+        """Show and command a script's next DataLoader."""
+        select = getattr(self.session, "select_next_loader", None)
+        name = select() if select is not None else None
+        if name is None:
+            self.notify("one loader only: l goes through a script's DataLoaders", timeout=3)
+            return
+        self.pending = None  # the next view brings this loader's configuration
+        self.refresh_view(force=True)
+        self.notify(f"showing {name}: the keys now switch it", timeout=3)
+
+    def action_detach(self) -> None:
+        """Leave a watched script running and quit."""
+        detach = getattr(self.session, "detach", None)
+        if detach is None:
+            self.notify("the built-in workload trains in this process: q stops it (d detaches from scripts)",
+                        timeout=4)
+            return
+        detach()
+        self.exit()
+
     def action_help(self) -> None:
         """Show every key."""
-        self.push_screen(HelpScreen())
+        script = self.latest.script if self.latest is not None else None
+        self.push_screen(HelpScreen(log_path=script.log_path if script is not None else None,
+                                    script=script is not None))
 
     async def action_quit(self) -> None:
         """Stop training (the caller waits for the workers) and leave."""

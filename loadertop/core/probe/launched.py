@@ -14,6 +14,7 @@ on stderr through a bounded queue and a writer thread: the loop never waits on t
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
@@ -22,6 +23,7 @@ import os
 import queue
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -29,6 +31,10 @@ from typing import IO, Any
 
 ENV = "LOADERTOP_PROBE"
 QUEUE_LIMIT = 10_000
+STATUS_INTERVAL_S = 0.25
+"""How often the writer looks for changed loader states (worker pids, pending requests) to publish."""
+CPU_INTERVAL_S = 1.0
+"""How often the writer publishes the process tree's CPU (the running configuration's cost so far)."""
 """Batches waiting for the writer thread; past that they are dropped (and counted), never waited for."""
 
 
@@ -41,24 +47,32 @@ class ProbeSettings:
         switches: ``{batches: workers}``: switch the training loader after that many of its batches.
         record: a JSONL file for one object per batch (None: none).
         claim: a path the first process to import torch creates, to be the one that acts.
+        command: the command line the launcher ran (for monitors).
+        log: the file the script's output goes to (None: the terminal).
+        serve: serve monitors on a socket (``loadertop attach``).
     """
 
     workers: int | None = None
     switches: dict[int, int] = field(default_factory=dict)
     record: str | None = None
     claim: str | None = None
+    command: tuple[str, ...] = ()
+    log: str | None = None
+    serve: bool = True
 
     def to_environment(self) -> str:
         """The value of ``LOADERTOP_PROBE``."""
         return json.dumps({"workers": self.workers, "switches": {str(k): v for k, v in self.switches.items()},
-                           "record": self.record, "claim": self.claim})
+                           "record": self.record, "claim": self.claim, "command": list(self.command),
+                           "log": self.log, "serve": self.serve})
 
     @classmethod
     def from_environment(cls, text: str) -> ProbeSettings:
         """Parse ``LOADERTOP_PROBE``."""
         data = json.loads(text)
         return cls(workers=data.get("workers"), switches={int(k): int(v) for k, v in data.get("switches", {}).items()},
-                   record=data.get("record"), claim=data.get("claim"))
+                   record=data.get("record"), claim=data.get("claim"), command=tuple(data.get("command") or ()),
+                   log=data.get("log"), serve=bool(data.get("serve", True)))
 
 
 _run: LaunchedRun | None = None  # the run this process acts for, once it claimed it
@@ -157,7 +171,12 @@ class _ThenLoader(importlib.abc.Loader):
 
 
 class LaunchedRun:
-    """The creation hook of a launched script: settings applied, every batch recorded and summed up."""
+    """The creation hook of a launched script: settings applied, every batch recorded, published and summed up.
+
+    The loop's thread only builds a small record and puts it on a bounded queue; the writer
+    thread writes ``--record``, prints loadertop's lines and publishes to the monitors'
+    socket (``RunServer``), whose own thread sends; monitors' switch requests arrive there.
+    """
 
     def __init__(self, settings: ProbeSettings) -> None:
         self.settings = settings
@@ -166,9 +185,28 @@ class LaunchedRun:
         self.dropped = 0
         self._steps: dict[str, int] = {}
         self._record: IO[str] | None = open(settings.record, "w", encoding="utf-8") if settings.record else None  # noqa: SIM115
+        self.server: Any = self._serve() if settings.serve else None
+        self._clock = _cpu_clock()
         self._writer = threading.Thread(target=self._write, name="loadertop-writer", daemon=True)
         self._writer.start()
+        if self._clock is not None and self.server is not None:
+            self._clock.exclude_threads([self._writer.native_id or 0, self.server.native_id])
+        self._previous_excepthook = sys.excepthook
+        sys.excepthook = self._excepthook
         atexit.register(self.close)
+
+    def _serve(self) -> Any:
+        """The socket monitors attach to; None (and a line) when it cannot be made: the script runs unwatched."""
+        from loadertop.core.probe.server import RunServer
+        from loadertop.core.protocol.runtime import RuntimeDirError, run_socket_path
+
+        hello = {"pid": os.getpid(), "command": list(self.settings.command) or list(sys.argv),
+                 "cwd": os.getcwd(), "started": time.time(), "log": self.settings.log}
+        try:
+            return RunServer(run_socket_path(), hello, self._switch_request)
+        except (OSError, RuntimeDirError) as exc:
+            self._say(f"no monitor can attach: {exc}")
+            return None
 
     # ---------------------------------------------------------------- hook
 
@@ -191,8 +229,40 @@ class LaunchedRun:
         self.loaders.append(loader)
         self._steps[loader.name] = 0
         loader.add_observer(lambda batch: self._on_batch(loader, batch, training))
+        if training:
+            loader.add_boundary_hook(self._boundary)
         role = " (training: --switch applies to it)" if training else ""
+        self._put(("loader", loader))
         self._say(f"DataLoader {loader.name}: {_workers(loader.num_workers)}, batch {loader.batch_size}{role}")
+
+    def _boundary(self, loader: Any) -> None:
+        """A configuration of the training loader begins (loop thread): the tree's CPU now, off to the writer."""
+        if self._clock is not None:
+            with contextlib.suppress(Exception):
+                self._put(("cpu", ("boundary", loader.name, self._clock.read())))
+
+    def _find(self, name: str | None) -> Any:
+        if name is None:
+            return self.loaders[0] if self.loaders else None
+        return next((loader for loader in self.loaders if loader.name == name), None)
+
+    def _switch_request(self, name: str | None, workers: int) -> str | None:
+        """A monitor's switch (in the server's thread): applied by the loader at its next batch boundary."""
+        loader = self._find(name)
+        if loader is None:
+            return "no DataLoader yet" if name is None else f"no DataLoader named {name!r}"
+        loader.switch(workers)
+        when = "at the next batch" if loader.continues_exactly else "at the next epoch (an IterableDataset)"
+        self._put(("say", f"{loader.name}: the monitor asks for {_workers(workers)}, {when}"))
+        self._put(("loader", loader))
+        return None
+
+    def _excepthook(self, kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        import traceback
+
+        text = "".join(traceback.format_exception(kind, value, tb))
+        self._put(("exception", text))
+        self._previous_excepthook(kind, value, tb)
 
     # -------------------------------------------------------- loop thread
 
@@ -220,16 +290,67 @@ class LaunchedRun:
 
     # ------------------------------------------------------- writer thread
 
+    def _publish(self, kind: str, **fields: Any) -> None:
+        if self.server is not None:
+            self.server.publish(kind, **fields)
+
+    def _publish_loader(self, loader: Any) -> Any:
+        status = loader.status()
+        try:
+            batches: int | None = len(loader)
+        except TypeError:
+            batches = None
+        self._publish("loader", name=loader.name, num_workers=status.num_workers, batch_size=loader.batch_size,
+                      batches_per_epoch=batches, training=loader is self.loaders[0], exact=loader.continues_exactly,
+                      pending=status.pending, epoch=status.epoch, worker_pids=list(status.worker_pids),
+                      dropped=self.dropped)
+        return status
+
+    def _publish_cpu(self, reason: str, loader: str, reading: Any) -> None:
+        self._publish("cpu", reason=reason, loader=loader, time=reading.time, main_s=reading.main_s,
+                      children_s=reading.children_s, rss_bytes=reading.rss_bytes)
+
     def _write(self) -> None:
         sums: dict[tuple[str, int], list[float]] = {}  # (loader, workers) -> [batches, load_s, step_s, samples]
         epochs: dict[str, tuple[int, list[float]]] = {}  # loader -> (epoch, [batches, load_s, step_s, samples])
+        seen: dict[str, Any] = {}  # loader -> the status last published
+        workers_of: dict[str, int] = {}  # loader -> workers of its latest batch
+        next_status = next_cpu = 0.0
         while True:
-            kind, payload = self._queue.get()
+            try:
+                kind, payload = self._queue.get(timeout=STATUS_INTERVAL_S)
+            except queue.Empty:
+                kind, payload = "idle", None
+            now = time.monotonic()
+            if now >= next_status:  # worker pids and pending requests, as they change
+                next_status = now + STATUS_INTERVAL_S
+                for loader in list(self.loaders):
+                    if loader.status() != seen.get(loader.name):
+                        seen[loader.name] = self._publish_loader(loader)
+            if now >= next_cpu and self._clock is not None and self.loaders:
+                next_cpu = now + CPU_INTERVAL_S
+                with contextlib.suppress(Exception):
+                    self._publish_cpu("tick", self.loaders[0].name, self._clock.read())
+            if kind == "idle":
+                continue
             if kind == "close":
                 for name, (number, totals) in epochs.items():  # the last epoch of each loader
                     self._say(f"{name} epoch {number}: " + _describe(*totals))
                 self._summary(sums)
+                if self._clock is not None and self.loaders:
+                    with contextlib.suppress(Exception):
+                        self._publish_cpu("end", self.loaders[0].name, self._clock.read())
+                self._publish("event", event="exit", dropped=self.dropped)
                 return
+            if kind == "cpu":
+                self._publish_cpu(*payload)
+                continue
+            if kind == "loader":
+                seen[payload.name] = self._publish_loader(payload)
+                continue
+            if kind == "exception":
+                self._publish("event", event="exception", traceback=payload[-8000:])
+                continue
             if kind == "say":
                 self._say(payload)
                 continue
@@ -237,14 +358,20 @@ class LaunchedRun:
                 self._write_log(*payload, epochs)
                 continue
             step, batch = payload
+            fields = {"loader": batch.loader, "step": step, "epoch": batch.epoch, "batch": batch.batch,
+                      "num_workers": batch.num_workers, "samples": batch.samples,
+                      "load_ms": round(batch.load_s * 1000, 4),
+                      "step_ms": None if batch.step_s is None else round(batch.step_s * 1000, 4),
+                      "switch_ms": round(batch.switch_s * 1000, 4), "time": round(batch.time, 6)}
             if self._record is not None:
-                self._record.write(json.dumps({
-                    "loader": batch.loader, "step": step, "epoch": batch.epoch, "batch": batch.batch,
-                    "num_workers": batch.num_workers, "samples": batch.samples,
-                    "load_ms": round(batch.load_s * 1000, 4),
-                    "step_ms": None if batch.step_s is None else round(batch.step_s * 1000, 4),
-                    "switch_ms": round(batch.switch_s * 1000, 4), "time": round(batch.time, 6)}) + "\n")
+                self._record.write(json.dumps(fields) + "\n")
                 self._record.flush()
+            before = workers_of.get(batch.loader)
+            workers_of[batch.loader] = batch.num_workers
+            if before is not None and before != batch.num_workers:
+                self._publish("event", event="switch", loader=batch.loader, after_step=step - 1,
+                              **{"from": before, "to": batch.num_workers})
+            self._publish("batch", **fields)
             current = epochs.get(batch.loader)
             if current is not None and current[0] != batch.epoch:
                 self._say(f"{batch.loader} epoch {current[0]}: " + _describe(*current[1]))
@@ -263,6 +390,8 @@ class LaunchedRun:
         if self._record is not None:
             self._record.write(json.dumps({"event": "log", "loader": loader, "step": step, **numbers}) + "\n")
             self._record.flush()
+        self._publish("log", loader=loader, step=step,
+                      metrics={k: v for k, v in numbers.items() if isinstance(v, (int, float)) or v is None})
         loss = numbers.get("loss")
         current = epochs.get(loader)
         if isinstance(loss, float) and current is not None:
@@ -276,20 +405,36 @@ class LaunchedRun:
             self._say(f"{self.dropped} batch records dropped: the writer could not keep up")
 
     def close(self) -> None:
-        """Write what is queued and the summary (at the script's exit)."""
-        if not self._writer.is_alive():
-            return
-        try:
-            self._queue.put(("close", None), timeout=2.0)
-        except queue.Full:
-            return
-        self._writer.join(5.0)
-        if self._record is not None:
+        """Write what is queued and the summary (at the script's exit), then close the socket."""
+        if self._writer.is_alive():
+            try:
+                self._queue.put(("close", None), timeout=2.0)
+            except queue.Full:
+                pass
+            else:
+                self._writer.join(5.0)
+        if self._record is not None and not self._record.closed:
             self._record.close()
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        if self.settings.claim:
+            with contextlib.suppress(OSError):
+                os.unlink(self.settings.claim)
 
     @staticmethod
     def _say(text: str) -> None:
         print(f"loadertop: {text}", file=sys.stderr, flush=True)
+
+
+def _cpu_clock() -> Any:
+    """The CPU clock of this process's tree (None where psutil cannot read it: no cost shown)."""
+    try:
+        from loadertop.core.cost import TreeCpuClock
+
+        return TreeCpuClock()
+    except Exception:  # noqa: BLE001 - cost is optional, the run is not
+        return None
 
 
 def _describe(batches: float, load_s: float, step_s: float, samples: float, loss: float = 0.0,

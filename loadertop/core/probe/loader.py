@@ -128,6 +128,7 @@ class DataLoader(torch.utils.data.DataLoader):
         self._request: int | None = None
         self._request_lock = threading.Lock()
         self._observers: list[Callable[[LoaderBatch], None]] = []
+        self._boundary_hooks: list[Callable[[DataLoader], None]] = []
         self._stream_to_hand_out: _IssuedIndices | None = None
         self._last_stream: _IssuedIndices | None = None
         self._active: weakref.ref[_SwitchingIterator] | None = None  # weak: a dropped iterator ends its workers
@@ -151,6 +152,16 @@ class DataLoader(torch.utils.data.DataLoader):
         """Call ``observer`` with a ``LoaderBatch`` for every batch the loop receives (in the loop's thread)."""
         self._observers.append(observer)
 
+    def add_boundary_hook(self, hook: Callable[[DataLoader], None]) -> None:
+        """Call ``hook(loader)`` in the loop's thread where a configuration begins: before the first
+        ``iter()``, and at each switch after the old workers are shut down and before new ones start
+        (where a CPU reading bills each configuration its own workers)."""
+        self._boundary_hooks.append(hook)
+
+    def _boundary(self) -> None:
+        for hook in self._boundary_hooks:
+            hook(self)
+
     @property
     def continues_exactly(self) -> bool:
         """Whether a switch can continue the running epoch exactly (map-style data, batches in order)."""
@@ -173,6 +184,8 @@ class DataLoader(torch.utils.data.DataLoader):
         return _IndexSampler(self, real) if self.continues_exactly else real
 
     def __iter__(self) -> _SwitchingIterator:  # type: ignore[override]
+        if self._epoch == 0:
+            self._boundary()
         self._apply_between_epochs()
         self._epoch += 1
         inner = super().__iter__()
@@ -200,6 +213,8 @@ class DataLoader(torch.utils.data.DataLoader):
         if old is not None:  # persistent workers of the old count
             torch_compat.shutdown_workers(old)
             self._iterator = None
+        if self._epoch:
+            self._boundary()
         self._set_workers(request)
 
     def _set_workers(self, num_workers: int) -> None:
@@ -346,6 +361,7 @@ class _SwitchingIterator:
         torch_compat.shutdown_workers(old)
         if getattr(loader, "_iterator", None) is old:
             loader._iterator = None
+        loader._boundary()
         loader._set_workers(request)
         self._stream = _IssuedIndices(stream.source, again)
         self._inner = loader._new_generation(self._stream, base_seed)

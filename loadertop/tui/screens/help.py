@@ -26,6 +26,15 @@ KEYS = (
     ("q, Ctrl+C", "quit: stops training and shuts the workers down"),
 )
 
+SCRIPT_KEYS = (
+    ("+ / - 0 … 9", "the pending worker count of the loader shown"),
+    ("r", "switch it at its next batch boundary (an IterableDataset's at its next epoch)"),
+    ("l", "the script's next DataLoader (train, validation, ...): shown, and what r switches"),
+    ("d", "detach: quit and leave the script running; loadertop attach watches it again"),
+    ("?", "this help"),
+    ("q, Ctrl+C", "stop the script as ^C would (SIGINT, then SIGTERM after 5 s) and quit"),
+)
+
 READING = (
     "load = time the step waited for the next batch; compute = the training step itself.",
     "input-bound: the step waits for data more than 10% of the time; add workers until it is not.",
@@ -41,14 +50,23 @@ class HelpScreen(ModalScreen[None]):
         Binding("escape,q,question_mark", "dismiss", "close", tooltip="Close the help"),
     ]
 
+    def __init__(self, *, script: bool = False, log_path: str | None = None) -> None:
+        super().__init__()
+        self.script = script
+        self.log_path = log_path
+
     def compose(self) -> ComposeResult:
         text = Text()
-        for key, what in KEYS:
+        for key, what in SCRIPT_KEYS if self.script else KEYS:
             text.append(f"{key:>10}  ", "bold")
             text.append("\n".join(textwrap.wrap(what, 72, subsequent_indent=" " * 12)) + "\n")
         text.append("\n")
         for line in READING:
             text.append(line + "\n", "dim")
+        if self.script:
+            text.append("With a script, the step is everything its loop does between two batches.\n", "dim")
+            if self.log_path:
+                text.append(f"The script's output (stdout and stderr) is written to {self.log_path}\n", "dim")
         text.append("\nEsc closes this help.", "dim")
         with Vertical(classes="dialog") as box:
             box.border_title = "loadertop keys"

@@ -7,6 +7,7 @@ from loadertop.tui.widgets.error_panel import ErrorPanel
 from loadertop.tui.widgets.gpu import GpuPanel
 from loadertop.tui.widgets.header import RunHeader
 from loadertop.tui.widgets.load_compute import LoadComputePanel
+from loadertop.tui.widgets.log_panel import LogPanel
 from loadertop.tui.widgets.loss_chart import LossChart
 from loadertop.tui.widgets.pending import PendingBar
 from loadertop.tui.widgets.workers import WorkersPanel
@@ -17,6 +18,7 @@ __all__ = [
     "ErrorPanel",
     "GpuPanel",
     "LoadComputePanel",
+    "LogPanel",
     "LossChart",
     "PendingBar",
     "RunHeader",

@@ -59,9 +59,11 @@ class RunHeader(ViewWidget):
 
         done = status.batch_in_epoch / status.batches_per_epoch if status.batches_per_epoch else 0.0
         bar_w = max(6, min(24, self.size.width // 6))
-        line.append(f"epoch {status.epoch}/{status.epochs} ")
+        # A script's epochs are its own business: their number is known, their total is not.
+        line.append(f"epoch {status.epoch}/{status.epochs} " if status.epochs else f"epoch {status.epoch} ")
         line.append("▕" + meter(done * 100, bar_w) + "▏", "cyan")
-        line.append(f" {status.batch_in_epoch}/{status.batches_per_epoch}  step {status.step}")
+        of = f"/{status.batches_per_epoch}" if status.batches_per_epoch else ""
+        line.append(f" {status.batch_in_epoch}{of}  step {status.step}")
         if status.max_batches is not None:
             line.append(f"/{status.max_batches}")
         line.append(f"  │ {format_duration(status.elapsed_s)}")

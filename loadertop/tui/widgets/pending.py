@@ -6,6 +6,7 @@ from rich.text import Text
 from textual.reactive import reactive
 
 from loadertop.core.config import LoaderConfig
+from loadertop.core.view import SessionView
 from loadertop.tui.plot import meter
 from loadertop.tui.widgets.base import ViewWidget
 
@@ -61,6 +62,10 @@ class PendingBar(ViewWidget):
             text.append("▕" + meter(sweep.fraction * 100, 12) + "▏", "cyan")
             text.append("  Esc cancels (keeps what was measured)", "dim")
             return text
+        script = view.script
+        if script is not None:
+            self._draw_script(text, view, pending)
+            return text
         text.append("next: ")
         text.append(pending.describe(), "bold reverse")
         text.append("  ")
@@ -75,3 +80,31 @@ class PendingBar(ViewWidget):
         else:
             text.append("r: nothing to change (+/- 0-9: workers, c: settings, s: sweep)", "dim")
         return text
+
+    @staticmethod
+    def _draw_script(text: Text, view: SessionView, pending: LoaderConfig) -> None:
+        """A script's loader: what r switches, or why nothing can be."""
+        script, status = view.script, view.status
+        assert script is not None
+        if script.ended is not None:
+            text.append(f"{script.ended}: the history stays; q quits", "bold")
+            return
+        if not script.loaders:
+            text.append("no DataLoader yet", "bold yellow")
+            text.append(" — the script's process is watched; its loaders appear once it creates them", "dim")
+            return
+        loader = next((info for info in script.loaders if info.name == script.selected), script.loaders[0])
+        text.append(f"{loader.name}{' (training)' if loader.training else ''}: ", "bold")
+        text.append(f"{pending.num_workers} worker{'s' if pending.num_workers != 1 else ''}", "bold reverse")
+        text.append("  ")
+        if loader.pending is not None:
+            when = "at its next batch" if loader.exact else "at its next epoch (IterableDataset)"
+            text.append(f"switching to {loader.pending} {when}", "bold yellow")
+        elif pending.num_workers != status.config.num_workers:
+            when = "" if loader.exact else " at the next epoch (an IterableDataset cannot change mid-epoch)"
+            text.append("r: ", "bold")
+            text.append(f"switch {status.config.num_workers} → {pending.num_workers} workers{when}", "bold yellow")
+        else:
+            text.append("r: nothing to change (+/- 0-9: workers, l: next loader, d: detach)", "dim")
+        if "controls" in script.control and not script.control.startswith("this"):
+            text.append(f"  {script.control}", "bold red")

@@ -1,0 +1,258 @@
+"""The launched script's side of the protocol: a Unix socket that any number of monitors watch.
+
+The training loop never waits here. ``publish`` (called by loadertop's writer thread, not the
+loop) encodes a message once, keeps it in a bounded history for monitors that attach later,
+and appends it to each connected monitor's outgoing buffer; a serving thread sends what each
+socket accepts. A monitor that stops reading (SIGSTOPped, stalled over SSH) lets its buffer
+fill to ``CLIENT_BUFFER_BYTES``; past that its messages are dropped and counted, and it is
+told how many when it reads again. Commands (a ``switch``) come only from the controller: the
+first monitor that asked for control; the others are told who has it. Imports no torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import selectors
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from loadertop.core.protocol.codec import LineReader, ProtocolError, encode
+from loadertop.core.protocol.messages import CLIENT_TYPES
+from loadertop.core.protocol.runtime import listen
+
+HISTORY_MESSAGES = 50_000
+"""Batch and log messages kept for monitors that attach later (~200 bytes each: about 10 MB at most)."""
+CLIENT_BUFFER_BYTES = 4 * 1024 * 1024
+"""Bytes waiting for one monitor; past that its messages are dropped (counted) until it reads again."""
+
+SwitchHandler = Callable[[str | None, int], str | None]
+"""``(loader name or None, workers) -> None`` when accepted, else the reason it was refused."""
+
+
+class _Client:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.out = bytearray()
+        self.dropped = 0
+        self.pid: int | None = None
+        self.reader = LineReader(known=CLIENT_TYPES)
+
+    def queue(self, line: bytes) -> None:
+        if self.dropped and len(self.out) + 64 <= CLIENT_BUFFER_BYTES:
+            self.out += encode("dropped", count=self.dropped)
+            self.dropped = 0
+        if len(self.out) + len(line) > CLIENT_BUFFER_BYTES:
+            self.dropped += 1
+        else:
+            self.out += line
+
+
+class RunServer:
+    """Serves one run's messages on ``path`` until ``close``.
+
+    Args:
+        path: the socket to create (mode 0600; its directory is the user's alone).
+        hello: the fields of the ``hello`` every monitor gets first.
+        on_switch: called in the serving thread with the controller's switch requests.
+    """
+
+    def __init__(self, path: Path, hello: dict[str, Any], on_switch: SwitchHandler) -> None:
+        self.path = path
+        self._hello = hello
+        self._on_switch = on_switch
+        self._lock = threading.Lock()
+        self._history: deque[bytes] = deque(maxlen=HISTORY_MESSAGES)
+        self._loaders: dict[str, bytes] = {}  # name -> its latest ``loader`` message
+        self._clients: dict[int, _Client] = {}
+        self._controller: _Client | None = None
+        self.rejected = 0
+        self._listener = listen(path)
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._selector.register(self._listener, selectors.EVENT_READ, "accept")
+        self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+        self._closing = False
+        self._close_by = 0.0
+        self._thread = threading.Thread(target=self._serve, name="loadertop-server", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------- any thread
+
+    @property
+    def native_id(self) -> int:
+        """The serving thread's native id (its CPU is loadertop's, not the run's)."""
+        return self._thread.native_id or 0
+
+    @property
+    def monitors(self) -> int:
+        """Monitors connected now."""
+        with self._lock:
+            return len(self._clients)
+
+    def publish(self, kind: str, *, keep: bool = True, **fields: Any) -> None:
+        """Send a message to every monitor (and keep it for later ones unless ``keep`` is False)."""
+        try:
+            line = encode(kind, **fields)
+        except (ProtocolError, TypeError, ValueError):
+            self.rejected += 1
+            return
+        with self._lock:
+            if kind == "loader":
+                self._loaders[str(fields.get("name"))] = line
+            elif keep:
+                self._history.append(line)
+            for client in self._clients.values():
+                client.queue(line)
+        self._wake()
+
+    def close(self) -> None:
+        """Send what is buffered (briefly), close every connection and remove the socket."""
+        self._close_by = time.monotonic() + 1.0  # a second to hand the last messages over
+        self._closing = True
+        self._wake()
+        self._thread.join(2.0)
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+
+    # --------------------------------------------------- serving thread
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):  # full: the thread is awake anyway
+            self._wake_w.send(b"x")
+
+    def _serve(self) -> None:
+        try:
+            while True:
+                self._update_interest()
+                if self._closing and (not any(c.out for c in self._clients.values())
+                                      or time.monotonic() > self._close_by):
+                    break
+                for key, events in self._selector.select(timeout=0.5 if not self._closing else 0.1):
+                    if key.data == "accept":
+                        self._accept()
+                    elif key.data == "wake":
+                        with contextlib.suppress(OSError):
+                            while self._wake_r.recv(4096):
+                                pass
+                    else:
+                        self._service(key.data, events)
+        finally:
+            for client in list(self._clients.values()):
+                self._drop(client)
+            self._selector.close()
+            self._listener.close()
+            self._wake_r.close()
+            self._wake_w.close()
+
+    def _update_interest(self) -> None:
+        with self._lock:
+            clients = list(self._clients.values())
+        for client in clients:
+            mask = selectors.EVENT_READ | (selectors.EVENT_WRITE if client.out else 0)
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.modify(client.sock, mask, client)
+
+    def _accept(self) -> None:
+        try:
+            sock, _ = self._listener.accept()
+        except OSError:
+            return
+        sock.setblocking(False)
+        client = _Client(sock)
+        with self._lock:
+            client.out += encode("hello", **self._hello, controller=self._controller_pid())
+            for line in self._loaders.values():
+                client.out += line
+            for line in self._history:
+                client.out += line
+            client.out += encode("history_end")
+            self._clients[sock.fileno()] = client
+        self._selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, client)
+
+    def _controller_pid(self) -> int | None:
+        return self._controller.pid if self._controller is not None else None
+
+    def _service(self, client: _Client, events: int) -> None:
+        if events & selectors.EVENT_READ:
+            try:
+                data = client.sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                data = None
+            except OSError:
+                data = b""
+            if data == b"":
+                self._drop(client)
+                return
+            if data:
+                for message in client.reader.feed(data):
+                    self._command(client, message)
+        if events & selectors.EVENT_WRITE and client.out:
+            with self._lock:
+                try:
+                    sent = client.sock.send(client.out)
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                except OSError:
+                    sent = -1
+                if sent > 0:
+                    del client.out[:sent]
+                if client.dropped and len(client.out) < CLIENT_BUFFER_BYTES // 2:  # reading again: say what it missed
+                    client.out += encode("dropped", count=client.dropped)
+                    client.dropped = 0
+            if sent < 0:
+                self._drop(client)
+
+    def _command(self, client: _Client, message: dict[str, Any]) -> None:
+        if message["type"] == "hello":
+            pid = message.get("pid")
+            client.pid = pid if isinstance(pid, int) else None
+            if message.get("control") is True:
+                with self._lock:
+                    if self._controller is None:
+                        self._controller = client
+                        self._broadcast_control()
+                    else:
+                        client.queue(encode("refused", reason=self._owner_text()))
+            return
+        if message["type"] == "switch":
+            workers, name = message.get("workers"), message.get("loader")
+            if self._controller is not client:
+                reason = self._owner_text() if self._controller is not None else "this monitor only watches"
+            elif not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
+                reason = f"workers must be an integer >= 0, got {workers!r}"
+            elif name is not None and not isinstance(name, str):
+                reason = f"loader must be a name, got {name!r}"
+            else:
+                reason = self._on_switch(name, workers)
+            if reason is not None:
+                with self._lock:
+                    client.queue(encode("refused", reason=reason))
+
+    def _owner_text(self) -> str:
+        pid = self._controller_pid()
+        return f"watching only: the monitor with pid {pid} controls this run" if pid else "watching only"
+
+    def _broadcast_control(self) -> None:
+        """Under the lock: tell everyone who controls the run now."""
+        line = encode("control", controller=self._controller_pid())
+        for other in self._clients.values():
+            other.queue(line)
+
+    def _drop(self, client: _Client) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(client.sock)
+        with self._lock:
+            self._clients.pop(client.sock.fileno(), None)
+            if self._controller is client:
+                self._controller = None
+                self._broadcast_control()
+        with contextlib.suppress(OSError):
+            client.sock.close()
+

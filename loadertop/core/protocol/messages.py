@@ -1,0 +1,31 @@
+"""What is said on the wire (every message also has ``"v"`` and ``"type"``).
+
+From the training process (a launched script) to each monitor:
+
+- ``hello``: ``pid``, ``command``, ``cwd``, ``started``, ``log`` (its output file or null),
+  ``controller`` (the pid of the monitor that may send commands, or null).
+- ``loader``: a DataLoader was created or changed: ``name``, ``num_workers``, ``batch_size``,
+  ``batches_per_epoch`` (null when unsized), ``training`` (the one commands address by default),
+  ``exact`` (a switch continues the running epoch; false for an IterableDataset: next epoch),
+  ``pending`` (a requested count not yet applied), ``epoch``, ``worker_pids``.
+- ``batch``: one batch the loop received: ``loader``, ``step``, ``epoch``, ``batch``,
+  ``num_workers``, ``samples``, ``load_ms``, ``step_ms`` (null for an epoch's first),
+  ``switch_ms``, ``time``.
+- ``log``: ``loadertop.log(...)`` values for the training loader's latest batch: ``loader``, ``step``, metrics.
+- ``event``: ``{"event": "switch", "loader", "from", "to", "after_step", "by"}``, and others to show as they are.
+- ``cpu``: the script's process tree's CPU clock (``time`` monotonic, ``main_s`` without loadertop's
+  threads, ``children_s`` reaped children included, ``rss_bytes``) read by the script itself:
+  ``reason`` ``"boundary"`` where a configuration of the training loader ``loader`` begins (its
+  old workers shut down, the new ones not yet started), ``"tick"`` every second, ``"end"`` at exit.
+- ``control``: ``controller`` changed (a monitor took control or left).
+- ``refused``: ``reason``: a command this monitor may not give, or one that cannot work.
+- ``dropped``: ``count``: messages this monitor missed because it did not read them in time.
+- ``history_end``: everything before the connection has been sent.
+
+From a monitor: ``hello`` (``pid``, ``control``: whether it wants to give commands) and
+``switch`` (``loader``: a name or null for the training loader, ``workers``).
+"""
+
+SERVER_TYPES = frozenset({"hello", "loader", "batch", "log", "cpu", "event", "control", "refused", "dropped",
+                          "history_end"})
+CLIENT_TYPES = frozenset({"hello", "switch"})
