@@ -2,9 +2,9 @@
 
     make screenshots        (or: python screenshots/make_screenshots.py)
 
-The recording is a real run of the built-in workload on the machine named in the
-README (``screenshots/record_session.py`` makes a new one); drawing from it keeps
-every figure in the SVGs fixed.
+The recordings are real runs on the machine named in the README: the built-in workload
+(``screenshots/record_session.py`` makes a new one) and a user's script under the monitor
+(``screenshots/record_script_session.py``); drawing from them keeps every figure in the SVGs fixed.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ async def main() -> int:
         await shoot(view, "monitor-80x24", (80, 24)),
         await shoot(view, "pending-switch-120x36", (120, 36), lambda p: press(p, "plus", "plus")),
         await shoot(view, "help-120x36", (120, 36), lambda p: press(p, "question_mark")),
+        await shoot(load_view(HERE / "script_session.json"), "script-120x36", (120, 36)),
     ]
     for path in made:
         print(f"wrote {path.relative_to(HERE.parent)}")

@@ -27,6 +27,7 @@ import socket
 import subprocess
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -194,6 +195,8 @@ class RemoteSession:
         self._connected = False
         self._ever_connected = False
         self._controller: int | None = None
+        self._controller_id: str | None = None
+        self.monitor_id = uuid.uuid4().hex[:16]  # several monitors may share a process (and a pid)
         self._dropped = 0
         self._script_dropped = 0
         self._notice: tuple[int, str] = (0, "")
@@ -305,6 +308,8 @@ class RemoteSession:
             self._wait_for_exit()
         self._closed.set()
         self._thread.join(1.0)
+        if not self._gone and not self._detached and self._has_exited():
+            self._gone = True
         self.sampler.stop(0.5)
         with self._lock:
             for track in self._tracks.values():
@@ -394,7 +399,8 @@ class RemoteSession:
             batch_in_epoch=track.batch_in_epoch if track is not None else 0,
             batches_per_epoch=(info.batches_per_epoch or 0) if info is not None else 0,
             step=track.step if track is not None else 0, max_batches=None,
-            elapsed_s=time.time() - self._started, worker_pids=info.worker_pids if info is not None else (),
+            elapsed_s=time.time() - self._started,
+            worker_pids=info.worker_pids if info is not None and ended is None else (),
             error=error)
 
     def _failed(self) -> bool:
@@ -407,7 +413,7 @@ class RemoteSession:
     def _control_text(self) -> str:
         if self._controller is None:
             return "nobody controls this run"
-        return "this monitor controls the run" if self._controller == os.getpid() else (
+        return "this monitor controls the run" if self._controller_id == self.monitor_id else (
             f"watching only: the monitor with pid {self._controller} controls the run")
 
     def _ended_text(self) -> str | None:
@@ -472,7 +478,7 @@ class RemoteSession:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 sock.connect(str(path))
-                sock.sendall(encode("hello", pid=os.getpid(), control=self._want_control))
+                sock.sendall(encode("hello", pid=os.getpid(), id=self.monitor_id, control=self._want_control))
             except OSError:
                 sock.close()
                 continue
@@ -535,11 +541,11 @@ class RemoteSession:
             elif kind == "hello":
                 self._server_pid = int(m["pid"])
                 self._started = float(m.get("started") or self._started)
-                self._controller = m.get("controller")
+                self._controller, self._controller_id = m.get("controller"), m.get("controller_id")
                 self.command = self.command or tuple(m.get("command") or ())
                 self.log_path = self.log_path or m.get("log")
             elif kind == "control":
-                self._controller = m.get("controller")
+                self._controller, self._controller_id = m.get("controller"), m.get("controller_id")
             elif kind == "refused":
                 self._say(f"refused: {m.get('reason')}")
             elif kind == "dropped":

@@ -145,6 +145,21 @@ class ReplaySession:
             self._view = dataclasses.replace(self._view, sweep=dataclasses.replace(self._view.sweep,
                                                                                    state="cancelled"))
 
+    def detach(self) -> None:
+        """Log the detach (a script's monitor leaves it running)."""
+        self.commands.append(("detach", None))
+
+    def select_next_loader(self) -> str | None:
+        """Log and show the next of a recorded script's loaders."""
+        script = self._view.script
+        if script is None or not script.loaders:
+            return None
+        names = [info.name for info in script.loaders]
+        chosen = names[(names.index(script.selected) + 1) % len(names)] if script.selected in names else names[0]
+        self.commands.append(("select_next_loader", chosen))
+        self._view = dataclasses.replace(self._view, script=dataclasses.replace(script, selected=chosen))
+        return chosen
+
     def close(self, timeout_s: float = 10.0) -> list[int]:
         """Log the close; nothing to wait for."""
         self.commands.append(("close", None))

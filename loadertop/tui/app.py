@@ -139,7 +139,7 @@ class LoaderTopApp(App[None]):
         # SIGTERM, or SIGHUP when the SSH link drops: stop training first, then leave. A script
         # in a process of its own outlives a dropped link: it runs on, and loadertop attach finds it.
         detach = getattr(self.session, "detach", None)
-        if signum == signal.SIGHUP and detach is not None:
+        if signum == signal.SIGHUP and self._watching_script and detach is not None:
             detach()
         else:
             self.session.stop()
@@ -309,7 +309,7 @@ class LoaderTopApp(App[None]):
     def action_next_loader(self) -> None:
         """Show and command a script's next DataLoader."""
         select = getattr(self.session, "select_next_loader", None)
-        name = select() if select is not None else None
+        name = select() if select is not None and self._watching_script else None
         if name is None:
             self.notify("one loader only: l goes through a script's DataLoaders", timeout=3)
             return
@@ -320,7 +320,7 @@ class LoaderTopApp(App[None]):
     def action_detach(self) -> None:
         """Leave a watched script running and quit."""
         detach = getattr(self.session, "detach", None)
-        if detach is None:
+        if detach is None or not self._watching_script:
             self.notify("the built-in workload trains in this process: q stops it (d detaches from scripts)",
                         timeout=4)
             return

@@ -26,3 +26,17 @@ def replay(recorded_view: SessionView) -> ReplaySession:
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--snapshot-update", action="store_true", help="rewrite the SVG snapshots from this run")
+
+
+SCRIPT_RECORDED = Path(__file__).resolve().parent.parent / "data" / "script_session.json"
+
+
+@pytest.fixture(scope="session")
+def script_view() -> SessionView:
+    """A real run of tests/scripts/long_loop.py under the monitor (0 -> 2 -> 1 workers), saved at step 600."""
+    return load_view(SCRIPT_RECORDED)
+
+
+@pytest.fixture
+def script_replay(script_view: SessionView) -> ReplaySession:
+    return ReplaySession(dataclasses.replace(script_view))

@@ -103,3 +103,15 @@ async def test_gpus(request: pytest.FixtureRequest, recorded_view: SessionView) 
 
 async def test_too_small(request: pytest.FixtureRequest, recorded_view: SessionView) -> None:
     await snapshot(request, recorded_view, "too_small_40x12", (40, 12))
+
+
+@pytest.mark.parametrize("size", [(120, 36), (80, 24)], ids=["120x36", "80x24"])
+async def test_a_script(request: pytest.FixtureRequest, script_view: SessionView, size: tuple[int, int]) -> None:
+    await snapshot(request, script_view, f"script_{size[0]}x{size[1]}", size)
+
+
+async def test_a_script_with_a_pending_switch(request: pytest.FixtureRequest, script_view: SessionView) -> None:
+    async def press(pilot: Pilot) -> None:
+        await pilot.press("4")
+
+    await snapshot(request, script_view, "script_pending_120x36", (120, 36), press)

@@ -40,6 +40,7 @@ class _Client:
         self.out = bytearray()
         self.dropped = 0
         self.pid: int | None = None
+        self.monitor_id: str | None = None
         self.reader = LineReader(known=CLIENT_TYPES)
 
     def queue(self, line: bytes) -> None:
@@ -167,7 +168,7 @@ class RunServer:
         sock.setblocking(False)
         client = _Client(sock)
         with self._lock:
-            client.out += encode("hello", **self._hello, controller=self._controller_pid())
+            client.out += encode("hello", **self._hello, **self._controller_fields())
             for line in self._loaders.values():
                 client.out += line
             for line in self._history:
@@ -178,6 +179,11 @@ class RunServer:
 
     def _controller_pid(self) -> int | None:
         return self._controller.pid if self._controller is not None else None
+
+    def _controller_fields(self) -> dict[str, Any]:
+        controller = self._controller
+        return {"controller": controller.pid if controller else None,
+                "controller_id": controller.monitor_id if controller else None}
 
     def _service(self, client: _Client, events: int) -> None:
         if events & selectors.EVENT_READ:
@@ -211,8 +217,9 @@ class RunServer:
 
     def _command(self, client: _Client, message: dict[str, Any]) -> None:
         if message["type"] == "hello":
-            pid = message.get("pid")
+            pid, monitor_id = message.get("pid"), message.get("id")
             client.pid = pid if isinstance(pid, int) else None
+            client.monitor_id = monitor_id if isinstance(monitor_id, str) else None
             if message.get("control") is True:
                 with self._lock:
                     if self._controller is None:
@@ -241,7 +248,7 @@ class RunServer:
 
     def _broadcast_control(self) -> None:
         """Under the lock: tell everyone who controls the run now."""
-        line = encode("control", controller=self._controller_pid())
+        line = encode("control", **self._controller_fields())
         for other in self._clients.values():
             other.queue(line)
 

@@ -3,7 +3,7 @@
 From the training process (a launched script) to each monitor:
 
 - ``hello``: ``pid``, ``command``, ``cwd``, ``started``, ``log`` (its output file or null),
-  ``controller`` (the pid of the monitor that may send commands, or null).
+  ``controller`` and ``controller_id`` (the pid and id of the monitor that may send commands, or null).
 - ``loader``: a DataLoader was created or changed: ``name``, ``num_workers``, ``batch_size``,
   ``batches_per_epoch`` (null when unsized), ``training`` (the one commands address by default),
   ``exact`` (a switch continues the running epoch; false for an IterableDataset: next epoch),
@@ -22,7 +22,7 @@ From the training process (a launched script) to each monitor:
 - ``dropped``: ``count``: messages this monitor missed because it did not read them in time.
 - ``history_end``: everything before the connection has been sent.
 
-From a monitor: ``hello`` (``pid``, ``control``: whether it wants to give commands) and
+From a monitor: ``hello`` (``pid``, ``id``: its own, ``control``: whether it wants to give commands) and
 ``switch`` (``loader``: a name or null for the training loader, ``workers``).
 """
 

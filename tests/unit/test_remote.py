@@ -1,0 +1,184 @@
+"""The monitor in its own process: a real script under the launcher, watched through RemoteSession."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from loadertop.core.config import LoaderConfig
+from loadertop.core.launcher import spawn
+from loadertop.core.protocol.runtime import live_runs
+from loadertop.core.remote import RemoteSession
+from loadertop.core.status import TrainerState
+from loadertop.core.view import SessionView
+from tests.conftest import ROOT
+from tests.helpers import wait_for
+
+SCRIPT = str(ROOT / "tests" / "scripts" / "long_loop.py")
+
+
+@pytest.fixture
+def watch(runtime_dir: Path) -> Iterator[object]:
+    sessions: list[RemoteSession] = []
+
+    def start(*args: str, grace_s: float = 5.0, **kwargs: object) -> RemoteSession:
+        command = [sys.executable, SCRIPT, *args]
+        child, log = spawn(command, **kwargs)  # type: ignore[arg-type]
+        session = RemoteSession(child=child, log_path=log, command=command, read_gpus=False, grace_s=grace_s,
+                                sample_interval_s=0.2)
+        session.start()
+        sessions.append(session)
+        return session
+
+    yield start
+    for session in sessions:
+        if session.child is not None and session.child.poll() is None:
+            os.killpg(session.child.pid, signal.SIGKILL)
+            session.child.wait(10)
+        session.close()
+
+
+def steps(view: SessionView) -> list[int]:
+    return [r.step for r in view.store.records]
+
+
+def test_a_switch_from_the_monitor_runs_two_workers_under_the_script_and_every_batch_is_accounted(watch) -> None:
+    session = watch("--log", "--seconds", "60")
+    wait_for(lambda: session.view().status.step >= 40, 60)
+    view = session.view()
+    assert view.script is not None and [i.name for i in view.script.loaders] == ["long_loop.py:48", "long_loop.py:49"]
+    session.apply(LoaderConfig(num_workers=2, batch_size=16))
+    wait_for(lambda: len(session.view().status.worker_pids) == 2, 30)
+    script_pid = session.view().script.pid
+    children = {p.pid for p in psutil.Process(script_pid).children()}
+    assert set(session.view().status.worker_pids) <= children
+    wait_for(lambda: session.view().status.step >= 120, 60)
+    view = session.view()
+    # Every batch the loop received is a record, in order, none twice (the last is still open).
+    assert steps(view) == list(range(1, len(steps(view)) + 1))
+    by_workers = {s.num_workers: s for s in view.store.summaries}
+    assert set(by_workers) == {0, 2}
+    for summary in by_workers.values():
+        assert summary.batches > 0 and math.isfinite(summary.cpu_s) and summary.cpu_s > 0
+    assert by_workers[2].worker_cpu_share > 0.2  # the workers' CPU, read by the script of its own tree
+    assert by_workers[0].worker_cpu_share < 0.05
+    assert [s.reason for s in view.store.starts if s.reason != "epoch"] == ["start", "restart"]
+    assert all(math.isfinite(r.loss) for r in view.store.records)  # loadertop.log(loss=...) in the script
+    assert view.script.control == "this monitor controls the run"
+    session.stop()
+    session.close()
+    assert session.child.returncode is not None and session.view().status.state is TrainerState.STOPPED
+
+
+def test_a_failing_script_shows_its_traceback_keeps_the_history_and_its_exit_code(watch) -> None:
+    session = watch("--fail-after", "30")
+    wait_for(lambda: session.view().script.ended is not None, 60)
+    view = session.view()
+    assert session.exit_code == 1
+    assert view.status.state is TrainerState.ERROR
+    assert "failing on purpose after 30 batches" in view.status.error.message
+    assert "Traceback" in (session.traceback or "")
+    assert len(view.store.records) == 30
+    assert any("failing on purpose" in line for line in view.script.log_tail)  # the log panel has it too
+    assert view.script.ended == "the script exited with code 1"
+
+
+def test_a_script_without_a_dataloader_is_watched_and_says_so(watch) -> None:
+    session = watch("--no-loader", "--seconds", "30")
+    wait_for(lambda: session.view().system is not None and any(
+        line.startswith("long_loop: starting") for line in session.view().script.log_tail), 30)
+    view = session.view()
+    assert "no DataLoader yet" in view.notes
+    assert view.system.processes[0].pid == session.child.pid
+    with pytest.raises(RuntimeError, match="no DataLoader yet"):
+        session.apply(LoaderConfig(num_workers=2))
+
+
+def test_a_killed_script_ends_in_words_and_its_history_stays(watch) -> None:
+    session = watch("--seconds", "60")
+    wait_for(lambda: session.view().status.step >= 20, 60)
+    os.kill(session.child.pid, signal.SIGKILL)
+    wait_for(lambda: session.view().script.ended is not None, 10)
+    view = session.view()
+    assert view.script.ended == "the script was ended by signal 9 SIGKILL"
+    assert session.exit_code == 128 + 9
+    assert len(view.store.records) >= 19
+    assert not live_runs()  # its socket was left behind, found stale and removed
+
+
+def test_stop_sends_sigint_then_sigterm_to_a_script_that_ignores_it(watch, tmp_path: Path) -> None:
+    stubborn = tmp_path / "stubborn.py"
+    stubborn.write_text("import signal, time, torch\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+                        "print('ready', flush=True)\ntime.sleep(60)\n")
+    child, log = spawn([sys.executable, str(stubborn)])
+    session = RemoteSession(child=child, log_path=log, read_gpus=False, grace_s=1.0)
+    session.start()
+    try:
+        wait_for(lambda: "ready" in session.view().script.log_tail, 30)
+        session.stop()
+        session.close()
+        assert session.exit_code == 128 + signal.SIGTERM
+    finally:
+        if child.poll() is None:
+            child.kill()
+
+
+def test_a_second_monitor_sees_the_history_and_only_watches(watch, runtime_dir: Path) -> None:
+    session = watch("--seconds", "60")
+    wait_for(lambda: session.view().status.step >= 20, 60)
+    run = live_runs()[0]
+    second = RemoteSession(pid=run.pid, socket_path=run.socket_path, log_path=run.log_path, read_gpus=False)
+    second.start()
+    try:
+        wait_for(lambda: second.view().status.step >= 20, 30)
+        assert second.view().store.records[0].step == 1  # the whole history, from the first batch
+        assert second.view().script.control == f"watching only: the monitor with pid {os.getpid()} controls the run"
+        second.apply(LoaderConfig(num_workers=1))
+        wait_for(lambda: second.view().script.notice[1].startswith("refused: watching only"), 10)
+    finally:
+        second.close()
+
+
+def test_training_goes_on_to_its_end_when_the_monitor_is_frozen_or_killed(runtime_dir: Path, tmp_path: Path) -> None:
+    record = tmp_path / "run.jsonl"
+    run = subprocess.Popen([sys.executable, "-m", "loadertop", "run", "--headless", "--record", str(record), "--",
+                            sys.executable, SCRIPT, "--seconds", "8"], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: live_runs(remove_stale=False), 30)
+    pid = live_runs()[0].pid
+    code = ("import sys, time; from pathlib import Path; from loadertop.core.remote import RemoteSession;"
+            f"s = RemoteSession(pid={pid}, socket_path=Path({str(live_runs()[0].socket_path)!r}), read_gpus=False);"
+            "s.start(); time.sleep(60)")
+    monitors = [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT) for _ in range(2)]
+    try:
+        wait_for(lambda: len(psutil.Process(pid).net_connections("unix")) >= 3, 30)  # the listener and both monitors
+        monitors[0].send_signal(signal.SIGSTOP)  # frozen: never reads again
+        monitors[1].send_signal(signal.SIGKILL)
+        assert run.wait(60) == 0
+    finally:
+        for monitor in monitors:
+            monitor.kill()
+            monitor.wait(10)
+    err = run.stderr.read() if run.stderr else ""
+    assert "long_loop: done" in err
+    assert record.read_text().count("\n") > 50
+
+
+def test_attach_with_nothing_running_or_a_wrong_pid_exits_2_in_one_line(runtime_dir: Path) -> None:
+    for args, message in ((["attach"], "no loadertop run is running: start one with loadertop run -- python train.py"),
+                          (["attach", "12345678"], "no loadertop run with pid 12345678")):
+        done = subprocess.run([sys.executable, "-m", "loadertop", *args], cwd=ROOT, capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 2
+        assert done.stderr == f"loadertop: error: {message}\n"
+    listed = subprocess.run([sys.executable, "-m", "loadertop", "attach", "--list"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert (listed.returncode, listed.stdout) == (0, "")
+    assert "no loadertop run is running" in listed.stderr
