@@ -26,6 +26,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/soak.py
 	$(PY) benchmarks/cost.py
 	$(PY) benchmarks/dropin_overhead.py
+	$(PY) benchmarks/script_monitor.py
 
 screenshots: $(STAMP)
 	$(PY) screenshots/make_screenshots.py

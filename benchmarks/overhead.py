@@ -32,7 +32,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.e2e.tmux import TmuxApp, step_of
+from tests.e2e.tmux import TmuxApp, key_latencies_ms, step_of
 
 
 def throughput(record: Path, skip: int) -> float:
@@ -73,16 +73,9 @@ def run_monitor(args: argparse.Namespace, record: Path, tmp: Path) -> float:
 
 def key_latency(args: argparse.Namespace, tmp: Path) -> list[float]:
     app = TmuxApp(["--workers", "0"], tmp)
-    latencies = []
     try:
         app.wait_for(lambda s: step_of(s) > 10, timeout=120, what="training at 0 workers")
-        for i in range(args.presses):
-            key, expect = ("+", "next: 1 worker") if i % 2 == 0 else ("-", "next: 0 workers")
-            t0 = time.perf_counter()
-            app.send(key)
-            app.wait_for(lambda s, e=expect: e in s, timeout=5, what=expect, poll_s=0.01)
-            latencies.append((time.perf_counter() - t0) * 1000)
-            time.sleep(0.2)
+        latencies = key_latencies_ms(app, args.presses, "next: 1 worker", "next: 0 workers")
         app.send("q")
         app.exit_status(30)
     finally:

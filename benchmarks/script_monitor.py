@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from loadertop.core.protocol.runtime import live_runs  # noqa: E402
-from tests.e2e.tmux import TmuxApp, step_of  # noqa: E402
+from tests.e2e.tmux import TmuxApp, key_latencies_ms, step_of  # noqa: E402
 
 SCRIPT = str(ROOT / "benchmarks" / "scripts" / "rate_loop.py")
 SKIP_S = 3  # the first seconds (imports done, first epoch's start) are left out
@@ -94,18 +94,11 @@ def plain(args: argparse.Namespace, out: Path) -> None:
 
 def key_latency(args: argparse.Namespace, tmp: Path) -> list[float]:
     app = TmuxApp(["run", "--", sys.executable, SCRIPT, str(tmp / "keys.txt"), "--seconds", "600", "--log"], tmp)
-    latencies = []
     try:
         app.wait_for(lambda s: "(training): 0 workers" in s and step_of(s) > 10, timeout=120,
                      what="the script training at 0 workers")
         time.sleep(2)
-        for i in range(args.presses):
-            key, expect = ("+", "(training): 1 worker ") if i % 2 == 0 else ("-", "(training): 0 workers")
-            t0 = time.perf_counter()
-            app.send(key)
-            app.wait_for(lambda s, e=expect: e in s, timeout=5, what=expect, poll_s=0.01)
-            latencies.append((time.perf_counter() - t0) * 1000)
-            time.sleep(0.2)
+        latencies = key_latencies_ms(app, args.presses, "(training): 1 worker ", "(training): 0 workers")
         app.send("q")
         app.exit_status(30)
     finally:

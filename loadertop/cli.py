@@ -299,6 +299,11 @@ def _watch_script(session: RemoteSession) -> int:
     except KeyboardInterrupt:
         session.stop()
         code = 130
+    except Exception:
+        session.detach()  # the monitor failed, not the training: it runs on, to be watched again
+        print(f"loadertop: the monitor failed; the script (pid {session.root_pid}) runs on: loadertop attach "
+              "watches it again", file=sys.stderr)
+        raise
     finally:
         session.close()
     view = session.view()
@@ -314,7 +319,8 @@ def _watch_script(session: RemoteSession) -> int:
         if session.traceback and not stopped_by_us:
             sys.stderr.write(session.traceback if session.traceback.endswith("\n") else session.traceback + "\n")
         if view.script is not None and view.script.ended:
-            print(f"loadertop: {view.script.ended}", file=sys.stderr)
+            output = f"; its output is in {session.log_path}" if session.log_path else ""
+            print(f"loadertop: {view.script.ended}{output}", file=sys.stderr)
     except OSError:  # the terminal is gone
         pass
     if session.exit_code is not None:

@@ -431,7 +431,9 @@ class RemoteSession:
         if not script.loaders:
             notes.append("no DataLoader yet" if not self._gone else "it created no DataLoader")
         elif len(script.loaders) > 1:
-            notes.append(f"loader {script.selected} of {len(script.loaders)}: l shows the next")
+            listed = ", ".join(f"{'▸' if info.name == script.selected else ''}{info.name} {info.num_workers}w"
+                               for info in script.loaders)
+            notes.append(f"loaders: {listed}; l: next")
         if script.dropped:
             notes.append(f"{script.dropped} messages dropped")
         return tuple(notes)

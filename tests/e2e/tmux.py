@@ -95,6 +95,19 @@ class TmuxApp:
                 pass
 
 
+def key_latencies_ms(app: TmuxApp, presses: int, plus_shows: str, minus_shows: str) -> list[float]:
+    """Press ``+`` and ``-`` in turn; each time, ms until the pane shows what it should (polled every 10 ms)."""
+    latencies = []
+    for i in range(presses):
+        key, expect = ("+", plus_shows) if i % 2 == 0 else ("-", minus_shows)
+        started = time.perf_counter()
+        app.send(key)
+        app.wait_for(lambda s, e=expect: e in s, timeout=5, what=expect, poll_s=0.01)
+        latencies.append((time.perf_counter() - started) * 1000)
+        time.sleep(0.2)
+    return latencies
+
+
 def _is_python(proc: psutil.Process) -> bool:
     try:
         return "python" in Path(proc.exe()).name

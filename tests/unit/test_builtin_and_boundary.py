@@ -86,6 +86,15 @@ def test_the_tui_recordings_and_reports_load_no_torch() -> None:
     assert "torch" not in loaded and "textual" in loaded
 
 
+def test_the_protocol_the_monitor_of_a_script_and_the_runs_server_load_no_torch() -> None:
+    loaded = imported_after("import loadertop.core.protocol.codec, loadertop.core.protocol.messages, "
+                            "loadertop.core.protocol.runtime, loadertop.core.remote, loadertop.core.probe.server")
+    assert "torch" not in loaded and not loaded & {"textual", "rich"}
+    assert "torch" not in imported_after("import os, sys, tempfile; os.environ['LOADERTOP_RUNTIME_DIR'] = "
+                                         "tempfile.mkdtemp(); sys.argv = ['loadertop', 'attach', '--list']\n"
+                                         "import loadertop.cli; loadertop.cli.main()")
+
+
 def test_the_launchers_bootstrap_loads_nothing_heavy_before_the_script_imports_torch() -> None:
     loaded = imported_after("import loadertop.core.probe.launched")
     assert not loaded & {"torch", "textual", "rich", "numpy", "psutil"}
