@@ -292,6 +292,7 @@ def _watch_script(session: RemoteSession) -> int:
     from loadertop.tui.app import LoaderTopApp
 
     app = LoaderTopApp(session)
+    gc.freeze()  # Textual's and rich's objects out of the collector's reach: full collections stay short
     code = 0
     try:
         app.run()

@@ -165,6 +165,11 @@ class _ConfigAccumulator:
         self.rss_peak_bytes = max(self.rss_peak_bytes, start.rss_bytes, end.rss_bytes)
         self.accounted = True
 
+    def signature(self) -> tuple[float, ...]:
+        """What the summary depends on, in a few numbers: equal signatures, equal summaries."""
+        return (len(self.load_s), self.warmup_batches, self.all_samples, len(self.startup_s), self.rss_peak_bytes,
+                self.cpu_s, self.children_cpu_s, self.wall_s, self.accounted)
+
     def copy(self) -> _ConfigAccumulator:
         """A private copy (arrays copy as one memcpy), so summaries are computed outside the lock."""
         twin = _ConfigAccumulator(self.config)
@@ -233,6 +238,8 @@ class MetricsStore:
         self._first_reading: TreeCpu | None = None
         self._latest_reading: TreeCpu | None = None
         self._samples_at_latest = 0  # the open configuration's samples when the latest reading was taken
+        # key -> (signature, summary): a configuration that is not running is summed up once, not at every redraw.
+        self._summary_cache: dict[str, tuple[tuple[float, ...], ConfigSummary]] = {}
 
     def _accumulator(self, config: LoaderConfig) -> _ConfigAccumulator:
         acc = self._configs.get(config.key)
@@ -316,11 +323,21 @@ class MetricsStore:
         with self._lock:
             return tuple(self._starts)
 
+    def _summarize(self, accs: list[_ConfigAccumulator]) -> tuple[ConfigSummary, ...]:
+        summaries = []
+        for acc in accs:
+            signature = acc.signature()
+            cached = self._summary_cache.get(acc.config.key)
+            if cached is None or cached[0] != signature:
+                cached = self._summary_cache[acc.config.key] = (signature, acc.summary())
+            summaries.append(cached[1])
+        return tuple(summaries)
+
     def summaries(self) -> tuple[ConfigSummary, ...]:
         """One summary per configuration, in the order they were first used."""
         with self._lock:
             accs = self._accumulators()
-        return tuple(acc.summary() for acc in accs)
+        return self._summarize(accs)
 
     def snapshot(self, *, last: int | None = None) -> StoreSnapshot:
         """Copy the recent records (the ``last`` ones, or all kept), the starts and the summaries."""
@@ -335,7 +352,7 @@ class MetricsStore:
         return StoreSnapshot(
             records=records,
             starts=starts,
-            summaries=tuple(acc.summary() for acc in accs),
+            summaries=self._summarize(accs),
             total_batches=total,
             version=version,
         )

@@ -193,10 +193,11 @@ def loss_chart(
     # Accuracy: one mark per character column, 0% at the bottom row, 100% at the top; a batch's
     # accuracy is noisy, so each mark is the mean over the trailing ACCURACY_WINDOW batches.
     accuracy_row: dict[int, int] = {}
-    smoothed = _trailing_mean([r.accuracy for r in records], ACCURACY_WINDOW)
-    for record, value in zip(records, smoothed, strict=True):
-        if value is not None:
-            accuracy_row[x_of(record.step) // 2] = round((1 - value) * (plot_h - 1))
+    if any(r.accuracy is not None for r in records):  # a script's records have none: skip the pass
+        smoothed = _trailing_mean([r.accuracy for r in records], ACCURACY_WINDOW)
+        for record, value in zip(records, smoothed, strict=True):
+            if value is not None:
+                accuracy_row[x_of(record.step) // 2] = round((1 - value) * (plot_h - 1))
 
     # Markers: every (re)start that changed the worker count.
     markers: dict[int, str] = {}

@@ -24,6 +24,7 @@ import queue
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -34,6 +35,8 @@ QUEUE_LIMIT = 10_000
 STATUS_INTERVAL_S = 0.25
 """How often the writer looks for changed loader states (worker pids, pending requests) to publish."""
 CPU_INTERVAL_S = 1.0
+WRITER_PERIOD_S = 0.05
+"""The writer thread's shortest period: what the loop queued meanwhile is written and published at once."""
 """How often the writer publishes the process tree's CPU (the running configuration's cost so far)."""
 """Batches waiting for the writer thread; past that they are dropped (and counted), never waited for."""
 
@@ -292,7 +295,7 @@ class LaunchedRun:
 
     def _publish(self, kind: str, **fields: Any) -> None:
         if self.server is not None:
-            self.server.publish(kind, **fields)
+            self.server.publish(kind, wake=False, **fields)
 
     def _publish_loader(self, loader: Any) -> Any:
         status = loader.status()
@@ -316,11 +319,21 @@ class LaunchedRun:
         seen: dict[str, Any] = {}  # loader -> the status last published
         workers_of: dict[str, int] = {}  # loader -> workers of its latest batch
         next_status = next_cpu = 0.0
+        waiting: deque[tuple[str, Any]] = deque()
         while True:
-            try:
-                kind, payload = self._queue.get(timeout=STATUS_INTERVAL_S)
-            except queue.Empty:
-                kind, payload = "idle", None
+            if not waiting:
+                if self.server is not None:
+                    self.server.flush()  # one wake-up of the serving thread for all that was published
+                # Work in bursts, at most 20 a second: each wake-up of this thread takes the GIL from the loop.
+                time.sleep(WRITER_PERIOD_S)
+                try:
+                    waiting.append(self._queue.get(timeout=STATUS_INTERVAL_S))
+                except queue.Empty:
+                    waiting.append(("idle", None))
+                with contextlib.suppress(queue.Empty):
+                    while True:
+                        waiting.append(self._queue.get_nowait())
+            kind, payload = waiting.popleft()
             now = time.monotonic()
             if now >= next_status:  # worker pids and pending requests, as they change
                 next_status = now + STATUS_INTERVAL_S

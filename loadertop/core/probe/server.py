@@ -97,8 +97,11 @@ class RunServer:
         with self._lock:
             return len(self._clients)
 
-    def publish(self, kind: str, *, keep: bool = True, **fields: Any) -> None:
-        """Send a message to every monitor (and keep it for later ones unless ``keep`` is False)."""
+    def publish(self, kind: str, *, keep: bool = True, wake: bool = True, **fields: Any) -> None:
+        """Send a message to every monitor (and keep it for later ones unless ``keep`` is False).
+
+        With ``wake=False`` it waits in the buffers for ``flush`` (or the serving thread's next round).
+        """
         try:
             line = encode(kind, **fields)
         except (ProtocolError, TypeError, ValueError):
@@ -111,7 +114,15 @@ class RunServer:
                 self._history.append(line)
             for client in self._clients.values():
                 client.queue(line)
-        self._wake()
+        if wake:
+            self._wake()
+
+    def flush(self) -> None:
+        """Have the serving thread send what was published without waking it."""
+        with self._lock:
+            waiting = any(client.out for client in self._clients.values())
+        if waiting:
+            self._wake()
 
     def close(self) -> None:
         """Send what is buffered (briefly), close every connection and remove the socket."""
