@@ -89,7 +89,8 @@ def launched(args: argparse.Namespace, out: Path, *, freeze_after_s: float | Non
 
 
 def plain(args: argparse.Namespace, out: Path) -> None:
-    subprocess.run([sys.executable, SCRIPT, str(out), "--seconds", str(args.seconds)], cwd=ROOT, check=True)
+    # The same script, its loadertop.log line included (a no-op without the launcher).
+    subprocess.run([sys.executable, SCRIPT, str(out), "--seconds", str(args.seconds), "--log"], cwd=ROOT, check=True)
 
 
 def key_latency(args: argparse.Namespace, tmp: Path) -> list[float]:

@@ -65,17 +65,19 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _switch(text: str) -> tuple[int, int]:
-    step_text, sep, workers_text = text.partition(":")
+def _switch(text: str) -> tuple[str | None, int, int]:
+    """``[LOADER@]STEP:WORKERS``; LOADER (a script's loader name, e.g. ``train.py:48``) may hold ``:``."""
+    loader, at, rest = text.rpartition("@")
+    step_text, sep, workers_text = rest.partition(":")
     try:
-        if not sep:
+        if not sep or (at and not loader):
             raise ValueError
         step, workers = int(step_text), int(workers_text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be STEP:WORKERS (e.g. 100:2), got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"must be [LOADER@]STEP:WORKERS (e.g. 100:2), got {text!r}") from None
     if step < 1 or workers < 0:
         raise argparse.ArgumentTypeError(f"needs STEP >= 1 and WORKERS >= 0, got {text!r}")
-    return step, workers
+    return (loader or None), step, workers
 
 
 def _count_list(text: str) -> tuple[int, ...]:
@@ -155,8 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--headless", action="store_true", help="no TUI: progress lines on stdout")
     h.add_argument("--max-batches", type=_int_at_least(1, "--max-batches"), default=None, metavar="N",
                    help="stop after N batches in all")
-    h.add_argument("--switch", type=_switch, action="append", default=[], metavar="STEP:WORKERS",
-                   help="headless: hot-restart to WORKERS workers once STEP batches have run (repeatable)")
+    h.add_argument("--switch", type=_switch, action="append", default=[], metavar="[LOADER@]STEP:WORKERS",
+                   help="hot-restart to WORKERS workers once STEP batches have run (repeatable); with a script, "
+                        "its training loader's or LOADER's (a name as loadertop lists it, e.g. train.py:48)")
     h.add_argument("--record", default=None, metavar="FILE.jsonl",
                    help="write one JSON object per batch (flushed as it goes)")
     h.add_argument("--progress-interval", type=_non_negative_float, default=5.0, metavar="SECONDS",
@@ -226,9 +229,9 @@ def _launch(args: argparse.Namespace, script: list[str], parser: argparse.Argume
             option = "--" + name.replace("_", "-")
             raise UsageError(f"{option} applies to the built-in workload; a script's loaders keep its own settings "
                              "(--workers, --switch and --record act on them)")
-    switches = dict(args.switch)
+    switches = {f"{loader}@{step}" if loader else str(step): workers for loader, step, workers in args.switch}
     if len(switches) != len(args.switch):
-        raise UsageError("--switch: each STEP may be given once")
+        raise UsageError("--switch: each STEP may be given once (per loader)")
     if args.record == "-":
         raise UsageError("--record needs a file with a script: its stdout is the script's")
     if args.record:
@@ -366,8 +369,12 @@ def _dispatch(args: argparse.Namespace) -> int:
             raise UsageError("the monitor needs a terminal (stdin and stderr); without one use: loadertop run --headless")
     if args.epochs is None:
         args.epochs = HEADLESS_EPOCHS if headless else MONITOR_EPOCHS
-    switches = dict(getattr(args, "switch", []) or [])
-    if len(switches) != len(getattr(args, "switch", []) or []):
+    given = getattr(args, "switch", []) or []
+    if any(loader for loader, _, _ in given):
+        raise UsageError("--switch LOADER@STEP:WORKERS names a script's DataLoader; the built-in workload has one: "
+                         "use STEP:WORKERS")
+    switches = {step: workers for _, step, workers in given}
+    if len(switches) != len(given):
         raise UsageError("--switch: each STEP may be given once")
     record_path = getattr(args, "record", None)
     record_file = _open_output(record_path, "--record") if record_path else None

@@ -57,7 +57,7 @@ def environment(settings: ProbeSettings, base: Mapping[str, str] | None = None) 
     return env
 
 
-def launch(command: Sequence[str], *, workers: int | None = None, switches: Mapping[int, int] | None = None,
+def launch(command: Sequence[str], *, workers: int | None = None, switches: Mapping[str, int] | None = None,
            record: str | None = None) -> int:
     """Run ``command`` to its end with its DataLoaders instrumented; return its exit code."""
     executable = resolve(command)
@@ -82,7 +82,7 @@ def launch(command: Sequence[str], *, workers: int | None = None, switches: Mapp
     return code if code >= 0 else 128 - code
 
 
-def spawn(command: Sequence[str], *, workers: int | None = None, switches: Mapping[int, int] | None = None,
+def spawn(command: Sequence[str], *, workers: int | None = None, switches: Mapping[str, int] | None = None,
           record: str | None = None) -> tuple[subprocess.Popen[bytes], str]:
     """Start ``command`` for the monitor (see the module's docstring); returns the child and its log file."""
     from loadertop.core.protocol.runtime import RuntimeDirError, runtime_dir

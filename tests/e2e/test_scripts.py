@@ -60,6 +60,22 @@ def test_switches_mid_epoch_leave_the_scripts_batches_and_randomness_as_they_wer
 
 
 @pytest.mark.slow
+def test_switch_names_any_loader_and_a_name_that_never_appears_is_reported(tmp_path: Path) -> None:
+    plain = run([sys.executable, SCRIPT, str(tmp_path / "plain.json")])
+    record = tmp_path / "run.jsonl"
+    watched = launched("--switch", "plain_loop.py:74@1:2", "--switch", "nope.py:1@1:1", "--record", str(record),
+                       command=[sys.executable, SCRIPT, str(tmp_path / "watched.json")])
+    assert watched.returncode == 0, watched.stderr
+    assert json.loads((tmp_path / "watched.json").read_text()) == json.loads((tmp_path / "plain.json").read_text())
+    val = [r["num_workers"] for r in records(record) if r["loader"] == "plain_loop.py:74"]
+    train = {r["num_workers"] for r in records(record) if r["loader"] == "plain_loop.py:73"}
+    assert val == [0, 2, 2, 2] and train == {0}  # the validation loader's, from its 2nd batch; training untouched
+    assert ("loadertop: --switch nope.py:1@1:1: the script created no DataLoader named 'nope.py:1' "
+            "(its loaders: plain_loop.py:73, plain_loop.py:74)") in watched.stderr
+    assert plain.stdout == watched.stdout
+
+
+@pytest.mark.slow
 def test_workers_sets_every_loader_and_the_exit_code_is_the_scripts(tmp_path: Path) -> None:
     record = tmp_path / "run.jsonl"
     watched = launched("--workers", "2", "--record", str(record),
@@ -107,6 +123,7 @@ BAD_LAUNCHES = [
     (["run", "--headless", "--record", "-", "--", sys.executable, SCRIPT], "--record needs a file with a script"),
     (["run", "--headless", "--switch", "3:1", "--switch", "3:2", "--", sys.executable, SCRIPT],
      "each STEP may be given once"),
+    (["run", "--headless", "--switch", "@3:1", "--", sys.executable, SCRIPT], "must be [LOADER@]STEP:WORKERS"),
     (["sweep", "--", sys.executable, SCRIPT], "a command after '--' goes with loadertop run"),
 ]
 

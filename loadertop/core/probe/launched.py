@@ -47,7 +47,8 @@ class ProbeSettings:
 
     Attributes:
         workers: every loader's worker count instead of the script's (None: the script's own).
-        switches: ``{batches: workers}``: switch the training loader after that many of its batches.
+        switches: ``{"STEP": workers}`` switches the training loader after STEP of its batches,
+            ``{"LOADER@STEP": workers}`` the loader named LOADER.
         record: a JSONL file for one object per batch (None: none).
         claim: a path the first process to import torch creates, to be the one that acts.
         command: the command line the launcher ran (for monitors).
@@ -56,7 +57,7 @@ class ProbeSettings:
     """
 
     workers: int | None = None
-    switches: dict[int, int] = field(default_factory=dict)
+    switches: dict[str, int] = field(default_factory=dict)
     record: str | None = None
     claim: str | None = None
     command: tuple[str, ...] = ()
@@ -65,7 +66,7 @@ class ProbeSettings:
 
     def to_environment(self) -> str:
         """The value of ``LOADERTOP_PROBE``."""
-        return json.dumps({"workers": self.workers, "switches": {str(k): v for k, v in self.switches.items()},
+        return json.dumps({"workers": self.workers, "switches": dict(self.switches),
                            "record": self.record, "claim": self.claim, "command": list(self.command),
                            "log": self.log, "serve": self.serve})
 
@@ -73,7 +74,7 @@ class ProbeSettings:
     def from_environment(cls, text: str) -> ProbeSettings:
         """Parse ``LOADERTOP_PROBE``."""
         data = json.loads(text)
-        return cls(workers=data.get("workers"), switches={int(k): int(v) for k, v in data.get("switches", {}).items()},
+        return cls(workers=data.get("workers"), switches={str(k): int(v) for k, v in data.get("switches", {}).items()},
                    record=data.get("record"), claim=data.get("claim"), command=tuple(data.get("command") or ()),
                    log=data.get("log"), serve=bool(data.get("serve", True)))
 
@@ -272,8 +273,9 @@ class LaunchedRun:
     def _on_batch(self, loader: Any, batch: Any, training: bool) -> None:
         step = self._steps[loader.name] = self._steps[loader.name] + 1
         self._put(("batch", (step, batch)))
-        if training and step in self.settings.switches:
-            workers = self.settings.switches[step]
+        switches = self.settings.switches
+        workers = switches.get(f"{loader.name}@{step}", switches.get(str(step)) if training else None)
+        if workers is not None:
             loader.switch(workers)
             self._put(("say", f"{loader.name}: switching {batch.num_workers} -> {_workers(workers)} after batch {step}"))
 
@@ -414,6 +416,13 @@ class LaunchedRun:
     def _summary(self, sums: dict[tuple[str, int], list[float]]) -> None:
         for (name, workers), row in sums.items():
             self._say(f"{name} with {_workers(workers)}: " + _describe(*row))
+        names = {loader.name for loader in self.loaders}
+        for key in self.settings.switches:
+            loader, _, _ = key.rpartition("@")
+            if loader and loader not in names:
+                known = ", ".join(sorted(names)) or "none"
+                self._say(f"--switch {key}:{self.settings.switches[key]}: the script created no DataLoader named "
+                          f"{loader!r} (its loaders: {known})")
         if self.dropped:
             self._say(f"{self.dropped} batch records dropped: the writer could not keep up")
 
