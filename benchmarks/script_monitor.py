@@ -32,8 +32,8 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from loadertop.core.protocol.runtime import live_runs  # noqa: E402
-from tests.e2e.tmux import TmuxApp, key_latencies_ms, step_of  # noqa: E402
+from loadertop.core.protocol.runtime import live_runs
+from tests.e2e.tmux import TmuxApp, key_latencies_ms, step_of
 
 SCRIPT = str(ROOT / "benchmarks" / "scripts" / "rate_loop.py")
 SKIP_S = 3  # the first seconds (imports done, first epoch's start) are left out

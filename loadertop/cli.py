@@ -12,8 +12,8 @@ from typing import IO, TYPE_CHECKING, NoReturn
 
 if TYPE_CHECKING:
     from loadertop.core.config import LoaderConfig
-    from loadertop.core.remote import RemoteSession
     from loadertop.core.engine import Trainer
+    from loadertop.core.remote import RemoteSession
     from loadertop.core.workload import Workload
 
 EXIT_USAGE = 2
@@ -365,8 +365,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if not headless:
         if getattr(args, "switch", None):
             raise UsageError("--switch needs --headless (in the monitor, press a digit and r)")
-        if not (sys.stdin.isatty() and sys.stderr.isatty()):
-            raise UsageError("the monitor needs a terminal (stdin and stderr); without one use: loadertop run --headless")
+        _need_terminal("loadertop run --headless")
     if args.epochs is None:
         args.epochs = HEADLESS_EPOCHS if headless else MONITOR_EPOCHS
     given = getattr(args, "switch", []) or []

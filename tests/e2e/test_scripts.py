@@ -116,8 +116,8 @@ BAD_LAUNCHES = [
     (["run", "--headless", "--"], "give the command to run"),
     (["run", "--headless", "--", "no-such-command-xyz"], "cannot run 'no-such-command-xyz': not found on PATH"),
     (["run", "--headless", "--", "./missing/script.sh"], "cannot run './missing/script.sh': no such file"),
-    (["run", "--", sys.executable, SCRIPT], "the monitor needs a terminal (stdin and stderr); without one use: "
-                                            "loadertop run --headless -- COMMAND"),
+    (["run", "--", sys.executable, SCRIPT], ("the monitor needs a terminal (stdin and stderr); without one use: "
+                                             "loadertop run --headless -- COMMAND")),
     (["run", "--headless", "--batch-size", "4", "--", sys.executable, SCRIPT],
      "--batch-size applies to the built-in workload"),
     (["run", "--headless", "--record", "-", "--", sys.executable, SCRIPT], "--record needs a file with a script"),

@@ -32,13 +32,13 @@ from typing import IO, Any
 
 ENV = "LOADERTOP_PROBE"
 QUEUE_LIMIT = 10_000
+"""Batches waiting for the writer thread; past that they are dropped (and counted), never waited for."""
 STATUS_INTERVAL_S = 0.25
 """How often the writer looks for changed loader states (worker pids, pending requests) to publish."""
 CPU_INTERVAL_S = 1.0
+"""How often the writer publishes the process tree's CPU (the running configuration's cost so far)."""
 WRITER_PERIOD_S = 0.05
 """The writer thread's shortest period: what the loop queued meanwhile is written and published at once."""
-"""How often the writer publishes the process tree's CPU (the running configuration's cost so far)."""
-"""Batches waiting for the writer thread; past that they are dropped (and counted), never waited for."""
 
 
 @dataclass(frozen=True)

@@ -113,4 +113,3 @@ class LineReader:
     def _reject(self, reason: str, text: str) -> None:
         setattr(self.rejections, reason, getattr(self.rejections, reason) + 1)
         self.rejections.last = text
-        return None

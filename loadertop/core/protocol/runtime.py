@@ -8,7 +8,6 @@ was killed) is stale: ``live_runs`` removes it.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import stat
@@ -16,7 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from loadertop.core.protocol.codec import MAX_LINE_BYTES, VERSION, LineReader
+from loadertop.core.protocol.codec import MAX_LINE_BYTES, LineReader
 from loadertop.core.protocol.messages import SERVER_TYPES
 
 HELLO_TIMEOUT_S = 2.0
@@ -148,8 +147,3 @@ def describe(info: RunInfo) -> str:
     when = time.strftime("%H:%M:%S", time.localtime(info.started)) if info.started else "?"
     return f"pid {info.pid}: {' '.join(info.command) or '?'} (started {when})"
 
-
-def dumps_info(info: RunInfo) -> str:
-    """A run as one JSON line (``loadertop attach --list --json``)."""
-    return json.dumps({"pid": info.pid, "socket": str(info.socket_path), "command": list(info.command),
-                       "started": info.started, "log": info.log_path, "v": VERSION})
