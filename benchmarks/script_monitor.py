@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from loadertop.core.protocol.runtime import live_runs
-from tests.e2e.tmux import TmuxApp, key_latencies_ms, step_of
+from tests.e2e.tmux import app_key_latencies_ms, percentiles_text, step_of
 
 SCRIPT = str(ROOT / "benchmarks" / "scripts" / "rate_loop.py")
 SKIP_S = 3  # the first seconds (imports done, first epoch's start) are left out
@@ -94,17 +94,9 @@ def plain(args: argparse.Namespace, out: Path) -> None:
 
 
 def key_latency(args: argparse.Namespace, tmp: Path) -> list[float]:
-    app = TmuxApp(["run", "--", sys.executable, SCRIPT, str(tmp / "keys.txt"), "--seconds", "600", "--log"], tmp)
-    try:
-        app.wait_for(lambda s: "(training): 0 workers" in s and step_of(s) > 10, timeout=120,
-                     what="the script training at 0 workers")
-        time.sleep(2)
-        latencies = key_latencies_ms(app, args.presses, "(training): 1 worker ", "(training): 0 workers")
-        app.send("q")
-        app.exit_status(30)
-    finally:
-        app.close()
-    return latencies
+    return app_key_latencies_ms(["run", "--", sys.executable, SCRIPT, str(tmp / "keys.txt"), "--seconds", "600", "--log"],
+                                tmp, lambda s: "(training): 0 workers" in s and step_of(s) > 10, args.presses,
+                                "(training): 1 worker ", "(training): 0 workers")
 
 
 def main() -> int:
@@ -151,11 +143,10 @@ def main() -> int:
                   f"{'OK' if frozen / watched >= 0.99 else 'MISSED'}; script RSS {facts['rss_before_mb']:.0f} MB "
                   f"-> {facts['rss_frozen_mb']:.0f} MB at the end of the freeze")
         if "keys" not in skip:
-            latencies = sorted(key_latency(args, tmp))
-            p95 = latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))]
+            latencies = key_latency(args, tmp)
+            figures, p95 = percentiles_text(latencies)
             print(f"key press -> screen, a script at 0 workers (GIL-heavy), {len(latencies)} presses: "
-                  f"median {statistics.median(latencies):.0f} ms, p95 {p95:.0f} ms, max {latencies[-1]:.0f} ms "
-                  f"(goal p95 < 50 ms) {'OK' if p95 < 50 else 'MISSED'}")
+                  f"{figures} (goal p95 < 50 ms) {'OK' if p95 < 50 else 'MISSED'}")
     return 0
 
 
