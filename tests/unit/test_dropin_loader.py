@@ -208,3 +208,23 @@ def test_python_and_global_rng_untouched_by_a_switch_with_workers() -> None:
     del it
     loader.switch(0)
     assert no_children_left()
+
+
+def test_load_step_and_switch_time_add_up_to_the_time_between_batches_exactly() -> None:
+    # The loop's step, the switch (old workers down, new ones up) and the wait in next() are three
+    # separate figures: between two batches handed to the loop, they add up to the whole gap.
+    loader = DataLoader(SleepDataset(64, sleep_s=0.0005), batch_size=4, num_workers=0)
+    seen: list[LoaderBatch] = []
+    loader.add_observer(seen.append)
+    for i, _batch in enumerate(loader):
+        if i == 3:
+            loader.switch(2)
+    assert [b.num_workers for b in seen] == [0] * 4 + [2] * 12
+    for before, after in zip(seen, seen[1:]):
+        gap = after.time - before.time
+        assert after.step_s is not None
+        assert abs(after.step_s + after.switch_s + after.load_s - gap) < 1e-5
+    switched = seen[4]
+    assert switched.switch_s > 0 and switched.step_s < switched.switch_s  # the workers' start is not the loop's step
+    assert all(b.switch_s == 0 for i, b in enumerate(seen) if i != 4)
+    assert no_children_left()

@@ -53,11 +53,12 @@ class LoaderBatch(NamedTuple):
         batch: 1-based position of the batch within the epoch.
         num_workers: workers of the generation that delivered it.
         samples: samples in the batch (the length of its first tensor).
-        load_s: seconds blocked in ``next()``.
+        load_s: seconds blocked in ``next()`` waiting for the batch (a switch's time not included).
         step_s: seconds from the previous batch's ``next()`` returning to this ``next()`` call
             (the loop's own work with the previous batch); None for an epoch's first batch.
         time: wall-clock time (UNIX seconds) when the batch was handed to the loop.
-        switch_s: seconds spent switching workers just before this batch was asked for (0 if none).
+        switch_s: seconds this ``next()`` spent switching workers before waiting for the batch
+            (0 if none); ``step_s + switch_s + load_s`` is the whole time since the previous batch.
     """
 
     loader: str
@@ -319,12 +320,10 @@ class _SwitchingIterator:
 
     def __next__(self) -> Any:
         loader = self._loader
-        switch_s = 0.0
+        called = asked = _clock()
         if loader._request is not None and loader.continues_exactly:
-            started = _clock()
             self._switch()
-            switch_s = _clock() - started  # the workers' restart, kept apart from this batch's load
-        called = _clock()
+            called = _clock()  # the workers' restart is kept apart from the loop's step and this batch's load
         try:
             batch = next(self._inner)
         except StopIteration:
@@ -342,8 +341,8 @@ class _SwitchingIterator:
         if loader._observers:
             record = LoaderBatch(loader.name, loader._epoch, self._batch, loader.num_workers, batch_len(batch),
                                  returned - called,
-                                 None if self._returned_at is None else called - self._returned_at,
-                                 returned + self._wall_offset, switch_s)
+                                 None if self._returned_at is None else asked - self._returned_at,
+                                 returned + self._wall_offset, called - asked)
             for observer in loader._observers:
                 observer(record)
         self._returned_at = returned
