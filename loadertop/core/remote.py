@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import select
 import signal
 import socket
@@ -54,6 +55,8 @@ STOP_GRACE_S = 5.0
 LOG_LINES = 200
 """Lines of the script's output the monitor keeps for its log panel."""
 POLL_S = 0.25
+_TERMINAL_CODES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b.|[\x00-\x08\x0b-\x1f\x7f]")
+"""ANSI colour and cursor sequences, OSC titles and other control characters: a log line is shown as text."""
 
 
 @dataclass
@@ -596,5 +599,5 @@ class RemoteSession:
         self._log_offset += len(data)
         text = self._log_partial + data.decode("utf-8", errors="replace")
         *lines, self._log_partial = text.replace("\r\n", "\n").split("\n")
-        with self._lock:
-            self._log.extend(line.rsplit("\r", 1)[-1] for line in lines)  # a progress bar's last state
+        with self._lock:  # a progress bar's last state, without its colours or other terminal codes
+            self._log.extend(_TERMINAL_CODES.sub("", line.rsplit("\r", 1)[-1]).expandtabs(4) for line in lines)

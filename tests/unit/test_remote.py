@@ -182,3 +182,22 @@ def test_attach_with_nothing_running_or_a_wrong_pid_exits_2_in_one_line(runtime_
                             text=True, timeout=60, check=False)
     assert (listed.returncode, listed.stdout) == (0, "")
     assert "no loadertop run is running" in listed.stderr
+
+
+def test_the_log_panel_shows_a_scripts_output_as_text(runtime_dir: Path, tmp_path: Path) -> None:
+    # Colours, a window title and a progress bar redrawn with \r: the panel shows the text, the last state.
+    script = tmp_path / "noisy.py"
+    script.write_text("import sys\nprint('\\x1b[31mred\\x1b[0m and\\tplain', flush=True)\n"
+                      "print('\\x1b]0;a title\\x07after the title', flush=True)\n"
+                      "sys.stderr.write('10%\\r50%\\r100%\\n')\n")
+    child, log = spawn([sys.executable, str(script)])
+    session = RemoteSession(child=child, log_path=log, read_gpus=False)
+    session.start()
+    try:
+        wait_for(lambda: session.view().script.ended is not None, 30)
+        session.close()
+        assert session.view().script.log_tail == ("red and plain", "after the title", "100%")
+        assert session.exit_code == 0 and session.view().status.state is TrainerState.FINISHED
+    finally:
+        if child.poll() is None:
+            child.kill()
