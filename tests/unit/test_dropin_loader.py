@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import itertools
 import random
 from collections.abc import Callable, Iterator
 
@@ -220,7 +221,7 @@ def test_load_step_and_switch_time_add_up_to_the_time_between_batches_exactly() 
         if i == 3:
             loader.switch(2)
     assert [b.num_workers for b in seen] == [0] * 4 + [2] * 12
-    for before, after in zip(seen, seen[1:]):
+    for before, after in itertools.pairwise(seen):
         gap = after.time - before.time
         assert after.step_s is not None
         assert abs(after.step_s + after.switch_s + after.load_s - gap) < 1e-5
