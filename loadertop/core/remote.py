@@ -5,7 +5,8 @@ the script publishes on its socket (``loadertop.core.probe.server``): one ``Metr
 DataLoader, fed by a client thread. The monitor samples the script's process tree itself
 (psutil by pid, NVML); the per-configuration cost comes from CPU readings the script takes of
 its own tree where each configuration of its training loader begins (old workers shut down,
-new ones not yet started), every second and at its end, with loadertop's threads left out. Commands go back as ``switch`` messages; ``stop`` sends the script SIGINT (then SIGTERM
+new ones not yet started) and at its end, with loadertop's threads left out; in between, the
+monitor reads the same clock from outside at each system sample (the running figures so far). Commands go back as ``switch`` messages; ``stop`` sends the script SIGINT (then SIGTERM
 after a grace period, as a terminal's ^C would be followed up), ``detach`` leaves it running.
 
 How batches become records: the script measures, for each batch, the wait in ``next()``
@@ -39,7 +40,7 @@ import psutil
 
 from loadertop.core.advice import advise, machine_facts
 from loadertop.core.config import LoaderConfig
-from loadertop.core.cost import TreeCpu
+from loadertop.core.cost import TreeCpu, TreeCpuClock
 from loadertop.core.protocol.codec import LineReader, encode
 from loadertop.core.protocol.messages import SERVER_TYPES
 from loadertop.core.protocol.runtime import runtime_dir
@@ -214,8 +215,9 @@ class RemoteSession:
         self._log: deque[str] = deque(maxlen=LOG_LINES)
         self._log_offset = 0
         self._log_partial = ""
-        self.sampler = SystemSampler(interval_s=sample_interval_s, pid=self.root_pid,
-                                     worker_pids=self._worker_pids, read_gpus=read_gpus)
+        self._clock: TreeCpuClock | None = None  # the script's tree, read from here between its own readings
+        self.sampler = SystemSampler(interval_s=sample_interval_s, pid=self.root_pid, worker_pids=self._worker_pids,
+                                     on_sample=self._on_sample, read_gpus=read_gpus)
         self._machine = machine_facts()
         self._thread = threading.Thread(target=self._run, name="loadertop-client", daemon=True)
 
@@ -337,6 +339,18 @@ class RemoteSession:
         with self._lock:
             track = self._tracks.get(self._selected) if self._selected is not None else None
             return track.info.worker_pids if track is not None and track.info is not None else ()
+
+    def _on_sample(self, _snapshot: Any) -> None:
+        """Each system sample: the running configuration's cost so far, from the script's CPU clock."""
+        with self._lock:
+            clock = self._clock
+            track = next((t for t in self._tracks.values() if t.info is not None and t.info.training), None)
+        if clock is None or track is None or self._gone:
+            return
+        with contextlib.suppress(psutil.Error):
+            reading = clock.read()
+            with self._lock:
+                track.store.tick_cost(reading)
 
     def _has_exited(self) -> bool:
         if self.child is not None:
@@ -545,6 +559,7 @@ class RemoteSession:
                     track.log(int(m["step"]), m["metrics"])
             elif kind == "hello":
                 self._server_pid = int(m["pid"])
+                self._clock = _script_clock(self._server_pid, m.get("threads") or ())
                 self._started = float(m.get("started") or self._started)
                 self._controller, self._controller_id = m.get("controller"), m.get("controller_id")
                 self.command = self.command or tuple(m.get("command") or ())
@@ -601,3 +616,13 @@ class RemoteSession:
         *lines, self._log_partial = text.replace("\r\n", "\n").split("\n")
         with self._lock:  # a progress bar's last state, without its colours or other terminal codes
             self._log.extend(_TERMINAL_CODES.sub("", line.rsplit("\r", 1)[-1]).expandtabs(4) for line in lines)
+
+
+def _script_clock(pid: int, threads: Sequence[int]) -> TreeCpuClock | None:
+    """The script's tree CPU clock as the script reads it (its loadertop threads left out); None if unreadable."""
+    try:
+        clock = TreeCpuClock(pid)
+    except psutil.Error:
+        return None
+    clock.exclude_threads(int(t) for t in threads)
+    return clock

@@ -35,8 +35,6 @@ QUEUE_LIMIT = 10_000
 """Batches waiting for the writer thread; past that they are dropped (and counted), never waited for."""
 STATUS_INTERVAL_S = 0.25
 """How often the writer looks for changed loader states (worker pids, pending requests) to publish."""
-CPU_INTERVAL_S = 1.0
-"""How often the writer publishes the process tree's CPU (the running configuration's cost so far)."""
 WRITER_PERIOD_S = 0.05
 """The writer thread's shortest period: what the loop queued meanwhile is written and published at once."""
 
@@ -193,8 +191,11 @@ class LaunchedRun:
         self._clock = _cpu_clock()
         self._writer = threading.Thread(target=self._write, name="loadertop-writer", daemon=True)
         self._writer.start()
-        if self._clock is not None and self.server is not None:
-            self._clock.exclude_threads([self._writer.native_id or 0, self.server.native_id])
+        if self.server is not None:
+            ours = [self._writer.native_id or 0, self.server.native_id]
+            if self._clock is not None:
+                self._clock.exclude_threads(ours)
+            self.server.update_hello(threads=ours)  # monitors leave them out of their own readings too
         self._previous_excepthook = sys.excepthook
         sys.excepthook = self._excepthook
         atexit.register(self.close)
@@ -320,7 +321,7 @@ class LaunchedRun:
         epochs: dict[str, tuple[int, list[float]]] = {}  # loader -> (epoch, [batches, load_s, step_s, samples])
         seen: dict[str, Any] = {}  # loader -> the status last published
         workers_of: dict[str, int] = {}  # loader -> workers of its latest batch
-        next_status = next_cpu = 0.0
+        next_status = 0.0
         waiting: deque[tuple[str, Any]] = deque()
         while True:
             if not waiting:
@@ -342,10 +343,6 @@ class LaunchedRun:
                 for loader in list(self.loaders):
                     if loader.status() != seen.get(loader.name):
                         seen[loader.name] = self._publish_loader(loader)
-            if now >= next_cpu and self._clock is not None and self.loaders:
-                next_cpu = now + CPU_INTERVAL_S
-                with contextlib.suppress(Exception):
-                    self._publish_cpu("tick", self.loaders[0].name, self._clock.read())
             if kind == "idle":
                 continue
             if kind == "close":

@@ -86,6 +86,11 @@ class RunServer:
 
     # ------------------------------------------------------- any thread
 
+    def update_hello(self, **fields: Any) -> None:
+        """Add ``fields`` to the hello that monitors connecting from now on get."""
+        with self._lock:
+            self._hello = {**self._hello, **fields}
+
     @property
     def native_id(self) -> int:
         """The serving thread's native id (its CPU is loadertop's, not the run's)."""

@@ -3,7 +3,8 @@
 From the training process (a launched script) to each monitor:
 
 - ``hello``: ``pid``, ``command``, ``cwd``, ``started``, ``log`` (its output file or null),
-  ``controller`` and ``controller_id`` (the pid and id of the monitor that may send commands, or null).
+  ``controller`` and ``controller_id`` (the pid and id of the monitor that may send commands, or null),
+  ``threads`` (native ids of loadertop's own threads in the script: left out of its CPU).
 - ``loader``: a DataLoader was created or changed: ``name``, ``num_workers``, ``batch_size``,
   ``batches_per_epoch`` (null when unsized), ``training`` (the one commands address by default),
   ``exact`` (a switch continues the running epoch; false for an IterableDataset: next epoch),
@@ -16,7 +17,8 @@ From the training process (a launched script) to each monitor:
 - ``cpu``: the script's process tree's CPU clock (``time`` monotonic, ``main_s`` without loadertop's
   threads, ``children_s`` reaped children included, ``rss_bytes``) read by the script itself:
   ``reason`` ``"boundary"`` where a configuration of the training loader ``loader`` begins (its
-  old workers shut down, the new ones not yet started), ``"tick"`` every second, ``"end"`` at exit.
+  old workers shut down, the new ones not yet started) and ``"end"`` at exit. Between them the
+  monitor reads the same clock itself, from outside (costing the script nothing).
 - ``control``: ``controller`` changed (a monitor took control or left).
 - ``refused``: ``reason``: a command this monitor may not give, or one that cannot work.
 - ``dropped``: ``count``: messages this monitor missed because it did not read them in time.
