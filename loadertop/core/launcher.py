@@ -79,7 +79,12 @@ def launch(command: Sequence[str], *, workers: int | None = None, switches: Mapp
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-    return code if code >= 0 else 128 - code
+    return exit_status(code)
+
+
+def exit_status(returncode: int) -> int:
+    """A child's exit status as a shell reports it: its code, or 128 + N when signal N ended it."""
+    return returncode if returncode >= 0 else 128 - returncode
 
 
 def spawn(command: Sequence[str], *, workers: int | None = None, switches: Mapping[str, int] | None = None,

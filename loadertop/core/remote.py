@@ -41,6 +41,7 @@ import psutil
 from loadertop.core.advice import advise, machine_facts
 from loadertop.core.config import LoaderConfig
 from loadertop.core.cost import TreeCpu, TreeCpuClock
+from loadertop.core.launcher import exit_status
 from loadertop.core.protocol.codec import LineReader, encode
 from loadertop.core.protocol.messages import SERVER_TYPES
 from loadertop.core.protocol.runtime import runtime_dir
@@ -129,7 +130,7 @@ class _LoaderTrack:
         self.warmup_left = max(1, config.num_workers)
 
     def cpu(self, m: dict[str, Any]) -> None:
-        """The script's own reading of its tree's CPU: at a configuration's start, every second, at the end."""
+        """The script's own reading of its tree's CPU: where a configuration begins, and at its end."""
         reading = TreeCpu(time=float(m["time"]), main_s=float(m["main_s"]), children_s=float(m["children_s"]),
                           rss_bytes=int(m["rss_bytes"]))
         if m.get("reason") == "boundary":
@@ -191,13 +192,11 @@ class RemoteSession:
         self._want_control = control
         self._lock = threading.RLock()
         self._tracks: dict[str, _LoaderTrack] = {}
-        self._order: list[str] = []
         self._selected: str | None = None
         self._chosen = False  # the user picked a loader: the training one no longer takes over
         self._server_pid: int | None = pid
         self._started = time.time()
         self._connected = False
-        self._ever_connected = False
         self._controller: int | None = None
         self._controller_id: str | None = None
         self.monitor_id = uuid.uuid4().hex[:16]  # several monitors may share a process (and a pid)
@@ -231,8 +230,8 @@ class RemoteSession:
     def view(self) -> SessionView:
         """The script now."""
         with self._lock:
-            track = self._tracks.get(self._selected) if self._selected is not None else None
-            infos = tuple(t.info for name in self._order if (t := self._tracks[name]).info is not None)
+            track = self._selected_track()
+            infos = tuple(t.info for t in self._tracks.values() if t.info is not None)  # in creation order
             store = track.store.snapshot() if track is not None else MetricsStore().snapshot()
             status = self._status(track)
             script = ScriptView(
@@ -253,7 +252,7 @@ class RemoteSession:
     def apply(self, config: LoaderConfig) -> None:
         """Switch the selected loader to ``config.num_workers``; the script keeps its other settings."""
         with self._lock:
-            track = self._tracks.get(self._selected) if self._selected is not None else None
+            track = self._selected_track()
             sock = self._sock
         if self._ended_text() is not None:
             raise RuntimeError("the script has ended: nothing to switch (q quits)")
@@ -267,10 +266,11 @@ class RemoteSession:
     def select_next_loader(self) -> str | None:
         """Show and command the next DataLoader (in creation order); returns its name."""
         with self._lock:
-            if not self._order:
+            names = list(self._tracks)  # creation order
+            if not names:
                 return None
-            index = self._order.index(self._selected) if self._selected in self._order else -1
-            self._selected = self._order[(index + 1) % len(self._order)]
+            index = names.index(self._selected) if self._selected in names else -1
+            self._selected = names[(index + 1) % len(names)]
             self._chosen = True
             return self._selected
 
@@ -335,9 +335,13 @@ class RemoteSession:
 
     # ------------------------------------------------------------ internals
 
+    def _selected_track(self) -> _LoaderTrack | None:
+        """Under the lock: the loader shown and commanded."""
+        return self._tracks.get(self._selected) if self._selected is not None else None
+
     def _worker_pids(self) -> Sequence[int]:
         with self._lock:
-            track = self._tracks.get(self._selected) if self._selected is not None else None
+            track = self._selected_track()
             return track.info.worker_pids if track is not None and track.info is not None else ()
 
     def _on_sample(self, _snapshot: Any) -> None:
@@ -356,7 +360,7 @@ class RemoteSession:
         if self.child is not None:
             code = self.child.poll()
             if code is not None:
-                self._exit_code = code if code >= 0 else 128 - code
+                self._exit_code = exit_status(code)
                 return True
             return False
         try:
@@ -504,7 +508,7 @@ class RemoteSession:
             sock.setblocking(False)
             self._sock = sock
             with self._lock:
-                self._connected = self._ever_connected = True
+                self._connected = True
             return
 
     def _disconnect(self) -> None:
@@ -580,7 +584,6 @@ class RemoteSession:
         track = self._tracks.get(name)
         if track is None:
             track = self._tracks[name] = _LoaderTrack(name, self._started)
-            self._order.append(name)
         track.info = LoaderInfo(
             name=name, num_workers=int(m["num_workers"]),
             batch_size=m["batch_size"] if isinstance(m.get("batch_size"), int) else None,

@@ -10,12 +10,8 @@ from loadertop.core.status import TrainerError
 from loadertop.tui.app import LoaderTopApp
 from loadertop.tui.screens import HelpScreen
 from loadertop.tui.widgets import LogPanel, LossChart, PendingBar, RunHeader
-
-SIZE = (120, 36)
-
-
-def text_of(app: LoaderTopApp, widget_type: type) -> str:
-    return str(app.query_one(widget_type).render())
+from tests.app.test_keys import SIZE
+from tests.app.test_keys import screen_text as text_of
 
 
 async def test_the_script_its_loader_and_its_output_are_shown(script_replay: ReplaySession) -> None:

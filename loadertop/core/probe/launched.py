@@ -275,6 +275,8 @@ class LaunchedRun:
         step = self._steps[loader.name] = self._steps[loader.name] + 1
         self._put(("batch", (step, batch)))
         switches = self.settings.switches
+        if not switches:  # the common case: nothing more to do on the loop's path
+            return
         workers = switches.get(f"{loader.name}@{step}", switches.get(str(step)) if training else None)
         if workers is not None:
             loader.switch(workers)
