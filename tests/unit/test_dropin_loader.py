@@ -229,3 +229,71 @@ def test_load_step_and_switch_time_add_up_to_the_time_between_batches_exactly() 
     assert switched.switch_s > 0 and switched.step_s < switched.switch_s  # the workers' start is not the loop's step
     assert all(b.switch_s == 0 for i, b in enumerate(seen) if i != 4)
     assert no_children_left()
+
+
+def test_a_batch_size_change_mid_epoch_keeps_the_sample_order_and_regroups_the_rest() -> None:
+    stock, stock_rng, _ = run(lambda: shuffled(torch.utils.data.DataLoader), {})
+    torch.manual_seed(1234)
+    loader = shuffled(DataLoader, 2)
+    seen: list[list[int]] = []
+    for epoch in range(2):
+        for batch in loader:
+            seen.append(batch[0].reshape(-1).long().tolist())
+            if epoch == 0 and len(seen) == 3:
+                loader.reconfigure(batch_size=7, num_workers=1)
+    rng = torch.rand(3)
+    flat = [i for b in seen for i in b]
+    assert flat == [i for b in stock for i in b]  # every sample once per epoch, in the stock order
+    assert [len(b) for b in seen] == [4, 4, 4, 7, 7, 7, 7, 7, 3] + [7] * 7 + [1]  # 38 left: 5 x 7 + 3
+    assert len(loader) == 8 and loader.batch_size == 7
+    assert torch.equal(rng, stock_rng)
+    assert no_children_left()
+
+
+def test_every_setting_can_change_at_a_batch_boundary() -> None:
+    loader = shuffled(DataLoader, 1)
+    records: list[LoaderBatch] = []
+    loader.add_observer(records.append)
+    seen = []
+    settings = []
+    for batch in loader:
+        seen.append(batch[0])
+        if len(seen) == 2:
+            loader.reconfigure(num_workers=2, persistent_workers=True, prefetch_factor=3, timeout=30.0,
+                               multiprocessing_context="fork", pin_memory=False)
+        if len(seen) in (3, 6, 9):
+            settings.append((loader.timeout, loader.multiprocessing_context, loader.persistent_workers,
+                             loader.prefetch_factor))
+        if len(seen) == 5:
+            loader.reconfigure(num_workers=0)
+        if len(seen) == 8:
+            loader.reconfigure(num_workers=1)
+    assert [r.num_workers for r in records] == [1, 1, 2, 2, 2, 0, 0, 0, 1, 1, 1, 1, 1]
+    fork = torch.multiprocessing.get_context("fork")
+    # torch refuses a timeout and a start method at 0 workers: they wait there for the next workers.
+    assert settings == [(30.0, fork, True, 3), (0, None, True, 3), (30.0, fork, True, 3)]
+    assert sorted(int(i) for b in seen for i in b.reshape(-1)) == list(range(SIZE))
+    assert loader.status().switches == 3
+    del loader
+    assert no_children_left()
+
+
+def test_a_request_for_the_running_settings_changes_nothing() -> None:
+    loader = shuffled(DataLoader, 0)
+    it = iter(loader)
+    next(it)
+    loader.reconfigure(num_workers=0, batch_size=4)
+    next(it)
+    assert loader.status().switches == 0
+
+
+def test_settings_that_cannot_change_are_refused_in_words() -> None:
+    loader = custom_batches(DataLoader)
+    with pytest.raises(ValueError, match="batch_sampler makes its batches: its batch size cannot change"):
+        loader.reconfigure(batch_size=8)
+    with pytest.raises(ValueError, match="cannot reconfigure 'shuffle'"):
+        loader.reconfigure(shuffle=False)
+    with pytest.raises(ValueError, match="prefetch_factor must be an integer >= 1"):
+        loader.reconfigure(prefetch_factor=0)
+    with pytest.raises(ValueError, match="timeout must be a number of seconds >= 0"):
+        loader.reconfigure(timeout=-1)

@@ -23,6 +23,7 @@ each observer (benchmarks/dropin_overhead.py measures it).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import itertools
 import os
@@ -126,15 +127,20 @@ class DataLoader(torch.utils.data.DataLoader):
             args, kwargs = (), arguments
         super().__init__(*args, **kwargs)
         self.name = name or _creation_site()
-        self._request: int | None = None
+        self._request: dict[str, Any] | None = None
         self._request_lock = threading.Lock()
         self._observers: list[Callable[[LoaderBatch], None]] = []
         self._boundary_hooks: list[Callable[[DataLoader], None]] = []
+        self._retire_hooks: list[Callable[[DataLoader, tuple[int, ...]], None]] = []
+        self.reaping_lock: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        """Held while a switch shuts the old workers down and reaps them (a CPU clock's lock)."""
         self._stream_to_hand_out: _IssuedIndices | None = None
         self._last_stream: _IssuedIndices | None = None
         self._active: weakref.ref[_SwitchingIterator] | None = None  # weak: a dropped iterator ends its workers
         self._epoch = 0
         self._switches = 0
+        # Settings torch allows only with workers: kept here while there are none, for when there are again.
+        self._with_workers = {key: _current(self, key) for key in _WORKERS_ONLY}
         if hook is not None:
             hook.created(self)
 
@@ -142,10 +148,22 @@ class DataLoader(torch.utils.data.DataLoader):
 
     def switch(self, num_workers: int) -> None:
         """Change the worker count at the next batch boundary (or the next epoch; last request wins)."""
-        if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 0:
-            raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
+        self.reconfigure(num_workers=num_workers)
+
+    def reconfigure(self, **settings: Any) -> None:
+        """Change any of ``SETTINGS`` at the next batch boundary, as ``switch`` does the worker count.
+
+        Requests merge, the last value of each setting winning. ``batch_size`` can change only
+        where the loader batches by itself (``batch_size=``, no ``batch_sampler``): the rest of
+        the epoch's indices, in the same order, are then grouped by the new size.
+
+        Raises:
+            ValueError: an unknown setting or a value torch's DataLoader would refuse.
+        """
+        for key, value in settings.items():
+            _check_setting(self, key, value)
         with self._request_lock:
-            self._request = num_workers
+            self._request = {**(self._request or {}), **settings}
         if self._running() is None:  # no loop is running: the next iter() starts with it
             self._apply_between_epochs()
 
@@ -159,9 +177,23 @@ class DataLoader(torch.utils.data.DataLoader):
         (where a CPU reading bills each configuration its own workers)."""
         self._boundary_hooks.append(hook)
 
+    def add_retire_hook(self, hook: Callable[[DataLoader, tuple[int, ...]], None]) -> None:
+        """Call ``hook(loader, worker_pids)`` in the loop's thread just before a switch shuts a
+        generation's workers down (their last memory and CPU can still be read)."""
+        self._retire_hooks.append(hook)
+
     def _boundary(self) -> None:
         for hook in self._boundary_hooks:
             hook(self)
+
+    def _retire(self, iterator: Any) -> None:
+        """Shut ``iterator``'s workers down (and reap them) after telling the retire hooks."""
+        if self._retire_hooks:
+            pids = tuple(w.pid for w in getattr(iterator, "_workers", ()) if w.pid)
+            for hook in self._retire_hooks:
+                hook(self, pids)
+        with self.reaping_lock:
+            torch_compat.shutdown_workers(iterator)
 
     @property
     def continues_exactly(self) -> bool:
@@ -172,8 +204,10 @@ class DataLoader(torch.utils.data.DataLoader):
         """A frozen view of this loader."""
         active = self._running()
         pids = active.worker_pids() if active is not None else ()
-        return LoaderStatus(self.name, self.num_workers, self._request,
-                            self._request is not None and not self.continues_exactly,
+        request = self._request
+        pending = request.get("num_workers") if request else None
+        return LoaderStatus(self.name, self.num_workers, pending,
+                            pending is not None and not self.continues_exactly,
                             self._epoch, self._switches, pids)
 
     # ------------------------------------------------------ torch's hooks
@@ -200,27 +234,46 @@ class DataLoader(torch.utils.data.DataLoader):
 
     # ------------------------------------------------------------ switching
 
-    def _take_request(self) -> int | None:
+    def _take_request(self) -> dict[str, Any] | None:
+        """The pending settings that differ from the current ones (None if none), cleared."""
         with self._request_lock:
             request, self._request = self._request, None
-        return request
+        if request is None:
+            return None
+        changes = {key: value for key, value in request.items()
+                   if (self._with_workers[key] if key in _WORKERS_ONLY else _current(self, key)) != value}
+        return changes or None
 
     def _apply_between_epochs(self) -> None:
-        """No batch is in flight: a pending change just sets the count for the next ``iter()``."""
-        request = self._take_request()
-        if request is None or request == self.num_workers:
+        """No batch is in flight: a pending change just sets the settings for the next ``iter()``."""
+        changes = self._take_request()
+        if changes is None:
             return
         old = getattr(self, "_iterator", None)
-        if old is not None:  # persistent workers of the old count
-            torch_compat.shutdown_workers(old)
+        if old is not None:  # persistent workers of the old settings
+            self._retire(old)
             self._iterator = None
         if self._epoch:
             self._boundary()
-        self._set_workers(request)
+        self._apply(changes)
 
-    def _set_workers(self, num_workers: int) -> None:
-        self.num_workers = num_workers
-        if num_workers > 0 and self.prefetch_factor is None:
+    def _apply(self, changes: dict[str, Any]) -> None:
+        """Set the settings (between two worker generations)."""
+        for key, value in changes.items():
+            if key in _WORKERS_ONLY:
+                self._with_workers[key] = value
+        for key in SETTINGS:  # num_workers first: torch checks multiprocessing_context against it
+            if key in _WORKERS_ONLY:
+                value = self._with_workers[key] if self.num_workers > 0 else _WORKERS_ONLY[key]
+                if _current(self, key) != value:
+                    setattr(self, key, value)
+            elif key == "batch_size" and key in changes:
+                torch_compat.set_batch_size(self, changes[key])
+            elif key == "persistent_workers" and key in changes:
+                torch_compat.set_persistent_workers(self, changes[key])
+            elif key in changes:
+                setattr(self, key, changes[key])
+        if self.num_workers > 0 and self.prefetch_factor is None:
             self.prefetch_factor = 2
         self._switches += 1
 
@@ -278,7 +331,9 @@ class _IndexSampler:
     """What ``loader._index_sampler`` returns: the real one, whose iterator is recorded (same length)."""
 
     def __init__(self, loader: DataLoader, real: Any) -> None:
-        self._loader = loader
+        # Weak: torch's persistent iterator (held by the loader) holds this; a strong reference would
+        # make a cycle, and a dropped loader would keep its workers until the garbage collector runs.
+        self._loader = weakref.proxy(loader)
         self._real = real
 
     def __iter__(self) -> _IssuedIndices:
@@ -349,21 +404,74 @@ class _SwitchingIterator:
         return batch
 
     def _switch(self) -> None:
-        """Apply the pending worker count now, between two batches."""
+        """Apply the pending settings now, between two batches."""
         loader = self._loader
-        request = loader._take_request()
-        if request is None or request == loader.num_workers or self._stream is None:
+        changes = loader._take_request()
+        if changes is None or self._stream is None:
             return
         old, stream = self._inner, self._stream
         base_seed = int(getattr(old, "_base_seed", 0))
         again = stream.undelivered()
-        torch_compat.shutdown_workers(old)
+        loader._retire(old)
         if getattr(loader, "_iterator", None) is old:
             loader._iterator = None
         loader._boundary()
-        loader._set_workers(request)
-        self._stream = _IssuedIndices(stream.source, again)
+        loader._apply(changes)
+        if "batch_size" in changes:  # the rest of the epoch, sample by sample, in batches of the new size
+            rest = itertools.chain(itertools.chain.from_iterable(again), itertools.chain.from_iterable(stream.source))
+            self._stream = _IssuedIndices(_batches(rest, loader.batch_size, loader.drop_last))
+        else:
+            self._stream = _IssuedIndices(stream.source, again)
         self._inner = loader._new_generation(self._stream, base_seed)
+
+
+SETTINGS = ("num_workers", "batch_size", "pin_memory", "persistent_workers", "prefetch_factor",
+            "multiprocessing_context", "timeout")
+"""What ``DataLoader.reconfigure`` may change (torch's argument names), in the order they are applied."""
+
+_WORKERS_ONLY = {"multiprocessing_context": None, "timeout": 0}
+"""Settings torch refuses at 0 workers, with the value they then take."""
+
+
+def _check_setting(loader: DataLoader, key: str, value: Any) -> None:
+    """Raise ValueError, in torch's terms, for a setting ``reconfigure`` cannot apply."""
+    def whole(minimum: int) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+    if key not in SETTINGS:
+        raise ValueError(f"cannot reconfigure {key!r}: a DataLoader's {', '.join(SETTINGS)} can change")
+    if key == "num_workers" and not whole(0):
+        raise ValueError(f"num_workers must be an integer >= 0, got {value!r}")
+    if key == "batch_size":
+        if not whole(1):
+            raise ValueError(f"batch_size must be an integer >= 1, got {value!r}")
+        if loader.batch_size is None:
+            raise ValueError("this loader's batch_sampler makes its batches: its batch size cannot change")
+    if key == "prefetch_factor" and value is not None and not whole(1):
+        raise ValueError(f"prefetch_factor must be an integer >= 1 or None, got {value!r}")
+    if key == "timeout" and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0):
+        raise ValueError(f"timeout must be a number of seconds >= 0, got {value!r}")
+    if key in ("pin_memory", "persistent_workers") and not isinstance(value, bool):
+        raise ValueError(f"{key} must be True or False, got {value!r}")
+    if key == "multiprocessing_context" and value is not None and not isinstance(value, str):
+        raise ValueError(f"multiprocessing_context must be a start method's name or None, got {value!r}")
+
+
+def _current(loader: DataLoader, key: str) -> Any:
+    """A setting's value as ``reconfigure`` takes it (a multiprocessing context by its start method's name)."""
+    value = getattr(loader, key)
+    if key == "multiprocessing_context" and value is not None and not isinstance(value, str):
+        return value.get_start_method()
+    return value
+
+
+def _batches(indices: Iterator[Any], size: int, drop_last: bool) -> Iterator[list[Any]]:
+    """Group ``indices`` into lists of ``size`` as torch's BatchSampler does (the last one shorter unless dropped)."""
+    while True:
+        batch = list(itertools.islice(indices, size))
+        if not batch or (drop_last and len(batch) < size):
+            return
+        yield batch
 
 
 _TORCH_SIGNATURE = inspect.signature(torch.utils.data.DataLoader.__init__)
