@@ -11,15 +11,14 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
-from torch.utils.data import DataLoader
 
 from loadertop.core.config import LoaderConfig
 from loadertop.core.cost import TreeCpuClock
 from loadertop.core.probe import torch_compat
-from loadertop.core.probe.loader import batch_len
+from loadertop.core.probe.loader import DataLoader, LoaderBatch, batch_len
 from loadertop.core.records import BatchRecord, StartEvent
 from loadertop.core.sampler import ResumableSampler
 from loadertop.core.status import ExitedWorker, TrainerError, TrainerState, TrainerStatus
@@ -134,6 +133,20 @@ class _Stop(Exception):
     """Internal: leave the loop because a stop was requested."""
 
 
+class _Start(NamedTuple):
+    """A (re)start whose first batch is still to come: recorded then as a StartEvent.
+
+    Attributes:
+        reason: ``start``, ``restart`` or ``epoch``.
+        requested_at: ``perf_counter()`` when it was asked for (its latency is measured from here).
+        iter_at: when the epoch's ``iter()`` began, for a start that waits for it (None: a switch in ``next()``).
+    """
+
+    reason: str
+    requested_at: float
+    iter_at: float | None = None
+
+
 class Trainer:
     """Trains ``workload`` in a background thread; every batch goes to ``store``.
 
@@ -214,6 +227,9 @@ class Trainer:
         self._first_nonfinite_step: int | None = None
         self.cpu_clock = TreeCpuClock()
         self._cost_open = False
+        self._cost_config: LoaderConfig | None = None
+        self._applied: dict[str, Any] = {}  # the loader's settings now
+        self._delivery: LoaderBatch | None = None  # the batch the loader handed over last
         self._worker_spawns = 0
         self._workers_since = 0.0
         self._exited_workers: tuple[ExitedWorker, ...] = ()
@@ -392,12 +408,14 @@ class Trainer:
         if not self._cost_open:
             self.store.open_cost(config, self.cpu_clock.read())
             self._cost_open = True
+            self._cost_config = config
 
     def _close_cost(self) -> None:
         """The running configuration stops (restart, pause, end): credit it its CPU up to now."""
         if self._cost_open:
             self.store.close_cost(self.cpu_clock.read())
             self._cost_open = False
+            self._cost_config = None
 
     def _shutdown_workers(self, iterator: Any) -> None:
         """Shut the iterator's workers down and reap them; their last memory counts toward the peak first.
@@ -408,7 +426,10 @@ class Trainer:
             self.store.tick_cost(self.cpu_clock.read())
         with self.cpu_clock.lock:
             torch_compat.shutdown_workers(iterator)
-        ended = time.perf_counter()
+        self._note_exited(time.perf_counter())
+
+    def _note_exited(self, ended: float) -> None:
+        """The running generation's workers ended at ``ended``: they become the last exited ones."""
         with self._lock:
             if self._worker_pids:
                 self._exited_workers = tuple(
@@ -462,39 +483,103 @@ class Trainer:
                 )
         self._optimizer = optimizer
 
-    def _make_loader(self, config: LoaderConfig) -> DataLoader[Any]:
+    def _settings(self, config: LoaderConfig) -> dict[str, Any]:
+        """``config`` as the instrumented loader's settings (what ``reconfigure`` takes)."""
+        kwargs = config.loader_kwargs(pin_memory_allowed=self.device.type == "cuda")
+        with_workers = config.num_workers > 0
+        timeout = kwargs.get("timeout", self.stall_timeout_s if with_workers else 0.0)
+        return {
+            "num_workers": config.num_workers,
+            "batch_size": config.batch_size,
+            "pin_memory": kwargs["pin_memory"],
+            "persistent_workers": kwargs.get("persistent_workers", False),
+            "prefetch_factor": kwargs.get("prefetch_factor", 2 if with_workers else None),
+            "multiprocessing_context": kwargs.get("multiprocessing_context"),
+            "timeout": timeout,
+        }
+
+    def _check_picklable(self, config: LoaderConfig) -> None:
         if config.num_workers and config.start_method not in self._picklable_for:
             check_picklable(self.workload, config)  # once per start method: spawn pickles it anyway
             self._picklable_for.add(config.start_method)
-        kwargs = config.loader_kwargs(pin_memory_allowed=self.device.type == "cuda")
-        if config.num_workers and not config.timeout_s and self.stall_timeout_s:
-            kwargs["timeout"] = self.stall_timeout_s
+
+    def _make_loader(self, config: LoaderConfig) -> DataLoader:
+        """The run's one loader: loadertop's instrumented DataLoader, reconfigured in place at each restart."""
+        self._check_picklable(config)
+        settings = self._settings(config)
         generator = torch.Generator()
         generator.manual_seed(self.seed * 7919 + self._starts)
-        return DataLoader(
+        loader = DataLoader(
             self._dataset,
             sampler=self._sampler,
             collate_fn=self.workload.collate_fn,
-            worker_init_fn=_ignore_sigint_in_worker if config.num_workers > 0 else None,
+            worker_init_fn=_ignore_sigint_in_worker,
             generator=generator,
             drop_last=False,
-            **kwargs,
+            name=self.workload.name,
+            **{key: value for key, value in settings.items() if value or key in ("num_workers", "batch_size")},
         )
+        self._applied = settings
+        loader.add_observer(self._delivered)
+        loader.add_retire_hook(self._retiring)
+        loader.add_boundary_hook(self._at_boundary)
+        loader.reaping_lock = self.cpu_clock.lock
+        return loader
+
+    # The instrumented loader's hooks, all called in the training thread.
+
+    def _delivered(self, batch: LoaderBatch) -> None:
+        self._delivery = batch
+
+    def _retiring(self, loader: DataLoader, pids: tuple[int, ...]) -> None:
+        """A switch is about to shut the old workers down: their last memory counts toward the peak first."""
+        if self._cost_open and pids:
+            self.store.tick_cost(self.cpu_clock.read())
+
+    def _at_boundary(self, loader: DataLoader) -> None:
+        """The old configuration's workers are reaped, the new ones not started: bill each its own."""
+        if self._cost_config is not self._config:
+            self._note_exited(time.perf_counter())
+            self._close_cost()
+            self._open_cost(self._config)
+
+    def _note_workers(self, iterator: Any, since: float) -> None:
+        """The running generation's worker pids (a new generation's start is ``since``)."""
+        pids = iterator.worker_pids()
+        with self._lock:
+            if set(pids) - set(self._worker_pids):  # a new generation (persistent workers stay)
+                self._worker_spawns += len(set(pids) - set(self._worker_pids))
+                self._workers_since = since
+            self._worker_pids = pids
+
+    def _switch_to(self, loader: DataLoader, config: LoaderConfig) -> None:
+        """A hot restart: the loader changes at the next ``next()``, in the running epoch (nothing lost or repeated)."""
+        self._check_picklable(config)
+        self._set_state(TrainerState.RESTARTING)
+        with self._lock:
+            self._config = config
+        settings = self._settings(config)
+        if settings == self._applied:  # e.g. pin_memory where there is no GPU: the same workers go on
+            self._close_cost()
+            self._open_cost(config)
+        else:
+            loader.reconfigure(**settings)
+            self._applied = settings
 
     def _finished(self) -> bool:
         if self.max_batches is not None and self._step >= self.max_batches:
             return True
         return self._epoch >= self.epochs
 
-    def _take_command(self) -> LoaderConfig | None:
-        """At a batch boundary: wait while paused, raise _Stop, or return a pending restart."""
+    def _take_command(self) -> tuple[LoaderConfig, float] | None:
+        """At a batch boundary: wait while paused, raise _Stop, or return a pending restart and when it was asked."""
         with self._lock:
             while True:
                 if self._stop_requested:
                     raise _Stop
                 if self._pending is not None:
                     config, self._pending = self._pending, None
-                    return config
+                    return config, self._pending_since
                 if not self._paused:
                     if self._state is TrainerState.PAUSED:
                         self._state = TrainerState.RUNNING
@@ -506,51 +591,33 @@ class Trainer:
                 self._lock.wait()
 
     def _loop(self, reason: str) -> None:
-        config = self._config
-        loader: DataLoader[Any] | None = None
+        loader: DataLoader | None = None
         iterator: Any = None
-        requested_at = self._t_start if reason == "start" else self._pending_since
+        start: _Start | None = _Start(reason, self._t_start if reason == "start" else self._pending_since)
         try:
             while not self._finished():
-                self._open_cost(config)  # building the loader (pickling the dataset for spawn) is its cost too
+                self._open_cost(self._config)  # building the loader (pickling the dataset for spawn) is its cost too
                 if loader is None:
-                    loader = self._make_loader(config)
+                    loader = self._make_loader(self._config)
                 self._sampler.set_position(self._epoch, self._position)
                 self._starts += 1
                 t_iter = time.perf_counter()
                 iterator = iter(loader)
-                pids = tuple(p.pid for p in getattr(iterator, "_workers", ()) if p.pid)
-                with self._lock:
-                    if set(pids) - set(self._worker_pids):  # a new generation (persistent workers stay)
-                        self._worker_spawns += len(set(pids) - set(self._worker_pids))
-                        self._workers_since = t_iter
-                    self._worker_pids = pids
-                outcome, next_config = self._consume(iterator, config, reason, t_iter, requested_at)
-                if outcome in ("epoch_end", "empty"):
-                    self._epoch += 1
-                    self._position = 0
-                    self._batch_in_epoch = 0
-                    if outcome == "epoch_end":
-                        reason, requested_at = "epoch", time.perf_counter()
-                    # "empty": a (re)start at the very end of an epoch; its first batches, in the next
-                    # epoch, are still its warm-up and its start-up is still measured.
-                    if not config.persistent_workers:
-                        self._shutdown_workers(iterator)
-                        iterator = None
-                    continue
+                self._note_workers(iterator, t_iter)
+                if start is None:  # an epoch boundary: every epoch pays for refilling the pipeline
+                    start = _Start("epoch", t_iter)
+                start = start._replace(iter_at=t_iter)
+                outcome, start = self._consume(loader, iterator, start)
                 if outcome == "max_batches":
                     break
-                # A hot restart: shut the old workers down, build a loader for the new config.
-                assert next_config is not None
-                self._set_state(TrainerState.RESTARTING)
-                requested_at = self._pending_since
-                self._shutdown_workers(iterator)
-                self._close_cost()
-                iterator = None
-                loader = None
-                with self._lock:
-                    self._config = config = next_config
-                reason = "restart"
+                self._epoch += 1
+                self._position = 0
+                self._batch_in_epoch = 0
+                # "empty": a (re)start at the very end of an epoch; its first batches, in the next
+                # epoch, are still its warm-up and its start-up is still measured.
+                if not self._config.persistent_workers:
+                    self._shutdown_workers(iterator)
+                    iterator = None
         except _Stop:
             raise
         except Exception as exc:
@@ -565,59 +632,62 @@ class Trainer:
                 self._shutdown_workers(loader._iterator)
             self._close_cost()
 
-    def _consume(
-        self,
-        iterator: Any,
-        config: LoaderConfig,
-        reason: str,
-        t_iter: float,
-        requested_at: float,
-    ) -> tuple[str, LoaderConfig | None]:
-        """Train on batches until the epoch ends, a restart is asked or max_batches is reached.
+    def _consume(self, loader: DataLoader, iterator: Any, start: _Start) -> tuple[str, _Start | None]:
+        """Train on batches until the epoch ends or max_batches is reached; restarts happen in between.
 
         Returns:
-            ``("epoch_end", None)``, ``("restart", new_config)``, ``("max_batches", None)``, or
-            ``("empty", None)`` when the loader had nothing left of the epoch (a restart at its very end).
+            ``"epoch_end"``, ``"max_batches"``, or ``"empty"`` when the loader had nothing left of the
+            epoch; and the start still to be recorded at the next batch (a restart at an epoch's end), if any.
         """
         first = True
         # After a (re)start each worker's first batch was made during start-up, in parallel:
         # they arrive in a burst, so they are warm-up, not steady state. An epoch boundary is
         # steady state: every epoch pays for refilling the pipeline (or re-spawning workers).
-        warmup_left = max(1, config.num_workers) if reason != "epoch" else 0
+        warmup_left = max(1, self._config.num_workers) if start.reason != "epoch" else 0
         while True:
             if not first:
-                pending = self._take_command()
-                if pending is not None:
-                    return "restart", pending
+                command = self._take_command()
+                if command is not None:
+                    config, requested_at = command
+                    self._switch_to(loader, config)
+                    start = _Start("restart", requested_at)
+                    warmup_left = max(1, config.num_workers)
             else:
                 # A restart asked while the loader was starting is honoured after its first batch.
                 with self._lock:
                     if self._stop_requested:
                         raise _Stop
-            t0 = time.perf_counter()
             try:
                 batch = next(iterator)
             except StopIteration:
-                return ("empty" if first else "epoch_end"), None
+                return ("empty" if first else "epoch_end"), start
             t1 = time.perf_counter()
+            delivered = self._delivery
             loss, accuracy, samples = self._train_step(batch)
             t2 = time.perf_counter()
+            config = self._config
 
-            if first:
+            if start is not None:
+                if start.iter_at is not None:  # the epoch's iter(): its workers' start-up and first batch
+                    startup_s = t1 - start.iter_at
+                else:  # a switch inside next(): the old workers down, the new ones up, their first batch
+                    startup_s = delivered.switch_s + delivered.load_s
+                    self._note_workers(iterator, t1 - startup_s)
                 event = StartEvent(
-                    reason=reason,
+                    reason=start.reason,
                     config=config,
                     after_step=self._step,
                     epoch=self._epoch + 1,
                     position=self._position,
-                    startup_s=t1 - t_iter,
-                    latency_s=t1 - requested_at,
+                    startup_s=startup_s,
+                    latency_s=t1 - start.requested_at,
                     worker_pids=self._worker_pids,
                 )
                 self.store.add_start(event)
                 with self._lock:
                     if self._state in (TrainerState.STARTING, TrainerState.RESTARTING):
                         self._state = TrainerState.RUNNING
+                start = None
 
             self._position += samples
             self._batch_in_epoch += 1
@@ -630,7 +700,7 @@ class Trainer:
                 num_workers=config.num_workers,
                 batch_size=config.batch_size,
                 samples=samples,
-                load_s=t1 - t0,
+                load_s=delivered.load_s,
                 compute_s=t2 - t1,
                 loss=loss,
                 accuracy=accuracy,

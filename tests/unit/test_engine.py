@@ -91,6 +91,43 @@ def test_hot_restarts_continue_the_epoch_without_skipping_or_repeating() -> None
     assert no_children_left()
 
 
+def test_restarts_that_change_every_setting_keep_the_epoch_order_in_one_loader() -> None:
+    # The built-in trainer is a client of the instrumented loader: a restart reconfigures it at
+    # the next batch (batch size, persistence, prefetch, start method, timeout too), it is not rebuilt.
+    size, seed = 90, 5
+    workload = workloads.make(size=size, sleep_s=0.0005)
+    configs = {
+        2: LoaderConfig(num_workers=2, batch_size=6, persistent_workers=True, prefetch_factor=3),
+        5: LoaderConfig(num_workers=1, batch_size=5, start_method="fork", timeout_s=20.0),
+        9: LoaderConfig(num_workers=0, batch_size=9),
+        14: LoaderConfig(num_workers=2, batch_size=4, persistent_workers=True),
+    }
+    built: list[object] = []
+    trainer: Trainer
+
+    def on_record(record: BatchRecord) -> None:
+        if record.step in configs:
+            trainer.restart(configs[record.step])
+
+    trainer = Trainer(workload, LoaderConfig(num_workers=0, batch_size=8), epochs=2, device="cpu", seed=seed,
+                      on_record=on_record)
+    make = trainer._make_loader
+    trainer._make_loader = lambda config: built.append(config) or make(config)  # type: ignore[method-assign]
+    run_to_end(trainer)
+    assert trainer.state is TrainerState.FINISHED, trainer.error
+    assert len(built) == 1  # one loader for the whole run
+    fed = [index for batch_indices in workload.model.seen for index in batch_indices]
+    assert fed == epoch_permutation(size, seed, 0) + epoch_permutation(size, seed, 1)
+    records = trainer.store.snapshot().records
+    # Steps 1-2 at batch 8, 3-5 at 6, 6-9 at 5 (54 samples), then 9 per batch: 4 to the epoch's end, 1 in the next.
+    assert [r.batch_size for r in records[:16]] == [8, 8, 6, 6, 6, 5, 5, 5, 5, 9, 9, 9, 9, 9, 4, 4]
+    assert [r.samples for r in records[:16]] == [8, 8, 6, 6, 6, 5, 5, 5, 5, 9, 9, 9, 9, 9, 4, 4]
+    assert [r.epoch for r in records[12:14]] == [1, 2]
+    assert [(e.after_step, e.config.batch_size) for e in trainer.store.starts() if e.reason == "restart"] == [
+        (2, 6), (5, 5), (9, 9), (14, 4)]
+    assert no_children_left()
+
+
 def test_a_restart_at_the_very_end_of_an_epoch_still_counts_its_warm_up_and_start_up() -> None:
     # Asked with the epoch's last batch, the new loader has nothing left of it: its first
     # batches come from the next epoch and are still its warm-up, its start a restart.
