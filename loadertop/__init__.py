@@ -10,23 +10,23 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from loadertop.core.config import ConfigError as ConfigError
-    from loadertop.core.config import LoaderConfig as LoaderConfig
     from loadertop.core.engine import Trainer as Trainer
     from loadertop.core.probe.launched import log as log
     from loadertop.core.probe.loader import DataLoader as DataLoader
-    from loadertop.core.status import TrainerState as TrainerState
+    from loadertop.core.protocol.config import ConfigError as ConfigError
+    from loadertop.core.protocol.config import LoaderConfig as LoaderConfig
+    from loadertop.core.protocol.status import TrainerState as TrainerState
     from loadertop.core.store import MetricsStore as MetricsStore
     from loadertop.core.workload import Workload as Workload
     from loadertop.core.workload import WorkloadError as WorkloadError
 
 _WHERE = {
-    "ConfigError": "loadertop.core.config",
+    "ConfigError": "loadertop.core.protocol.config",
     "DataLoader": "loadertop.core.probe.loader",
-    "LoaderConfig": "loadertop.core.config",
+    "LoaderConfig": "loadertop.core.protocol.config",
     "MetricsStore": "loadertop.core.store",
     "Trainer": "loadertop.core.engine",
-    "TrainerState": "loadertop.core.status",
+    "TrainerState": "loadertop.core.protocol.status",
     "Workload": "loadertop.core.workload",
     "WorkloadError": "loadertop.core.workload",
     "log": "loadertop.core.probe.launched",

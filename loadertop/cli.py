@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, NoReturn
 
 if TYPE_CHECKING:
-    from loadertop.core.config import LoaderConfig
     from loadertop.core.engine import Trainer
+    from loadertop.core.protocol.config import LoaderConfig
     from loadertop.core.remote import RemoteSession
     from loadertop.core.workload import Workload
 
@@ -397,8 +397,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _config(args: argparse.Namespace, num_workers: int) -> LoaderConfig:
-    from loadertop.core.config import ConfigError, LoaderConfig
     from loadertop.core.engine import resolve_device
+    from loadertop.core.protocol.config import ConfigError, LoaderConfig
 
     config = LoaderConfig(
         num_workers=num_workers,

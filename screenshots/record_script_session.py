@@ -15,8 +15,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from loadertop.core.config import LoaderConfig
 from loadertop.core.launcher import spawn
+from loadertop.core.protocol.config import LoaderConfig
 from loadertop.core.remote import RemoteSession
 from loadertop.core.replay import save_view
 

@@ -15,8 +15,8 @@ import sys
 import time
 
 from loadertop.core.builtin import make_workload
-from loadertop.core.config import LoaderConfig
 from loadertop.core.engine import Trainer
+from loadertop.core.protocol.config import LoaderConfig
 from loadertop.core.replay import save_view
 from loadertop.core.session import Session
 

@@ -6,7 +6,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from loadertop.core.records import BatchRecord
+from loadertop.core.protocol.records import BatchRecord
 from loadertop.core.store import ConfigSummary, percentile
 from loadertop.core.system import SystemSnapshot, usable_cores
 

@@ -15,13 +15,13 @@ from typing import Any, NamedTuple
 
 import torch
 
-from loadertop.core.config import LoaderConfig
 from loadertop.core.cost import TreeCpuClock
 from loadertop.core.probe import torch_compat
 from loadertop.core.probe.loader import DataLoader, LoaderBatch, batch_len
-from loadertop.core.records import BatchRecord, StartEvent
+from loadertop.core.protocol.config import LoaderConfig
+from loadertop.core.protocol.records import BatchRecord, StartEvent
+from loadertop.core.protocol.status import ExitedWorker, TrainerError, TrainerState, TrainerStatus
 from loadertop.core.sampler import ResumableSampler
-from loadertop.core.status import ExitedWorker, TrainerError, TrainerState, TrainerStatus
 from loadertop.core.store import MetricsStore
 from loadertop.core.workload import (
     IndexedDataset,

@@ -14,7 +14,7 @@ from typing import IO, Any
 
 from loadertop.core.advice import Advice, advise, machine_facts, speed_text
 from loadertop.core.engine import Trainer, TrainerState
-from loadertop.core.records import BatchRecord
+from loadertop.core.protocol.records import BatchRecord
 from loadertop.core.report import advice_lines, format_table
 from loadertop.core.session import Session
 from loadertop.core.store import ConfigSummary

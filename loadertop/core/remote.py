@@ -39,14 +39,14 @@ from typing import Any
 import psutil
 
 from loadertop.core.advice import advise, machine_facts
-from loadertop.core.config import LoaderConfig
 from loadertop.core.cost import TreeCpu, TreeCpuClock
 from loadertop.core.launcher import exit_status
 from loadertop.core.protocol.codec import LineReader, encode
+from loadertop.core.protocol.config import LoaderConfig
 from loadertop.core.protocol.messages import SERVER_TYPES
+from loadertop.core.protocol.records import BatchRecord, StartEvent
 from loadertop.core.protocol.runtime import runtime_dir
-from loadertop.core.records import BatchRecord, StartEvent
-from loadertop.core.status import TrainerError, TrainerState, TrainerStatus
+from loadertop.core.protocol.status import TrainerError, TrainerState, TrainerStatus
 from loadertop.core.store import MetricsStore
 from loadertop.core.sweep import DEFAULT_BATCHES
 from loadertop.core.system import SystemSampler

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Union
 
 from loadertop.core.advice import recommend
-from loadertop.core.config import LoaderConfig
-from loadertop.core.status import TrainerState
+from loadertop.core.protocol.config import LoaderConfig
+from loadertop.core.protocol.status import TrainerState
 from loadertop.core.sweep import DEFAULT_BATCHES, SweepProgress
 from loadertop.core.view import SessionView
 

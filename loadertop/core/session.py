@@ -15,10 +15,10 @@ from dataclasses import replace
 from typing import IO
 
 from loadertop.core.advice import advise, default_counts, machine_facts
-from loadertop.core.config import LoaderConfig
 from loadertop.core.engine import Trainer, TrainerState
 from loadertop.core.procs import reap_children
-from loadertop.core.records import BatchRecord
+from loadertop.core.protocol.config import LoaderConfig
+from loadertop.core.protocol.records import BatchRecord
 from loadertop.core.sweep import DEFAULT_BATCHES, Sweep
 from loadertop.core.system import SystemSampler
 from loadertop.core.view import SessionView

@@ -9,9 +9,9 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from loadertop.core.config import LoaderConfig
 from loadertop.core.cost import TreeCpu
-from loadertop.core.records import BatchRecord, StartEvent
+from loadertop.core.protocol.config import LoaderConfig
+from loadertop.core.protocol.records import BatchRecord, StartEvent
 
 
 def percentile(values: Sequence[float], q: float) -> float:

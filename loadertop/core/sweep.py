@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from loadertop.core.advice import recommend
-from loadertop.core.config import LoaderConfig
-from loadertop.core.records import BatchRecord
-from loadertop.core.status import TrainerState
+from loadertop.core.protocol.config import LoaderConfig
+from loadertop.core.protocol.records import BatchRecord
+from loadertop.core.protocol.status import TrainerState
 from loadertop.core.store import ConfigSummary
 
 if TYPE_CHECKING:  # the sweep drives a trainer; its progress is read by torch-free front-ends

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from loadertop.core.advice import Advice
-from loadertop.core.config import LoaderConfig
-from loadertop.core.status import TrainerStatus
+from loadertop.core.protocol.config import LoaderConfig
+from loadertop.core.protocol.status import TrainerStatus
 from loadertop.core.store import StoreSnapshot
 from loadertop.core.sweep import DEFAULT_BATCHES, SweepProgress
 from loadertop.core.system import SystemSnapshot

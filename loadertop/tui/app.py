@@ -12,8 +12,8 @@ from textual.containers import Horizontal, Vertical
 from textual.reactive import reactive
 from textual.widgets import Footer, Static
 
-from loadertop.core.config import LoaderConfig
-from loadertop.core.status import TrainerState
+from loadertop.core.protocol.config import LoaderConfig
+from loadertop.core.protocol.status import TrainerState
 from loadertop.core.view import SessionLike, SessionView
 from loadertop.tui.screens import ConfigForm, HelpScreen, SweepResult
 from loadertop.tui.widgets import (

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from rich.text import Text
 
-from loadertop.core.records import BatchRecord, StartEvent
+from loadertop.core.protocol.records import BatchRecord, StartEvent
 
 LOSS_STYLE = "bold cyan"
 ACCURACY_STYLE = "yellow"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from loadertop import LoaderConfig
-from loadertop.core.records import BatchRecord, StartEvent
+from loadertop.core.protocol.records import BatchRecord, StartEvent
 from loadertop.tui.plot import BrailleCanvas, format_value, level, load_compute_chart, loss_chart, meter
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 from loadertop import LoaderConfig, TrainerState
+from loadertop.core.protocol.status import TrainerError
 from loadertop.core.replay import ReplaySession
-from loadertop.core.status import TrainerError
 from loadertop.tui.app import LoaderTopApp
 from loadertop.tui.screens import HelpScreen
 from loadertop.tui.widgets import LogPanel, LossChart, PendingBar, RunHeader

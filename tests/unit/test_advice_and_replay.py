@@ -20,7 +20,7 @@ from loadertop.core.advice import (
     recommend,
     verdict,
 )
-from loadertop.core.records import BatchRecord
+from loadertop.core.protocol.records import BatchRecord
 from loadertop.core.replay import ReplaySession, load_view, save_view
 from loadertop.core.session import Session
 from loadertop.core.store import ConfigSummary, throughput_sem

@@ -87,8 +87,11 @@ def test_the_tui_recordings_and_reports_load_no_torch() -> None:
 
 
 def test_the_protocol_the_monitor_of_a_script_and_the_runs_server_load_no_torch() -> None:
-    loaded = imported_after("import loadertop.core.protocol.codec, loadertop.core.protocol.messages, "
-                            "loadertop.core.protocol.runtime, loadertop.core.remote, loadertop.core.probe.server")
+    protocol = imported_after("import loadertop.core.protocol.codec, loadertop.core.protocol.messages, "
+                              "loadertop.core.protocol.runtime, loadertop.core.protocol.config, "
+                              "loadertop.core.protocol.records, loadertop.core.protocol.status")
+    assert not protocol & {"torch", "textual", "rich", "psutil"}  # the vocabulary and the wire only
+    loaded = imported_after("import loadertop.core.remote, loadertop.core.probe.server")
     assert "torch" not in loaded and not loaded & {"textual", "rich"}
     assert "torch" not in imported_after("import os, sys, tempfile; os.environ['LOADERTOP_RUNTIME_DIR'] = "
                                          "tempfile.mkdtemp(); sys.argv = ['loadertop', 'attach', '--list']\n"

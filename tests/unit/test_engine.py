@@ -10,7 +10,7 @@ import torch
 
 from loadertop import LoaderConfig, Trainer, TrainerState
 from loadertop.core.calibrated import batch_cost_s
-from loadertop.core.records import BatchRecord
+from loadertop.core.protocol.records import BatchRecord
 from loadertop.core.sampler import epoch_permutation
 from tests import workloads
 from tests.helpers import no_children_left

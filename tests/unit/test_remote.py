@@ -13,11 +13,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from loadertop.core.config import LoaderConfig
 from loadertop.core.launcher import spawn
+from loadertop.core.protocol.config import LoaderConfig
 from loadertop.core.protocol.runtime import live_runs
+from loadertop.core.protocol.status import TrainerState
 from loadertop.core.remote import RemoteSession
-from loadertop.core.status import TrainerState
 from loadertop.core.view import SessionView
 from tests.conftest import ROOT
 from tests.helpers import wait_for

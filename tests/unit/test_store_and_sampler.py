@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from loadertop import ConfigError, LoaderConfig, MetricsStore
-from loadertop.core.records import BatchRecord, StartEvent
+from loadertop.core.protocol.records import BatchRecord, StartEvent
 from loadertop.core.sampler import ResumableSampler, epoch_permutation
 from loadertop.core.store import percentile
 

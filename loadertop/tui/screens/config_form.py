@@ -11,7 +11,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 
-from loadertop.core.config import ConfigError, LoaderConfig, available_start_methods
+from loadertop.core.protocol.config import ConfigError, LoaderConfig, available_start_methods
 
 
 def _selected(select: Select[str]) -> str | None:

@@ -13,7 +13,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Static
 
 from loadertop.core.advice import Advice
-from loadertop.core.config import LoaderConfig
+from loadertop.core.protocol.config import LoaderConfig
 
 
 class SweepResult(ModalScreen[bool]):

@@ -7,7 +7,7 @@ import math
 from rich.text import Text
 
 from loadertop.core.advice import recent_stats
-from loadertop.core.status import TrainerState
+from loadertop.core.protocol.status import TrainerState
 from loadertop.tui.plot import meter
 from loadertop.tui.widgets.base import ViewWidget
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.reactive import reactive
 
-from loadertop.core.config import LoaderConfig
+from loadertop.core.protocol.config import LoaderConfig
 from loadertop.core.view import SessionView
 from loadertop.tui.plot import meter
 from loadertop.tui.widgets.base import ViewWidget

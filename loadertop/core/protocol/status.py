@@ -8,7 +8,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from loadertop.core.config import LoaderConfig
+from loadertop.core.protocol.config import LoaderConfig
 
 
 class TrainerState(enum.Enum):

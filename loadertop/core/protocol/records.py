@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from loadertop.core.config import LoaderConfig
+from loadertop.core.protocol.config import LoaderConfig
 
 
 @dataclass(frozen=True, slots=True)
