@@ -1,0 +1,321 @@
+"""Publishing a training process's loaders: every batch to ``--record``, the monitors' socket and a summary.
+
+The loop's thread only builds a small record and puts it on a bounded queue; a writer thread
+writes ``--record``, says loadertop's lines and publishes to the monitors' socket
+(``RunServer``), whose own thread sends; monitors' switch requests arrive there. A launched
+script publishes this way (``launched.LaunchedRun``) and so does the built-in trainer
+(``core.session``): one stream of messages, whoever trains. Nothing heavy is imported here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import queue
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import IO, Any
+
+QUEUE_LIMIT = 10_000
+"""Batches waiting for the writer thread; past that they are dropped (and counted), never waited for."""
+STATUS_INTERVAL_S = 0.25
+"""How often the writer looks for changed loader states (worker pids, pending requests) to publish."""
+WRITER_PERIOD_S = 0.05
+"""The writer thread's shortest period: what the loop queued meanwhile is written and published at once."""
+
+
+class Publisher:
+    """Watches loaders and publishes what they do, off the loop's path.
+
+    Args:
+        hello: what a monitor is told first (``pid``, ``command``, ``cwd``, ``started``, ``log``...).
+        record: a JSONL file for one object per batch (None: none).
+        serve: serve monitors on a socket (``loadertop attach``).
+        say: where loadertop's own lines go (None: nowhere).
+        on_switch: called with (loader, workers) for a monitor's switch (default: ``loader.switch``).
+    """
+
+    def __init__(self, *, hello: dict[str, Any], record: str | None = None, serve: bool = True,
+                 say: Callable[[str], None] | None = None,
+                 on_switch: Callable[[Any, int], None] | None = None) -> None:
+        self.loaders: list[Any] = []
+        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(QUEUE_LIMIT)
+        self.dropped = 0
+        self._steps: dict[str, int] = {}
+        self._say_to = say
+        self._on_switch = on_switch
+        self._record: IO[str] | None = open(record, "w", encoding="utf-8") if record else None  # noqa: SIM115
+        self.server: Any = self._serve(hello) if serve else None
+        self._clock = _cpu_clock()
+        self._writer = threading.Thread(target=self._write, name="loadertop-writer", daemon=True)
+        self._writer.start()
+        if self.server is not None:
+            ours = self.thread_ids()
+            if self._clock is not None:
+                self._clock.exclude_threads(ours)
+            self.server.update_hello(threads=ours)  # monitors leave them out of their own readings too
+
+    def _serve(self, hello: dict[str, Any]) -> Any:
+        """The socket monitors attach to; None (and a line) when it cannot be made: training runs unwatched."""
+        from loadertop.core.probe.server import RunServer
+        from loadertop.core.protocol.runtime import RuntimeDirError, run_socket_path
+
+        try:
+            return RunServer(run_socket_path(), hello, self._switch_request)
+        except (OSError, RuntimeDirError) as exc:
+            self._say(f"no monitor can attach: {exc}")
+            return None
+
+    def thread_ids(self) -> list[int]:
+        """Native ids of the publisher's own threads (the writer's, the server's): not the training's CPU."""
+        return [self._writer.native_id or 0] + ([self.server.native_id] if self.server is not None else [])
+
+    def watch(self, loader: Any, *, training: bool | None = None) -> None:
+        """Publish ``loader``'s batches; the first one watched is the training loader (unless told).
+
+        A loader named as one watched before takes its place and goes on with its batch count.
+        """
+        if training is None:
+            training = not self.loaders or self.loaders[0].name == loader.name
+        index = next((i for i, known in enumerate(self.loaders) if known.name == loader.name), None)
+        if index is None:
+            self.loaders.insert(0, loader) if training else self.loaders.append(loader)
+        else:
+            self.loaders[index] = loader
+        self._steps.setdefault(loader.name, 0)
+        loader.add_observer(lambda batch: self._on_batch(loader, batch, training))
+        if training:
+            loader.add_boundary_hook(self._boundary)
+        self._put(("loader", loader))
+
+    def exception(self, text: str) -> None:
+        """The run failed: tell the monitors (the last 8,000 characters of ``text``)."""
+        self._put(("exception", text))
+
+    def _boundary(self, loader: Any) -> None:
+        """A configuration of the training loader begins (loop thread): the tree's CPU now, off to the writer."""
+        if self._clock is not None:
+            with contextlib.suppress(Exception):
+                self._put(("cpu", ("boundary", loader.name, self._clock.read())))
+
+    def _find(self, name: str | None) -> Any:
+        if name is None:
+            return self.loaders[0] if self.loaders else None
+        return next((loader for loader in self.loaders if loader.name == name), None)
+
+    def _switch_request(self, name: str | None, workers: int) -> str | None:
+        """A monitor's switch (in the server's thread): applied by the loader at its next batch boundary."""
+        loader = self._find(name)
+        if loader is None:
+            return "no DataLoader yet" if name is None else f"no DataLoader named {name!r}"
+        if self._on_switch is not None:
+            self._on_switch(loader, workers)
+        else:
+            loader.switch(workers)
+        when = "at the next batch" if loader.continues_exactly else "at the next epoch (an IterableDataset)"
+        self._put(("say", f"{loader.name}: the monitor asks for {describe_workers(workers)}, {when}"))
+        self._put(("loader", loader))
+        return None
+
+    # -------------------------------------------------------- loop thread
+
+    def _on_batch(self, loader: Any, batch: Any, training: bool) -> None:
+        step = self._steps[loader.name] = self._steps[loader.name] + 1
+        self._put(("batch", (step, batch)))
+
+    def log(self, metrics: dict[str, Any]) -> None:
+        """Queue ``metrics`` for the training loader's latest batch (tensors detached, not read)."""
+        if not self.loaders:
+            return
+        name = self.loaders[0].name
+        values = {k: v.detach() if hasattr(v, "detach") else v for k, v in metrics.items()}
+        self._put(("log", (name, self._steps[name], values)))
+
+    def _put(self, item: tuple[str, Any]) -> None:
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            self.dropped += 1
+
+    # ------------------------------------------------------- writer thread
+
+    def _publish(self, kind: str, **fields: Any) -> None:
+        if self.server is not None:
+            self.server.publish(kind, wake=False, **fields)
+
+    def _publish_loader(self, loader: Any) -> Any:
+        status = loader.status()
+        try:
+            batches: int | None = len(loader)
+        except TypeError:
+            batches = None
+        self._publish("loader", name=loader.name, num_workers=status.num_workers, batch_size=loader.batch_size,
+                      batches_per_epoch=batches, training=loader is self.loaders[0], exact=loader.continues_exactly,
+                      pending=status.pending, epoch=status.epoch, worker_pids=list(status.worker_pids),
+                      dropped=self.dropped)
+        return status
+
+    def _publish_cpu(self, reason: str, loader: str, reading: Any) -> None:
+        self._publish("cpu", reason=reason, loader=loader, time=reading.time, main_s=reading.main_s,
+                      children_s=reading.children_s, rss_bytes=reading.rss_bytes)
+
+    def _write(self) -> None:
+        sums: dict[tuple[str, int], list[float]] = {}  # (loader, workers) -> [batches, load_s, step_s, samples]
+        epochs: dict[str, tuple[int, list[float]]] = {}  # loader -> (epoch, [batches, load_s, step_s, samples])
+        seen: dict[str, Any] = {}  # loader -> the status last published
+        workers_of: dict[str, int] = {}  # loader -> workers of its latest batch
+        next_status = 0.0
+        waiting: deque[tuple[str, Any]] = deque()
+        while True:
+            if not waiting:
+                if self.server is not None:
+                    self.server.flush()  # one wake-up of the serving thread for all that was published
+                # Work in bursts, at most 20 a second: each wake-up of this thread takes the GIL from the loop.
+                time.sleep(WRITER_PERIOD_S)
+                try:
+                    waiting.append(self._queue.get(timeout=STATUS_INTERVAL_S))
+                except queue.Empty:
+                    waiting.append(("idle", None))
+                with contextlib.suppress(queue.Empty):
+                    while True:
+                        waiting.append(self._queue.get_nowait())
+            kind, payload = waiting.popleft()
+            now = time.monotonic()
+            if now >= next_status:  # worker pids and pending requests, as they change
+                next_status = now + STATUS_INTERVAL_S
+                for loader in list(self.loaders):
+                    if loader.status() != seen.get(loader.name):
+                        seen[loader.name] = self._publish_loader(loader)
+            if kind == "idle":
+                continue
+            if kind == "close":
+                for name, (number, totals) in epochs.items():  # the last epoch of each loader
+                    self._say(f"{name} epoch {number}: " + _describe(*totals))
+                self._summary(sums)
+                if self._clock is not None and self.loaders:
+                    with contextlib.suppress(Exception):
+                        self._publish_cpu("end", self.loaders[0].name, self._clock.read())
+                self._publish("event", event="exit", dropped=self.dropped)
+                return
+            if kind == "cpu":
+                self._publish_cpu(*payload)
+                continue
+            if kind == "loader":
+                seen[payload.name] = self._publish_loader(payload)
+                continue
+            if kind == "exception":
+                self._publish("event", event="exception", traceback=payload[-8000:])
+                continue
+            if kind == "say":
+                self._say(payload)
+                continue
+            if kind == "log":
+                self._write_log(*payload, epochs)
+                continue
+            step, batch = payload
+            fields = {"loader": batch.loader, "step": step, "epoch": batch.epoch, "batch": batch.batch,
+                      "num_workers": batch.num_workers, "samples": batch.samples,
+                      "load_ms": round(batch.load_s * 1000, 4),
+                      "step_ms": None if batch.step_s is None else round(batch.step_s * 1000, 4),
+                      "switch_ms": round(batch.switch_s * 1000, 4), "time": round(batch.time, 6)}
+            if self._record is not None:
+                self._record.write(json.dumps(fields) + "\n")
+                self._record.flush()
+            before = workers_of.get(batch.loader)
+            workers_of[batch.loader] = batch.num_workers
+            if before is not None and before != batch.num_workers:
+                self._publish("event", event="switch", loader=batch.loader, after_step=step - 1,
+                              **{"from": before, "to": batch.num_workers})
+            self._publish("batch", **fields)
+            current = epochs.get(batch.loader)
+            if current is not None and current[0] != batch.epoch:
+                self._say(f"{batch.loader} epoch {current[0]}: " + _describe(*current[1]))
+            if current is None or current[0] != batch.epoch:
+                current = epochs[batch.loader] = (batch.epoch, [0, 0.0, 0.0, 0, 0.0, 0])
+            row = sums.setdefault((batch.loader, batch.num_workers), [0, 0.0, 0.0, 0])
+            for totals in (row, current[1]):
+                totals[0] += 1
+                totals[1] += batch.load_s
+                totals[2] += batch.step_s or 0.0
+                totals[3] += batch.samples
+
+    def _write_log(self, loader: str, step: int, values: dict[str, Any],
+                   epochs: dict[str, tuple[int, list[float]]]) -> None:
+        numbers = {k: _number(v) for k, v in values.items()}
+        if self._record is not None:
+            self._record.write(json.dumps({"event": "log", "loader": loader, "step": step, **numbers}) + "\n")
+            self._record.flush()
+        self._publish("log", loader=loader, step=step,
+                      metrics={k: v for k, v in numbers.items() if isinstance(v, (int, float)) or v is None})
+        loss = numbers.get("loss")
+        current = epochs.get(loader)
+        if isinstance(loss, float) and current is not None:
+            current[1][4] += loss
+            current[1][5] += 1
+
+    def _summary(self, sums: dict[tuple[str, int], list[float]]) -> None:
+        for (name, workers), row in sums.items():
+            self._say(f"{name} with {describe_workers(workers)}: " + _describe(*row))
+        if self.dropped:
+            self._say(f"{self.dropped} batch records dropped: the writer could not keep up")
+
+    def close(self) -> None:
+        """Write what is queued and the summary, then close the socket."""
+        if self._writer.is_alive():
+            try:
+                self._queue.put(("close", None), timeout=2.0)
+            except queue.Full:
+                pass
+            else:
+                self._writer.join(5.0)
+        if self._record is not None and not self._record.closed:
+            self._record.close()
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+
+    def _say(self, text: str) -> None:
+        if self._say_to is not None:
+            self._say_to(text)
+
+
+def say_on_stderr(text: str) -> None:
+    """loadertop's line on stderr, prefixed ``loadertop:`` (a launched script's output stays its own)."""
+    print(f"loadertop: {text}", file=sys.stderr, flush=True)
+
+
+def _cpu_clock() -> Any:
+    """The CPU clock of this process's tree (None where psutil cannot read it: no cost shown)."""
+    try:
+        from loadertop.core.cost import TreeCpuClock
+
+        return TreeCpuClock()
+    except Exception:  # noqa: BLE001 - cost is optional, the run is not
+        return None
+
+
+def _describe(batches: float, load_s: float, step_s: float, samples: float, loss: float = 0.0,
+              losses: float = 0) -> str:
+    busy = load_s + step_s
+    speed = f", {samples / busy:,.0f} samples/s" if busy > 0 else ""
+    mean_loss = f", loss {loss / losses:.4f}" if losses else ""
+    return (f"{batches:.0f} batches, load {load_s / batches * 1000:.1f} ms, step {step_s / batches * 1000:.1f} ms"
+            f"{speed}{mean_loss}")
+
+
+def _number(value: Any) -> Any:
+    """A logged value as JSON: tensors read here, in the writer thread (``item()`` waits for the device here)."""
+    if hasattr(value, "item"):
+        try:
+            return float(value.item()) if getattr(value, "numel", lambda: 1)() == 1 else value.tolist()
+        except (RuntimeError, ValueError):
+            return None
+    return value if isinstance(value, (int, float, str, bool)) or value is None else str(value)
+
+
+def describe_workers(n: int) -> str:
+    """``1 worker``, ``N workers``."""
+    return "1 worker" if n == 1 else f"{n} workers"
