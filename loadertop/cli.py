@@ -534,7 +534,7 @@ def _run_monitor(trainer: Trainer, record_file: IO[str] | None, sample_interval_
     from loadertop.core.session import Session
     from loadertop.tui.app import LoaderTopApp
 
-    session = Session(trainer, sample_interval_s=sample_interval_s, record_file=record_file, monitor_thread=True)
+    session = Session(trainer, sample_interval_s=sample_interval_s, record_file=record_file, monitor_thread=True, serve=True)
     app = LoaderTopApp(session)
     # torch, the model and the dataset are loaded: move their objects out of the garbage collector's
     # reach. A full collection over them took ~280 ms (a frozen screen, a late key press); ~35 ms after.

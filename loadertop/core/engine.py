@@ -204,6 +204,8 @@ class Trainer:
         self._max_batches_per_run = max_batches
         self.store = store if store is not None else MetricsStore()
         self.on_record = on_record
+        self.on_loader: Callable[[DataLoader], None] | None = None
+        """Called in the training thread with each run's loader as it is made (a publisher watches it)."""
 
         self._dataset = IndexedDataset(workload.dataset)
         self._num_samples = len(self._dataset)
@@ -524,6 +526,8 @@ class Trainer:
         loader.add_retire_hook(self._retiring)
         loader.add_boundary_hook(self._at_boundary)
         loader.reaping_lock = self.cpu_clock.lock
+        if self.on_loader is not None:
+            self.on_loader(loader)
         return loader
 
     # The instrumented loader's hooks, all called in the training thread.

@@ -109,7 +109,7 @@ def run_headless(
             trainer.restart(trainer.config.with_workers(workers))
         records.put(record)
 
-    session = Session(trainer, sample_interval_s=sample_interval_s, record_file=record_file, on_record=on_record)
+    session = Session(trainer, sample_interval_s=sample_interval_s, record_file=record_file, on_record=on_record, serve=True)
     status = trainer.status()
     total = trainer.max_batches or status.batches_per_epoch * trainer.epochs
     print(f"loadertop: {trainer.workload.name}", file=out)

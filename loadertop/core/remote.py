@@ -208,6 +208,8 @@ class RemoteSession:
         self._gone = False
         self._stopping: float | None = None  # when SIGINT was sent
         self._detached = False
+        self._builtin: str | None = None  # the workload's name when the run is loadertop's own trainer
+        self._kept_by: str | None = None  # who keeps control when no monitor can have it
         self._closed = threading.Event()
         self._sock: socket.socket | None = None
         self._reader = LineReader(known=SERVER_TYPES)
@@ -238,7 +240,7 @@ class RemoteSession:
                 command=self.command, pid=self._server_pid, log_path=self.log_path, log_tail=tuple(self._log),
                 loaders=infos, selected=self._selected, connected=self._connected, control=self._control_text(),
                 ended=self._ended_text(), dropped=self._dropped + self._script_dropped,
-                rejected=self._reader.rejections.total, notice=self._notice)
+                rejected=self._reader.rejections.total, notice=self._notice, builtin=self._builtin)
         system = self.sampler.latest()
         machine = self._machine
         if system is not None:
@@ -288,7 +290,13 @@ class RemoteSession:
         """Nothing to cancel."""
 
     def stop(self) -> None:
-        """Stop the script as ^C would: SIGINT now; ``close`` follows up with SIGTERM if it does not end."""
+        """Stop the script as ^C would: SIGINT now; ``close`` follows up with SIGTERM if it does not end.
+
+        A built-in run belongs to the loadertop that trains it: leaving it only detaches.
+        """
+        if self._builtin is not None:
+            self.detach()
+            return
         if self._stopping is None and not self._has_exited():
             self._stopping = time.monotonic()
             self._signal(signal.SIGINT)
@@ -432,6 +440,8 @@ class RemoteSession:
         return self._traceback is not None or self._exit_code not in (None, 0)
 
     def _control_text(self) -> str:
+        if self._kept_by is not None:
+            return f"watching only: {self._kept_by}"
         if self._controller is None:
             return "nobody controls this run"
         return "this monitor controls the run" if self._controller_id == self.monitor_id else (
@@ -566,6 +576,8 @@ class RemoteSession:
                 self._clock = _script_clock(self._server_pid, m.get("threads") or ())
                 self._started = float(m.get("started") or self._started)
                 self._controller, self._controller_id = m.get("controller"), m.get("controller_id")
+                self._builtin = str(m["builtin"]) if m.get("builtin") else None
+                self._kept_by = str(m["kept_by"]) if m.get("kept_by") else None
                 self.command = self.command or tuple(m.get("command") or ())
                 self.log_path = self.log_path or m.get("log")
             elif kind == "control":

@@ -8,6 +8,8 @@ Front-ends (the TUI, tests, other tools) talk to a ``Session``: they pull a
 from __future__ import annotations
 
 import json
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -16,6 +18,7 @@ from typing import IO
 
 from loadertop.core.advice import advise, default_counts, machine_facts
 from loadertop.core.engine import Trainer, TrainerState
+from loadertop.core.probe.publisher import Publisher
 from loadertop.core.procs import reap_children
 from loadertop.core.protocol.config import LoaderConfig
 from loadertop.core.protocol.records import BatchRecord
@@ -52,6 +55,8 @@ class Session:
         on_record: also called with each record, in the training thread (keep it cheap).
         monitor_thread: True when the calling thread draws a monitor (the TUI): its CPU, like the
             system sampler's, is left out of what the configurations cost.
+        serve: publish the run on a socket as a launched script does, so that ``loadertop attach``
+            watches it from another terminal (watching only: this process keeps control).
     """
 
     def __init__(
@@ -63,17 +68,26 @@ class Session:
         read_gpus: bool = True,
         on_record: Callable[[BatchRecord], None] | None = None,
         monitor_thread: bool = False,
+        serve: bool = False,
     ) -> None:
         self.trainer = trainer
+        self.publisher: Publisher | None = None
+        if serve:
+            hello = {"pid": os.getpid(), "command": list(sys.argv), "cwd": os.getcwd(), "started": time.time(),
+                     "log": None, "builtin": trainer.workload.name}
+            self.publisher = Publisher(hello=hello, kept_by=f"loadertop (pid {os.getpid()}) trains this workload "
+                                                            "and keeps control")
+            trainer.cpu_clock.exclude_threads(self.publisher.thread_ids())
+            trainer.on_loader = self.publisher.watch
         self.sampler = SystemSampler(
             interval_s=sample_interval_s,
             worker_pids=trainer.worker_pids,
             on_sample=lambda _snapshot: trainer.sample_cost(),
             read_gpus=read_gpus,
-            on_thread_start=lambda thread_id: trainer.cpu_clock.exclude_threads([thread_id]),
+            on_thread_start=lambda thread_id: self._exclude_thread(thread_id),
         )
         if monitor_thread:
-            trainer.cpu_clock.exclude_threads([threading.get_native_id()])
+            self._exclude_thread(threading.get_native_id())
         _start_resource_tracker()
         self._recorder = JsonlRecorder(record_file) if record_file is not None else None
         self._sweep: Sweep | None = None
@@ -82,10 +96,19 @@ class Session:
         self._machine = machine_facts()
         self._closed = False
 
+    def _exclude_thread(self, thread_id: int) -> None:
+        """A monitoring thread of this process (the sampler, the TUI): not what any configuration costs."""
+        self.trainer.cpu_clock.exclude_threads([thread_id])
+        if self.publisher is not None:
+            self.publisher.exclude_threads([thread_id])
+
     def _on_record(self, record: BatchRecord) -> None:
-        """The training thread's callback: the record file, then the sweep."""
+        """The training thread's callback: the record file, the monitors, then the sweep."""
         if self._recorder is not None:
             self._recorder(record)
+        if self.publisher is not None:
+            self.publisher.log({"loss": record.loss} if record.accuracy is None
+                               else {"loss": record.loss, "accuracy": record.accuracy})
         sweep = self._sweep
         if sweep is not None:
             sweep.on_record(record)
@@ -155,7 +178,13 @@ class Session:
         if self._closed:
             return []
         self._closed = True
-        return shutdown(self.trainer, self.sampler, timeout_s=timeout_s)
+        left = shutdown(self.trainer, self.sampler, timeout_s=timeout_s)
+        if self.publisher is not None:
+            error = self.trainer.error
+            if error is not None:
+                self.publisher.exception(error.detail or error.message)
+            self.publisher.close()
+        return left
 
     @property
     def state(self) -> TrainerState:

@@ -62,6 +62,7 @@ class ScriptView:
         dropped: messages lost on the way: the monitor did not read them in time, or the script's queue was full.
         rejected: lines from the script this monitor refused (malformed, oversized, unknown).
         notice: (sequence number, text) of the latest thing to tell the user (a refusal, a switch).
+        builtin: the workload's name when the run is another loadertop's built-in trainer (no script output).
     """
 
     command: tuple[str, ...]
@@ -76,6 +77,7 @@ class ScriptView:
     dropped: int = 0
     rejected: int = 0
     notice: tuple[int, str] = (0, "")
+    builtin: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

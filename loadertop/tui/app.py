@@ -170,6 +170,8 @@ class LoaderTopApp(App[None]):
             self.refresh_bindings()
             if self._watching_script:
                 self.query_one("#log").border_title = f"the script's output ({script.log_path or 'its terminal'})"
+        # Known once the run's hello arrives: another loadertop's built-in run has no output of its own.
+        self.screen_stack[0].set_class(script is not None and script.builtin is not None, "-builtin-run")
         if script is not None and script.notice[0] != self._notice_seen:
             self._notice_seen = script.notice[0]
             refused = script.notice[1].startswith("refused")

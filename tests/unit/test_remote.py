@@ -201,3 +201,32 @@ def test_the_log_panel_shows_a_scripts_output_as_text(runtime_dir: Path, tmp_pat
     finally:
         if child.poll() is None:
             child.kill()
+
+
+def test_a_builtin_run_is_served_like_a_script_and_attach_only_watches_it(runtime_dir: Path) -> None:
+    # The built-in trainer publishes through the same protocol (one publisher, one loader): a monitor
+    # that attaches sees its batches, its loss and its switch, and cannot take control from it.
+    run = subprocess.Popen([sys.executable, "-m", "loadertop", "run", "--headless", "--workload",
+                            "tests.workloads:make", "--epochs", "200", "--switch", "30:2", "--sample-interval", "0.2"],
+                           cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: any(r.pid == run.pid for r in live_runs()), 60)
+        info = next(r for r in live_runs() if r.pid == run.pid)
+        session = RemoteSession(pid=run.pid, socket_path=info.socket_path, read_gpus=False, sample_interval_s=0.2)
+        session.start()
+        wait_for(lambda: session.view().status.step >= 60, 60)
+        view = session.view()
+        assert steps(view) == list(range(1, len(steps(view)) + 1))
+        assert all(math.isfinite(r.loss) for r in view.store.records)  # the trainer's own loss, per batch
+        assert {s.num_workers for s in view.store.summaries} == {0, 2}
+        assert [s.reason for s in view.store.starts if s.reason != "epoch"] == ["start", "restart"]
+        assert view.script.control == f"watching only: loadertop (pid {run.pid}) trains this workload and keeps control"
+        session.apply(LoaderConfig(num_workers=1))
+        wait_for(lambda: "refused" in session.view().script.notice[1], 10)
+        session.stop()  # leaving a built-in run only detaches: it is the other loadertop's
+        session.close()
+        assert session.detached and run.poll() is None
+    finally:
+        run.send_signal(signal.SIGINT)
+        assert run.wait(30) == 130  # ^C's exit code, as before
+    assert not [r for r in live_runs() if r.pid == run.pid]  # its socket went with it

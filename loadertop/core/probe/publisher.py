@@ -36,11 +36,13 @@ class Publisher:
         serve: serve monitors on a socket (``loadertop attach``).
         say: where loadertop's own lines go (None: nowhere).
         on_switch: called with (loader, workers) for a monitor's switch (default: ``loader.switch``).
+        kept_by: the process controls its loaders itself (says who): monitors watch only.
     """
 
     def __init__(self, *, hello: dict[str, Any], record: str | None = None, serve: bool = True,
                  say: Callable[[str], None] | None = None,
-                 on_switch: Callable[[Any, int], None] | None = None) -> None:
+                 on_switch: Callable[[Any, int], None] | None = None, kept_by: str | None = None) -> None:
+        self._kept_by = kept_by
         self.loaders: list[Any] = []
         self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(QUEUE_LIMIT)
         self.dropped = 0
@@ -52,11 +54,17 @@ class Publisher:
         self._clock = _cpu_clock()
         self._writer = threading.Thread(target=self._write, name="loadertop-writer", daemon=True)
         self._writer.start()
+        self._excluded: list[int] = []
         if self.server is not None:
-            ours = self.thread_ids()
-            if self._clock is not None:
-                self._clock.exclude_threads(ours)
-            self.server.update_hello(threads=ours)  # monitors leave them out of their own readings too
+            self.exclude_threads(self.thread_ids())
+
+    def exclude_threads(self, thread_ids: list[int]) -> None:
+        """Leave these threads (native ids) out of the CPU the training is billed, here and in every monitor."""
+        self._excluded.extend(thread_ids)
+        if self._clock is not None:
+            self._clock.exclude_threads(thread_ids)
+        if self.server is not None:
+            self.server.update_hello(threads=list(self._excluded))  # monitors leave them out of their readings too
 
     def _serve(self, hello: dict[str, Any]) -> Any:
         """The socket monitors attach to; None (and a line) when it cannot be made: training runs unwatched."""
@@ -64,7 +72,7 @@ class Publisher:
         from loadertop.core.protocol.runtime import RuntimeDirError, run_socket_path
 
         try:
-            return RunServer(run_socket_path(), hello, self._switch_request)
+            return RunServer(run_socket_path(), hello, self._switch_request, kept_by=self._kept_by)
         except (OSError, RuntimeDirError) as exc:
             self._say(f"no monitor can attach: {exc}")
             return None

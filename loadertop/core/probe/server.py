@@ -12,6 +12,7 @@ first monitor that asked for control; the others are told who has it. Imports no
 from __future__ import annotations
 
 import contextlib
+import os
 import selectors
 import socket
 import threading
@@ -60,12 +61,16 @@ class RunServer:
         path: the socket to create (mode 0600; its directory is the user's alone).
         hello: the fields of the ``hello`` every monitor gets first.
         on_switch: called in the serving thread with the controller's switch requests.
+        kept_by: the run's process controls it itself (the built-in trainer's app): every monitor
+            watches only, and is told this.
     """
 
-    def __init__(self, path: Path, hello: dict[str, Any], on_switch: SwitchHandler) -> None:
+    def __init__(self, path: Path, hello: dict[str, Any], on_switch: SwitchHandler, *,
+                 kept_by: str | None = None) -> None:
         self.path = path
         self._hello = hello
         self._on_switch = on_switch
+        self._kept_by = kept_by
         self._lock = threading.Lock()
         self._history: deque[bytes] = deque(maxlen=HISTORY_MESSAGES)
         self._loaders: dict[str, bytes] = {}  # name -> its latest ``loader`` message
@@ -198,6 +203,8 @@ class RunServer:
 
     def _controller_fields(self) -> dict[str, Any]:
         controller = self._controller
+        if self._kept_by is not None:
+            return {"controller": os.getpid(), "controller_id": "itself", "kept_by": self._kept_by}
         return {"controller": controller.pid if controller else None,
                 "controller_id": controller.monitor_id if controller else None}
 
@@ -238,7 +245,7 @@ class RunServer:
             client.monitor_id = monitor_id if isinstance(monitor_id, str) else None
             if message.get("control") is True:
                 with self._lock:
-                    if self._controller is None:
+                    if self._controller is None and self._kept_by is None:
                         self._controller = client
                         self._broadcast_control()
                     else:
@@ -247,7 +254,8 @@ class RunServer:
         if message["type"] == "switch":
             workers, name = message.get("workers"), message.get("loader")
             if self._controller is not client:
-                reason = self._owner_text() if self._controller is not None else "this monitor only watches"
+                reason = (self._owner_text() if self._controller is not None or self._kept_by is not None
+                          else "this monitor only watches")
             elif not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
                 reason = f"workers must be an integer >= 0, got {workers!r}"
             elif name is not None and not isinstance(name, str):
@@ -259,6 +267,8 @@ class RunServer:
                     client.queue(encode("refused", reason=reason))
 
     def _owner_text(self) -> str:
+        if self._kept_by is not None:
+            return f"watching only: {self._kept_by}"
         pid = self._controller_pid()
         return f"watching only: the monitor with pid {pid} controls this run" if pid else "watching only"
 
