@@ -77,3 +77,31 @@ def test_run_switch_detach_attach_and_stop_a_script(tmp_path: Path, runtime_dir:
         launched.close()
         if attached is not None:
             attached.close()
+
+
+def test_attach_watches_a_builtin_run_in_the_app_and_leaving_it_keeps_the_run(tmp_path: Path,
+                                                                               runtime_dir: Path) -> None:
+    (tmp_path / "app").mkdir()
+    (tmp_path / "watcher").mkdir()
+    app = TmuxApp(["--workload", "tests.workloads:sleepy", "--epochs", "1000", "--sample-interval", "0.5"],
+                  tmp_path / "app")
+    watcher: TmuxApp | None = None
+    try:
+        app.wait_for(lambda s: step_of(s) > 5, what="the built-in run's batches")
+        pid = app.main_pid()
+        watcher = TmuxApp(["attach", "--sample-interval", "0.5"], tmp_path / "watcher")
+        screen = watcher.wait_for(lambda s: step_of(s) > 5 and "worker counts tried" in s, timeout=30,
+                                  what="the attached monitor's batches")
+        assert f"pid {pid}" in screen and "the script's output" not in screen  # no log panel: nothing of its own
+        watcher.send("2")
+        watcher.send("r")
+        watcher.wait_for(lambda s: f"loadertop (pid {pid}) trains" in s, timeout=10, what="the refusal")
+        watcher.send("q")
+        assert watcher.exit_status() == 0
+        app.wait_for(lambda s: "RUNNING" in s, timeout=5, what="the app still training")
+        app.send("q")
+        assert app.exit_status() == 0
+    finally:
+        app.close()
+        if watcher is not None:
+            watcher.close()
