@@ -302,11 +302,17 @@ class _IssuedIndices:
     Args:
         source: the sampler's (or batch_sampler's) iterator for this epoch.
         again: indices to issue before the source's: those the previous workers never delivered.
+        tracking: record what is handed out. Without workers nothing is fetched ahead (an index is
+            taken as its batch is made, in ``next()``), so torch is then given the bare source: the
+            loop's path costs nothing more than a stock loader's.
     """
 
-    def __init__(self, source: Iterator[Any], again: tuple[Any, ...] = ()) -> None:
+    def __init__(self, source: Iterator[Any], again: tuple[Any, ...] = (), *, tracking: bool = True) -> None:
+        if again and not tracking:
+            source, again = itertools.chain(again, source), ()
         self.source = source
         self.again = deque(again)
+        self.tracking = tracking
         self.issued: deque[Any] = deque()  # handed to the loader, not yet delivered, oldest first
 
     def __iter__(self) -> _IssuedIndices:
@@ -339,9 +345,9 @@ class _IndexSampler:
     def __iter__(self) -> _IssuedIndices:
         stream = self._loader._stream_to_hand_out
         if stream is None:  # a new epoch: iterate the sampler exactly as torch would
-            stream = _IssuedIndices(iter(self._real))
+            stream = _IssuedIndices(iter(self._real), tracking=self._loader.num_workers > 0)
         self._loader._last_stream = stream
-        return stream
+        return stream if stream.tracking else stream.source
 
     def __len__(self) -> int:
         return len(self._real)
@@ -354,6 +360,7 @@ class _SwitchingIterator:
         self._loader = loader
         self._inner = inner
         self._stream = stream
+        self._tracking = stream is not None and stream.tracking  # indices handed to workers are followed
         self._batch = 0
         self._returned_at: float | None = None
         self._wall_offset = time.time() - _clock()  # wall-clock times from the cheap monotonic clock
@@ -386,11 +393,11 @@ class _SwitchingIterator:
                 loader._active = None
             raise
         except Exception:
-            if self._stream is not None:
+            if self._tracking:
                 self._stream.delivered()  # a batch that raised was consumed, as with torch's iterator
             raise
         returned = _clock()
-        if self._stream is not None:
+        if self._tracking:
             self._stream.delivered()
         self._batch += 1
         if loader._observers:
@@ -419,9 +426,11 @@ class _SwitchingIterator:
         loader._apply(changes)
         if "batch_size" in changes:  # the rest of the epoch, sample by sample, in batches of the new size
             rest = itertools.chain(itertools.chain.from_iterable(again), itertools.chain.from_iterable(stream.source))
-            self._stream = _IssuedIndices(_batches(rest, loader.batch_size, loader.drop_last))
+            self._stream = _IssuedIndices(_batches(rest, loader.batch_size, loader.drop_last),
+                                          tracking=loader.num_workers > 0)
         else:
-            self._stream = _IssuedIndices(stream.source, again)
+            self._stream = _IssuedIndices(stream.source, again, tracking=loader.num_workers > 0)
+        self._tracking = self._stream.tracking
         self._inner = loader._new_generation(self._stream, base_seed)
 
 
@@ -474,13 +483,18 @@ def _batches(indices: Iterator[Any], size: int, drop_last: bool) -> Iterator[lis
         yield batch
 
 
+_Tensor = torch.Tensor
 _TORCH_SIGNATURE = inspect.signature(torch.utils.data.DataLoader.__init__)
 
 
 def batch_len(value: Any) -> int:
     """Samples in a batch: the length of its first tensor (in a tuple, list or dict), else 1."""
-    if type(value) in (tuple, list) and value and type(value[0]) is torch.Tensor and value[0].ndim:
-        return int(value[0].shape[0])  # the common (inputs, targets) batch, without the general walk
+    kind = type(value)
+    if (kind is list or kind is tuple) and value:  # the common (inputs, targets) batch, without the general walk
+        first = value[0]
+        if type(first) is _Tensor:
+            shape = first.shape
+            return shape[0] if shape else 1
     if isinstance(value, torch.Tensor):
         return int(value.shape[0]) if value.ndim else 1
     if isinstance(value, (tuple, list)) and value:

@@ -23,8 +23,9 @@ QUEUE_LIMIT = 10_000
 """Batches waiting for the writer thread; past that they are dropped (and counted), never waited for."""
 STATUS_INTERVAL_S = 0.25
 """How often the writer looks for changed loader states (worker pids, pending requests) to publish."""
-WRITER_PERIOD_S = 0.05
-"""The writer thread's shortest period: what the loop queued meanwhile is written and published at once."""
+WRITER_PERIOD_S = 0.1
+"""The writer thread's shortest period: what the loop queued meanwhile is written and published at once
+(10 bursts a second: monitors draw 4 times a second, and each wake-up takes the GIL from the loop)."""
 
 
 class Publisher:
@@ -181,7 +182,7 @@ class Publisher:
             if not waiting:
                 if self.server is not None:
                     self.server.flush()  # one wake-up of the serving thread for all that was published
-                # Work in bursts, at most 20 a second: each wake-up of this thread takes the GIL from the loop.
+                # Work in bursts, at most 10 a second: each wake-up of this thread takes the GIL from the loop.
                 time.sleep(WRITER_PERIOD_S)
                 try:
                     waiting.append(self._queue.get(timeout=STATUS_INTERVAL_S))
