@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import queue
 import sys
 import threading
 import time
@@ -45,7 +44,9 @@ class Publisher:
                  on_switch: Callable[[Any, int], None] | None = None, kept_by: str | None = None) -> None:
         self._kept_by = kept_by
         self.loaders: list[Any] = []
-        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(QUEUE_LIMIT)
+        # A deque, not a queue.Queue: appending and popping are atomic, and neither side takes a lock
+        # or wakes the other (the writer looks in bursts): the loop's cost is one append.
+        self._queue: deque[tuple[str, Any]] = deque()
         self.dropped = 0
         self._steps: dict[str, int] = {}
         self._say_to = say
@@ -144,9 +145,9 @@ class Publisher:
         self._put(("log", (name, self._steps[name], values)))
 
     def _put(self, item: tuple[str, Any]) -> None:
-        try:
-            self._queue.put_nowait(item)
-        except queue.Full:
+        if len(self._queue) < QUEUE_LIMIT:
+            self._queue.append(item)
+        else:
             self.dropped += 1
 
     # ------------------------------------------------------- writer thread
@@ -184,13 +185,11 @@ class Publisher:
                     self.server.flush()  # one wake-up of the serving thread for all that was published
                 # Work in bursts, at most 10 a second: each wake-up of this thread takes the GIL from the loop.
                 time.sleep(WRITER_PERIOD_S)
-                try:
-                    waiting.append(self._queue.get(timeout=STATUS_INTERVAL_S))
-                except queue.Empty:
+                queued = self._queue
+                while queued:
+                    waiting.append(queued.popleft())
+                if not waiting:
                     waiting.append(("idle", None))
-                with contextlib.suppress(queue.Empty):
-                    while True:
-                        waiting.append(self._queue.get_nowait())
             kind, payload = waiting.popleft()
             now = time.monotonic()
             if now >= next_status:  # worker pids and pending requests, as they change
@@ -274,12 +273,8 @@ class Publisher:
     def close(self) -> None:
         """Write what is queued and the summary, then close the socket."""
         if self._writer.is_alive():
-            try:
-                self._queue.put(("close", None), timeout=2.0)
-            except queue.Full:
-                pass
-            else:
-                self._writer.join(5.0)
+            self._queue.append(("close", None))  # past the limit too: the writer finishes what is queued
+            self._writer.join(5.0)
         if self._record is not None and not self._record.closed:
             self._record.close()
         if self.server is not None:
