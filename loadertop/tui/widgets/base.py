@@ -24,6 +24,9 @@ class ViewWidget(Widget):
     """``"store"`` (batches and summaries), ``"system"`` (the sampler) or ``"status"`` (every pull)."""
     every_ticks: ClassVar[int] = 1
     """Redraw at most every this many pulls of the app's timer."""
+    tick_phase: ClassVar[int] = 0
+    """Which of those pulls: the heavy panels take turns, so no frame draws two of them and a key
+    press never waits behind more than one."""
 
     def wants(self, view: SessionView, tick: int) -> bool:
         """Whether ``view`` is news to this widget on pull number ``tick``."""
@@ -32,7 +35,7 @@ class ViewWidget(Widget):
             return True
         if view.status.state != old.status.state or view.status.config != old.status.config:
             return True  # a restart, a pause, the end of the run: show it at once
-        if tick % self.every_ticks:
+        if (tick + self.tick_phase) % self.every_ticks:
             return False
         if self.follows == "store":
             return view.store.version != old.store.version

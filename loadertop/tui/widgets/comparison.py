@@ -63,6 +63,7 @@ class ComparisonTable(ViewWidget):
 
     follows = "store"
     every_ticks = 4
+    tick_phase = 3  # on odd pulls: the load chart draws on even ones
 
     def render(self) -> Text:
         text = Text(no_wrap=True, overflow="crop")

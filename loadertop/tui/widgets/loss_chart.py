@@ -15,6 +15,7 @@ class LossChart(ViewWidget):
 
     follows = "store"
     every_ticks = 4
+    tick_phase = 1  # on odd pulls: the load chart draws on even ones
 
     def render(self) -> Text:
         if self.view is None:
