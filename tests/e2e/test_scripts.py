@@ -107,6 +107,33 @@ def test_loadertop_log_records_the_loss_of_each_training_batch_without_changing_
     assert re.search(r"loadertop: plain_loop.py:\d+ epoch 1: 12 batches, .*, loss \d\.\d{4}\n", watched.stderr)
 
 
+HELPER = """\
+import torch
+from torch.utils.data import DataLoader
+
+def make(size):
+    return DataLoader(list(range(size)), batch_size=2)
+
+train, val = make(8), make(4)
+seen = [batch.tolist() for batch in train] + [batch.tolist() for batch in val]
+print(seen)
+"""
+
+
+def test_loaders_made_at_one_line_get_names_of_their_own(tmp_path: Path) -> None:
+    # A helper that makes every loader: one creation site, two loaders, two names (and two counts).
+    script = tmp_path / "helper.py"
+    script.write_text(HELPER)
+    record = tmp_path / "run.jsonl"
+    watched = launched("--switch", "helper.py:5#2@1:1", "--record", str(record), command=[sys.executable, str(script)])
+    assert watched.returncode == 0, watched.stderr
+    assert watched.stdout == "[[0, 1], [2, 3], [4, 5], [6, 7], [0, 1], [2, 3]]\n"
+    rows = records(record)
+    assert [(r["loader"], r["step"], r["num_workers"]) for r in rows] == [
+        ("helper.py:5", 1, 0), ("helper.py:5", 2, 0), ("helper.py:5", 3, 0), ("helper.py:5", 4, 0),
+        ("helper.py:5#2", 1, 0), ("helper.py:5#2", 2, 1)]
+
+
 def test_a_process_that_never_imports_torch_is_left_alone() -> None:
     done = launched(command=[sys.executable, "-c", "import sys; print('torch' in sys.modules)"])
     assert done.returncode == 0 and done.stdout == "False\n" and done.stderr == ""

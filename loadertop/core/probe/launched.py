@@ -18,6 +18,7 @@ import contextlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
+import itertools
 import json
 import os
 import sys
@@ -73,6 +74,11 @@ class ProbeSettings:
 _run: LaunchedRun | None = None  # the run this process acts for, once it claimed it
 
 
+def current_run() -> LaunchedRun | None:
+    """The run this process acts for under ``loadertop run`` (None otherwise, and in DataLoader workers)."""
+    return _run
+
+
 def log(**metrics: Any) -> None:
     """Record metrics (``loss=...``) for the training loader's latest batch; nothing outside ``loadertop run``.
 
@@ -88,10 +94,7 @@ def log(**metrics: Any) -> None:
 def install_from_environment() -> None:
     """Instrument torch's DataLoader as soon as the script imports torch (from sitecustomize)."""
     settings = ProbeSettings.from_environment(os.environ[ENV])
-    if "torch" in sys.modules:
-        _instrument(settings)
-    else:
-        sys.meta_path.insert(0, _AfterImport("torch", lambda _module: _instrument(settings)))
+    _after_import("torch", lambda _module: _instrument(settings))
 
 
 def _instrument(settings: ProbeSettings) -> None:
@@ -104,6 +107,28 @@ def _instrument(settings: ProbeSettings) -> None:
     if _claim(settings.claim):
         _run = LaunchedRun(settings)
         DataLoader.creation_hook = _run
+        for name in FRAMEWORKS:  # their trainers get loadertop's callback, once imported
+            _after_import(name, _framework_imported)
+
+
+FRAMEWORKS = ("lightning.pytorch", "pytorch_lightning")
+"""Frameworks whose trainers the launcher gives its callback (``loadertop.integrations``)."""
+
+
+def _after_import(name: str, then: Callable[[ModuleType], None]) -> None:
+    """Run ``then(module)`` once module ``name`` is imported (now, if it already is)."""
+    if name in sys.modules:
+        then(sys.modules[name])
+    else:
+        sys.meta_path.insert(0, _AfterImport(name, then))
+
+
+def _framework_imported(module: ModuleType) -> None:
+    """A framework's trainer module is loaded: every trainer it makes gets loadertop's callback."""
+    if module.__name__ in ("lightning.pytorch", "pytorch_lightning"):
+        from loadertop.integrations.lightning import inject
+
+        inject(module)
 
 
 def _claim(path: str | None) -> bool:
@@ -193,11 +218,21 @@ class LaunchedRun(Publisher):
         return arguments
 
     def created(self, loader: Any) -> None:
-        """Watch ``loader``; the first one created is the training loader that ``--switch`` addresses."""
-        training = not self.loaders
-        self.watch(loader, training=training)
-        role = " (training: --switch applies to it)" if training else ""
+        """Watch ``loader``; the training loader that ``--switch`` addresses is the first one created, or
+        the one a framework marks (Lightning's, from ``trainer.train_dataloader``)."""
+        taken = {known.name for known in self.loaders}
+        if loader.name in taken:  # made at the same line as another (a helper that makes every loader)
+            loader.name = next(f"{loader.name}#{n}" for n in itertools.count(2) if f"{loader.name}#{n}" not in taken)
+        self.watch(loader)
+        role = " (training: --switch applies to it)" if loader is self.training else ""
         self._say(f"DataLoader {loader.name}: {describe_workers(loader.num_workers)}, batch {loader.batch_size}{role}")
+
+    def mark_training(self, loader: Any) -> None:
+        """A framework marked ``loader`` as the training loader: say so, as for the first one created."""
+        first = loader is not self.training
+        super().mark_training(loader)
+        if first and self.framework_marks_training:
+            self._say(f"DataLoader {loader.name} is the training loader (--switch applies to it)")
 
     def _excepthook(self, kind: type[BaseException], value: BaseException, tb: Any) -> None:
         import traceback

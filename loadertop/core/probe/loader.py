@@ -484,6 +484,7 @@ def _batches(indices: Iterator[Any], size: int, drop_last: bool) -> Iterator[lis
 
 
 _Tensor = torch.Tensor
+_INSTALLED = (f"{os.sep}site-packages{os.sep}", f"{os.sep}dist-packages{os.sep}", f"{os.sep}torch{os.sep}")
 _TORCH_SIGNATURE = inspect.signature(torch.utils.data.DataLoader.__init__)
 
 
@@ -505,12 +506,13 @@ def batch_len(value: Any) -> int:
 
 
 def _creation_site() -> str:
-    """``file:line`` of the code that created the loader (outside loadertop and torch)."""
+    """``file:line`` of the user's code that created the loader: outside loadertop and any installed
+    package (torch, or a framework that makes the loader for the user: Lightning's hooks wrap it)."""
     here = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
     frame = sys._getframe(2)
     while frame is not None:
         path = frame.f_code.co_filename
-        if not path.startswith(here) and f"{os.sep}torch{os.sep}" not in path:
+        if not path.startswith(here) and not any(part in path for part in _INSTALLED) and not path.startswith("<"):
             return f"{os.path.basename(path)}:{frame.f_lineno}"
         frame = frame.f_back
     return f"loader {next(_names)}"

@@ -43,7 +43,10 @@ class Publisher:
                  say: Callable[[str], None] | None = None,
                  on_switch: Callable[[Any, int], None] | None = None, kept_by: str | None = None) -> None:
         self._kept_by = kept_by
-        self.loaders: list[Any] = []
+        self.loaders: list[Any] = []  # the training loader first, once known
+        self.training: Any = None
+        self.framework_marks_training = False
+        """A framework (Lightning) will mark the training loader: none is taken for it until then."""
         # A deque, not a queue.Queue: appending and popping are atomic, and neither side takes a lock
         # or wakes the other (the writer looks in bursts): the loop's cost is one append.
         self._queue: deque[tuple[str, Any]] = deque()
@@ -84,22 +87,39 @@ class Publisher:
         return [self._writer.native_id or 0] + ([self.server.native_id] if self.server is not None else [])
 
     def watch(self, loader: Any, *, training: bool | None = None) -> None:
-        """Publish ``loader``'s batches; the first one watched is the training loader (unless told).
+        """Publish ``loader``'s batches; the first one watched is the training loader (unless told, or
+        unless a framework will say which one is: ``framework_marks_training``).
 
         A loader named as one watched before takes its place and goes on with its batch count.
         """
         if training is None:
-            training = not self.loaders or self.loaders[0].name == loader.name
+            same = self.training is not None and self.training.name == loader.name
+            training = same or (self.training is None and not self.framework_marks_training)
         index = next((i for i, known in enumerate(self.loaders) if known.name == loader.name), None)
         if index is None:
-            self.loaders.insert(0, loader) if training else self.loaders.append(loader)
+            self.loaders.append(loader)
         else:
             self.loaders[index] = loader
         self._steps.setdefault(loader.name, 0)
-        loader.add_observer(lambda batch: self._on_batch(loader, batch, training))
+        loader.add_observer(lambda batch: self._on_batch(loader, batch, loader is self.training))
         if training:
-            loader.add_boundary_hook(self._boundary)
+            self.mark_training(loader)
         self._put(("loader", loader))
+
+    def mark_training(self, loader: Any) -> None:
+        """``loader`` is the training loader (a framework says so): the one --switch, the cost and the loss follow."""
+        if loader is self.training:
+            return
+        if loader not in self.loaders:
+            self.watch(loader, training=False)
+        self.training = loader
+        self.loaders.remove(loader)
+        self.loaders.insert(0, loader)
+        if not getattr(loader, "_loadertop_billed", False):
+            loader._loadertop_billed = True
+            loader.add_boundary_hook(self._boundary)
+        for known in self.loaders:  # every monitor learns which loader trains
+            self._put(("loader", known))
 
     def exception(self, text: str) -> None:
         """The run failed: tell the monitors (the last 8,000 characters of ``text``)."""
@@ -113,7 +133,7 @@ class Publisher:
 
     def _find(self, name: str | None) -> Any:
         if name is None:
-            return self.loaders[0] if self.loaders else None
+            return self.training
         return next((loader for loader in self.loaders if loader.name == name), None)
 
     def _switch_request(self, name: str | None, workers: int) -> str | None:
@@ -138,9 +158,9 @@ class Publisher:
 
     def log(self, metrics: dict[str, Any]) -> None:
         """Queue ``metrics`` for the training loader's latest batch (tensors detached, not read)."""
-        if not self.loaders:
+        if self.training is None:
             return
-        name = self.loaders[0].name
+        name = self.training.name
         values = {k: v.detach() if hasattr(v, "detach") else v for k, v in metrics.items()}
         self._put(("log", (name, self._steps[name], values)))
 
@@ -163,7 +183,7 @@ class Publisher:
         except TypeError:
             batches = None
         self._publish("loader", name=loader.name, num_workers=status.num_workers, batch_size=loader.batch_size,
-                      batches_per_epoch=batches, training=loader is self.loaders[0], exact=loader.continues_exactly,
+                      batches_per_epoch=batches, training=loader is self.training, exact=loader.continues_exactly,
                       pending=status.pending, epoch=status.epoch, worker_pids=list(status.worker_pids),
                       dropped=self.dropped)
         return status
@@ -203,9 +223,9 @@ class Publisher:
                 for name, (number, totals) in epochs.items():  # the last epoch of each loader
                     self._say(f"{name} epoch {number}: " + _describe(*totals))
                 self._summary(sums)
-                if self._clock is not None and self.loaders:
+                if self._clock is not None and self.training is not None:
                     with contextlib.suppress(Exception):
-                        self._publish_cpu("end", self.loaders[0].name, self._clock.read())
+                        self._publish_cpu("end", self.training.name, self._clock.read())
                 self._publish("event", event="exit", dropped=self.dropped)
                 return
             if kind == "cpu":

@@ -1,0 +1,54 @@
+"""Framework scripts, unmodified, under ``loadertop run --headless``: switched mid-epoch, the same run as without."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.test_scripts import launched, records, run
+from tests.helpers import no_children_left
+
+lightning = pytest.importorskip("lightning", reason="the dev extra installs lightning")
+
+FIT = "tests/scripts/fit_lightning.py"
+
+
+def made_at(text: str) -> str:
+    """The loader name loadertop gives a loader the script makes at the line holding ``text``."""
+    lines = (Path(__file__).resolve().parents[2] / FIT).read_text().splitlines()
+    return f"fit_lightning.py:{next(i for i, line in enumerate(lines, 1) if text in line)}"
+
+
+TRAIN, VAL = made_at("DataLoader(Numbers(160)"), made_at("DataLoader(Numbers(48)")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("explicit", [False, True], ids=["injected callback", "the script's own callback"])
+def test_a_lightning_fit_is_switched_mid_epoch_and_trains_exactly_as_without(explicit: bool, tmp_path: Path) -> None:
+    extra = ["--callback"] if explicit else []
+    plain = run([sys.executable, FIT, str(tmp_path / "plain.json"), *extra])
+    assert plain.returncode == 0, plain.stderr
+    record = tmp_path / "run.jsonl"
+    watched = launched("--switch", "5:2", "--record", str(record),
+                       command=[sys.executable, FIT, str(tmp_path / "watched.json"), *extra])
+    assert watched.returncode == 0, watched.stderr
+    seen_plain = json.loads((tmp_path / "plain.json").read_text())
+    seen = json.loads((tmp_path / "watched.json").read_text())
+    assert seen["train"] == seen_plain["train"] and seen["val"] == seen_plain["val"]  # every sample, in order
+    assert seen["weights"] == seen_plain["weights"] and seen["losses"] == seen_plain["losses"]
+    assert seen["callbacks"].count("LoaderTopCallback") == 1  # injected once, or the script's own kept alone
+    # The training loader is told apart from the validation loader Lightning asks for first (sanity check).
+    assert f"loadertop: DataLoader {TRAIN} is the training loader" in watched.stderr
+    assert f"{TRAIN}: switching 0 -> 2 workers after batch 5" in watched.stderr
+    rows = records(record)
+    train = [r for r in rows if r.get("loader") == TRAIN and "event" not in r]
+    val = [r for r in rows if r.get("loader") == VAL and "event" not in r]
+    assert [r["num_workers"] for r in train] == [0] * 5 + [2] * 35 and len(val) == len(seen_plain["val"])
+    assert all(r["num_workers"] == 0 for r in val)
+    # The loss curve: what training_step returned, for every training batch, as the script saw it.
+    logged = [r["loss"] for r in rows if r.get("event") == "log"]
+    assert logged == seen_plain["losses"]
+    assert no_children_left()
