@@ -21,7 +21,6 @@ from loadertop.core.cost import TreeCpuClock
 from loadertop.core.procs import child_processes
 from loadertop.core.session import Session
 from loadertop.core.sweep import Sweep
-from loadertop.core.system import usable_cores
 from tests import workloads
 from tests.helpers import wait_for
 
@@ -55,10 +54,8 @@ def test_short_lived_workers_are_accounted_in_full() -> None:
         assert delivered == s.samples + s.warmup_batches * 8  # every sample delivered, warm-up included
         assert s.cpu_s >= BURN_S * delivered  # at least the known loading work of what it delivered
         assert s.wall_s > 0 and s.rss_mb > 0
+    # Where the work happened (not how many cores it got: that depends on what else the machine runs).
     assert rows[0].worker_cpu_share < 0.05 and rows[2].worker_cpu_share > 0.5
-    if usable_cores() >= 2:
-        # Two workers keep two cores busy; loading in the main process keeps one.
-        assert rows[2].cpu_percent >= 1.4 * rows[0].cpu_percent, {n: s.cpu_percent for n, s in rows.items()}
 
 
 def test_a_five_batch_configuration_has_cpu_and_memory_without_any_sampler() -> None:
