@@ -141,9 +141,15 @@ class _LoaderTrack:
             self.store.tick_cost(reading)
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
+        """A logged loss for batch ``step``: the latest one's, or an earlier one's (a framework that fetches
+        ahead, as accelerate does under the Hugging Face Trainer, logs a batch after the next arrived)."""
         loss = metrics.get("loss")
-        if self.pending is not None and self.pending.step == step and isinstance(loss, (int, float)):
+        if not isinstance(loss, (int, float)):
+            return
+        if self.pending is not None and self.pending.step == step:
             self.pending.loss = float(loss)
+        elif self.pending is None or step < self.pending.step:
+            self.store.set_loss(step, float(loss))
 
     def _flush(self, compute_s: float, *, steady: bool) -> None:
         p = self.pending

@@ -7,7 +7,7 @@ import threading
 from array import array
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from loadertop.core.cost import TreeCpu
 from loadertop.core.protocol.config import LoaderConfig
@@ -312,6 +312,20 @@ class MetricsStore:
             self._accumulator(config).add(record)
             self._total += 1
             self._version += 1
+
+    def set_loss(self, step: int, loss: float, *, within: int = 1000) -> bool:
+        """Give the record of ``step`` (among the latest ``within``) its loss, reported after it; False if not kept."""
+        with self._lock:
+            recent = self._recent
+            for back in range(1, min(within, len(recent)) + 1):
+                record = recent[-back]
+                if record.step == step:
+                    recent[-back] = replace(record, loss=loss)
+                    self._version += 1
+                    return True
+                if record.step < step:
+                    break
+        return False
 
     @property
     def version(self) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -51,4 +52,36 @@ def test_a_lightning_fit_is_switched_mid_epoch_and_trains_exactly_as_without(exp
     # The loss curve: what training_step returned, for every training batch, as the script saw it.
     logged = [r["loss"] for r in rows if r.get("event") == "log"]
     assert logged == seen_plain["losses"]
+    assert no_children_left()
+
+
+HF = "tests/scripts/train_hf.py"
+
+
+@pytest.mark.slow
+def test_a_hugging_face_trainer_is_switched_inside_its_epoch_and_its_logged_loss_recorded(tmp_path: Path) -> None:
+    pytest.importorskip("transformers", reason="the dev extra installs transformers")
+    plain = run([sys.executable, HF, str(tmp_path / "plain.json")])
+    assert plain.returncode == 0, plain.stderr
+    record = tmp_path / "run.jsonl"
+    watched = launched("--switch", "5:2", "--record", str(record),
+                       command=[sys.executable, HF, str(tmp_path / "watched.json")])
+    assert watched.returncode == 0, watched.stderr
+    seen_plain = json.loads((tmp_path / "plain.json").read_text())
+    seen = json.loads((tmp_path / "watched.json").read_text())
+    assert seen["train"] == seen_plain["train"] and seen["losses"] == seen_plain["losses"]
+    assert seen["weights"] == seen_plain["weights"]
+    assert seen["callbacks"].count("LoaderTopTrainerCallback") == 1
+    # The Trainer's DataLoader and the one accelerate makes around it are one loader, switched mid-epoch.
+    train_name = re.search(r"loadertop: DataLoader (\S+): 0 workers, batch 8 \(training", watched.stderr).group(1)
+    assert f"{train_name}: switching 0 -> 2 workers after batch 5" in watched.stderr
+    rows = records(record)
+    train = [r for r in rows if r.get("loader") == train_name and "event" not in r]
+    assert [r["num_workers"] for r in train] == [0] * 5 + [2] * 35  # 20 batches an epoch: inside the first
+    evaluation = {r["loader"] for r in rows if "event" not in r} - {train_name}
+    assert len(evaluation) == 1  # every evaluation's loader, made anew each epoch, is one loader
+    # The loss panel: the Trainer's own logs, each on the batch it belongs to (not accelerate's next one).
+    logged = [r for r in rows if r.get("event") == "log"]
+    assert [r["step"] for r in logged] == list(range(1, 41))
+    assert [r["loss"] for r in logged] == seen_plain["losses"]
     assert no_children_left()

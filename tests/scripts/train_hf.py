@@ -17,7 +17,7 @@ import time
 import torch
 from torch import nn
 from torch.utils.data import Dataset
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
 
 class Numbers(Dataset):
@@ -65,6 +65,7 @@ def main():
     parser.add_argument("out")
     parser.add_argument("--workers", type=int, default=0)
     args = parser.parse_args()
+    set_seed(0)
     model = Classifier()
     keep = KeepLosses()
     with tempfile.TemporaryDirectory() as output_dir:

@@ -230,3 +230,18 @@ def test_a_builtin_run_is_served_like_a_script_and_attach_only_watches_it(runtim
         run.send_signal(signal.SIGINT)
         assert run.wait(30) == 130  # ^C's exit code, as before
     assert not [r for r in live_runs() if r.pid == run.pid]  # its socket went with it
+
+
+def test_a_loss_logged_for_an_earlier_batch_is_given_to_that_batch() -> None:
+    from loadertop.core.remote import _LoaderTrack
+
+    track = _LoaderTrack("train.py:9", started=0.0)
+    def batch(step: int) -> dict:
+        return {"loader": "train.py:9", "step": step, "epoch": 1, "batch": step, "num_workers": 0, "samples": 8,
+                "load_ms": 1.0, "step_ms": None if step == 1 else 2.0, "switch_ms": 0.0, "time": 100.0 + step}
+    for step in (1, 2, 3):
+        track.batch(batch(step))
+    track.log(2, {"loss": 0.5})  # batch 3 has arrived: batch 2's record is complete, its loss comes late
+    track.log(3, {"loss": 0.25})  # the latest batch's, as a script's loadertop.log gives it
+    track.end()
+    assert [(r.step, r.loss) for r in track.store.snapshot().records][1:] == [(2, 0.5), (3, 0.25)]

@@ -96,3 +96,16 @@ def test_config_keys_and_validation() -> None:
         LoaderConfig(batch_size=0).validate()
     with pytest.raises(ConfigError, match="--prefetch-factor needs --workers"):
         LoaderConfig(prefetch_factor=2).validate_strict()
+
+
+def test_a_loss_reported_after_its_batch_reaches_that_batchs_record() -> None:
+    # The Hugging Face Trainer logs a step's loss after accelerate fetched the next batch.
+    store = MetricsStore()
+    config = LoaderConfig(batch_size=4)
+    for step in range(1, 6):
+        store.add(record(step, 0.001, 0.002), config)
+    version = store.version
+    assert store.set_loss(3, 0.25) and store.version == version + 1
+    assert [r.loss for r in store.snapshot().records] == [1.0, 1.0, 0.25, 1.0, 1.0]
+    assert not store.set_loss(9, 0.5) and not store.set_loss(1, 0.5, within=2)  # not kept, or too far back
+    assert [r.step for r in store.snapshot().records] == [1, 2, 3, 4, 5]

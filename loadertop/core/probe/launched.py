@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from loadertop.core.probe.publisher import Publisher, describe_workers, say_on_stderr
+from loadertop.core.probe.publisher import Publisher, batch_size_of, describe_workers, say_on_stderr
 
 ENV = "LOADERTOP_PROBE"
 
@@ -91,6 +91,14 @@ def log(**metrics: Any) -> None:
         run.log(metrics)
 
 
+def log_at(step: int, **metrics: Any) -> None:
+    """``log`` for the training loader's batch ``step`` (1-based, over the run), not its latest: for
+    integrations with frameworks that fetch batches ahead of the step they report."""
+    run = _run
+    if run is not None:
+        run.log_at(step, metrics)
+
+
 def install_from_environment() -> None:
     """Instrument torch's DataLoader as soon as the script imports torch (from sitecustomize)."""
     settings = ProbeSettings.from_environment(os.environ[ENV])
@@ -111,7 +119,7 @@ def _instrument(settings: ProbeSettings) -> None:
             _after_import(name, _framework_imported)
 
 
-FRAMEWORKS = ("lightning.pytorch", "pytorch_lightning")
+FRAMEWORKS = ("lightning.pytorch", "pytorch_lightning", "transformers.trainer")
 """Frameworks whose trainers the launcher gives its callback (``loadertop.integrations``)."""
 
 
@@ -129,6 +137,10 @@ def _framework_imported(module: ModuleType) -> None:
         from loadertop.integrations.lightning import inject
 
         inject(module)
+    elif module.__name__ == "transformers.trainer":
+        from loadertop.integrations.transformers import inject as inject_trainer
+
+        inject_trainer(module)
 
 
 def _claim(path: str | None) -> bool:
@@ -220,12 +232,30 @@ class LaunchedRun(Publisher):
     def created(self, loader: Any) -> None:
         """Watch ``loader``; the training loader that ``--switch`` addresses is the first one created, or
         the one a framework marks (Lightning's, from ``trainer.train_dataloader``)."""
-        taken = {known.name for known in self.loaders}
-        if loader.name in taken:  # made at the same line as another (a helper that makes every loader)
-            loader.name = next(f"{loader.name}#{n}" for n in itertools.count(2) if f"{loader.name}#{n}" not in taken)
+        again = self._made_again(loader)
+        if again is not None:  # the same loader made anew: it goes on under its name (and role)
+            loader.name = again.name
+        else:
+            taken = {known.name for known in self.loaders}
+            if loader.name in taken:  # made at the same line as another (a helper that makes every loader)
+                loader.name = next(f"{loader.name}#{n}" for n in itertools.count(2)
+                                   if f"{loader.name}#{n}" not in taken)
         self.watch(loader)
+        if again is not None:
+            return
         role = " (training: --switch applies to it)" if loader is self.training else ""
-        self._say(f"DataLoader {loader.name}: {describe_workers(loader.num_workers)}, batch {loader.batch_size}{role}")
+        self._say(f"DataLoader {loader.name}: {describe_workers(loader.num_workers)}, "
+                  f"batch {batch_size_of(loader)}{role}")
+
+    def _made_again(self, loader: Any) -> Any:
+        """The loader ``loader`` stands in for, if it is one made anew: over the same dataset as one not
+        running, by a framework (accelerate wraps the Trainer's, Lightning re-creates one to inject a
+        sampler) or at the same line (a loader made every epoch)."""
+        for known in reversed(self.loaders):
+            if known.dataset is loader.dataset and known._running() is None and (
+                    loader.made_by_package or known.site == loader.site):
+                return known
+        return None
 
     def mark_training(self, loader: Any) -> None:
         """A framework marked ``loader`` as the training loader: say so, as for the first one created."""

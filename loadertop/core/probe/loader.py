@@ -126,7 +126,10 @@ class DataLoader(torch.utils.data.DataLoader):
             arguments = hook.arguments({k: v for k, v in bound.arguments.items() if k != "self"})
             args, kwargs = (), arguments
         super().__init__(*args, **kwargs)
-        self.name = name or _creation_site()
+        site, self.made_by_package = _creation_site()
+        self.site = site
+        """Where it was made (``file:line``), as its default name."""
+        self.name = name or site
         self._request: dict[str, Any] | None = None
         self._request_lock = threading.Lock()
         self._observers: list[Callable[[LoaderBatch], None]] = []
@@ -484,7 +487,7 @@ def _batches(indices: Iterator[Any], size: int, drop_last: bool) -> Iterator[lis
 
 
 _Tensor = torch.Tensor
-_INSTALLED = (f"{os.sep}site-packages{os.sep}", f"{os.sep}dist-packages{os.sep}", f"{os.sep}torch{os.sep}")
+_INSTALLED = (f"{os.sep}site-packages{os.sep}", f"{os.sep}dist-packages{os.sep}")
 _TORCH_SIGNATURE = inspect.signature(torch.utils.data.DataLoader.__init__)
 
 
@@ -505,14 +508,19 @@ def batch_len(value: Any) -> int:
     return 1
 
 
-def _creation_site() -> str:
-    """``file:line`` of the user's code that created the loader: outside loadertop and any installed
-    package (torch, or a framework that makes the loader for the user: Lightning's hooks wrap it)."""
+def _creation_site() -> tuple[str, bool]:
+    """``file:line`` of the user's code that created the loader, outside loadertop and any installed
+    package (torch, or a framework that makes the loader for the user: Lightning's hooks wrap it, the
+    Hugging Face Trainer and accelerate make their own); and whether an installed package made it."""
     here = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
     frame = sys._getframe(2)
+    by_package: bool | None = None
     while frame is not None:
         path = frame.f_code.co_filename
-        if not path.startswith(here) and not any(part in path for part in _INSTALLED) and not path.startswith("<"):
-            return f"{os.path.basename(path)}:{frame.f_lineno}"
+        if not path.startswith(here) and f"{os.sep}torch{os.sep}" not in path:
+            if not any(part in path for part in _INSTALLED) and not path.startswith("<"):
+                return f"{os.path.basename(path)}:{frame.f_lineno}", bool(by_package)
+            if by_package is None:
+                by_package = True  # the first frame past loadertop and torch is a package's
         frame = frame.f_back
-    return f"loader {next(_names)}"
+    return f"loader {next(_names)}", bool(by_package)

@@ -158,11 +158,15 @@ class Publisher:
 
     def log(self, metrics: dict[str, Any]) -> None:
         """Queue ``metrics`` for the training loader's latest batch (tensors detached, not read)."""
+        if self.training is not None:
+            self.log_at(self._steps[self.training.name], metrics)
+
+    def log_at(self, step: int, metrics: dict[str, Any]) -> None:
+        """Queue ``metrics`` for the training loader's batch ``step`` (a framework that fetches ahead knows which)."""
         if self.training is None:
             return
-        name = self.training.name
         values = {k: v.detach() if hasattr(v, "detach") else v for k, v in metrics.items()}
-        self._put(("log", (name, self._steps[name], values)))
+        self._put(("log", (self.training.name, step, values)))
 
     def _put(self, item: tuple[str, Any]) -> None:
         if len(self._queue) < QUEUE_LIMIT:
@@ -182,7 +186,7 @@ class Publisher:
             batches: int | None = len(loader)
         except TypeError:
             batches = None
-        self._publish("loader", name=loader.name, num_workers=status.num_workers, batch_size=loader.batch_size,
+        self._publish("loader", name=loader.name, num_workers=status.num_workers, batch_size=batch_size_of(loader),
                       batches_per_epoch=batches, training=loader is self.training, exact=loader.continues_exactly,
                       pending=status.pending, epoch=status.epoch, worker_pids=list(status.worker_pids),
                       dropped=self.dropped)
@@ -304,6 +308,12 @@ class Publisher:
     def _say(self, text: str) -> None:
         if self._say_to is not None:
             self._say_to(text)
+
+
+def batch_size_of(loader: Any) -> int | None:
+    """A loader's batch size: its own, or its batch sampler's (None when neither says)."""
+    size = loader.batch_size if loader.batch_size is not None else getattr(loader.batch_sampler, "batch_size", None)
+    return size if isinstance(size, int) else None
 
 
 def say_on_stderr(text: str) -> None:
