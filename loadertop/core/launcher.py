@@ -61,6 +61,7 @@ def launch(command: Sequence[str], *, workers: int | None = None, switches: Mapp
            record: str | None = None) -> int:
     """Run ``command`` to its end with its DataLoaders instrumented; return its exit code."""
     executable = resolve(command)
+    start_record(record)
     with tempfile.TemporaryDirectory(prefix="loadertop-run-") as run_dir:
         settings = ProbeSettings(workers=workers, switches=dict(switches or {}),
                                  record=os.path.abspath(record) if record else None,
@@ -82,6 +83,15 @@ def launch(command: Sequence[str], *, workers: int | None = None, switches: Mapp
     return exit_status(code)
 
 
+def start_record(record: str | None) -> None:
+    """Start ``--record`` empty: the script's processes (every rank of a torchrun job) append to it."""
+    if record:
+        try:
+            open(record, "w").close()
+        except OSError as exc:
+            raise LaunchError(f"--record {record}: {exc.strerror}") from None
+
+
 def exit_status(returncode: int) -> int:
     """A child's exit status as a shell reports it: its code, or 128 + N when signal N ended it."""
     return returncode if returncode >= 0 else 128 - returncode
@@ -93,6 +103,7 @@ def spawn(command: Sequence[str], *, workers: int | None = None, switches: Mappi
     from loadertop.core.protocol.runtime import RuntimeDirError, runtime_dir
 
     executable = resolve(command)
+    start_record(record)
     try:
         directory = runtime_dir()
     except RuntimeDirError as exc:

@@ -10,20 +10,12 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.test_scripts import launched, records, run
-from tests.helpers import no_children_left
+from tests.helpers import made_at, no_children_left
 
 lightning = pytest.importorskip("lightning", reason="the dev extra installs lightning")
 
 FIT = "tests/scripts/fit_lightning.py"
-
-
-def made_at(text: str) -> str:
-    """The loader name loadertop gives a loader the script makes at the line holding ``text``."""
-    lines = (Path(__file__).resolve().parents[2] / FIT).read_text().splitlines()
-    return f"fit_lightning.py:{next(i for i, line in enumerate(lines, 1) if text in line)}"
-
-
-TRAIN, VAL = made_at("DataLoader(Numbers(160)"), made_at("DataLoader(Numbers(48)")
+TRAIN, VAL = made_at(FIT, "DataLoader(Numbers(160)"), made_at(FIT, "DataLoader(Numbers(48)")
 
 
 @pytest.mark.slow

@@ -143,10 +143,44 @@ def _framework_imported(module: ModuleType) -> None:
         inject_trainer(module)
 
 
+def rank_of_process() -> Rank | None:
+    """This process's place in a torch.distributed job (torchrun sets RANK, LOCAL_RANK, WORLD_SIZE), if any."""
+    try:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    except (KeyError, ValueError):
+        return None
+    return Rank(rank, int(os.environ.get("LOCAL_RANK", rank)), world)
+
+
+@dataclass(frozen=True)
+class Rank:
+    """A process's rank, local rank (on its node) and the world size."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+
+
+def _is_distributed_launcher() -> bool:
+    """torchrun (or ``python -m torch.distributed.run``/``launch``) itself: it starts the ranks, trains nothing."""
+    program = sys.argv[0] if sys.argv else ""
+    parts = os.path.normpath(program).split(os.sep)
+    return os.path.basename(program) == "torchrun" or parts[-3:] in (["torch", "distributed", "run.py"],
+                                                                      ["torch", "distributed", "launch.py"])
+
+
 def _claim(path: str | None) -> bool:
-    """Be the process of the run that acts on its loaders: the first to get here (atomic create)."""
+    """Be the process of the run that acts on its loaders: the first to get here (atomic create).
+
+    Under torchrun each rank is one (its claim is its rank's), and torchrun's own process is none.
+    """
+    if _is_distributed_launcher():
+        return False
+    rank = rank_of_process()
     if path is None:
         return True
+    if rank is not None:
+        path = f"{path}.rank{rank.rank}"
     try:
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
     except FileExistsError:
@@ -207,9 +241,16 @@ class LaunchedRun(Publisher):
 
     def __init__(self, settings: ProbeSettings) -> None:
         self.settings = settings
+        self.rank = rank_of_process()
         hello = {"pid": os.getpid(), "command": list(settings.command) or list(sys.argv),
                  "cwd": os.getcwd(), "started": time.time(), "log": settings.log}
-        super().__init__(hello=hello, record=settings.record, serve=settings.serve, say=say_on_stderr)
+        say = say_on_stderr
+        if self.rank is not None:
+            hello.update(rank=self.rank.rank, local_rank=self.rank.local_rank, world_size=self.rank.world_size)
+            prefix = f"rank {self.rank.rank}: "
+            say = lambda text: say_on_stderr(prefix + text)
+        super().__init__(hello=hello, record=settings.record, serve=settings.serve, say=say,
+                         tag={"rank": self.rank.rank} if self.rank is not None else None)
         self._previous_excepthook = sys.excepthook
         sys.excepthook = self._excepthook
         atexit.register(self.close)

@@ -41,8 +41,10 @@ class Publisher:
 
     def __init__(self, *, hello: dict[str, Any], record: str | None = None, serve: bool = True,
                  say: Callable[[str], None] | None = None,
-                 on_switch: Callable[[Any, int], None] | None = None, kept_by: str | None = None) -> None:
+                 on_switch: Callable[[Any, int], None] | None = None, kept_by: str | None = None,
+                 tag: dict[str, Any] | None = None) -> None:
         self._kept_by = kept_by
+        self._tag = tag or {}  # added to every batch and log (a rank's ``rank``)
         self.loaders: list[Any] = []  # the training loader first, once known
         self.training: Any = None
         self.framework_marks_training = False
@@ -54,7 +56,8 @@ class Publisher:
         self._steps: dict[str, int] = {}
         self._say_to = say
         self._on_switch = on_switch
-        self._record: IO[str] | None = open(record, "w", encoding="utf-8") if record else None  # noqa: SIM115
+        # Appended to: the launcher starts the file, and every rank of a torchrun job writes its lines to it.
+        self._record: IO[str] | None = open(record, "a", encoding="utf-8") if record else None  # noqa: SIM115
         self.server: Any = self._serve(hello) if serve else None
         self._clock = _cpu_clock()
         self._writer = threading.Thread(target=self._write, name="loadertop-writer", daemon=True)
@@ -248,7 +251,7 @@ class Publisher:
                 self._write_log(*payload, epochs)
                 continue
             step, batch = payload
-            fields = {"loader": batch.loader, "step": step, "epoch": batch.epoch, "batch": batch.batch,
+            fields = {**self._tag, "loader": batch.loader, "step": step, "epoch": batch.epoch, "batch": batch.batch,
                       "num_workers": batch.num_workers, "samples": batch.samples,
                       "load_ms": round(batch.load_s * 1000, 4),
                       "step_ms": None if batch.step_s is None else round(batch.step_s * 1000, 4),
@@ -278,7 +281,8 @@ class Publisher:
                    epochs: dict[str, tuple[int, list[float]]]) -> None:
         numbers = {k: _number(v) for k, v in values.items()}
         if self._record is not None:
-            self._record.write(json.dumps({"event": "log", "loader": loader, "step": step, **numbers}) + "\n")
+            line = {"event": "log", **self._tag, "loader": loader, "step": step, **numbers}
+            self._record.write(json.dumps(line) + "\n")
             self._record.flush()
         self._publish("log", loader=loader, step=step,
                       metrics={k: v for k, v in numbers.items() if isinstance(v, (int, float)) or v is None})
