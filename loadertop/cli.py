@@ -13,6 +13,7 @@ from typing import IO, TYPE_CHECKING, NoReturn
 if TYPE_CHECKING:
     from loadertop.core.engine import Trainer
     from loadertop.core.protocol.config import LoaderConfig
+    from loadertop.core.ranks import RanksSession
     from loadertop.core.remote import RemoteSession
     from loadertop.core.workload import Workload
 
@@ -244,9 +245,14 @@ def _launch(args: argparse.Namespace, script: list[str], parser: argparse.Argume
         child, log = spawn(script, workers=workers, switches=switches, record=args.record)
     except LaunchError as exc:
         raise UsageError(str(exc)) from None
+    from loadertop.core.ranks import RanksSession, is_distributed_command
     from loadertop.core.remote import RemoteSession
 
-    session = RemoteSession(child=child, log_path=log, command=script, sample_interval_s=args.sample_interval)
+    if is_distributed_command(script):  # torchrun: every rank, side by side
+        session: RemoteSession | RanksSession = RanksSession(child=child, log_path=log, command=script,
+                                                             sample_interval_s=args.sample_interval)
+    else:
+        session = RemoteSession(child=child, log_path=log, command=script, sample_interval_s=args.sample_interval)
     return _watch_script(session)
 
 
@@ -289,7 +295,7 @@ def _attach(args: argparse.Namespace) -> int:
     return _watch_script(session)
 
 
-def _watch_script(session: RemoteSession) -> int:
+def _watch_script(session: RemoteSession | RanksSession) -> int:
     """The monitor on a script; afterwards its exit code (or 0 after a detach), its traceback on stderr."""
     from loadertop.core.report import format_table
     from loadertop.tui.app import LoaderTopApp

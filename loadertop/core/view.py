@@ -46,6 +46,47 @@ class LoaderInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class RankInfo:
+    """One rank of a torchrun job, as the monitor last measured it.
+
+    Attributes:
+        rank, local_rank, world_size: its place in the job.
+        pid: its process.
+        num_workers: its training loader's workers now.
+        load_ms, step_ms: its recent steady-state wait for data and step, per batch (NaN before any).
+        samples_per_s: its recent throughput.
+        step: batches it has trained on.
+        ended: how it ended, in words (None while it runs).
+    """
+
+    rank: int
+    local_rank: int
+    world_size: int
+    pid: int
+    num_workers: int
+    load_ms: float
+    step_ms: float
+    samples_per_s: float
+    step: int
+    ended: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Straggler:
+    """The rank whose wait for data holds the others back (see ``core.ranks.find_straggler``).
+
+    Attributes:
+        rank: the straggler.
+        score: its extra wait for data as a share of the others' iteration (0..1).
+        evidence: the measurements behind it, in words.
+    """
+
+    rank: int
+    score: float
+    evidence: str
+
+
+@dataclass(frozen=True, slots=True)
 class ScriptView:
     """What a monitor knows of a user's script beyond the batches (None for the built-in workload).
 
@@ -63,6 +104,9 @@ class ScriptView:
         rejected: lines from the script this monitor refused (malformed, oversized, unknown).
         notice: (sequence number, text) of the latest thing to tell the user (a refusal, a switch).
         builtin: the workload's name when the run is another loadertop's built-in trainer (no script output).
+        ranks: every rank of a torchrun job (empty for a single process).
+        selected_rank: the rank shown and commanded.
+        straggler: the input straggler among the ranks, if one is.
     """
 
     command: tuple[str, ...]
@@ -78,6 +122,9 @@ class ScriptView:
     rejected: int = 0
     notice: tuple[int, str] = (0, "")
     builtin: str | None = None
+    ranks: tuple[RankInfo, ...] = ()
+    selected_rank: int | None = None
+    straggler: Straggler | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ from loadertop.tui.widgets import (
     LogPanel,
     LossChart,
     PendingBar,
+    RanksPanel,
     RunHeader,
     ViewWidget,
     WorkersPanel,
@@ -63,6 +64,8 @@ class LoaderTopApp(App[None]):
         Binding("c", "settings", "settings", id="settings", tooltip="Batch size, pin_memory, persistence, prefetch"),
         Binding("l", "next_loader", "next loader", id="loader",
                 tooltip="A script's next DataLoader: shown, and what the keys switch"),
+        Binding("k", "next_rank", "next rank", id="rank", tooltip="Show and command a torchrun job's next rank"),
+        Binding("A", "apply_all", "switch all ranks", id="apply-all", tooltip="Switch every rank to the pending count"),
         Binding("d", "detach", "detach", id="detach",
                 tooltip="Leave a script running and quit (loadertop attach watches it again)"),
         Binding("question_mark", "help", "help", key_display="?", id="help", tooltip="Every key"),
@@ -83,6 +86,7 @@ class LoaderTopApp(App[None]):
         self._sweep_state: str | None = None
         self._notice_seen = 0
         self._watching_script = False
+        self._ranks_shown = False
 
     def compose(self) -> ComposeResult:
         # Held by reference: queries go to the active screen, which may be the help or the form.
@@ -99,8 +103,9 @@ class LoaderTopApp(App[None]):
             self._panel(WorkersPanel(id="workers"), "processes"),
             self._panel(ComparisonTable(id="table"), "worker counts tried"),
             self._panel(LogPanel(id="log"), "the script's output"),
+            self._panel(RanksPanel(id="ranks"), "ranks (k: next rank, A: switch all)"),
         ]
-        header, pending, loss, load, error, cpu, gpu, workers, table, log = self._views
+        header, pending, loss, load, error, cpu, gpu, workers, table, log, ranks = self._views
         with Vertical(id="main"):
             yield header
             yield pending
@@ -114,6 +119,7 @@ class LoaderTopApp(App[None]):
                 yield workers
             yield table
             yield log
+            yield ranks
         yield Static("terminal too small for loadertop: make it at least 60x16 (q quits)", id="too-small")
         yield Footer()
 
@@ -172,6 +178,11 @@ class LoaderTopApp(App[None]):
                 self.query_one("#log").border_title = f"the script's output ({script.log_path or 'its terminal'})"
         # Known once the run's hello arrives: another loadertop's built-in run has no output of its own.
         self.screen_stack[0].set_class(script is not None and script.builtin is not None, "-builtin-run")
+        ranks_shown = script is not None and bool(script.ranks)
+        if ranks_shown != self._ranks_shown:  # a torchrun job: its ranks side by side
+            self._ranks_shown = ranks_shown
+            self.screen_stack[0].set_class(ranks_shown, "-ranks")
+            self.refresh_bindings()
         if script is not None and script.notice[0] != self._notice_seen:
             self._notice_seen = script.notice[0]
             refused = script.notice[1].startswith("refused")
@@ -184,9 +195,12 @@ class LoaderTopApp(App[None]):
 
     SCRIPT_ONLY: ClassVar[frozenset[str]] = frozenset({"next_loader", "detach"})
     BUILT_IN_ONLY: ClassVar[frozenset[str]] = frozenset({"sweep", "pause", "settings"})
+    RANKS_ONLY: ClassVar[frozenset[str]] = frozenset({"next_rank", "apply_all"})
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """The footer offers what works here: a script's loop is its own (no pause, sweep or settings)."""
+        if action in self.RANKS_ONLY:
+            return self._ranks_shown
         if action in self.SCRIPT_ONLY:
             return self._watching_script
         if action in self.BUILT_IN_ONLY:
@@ -318,6 +332,29 @@ class LoaderTopApp(App[None]):
         self.pending = None  # the next view brings this loader's configuration
         self.refresh_view(force=True)
         self.notify(f"showing {name}: the keys now switch it", timeout=3)
+
+    def action_next_rank(self) -> None:
+        """Show and command a torchrun job's next rank."""
+        select = getattr(self.session, "select_next_rank", None)
+        number = select() if select is not None else None
+        if number is None:
+            self.notify("one process only: k goes through a torchrun job's ranks", timeout=3)
+            return
+        self.pending = None  # the next view brings this rank's configuration
+        self.refresh_view(force=True)
+        self.notify(f"showing rank {number}: the keys now switch it (A: every rank)", timeout=3)
+
+    def action_apply_all(self) -> None:
+        """Switch every rank of a torchrun job to the pending worker count."""
+        apply_all = getattr(self.session, "apply_all", None)
+        if apply_all is None or self.pending is None:
+            return
+        try:
+            apply_all(self.pending)
+        except (RuntimeError, ValueError) as exc:
+            self.notify(str(exc), severity="warning", timeout=4)
+            return
+        self.notify(f"every rank: switching to {self.pending.num_workers} workers", timeout=3)
 
     def action_detach(self) -> None:
         """Leave a watched script running and quit."""

@@ -9,7 +9,7 @@ from loadertop.core.protocol.status import TrainerError
 from loadertop.core.replay import ReplaySession
 from loadertop.tui.app import LoaderTopApp
 from loadertop.tui.screens import HelpScreen
-from loadertop.tui.widgets import LogPanel, LossChart, PendingBar, RunHeader
+from loadertop.tui.widgets import LogPanel, LossChart, PendingBar, RanksPanel, RunHeader
 from tests.app.test_keys import SIZE
 from tests.app.test_keys import screen_text as text_of
 
@@ -98,3 +98,62 @@ async def test_help_lists_the_script_keys_and_the_log_file(script_replay: Replay
         text = str(app.screen.query_one("#help-text").render())
         assert "detach: quit and leave the script running" in text
         assert "/run/user/1000/loadertop/run-4711.log" in text
+
+
+class RankedReplay:
+    """A recorded script seen as rank 0 of a two-rank torchrun job in which rank 1 straggles."""
+
+    def __init__(self, replay: ReplaySession) -> None:
+        self.replay = replay
+        self.calls: list[tuple[str, object]] = []
+        self.selected = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.replay, name)
+
+    def view(self):
+        from loadertop.core.ranks import find_straggler
+        from loadertop.core.view import RankInfo
+
+        view = self.replay.view()
+        ranks = (RankInfo(0, 0, 2, 4711, 1, 3.2, 27.9, 540.0, 1200), RankInfo(1, 1, 2, 4712, 1, 24.8, 6.1, 538.0, 1201))
+        script = dataclasses.replace(view.script, ranks=ranks, selected_rank=self.selected,
+                                     straggler=find_straggler(ranks))
+        return dataclasses.replace(view, script=script)
+
+    def select_next_rank(self) -> int:
+        self.selected = 1 - self.selected
+        self.calls.append(("select_next_rank", self.selected))
+        return self.selected
+
+    def apply_all(self, config: LoaderConfig) -> None:
+        self.calls.append(("apply_all", config))
+
+
+async def test_a_torchrun_job_shows_its_ranks_names_the_straggler_and_k_and_a_act_on_ranks(
+        script_replay: ReplaySession) -> None:
+    session = RankedReplay(script_replay)
+    app = LoaderTopApp(session)  # type: ignore[arg-type]
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        panel = text_of(app, RanksPanel)
+        assert app.screen.has_class("-ranks")
+        assert "▶     0      0     4711        1     3.2     27.9" in panel
+        assert " !    1      1     4712        1    24.8      6.1" in panel
+        assert "input straggler: rank 1, score 0.69" in panel  # 21.6 ms of a 31.1 ms iteration
+        assert "rank 1 waits 24.8 ms per batch for data, the others 3.2 ms" in panel
+        await pilot.press("k")
+        await pilot.pause()
+        assert "▶!    1      1     4712" in text_of(app, RanksPanel)
+        await pilot.press("2", "A")
+        await pilot.pause()
+    assert session.calls == [("select_next_rank", 1), ("apply_all", LoaderConfig(2, 16))]
+
+
+async def test_k_and_a_do_nothing_for_a_single_process(script_replay: ReplaySession) -> None:
+    app = LoaderTopApp(script_replay)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("k", "A")
+        await pilot.pause()
+        assert not app.screen.has_class("-ranks")
+    assert not [name for name, _ in script_replay.commands if name in ("select_next_rank", "apply_all")]

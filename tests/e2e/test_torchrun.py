@@ -8,8 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from loadertop.core.launcher import spawn
+from loadertop.core.protocol.config import LoaderConfig
+from loadertop.core.ranks import RanksSession, find_straggler
+from loadertop.core.view import RankInfo
 from tests.e2e.test_scripts import launched, records, run
-from tests.helpers import made_at, no_children_left
+from tests.helpers import made_at, no_children_left, wait_for
 
 DDP = "tests/scripts/ddp_loop.py"
 LOADER = made_at(DDP, "loader = DataLoader(")
@@ -41,4 +45,54 @@ def test_every_rank_is_switched_and_keeps_its_shard_exactly(tmp_path: Path) -> N
     created = sorted(line for line in watched.stderr.splitlines() if "DataLoader " in line)
     assert created == [f"loadertop: rank {r}: DataLoader {LOADER}: 0 workers, batch 4 (training: --switch applies "
                        "to it)" for r in (0, 1)]
+    assert no_children_left()
+
+
+def test_the_straggler_rule_names_the_rank_that_waits_for_data_while_the_others_wait_in_their_step() -> None:
+    def rank(number: int, load: float, step: float) -> RankInfo:
+        return RankInfo(number, number, 2, 100 + number, 0, load, step, 100.0, 50)
+
+    found = find_straggler([rank(0, 3.0, 28.0), rank(1, 24.0, 6.0)])
+    assert found is not None and found.rank == 1 and found.score == pytest.approx(21 / 31)
+    assert found.evidence == ("rank 1 waits 24.0 ms per batch for data, the others 3.0 ms; their step takes 22.0 ms "
+                              "longer than rank 1's: they wait for it at the all-reduce")
+    assert find_straggler([rank(0, 3.0, 10.0), rank(1, 3.5, 10.0)]) is None  # within noise
+    assert find_straggler([rank(0, 3.0, 10.0), rank(1, 24.0, 10.0)]) is None  # nobody waits for it: not holding back
+    assert find_straggler([rank(0, 3.0, 10.0)]) is None
+
+
+@pytest.mark.slow
+def test_the_slow_rank_is_named_the_straggler_and_switching_it_lowers_its_load_and_the_others_wait(
+        tmp_path: Path, runtime_dir: Path) -> None:
+    stock = run(torchrun(tmp_path / "stock", "--slow-rank", "1", "--epochs", "30"))
+    assert stock.returncode == 0, stock.stderr
+    command = torchrun(tmp_path / "watched", "--slow-rank", "1", "--epochs", "30")
+    child, log = spawn(command)
+    session = RanksSession(child=child, log_path=log, command=command, read_gpus=False, sample_interval_s=0.5)
+    session.start()
+    try:
+        def straggler() -> object:
+            script = session.view().script
+            return script is not None and script.straggler is not None and script.straggler.rank == 1
+
+        wait_for(straggler, 60)
+        before = {r.rank: r for r in session.view().script.ranks}
+        assert before[1].load_ms > before[0].load_ms and before[0].step_ms > before[1].step_ms
+        while session.view().script.selected_rank != 1:
+            session.select_next_rank()
+        session.apply(LoaderConfig(num_workers=2))  # that rank only
+        switched_at = before[1].step
+        wait_for(lambda: {r.rank: r for r in session.view().script.ranks}[1].step > switched_at + 80, 90)
+        after = {r.rank: r for r in session.view().script.ranks}
+        assert after[1].num_workers == 2 and after[0].num_workers == 0
+        assert after[1].load_ms < 0.8 * before[1].load_ms  # its wait for data, and the others' wait for it
+        assert after[0].step_ms < 0.8 * before[0].step_ms
+        assert child.wait(120) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+        session.close()
+    for number in (0, 1):
+        assert (json.loads((tmp_path / f"watched.rank{number}.json").read_text())["seen"]
+                == json.loads((tmp_path / f"stock.rank{number}.json").read_text())["seen"])
     assert no_children_left()

@@ -79,6 +79,7 @@ class RunInfo:
         command: the command line it was started with.
         started: UNIX time it started.
         log_path: the file its output goes to (None: a terminal).
+        rank, local_rank, world_size: its place in a torchrun job (None outside one).
     """
 
     socket_path: Path
@@ -86,6 +87,9 @@ class RunInfo:
     command: tuple[str, ...]
     started: float
     log_path: str | None
+    rank: int | None = None
+    local_rank: int | None = None
+    world_size: int | None = None
 
 
 def read_hello(path: Path, timeout_s: float = HELLO_TIMEOUT_S) -> RunInfo | None:
@@ -103,8 +107,10 @@ def read_hello(path: Path, timeout_s: float = HELLO_TIMEOUT_S) -> RunInfo | None
             received += len(data)
             for message in reader.feed(data):
                 if message["type"] == "hello":
+                    ranked = [message.get(key) for key in ("rank", "local_rank", "world_size")]
                     return RunInfo(path, int(message["pid"]), tuple(message.get("command") or ()),
-                                   float(message.get("started") or 0.0), message.get("log"))
+                                   float(message.get("started") or 0.0), message.get("log"),
+                                   *(int(v) if isinstance(v, int) else None for v in ranked))
         return None
     except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -10,6 +10,7 @@ from loadertop.tui.widgets.load_compute import LoadComputePanel
 from loadertop.tui.widgets.log_panel import LogPanel
 from loadertop.tui.widgets.loss_chart import LossChart
 from loadertop.tui.widgets.pending import PendingBar
+from loadertop.tui.widgets.ranks import RanksPanel
 from loadertop.tui.widgets.workers import WorkersPanel
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "LogPanel",
     "LossChart",
     "PendingBar",
+    "RanksPanel",
     "RunHeader",
     "SystemPanel",
     "ViewWidget",

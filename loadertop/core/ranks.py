@@ -1,0 +1,274 @@
+"""A torchrun job seen as one run: every rank's socket watched, the ranks side by side, the input straggler named.
+
+``loadertop run -- torchrun --nproc_per_node=N train.py`` starts torchrun, which starts the ranks;
+each rank serves its own socket (``probe.launched``: its hello names its rank, local rank and
+world size). ``RanksSession`` finds them among torchrun's descendants, watches each through a
+``RemoteSession`` of its own, and serves the view of the rank the user selected, with every
+rank's recent load and step beside it and the straggler verdict (``find_straggler``). Commands
+go to the selected rank, or to all (``apply_all``); stopping stops torchrun (which stops its
+ranks, as it does on ^C). No torch here.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import subprocess
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import psutil
+
+from loadertop.core.advice import recent_stats
+from loadertop.core.launcher import exit_status
+from loadertop.core.protocol.config import LoaderConfig
+from loadertop.core.protocol.runtime import read_hello, runtime_dir
+from loadertop.core.remote import RemoteSession
+from loadertop.core.sweep import DEFAULT_BATCHES
+from loadertop.core.view import RankInfo, SessionView, Straggler
+
+DISCOVER_S = 0.5
+"""How often torchrun's descendants are looked at for new ranks."""
+STRAGGLER_MIN_MS = 2.0
+"""A rank's extra wait for data below this is not a straggler (measurement noise)."""
+STRAGGLER_SHARE = 0.15
+"""Nor is one whose extra wait is below this share of the others' iteration."""
+
+
+def is_distributed_command(command: Sequence[str]) -> bool:
+    """``torchrun ...`` or ``python -m torch.distributed.run|launch ...``."""
+    if not command:
+        return False
+    if os.path.basename(command[0]) == "torchrun":
+        return True
+    return any(command[i] == "-m" and command[i + 1] in ("torch.distributed.run", "torch.distributed.launch")
+               for i in range(len(command) - 1))
+
+
+def find_straggler(ranks: Sequence[RankInfo]) -> Straggler | None:
+    """The input straggler: the rank whose wait for data holds the others back at the collectives.
+
+    In data-parallel training every rank's step ends in the gradient all-reduce, so a rank that
+    waits longer for its batch makes the others wait inside their step. The straggler is the rank
+    with the longest load whose extra wait (over the others' median) is at least
+    ``STRAGGLER_MIN_MS`` and ``STRAGGLER_SHARE`` of an iteration, and whose step is the shortest:
+    the others' steps hold the wait for it. Its score is that extra wait as a share of the
+    iteration: the part of every rank's time lost to its data.
+    """
+    measured = [r for r in ranks if math.isfinite(r.load_ms) and math.isfinite(r.step_ms)]
+    if len(measured) < 2:
+        return None
+    slow = max(measured, key=lambda r: r.load_ms)
+    others = [r for r in measured if r is not slow]
+    others_load = statistics.median(r.load_ms for r in others)
+    others_step = statistics.median(r.step_ms for r in others)
+    extra = slow.load_ms - others_load
+    iteration = others_load + others_step
+    held = others_step - slow.step_ms  # what the others wait for it inside their step
+    if extra < STRAGGLER_MIN_MS or iteration <= 0 or extra < STRAGGLER_SHARE * iteration or held < 0.5 * extra:
+        return None
+    evidence = (f"rank {slow.rank} waits {slow.load_ms:.1f} ms per batch for data, the others {others_load:.1f} ms; "
+                f"their step takes {held:.1f} ms longer than rank {slow.rank}'s: they wait for it at the all-reduce")
+    return Straggler(rank=slow.rank, score=min(extra / iteration, 1.0), evidence=evidence)
+
+
+@dataclass
+class _Rank:
+    pid: int
+    socket_path: Path
+    rank: int
+    local_rank: int
+    world_size: int
+    session: RemoteSession
+
+
+class RanksSession:
+    """Every rank of a torchrun job that this process launched; implements ``SessionLike``.
+
+    Args:
+        child: torchrun, as the launcher started it.
+        log_path: the file the job's output goes to.
+        command: its command line.
+        sample_interval_s: seconds between system samples (each rank's process tree).
+        read_gpus: False to skip NVML.
+    """
+
+    def __init__(self, *, child: subprocess.Popen[bytes], log_path: str | None = None, command: Sequence[str] = (),
+                 sample_interval_s: float = 1.0, read_gpus: bool = True) -> None:
+        self.child = child
+        self.root_pid = child.pid
+        self.log_path = log_path
+        self.command = tuple(command)
+        self._interval = sample_interval_s
+        self._read_gpus = read_gpus
+        self._lock = threading.RLock()
+        self._ranks: dict[int, _Rank] = {}
+        self._selected = 0
+        self._looked: set[int] = set()  # pids whose socket was read already
+        self._closed = threading.Event()
+        self._detached = False
+        self._stopping = False
+        self._exit_code: int | None = None
+        # Until a rank appears, the job is watched as a launched script is (its process, the log, "no DataLoader").
+        self._job = RemoteSession(child=child, log_path=log_path, command=command, socket_path=Path("/nonexistent"),
+                                  sample_interval_s=sample_interval_s, read_gpus=read_gpus)
+        self._thread = threading.Thread(target=self._discover, name="loadertop-ranks", daemon=True)
+
+    # ------------------------------------------------------------ SessionLike
+
+    def start(self) -> None:
+        """Start watching torchrun and looking for its ranks."""
+        self._job.start()
+        self._thread.start()
+
+    def view(self) -> SessionView:
+        """The selected rank's view, with every rank side by side and the straggler named."""
+        with self._lock:
+            ranks = dict(self._ranks)
+            selected = self._selected
+        if not ranks:
+            return self._job.view()
+        infos = []
+        views = {}
+        for number, rank in sorted(ranks.items()):
+            view = views[number] = rank.session.view()
+            stats = recent_stats(view.store.records, view.status.config.key)
+            infos.append(RankInfo(rank=number, local_rank=rank.local_rank, world_size=rank.world_size, pid=rank.pid,
+                                  num_workers=view.status.config.num_workers, load_ms=stats.load_ms_mean,
+                                  step_ms=stats.compute_ms_mean, samples_per_s=stats.samples_per_s,
+                                  step=view.status.step, ended=view.script.ended if view.script else None))
+        shown = views.get(selected) or views[min(views)]
+        job = self._job.view()  # torchrun's own output (the log) and how it ended
+        script = shown.script
+        assert script is not None
+        script = replace(script, ranks=tuple(infos), selected_rank=selected, straggler=find_straggler(infos),
+                         log_tail=job.script.log_tail if job.script else script.log_tail, log_path=self.log_path,
+                         ended=job.script.ended if job.script and job.script.ended else script.ended,
+                         command=self.command or script.command)
+        name = " ".join(self.command) or shown.workload_name
+        return replace(shown, script=script, workload_name=name)
+
+    def apply(self, config: LoaderConfig) -> None:
+        """Switch the selected rank's loader to ``config.num_workers``."""
+        rank = self._selected_rank()
+        if rank is None:
+            raise RuntimeError("no rank has a DataLoader yet: nothing to switch")
+        rank.session.apply(config)
+
+    def apply_all(self, config: LoaderConfig) -> None:
+        """Switch every rank's training loader to ``config.num_workers``."""
+        with self._lock:
+            ranks = list(self._ranks.values())
+        if not ranks:
+            raise RuntimeError("no rank has a DataLoader yet: nothing to switch")
+        for rank in ranks:
+            rank.session.apply(config)
+
+    def select_next_rank(self) -> int | None:
+        """Show and command the next rank; returns its number."""
+        with self._lock:
+            numbers = sorted(self._ranks)
+            if not numbers:
+                return None
+            later = [n for n in numbers if n > self._selected]
+            self._selected = later[0] if later else numbers[0]
+            return self._selected
+
+    def select_next_loader(self) -> str | None:
+        """The selected rank's next loader."""
+        rank = self._selected_rank()
+        return rank.session.select_next_loader() if rank is not None else None
+
+    def pause(self) -> None:
+        """Scripts run their own loop: not paused from here."""
+        self._job.pause()
+
+    resume = pause
+
+    def start_sweep(self, counts: Sequence[int] | None = None, batches: int = DEFAULT_BATCHES) -> None:
+        """Not for scripts yet."""
+        self._job.start_sweep(counts, batches)
+
+    def cancel_sweep(self) -> None:
+        """Nothing to cancel."""
+
+    def stop(self) -> None:
+        """Stop torchrun as ^C would (it stops its ranks); ``close`` follows up if it lingers."""
+        self._stopping = True
+        self._job.stop()
+
+    def detach(self) -> None:
+        """Stop watching; the job runs on."""
+        self._detached = True
+        self._job.detach()
+        for rank in self._all():
+            rank.session.detach()
+
+    @property
+    def stopping(self) -> bool:
+        """Whether ``stop`` was asked."""
+        return self._stopping
+
+    @property
+    def detached(self) -> bool:
+        """Whether ``detach`` was asked."""
+        return self._detached
+
+    @property
+    def exit_code(self) -> int | None:
+        """torchrun's exit code once it ended."""
+        code = self.child.poll()
+        return exit_status(code) if code is not None else None
+
+    @property
+    def traceback(self) -> str | None:
+        """The first failing rank's uncaught exception, as it printed it."""
+        for rank in self._all():
+            if rank.session.traceback:
+                return rank.session.traceback
+        return None
+
+    def close(self, timeout_s: float = 10.0) -> list[int]:
+        """Stop looking and watching (after ``stop``, wait for torchrun as a launched script is waited for)."""
+        self._closed.set()
+        self._thread.join(1.0)
+        self._job.close(timeout_s)
+        for rank in self._all():
+            rank.session.close(timeout_s)
+        return []
+
+    # ------------------------------------------------------------ internals
+
+    def _all(self) -> list[_Rank]:
+        with self._lock:
+            return list(self._ranks.values())
+
+    def _selected_rank(self) -> _Rank | None:
+        with self._lock:
+            return self._ranks.get(self._selected) or (self._ranks[min(self._ranks)] if self._ranks else None)
+
+    def _discover(self) -> None:
+        while not self._closed.wait(DISCOVER_S):
+            try:
+                pids = [p.pid for p in psutil.Process(self.root_pid).children(recursive=True)]
+            except psutil.Error:
+                return
+            directory = runtime_dir(create=False)
+            for pid in pids:
+                path = directory / f"{pid}.sock"
+                if pid in self._looked or not path.exists():
+                    continue
+                self._looked.add(pid)
+                hello = read_hello(path)
+                if hello is None or hello.rank is None:
+                    continue
+                session = RemoteSession(pid=pid, socket_path=path, command=self.command,
+                                        sample_interval_s=self._interval,
+                                        read_gpus=self._read_gpus and hello.rank == 0)
+                session.start()
+                with self._lock:
+                    self._ranks[hello.rank] = _Rank(pid, path, hello.rank, hello.local_rank or 0,
+                                                    hello.world_size or 0, session)
