@@ -15,6 +15,7 @@ Outside ``loadertop run`` it does nothing.
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Iterator, Mapping
 from types import ModuleType
 from typing import Any
@@ -71,6 +72,10 @@ def callback_for(framework: str) -> type:
 
 
 def _default_framework() -> str:
+    """The framework the script uses: the one it imported (never import the other), else the one installed."""
+    for name in ("lightning.pytorch", "pytorch_lightning"):
+        if name in sys.modules:
+            return name
     try:
         import lightning.pytorch  # noqa: F401
     except ImportError:
@@ -78,7 +83,11 @@ def _default_framework() -> str:
     return "lightning.pytorch"
 
 
-LoaderTopCallback = callback_for(_default_framework())
+def __getattr__(name: str) -> Any:
+    """``LoaderTopCallback``: made on first use, for the framework the script imported."""
+    if name == "LoaderTopCallback":
+        return callback_for(_default_framework())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def inject(module: ModuleType) -> None:

@@ -158,3 +158,30 @@ BAD_LAUNCHES = [
 @pytest.mark.parametrize(("args", "message"), BAD_LAUNCHES, ids=[" ".join(a[:4]) for a, _ in BAD_LAUNCHES])
 def test_bad_launches_exit_2_with_one_line(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert_usage_error(run_main(args, capsys), message)
+
+
+FAKE_FRAMEWORK = """\
+import torch
+import pytorch_lightning  # a version whose Trainer loadertop cannot hook into
+from torch.utils.data import DataLoader
+
+print([batch.tolist() for batch in DataLoader(list(range(4)), batch_size=2)])
+"""
+
+
+def test_a_framework_loadertop_cannot_hook_into_is_said_in_one_line_and_the_loaders_still_watched(
+        tmp_path: Path) -> None:
+    package = tmp_path / "pytorch_lightning"
+    package.mkdir()
+    (package / "__init__.py").write_text("__version__ = '0.0.1'\n")  # no Trainer
+    script = tmp_path / "fit.py"
+    script.write_text(FAKE_FRAMEWORK)
+    record = tmp_path / "run.jsonl"
+    watched = launched("--record", str(record), command=[sys.executable, str(script)])
+    assert watched.returncode == 0, watched.stderr
+    assert watched.stdout == "[[0, 1], [2, 3]]\n"
+    [line] = [line for line in watched.stderr.splitlines() if "callback" in line]  # one line, naming the version
+    assert line.startswith("loadertop: cannot add loadertop's callback to pytorch_lightning 0.0.1 (AttributeError: ")
+    assert "has no attribute 'Trainer'" in line
+    assert line.endswith("its DataLoaders are still watched and switched, but not told apart nor given its loss")
+    assert [r["step"] for r in records(record)] == [1, 2]

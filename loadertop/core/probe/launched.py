@@ -132,15 +132,24 @@ def _after_import(name: str, then: Callable[[ModuleType], None]) -> None:
 
 
 def _framework_imported(module: ModuleType) -> None:
-    """A framework's trainer module is loaded: every trainer it makes gets loadertop's callback."""
-    if module.__name__ in ("lightning.pytorch", "pytorch_lightning"):
-        from loadertop.integrations.lightning import inject
+    """A framework's trainer module is loaded: every trainer it makes gets loadertop's callback.
 
-        inject(module)
-    elif module.__name__ == "transformers.trainer":
-        from loadertop.integrations.transformers import inject as inject_trainer
+    A version loadertop cannot hook into is said in one line; its loaders are still watched.
+    """
+    try:
+        if module.__name__ in ("lightning.pytorch", "pytorch_lightning"):
+            from loadertop.integrations.lightning import inject
 
-        inject_trainer(module)
+            inject(module)
+        elif module.__name__ == "transformers.trainer":
+            from loadertop.integrations.transformers import inject as inject_trainer
+
+            inject_trainer(module)
+    except Exception as exc:  # noqa: BLE001 - the script must run whatever the framework's version
+        package = module.__name__.split(".")[0]
+        version = getattr(sys.modules.get(package), "__version__", "of unknown version")
+        say_on_stderr(f"cannot add loadertop's callback to {package} {version} ({type(exc).__name__}: {exc}): its "
+                      "DataLoaders are still watched and switched, but not told apart nor given its loss")
 
 
 def rank_of_process() -> Rank | None:
