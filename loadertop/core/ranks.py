@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import statistics
 import subprocess
 import threading
@@ -36,6 +37,26 @@ STRAGGLER_MIN_MS = 2.0
 """A rank's extra wait for data below this is not a straggler (measurement noise)."""
 STRAGGLER_SHARE = 0.15
 """Nor is one whose extra wait is below this share of the others' iteration."""
+
+
+_ROOT_RANK = re.compile(r"^\s*rank\s*:\s*(\d+)")
+_ROOT_EXIT = re.compile(r"^\s*exitcode\s*:\s*(-?\d+)")
+
+
+def _root_cause(lines: Sequence[str]) -> tuple[int, int | None] | None:
+    """(rank, exit code) from torchrun's failure summary ("Root Cause (first observed failure)"), if printed."""
+    for i, line in enumerate(lines):
+        if "Root Cause" not in line:
+            continue
+        rank = code = None
+        for later in lines[i + 1:i + 12]:
+            if rank is None and (found := _ROOT_RANK.match(later)):
+                rank = int(found.group(1))
+            elif code is None and (found := _ROOT_EXIT.match(later)):
+                code = int(found.group(1))
+        if rank is not None:
+            return rank, code
+    return None
 
 
 def is_distributed_command(command: Sequence[str]) -> bool:
@@ -144,10 +165,16 @@ class RanksSession:
         job = self._job.view()  # torchrun's own output (the log) and how it ended
         script = shown.script
         assert script is not None
+        log_tail = job.script.log_tail if job.script else script.log_tail
+        ended = job.script.ended if job.script and job.script.ended else script.ended
+        failure = self._first_failure(log_tail)
+        if failure is not None:
+            number, code, last_line = failure
+            said = f"rank {number} failed first" + (f" (exit code {code})" if code is not None else "")
+            infos = [replace(i, ended=f"failed first: {last_line}") if i.rank == number else i for i in infos]
+            ended = f"{ended}; {said}: {last_line}" if ended else f"{said}: {last_line}"
         script = replace(script, ranks=tuple(infos), selected_rank=selected, straggler=find_straggler(infos),
-                         log_tail=job.script.log_tail if job.script else script.log_tail, log_path=self.log_path,
-                         ended=job.script.ended if job.script and job.script.ended else script.ended,
-                         command=self.command or script.command)
+                         log_tail=log_tail, log_path=self.log_path, ended=ended, command=self.command or script.command)
         name = " ".join(self.command) or shown.workload_name
         return replace(shown, script=script, workload_name=name)
 
@@ -225,11 +252,28 @@ class RanksSession:
 
     @property
     def traceback(self) -> str | None:
-        """The first failing rank's uncaught exception, as it printed it."""
-        for rank in self._all():
-            if rank.session.traceback:
-                return rank.session.traceback
-        return None
+        """The uncaught exception of the rank that failed first (the others' follow from it), as it printed it."""
+        failed = [r for r in self._all() if r.session.traceback]
+        return min(failed, key=lambda r: r.session.traceback_at).session.traceback if failed else None
+
+    def _first_failure(self, log_tail: Sequence[str]) -> tuple[int, int | None, str] | None:
+        """(rank, exit code, last line of its traceback) of the rank that failed first, if one did.
+
+        The rank is the one whose exception reached the monitor first, or torchrun's own "Root Cause"
+        in its failure summary; the exit code comes from that summary (ranks are torchrun's children,
+        not this process's: only torchrun sees their exit codes).
+        """
+        root = _root_cause(log_tail)
+        failed = [r for r in self._all() if r.session.traceback]
+        if root is not None and root[0] in {r.rank for r in self._all()}:
+            number, code = root
+        elif failed:
+            number, code = min(failed, key=lambda r: r.session.traceback_at).rank, None
+        else:
+            return None
+        rank = self._ranks.get(number)
+        text = (rank.session.traceback or "").strip() if rank is not None else ""
+        return number, code, text.splitlines()[-1] if text else "no traceback (killed, or it exited)"
 
     def close(self, timeout_s: float = 10.0) -> list[int]:
         """Stop looking and watching (after ``stop``, wait for torchrun as a launched script is waited for)."""

@@ -210,6 +210,7 @@ class RemoteSession:
         self._script_dropped = 0
         self._notice: tuple[int, str] = (0, "")
         self._traceback: str | None = None
+        self.traceback_at = math.inf
         self._exit_code: int | None = None
         self._gone = False
         self._stopping: float | None = None  # when SIGINT was sent
@@ -617,6 +618,7 @@ class RemoteSession:
         event = m.get("event")
         if event == "exception":
             self._traceback = str(m.get("traceback") or "")
+            self.traceback_at = time.monotonic()  # which of several ranks failed first
         elif event == "switch":
             self._say(f"{m.get('loader')}: {m.get('from')} -> {m.get('to')} workers after batch {m.get('after_step')}")
 

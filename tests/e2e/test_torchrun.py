@@ -96,3 +96,29 @@ def test_the_slow_rank_is_named_the_straggler_and_switching_it_lowers_its_load_a
         assert (json.loads((tmp_path / f"watched.rank{number}.json").read_text())["seen"]
                 == json.loads((tmp_path / f"stock.rank{number}.json").read_text())["seen"])
     assert no_children_left()
+
+
+@pytest.mark.slow
+def test_a_rank_that_crashes_is_named_with_its_exit_code_and_traceback_and_the_others_history_kept(
+        tmp_path: Path, runtime_dir: Path) -> None:
+    command = torchrun(tmp_path / "out", "--epochs", "20", "--fail", "1:60")
+    child, log = spawn(command)
+    session = RanksSession(child=child, log_path=log, command=command, read_gpus=False, sample_interval_s=0.5)
+    session.start()
+    try:
+        assert child.wait(120) == 1  # torchrun's own behaviour: it stops the group and exits 1
+        wait_for(lambda: "failed first" in (session.view().script.ended or ""), 20)
+        view = session.view()
+        assert view.script.ended == ("the script exited with code 1; rank 1 failed first (exit code 1): "
+                                     "RuntimeError: rank 1 fails at batch 60")
+        ranks = {r.rank: r for r in view.script.ranks}
+        assert ranks[1].ended == "failed first: RuntimeError: rank 1 fails at batch 60"
+        assert ranks[0].step >= 59 and ranks[1].step == 60  # every rank's history is kept
+        assert [r.step for r in view.store.records] == list(range(1, len(view.store.records) + 1))
+        assert session.traceback.strip().endswith("RuntimeError: rank 1 fails at batch 60")  # the cause, not rank 0's
+        assert session.exit_code == 1
+    finally:
+        if child.poll() is None:
+            child.kill()
+        session.close()
+    assert no_children_left()

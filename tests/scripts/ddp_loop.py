@@ -4,7 +4,7 @@
 
 Each rank writes OUT_PREFIX.rank<R>.json: the sample indices of every batch it trained on, and
 the final weights' sum (the same on every rank: DDP averages the gradients). --slow-rank makes
-one rank's dataset slower per sample (an input straggler).
+one rank's dataset slower per sample (an input straggler); --fail RANK:BATCH makes a rank raise.
 """
 
 import argparse
@@ -43,6 +43,7 @@ def main():
     parser.add_argument("out")
     parser.add_argument("--slow-rank", type=int, default=-1)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--fail", default="", help="RANK:BATCH: that rank raises at that batch")
     args = parser.parse_args()
     dist.init_process_group("gloo")
     rank = dist.get_rank()
@@ -58,6 +59,8 @@ def main():
         sampler.set_epoch(epoch)
         for x, y in loader:
             seen.append(x[:, 0].long().tolist())
+            if args.fail and [rank, len(seen)] == [int(v) for v in args.fail.split(":")]:
+                raise RuntimeError(f"rank {rank} fails at batch {len(seen)}")
             loss = nn.functional.cross_entropy(model(x), y)
             optimizer.zero_grad()
             loss.backward()
