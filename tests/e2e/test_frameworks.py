@@ -77,3 +77,30 @@ def test_a_hugging_face_trainer_is_switched_inside_its_epoch_and_its_logged_loss
     assert [r["step"] for r in logged] == list(range(1, 41))
     assert [r["loss"] for r in logged] == seen_plain["losses"]
     assert no_children_left()
+
+
+@pytest.mark.slow
+def test_lightning_ddp_under_torchrun_re_creates_its_loaders_and_every_rank_still_trains_exactly(
+        tmp_path: Path) -> None:
+    # Lightning re-creates each loader with a DistributedSampler (reading the loader's __init__ signature):
+    # the new one is recognised as the same loader, on every rank, and switched there.
+    def torchrun(out: Path) -> list[str]:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", FIT, str(out),
+                "--ddp"]
+
+    plain = run(torchrun(tmp_path / "plain.json"))
+    assert plain.returncode == 0, plain.stderr
+    record = tmp_path / "run.jsonl"
+    watched = launched("--switch", "3:2", "--record", str(record), command=torchrun(tmp_path / "watched.json"))
+    assert watched.returncode == 0, watched.stderr
+    for rank in (0, 1):
+        before = json.loads((tmp_path / f"plain.json.rank{rank}").read_text())
+        after = json.loads((tmp_path / f"watched.json.rank{rank}").read_text())
+        assert after["train"] == before["train"] and len(after["train"]) == 20  # this rank's shard, in order
+        assert after["weights"] == before["weights"] and after["losses"] == before["losses"]
+        assert f"loadertop: rank {rank}: {TRAIN}: switching 0 -> 2 workers after batch 3" in watched.stderr
+    created = [line for line in watched.stderr.splitlines() if ": DataLoader " in line and "training loader" not in line]
+    assert len(created) == 4  # train and validation on each rank: the re-created ones are not new loaders
+    rows = [r for r in records(record) if "event" not in r and r["loader"] == TRAIN]
+    assert sorted({(r["rank"], r["num_workers"]) for r in rows}) == [(0, 0), (0, 2), (1, 0), (1, 2)]
+    assert no_children_left()

@@ -6,6 +6,10 @@ It writes what it saw to the JSON file named by its first argument: the sample i
 training and validation batch, the logged training losses, and the final weights' sum.
 
     python tests/scripts/fit_lightning.py out.json [--workers N] [--callback]
+    torchrun --standalone --nproc_per_node=2 tests/scripts/fit_lightning.py out.json --ddp
+
+--ddp trains with strategy="ddp" on 2 CPU processes (each rank writes out.json.rank<R>); Lightning
+then re-creates the loaders with a DistributedSampler.
 
 --callback adds loadertop's Lightning callback explicitly (the launcher adds it anyway: once).
 """
@@ -74,6 +78,7 @@ def main():
     parser.add_argument("out")
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--callback", action="store_true")
+    parser.add_argument("--ddp", action="store_true")
     args = parser.parse_args()
     L.seed_everything(0, verbose=False)
     model = Classifier(args.workers)
@@ -82,13 +87,14 @@ def main():
         from loadertop.integrations.lightning import LoaderTopCallback
 
         callbacks.append(LoaderTopCallback())
-    trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+    parallel = {"strategy": "ddp", "devices": 2} if args.ddp else {"devices": 1}
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", **parallel, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=1.0,
                         callbacks=callbacks)
     trainer.fit(model)
     model.seen["weights"] = model.net[0].weight.sum().item()
     model.seen["callbacks"] = sorted(type(c).__name__ for c in trainer.callbacks)
-    with open(args.out, "w") as f:
+    with open(f"{args.out}.rank{trainer.global_rank}" if args.ddp else args.out, "w") as f:
         json.dump(model.seen, f)
 
 

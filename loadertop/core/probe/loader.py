@@ -487,8 +487,21 @@ def _batches(indices: Iterator[Any], size: int, drop_last: bool) -> Iterator[lis
 
 
 _Tensor = torch.Tensor
+
+
+def _signature_with_name() -> inspect.Signature:
+    """torch's ``DataLoader.__init__`` signature plus ``name=``: what frameworks that read the signature see.
+
+    Lightning maps a loader's positional arguments to names by the signature of its ``__init__``
+    (to re-create it with a DistributedSampler); ``(*args, name=None, **kwargs)`` would map the
+    dataset to ``name``.
+    """
+    torch_signature = inspect.signature(torch.utils.data.DataLoader.__init__)
+    name = inspect.Parameter("name", inspect.Parameter.KEYWORD_ONLY, default=None, annotation="str | None")
+    return torch_signature.replace(parameters=[*torch_signature.parameters.values(), name])
 _INSTALLED = (f"{os.sep}site-packages{os.sep}", f"{os.sep}dist-packages{os.sep}")
 _TORCH_SIGNATURE = inspect.signature(torch.utils.data.DataLoader.__init__)
+DataLoader.__init__.__signature__ = _signature_with_name()  # type: ignore[attr-defined]
 
 
 def batch_len(value: Any) -> int:
