@@ -118,6 +118,7 @@ class MachineFacts:
         memory_total_bytes: system memory.
         shm_used_bytes, shm_total_bytes: ``/dev/shm`` (None where there is none).
         start_method: the multiprocessing start method the DataLoader workers use.
+        ranks_on_node: training processes sharing these cores (a torchrun job's ranks on this node).
     """
 
     usable_cores: int
@@ -125,6 +126,7 @@ class MachineFacts:
     shm_used_bytes: int | None = None
     shm_total_bytes: int | None = None
     start_method: str = "fork"
+    ranks_on_node: int = 1
 
 
 def machine_facts(system: SystemSnapshot | None = None) -> MachineFacts:
@@ -249,6 +251,33 @@ def speed_text(summary: ConfigSummary) -> str:
     return f"{summary.samples_per_s:,.0f} ± {spread:,.0f} samples/s"
 
 
+NODE_CPU_LIMIT = 0.9
+"""Ranks that together need this share of the node's cores at their speed are limited by its CPU."""
+
+
+def _rank_warnings(advice: Advice, judged: Sequence[ConfigSummary], most: int, machine: MachineFacts) -> list[str]:
+    """For one rank of several on this node: its share of the cores, and what all ranks need of them.
+
+    Not a fixed formula: what the ranks need is measured, this rank's CPU per sample (its whole
+    process tree, workers included) times its samples/s, for every rank alike.
+    """
+    ranks, cores = machine.ranks_on_node, machine.usable_cores
+    warnings = []
+    share = cores / ranks
+    if most > share:
+        warnings.append(f"{_workers(most)} per rank x {ranks} ranks on {cores} usable core{'s' if cores != 1 else ''} "
+                        f"({share:.1f} a rank): workers past a rank's share compete with the other ranks for CPU")
+    best = advice.recommended or advice.fastest
+    if best is not None and math.isfinite(best.cpu_s_per_sample) and math.isfinite(best.samples_per_s):
+        needed = best.cpu_s_per_sample * best.samples_per_s * ranks
+        if needed >= NODE_CPU_LIMIT * cores:
+            warnings.append(f"the {ranks} ranks on this node need about {needed:.1f} of its {cores} cores at "
+                            f"{_workers(best.num_workers)} ({best.cpu_s_per_sample * 1000:.2f} ms of CPU a sample, "
+                            f"{best.samples_per_s:,.0f} samples/s a rank): the node's CPU is the limit, more "
+                            "workers cannot make a rank faster")
+    return warnings
+
+
 def advise(summaries: Sequence[ConfigSummary], machine: MachineFacts, *,
            within: float = RECOMMEND_WITHIN) -> Advice:
     """The recommendation plus warnings about cores, memory, ``/dev/shm``, input-bound runs and the start method."""
@@ -256,7 +285,9 @@ def advise(summaries: Sequence[ConfigSummary], machine: MachineFacts, *,
     warnings: list[str] = []
     judged = [s for s in summaries if s.batches >= MIN_BATCHES]
     most = max((s.num_workers for s in judged), default=0)
-    if most > machine.usable_cores:
+    if machine.ranks_on_node > 1:
+        warnings.extend(_rank_warnings(advice, judged, most, machine))
+    elif most > machine.usable_cores:
         warnings.append(
             f"{_workers(most)} on {machine.usable_cores} usable core{'s' if machine.usable_cores != 1 else ''}: "
             "workers past the core count compete "

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import psutil
 
-from loadertop.core.advice import recent_stats
+from loadertop.core.advice import advise, machine_facts, recent_stats
 from loadertop.core.launcher import exit_status
 from loadertop.core.protocol.config import LoaderConfig
 from loadertop.core.protocol.runtime import read_hello, runtime_dir
@@ -133,6 +133,7 @@ class RanksSession:
         self._detached = False
         self._stopping = False
         self._exit_code: int | None = None
+        self._machine = machine_facts()
         # Until a rank appears, the job is watched as a launched script is (its process, the log, "no DataLoader").
         self._job = RemoteSession(child=child, log_path=log_path, command=command, socket_path=Path("/nonexistent"),
                                   sample_interval_s=sample_interval_s, read_gpus=read_gpus)
@@ -176,7 +177,12 @@ class RanksSession:
         script = replace(script, ranks=tuple(infos), selected_rank=selected, straggler=find_straggler(infos),
                          log_tail=log_tail, log_path=self.log_path, ended=ended, command=self.command or script.command)
         name = " ".join(self.command) or shown.workload_name
-        return replace(shown, script=script, workload_name=name)
+        # The advice for this rank knows the ranks share the node's cores (all ranks found are this node's).
+        machine = replace(self._machine, ranks_on_node=len(ranks))
+        if shown.system is not None:
+            machine = replace(machine, memory_total_bytes=shown.system.memory_total_bytes,
+                              shm_used_bytes=shown.system.shm_used_bytes, shm_total_bytes=shown.system.shm_total_bytes)
+        return replace(shown, script=script, workload_name=name, advice=advise(shown.store.summaries, machine))
 
     def apply(self, config: LoaderConfig) -> None:
         """Switch the selected rank's loader to ``config.num_workers``."""

@@ -177,3 +177,18 @@ def test_default_counts_double_up_to_twice_the_cores() -> None:
     assert default_counts(2) == (0, 1, 2, 4)
     assert default_counts(6) == (0, 1, 2, 4, 8, 12)
     assert default_counts(16) == (0, 1, 2, 4, 8, 16, 32)
+
+
+def test_ranks_sharing_a_node_are_advised_on_their_share_of_its_cores_and_what_they_measured() -> None:
+    # Two ranks on 4 cores: 2 cores a rank. This rank's best count costs 3 ms of CPU a sample (its tree,
+    # workers included) at 700 samples/s: 2.1 cores a rank, 4.2 for both, past 90% of the node.
+    rows = [dataclasses.replace(summary(0, 400.0), cpu_s_per_sample=0.002),
+            dataclasses.replace(summary(3, 700.0), cpu_s_per_sample=0.003)]
+    shared = dataclasses.replace(MACHINE, ranks_on_node=2)
+    warnings = advise(rows, shared).warnings
+    assert ("3 workers per rank x 2 ranks on 4 usable cores (2.0 a rank): workers past a rank's share compete "
+            "with the other ranks for CPU") in warnings
+    assert ("the 2 ranks on this node need about 4.2 of its 4 cores at 3 workers (3.00 ms of CPU a sample, "
+            "700 samples/s a rank): the node's CPU is the limit, more workers cannot make a rank faster") in warnings
+    alone = advise(rows, MACHINE).warnings  # one process on the same 4 cores: neither applies
+    assert not any("rank" in w for w in alone)
