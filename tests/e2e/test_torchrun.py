@@ -76,6 +76,8 @@ def test_the_slow_rank_is_named_the_straggler_and_switching_it_lowers_its_load_a
             return script is not None and script.straggler is not None and script.straggler.rank == 1
 
         wait_for(straggler, 60)
+        wait_for(lambda: min(r.step for r in session.view().script.ranks) >= 40, 60)  # 40 batches measured
+        assert straggler()
         before = {r.rank: r for r in session.view().script.ranks}
         assert before[1].load_ms > before[0].load_ms and before[0].step_ms > before[1].step_ms
         while session.view().script.selected_rank != 1:

@@ -4,7 +4,7 @@
 
 Each rank writes OUT_PREFIX.rank<R>.json: the sample indices of every batch it trained on, and
 the final weights' sum (the same on every rank: DDP averages the gradients). --slow-rank makes
-one rank's dataset slower per sample (an input straggler); --fail RANK:BATCH makes a rank raise.
+one rank's dataset wait 5 ms more per sample (its storage is slow: an input straggler); --fail RANK:BATCH makes a rank raise.
 """
 
 import argparse
@@ -20,17 +20,19 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 
 class Numbers(Dataset):
-    """Sample i is ([i, i/100, ...], i % 3), after cpu_s of CPU."""
+    """Sample i is ([i, i/100, ...], i % 3), after 1 ms of CPU and wait_s of waiting (slow storage, say)."""
 
-    def __init__(self, size, cpu_s):
+    def __init__(self, size, wait_s):
         self.size = size
-        self.cpu_s = cpu_s
+        self.wait_s = wait_s
 
     def __len__(self):
         return self.size
 
     def __getitem__(self, index):
-        end = time.thread_time() + self.cpu_s
+        if self.wait_s:
+            time.sleep(self.wait_s)
+        end = time.thread_time() + 0.001
         while time.thread_time() < end:
             pass
         x = torch.full((8,), index / 100.0)
@@ -49,7 +51,7 @@ def main():
     rank = dist.get_rank()
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    dataset = Numbers(96, 0.006 if rank == args.slow_rank else 0.001)
+    dataset = Numbers(96, 0.005 if rank == args.slow_rank else 0.0)
     sampler = DistributedSampler(dataset, shuffle=True, seed=7)
     loader = DataLoader(dataset, batch_size=4, sampler=sampler, num_workers=0)
     model = DistributedDataParallel(nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3)))
