@@ -17,6 +17,7 @@ import re
 import statistics
 import subprocess
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -96,6 +97,10 @@ def find_straggler(ranks: Sequence[RankInfo]) -> Straggler | None:
     return Straggler(rank=slow.rank, score=min(extra / iteration, 1.0), evidence=evidence)
 
 
+MIXED_AFTER_S = 10.0
+"""A rank of this node that has not served a socket this long after the first one did is shown as not watched."""
+
+
 @dataclass
 class _Rank:
     pid: int
@@ -103,7 +108,10 @@ class _Rank:
     rank: int
     local_rank: int
     world_size: int
+    local_world_size: int
+    node_rank: int
     session: RemoteSession
+    found_at: float
 
 
 class RanksSession:
@@ -174,8 +182,13 @@ class RanksSession:
             said = f"rank {number} failed first" + (f" (exit code {code})" if code is not None else "")
             infos = [replace(i, ended=f"failed first: {last_line}") if i.rank == number else i for i in infos]
             ended = f"{ended}; {said}: {last_line}" if ended else f"{said}: {last_line}"
-        script = replace(script, ranks=tuple(infos), selected_rank=selected, straggler=find_straggler(infos),
-                         log_tail=log_tail, log_path=self.log_path, ended=ended, command=self.command or script.command)
+        straggler = find_straggler(infos)
+        infos.extend(self._unwatched(ranks))
+        any_rank = next(iter(ranks.values()))
+        other_nodes = max(any_rank.world_size - any_rank.local_world_size, 0) if any_rank.local_world_size else 0
+        script = replace(script, ranks=tuple(sorted(infos, key=lambda i: i.rank)), selected_rank=selected,
+                         straggler=straggler, log_tail=log_tail, log_path=self.log_path, ended=ended,
+                         command=self.command or script.command, other_nodes=other_nodes)
         name = " ".join(self.command) or shown.workload_name
         # The advice for this rank knows the ranks share the node's cores (all ranks found are this node's).
         machine = replace(self._machine, ranks_on_node=len(ranks))
@@ -262,6 +275,17 @@ class RanksSession:
         failed = [r for r in self._all() if r.session.traceback]
         return min(failed, key=lambda r: r.session.traceback_at).session.traceback if failed else None
 
+    def _unwatched(self, ranks: dict[int, _Rank]) -> list[RankInfo]:
+        """This node's ranks that serve no socket (mixed: one instrumented, one not), once they had time to."""
+        first = min(ranks.values(), key=lambda r: r.found_at)
+        if not first.local_world_size or time.monotonic() - first.found_at < MIXED_AFTER_S:
+            return []
+        base = first.node_rank * first.local_world_size
+        missing = [n for n in range(base, base + first.local_world_size) if n not in ranks]
+        return [RankInfo(rank=n, local_rank=n - base, world_size=first.world_size, pid=0, num_workers=0,
+                         load_ms=math.nan, step_ms=math.nan, samples_per_s=math.nan, step=0,
+                         ended="not watched: its DataLoaders are not loadertop's", watched=False) for n in missing]
+
     def _first_failure(self, log_tail: Sequence[str]) -> tuple[int, int | None, str] | None:
         """(rank, exit code, last line of its traceback) of the rank that failed first, if one did.
 
@@ -321,4 +345,5 @@ class RanksSession:
                 session.start()
                 with self._lock:
                     self._ranks[hello.rank] = _Rank(pid, path, hello.rank, hello.local_rank or 0,
-                                                    hello.world_size or 0, session)
+                                                    hello.world_size or 0, hello.local_world_size or 0,
+                                                    hello.node_rank or 0, session, time.monotonic())

@@ -57,6 +57,7 @@ class RankInfo:
         samples_per_s: its recent throughput.
         step: batches it has trained on.
         ended: how it ended, in words (None while it runs).
+        watched: False for a rank of this node that serves no socket (its loaders are not loadertop's).
     """
 
     rank: int
@@ -69,6 +70,7 @@ class RankInfo:
     samples_per_s: float
     step: int
     ended: str | None = None
+    watched: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +109,7 @@ class ScriptView:
         ranks: every rank of a torchrun job (empty for a single process).
         selected_rank: the rank shown and commanded.
         straggler: the input straggler among the ranks, if one is.
+        other_nodes: ranks of the job on other nodes (not watched from this one).
     """
 
     command: tuple[str, ...]
@@ -125,6 +128,7 @@ class ScriptView:
     ranks: tuple[RankInfo, ...] = ()
     selected_rank: int | None = None
     straggler: Straggler | None = None
+    other_nodes: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -124,3 +124,37 @@ def test_a_rank_that_crashes_is_named_with_its_exit_code_and_traceback_and_the_o
             child.kill()
         session.close()
     assert no_children_left()
+
+
+MIXED = """\
+import os, runpy, sys
+if os.environ.get("RANK") == "1":  # this rank goes without loadertop: nothing instruments its loaders
+    sys.meta_path[:] = [finder for finder in sys.meta_path if type(finder).__name__ != "_AfterImport"]
+runpy.run_path(%r, run_name="__main__")
+"""
+
+
+@pytest.mark.slow
+def test_a_rank_without_loadertop_is_shown_as_not_watched(tmp_path: Path, runtime_dir: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import loadertop.core.ranks as ranks_module
+
+    monkeypatch.setattr(ranks_module, "MIXED_AFTER_S", 2.0)
+    script = tmp_path / "mixed.py"
+    script.write_text(MIXED % str(Path(DDP).resolve()))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+               str(tmp_path / "out"), "--epochs", "40"]
+    child, log = spawn(command)
+    session = RanksSession(child=child, log_path=log, command=command, read_gpus=False, sample_interval_s=0.5)
+    session.start()
+    try:
+        wait_for(lambda: len(session.view().script.ranks) == 2 and session.view().script.ranks[0].step > 0, 60)
+        ranks = {r.rank: r for r in session.view().script.ranks}
+        assert ranks[0].watched and ranks[0].step > 0
+        assert not ranks[1].watched and ranks[1].ended == "not watched: its DataLoaders are not loadertop's"
+        assert session.view().script.other_nodes == 0
+        assert child.wait(120) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+        session.close()

@@ -158,16 +158,23 @@ def rank_of_process() -> Rank | None:
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     except (KeyError, ValueError):
         return None
-    return Rank(rank, int(os.environ.get("LOCAL_RANK", rank)), world)
+    return Rank(rank, _env_int("LOCAL_RANK", rank), world, _env_int("LOCAL_WORLD_SIZE", world), _env_int("GROUP_RANK", 0))
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    return int(value) if value.isdigit() else default
 
 
 @dataclass(frozen=True)
 class Rank:
-    """A process's rank, local rank (on its node) and the world size."""
+    """A process's rank, local rank (on its node), the world size, the ranks on its node and the node's number."""
 
     rank: int
     local_rank: int
     world_size: int
+    local_world_size: int = 1
+    node_rank: int = 0
 
 
 def _is_distributed_launcher() -> bool:
@@ -255,7 +262,8 @@ class LaunchedRun(Publisher):
                  "cwd": os.getcwd(), "started": time.time(), "log": settings.log}
         say = say_on_stderr
         if self.rank is not None:
-            hello.update(rank=self.rank.rank, local_rank=self.rank.local_rank, world_size=self.rank.world_size)
+            hello.update(rank=self.rank.rank, local_rank=self.rank.local_rank, world_size=self.rank.world_size,
+                         local_world_size=self.rank.local_world_size, node_rank=self.rank.node_rank)
             prefix = f"rank {self.rank.rank}: "
             say = lambda text: say_on_stderr(prefix + text)
         super().__init__(hello=hello, record=settings.record, serve=settings.serve, say=say,

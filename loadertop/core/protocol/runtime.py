@@ -79,7 +79,7 @@ class RunInfo:
         command: the command line it was started with.
         started: UNIX time it started.
         log_path: the file its output goes to (None: a terminal).
-        rank, local_rank, world_size: its place in a torchrun job (None outside one).
+        rank, local_rank, world_size, local_world_size, node_rank: its place in a torchrun job (None outside one).
     """
 
     socket_path: Path
@@ -90,6 +90,8 @@ class RunInfo:
     rank: int | None = None
     local_rank: int | None = None
     world_size: int | None = None
+    local_world_size: int | None = None
+    node_rank: int | None = None
 
 
 def read_hello(path: Path, timeout_s: float = HELLO_TIMEOUT_S) -> RunInfo | None:
@@ -107,7 +109,8 @@ def read_hello(path: Path, timeout_s: float = HELLO_TIMEOUT_S) -> RunInfo | None
             received += len(data)
             for message in reader.feed(data):
                 if message["type"] == "hello":
-                    ranked = [message.get(key) for key in ("rank", "local_rank", "world_size")]
+                    ranked = [message.get(key) for key in ("rank", "local_rank", "world_size", "local_world_size",
+                                                           "node_rank")]
                     return RunInfo(path, int(message["pid"]), tuple(message.get("command") or ()),
                                    float(message.get("started") or 0.0), message.get("log"),
                                    *(int(v) if isinstance(v, int) else None for v in ranked))

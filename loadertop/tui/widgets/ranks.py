@@ -34,6 +34,9 @@ class RanksPanel(ViewWidget):
         straggler = script.straggler
         text.append("   rank  local      pid  workers  load ms  step ms  samples/s   batches", "bold")
         for info in script.ranks:
+            if not info.watched:
+                text.append(f"\n   {info.rank:>4} {info.local_rank:>6}        -  {info.ended}", "dim")
+                continue
             mark = "▶" if info.rank == script.selected_rank else " "
             flag = "!" if straggler is not None and straggler.rank == info.rank else " "
             speed = "        -" if math.isnan(info.samples_per_s) else f"{info.samples_per_s:9,.0f}"
@@ -42,6 +45,8 @@ class RanksPanel(ViewWidget):
             text.append(row, "bold red" if flag == "!" else "")
             if info.ended:
                 text.append(f"  {info.ended}", "dim")
+        if script.other_nodes:
+            text.append(f"\n{script.other_nodes} more ranks on other nodes: a monitor on their node watches them", "dim")
         if straggler is not None:
             text.append(f"\ninput straggler: rank {straggler.rank}, score {straggler.score:.2f} (the share of "
                         "every rank's iteration lost waiting for its data)", "bold red")
