@@ -60,6 +60,11 @@ def _root_cause(lines: Sequence[str]) -> tuple[int, int | None] | None:
     return None
 
 
+def _number(message: dict, key: str) -> float:
+    value = message.get(key)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+
+
 def is_distributed_command(command: Sequence[str]) -> bool:
     """``torchrun ...`` or ``python -m torch.distributed.run|launch ...``."""
     if not command:
@@ -182,10 +187,12 @@ class RanksSession:
             said = f"rank {number} failed first" + (f" (exit code {code})" if code is not None else "")
             infos = [replace(i, ended=f"failed first: {last_line}") if i.rank == number else i for i in infos]
             ended = f"{ended}; {said}: {last_line}" if ended else f"{said}: {last_line}"
+        infos.extend(self._remote(ranks))
         straggler = find_straggler(infos)
         infos.extend(self._unwatched(ranks))
         any_rank = next(iter(ranks.values()))
-        other_nodes = max(any_rank.world_size - any_rank.local_world_size, 0) if any_rank.local_world_size else 0
+        expected = any_rank.world_size - any_rank.local_world_size if any_rank.local_world_size else 0
+        other_nodes = max(expected - sum(1 for i in infos if i.host), 0)
         script = replace(script, ranks=tuple(sorted(infos, key=lambda i: i.rank)), selected_rank=selected,
                          straggler=straggler, log_tail=log_tail, log_path=self.log_path, ended=ended,
                          command=self.command or script.command, other_nodes=other_nodes)
@@ -274,6 +281,23 @@ class RanksSession:
         """The uncaught exception of the rank that failed first (the others' follow from it), as it printed it."""
         failed = [r for r in self._all() if r.session.traceback]
         return min(failed, key=lambda r: r.session.traceback_at).session.traceback if failed else None
+
+    @staticmethod
+    def _remote(ranks: dict[int, _Rank]) -> list[RankInfo]:
+        """The ranks of other nodes, from the summaries this node's ranks relay from the job's c10d store."""
+        peers: dict[int, dict] = {}
+        for rank in ranks.values():
+            for number, peer in rank.session.peers.items():
+                if number not in ranks and float(peer.get("time") or 0) >= float(peers.get(number, {}).get("time", 0)):
+                    peers[number] = peer
+        infos = []
+        for number, peer in sorted(peers.items()):
+            infos.append(RankInfo(rank=number, local_rank=int(peer.get("local_rank") or 0),
+                                  world_size=next(iter(ranks.values())).world_size, pid=int(peer.get("pid") or 0),
+                                  num_workers=int(peer.get("num_workers") or 0), load_ms=_number(peer, "load_ms"),
+                                  step_ms=_number(peer, "step_ms"), samples_per_s=_number(peer, "samples_per_s"),
+                                  step=int(peer.get("step") or 0), host=str(peer.get("host") or "another node")))
+        return infos
 
     def _unwatched(self, ranks: dict[int, _Rank]) -> list[RankInfo]:
         """This node's ranks that serve no socket (mixed: one instrumented, one not), once they had time to."""

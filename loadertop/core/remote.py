@@ -217,6 +217,7 @@ class RemoteSession:
         self._detached = False
         self._builtin: str | None = None  # the workload's name when the run is loadertop's own trainer
         self._kept_by: str | None = None  # who keeps control when no monitor can have it
+        self.peers: dict[int, dict[str, Any]] = {}  # ranks on other nodes, as the job's store tells of them
         self._closed = threading.Event()
         self._sock: socket.socket | None = None
         self._reader = LineReader(known=SERVER_TYPES)
@@ -595,6 +596,8 @@ class RemoteSession:
                 self._dropped += int(m.get("count") or 0)
             elif kind == "event":
                 self._event(m)
+            elif kind == "peer":
+                self.peers[int(m["rank"])] = m
         except (KeyError, TypeError, ValueError):  # a message of the right type with wrong fields
             self._reader.rejections.malformed += 1
 

@@ -58,6 +58,7 @@ class RankInfo:
         step: batches it has trained on.
         ended: how it ended, in words (None while it runs).
         watched: False for a rank of this node that serves no socket (its loaders are not loadertop's).
+        host: for a rank on another node, its host (seen through the job's c10d store); None for this node's.
     """
 
     rank: int
@@ -71,6 +72,7 @@ class RankInfo:
     step: int
     ended: str | None = None
     watched: bool = True
+    host: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 from loadertop.core.launcher import spawn
@@ -157,4 +158,48 @@ def test_a_rank_without_loadertop_is_shown_as_not_watched(tmp_path: Path, runtim
     finally:
         if child.poll() is None:
             child.kill()
+        session.close()
+
+
+@pytest.mark.slow
+def test_two_nodes_on_one_machine_every_rank_in_one_monitor_through_the_jobs_store(
+        tmp_path: Path, runtime_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two torchrun "nodes" with one rank each, one rendezvous endpoint. The second node's sockets are in
+    # a runtime directory of its own (another machine's), so this monitor hears of its rank only through
+    # the job's c10d store, relayed by the rank of its own node.
+    import socket
+    import tempfile
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    def node(number: int) -> list[str]:
+        return [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={number}",
+                "--nproc_per_node=1", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=lt",
+                DDP, str(tmp_path / "out"), "--epochs", "40", "--slow-rank", "1"]
+
+    monkeypatch.setenv("LOADERTOP_RUNTIME_DIR", tempfile.mkdtemp(prefix="lt-other-"))
+    other, _ = spawn(node(1))
+    monkeypatch.setenv("LOADERTOP_RUNTIME_DIR", str(runtime_dir))
+    child, log = spawn(node(0))
+    session = RanksSession(child=child, log_path=log, command=node(0), read_gpus=False, sample_interval_s=0.5)
+    session.start()
+    try:
+        def both() -> bool:
+            script = session.view().script
+            return script is not None and len(script.ranks) == 2 and all(r.step > 20 for r in script.ranks)
+
+        wait_for(both, 90)
+        ranks = session.view().script.ranks
+        assert sorted(r.rank for r in ranks) == [0, 1] and sum(r.host is not None for r in ranks) == 1
+        remote = next(r for r in ranks if r.host is not None)
+        assert remote.pid == other.pid or remote.pid in {p.pid for p in psutil.Process(other.pid).children()}
+        assert remote.load_ms > 0 and remote.step_ms > 0 and session.view().script.other_nodes == 0
+        wait_for(lambda: (s := session.view().script.straggler) is not None and s.rank == 1, 30)
+        assert child.wait(120) == 0 and other.wait(120) == 0
+    finally:
+        for process in (child, other):
+            if process.poll() is None:
+                process.kill()
         session.close()

@@ -266,6 +266,13 @@ class LaunchedRun(Publisher):
                          local_world_size=self.rank.local_world_size, node_rank=self.rank.node_rank)
             prefix = f"rank {self.rank.rank}: "
             say = lambda text: say_on_stderr(prefix + text)
+        self._peers: Any = None
+        self._next_peer = 0.0
+        if self.rank is not None and self.rank.world_size > self.rank.local_world_size:  # ranks on other nodes
+            from loadertop.core.probe.peers import PeerExchange
+
+            self._peers = PeerExchange(rank=self.rank.rank, local_rank=self.rank.local_rank,
+                                       node_rank=self.rank.node_rank, world_size=self.rank.world_size)
         super().__init__(hello=hello, record=settings.record, serve=settings.serve, say=say,
                          tag={"rank": self.rank.rank} if self.rank is not None else None)
         self._previous_excepthook = sys.excepthook
@@ -341,6 +348,24 @@ class LaunchedRun(Publisher):
         if workers is not None:
             loader.switch(workers)
             self._put(("say", f"{loader.name}: switching {batch.num_workers} -> {describe_workers(workers)} after batch {step}"))
+
+    def _tick(self) -> None:
+        """Once a second under a multi-node torchrun: this rank's summary to the job's store, the others' to monitors."""
+        peers = self._peers
+        if peers is None or time.monotonic() < self._next_peer:
+            return
+        from loadertop.core.probe.peers import PEER_INTERVAL_S
+
+        self._next_peer = time.monotonic() + PEER_INTERVAL_S
+        summary = self.recent_summary()
+        if summary is None:
+            return
+        for peer in peers.exchange(summary):
+            self._publish("peer", **peer)
+        if peers.failed is not None:
+            self._say(f"the job's c10d store cannot carry loadertop's summaries ({peers.failed}): monitors see "
+                      "only this node's ranks")
+            self._peers = None
 
     def _summary(self, sums: dict[tuple[str, int], list[float]]) -> None:
         super()._summary(sums)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 import threading
 import time
@@ -52,6 +53,8 @@ class Publisher:
         # A deque, not a queue.Queue: appending and popping are atomic, and neither side takes a lock
         # or wakes the other (the writer looks in bursts): the loop's cost is one append.
         self._queue: deque[tuple[str, Any]] = deque()
+        self.recent: deque[tuple[float, float, int, int, int]] = deque(maxlen=50)
+        """The training loader's latest batches (load s, step s, samples, workers, step), in the writer."""
         self.dropped = 0
         self._steps: dict[str, int] = {}
         self._say_to = say
@@ -208,6 +211,11 @@ class Publisher:
         waiting: deque[tuple[str, Any]] = deque()
         while True:
             if not waiting:
+                try:
+                    self._tick()
+                except Exception as exc:  # noqa: BLE001 - the writer must outlive anything an extra does
+                    self._say(f"stopped sharing this rank's summary ({type(exc).__name__}: {exc})")
+                    self._tick = lambda: None  # type: ignore[method-assign]
                 if self.server is not None:
                     self.server.flush()  # one wake-up of the serving thread for all that was published
                 # Work in bursts, at most 10 a second: each wake-up of this thread takes the GIL from the loop.
@@ -265,6 +273,8 @@ class Publisher:
                 self._publish("event", event="switch", loader=batch.loader, after_step=step - 1,
                               **{"from": before, "to": batch.num_workers})
             self._publish("batch", **fields)
+            if self.training is not None and batch.loader == self.training.name and batch.step_s is not None:
+                self.recent.append((batch.load_s, batch.step_s, batch.samples, batch.num_workers, step))
             current = epochs.get(batch.loader)
             if current is not None and current[0] != batch.epoch:
                 self._say(f"{batch.loader} epoch {current[0]}: " + _describe(*current[1]))
@@ -308,6 +318,19 @@ class Publisher:
         if self.server is not None:
             self.server.close()
             self.server = None
+
+    def _tick(self) -> None:
+        """Called by the writer thread between its bursts (a launched rank shares its summary there)."""
+
+    def recent_summary(self) -> dict[str, Any] | None:
+        """The training loader's latest batches in a few numbers (for the ranks of other nodes)."""
+        kept = [r for r in self.recent if r[3] == self.recent[-1][3]] if self.recent else []
+        if not kept:
+            return None
+        load, step = sum(r[0] for r in kept), sum(r[1] for r in kept)
+        return {"pid": os.getpid(), "num_workers": kept[-1][3], "load_ms": load / len(kept) * 1000,
+                "step_ms": step / len(kept) * 1000, "step": kept[-1][4], "time": time.time(),
+                "samples_per_s": sum(r[2] for r in kept) / (load + step) if load + step > 0 else None}
 
     def _say(self, text: str) -> None:
         if self._say_to is not None:

@@ -82,3 +82,14 @@ def set_batch_size(loader: Any, batch_size: int) -> None:
 def set_persistent_workers(loader: Any, persistent: bool) -> None:
     """Keep (or stop keeping) a loader's workers across epochs (torch forbids setting it after ``__init__``)."""
     object.__setattr__(loader, "persistent_workers", persistent)
+
+
+def default_store() -> Any:
+    """The default process group's c10d store (torchrun's rendezvous store), or None before
+    ``init_process_group`` or where torch.distributed has none (private API, so looked up here)."""
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized():
+        return None
+    get = getattr(dist.distributed_c10d, "_get_default_store", None)
+    return get() if get is not None else None

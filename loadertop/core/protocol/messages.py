@@ -2,7 +2,8 @@
 
 From the training process (a launched script) to each monitor:
 
-- ``hello``: ``pid``, ``command``, ``cwd``, ``started``, ``log`` (its output file or null),
+- ``hello``: ``pid``, ``command``, ``cwd``, ``started``, ``log`` (its output file or null), under
+  torchrun ``rank``, ``local_rank``, ``world_size``, ``local_world_size``, ``node_rank``,
   ``controller`` and ``controller_id`` (the pid and id of the monitor that may send commands, or null),
   ``threads`` (native ids of loadertop's own threads in the script: left out of its CPU).
 - ``loader``: a DataLoader was created or changed: ``name``, ``num_workers``, ``batch_size``,
@@ -23,11 +24,14 @@ From the training process (a launched script) to each monitor:
 - ``refused``: ``reason``: a command this monitor may not give, or one that cannot work.
 - ``dropped``: ``count``: messages this monitor missed because it did not read them in time.
 - ``history_end``: everything before the connection has been sent.
+- ``peer``: a rank of the same torchrun job on another node, from the job's c10d store
+  (``probe.peers``): ``rank``, ``local_rank``, ``node_rank``, ``host``, ``pid``, ``num_workers``,
+  ``load_ms``, ``step_ms``, ``samples_per_s``, ``step``, ``time`` (its clock when it wrote it).
 
 From a monitor: ``hello`` (``pid``, ``id``: its own, ``control``: whether it wants to give commands) and
 ``switch`` (``loader``: a name or null for the training loader, ``workers``).
 """
 
 SERVER_TYPES = frozenset({"hello", "loader", "batch", "log", "cpu", "event", "control", "refused", "dropped",
-                          "history_end"})
+                          "history_end", "peer"})
 CLIENT_TYPES = frozenset({"hello", "switch"})

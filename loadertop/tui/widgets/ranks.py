@@ -45,6 +45,8 @@ class RanksPanel(ViewWidget):
             text.append(row, "bold red" if flag == "!" else "")
             if info.ended:
                 text.append(f"  {info.ended}", "dim")
+            elif info.host:
+                text.append(f"  on {info.host} (another node)", "dim")
         if script.other_nodes:
             text.append(f"\n{script.other_nodes} more ranks on other nodes: a monitor on their node watches them", "dim")
         if straggler is not None:
