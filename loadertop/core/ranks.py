@@ -205,27 +205,38 @@ class RanksSession:
         return replace(shown, script=script, workload_name=name, advice=advise(shown.store.summaries, machine))
 
     def apply(self, config: LoaderConfig) -> None:
-        """Switch the selected rank's loader to ``config.num_workers``."""
-        rank = self._selected_rank()
-        if rank is None:
+        """Switch the selected rank's loader to ``config.num_workers`` (a rank of another node through the store)."""
+        with self._lock:
+            local = self._ranks.get(self._selected)
+            selected = self._selected
+        if local is not None:
+            local.session.apply(config)
+            return
+        relay = self._selected_rank()
+        if relay is None:
             raise RuntimeError("no rank has a DataLoader yet: nothing to switch")
-        rank.session.apply(config)
+        relay.session.apply(config, rank=selected)
 
     def apply_all(self, config: LoaderConfig) -> None:
-        """Switch every rank's training loader to ``config.num_workers``."""
+        """Switch every rank's training loader to ``config.num_workers``: this node's, and the others' through the store."""
         with self._lock:
-            ranks = list(self._ranks.values())
+            ranks = dict(self._ranks)
         if not ranks:
             raise RuntimeError("no rank has a DataLoader yet: nothing to switch")
-        for rank in ranks:
+        for rank in ranks.values():
             rank.session.apply(config)
+        relay = ranks[min(ranks)]
+        for remote in self._remote(ranks):
+            relay.session.apply(config, rank=remote.rank)
 
     def select_next_rank(self) -> int | None:
-        """Show and command the next rank; returns its number."""
+        """Show and command the next rank (this node's or another's); returns its number."""
         with self._lock:
-            numbers = sorted(self._ranks)
-            if not numbers:
-                return None
+            ranks = dict(self._ranks)
+        numbers = sorted({*ranks, *(r.rank for r in self._remote(ranks))}) if ranks else []
+        if not numbers:
+            return None
+        with self._lock:
             later = [n for n in numbers if n > self._selected]
             self._selected = later[0] if later else numbers[0]
             return self._selected

@@ -259,8 +259,12 @@ class RemoteSession:
                            gpu_status=system.gpu_status if system is not None else "sampling",
                            advice=advise(store.summaries, machine), script=script)
 
-    def apply(self, config: LoaderConfig) -> None:
-        """Switch the selected loader to ``config.num_workers``; the script keeps its other settings."""
+    def apply(self, config: LoaderConfig, *, rank: int | None = None) -> None:
+        """Switch the selected loader to ``config.num_workers``; the script keeps its other settings.
+
+        ``rank``: instead, the training loader of that rank of the same torchrun job on another node
+        (the script passes it on through the job's store).
+        """
         with self._lock:
             track = self._selected_track()
             sock = self._sock
@@ -268,8 +272,9 @@ class RemoteSession:
             raise RuntimeError("the script has ended: nothing to switch (q quits)")
         if track is None or sock is None:
             raise RuntimeError("no DataLoader yet: nothing to switch")
+        fields = {"loader": track.name} if rank is None else {"loader": None, "rank": rank}
         try:
-            sock.sendall(encode("switch", loader=track.name, workers=config.num_workers))
+            sock.sendall(encode("switch", workers=config.num_workers, **fields))
         except OSError as exc:
             raise RuntimeError(f"the script does not answer ({exc.strerror})") from None
 

@@ -197,6 +197,12 @@ def test_two_nodes_on_one_machine_every_rank_in_one_monitor_through_the_jobs_sto
         assert remote.pid == other.pid or remote.pid in {p.pid for p in psutil.Process(other.pid).children()}
         assert remote.load_ms > 0 and remote.step_ms > 0 and session.view().script.other_nodes == 0
         wait_for(lambda: (s := session.view().script.straggler) is not None and s.rank == 1, 30)
+        # The other node's rank is switched from here too: through the job's store.
+        while session.view().script.selected_rank != remote.rank:
+            session.select_next_rank()
+        session.apply(LoaderConfig(num_workers=2))
+        wait_for(lambda: next(r for r in session.view().script.ranks if r.rank == remote.rank).num_workers == 2, 30)
+        assert all(r.num_workers == 0 for r in session.view().script.ranks if r.rank != remote.rank)
         assert child.wait(120) == 0 and other.wait(120) == 0
     finally:
         for process in (child, other):

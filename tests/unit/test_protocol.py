@@ -67,7 +67,7 @@ def test_an_oversized_line_is_dropped_whole_and_the_next_one_read() -> None:
 
 
 def test_the_runtime_dir_and_sockets_are_the_users_alone(runtime_dir: Path) -> None:
-    server = RunServer(run_socket_path(), {"pid": os.getpid(), "command": ["x"], "started": 1.0}, lambda n, w: None)
+    server = RunServer(run_socket_path(), {"pid": os.getpid(), "command": ["x"], "started": 1.0}, lambda n, w, r: None)
     try:
         assert find_runtime_dir() == runtime_dir
         assert stat.S_IMODE(runtime_dir.stat().st_mode) == 0o700
@@ -91,7 +91,7 @@ def test_a_stale_socket_of_a_killed_run_is_found_and_removed(runtime_dir: Path) 
     stale = runtime_dir / f"{proc.pid}.sock"
     assert stale.exists()
     # A live one that answers stays.
-    server = RunServer(run_socket_path(), {"pid": os.getpid(), "command": [], "started": 2.0}, lambda n, w: None)
+    server = RunServer(run_socket_path(), {"pid": os.getpid(), "command": [], "started": 2.0}, lambda n, w, r: None)
     try:
         runs = live_runs()
         assert [r.pid for r in runs] == [os.getpid()]
@@ -141,8 +141,8 @@ class Client:
 def served(runtime_dir: Path) -> Any:
     switches: list[tuple[str | None, int]] = []
 
-    def on_switch(name: str | None, workers: int) -> str | None:
-        switches.append((name, workers))
+    def on_switch(name: str | None, workers: int, rank: int | None) -> str | None:
+        switches.append((name, workers) if rank is None else (name, workers, rank))
         return None if name in (None, "train") else f"no DataLoader named {name!r}"
 
     server = RunServer(run_socket_path(), {"pid": os.getpid(), "command": ["t"], "started": 0.0}, on_switch)
@@ -179,7 +179,11 @@ def test_only_the_first_monitor_that_asks_controls_and_the_others_are_told_who_d
     first.send("switch", loader=None, workers=-1)
     assert "integer >= 0" in first.read_until(
         lambda m: m["type"] == "refused" and "integer" in m["reason"])["reason"]
-    assert served.switches == [(None, 2), ("val", 1)]  # type: ignore[attr-defined]
+    first.send("switch", loader=None, workers=1, rank=3)  # a rank of another node: for the handler to pass on
+    first.send("switch", loader=None, workers=1, rank="3")
+    assert "rank must be an integer, got '3'" in first.read_until(
+        lambda m: m["type"] == "refused" and "rank" in m["reason"])["reason"]
+    assert served.switches == [(None, 2), ("val", 1), (None, 1, 3)]  # type: ignore[attr-defined]
     first.close()  # control is free again: the other monitor hears it and may take it
     assert second.read_until(lambda m: m["type"] == "control" and m["controller"] is None)
     second.close()
@@ -221,7 +225,7 @@ def test_a_monitor_that_stops_reading_never_blocks_publish_and_learns_what_it_mi
 
 
 def test_the_server_closes_cleanly_with_monitors_connected(runtime_dir: Path) -> None:
-    server = RunServer(run_socket_path(), {"pid": os.getpid(), "command": [], "started": 0.0}, lambda n, w: None)
+    server = RunServer(run_socket_path(), {"pid": os.getpid(), "command": [], "started": 0.0}, lambda n, w, r: None)
     client = Client(server.path)
     client.read_until(lambda m: m["type"] == "history_end")
     server.close()

@@ -357,15 +357,30 @@ class LaunchedRun(Publisher):
         from loadertop.core.probe.peers import PEER_INTERVAL_S
 
         self._next_peer = time.monotonic() + PEER_INTERVAL_S
+        for name, workers in peers.take_switches():  # a monitor on another node switched this rank
+            reason = self._switch_request(name, workers)
+            if reason is not None:
+                self._say(f"a switch through the job's store: {reason}")
         summary = self.recent_summary()
-        if summary is None:
-            return
-        for peer in peers.exchange(summary):
-            self._publish("peer", **peer)
+        if summary is not None:
+            for peer in peers.exchange(summary):
+                self._publish("peer", **peer)
         if peers.failed is not None:
             self._say(f"the job's c10d store cannot carry loadertop's summaries ({peers.failed}): monitors see "
                       "only this node's ranks")
             self._peers = None
+
+    def own_rank(self) -> int | None:
+        """This process's rank in its torchrun job (None outside one)."""
+        return self.rank.rank if self.rank is not None else None
+
+    def _relay_switch(self, rank: int, name: str | None, workers: int) -> str | None:
+        """A monitor here switches rank ``rank`` of another node: the writer passes it on through the store."""
+        if self._peers is None or self.rank is None or not 0 <= rank < self.rank.world_size:
+            return super()._relay_switch(rank, name, workers)
+        self._peers.ask_switch(rank, name, workers)
+        self._put(("say", f"rank {rank} (another node): the monitor asks for {describe_workers(workers)}"))
+        return None
 
     def _summary(self, sums: dict[tuple[str, int], list[float]]) -> None:
         super()._summary(sums)

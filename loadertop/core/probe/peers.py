@@ -4,7 +4,8 @@ torchrun already runs a store for the rendezvous, reachable from every node; onc
 called ``init_process_group``, each rank's writer thread puts a short summary of itself in it
 once a second (``loadertop/rank<R>``: its node, pid, host, workers, recent load and step, speed,
 batches), and the first rank of each node reads the other nodes' summaries and publishes them on
-its socket as ``peer`` messages. A monitor on any node thus shows every rank of the job: its own
+its socket as ``peer`` messages. A monitor's switch for a rank of another node goes the same
+way: ``loadertop/switch/rank<R>``, taken (and deleted) by that rank within a second. A monitor on any node thus shows every rank of the job: its own
 node's in full, the others' from their summaries. The store is only touched from the writer
 thread, at most once a second, never from the loop.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 from typing import Any
 
 from loadertop.core.probe import torch_compat
@@ -20,6 +22,7 @@ from loadertop.core.probe import torch_compat
 PEER_INTERVAL_S = 1.0
 """How often a rank puts its summary in the store (and the node's first rank reads the others')."""
 KEY = "loadertop/rank{}"
+SWITCH_KEY = "loadertop/switch/rank{}"
 
 
 class PeerExchange:
@@ -34,6 +37,33 @@ class PeerExchange:
         self.host = socket.gethostname()
         self._store: Any = None
         self.failed: str | None = None  # why the store could not be used (said once, then left alone)
+        self._asked: list[tuple[int, str | None, int]] = []  # switches for other ranks, from this node's monitors
+        self._lock = threading.Lock()
+
+    def ask_switch(self, rank: int, loader: str | None, workers: int) -> None:
+        """Switch rank ``rank`` (on another node); written to the store at the next exchange (any thread)."""
+        with self._lock:
+            self._asked.append((rank, loader, workers))
+
+    def take_switches(self) -> list[tuple[str | None, int]]:
+        """Pass on the switches asked here; the (loader, workers) asked of this rank from another node."""
+        store = self._store
+        if store is None or self.failed is not None:
+            return []
+        with self._lock:
+            asked, self._asked = self._asked, []
+        try:
+            for rank, loader, workers in asked:
+                store.set(SWITCH_KEY.format(rank), json.dumps({"loader": loader, "workers": workers}))
+            key = SWITCH_KEY.format(self.rank)
+            if not store.check([key]):
+                return []
+            request = json.loads(store.get(key))
+            store.delete_key(key)
+            return [(request.get("loader"), int(request["workers"]))]
+        except Exception as exc:  # noqa: BLE001 - as in exchange
+            self.failed = f"{type(exc).__name__}: {exc}"
+            return []
 
     def exchange(self, summary: dict[str, Any]) -> list[dict[str, Any]]:
         """Put this rank's ``summary`` in the store; the other nodes' summaries if this is its node's first rank."""

@@ -142,8 +142,10 @@ class Publisher:
             return self.training
         return next((loader for loader in self.loaders if loader.name == name), None)
 
-    def _switch_request(self, name: str | None, workers: int) -> str | None:
+    def _switch_request(self, name: str | None, workers: int, rank: int | None = None) -> str | None:
         """A monitor's switch (in the server's thread): applied by the loader at its next batch boundary."""
+        if rank is not None and rank != self.own_rank():
+            return self._relay_switch(rank, name, workers)
         loader = self._find(name)
         if loader is None:
             return "no DataLoader yet" if name is None else f"no DataLoader named {name!r}"
@@ -321,6 +323,14 @@ class Publisher:
 
     def _tick(self) -> None:
         """Called by the writer thread between its bursts (a launched rank shares its summary there)."""
+
+    def own_rank(self) -> int | None:
+        """This process's rank in a torchrun job (None: not one)."""
+        return None
+
+    def _relay_switch(self, rank: int, name: str | None, workers: int) -> str | None:
+        """A switch for a rank of another node: passed on through the job's store, where there is one."""
+        return f"rank {rank} is not one of this run's: no store reaches it from here"
 
     def recent_summary(self) -> dict[str, Any] | None:
         """The training loader's latest batches in a few numbers (for the ranks of other nodes)."""

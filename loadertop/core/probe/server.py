@@ -31,8 +31,9 @@ HISTORY_MESSAGES = 50_000
 CLIENT_BUFFER_BYTES = 4 * 1024 * 1024
 """Bytes waiting for one monitor; past that its messages are dropped (counted) until it reads again."""
 
-SwitchHandler = Callable[[str | None, int], str | None]
-"""``(loader name or None, workers) -> None`` when accepted, else the reason it was refused."""
+SwitchHandler = Callable[[str | None, int, int | None], str | None]
+"""``(loader name or None, workers, rank or None) -> None`` when accepted, else the reason it was refused
+(``rank``: a rank of the same torchrun job on another node, reached through the job's store)."""
 
 
 class _Client:
@@ -261,7 +262,9 @@ class RunServer:
             elif name is not None and not isinstance(name, str):
                 reason = f"loader must be a name, got {name!r}"
             else:
-                reason = self._on_switch(name, workers)
+                rank = message.get("rank")
+                reason = (f"rank must be an integer, got {rank!r}" if rank is not None and (
+                    not isinstance(rank, int) or isinstance(rank, bool)) else self._on_switch(name, workers, rank))
             if reason is not None:
                 with self._lock:
                     client.queue(encode("refused", reason=reason))
