@@ -298,7 +298,7 @@ class RanksSession:
         """The ranks of other nodes, from the summaries this node's ranks relay from the job's c10d store."""
         peers: dict[int, dict] = {}
         for rank in ranks.values():
-            for number, peer in rank.session.peers.items():
+            for number, peer in dict(rank.session.peers).items():  # a copy: the client thread adds to it
                 if number not in ranks and float(peer.get("time") or 0) >= float(peers.get(number, {}).get("time", 0)):
                     peers[number] = peer
         infos = []
