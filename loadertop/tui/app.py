@@ -165,10 +165,8 @@ class LoaderTopApp(App[None]):
         self._tick += 1
         if self.pending is None or (previous is not None and self.pending == previous.status.config):
             self.pending = view.status.config  # untouched by the user: it follows what runs
-        for widget in self._views:
-            if force or widget.wants(view, self._tick):
-                widget.view = view
-        self._error_panel.set_class(view.status.error is not None, "-shown")
+        # The layout first (which panels a script, a built-in run or a torchrun job has), then the panels'
+        # views: a frame never shows the new figures in the old layout.
         script = view.script
         if (script is not None) != self._watching_script:
             self._watching_script = script is not None
@@ -183,6 +181,10 @@ class LoaderTopApp(App[None]):
             self._ranks_shown = ranks_shown
             self.screen_stack[0].set_class(ranks_shown, "-ranks")
             self.refresh_bindings()
+        for widget in self._views:
+            if force or widget.wants(view, self._tick):
+                widget.view = view
+        self._error_panel.set_class(view.status.error is not None, "-shown")
         if script is not None and script.notice[0] != self._notice_seen:
             self._notice_seen = script.notice[0]
             refused = script.notice[1].startswith("refused")
