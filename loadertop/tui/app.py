@@ -326,25 +326,24 @@ class LoaderTopApp(App[None]):
 
     def action_next_loader(self) -> None:
         """Show and command a script's next DataLoader."""
-        select = getattr(self.session, "select_next_loader", None)
-        name = select() if select is not None and self._watching_script else None
-        if name is None:
-            self.notify("one loader only: l goes through a script's DataLoaders", timeout=3)
-            return
-        self.pending = None  # the next view brings this loader's configuration
-        self.refresh_view(force=True)
-        self.notify(f"showing {name}: the keys now switch it", timeout=3)
+        self._show_next("select_next_loader", "one loader only: l goes through a script's DataLoaders",
+                        "showing {}: the keys now switch it")
 
     def action_next_rank(self) -> None:
         """Show and command a torchrun job's next rank."""
-        select = getattr(self.session, "select_next_rank", None)
-        number = select() if select is not None else None
-        if number is None:
-            self.notify("one process only: k goes through a torchrun job's ranks", timeout=3)
+        self._show_next("select_next_rank", "one process only: k goes through a torchrun job's ranks",
+                        "showing rank {}: the keys now switch it (A: every rank)")
+
+    def _show_next(self, method: str, none: str, shown: str) -> None:
+        """Ask the session to show its next loader or rank; say which (or why there is no other)."""
+        select = getattr(self.session, method, None)
+        chosen = select() if select is not None and self._watching_script else None
+        if chosen is None:
+            self.notify(none, timeout=3)
             return
-        self.pending = None  # the next view brings this rank's configuration
+        self.pending = None  # the next view brings its configuration
         self.refresh_view(force=True)
-        self.notify(f"showing rank {number}: the keys now switch it (A: every rank)", timeout=3)
+        self.notify(shown.format(chosen), timeout=3)
 
     def action_apply_all(self) -> None:
         """Switch every rank of a torchrun job to the pending worker count."""

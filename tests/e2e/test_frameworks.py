@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.test_scripts import launched, records, run
+from tests.e2e.test_torchrun import torchrun
 from tests.helpers import made_at, no_children_left
 
 lightning = pytest.importorskip("lightning", reason="the dev extra installs lightning")
@@ -84,14 +85,11 @@ def test_lightning_ddp_under_torchrun_re_creates_its_loaders_and_every_rank_stil
         tmp_path: Path) -> None:
     # Lightning re-creates each loader with a DistributedSampler (reading the loader's __init__ signature):
     # the new one is recognised as the same loader, on every rank, and switched there.
-    def torchrun(out: Path) -> list[str]:
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", FIT, str(out),
-                "--ddp"]
-
-    plain = run(torchrun(tmp_path / "plain.json"))
+    plain = run(torchrun(tmp_path / "plain.json", "--ddp", script=FIT))
     assert plain.returncode == 0, plain.stderr
     record = tmp_path / "run.jsonl"
-    watched = launched("--switch", "3:2", "--record", str(record), command=torchrun(tmp_path / "watched.json"))
+    watched = launched("--switch", "3:2", "--record", str(record),
+                       command=torchrun(tmp_path / "watched.json", "--ddp", script=FIT))
     assert watched.returncode == 0, watched.stderr
     for rank in (0, 1):
         before = json.loads((tmp_path / f"plain.json.rank{rank}").read_text())

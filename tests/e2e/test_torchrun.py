@@ -20,8 +20,10 @@ DDP = "tests/scripts/ddp_loop.py"
 LOADER = made_at(DDP, "loader = DataLoader(")
 
 
-def torchrun(out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", DDP, str(out), *extra]
+def torchrun(out: Path, *extra: str, script: str = DDP) -> list[str]:
+    """``script`` on two ranks of one node, as users start it (``torchrun`` is ``python -m torch.distributed.run``)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", script, str(out),
+            *extra]
 
 
 @pytest.mark.slow
