@@ -264,6 +264,7 @@ def _need_terminal(instead: str) -> None:
 def _attach(args: argparse.Namespace) -> int:
     """``loadertop attach [PID]``: watch a script that ``loadertop run`` started."""
     from loadertop.core.protocol.runtime import RuntimeDirError, describe, live_runs
+    from loadertop.core.ranks import torchrun_jobs
     from loadertop.core.remote import RemoteSession
 
     try:
@@ -276,6 +277,7 @@ def _attach(args: argparse.Namespace) -> int:
         if not runs:
             print("loadertop: no loadertop run is running", file=sys.stderr)
         return 0
+    jobs = torchrun_jobs(runs)  # the ranks of one torchrun job are one run to attach to
     if args.pid is not None:
         chosen = [r for r in runs if r.pid == args.pid]
         if not chosen:
@@ -283,13 +285,19 @@ def _attach(args: argparse.Namespace) -> int:
             raise UsageError(f"no loadertop run with pid {args.pid}{others}")
     elif not runs:
         raise UsageError("no loadertop run is running: start one with loadertop run -- python train.py")
-    elif len(runs) > 1:
+    elif len(runs) > 1 and not (len(jobs) == 1 and sum(len(ranks) for ranks in jobs.values()) == len(runs)):
         listed = "; ".join(describe(r) for r in runs)
         raise UsageError(f"{len(runs)} runs: say which, loadertop attach PID ({listed})")
     else:
         chosen = runs
     run = chosen[0]
     _need_terminal("loadertop attach --list")
+    job = next((launcher for launcher, ranks in jobs.items() if run in ranks), None)
+    if job is not None:  # a rank of a torchrun job: every rank of it, side by side
+        from loadertop.core.ranks import RanksSession
+
+        return _watch_script(RanksSession(pid=job, log_path=run.log_path, command=run.command,
+                                          sample_interval_s=args.sample_interval))
     session = RemoteSession(pid=run.pid, socket_path=run.socket_path, log_path=run.log_path, command=run.command,
                             sample_interval_s=args.sample_interval)
     return _watch_script(session)

@@ -27,7 +27,7 @@ import psutil
 from loadertop.core.advice import advise, machine_facts, recent_stats
 from loadertop.core.launcher import exit_status
 from loadertop.core.protocol.config import LoaderConfig
-from loadertop.core.protocol.runtime import read_hello, runtime_dir
+from loadertop.core.protocol.runtime import RunInfo, read_hello, runtime_dir
 from loadertop.core.remote import RemoteSession
 from loadertop.core.sweep import DEFAULT_BATCHES
 from loadertop.core.view import RankInfo, SessionView, Straggler
@@ -58,6 +58,20 @@ def _root_cause(lines: Sequence[str]) -> tuple[int, int | None] | None:
         if rank is not None:
             return rank, code
     return None
+
+
+def torchrun_jobs(runs: Sequence[RunInfo]) -> dict[int, list[RunInfo]]:
+    """The live runs that are ranks of a torchrun job, by the job's torchrun process (their parent)."""
+    jobs: dict[int, list[RunInfo]] = {}
+    for run in runs:
+        if run.rank is None:
+            continue
+        try:
+            parent = psutil.Process(run.pid).ppid()
+        except psutil.Error:
+            continue
+        jobs.setdefault(parent, []).append(run)
+    return jobs
 
 
 def _number(message: dict, key: str) -> float:
@@ -130,10 +144,13 @@ class RanksSession:
         read_gpus: False to skip NVML.
     """
 
-    def __init__(self, *, child: subprocess.Popen[bytes], log_path: str | None = None, command: Sequence[str] = (),
-                 sample_interval_s: float = 1.0, read_gpus: bool = True) -> None:
+    def __init__(self, *, child: subprocess.Popen[bytes] | None = None, pid: int | None = None,
+                 log_path: str | None = None, command: Sequence[str] = (), sample_interval_s: float = 1.0,
+                 read_gpus: bool = True) -> None:
+        if child is None and pid is None:
+            raise ValueError("give torchrun's process (launched) or its pid (attach)")
         self.child = child
-        self.root_pid = child.pid
+        self.root_pid = child.pid if child is not None else int(pid)  # type: ignore[arg-type]
         self.log_path = log_path
         self.command = tuple(command)
         self._interval = sample_interval_s
@@ -148,7 +165,8 @@ class RanksSession:
         self._exit_code: int | None = None
         self._machine = machine_facts()
         # Until a rank appears, the job is watched as a launched script is (its process, the log, "no DataLoader").
-        self._job = RemoteSession(child=child, log_path=log_path, command=command, socket_path=Path("/nonexistent"),
+        self._job = RemoteSession(child=child, pid=None if child is not None else self.root_pid, log_path=log_path,
+                                  command=command, socket_path=Path("/nonexistent"),
                                   sample_interval_s=sample_interval_s, read_gpus=read_gpus)
         self._thread = threading.Thread(target=self._discover, name="loadertop-ranks", daemon=True)
 
@@ -283,8 +301,8 @@ class RanksSession:
 
     @property
     def exit_code(self) -> int | None:
-        """torchrun's exit code once it ended."""
-        code = self.child.poll()
+        """torchrun's exit code once it ended (when this process launched it)."""
+        code = self.child.poll() if self.child is not None else None
         return exit_status(code) if code is not None else None
 
     @property

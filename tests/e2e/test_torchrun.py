@@ -211,3 +211,35 @@ def test_two_nodes_on_one_machine_every_rank_in_one_monitor_through_the_jobs_sto
             if process.poll() is None:
                 process.kill()
         session.close()
+
+
+@pytest.mark.slow
+def test_attach_takes_the_ranks_of_one_job_as_one_run(tmp_path: Path, runtime_dir: Path) -> None:
+    import subprocess
+
+    from loadertop.core.protocol.runtime import live_runs
+    from loadertop.core.ranks import torchrun_jobs
+
+    job = subprocess.Popen([sys.executable, "-m", "loadertop", "run", "--headless", "--",
+                            *torchrun(tmp_path / "out", "--epochs", "40")],
+                           cwd=Path(__file__).resolve().parents[2], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+        # (A rank busy starting, in torch's import or the process group's rendezvous, may not answer at once.)
+        wait_for(lambda: sorted(r.rank for ranks in torchrun_jobs(live_runs()).values() for r in ranks) == [0, 1], 60)
+        jobs = torchrun_jobs(live_runs())
+        assert len(jobs) == 1 and len(live_runs()) == 2  # torchrun's own process serves none (python -m too)
+        # Two live runs, but one job: attach does not ask which (here it stops only for want of a terminal).
+        attach = run([sys.executable, "-m", "loadertop", "attach"])
+        assert attach.returncode == 2 and "the monitor needs a terminal" in attach.stderr
+        session = RanksSession(pid=next(iter(jobs)), read_gpus=False, sample_interval_s=0.5)
+        session.start()
+        wait_for(lambda: len(session.view().script.ranks) == 2 and min(r.step for r in session.view().script.ranks)
+                 > 5, 60)
+        session.stop()  # as ^C would: torchrun stops its ranks
+        session.close()
+        assert job.wait(60) == 1  # torchrun's exit code when a signal stopped it, passed on by the launcher
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert no_children_left()

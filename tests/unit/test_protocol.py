@@ -231,3 +231,17 @@ def test_the_server_closes_cleanly_with_monitors_connected(runtime_dir: Path) ->
     server.close()
     wait_for(lambda: client.sock.recv(1) == b"", 5)
     assert not server.path.exists()
+
+
+def test_a_live_run_that_does_not_answer_in_time_keeps_its_socket(runtime_dir: Path) -> None:
+    # A rank busy importing torch may not answer within the hello's timeout: it is left out of this
+    # listing, never has its socket removed (no monitor could attach to it again).
+    from loadertop.core.protocol.runtime import listen
+
+    path = run_socket_path()  # this process's: alive
+    mute = listen(path)  # listens, never accepts: a hello that does not come
+    try:
+        assert live_runs() == [] and path.exists()
+    finally:
+        mute.close()
+    assert live_runs() == [] and not path.exists()  # now nobody listens: stale, removed

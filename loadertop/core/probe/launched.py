@@ -178,11 +178,20 @@ class Rank:
 
 
 def _is_distributed_launcher() -> bool:
-    """torchrun (or ``python -m torch.distributed.run``/``launch``) itself: it starts the ranks, trains nothing."""
+    """torchrun (or ``python -m torch.distributed.run``/``launch``) itself: it starts the ranks, trains nothing.
+
+    Under ``-m`` torch is imported while runpy still looks for the module, before ``sys.argv[0]``
+    names it: the interpreter's own command line (``sys.orig_argv``) says which module it runs.
+    """
     program = sys.argv[0] if sys.argv else ""
+    if os.path.basename(program) == "torchrun":
+        return True
     parts = os.path.normpath(program).split(os.sep)
-    return os.path.basename(program) == "torchrun" or parts[-3:] in (["torch", "distributed", "run.py"],
-                                                                      ["torch", "distributed", "launch.py"])
+    if parts[-3:] in (["torch", "distributed", "run.py"], ["torch", "distributed", "launch.py"]):
+        return True
+    line = list(getattr(sys, "orig_argv", ()))
+    return any(line[i] == "-m" and line[i + 1] in ("torch.distributed.run", "torch.distributed.launch")
+               for i in range(len(line) - 1))
 
 
 def _claim(path: str | None) -> bool:

@@ -121,6 +121,21 @@ def read_hello(path: Path, timeout_s: float = HELLO_TIMEOUT_S) -> RunInfo | None
         client.close()
 
 
+def _refused(path: Path) -> bool:
+    """Whether nobody listens on ``path`` (a socket file left behind)."""
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.settimeout(HELLO_TIMEOUT_S)
+    try:
+        client.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        return True
+    except OSError:
+        return False
+    finally:
+        client.close()
+    return False
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -140,9 +155,12 @@ def live_runs(*, remove_stale: bool = True) -> list[RunInfo]:
     for path in sorted(directory.glob("*.sock")):
         stem = path.stem
         pid = int(stem) if stem.isdigit() else None
-        info = read_hello(path) if pid is None or _alive(pid) else None
+        alive = pid is None or _alive(pid)
+        info = read_hello(path) if alive else None
         if info is None:
-            if remove_stale:
+            # Stale: its process is gone, or nobody listens (the pid was reused). A live run that did not
+            # answer in time (busy starting) keeps its socket: it is only left out of this listing.
+            if remove_stale and (not alive or _refused(path)):
                 path.unlink(missing_ok=True)
             continue
         runs.append(info)
