@@ -354,8 +354,13 @@ def batch_size_of(loader: Any) -> int | None:
 
 
 def say_on_stderr(text: str) -> None:
-    """loadertop's line on stderr, prefixed ``loadertop:`` (a launched script's output stays its own)."""
-    print(f"loadertop: {text}", file=sys.stderr, flush=True)
+    """loadertop's line on stderr, prefixed ``loadertop:`` (a launched script's output stays its own).
+
+    One write of the whole line: the ranks of a torchrun job share one stderr, and ``print`` writes the
+    newline apart (unbuffered, as under ``PYTHONUNBUFFERED``, two ranks' lines ran together).
+    """
+    sys.stderr.write(f"loadertop: {text}\n")
+    sys.stderr.flush()
 
 
 def _cpu_clock() -> Any:
