@@ -30,6 +30,8 @@ SCRIPT_KEYS = (
     ("+ / - 0 … 9", "the pending worker count of the loader shown"),
     ("r", "switch it at its next batch boundary (an IterableDataset's at its next epoch)"),
     ("l", "the script's next DataLoader (train, validation, ...): shown, and what r switches"),
+    ("k", "a torchrun job's next rank (this node's or another's): shown, and what r switches"),
+    ("A", "switch every rank of a torchrun job to the pending count"),
     ("d", "detach: quit and leave the script running; loadertop attach watches it again"),
     ("?", "this help"),
     ("q, Ctrl+C", "stop the script as ^C would (SIGINT, then SIGTERM after 5 s) and quit"),
