@@ -388,9 +388,11 @@ class RanksSession:
                 path = directory / f"{pid}.sock"
                 if pid in self._looked or not path.exists():
                     continue
-                self._looked.add(pid)
                 hello = read_hello(path)
-                if hello is None or hello.rank is None:
+                if hello is None:  # busy starting (torch's import, the rendezvous): asked again next round
+                    continue
+                self._looked.add(pid)
+                if hello.rank is None:
                     continue
                 session = RemoteSession(pid=pid, socket_path=path, command=self.command,
                                         sample_interval_s=self._interval,
