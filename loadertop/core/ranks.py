@@ -198,7 +198,7 @@ class RanksSession:
         script = shown.script
         assert script is not None
         log_tail = job.script.log_tail if job.script else script.log_tail
-        ended = job.script.ended if job.script and job.script.ended else script.ended
+        ended = job.script.ended if job.script else None  # torchrun's end is the job's (a rank's is its own row's)
         failure = self._first_failure(log_tail)
         if failure is not None:
             number, code, last_line = failure

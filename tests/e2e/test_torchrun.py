@@ -112,10 +112,9 @@ def test_a_rank_that_crashes_is_named_with_its_exit_code_and_traceback_and_the_o
     session.start()
     try:
         assert child.wait(120) == 1  # torchrun's own behaviour: it stops the group and exits 1
-        wait_for(lambda: "failed first" in (session.view().script.ended or ""), 20)
+        said = "the script exited with code 1; rank 1 failed first (exit code 1): RuntimeError: rank 1 fails at batch 60"
+        wait_for(lambda: session.view().script.ended == said, 20)  # once the monitor has seen torchrun end
         view = session.view()
-        assert view.script.ended == ("the script exited with code 1; rank 1 failed first (exit code 1): "
-                                     "RuntimeError: rank 1 fails at batch 60")
         ranks = {r.rank: r for r in view.script.ranks}
         assert ranks[1].ended == "failed first: RuntimeError: rank 1 fails at batch 60"
         assert ranks[0].step >= 59 and ranks[1].step == 60  # every rank's history is kept
