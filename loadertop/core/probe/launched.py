@@ -5,10 +5,13 @@ The launcher puts ``bootstrap/`` on the script's PYTHONPATH and its settings in 
 ``install_from_environment``, which waits for the script to import torch (nothing is imported
 before: a script that never imports torch runs as it would) and then makes
 ``torch.utils.data.DataLoader`` loadertop's drop-in class. The first process of the run that
-imports torch claims it (the script, not a spawned DataLoader worker); there ``--workers``
-sets every loader's worker count, ``--switch`` changes the training loader's (the first one
-created) after the batches named, and each batch goes to ``--record`` and to loadertop's lines
-on stderr through a bounded queue and a writer thread: the loop never waits on the writing.
+imports torch claims it (the script, not a spawned DataLoader worker); under torchrun each rank
+claims its own (torchrun's process none). There ``--workers`` sets every loader's worker count,
+``--switch`` changes the training loader's (the first one created, or the one a framework's
+trainer marks: ``loadertop.integrations``, injected once the framework is imported) after the
+batches named, and each batch goes to ``--record``, the monitors' socket and loadertop's lines
+on stderr through a bounded queue and a writer thread (``publisher``): the loop never waits on
+the writing.
 """
 
 from __future__ import annotations
