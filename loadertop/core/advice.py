@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from loadertop.core.protocol.records import BatchRecord
 from loadertop.core.store import ConfigSummary, percentile
@@ -127,6 +127,13 @@ class MachineFacts:
     shm_total_bytes: int | None = None
     start_method: str = "fork"
     ranks_on_node: int = 1
+
+    def with_system(self, system: SystemSnapshot | None) -> MachineFacts:
+        """These facts with memory and ``/dev/shm`` as the latest system sample read them (unchanged without one)."""
+        if system is None:
+            return self
+        return replace(self, memory_total_bytes=system.memory_total_bytes, shm_used_bytes=system.shm_used_bytes,
+                       shm_total_bytes=system.shm_total_bytes)
 
 
 def machine_facts(system: SystemSnapshot | None = None) -> MachineFacts:

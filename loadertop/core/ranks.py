@@ -24,7 +24,7 @@ from pathlib import Path
 
 import psutil
 
-from loadertop.core.advice import advise, machine_facts, recent_stats
+from loadertop.core.advice import recent_stats
 from loadertop.core.launcher import exit_status
 from loadertop.core.protocol.config import LoaderConfig
 from loadertop.core.protocol.runtime import RunInfo, read_hello, runtime_dir
@@ -162,8 +162,6 @@ class RanksSession:
         self._closed = threading.Event()
         self._detached = False
         self._stopping = False
-        self._exit_code: int | None = None
-        self._machine = machine_facts()
         # Until a rank appears, the job is watched as a launched script is (its process, the log, "no DataLoader").
         self._job = RemoteSession(child=child, pid=None if child is not None else self.root_pid, log_path=log_path,
                                   command=command, socket_path=Path("/nonexistent"),
@@ -187,6 +185,7 @@ class RanksSession:
         infos = []
         views = {}
         for number, rank in sorted(ranks.items()):
+            rank.session.ranks_on_node = len(ranks)  # its advice: the ranks found share this node's cores
             view = views[number] = rank.session.view()
             stats = recent_stats(view.store.records, view.status.config.key)
             infos.append(RankInfo(rank=number, local_rank=rank.local_rank, world_size=rank.world_size, pid=rank.pid,
@@ -215,12 +214,7 @@ class RanksSession:
                          straggler=straggler, log_tail=log_tail, log_path=self.log_path, ended=ended,
                          command=self.command or script.command, other_nodes=other_nodes)
         name = " ".join(self.command) or shown.workload_name
-        # The advice for this rank knows the ranks share the node's cores (all ranks found are this node's).
-        machine = replace(self._machine, ranks_on_node=len(ranks))
-        if shown.system is not None:
-            machine = replace(machine, memory_total_bytes=shown.system.memory_total_bytes,
-                              shm_used_bytes=shown.system.shm_used_bytes, shm_total_bytes=shown.system.shm_total_bytes)
-        return replace(shown, script=script, workload_name=name, advice=advise(shown.store.summaries, machine))
+        return replace(shown, script=script, workload_name=name)
 
     def apply(self, config: LoaderConfig) -> None:
         """Switch the selected rank's loader to ``config.num_workers`` (a rank of another node through the store)."""

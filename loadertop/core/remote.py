@@ -218,6 +218,8 @@ class RemoteSession:
         self._builtin: str | None = None  # the workload's name when the run is loadertop's own trainer
         self._kept_by: str | None = None  # who keeps control when no monitor can have it
         self.peers: dict[int, dict[str, Any]] = {}  # ranks on other nodes, as the job's store tells of them
+        self.ranks_on_node = 1
+        """Training processes sharing this machine's cores (a torchrun job's ranks here): the advice's share."""
         self._closed = threading.Event()
         self._sock: socket.socket | None = None
         self._reader = LineReader(known=SERVER_TYPES)
@@ -250,10 +252,7 @@ class RemoteSession:
                 ended=self._ended_text(), dropped=self._dropped + self._script_dropped,
                 rejected=self._reader.rejections.total, notice=self._notice, builtin=self._builtin)
         system = self.sampler.latest()
-        machine = self._machine
-        if system is not None:
-            machine = replace(machine, memory_total_bytes=system.memory_total_bytes,
-                              shm_used_bytes=system.shm_used_bytes, shm_total_bytes=system.shm_total_bytes)
+        machine = replace(self._machine.with_system(system), ranks_on_node=self.ranks_on_node)
         name = " ".join(self.command) or f"pid {self.root_pid}"
         return SessionView(workload_name=name, notes=self._notes(script), status=status, store=store, system=system,
                            gpu_status=system.gpu_status if system is not None else "sampling",

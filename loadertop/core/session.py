@@ -13,7 +13,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import IO
 
 from loadertop.core.advice import advise, default_counts, machine_facts
@@ -124,10 +123,7 @@ class Session:
         """The session now."""
         system = self.sampler.latest()
         store = self.trainer.store.snapshot()
-        machine = self._machine
-        if system is not None:
-            machine = replace(machine, memory_total_bytes=system.memory_total_bytes,
-                              shm_used_bytes=system.shm_used_bytes, shm_total_bytes=system.shm_total_bytes)
+        machine = self._machine.with_system(system)
         sweep = self._sweep
         return SessionView(
             workload_name=self.trainer.workload.name,

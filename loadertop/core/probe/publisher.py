@@ -36,13 +36,11 @@ class Publisher:
         record: a JSONL file for one object per batch (None: none).
         serve: serve monitors on a socket (``loadertop attach``).
         say: where loadertop's own lines go (None: nowhere).
-        on_switch: called with (loader, workers) for a monitor's switch (default: ``loader.switch``).
         kept_by: the process controls its loaders itself (says who): monitors watch only.
     """
 
     def __init__(self, *, hello: dict[str, Any], record: str | None = None, serve: bool = True,
-                 say: Callable[[str], None] | None = None,
-                 on_switch: Callable[[Any, int], None] | None = None, kept_by: str | None = None,
+                 say: Callable[[str], None] | None = None, kept_by: str | None = None,
                  tag: dict[str, Any] | None = None) -> None:
         self._kept_by = kept_by
         self._tag = tag or {}  # added to every batch and log (a rank's ``rank``)
@@ -58,7 +56,6 @@ class Publisher:
         self.dropped = 0
         self._steps: dict[str, int] = {}
         self._say_to = say
-        self._on_switch = on_switch
         # Appended to: the launcher starts the file, and every rank of a torchrun job writes its lines to it.
         self._record: IO[str] | None = open(record, "a", encoding="utf-8") if record else None  # noqa: SIM115
         self.server: Any = self._serve(hello) if serve else None
@@ -149,10 +146,7 @@ class Publisher:
         loader = self._find(name)
         if loader is None:
             return "no DataLoader yet" if name is None else f"no DataLoader named {name!r}"
-        if self._on_switch is not None:
-            self._on_switch(loader, workers)
-        else:
-            loader.switch(workers)
+        loader.switch(workers)
         when = "at the next batch" if loader.continues_exactly else "at the next epoch (an IterableDataset)"
         self._put(("say", f"{loader.name}: the monitor asks for {describe_workers(workers)}, {when}"))
         self._put(("loader", loader))
