@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, NoReturn
+from typing import IO, TYPE_CHECKING, NamedTuple, NoReturn
 
 if TYPE_CHECKING:
     from loadertop.core.engine import Trainer
@@ -66,19 +67,43 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _switch(text: str) -> tuple[str | None, int, int]:
-    """``[LOADER@]STEP:WORKERS``; LOADER (a script's loader name, e.g. ``train.py:48``) may hold ``:``."""
-    loader, at, rest = text.rpartition("@")
+class _Switch(NamedTuple):
+    """A ``--switch``: which rank (None: every rank) and loader (None: the training one), after which step, to what."""
+
+    rank: int | None
+    loader: str | None
+    step: int
+    workers: int
+
+    @property
+    def key(self) -> str:
+        """Its key in the probe's settings: ``[rankR:][LOADER@]STEP`` (``launched.ProbeSettings``)."""
+        key = f"{self.loader}@{self.step}" if self.loader else str(self.step)
+        return f"rank{self.rank}:{key}" if self.rank is not None else key
+
+
+SWITCH_FORM = "[rankR:][LOADER@]STEP:WORKERS"
+
+
+_RANK_PREFIX = re.compile(r"rank(\d+):")
+
+
+def _switch(text: str) -> _Switch:
+    """``[rankR:][LOADER@]STEP:WORKERS``; LOADER (a script's loader name, e.g. ``train.py:48``) may hold ``:``."""
+    named = _RANK_PREFIX.match(text)  # one rank of a torchrun job (a STEP is a number, never "rank...")
+    rank, rest_text = (int(named.group(1)), text[named.end():]) if named else (None, text)
+    loader, at, rest = rest_text.rpartition("@")
     step_text, sep, workers_text = rest.partition(":")
     try:
         if not sep or (at and not loader):
             raise ValueError
         step, workers = int(step_text), int(workers_text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be [LOADER@]STEP:WORKERS (e.g. 100:2), got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"must be {SWITCH_FORM} (e.g. 100:2, or rank1:100:2 for rank 1 of a "
+                                         f"torchrun job), got {text!r}") from None
     if step < 1 or workers < 0:
         raise argparse.ArgumentTypeError(f"needs STEP >= 1 and WORKERS >= 0, got {text!r}")
-    return (loader or None), step, workers
+    return _Switch(rank, loader or None, step, workers)
 
 
 def _count_list(text: str) -> tuple[int, ...]:
@@ -158,9 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--headless", action="store_true", help="no TUI: progress lines on stdout")
     h.add_argument("--max-batches", type=_int_at_least(1, "--max-batches"), default=None, metavar="N",
                    help="stop after N batches in all")
-    h.add_argument("--switch", type=_switch, action="append", default=[], metavar="[LOADER@]STEP:WORKERS",
+    h.add_argument("--switch", type=_switch, action="append", default=[], metavar=SWITCH_FORM,
                    help="hot-restart to WORKERS workers once STEP batches have run (repeatable); with a script, "
-                        "its training loader's or LOADER's (a name as loadertop lists it, e.g. train.py:48)")
+                        "its training loader's or LOADER's (a name as loadertop lists it, e.g. train.py:48); "
+                        "under torchrun every rank's, or with rankR: rank R's only (e.g. rank1:100:2)")
     h.add_argument("--record", default=None, metavar="FILE.jsonl",
                    help="write one JSON object per batch (flushed as it goes)")
     h.add_argument("--progress-interval", type=_non_negative_float, default=5.0, metavar="SECONDS",
@@ -230,9 +256,9 @@ def _launch(args: argparse.Namespace, script: list[str], parser: argparse.Argume
             option = "--" + name.replace("_", "-")
             raise UsageError(f"{option} applies to the built-in workload; a script's loaders keep its own settings "
                              "(--workers, --switch and --record act on them)")
-    switches = {f"{loader}@{step}" if loader else str(step): workers for loader, step, workers in args.switch}
+    switches = {switch.key: switch.workers for switch in args.switch}
     if len(switches) != len(args.switch):
-        raise UsageError("--switch: each STEP may be given once (per loader)")
+        raise UsageError("--switch: each STEP may be given once (per loader and rank)")
     if args.record == "-":
         raise UsageError("--record needs a file with a script: its stdout is the script's")
     if args.record:
@@ -383,10 +409,13 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.epochs is None:
         args.epochs = HEADLESS_EPOCHS if headless else MONITOR_EPOCHS
     given = getattr(args, "switch", []) or []
-    if any(loader for loader, _, _ in given):
+    if any(switch.loader for switch in given):
         raise UsageError("--switch LOADER@STEP:WORKERS names a script's DataLoader; the built-in workload has one: "
                          "use STEP:WORKERS")
-    switches = {step: workers for _, step, workers in given}
+    if any(switch.rank is not None for switch in given):
+        raise UsageError("--switch rankR:STEP:WORKERS names a rank of a torchrun job; the built-in workload is one "
+                         "process: use STEP:WORKERS")
+    switches = {switch.step: switch.workers for switch in given}
     if len(switches) != len(given):
         raise UsageError("--switch: each STEP may be given once")
     record_path = getattr(args, "record", None)

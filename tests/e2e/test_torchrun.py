@@ -26,15 +26,22 @@ def torchrun(out: Path, *extra: str, script: str = DDP) -> list[str]:
             *extra]
 
 
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where a stock run of ddp_loop.py (no loadertop) wrote each rank's indices and weights: ``plain.rank<R>.json``."""
+    out = tmp_path_factory.mktemp("stock") / "plain"
+    stock = run(torchrun(out))
+    assert stock.returncode == 0, stock.stderr
+    return out
+
+
 @pytest.mark.slow
-def test_every_rank_is_switched_and_keeps_its_shard_exactly(tmp_path: Path) -> None:
-    plain = run(torchrun(tmp_path / "plain"))
-    assert plain.returncode == 0, plain.stderr
+def test_every_rank_is_switched_and_keeps_its_shard_exactly(tmp_path: Path, plain: Path) -> None:
     record = tmp_path / "run.jsonl"
     watched = launched("--switch", "3:2", "--record", str(record), command=torchrun(tmp_path / "watched"))
     assert watched.returncode == 0, watched.stderr
     for rank in (0, 1):
-        before = json.loads((tmp_path / f"plain.rank{rank}.json").read_text())
+        before = json.loads(Path(f"{plain}.rank{rank}.json").read_text())
         after = json.loads((tmp_path / f"watched.rank{rank}.json").read_text())
         assert after["seen"] == before["seen"]  # the DistributedSampler's shard, in order, across the switch
         assert after["weights"] == before["weights"]
@@ -49,6 +56,38 @@ def test_every_rank_is_switched_and_keeps_its_shard_exactly(tmp_path: Path) -> N
     assert created == [f"loadertop: rank {r}: DataLoader {LOADER}: 0 workers, batch 4 (training: --switch applies "
                        "to it)" for r in (0, 1)]
     assert no_children_left()
+
+
+@pytest.mark.slow
+def test_a_switch_for_one_rank_switches_that_rank_only_and_every_shard_stays_exact(tmp_path: Path,
+                                                                                   plain: Path) -> None:
+    record = tmp_path / "run.jsonl"
+    watched = launched("--switch", "rank1:5:2", "--switch", f"rank1:{LOADER}@9:1", "--record", str(record),
+                       command=torchrun(tmp_path / "watched"))
+    assert watched.returncode == 0, watched.stderr
+    for rank in (0, 1):
+        before = json.loads(Path(f"{plain}.rank{rank}.json").read_text())
+        after = json.loads((tmp_path / f"watched.rank{rank}.json").read_text())
+        assert after["seen"] == before["seen"]  # each rank's shard, in order, whether it switched or not
+        assert after["weights"] == before["weights"]
+    switched = [line for line in watched.stderr.splitlines() if ": switching " in line]
+    assert switched == [f"loadertop: rank 1: {LOADER}: switching 0 -> 2 workers after batch 5",
+                        f"loadertop: rank 1: {LOADER}: switching 2 -> 1 worker after batch 9"]
+    rows = [r for r in records(record) if "event" not in r]
+    by_rank = {rank: [r for r in rows if r["rank"] == rank] for rank in (0, 1)}
+    assert [r["step"] for r in by_rank[0]] == [r["step"] for r in by_rank[1]] == list(range(1, 25))
+    assert [r["num_workers"] for r in by_rank[0]] == [0] * 24
+    assert [r["num_workers"] for r in by_rank[1]] == [0] * 5 + [2] * 4 + [1] * 15
+    assert no_children_left()
+
+
+@pytest.mark.slow
+def test_a_switch_for_a_rank_the_job_does_not_have_is_named_at_the_end(tmp_path: Path) -> None:
+    watched = launched("--switch", "rank5:3:2", command=torchrun(tmp_path / "watched"))
+    assert watched.returncode == 0, watched.stderr
+    assert ("loadertop: rank 0: --switch rank5:3:2: the job has no rank 5 (its ranks: 0 to 1)"
+            in watched.stderr.splitlines())
+    assert ": switching " not in watched.stderr
 
 
 def test_the_straggler_rule_names_the_rank_that_waits_for_data_while_the_others_wait_in_their_step() -> None:

@@ -30,7 +30,12 @@ BAD_INPUT = [
     (["--prefetch-factor", "2"], "--prefetch-factor needs --workers 1 or more"),
     (["--persistent-workers"], "--persistent-workers needs --workers 1 or more"),
     (["--device", "tpu"], "--device must be auto, cpu or cuda, got 'tpu'"),
-    (["--switch", "ten:2"], "must be [LOADER@]STEP:WORKERS"),
+    (["--switch", "ten:2"], ("must be [rankR:][LOADER@]STEP:WORKERS (e.g. 100:2, or rank1:100:2 for rank 1 of a "
+                             "torchrun job), got 'ten:2'")),
+    (["--switch", "rank1:ten:2"], "must be [rankR:][LOADER@]STEP:WORKERS"),
+    (["--switch", "rank-1:10:2"], "got 'rank-1:10:2'"),
+    (["--switch", "rank:10:2"], "got 'rank:10:2'"),
+    (["--switch", "rank1:10:2"], "--switch rankR:STEP:WORKERS names a rank of a torchrun job; the built-in workload"),
     (["--switch", "train.py:4@10:2"], "--switch LOADER@STEP:WORKERS names a script's DataLoader"),
     (["--switch", "10:-2"], "needs STEP >= 1 and WORKERS >= 0"),
     (["--workload", "nocolon"], "--workload must look like MODULE:CALLABLE"),
@@ -147,3 +152,30 @@ def test_switch_belongs_to_headless_runs(capsys: pytest.CaptureFixture[str]) -> 
     code, _, err = run_main(["run", "--switch", "10:2"], capsys)
     assert code == 2
     assert "--switch needs --headless (in the monitor, press a digit and r)" in err
+
+
+def test_switch_names_one_rank_of_a_torchrun_job_before_the_loader() -> None:
+    from loadertop.cli import _switch
+
+    assert _switch("200:2") == (None, None, 200, 2) and _switch("200:2").key == "200"
+    assert _switch("rank1:200:2") == (1, None, 200, 2) and _switch("rank1:200:2").key == "rank1:200"
+    named = _switch("rank12:train.py:48@200:0")
+    assert named == (12, "train.py:48", 200, 0) and named.key == "rank12:train.py:48@200"
+    # Only "rank<number>:" names a rank: a loader's name may begin with "rank".
+    assert _switch("rankings.py:3@5:1") == (None, "rankings.py:3", 5, 1)
+
+
+def test_a_bad_rank_switch_for_a_script_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    result = run_main(["run", "--headless", "--switch", "rank1:x:2", "--", "python", "train.py"], capsys)
+    assert_usage_error(result, "argument --switch: must be [rankR:][LOADER@]STEP:WORKERS")
+    result = run_main(["run", "--headless", "--switch", "rank1:5:2", "--switch", "rank1:5:1", "--", "python",
+                       "train.py"], capsys)
+    assert_usage_error(result, "--switch: each STEP may be given once (per loader and rank)")
+
+
+def test_run_help_says_how_to_switch_one_rank(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_main(["run", "--help"], capsys)
+    assert code == 0
+    text = " ".join(out.split())
+    assert "--switch [rankR:][LOADER@]STEP:WORKERS" in text
+    assert "under torchrun every rank's, or with rankR: rank R's only (e.g. rank1:100:2)" in text

@@ -24,6 +24,7 @@ import importlib.util
 import itertools
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -43,7 +44,7 @@ class ProbeSettings:
     Attributes:
         workers: every loader's worker count instead of the script's (None: the script's own).
         switches: ``{"STEP": workers}`` switches the training loader after STEP of its batches,
-            ``{"LOADER@STEP": workers}`` the loader named LOADER.
+            ``{"LOADER@STEP": workers}`` the loader named LOADER; ``rankR:`` before either: rank R's only.
         record: a JSONL file for one object per batch (None: none).
         claim: a path the first process to import torch creates, to be the one that acts.
         command: the command line the launcher ran (for monitors).
@@ -356,7 +357,10 @@ class LaunchedRun(Publisher):
         if not switches:  # the common case: nothing more to do on the loop's path
             return
         step = self._steps[loader.name]
-        workers = switches.get(f"{loader.name}@{step}", switches.get(str(step)) if training else None)
+        keys = [f"{loader.name}@{step}", str(step)] if training else [f"{loader.name}@{step}"]
+        if self.rank is not None:  # this rank's own (--switch rankR:...) before every rank's
+            keys = [f"rank{self.rank.rank}:{key}" for key in keys] + keys
+        workers = next((switches[key] for key in keys if key in switches), None)
         if workers is not None:
             loader.switch(workers)
             self._put(("say", f"{loader.name}: switching {batch.num_workers} -> {describe_workers(workers)} after batch {step}"))
@@ -398,7 +402,18 @@ class LaunchedRun(Publisher):
         super()._summary(sums)
         names = {loader.name for loader in self.loaders}
         for key in self.settings.switches:
-            loader, _, _ = key.rpartition("@")
+            named = re.match(r"rank(\d+):", key)
+            if named is not None:  # --switch rankR:...: one rank's
+                number = int(named.group(1))
+                if self.rank is None:
+                    self._say(f"--switch {key}:{self.settings.switches[key]}: names rank {number} of a torchrun job, "
+                              "but this script runs as one process (not under torchrun)")
+                elif number >= self.rank.world_size and self.rank.rank == 0:
+                    self._say(f"--switch {key}:{self.settings.switches[key]}: the job has no rank {number} (its "
+                              f"ranks: 0 to {self.rank.world_size - 1})")
+                if self.rank is None or number != self.rank.rank:
+                    continue
+            loader, _, _ = key[named.end() if named else 0:].rpartition("@")
             if loader and loader not in names:
                 known = ", ".join(sorted(names)) or "none"
                 self._say(f"--switch {key}:{self.settings.switches[key]}: the script created no DataLoader named "
