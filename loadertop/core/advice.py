@@ -6,12 +6,10 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
+from loadertop.core.model import INPUT_BOUND_SHARE
 from loadertop.core.protocol.records import BatchRecord
 from loadertop.core.store import ConfigSummary, percentile
 from loadertop.core.system import SystemSnapshot, usable_cores
-
-INPUT_BOUND_SHARE = 0.10
-"""A step that waits for data more than this share of its iteration is input-bound."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,14 +187,19 @@ class Advice:
         return not self.undecided
 
 
+def ratio_with_error(speed: float, speed_sem: float, best: float, best_sem: float) -> tuple[float, float]:
+    """``speed / best`` and the standard error of that ratio (NaN: unknown); the one notion of noise of
+    the sweep, the advice and the autotuner."""
+    ratio = speed / best
+    return ratio, ratio * math.hypot(speed_sem / speed, best_sem / best)
+
+
 def relative_to(summary: ConfigSummary, best: ConfigSummary) -> tuple[float, float]:
     """``summary``'s throughput as a share of ``best``'s, and the standard error of that share (NaN: unknown)."""
     if summary.key == best.key:
         return 1.0, 0.0
-    ratio = summary.samples_per_s / best.samples_per_s
-    error = ratio * math.hypot(summary.samples_per_s_sem / summary.samples_per_s,
-                               best.samples_per_s_sem / best.samples_per_s)
-    return ratio, error
+    return ratio_with_error(summary.samples_per_s, summary.samples_per_s_sem, best.samples_per_s,
+                            best.samples_per_s_sem)
 
 
 def undecided_against(summary: ConfigSummary, best: ConfigSummary, *, within: float = RECOMMEND_WITHIN) -> bool:

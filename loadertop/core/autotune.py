@@ -1,0 +1,570 @@
+"""Live autotune: find the best worker count while training runs, hold it, and tune again when things change.
+
+``AutoTuner`` is pure logic, fed what is measured and answering with changes; whoever runs
+the loader applies them (``loadertop.core.tuning.TuneDriver``). One **round** of tuning:
+
+1. **Measure** the running count: steady batches (the warm-up after a switch left out) until
+   the throughput's noise (two standard errors, from block means as the sweep reads them) is
+   under ``TARGET_NOISE``, at least ``min_batches``, at most ``max_batches``.
+2. **Model, then jump**: fit ``loadertop.core.model`` to what was measured and go straight to
+   the fewest workers predicted within ``within`` of the best prediction (under the CPU and
+   memory budgets, ``/dev/shm`` never past 80%).
+3. **Verify and step**: measure there; try one more worker while the loop still waits for
+   data and the CPU budget has room, one fewer while fewer is as fast; stop when a step's gain
+   is within the measurement's own noise. **Settle** on the fewest workers whose samples/s is
+   within that noise (at least ``MIN_TOLERANCE``, at most ``within``) of the fastest measured.
+4. **Hold**: keep measuring windows at the settled count; a window whose samples/s differs from
+   the settled figure by more than its noise and ``RETUNE_SHIFT``, twice in a row (hysteresis),
+   starts a new round from the window's figures.
+
+Every change carries its reason in words, with the figures.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from loadertop.core.advice import NOISE_Z, RECOMMEND_WITHIN, ratio_with_error
+from loadertop.core.model import Model, Point, fit
+from loadertop.core.store import block_size, throughput_sem
+
+TARGET_NOISE = 0.03
+"""A count is measured until two standard errors of its samples/s are within this share (or ``max_batches``)."""
+MIN_TOLERANCE = 0.02
+"""Fewer workers are preferred when at most this much slower than the fastest, even with less noise."""
+RETUNE_SHIFT = 0.10
+"""Held: samples/s must move by more than this share (and the noise) to tune again."""
+RETUNE_STRIKES = 2
+"""...in this many windows in a row."""
+SHM_LIMIT = 0.8
+"""``/dev/shm`` fuller than this share: never more workers."""
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """One batch of the tuned loader, as the loop received it.
+
+    Attributes:
+        num_workers: workers of the generation that delivered it.
+        samples: samples in the batch.
+        load_s: seconds the loop waited for it in ``next()``.
+        step_s: seconds of the loop's step with it.
+        time: wall-clock time (UNIX seconds) when it was delivered.
+        refill: among the first batches of an epoch (the pipeline refills): a stratum of its own in the noise.
+    """
+
+    num_workers: int
+    samples: int
+    load_s: float
+    step_s: float
+    time: float
+    refill: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """The process tree at one moment.
+
+    Attributes:
+        time: wall-clock time (UNIX seconds).
+        cpu_s: CPU-seconds of the whole training process tree so far (reaped workers included).
+        workers: live worker processes of the tuned loader.
+        worker_rss_bytes: their resident memory together.
+        shm_share: how full ``/dev/shm`` is (None where there is none).
+    """
+
+    time: float
+    cpu_s: float
+    workers: int = 0
+    worker_rss_bytes: int = 0
+    shm_share: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """What the tuner may spend.
+
+    Attributes:
+        cores: CPU budget (usable cores, or a rank's share of its node's).
+        memory_bytes: what all workers together may hold (None: no limit).
+        max_workers: the most workers it tries.
+    """
+
+    cores: float
+    memory_bytes: float | None = None
+    max_workers: int = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A decision of the tuner.
+
+    Attributes:
+        kind: ``jump`` (the model's pick), ``step`` (one more or one fewer, to verify), ``settle``,
+            ``retune`` (the measurements changed), ``memory`` (a budget forces fewer workers).
+        from_workers, to_workers: the worker counts (equal when it settles where it is).
+        reason: why, with the figures.
+        predicted: the model's samples/s per worker count at that moment (None: past the memory budget).
+        ceiling: the CPU budget's samples/s limit (inf: unknown).
+    """
+
+    kind: str
+    from_workers: int
+    to_workers: int
+    reason: str
+    predicted: tuple[tuple[int, float | None], ...] = ()
+    ceiling: float = math.inf
+
+    def line(self) -> str:
+        """``reason: 2 -> 3 workers`` (or ``...: stays at 3 workers``)."""
+        if self.to_workers == self.from_workers:
+            return f"{self.reason}: stays at {_workers(self.to_workers)}"
+        return f"{self.reason}: {self.from_workers} -> {_workers(self.to_workers)}"
+
+    def to_event(self) -> dict[str, Any]:
+        """The ``--record`` line: ``{"event": "autotune", ...}``."""
+        return {"event": "autotune", "kind": self.kind, "from": self.from_workers, "to": self.to_workers,
+                "reason": self.reason,
+                "predicted": {str(n): _finite(s) for n, s in self.predicted},
+                "ceiling": _finite(self.ceiling)}
+
+
+@dataclass(slots=True)
+class Visit:
+    """Steady batches of one worker count since it started (or since a hold window began)."""
+
+    num_workers: int
+    iters: list[float] = field(default_factory=list)
+    loads: list[float] = field(default_factory=list)
+    steps: list[float] = field(default_factory=list)
+    refill: list[int] = field(default_factory=list)
+    samples: int = 0
+    delivered: list[tuple[float, int]] = field(default_factory=list)  # (time, samples) of every batch
+    readings: list[Reading] = field(default_factory=list)
+
+    def add(self, obs: Observation) -> None:
+        self.iters.append(obs.load_s + obs.step_s)
+        self.loads.append(obs.load_s)
+        self.steps.append(obs.step_s)
+        self.refill.append(int(obs.refill))
+        self.samples += obs.samples
+        self.delivered.append((obs.time, obs.samples))
+
+    @property
+    def batches(self) -> int:
+        return len(self.iters)
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.iters)
+
+    @property
+    def samples_per_s(self) -> float:
+        total = self.seconds
+        return self.samples / total if total > 0 else math.nan
+
+    @property
+    def sem(self) -> float:
+        return throughput_sem(self.iters, self.refill, self.samples, block_size(self.num_workers))
+
+    @property
+    def noise(self) -> float:
+        """Two standard errors of samples/s as a share of it (NaN: too few batches to tell)."""
+        return NOISE_Z * self.sem / self.samples_per_s
+
+    @property
+    def cpu_s_per_sample(self) -> float:
+        """CPU-seconds of the tree per sample delivered between the visit's first and latest readings."""
+        if len(self.readings) < 2:
+            return math.nan
+        first, last = self.readings[0], self.readings[-1]
+        samples = sum(n for t, n in self.delivered if first.time < t <= last.time)
+        return (last.cpu_s - first.cpu_s) / samples if samples else math.nan
+
+    @property
+    def cores_used(self) -> float:
+        """Cores the tree used while this count ran (NaN: unknown)."""
+        if len(self.readings) < 2 or self.readings[-1].time <= self.readings[0].time:
+            return math.nan
+        first, last = self.readings[0], self.readings[-1]
+        return (last.cpu_s - first.cpu_s) / (last.time - first.time)
+
+    @property
+    def worker_rss_bytes(self) -> float:
+        own = [r for r in self.readings if r.workers == self.num_workers and r.workers > 0]
+        return max(r.worker_rss_bytes / r.workers for r in own) if own else math.nan
+
+    def point(self) -> Point:
+        n = self.batches
+        return Point(self.num_workers, self.samples_per_s, sum(self.loads) / n, sum(self.steps) / n,
+                     self.samples / n, self.cpu_s_per_sample, self.worker_rss_bytes)
+
+
+@dataclass(frozen=True, slots=True)
+class TunerStatus:
+    """Where the tuner stands, for the monitor's header and the table.
+
+    Attributes:
+        state: ``off``, ``measuring`` (a count, before the model's jump or a step), ``switching``
+            (waiting for the loader to run the chosen count), ``settled``.
+        workers: the count being measured or held.
+        changes: every change so far, oldest first.
+        predicted: the latest model's curve, ``(count, samples/s)``.
+        ceiling: the latest model's CPU ceiling in samples/s.
+    """
+
+    state: str
+    workers: int | None
+    changes: tuple[Change, ...]
+    predicted: tuple[tuple[int, float | None], ...]
+    ceiling: float
+
+
+class AutoTuner:
+    """See the module's docstring. Feed ``observe`` every batch and ``read`` the tree now and then.
+
+    Args:
+        budget: the CPU and memory budgets and the most workers to try.
+        within: the share of the fastest a slower count may lose and still be preferred for costing less
+            (the recommendation's 5%; the tuner narrows it to the measurement's noise).
+        min_batches, max_batches: steady batches measured per count.
+        min_seconds: and at least this long.
+    """
+
+    def __init__(self, budget: Budget, *, within: float = RECOMMEND_WITHIN, min_batches: int = 20,
+                 max_batches: int = 200, min_seconds: float = 0.0) -> None:
+        self.budget = budget
+        self.within = within
+        self.min_batches = min_batches
+        self.max_batches = max_batches
+        self.min_seconds = min_seconds
+        self.changes: list[Change] = []
+        self._round: dict[int, Visit] = {}  # this round's measured counts
+        self._order: list[int] = []  # in the order measured
+        self._visit: Visit | None = None
+        self._waiting_for: int | None = None  # a switch was asked for: its batches are not in yet
+        self._warmup_left = 0
+        self._settled: Visit | None = None  # the settled count's measurement (held)
+        self._strikes = 0
+        self._model: Model | None = None
+        self._shm: float | None = None
+        self._jumped = False
+        self._reads = False  # readings come (a driver reads the tree): the first count waits for two
+
+    # ------------------------------------------------------------------ input
+
+    def read(self, reading: Reading) -> None:
+        """A reading of the tree (CPU, worker memory, ``/dev/shm``)."""
+        self._shm = reading.shm_share
+        self._reads = True
+        if self._visit is not None and not self._warmup_left and self._waiting_for is None:
+            self._visit.readings.append(reading)  # the warm-up's CPU is not what a steady batch costs
+
+    def observe(self, obs: Observation) -> Change | None:
+        """One delivered batch; returns a change to apply (switch to ``to_workers``), or None."""
+        if self._waiting_for is not None:
+            if obs.num_workers != self._waiting_for:
+                return None  # the old workers' last batches
+            self._start_visit(obs.num_workers, warmup=True)
+        if self._visit is None:
+            self._start_visit(obs.num_workers, warmup=False)
+        visit = self._visit
+        assert visit is not None
+        if obs.num_workers != visit.num_workers:  # switched by someone else: measure the new count afresh
+            self._start_visit(obs.num_workers, warmup=True)
+            self._round.clear()
+            self._order.clear()
+            self._settled = None
+            self._jumped = False
+            return None
+        if self._warmup_left:
+            self._warmup_left -= 1
+            return None
+        visit.add(obs)
+        if not self._enough(visit):
+            return None
+        if self._settled is not None:
+            return self._hold(visit)
+        return self._measured(visit)
+
+    def restart(self) -> None:
+        """Forget the round and the settled count: tune again from the running count (its next batches)."""
+        self._visit = None
+        self._waiting_for = None
+        self._settled = None
+        self._strikes = 0
+        self._round_done()
+
+    # ------------------------------------------------------------------ output
+
+    def status(self) -> TunerStatus:
+        """A frozen view."""
+        if self._waiting_for is not None:
+            state, workers = "switching", self._waiting_for
+        elif self._settled is not None:
+            state, workers = "settled", self._settled.num_workers
+        else:
+            state, workers = "measuring", self._visit.num_workers if self._visit else None
+        model = self._model
+        return TunerStatus(state, workers, tuple(self.changes),
+                           model.curve(self.counts()) if model else (), model.ceiling if model else math.inf)
+
+    def counts(self) -> range:
+        """The worker counts the tuner considers."""
+        return range(self.budget.max_workers + 1)
+
+    # ------------------------------------------------------------------ inside
+
+    def _start_visit(self, num_workers: int, *, warmup: bool) -> None:
+        self._visit = Visit(num_workers)
+        self._waiting_for = None
+        self._warmup_left = max(1, num_workers) if warmup else 0
+
+    def _enough(self, visit: Visit) -> bool:
+        need = max(self.min_batches, 3 * block_size(visit.num_workers))  # three blocks: the least that tells noise
+        if visit.batches < need or visit.seconds < self.min_seconds:
+            return False
+        if self._reads and not self._round and len(visit.readings) < 2:
+            return False  # a round's first count (or a held window): its CPU per sample gives the model its ceiling
+        noise = visit.noise
+        return visit.batches >= self.max_batches or (math.isfinite(noise) and noise <= TARGET_NOISE)
+
+    def _switch(self, kind: str, to: int, reason: str) -> Change:
+        current = self._visit.num_workers if self._visit else to
+        model = self._model
+        change = Change(kind, current, to, reason, model.curve(self.counts()) if model else (),
+                        model.ceiling if model else math.inf)
+        self.changes.append(change)
+        if to != current:
+            self._waiting_for = to
+            self._visit = None
+        return change
+
+    def _measured(self, visit: Visit) -> Change | None:
+        """A count of this round is measured: jump, step or settle."""
+        self._round[visit.num_workers] = visit
+        if visit.num_workers in self._order:
+            self._order.remove(visit.num_workers)
+        self._order.append(visit.num_workers)
+        model = fit([self._round[n].point() for n in self._order], cores=self.budget.cores,
+                    memory_budget_bytes=self.budget.memory_bytes)
+        self._model = model
+        assert model is not None
+        allowed = [n for n in self.counts() if self._allowed(n, visit.num_workers)]
+        if not self._jumped:
+            self._jumped = True
+            target = model.smallest_enough(allowed, within=self.within)
+            if target is not None and target != visit.num_workers and target not in self._round:
+                return self._switch("jump", target, self._jump_reason(visit, model, target))
+        return self._step_or_settle(model, allowed)
+
+    def _allowed(self, n: int, current: int) -> bool:
+        """Within the budgets: memory (predicted), ``/dev/shm`` (never more workers when it is full)."""
+        if n > self.budget.max_workers:
+            return False
+        if self._shm is not None and self._shm > SHM_LIMIT and n > current:
+            return False
+        return self._model is None or self._model.fits_memory(n)
+
+    def _tolerance(self, visit: Visit, best: Visit) -> float:
+        """How much slower than ``best`` a count with fewer workers may be measured and still be preferred."""
+        if visit is best:
+            return 0.0
+        _, error = ratio_with_error(visit.samples_per_s, visit.sem, best.samples_per_s, best.sem)
+        noise = NOISE_Z * error if math.isfinite(error) else self.within
+        return min(max(noise, MIN_TOLERANCE), self.within)
+
+    def _step_or_settle(self, model: Model, allowed: Sequence[int]) -> Change | None:
+        visits = self._round
+        best = max(visits.values(), key=lambda v: v.samples_per_s)
+        anchor = min((v for v in visits.values()
+                      if v.samples_per_s >= best.samples_per_s * (1 - self._tolerance(v, best))),
+                     key=lambda v: v.num_workers)
+        here = self._visit.num_workers if self._visit else best.num_workers
+        up = best.num_workers + 1
+        point = best.point()
+        room = model.ceiling > best.samples_per_s * (1 + MIN_TOLERANCE)
+        if point.input_bound and up in allowed and up not in visits and room:
+            idle = self._idle_cores(best)
+            return self._switch("step", up, f"{_workers(best.num_workers)}: the loop still waits "
+                                f"{point.load_s * 1000:.1f} ms for data (step {point.step_s * 1000:.1f} ms)"
+                                + (f" and {idle:.1f} cores idle" if math.isfinite(idle) else "")
+                                + f"; trying {_workers(up)}")
+        down = anchor.num_workers - 1
+        if down >= 0 and down not in visits and down in allowed:
+            return self._switch("step", down, f"{_workers(anchor.num_workers)}: {anchor.samples_per_s:,.0f} "
+                                f"samples/s; trying {_workers(down)}: fewer may be as fast and cost less CPU")
+        self._settled = anchor
+        self._strikes = 0
+        reason = self._settle_reason(anchor, best)
+        change = self._switch("settle", anchor.num_workers, reason)
+        if anchor.num_workers == here and self._visit is not None:
+            self._visit = Visit(anchor.num_workers)  # the first hold window
+        self._round_done()
+        return change
+
+    def _round_done(self) -> None:
+        self._round = {}
+        self._order = []
+        self._jumped = False
+
+    def _hold(self, window: Visit) -> Change | None:
+        """A window at the settled count: tune again if it moved beyond its noise twice in a row."""
+        settled = self._settled
+        assert settled is not None
+        ratio, error = ratio_with_error(window.samples_per_s, window.sem, settled.samples_per_s, settled.sem)
+        noise = NOISE_Z * error if math.isfinite(error) else 0.0
+        shifted = abs(ratio - 1) > max(noise, RETUNE_SHIFT)
+        self._strikes = self._strikes + 1 if shifted else 0
+        if self._shm is not None and self._shm > SHM_LIMIT and window.num_workers > 0:
+            self._settled = None
+            return self._switch("memory", window.num_workers - 1,
+                                f"/dev/shm is {self._shm * 100:.0f}% full (the limit is {SHM_LIMIT * 100:.0f}%)")
+        if self._strikes < RETUNE_STRIKES:
+            self._visit = Visit(window.num_workers)
+            return None
+        self._settled = None
+        self._strikes = 0
+        change = Change("retune", window.num_workers, window.num_workers,
+                        f"samples/s moved {settled.samples_per_s:,.0f} -> {window.samples_per_s:,.0f} "
+                        f"({(ratio - 1) * 100:+.0f}%, beyond the noise ±{max(noise, 0) * 100:.0f}% and "
+                        f"{RETUNE_SHIFT * 100:.0f}%): tuning again")
+        self.changes.append(change)
+        followed = self._measured(window)  # the window is this round's first measurement
+        return followed or change
+
+    def _idle_cores(self, visit: Visit) -> float:
+        return self.budget.cores - visit.cores_used
+
+    def _jump_reason(self, visit: Visit, model: Model, target: int) -> str:
+        point = visit.point()
+        idle = self._idle_cores(visit)
+        said = [(f"load {point.load_s * 1000:.1f} ms "
+                f"{'>' if point.load_s > point.step_s else '<='} step {point.step_s * 1000:.1f} ms")]
+        if math.isfinite(idle):
+            said.append(f"{max(idle, 0):.1f} cores idle")
+        predicted = model.predict(target)
+        ceiling = model.ceiling
+        said_model = f"model: {_workers(target)} ~{predicted:,.0f} samples/s" if predicted else ""
+        if math.isfinite(ceiling):
+            said_model += f" (CPU ceiling {ceiling:,.0f})"
+        return " and ".join(said) + (f"; {said_model}" if said_model else "")
+
+    def _settle_reason(self, anchor: Visit, best: Visit) -> str:
+        others = sorted(v for v in self._round if v != anchor.num_workers)
+        told = []
+        for n in others:
+            v = self._round[n]
+            told.append(f"{n}: {(v.samples_per_s / anchor.samples_per_s - 1) * 100:+.0f}%")
+        noise = anchor.noise
+        text = f"settled: {_workers(anchor.num_workers)} at {anchor.samples_per_s:,.0f} samples/s"
+        if math.isfinite(noise):
+            text += f" (±{noise * 100:.0f}%)"
+        if told:
+            text += "; measured " + ", ".join(told)
+        if best is not anchor:
+            text += f" (within the noise of {best.num_workers}: fewer workers cost less)"
+        return text
+
+
+def _workers(n: int) -> str:
+    return "1 worker" if n == 1 else f"{n} workers"
+
+
+def _finite(value: float | None) -> float | None:
+    if value is None or not math.isfinite(value):
+        return None
+    return round(value, 3)
+
+
+class TuneDriver:
+    """Runs an ``AutoTuner`` beside a training loop.
+
+    The loop's thread only appends each batch's ``Observation`` (``put``: one deque append, no
+    lock, no wake-up); a thread of the driver's own reads the process tree ``interval_s`` apart,
+    feeds the tuner and applies its changes. So the loop never waits on the tuner's arithmetic
+    or on psutil.
+
+    Args:
+        tuner: the tuner.
+        apply: switches the loader to a worker count (any thread may call it).
+        read: a ``Reading`` of the tree now.
+        on_change: told of every change, in the driver's thread (log it, publish it).
+        interval_s: seconds between readings.
+    """
+
+    def __init__(self, tuner: AutoTuner, *, apply: Callable[[int], None], read: Callable[[], Reading],
+                 on_change: Callable[[Change], None] | None = None, interval_s: float = 0.25) -> None:
+        self.tuner = tuner
+        self._apply = apply
+        self._read = read
+        self._on_change = on_change
+        self._interval_s = interval_s
+        self._inbox: deque[Observation] = deque(maxlen=100_000)
+        self._held: list[Observation] = []  # delivered after the latest reading: for the next one
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.enabled = True
+        """False: batches are dropped and nothing changes (the ``a`` key off); True: tuning from the next batch."""
+        self.thread_id: int | None = None
+        self._started = threading.Event()
+
+    def put(self, obs: Observation) -> None:
+        """A batch the loop received (the loop's thread)."""
+        if self.enabled:
+            self._inbox.append(obs)
+
+    def set_enabled(self, enabled: bool) -> None:
+        """Turn tuning on (a new round from the running count) or off (the count stays)."""
+        if enabled and not self.enabled:
+            self.tuner.restart()
+        self.enabled = enabled
+
+    def start(self) -> None:
+        """Start the driver's thread; returns once its native id is known (``thread_id``)."""
+        self._thread = threading.Thread(target=self._run, name="loadertop-autotune", daemon=True)
+        self._thread.start()
+        self._started.wait(5.0)
+
+    def stop(self, timeout_s: float = 1.0) -> None:
+        """Stop the thread (what is queued is dropped)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        self.thread_id = threading.get_native_id()
+        self._started.set()
+        while not self._stop.wait(self._interval_s):
+            try:
+                self.tick()
+            except Exception:
+                logging.getLogger(__name__).exception("autotune failed; tuning stops, training goes on")
+                return
+
+    def tick(self) -> None:
+        """Read the tree, feed the tuner what was delivered before the reading, apply its changes."""
+        reading = self._read()
+        pending, self._held = self._held, []
+        while self._inbox:
+            pending.append(self._inbox.popleft())
+        if not self.enabled:
+            return
+        known = len(self.tuner.changes)
+        for obs in pending:
+            if obs.time > reading.time:
+                self._held.append(obs)
+                continue
+            change = self.tuner.observe(obs)
+            if change is not None and change.to_workers != change.from_workers:
+                self._apply(change.to_workers)
+        self.tuner.read(reading)
+        for change in self.tuner.changes[known:]:
+            if self._on_change is not None:
+                self._on_change(change)

@@ -1,0 +1,213 @@
+"""The autotuner's logic on simulated landscapes: known cost per sample, known best count, seeded noise."""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+import pytest
+
+from loadertop.core.autotune import AutoTuner, Budget, Change, Observation, Reading, TuneDriver
+from loadertop.core.model import Point, fit
+
+
+@dataclass
+class Landscape:
+    """A loader and loop whose truth is known: each worker makes a batch in ``make_s`` (of which
+    ``cpu_s`` on a core), the loop steps in ``step_s`` (on a core), on ``cores`` cores; past the
+    cores, workers and the loop share them (each extra runnable process slows all a little)."""
+
+    make_s: float
+    cpu_s: float
+    step_s: float
+    cores: float = 2.0
+    batch: int = 8
+    noise: float = 0.05
+    overhead_s: float = 0.001  # CPU per batch of handing it from a worker to the loop
+
+    def rate(self, n: int) -> float:
+        """True batches per second at ``n`` workers."""
+        if n == 0:
+            return 1.0 / (self.make_s + self.step_s)
+        cpu_per_batch = self.cpu_s + self.step_s + self.overhead_s
+        limit = self.cores / cpu_per_batch
+        crowd = max(0, n + 1 - self.cores) * 0.01 if n + 1 > self.cores else 0.0  # context switches
+        return min(n / self.make_s, 1.0 / self.step_s, limit) / (1 + crowd)
+
+    def best(self, counts: range) -> float:
+        return max(self.rate(n) for n in counts)
+
+
+class Simulation:
+    """Runs a tuner against a landscape batch by batch, with a CPU clock and readings every 0.25 s."""
+
+    def __init__(self, land: Landscape, tuner: AutoTuner, workers: int = 0, seed: int = 1) -> None:
+        self.land = land
+        self.tuner = tuner
+        self.workers = workers
+        self.rng = random.Random(seed)
+        self.time = 1000.0
+        self.cpu = 0.0
+        self.next_reading = self.time
+        self.pending: tuple[int, int] | None = None  # (count, batches until the old ones are delivered)
+        self.batches = 0
+        self.samples = 0
+        self.trace: list[int] = []
+        self.changes: list[Change] = []
+        self.changed_at: list[int] = []  # the batch at which each change came
+
+    def run(self, batches: int) -> None:
+        for _ in range(batches):
+            self.step()
+
+    def step(self) -> None:
+        land = self.land
+        n = self.workers
+        rate = land.rate(n)
+        iteration = self.rng.gauss(1.0, land.noise) / rate
+        step = min(land.step_s * self.rng.gauss(1.0, land.noise), iteration)
+        load = max(iteration - step, 0.0)
+        self.time += iteration
+        self.cpu += land.cpu_s + land.step_s + (land.overhead_s if n else 0.0)
+        self.batches += 1
+        self.samples += land.batch
+        self.trace.append(n)
+        known = len(self.tuner.changes)
+        change = self.tuner.observe(Observation(n, land.batch, load, step, self.time,
+                                                refill=self.batches % 100 < max(1, n)))
+        self.changes += self.tuner.changes[known:]
+        self.changed_at += [self.batches] * (len(self.tuner.changes) - known)
+        if change is not None and change.to_workers != n:
+            self.pending = (change.to_workers, 2)  # the old workers deliver two more batches
+        if self.pending is not None:
+            count, left = self.pending
+            if left == 0:
+                self.workers, self.pending = count, None
+            else:
+                self.pending = (count, left - 1)
+        if self.time >= self.next_reading:
+            self.tuner.read(Reading(self.time, self.cpu, self.workers, self.workers * 50_000_000))
+            self.next_reading = self.time + 0.25
+
+    def settled_at(self) -> int | None:
+        status = self.tuner.status()
+        return status.workers if status.state == "settled" else None
+
+
+COUNTS = range(9)
+
+
+def tuned(land: Landscape, *, start: int = 0, batches: int = 1500, seed: int = 1) -> Simulation:
+    sim = Simulation(land, AutoTuner(Budget(cores=land.cores, max_workers=8)), workers=start, seed=seed)
+    sim.run(batches)
+    return sim
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_storage_bound_loader_settles_above_the_core_count_within_5_percent_of_the_best(seed: int) -> None:
+    # 8 samples x 2 ms of storage wait + 0.5 ms of CPU each: 20 ms a batch, the loop steps in 4 ms.
+    land = Landscape(make_s=0.020, cpu_s=0.004, step_s=0.004)
+    sim = tuned(land, seed=seed)
+    settled = sim.settled_at()
+    assert settled is not None and settled > land.cores
+    assert land.rate(settled) >= 0.95 * land.best(COUNTS)
+    assert sim.changes[0].kind == "jump"  # the model's pick first, not a walk from 0
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_cpu_bound_loader_settles_at_the_usable_cores(seed: int) -> None:
+    # All CPU: 30 ms of a core per batch, the loop 5 ms: two cores carry 2 / 35 ms batches at most.
+    land = Landscape(make_s=0.030, cpu_s=0.030, step_s=0.005)
+    sim = tuned(land, seed=seed)
+    settled = sim.settled_at()
+    assert settled is not None and land.rate(settled) >= 0.95 * land.best(COUNTS)
+    assert settled <= land.cores
+
+
+@pytest.mark.parametrize("start", [0, 4])
+def test_a_compute_bound_loop_settles_at_0_or_1_worker(start: int) -> None:
+    land = Landscape(make_s=0.001, cpu_s=0.001, step_s=0.040)
+    sim = tuned(land, start=start, batches=600)
+    assert sim.settled_at() in (0, 1)
+
+
+@pytest.mark.parametrize("land", [Landscape(make_s=0.020, cpu_s=0.004, step_s=0.004),
+                                  Landscape(make_s=0.030, cpu_s=0.030, step_s=0.005)], ids=["storage", "cpu"])
+def test_it_settles_in_a_third_of_the_batches_of_a_full_sweep(land: Landscape) -> None:
+    sim = tuned(land, batches=1000)
+    settled_at = sim.changed_at[next(i for i, c in enumerate(sim.changes) if c.kind == "settle")]
+    sweep = 5 * 100  # 0..2x cores at the sweep's default 100 steady batches each
+    assert settled_at <= sweep / 3
+
+
+def test_a_phase_change_is_tuned_again_and_a_steady_run_is_not() -> None:
+    land = Landscape(make_s=0.010, cpu_s=0.002, step_s=0.005)
+    sim = tuned(land, batches=800)
+    first = sim.settled_at()
+    assert first is not None
+    before = len(sim.changes)
+    sim.run(1500)  # nothing changes: it holds, no oscillation
+    assert len(sim.changes) == before and sim.settled_at() == first
+    sim.land = Landscape(make_s=0.030, cpu_s=0.006, step_s=0.005)  # each sample now costs three times as much
+    sim.run(2000)
+    kinds = [c.kind for c in sim.changes[before:]]
+    assert kinds[0] == "retune"
+    second = sim.settled_at()
+    assert second is not None and second > first
+    assert sim.land.rate(second) >= 0.95 * sim.land.best(COUNTS)
+
+
+def test_every_change_says_why_with_figures_and_records_as_an_event() -> None:
+    sim = tuned(Landscape(make_s=0.020, cpu_s=0.004, step_s=0.004), batches=1000)
+    jump = sim.changes[0]
+    assert jump.line().startswith("load ") and " ms > step " in jump.line() and "cores idle" in jump.line()
+    assert jump.line().endswith(f"0 -> {jump.to_workers} workers")
+    event = jump.to_event()
+    assert event["event"] == "autotune" and event["from"] == 0 and event["to"] == jump.to_workers
+    assert set(event["predicted"]) == {str(n) for n in COUNTS}
+    settle = next(c for c in sim.changes if c.kind == "settle")
+    assert settle.reason.startswith(f"settled: {settle.to_workers} workers at ")
+
+
+def test_the_memory_budget_caps_the_count() -> None:
+    land = Landscape(make_s=0.040, cpu_s=0.002, step_s=0.004)  # would want 8+ workers
+    tuner = AutoTuner(Budget(cores=2, memory_bytes=3 * 50_000_000, max_workers=8))  # 50 MB a worker: 3 fit
+    sim = Simulation(land, tuner, workers=1)
+    sim.run(1200)
+    assert max(sim.trace) <= 3 and sim.settled_at() == 3
+
+
+def test_the_model_reads_the_time_to_make_a_batch_off_zero_workers_and_caps_at_the_cpu_ceiling() -> None:
+    zero = Point(0, samples_per_s=8 / 0.024, load_s=0.020, step_s=0.004, samples_per_batch=8,
+                 cpu_s_per_sample=0.008 / 8)
+    model = fit([zero], cores=2)
+    assert model is not None and model.make_s == 0.020
+    assert model.ceiling == pytest.approx(2 / 0.008 * 8)  # cores / CPU per sample
+    assert model.predict(0) == zero.samples_per_s  # measured: never predicted over
+    assert model.predict(1) == pytest.approx(8 / 0.020)  # one worker makes a batch in 20 ms
+    assert model.predict(5) == pytest.approx(8 / 0.004)  # five make them as fast as the loop steps
+    assert model.predict(8) == model.predict(5)
+    assert model.smallest_enough(range(9), within=0.05) == 5
+    assert model.workers_to_stop_waiting() == pytest.approx(5)
+
+
+def test_the_driver_feeds_the_tuner_off_the_loop_and_applies_its_changes() -> None:
+    applied: list[int] = []
+    told: list[Change] = []
+    tuner = AutoTuner(Budget(cores=2, max_workers=8), min_seconds=0.0)
+    clock = {"t": 0.0, "cpu": 0.0}
+    driver = TuneDriver(tuner, apply=applied.append, read=lambda: Reading(clock["t"], clock["cpu"]),
+                        on_change=told.append)
+    for i in range(60):
+        clock["t"] += 0.024
+        clock["cpu"] += 0.006
+        driver.put(Observation(0, 8, 0.020 + (i % 3) * 1e-4, 0.004, clock["t"]))
+        if i % 10 == 9:
+            driver.tick()
+    assert told and told[0].kind == "jump" and applied == [told[0].to_workers]
+    driver.set_enabled(False)
+    driver.put(Observation(0, 8, 0.020, 0.004, clock["t"] + 1))
+    driver.tick()
+    assert len(told) == 1  # off: nothing more
+    assert not math.isnan(told[0].ceiling)
