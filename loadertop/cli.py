@@ -9,7 +9,7 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, NamedTuple, NoReturn
+from typing import IO, TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 if TYPE_CHECKING:
     from loadertop.core.engine import Trainer
@@ -189,6 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "under torchrun every rank's, or with rankR: rank R's only (e.g. rank1:100:2)")
     h.add_argument("--record", default=None, metavar="FILE.jsonl",
                    help="write one JSON object per batch (flushed as it goes)")
+    h.add_argument("--autotune", action="store_true",
+                   help="find and hold the best worker count while training runs (a toggles it in the monitor); "
+                   "every change is logged with its reason")
+    h.add_argument("--cpu-budget", type=_positive_float, default=None, metavar="CORES",
+                   help="autotune: the cores the loader and the loop may use (default: the usable cores, shared "
+                   "among a torchrun job's ranks on the node)")
+    h.add_argument("--memory-budget", type=_positive_float, default=None, metavar="GIB",
+                   help="autotune: the memory all workers together may hold (default: half the available memory)")
     h.add_argument("--progress-interval", type=_non_negative_float, default=5.0, metavar="SECONDS",
                    help="headless: longest gap between progress lines within an epoch (default 5)")
     sweep = sub.add_parser("sweep", help="measure each worker count in turn and recommend one")
@@ -412,6 +420,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if any(switch.loader for switch in given):
         raise UsageError("--switch LOADER@STEP:WORKERS names a script's DataLoader; the built-in workload has one: "
                          "use STEP:WORKERS")
+    if (getattr(args, "cpu_budget", None) or getattr(args, "memory_budget", None)) and not getattr(args, "autotune", False):
+        raise UsageError("--cpu-budget and --memory-budget are the autotuner's budgets: add --autotune")
     if any(switch.rank is not None for switch in given):
         raise UsageError("--switch rankR:STEP:WORKERS names a rank of a torchrun job; the built-in workload is one "
                          "process: use STEP:WORKERS")
@@ -425,18 +435,29 @@ def _dispatch(args: argparse.Namespace) -> int:
         _check_start_method(workload, config)
         trainer = _trainer(args, workload, config, epochs=args.epochs, max_batches=getattr(args, "max_batches", None),
                            stall_timeout_s=0.0 if headless else MONITOR_STALL_TIMEOUT_S)
+        tuning = _tuning(args)
         if not headless:
-            return _run_monitor(trainer, record_file, args.sample_interval)
+            return _run_monitor(trainer, record_file, args.sample_interval, tuning)
         return run_headless(
             trainer,
             switches=switches,
             record_file=record_file,
             progress_interval_s=getattr(args, "progress_interval", 5.0),
             sample_interval_s=args.sample_interval,
+            **tuning,
         )
     finally:
         if record_file is not None:
             record_file.close()
+
+
+def _tuning(args: argparse.Namespace) -> dict[str, Any]:
+    """``autotune`` and its ``budget`` for a Session, from --autotune, --cpu-budget and --memory-budget."""
+    from loadertop.core.autotune import default_budget
+
+    autotune = bool(getattr(args, "autotune", False))
+    budget = default_budget(cores=args.cpu_budget, memory_gib=args.memory_budget) if autotune else None
+    return {"autotune": autotune, "budget": budget}
 
 
 def _config(args: argparse.Namespace, num_workers: int) -> LoaderConfig:
@@ -571,13 +592,15 @@ def _sweep(args: argparse.Namespace) -> int:
                 file.close()
 
 
-def _run_monitor(trainer: Trainer, record_file: IO[str] | None, sample_interval_s: float) -> int:
+def _run_monitor(trainer: Trainer, record_file: IO[str] | None, sample_interval_s: float,
+                 tuning: dict[str, Any]) -> int:
     """The Textual monitor; after it closes, the comparison table is printed on stdout."""
     from loadertop.core.report import format_table
     from loadertop.core.session import Session
     from loadertop.tui.app import LoaderTopApp
 
-    session = Session(trainer, sample_interval_s=sample_interval_s, record_file=record_file, monitor_thread=True, serve=True)
+    session = Session(trainer, sample_interval_s=sample_interval_s, record_file=record_file, monitor_thread=True,
+                      serve=True, **tuning)
     app = LoaderTopApp(session)
     # torch, the model and the dataset are loaded: move their objects out of the garbage collector's
     # reach. A full collection over them took ~280 ms (a frozen screen, a late key press); ~35 ms after.

@@ -6,7 +6,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
-from loadertop.core.model import INPUT_BOUND_SHARE
+from loadertop.core.model import INPUT_BOUND_SHARE, Point, fit
 from loadertop.core.protocol.records import BatchRecord
 from loadertop.core.store import ConfigSummary, percentile
 from loadertop.core.system import SystemSnapshot, usable_cores
@@ -160,6 +160,9 @@ class Advice:
         warnings: each a sentence saying what to look at and why.
         undecided: keys of the configurations the measurement cannot yet place on either side of the
             ``RECOMMEND_WITHIN`` line (the fastest among them): measuring them longer would settle it.
+        predicted: the model's samples/s per worker count (``loadertop.core.model``; the measured figure
+            where there is one, None past the memory budget), for the fastest one's other settings.
+        ceiling: the samples/s the cores allow at most (CPU per sample); inf when it is not known.
     """
 
     fastest: ConfigSummary | None
@@ -167,6 +170,8 @@ class Advice:
     reason: str
     warnings: tuple[str, ...]
     undecided: tuple[str, ...] = ()
+    predicted: tuple[tuple[int, float | None], ...] = ()
+    ceiling: float = math.inf
 
     def is_fastest(self, summary: ConfigSummary) -> bool:
         """Whether ``summary`` is the fastest configuration (by key: summaries are rebuilt on every pull)."""
@@ -335,7 +340,30 @@ def advise(summaries: Sequence[ConfigSummary], machine: MachineFacts, *,
                 f"workers start with '{machine.start_method}': each start imports and pickles the dataset again "
                 f"(start-up {best.startup_ms:,.0f} ms); persistent_workers keeps them across epochs"
             )
-    return Advice(advice.fastest, advice.recommended, advice.reason, tuple(warnings), advice.undecided)
+    predicted, ceiling = predicted_curve(judged, advice.fastest, machine)
+    return Advice(advice.fastest, advice.recommended, advice.reason, tuple(warnings), advice.undecided,
+                  predicted, ceiling)
+
+
+def point_of(summary: ConfigSummary) -> Point:
+    """What the model reads off a configuration's summary."""
+    return Point(summary.num_workers, summary.samples_per_s, summary.load_ms_mean / 1000,
+                 summary.compute_ms_mean / 1000, summary.samples / summary.batches if summary.batches else math.nan,
+                 summary.cpu_s_per_sample)
+
+
+def predicted_curve(judged: Sequence[ConfigSummary], best: ConfigSummary | None,
+                    machine: MachineFacts) -> tuple[tuple[tuple[int, float | None], ...], float]:
+    """The model's curve over 0..twice the cores (and every measured count) and its CPU ceiling."""
+    if best is None:
+        return (), math.inf
+    siblings = [s for s in judged if s.config.with_workers(0) == best.config.with_workers(0)]
+    cores = machine.usable_cores / max(machine.ranks_on_node, 1)
+    model = fit([point_of(s) for s in siblings], cores=cores)
+    if model is None:
+        return (), math.inf
+    counts = sorted(set(range(2 * machine.usable_cores + 1)) | {s.num_workers for s in siblings})
+    return model.curve(counts), model.ceiling
 
 
 def default_counts(cores: int) -> tuple[int, ...]:

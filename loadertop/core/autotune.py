@@ -27,14 +27,14 @@ import math
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from loadertop.core.advice import NOISE_Z, RECOMMEND_WITHIN, ratio_with_error
 from loadertop.core.model import Model, Point, fit
 from loadertop.core.store import block_size, throughput_sem
 
-TARGET_NOISE = 0.03
+TARGET_NOISE = 0.05
 """A count is measured until two standard errors of its samples/s are within this share (or ``max_batches``)."""
 MIN_TOLERANCE = 0.02
 """Fewer workers are preferred when at most this much slower than the fastest, even with less noise."""
@@ -129,7 +129,7 @@ class Change:
 
     def to_event(self) -> dict[str, Any]:
         """The ``--record`` line: ``{"event": "autotune", ...}``."""
-        return {"event": "autotune", "kind": self.kind, "from": self.from_workers, "to": self.to_workers,
+        return {"event": "autotune", "change": self.kind, "from": self.from_workers, "to": self.to_workers,
                 "reason": self.reason,
                 "predicted": {str(n): _finite(s) for n, s in self.predicted},
                 "ceiling": _finite(self.ceiling)}
@@ -238,7 +238,7 @@ class AutoTuner:
     """
 
     def __init__(self, budget: Budget, *, within: float = RECOMMEND_WITHIN, min_batches: int = 20,
-                 max_batches: int = 200, min_seconds: float = 0.0) -> None:
+                 max_batches: int = 60, min_seconds: float = 0.0) -> None:
         self.budget = budget
         self.within = within
         self.min_batches = min_batches
@@ -310,7 +310,8 @@ class AutoTuner:
         elif self._settled is not None:
             state, workers = "settled", self._settled.num_workers
         else:
-            state, workers = "measuring", self._visit.num_workers if self._visit else None
+            visit = self._visit
+            state, workers = "measuring", visit.num_workers if visit is not None else None
         model = self._model
         return TunerStatus(state, workers, tuple(self.changes),
                            model.curve(self.counts()) if model else (), model.ceiling if model else math.inf)
@@ -377,8 +378,10 @@ class AutoTuner:
         if visit is best:
             return 0.0
         _, error = ratio_with_error(visit.samples_per_s, visit.sem, best.samples_per_s, best.sem)
-        noise = NOISE_Z * error if math.isfinite(error) else self.within
-        return min(max(noise, MIN_TOLERANCE), self.within)
+        noise = NOISE_Z * error
+        if not math.isfinite(noise) or noise > self.within:
+            return MIN_TOLERANCE  # the noise cannot tell whether it is within `within`: keep the faster one
+        return max(noise, MIN_TOLERANCE)
 
     def _step_or_settle(self, model: Model, allowed: Sequence[int]) -> Change | None:
         visits = self._round
@@ -515,6 +518,11 @@ class TuneDriver:
         self.thread_id: int | None = None
         self._started = threading.Event()
 
+    def status(self) -> TunerStatus:
+        """The tuner's status; ``state`` is ``off`` while it is turned off."""
+        status = self.tuner.status()
+        return status if self.enabled else replace(status, state="off")
+
     def put(self, obs: Observation) -> None:
         """A batch the loop received (the loop's thread)."""
         if self.enabled:
@@ -550,12 +558,13 @@ class TuneDriver:
 
     def tick(self) -> None:
         """Read the tree, feed the tuner what was delivered before the reading, apply its changes."""
-        reading = self._read()
         pending, self._held = self._held, []
+        if not self.enabled:
+            self._inbox.clear()
+            return
+        reading = self._read()
         while self._inbox:
             pending.append(self._inbox.popleft())
-        if not self.enabled:
-            return
         known = len(self.tuner.changes)
         for obs in pending:
             if obs.time > reading.time:
@@ -568,3 +577,47 @@ class TuneDriver:
         for change in self.tuner.changes[known:]:
             if self._on_change is not None:
                 self._on_change(change)
+
+
+MEMORY_SHARE = 0.5
+"""The default memory budget: this share of the memory available when tuning starts."""
+
+
+def default_budget(*, cores: float | None = None, memory_gib: float | None = None, ranks_on_node: int = 1) -> Budget:
+    """The budgets: ``cores`` (default: the usable cores, shared among a node's ranks), ``memory_gib``
+    (default: half of the available memory, shared too); at most four workers a core, at least 4."""
+    import psutil
+
+    from loadertop.core.system import usable_cores
+
+    share = (cores if cores is not None else usable_cores()) / max(ranks_on_node, 1)
+    memory = (memory_gib * 2**30 if memory_gib is not None
+              else MEMORY_SHARE * psutil.virtual_memory().available / max(ranks_on_node, 1))
+    return Budget(cores=share, memory_bytes=memory, max_workers=max(4, math.ceil(4 * share)))
+
+
+def read_tree(clock: Any, worker_pids: Sequence[int]) -> Reading:
+    """A ``Reading`` now: the tree's CPU from ``clock`` (a ``TreeCpuClock``), the workers' memory, ``/dev/shm``."""
+    import os
+    import shutil
+    import time
+
+    import psutil
+
+    from loadertop.core.system import process_rss
+
+    cpu = clock.read()
+    rss = 0
+    for pid in worker_pids:
+        try:
+            rss += process_rss(psutil.Process(pid))
+        except psutil.Error:
+            continue
+    shm = None
+    if os.path.isdir("/dev/shm"):
+        try:
+            usage = shutil.disk_usage("/dev/shm")
+            shm = usage.used / usage.total if usage.total else None
+        except OSError:
+            shm = None
+    return Reading(time.time(), cpu.total_s, len(worker_pids), rss, shm)

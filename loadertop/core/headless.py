@@ -13,6 +13,7 @@ from types import FrameType
 from typing import IO, Any
 
 from loadertop.core.advice import Advice, advise, machine_facts, speed_text
+from loadertop.core.autotune import Budget, Change
 from loadertop.core.engine import Trainer, TrainerState
 from loadertop.core.protocol.records import BatchRecord
 from loadertop.core.report import advice_lines, format_table
@@ -84,6 +85,8 @@ def run_headless(
     sample_interval_s: float = 1.0,
     out: IO[str] | None = None,
     err: IO[str] | None = None,
+    autotune: bool = False,
+    budget: Budget | None = None,
 ) -> int:
     """Run ``trainer`` to the end, printing progress; return the process exit code.
 
@@ -94,6 +97,8 @@ def run_headless(
         progress_interval_s: the longest gap between progress lines within an epoch.
         sample_interval_s: seconds between system samples (CPU and memory cost per configuration).
         out: where progress goes (stdout by default); errors go to ``err`` (stderr).
+        autotune: tune the worker count while it trains (a line for each change, with its reason).
+        budget: the autotuner's budgets (default: the usable cores, half the available memory).
 
     Returns:
         0 when training finished, 1 when it failed, 128 + signal number when interrupted.
@@ -109,7 +114,11 @@ def run_headless(
             trainer.restart(trainer.config.with_workers(workers))
         records.put(record)
 
-    session = Session(trainer, sample_interval_s=sample_interval_s, record_file=record_file, on_record=on_record, serve=True)
+    def tuned(change: Change) -> None:
+        print(f"autotune: {change.line()}", file=out, flush=True)
+
+    session = Session(trainer, sample_interval_s=sample_interval_s, record_file=record_file, on_record=on_record,
+                      serve=True, autotune=autotune, budget=budget, on_autotune=tuned)
     status = trainer.status()
     total = trainer.max_batches or status.batches_per_epoch * trainer.epochs
     print(f"loadertop: {trainer.workload.name}", file=out)

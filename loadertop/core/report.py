@@ -172,6 +172,9 @@ def report_json(
         "recommendation": advice.reason,
         "undecided_num_workers": [s.num_workers for s in summaries if s.key in advice.undecided],
         "warnings": list(advice.warnings),
+        "predicted": [{"num_workers": n, "samples_per_s": None if v is None or math.isnan(v) else round(v, 1)}
+                      for n, v in advice.predicted],
+        "ceiling_samples_per_s": round(advice.ceiling, 1) if math.isfinite(advice.ceiling) else None,
         "machine": {
             "usable_cores": machine.usable_cores,
             "memory_total_mb": round(machine.memory_total_bytes / (1024 * 1024)),

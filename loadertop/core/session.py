@@ -16,11 +16,13 @@ from collections.abc import Callable, Sequence
 from typing import IO
 
 from loadertop.core.advice import advise, default_counts, machine_facts
+from loadertop.core.autotune import AutoTuner, Budget, Change, Observation, TuneDriver, default_budget, read_tree
 from loadertop.core.engine import Trainer, TrainerState
 from loadertop.core.probe.publisher import Publisher
 from loadertop.core.procs import reap_children
 from loadertop.core.protocol.config import LoaderConfig
 from loadertop.core.protocol.records import BatchRecord
+from loadertop.core.store import refill_batches
 from loadertop.core.sweep import DEFAULT_BATCHES, Sweep
 from loadertop.core.system import SystemSampler
 from loadertop.core.view import SessionView
@@ -38,8 +40,12 @@ class JsonlRecorder:
 
     def __call__(self, record: BatchRecord) -> None:
         """Append ``record``."""
+        self.write(record.to_json())
+
+    def write(self, line: dict[str, object]) -> None:
+        """Append one JSON object (a batch, or an event such as ``{"event": "autotune", ...}``)."""
         with self._lock:
-            self.file.write(json.dumps(record.to_json()) + "\n")
+            self.file.write(json.dumps(line) + "\n")
             self.file.flush()
 
 
@@ -56,6 +62,9 @@ class Session:
             system sampler's, is left out of what the configurations cost.
         serve: publish the run on a socket as a launched script does, so that ``loadertop attach``
             watches it from another terminal (watching only: this process keeps control).
+        autotune: tune the worker count from the start (``set_autotune`` turns it on and off later).
+        budget: the autotuner's CPU and memory budgets (default: the usable cores, half the available memory).
+        on_autotune: also told of every autotune change (in the tuner's thread).
     """
 
     def __init__(
@@ -68,6 +77,9 @@ class Session:
         on_record: Callable[[BatchRecord], None] | None = None,
         monitor_thread: bool = False,
         serve: bool = False,
+        autotune: bool = False,
+        budget: Budget | None = None,
+        on_autotune: Callable[[Change], None] | None = None,
     ) -> None:
         self.trainer = trainer
         self.publisher: Publisher | None = None
@@ -94,6 +106,11 @@ class Session:
         trainer.on_record = self._on_record
         self._machine = machine_facts()
         self._closed = False
+        self._on_autotune = on_autotune
+        self.tuner = TuneDriver(AutoTuner(budget or default_budget()), apply=self._tune_to,
+                                read=lambda: read_tree(trainer.cpu_clock, trainer.worker_pids()),
+                                on_change=self._tuned)
+        self.tuner.enabled = autotune
 
     def _exclude_thread(self, thread_id: int) -> None:
         """A monitoring thread of this process (the sampler, the TUI): not what any configuration costs."""
@@ -111,13 +128,39 @@ class Session:
         sweep = self._sweep
         if sweep is not None:
             sweep.on_record(record)
+        if self.tuner.enabled:
+            self.tuner.put(Observation(record.num_workers, record.samples, record.load_s, record.compute_s,
+                                       record.time, refill=record.batch_in_epoch <= refill_batches(record.num_workers)))
         if self._extra_on_record is not None:
             self._extra_on_record(record)
 
     def start(self) -> None:
-        """Start sampling and training."""
+        """Start sampling, the autotuner's thread and training."""
         self.sampler.start()
+        self.tuner.start()
+        if self.tuner.thread_id is not None:
+            self._exclude_thread(self.tuner.thread_id)
         self.trainer.start()
+
+    def set_autotune(self, enabled: bool) -> None:
+        """Turn autotune on (tuning from the running count; a running sweep is cancelled) or off (the count stays)."""
+        if enabled:
+            self.cancel_sweep()
+        self.tuner.set_enabled(enabled)
+
+    def _tune_to(self, workers: int) -> None:
+        """The tuner's switch (its thread): a hot restart as ``r`` makes one."""
+        if not self.trainer.state.is_done:
+            self.trainer.restart(self.trainer.config.with_workers(workers))
+
+    def _tuned(self, change: Change) -> None:
+        """A change of the tuner: to ``--record``, the attached monitors, and whoever asked (headless lines)."""
+        if self._recorder is not None:
+            self._recorder.write({**change.to_event(), "step": self.trainer.status().step})
+        if self.publisher is not None:
+            self.publisher.autotune(change)
+        if self._on_autotune is not None:
+            self._on_autotune(change)
 
     def view(self) -> SessionView:
         """The session now."""
@@ -135,6 +178,7 @@ class Session:
             gpu_status=system.gpu_status if system is not None else "sampling",
             advice=advise(store.summaries, machine),
             sweep=sweep.progress() if sweep is not None else None,
+            autotune=self.tuner.status(),
         )
 
     def start_sweep(self, counts: Sequence[int] | None = None, batches: int = DEFAULT_BATCHES) -> None:
@@ -144,6 +188,8 @@ class Session:
         """
         if self._sweep is not None and self._sweep.progress().state == "running":
             raise RuntimeError("a sweep is already running (Esc cancels it)")
+        if self.tuner.enabled:
+            raise RuntimeError("autotune is on: a turns it off before a sweep")
         sweep = Sweep(self.trainer, counts or default_counts(self._machine.usable_cores), batches)
         self._sweep = sweep
         sweep.begin()
@@ -174,6 +220,7 @@ class Session:
         if self._closed:
             return []
         self._closed = True
+        self.tuner.stop()
         left = shutdown(self.trainer, self.sampler, timeout_s=timeout_s)
         if self.publisher is not None:
             error = self.trainer.error

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from loadertop.core.advice import Advice
+from loadertop.core.autotune import TunerStatus
 from loadertop.core.protocol.config import LoaderConfig
 from loadertop.core.protocol.status import TrainerStatus
 from loadertop.core.store import StoreSnapshot
@@ -147,6 +148,7 @@ class SessionView:
         advice: the fastest and the recommended configuration, with warnings (None in old recordings).
         sweep: the sweep's progress, once one was started.
         script: the watched script, its loaders and its output (None for the built-in workload).
+        autotune: the autotuner's state, its changes and its model's curve (None: this session cannot tune).
     """
 
     workload_name: str
@@ -158,6 +160,7 @@ class SessionView:
     advice: Advice | None = None
     sweep: SweepProgress | None = None
     script: ScriptView | None = None
+    autotune: TunerStatus | None = None
 
 
 class SessionLike(Protocol):
@@ -172,3 +175,4 @@ class SessionLike(Protocol):
     def close(self, timeout_s: float = 10.0) -> list[int]: ...
     def start_sweep(self, counts: Sequence[int] | None = None, batches: int = DEFAULT_BATCHES) -> None: ...
     def cancel_sweep(self) -> None: ...
+    def set_autotune(self, enabled: bool) -> None: ...

@@ -124,6 +124,10 @@ class Publisher:
         for known in self.loaders:  # every monitor learns which loader trains
             self._put(("loader", known))
 
+    def autotune(self, change: Any) -> None:
+        """An autotune ``Change`` (the tuner's thread): to ``--record``, the monitors and loadertop's lines."""
+        self._put(("autotune", change))
+
     def exception(self, text: str) -> None:
         """The run failed: tell the monitors (the last 8,000 characters of ``text``)."""
         self._put(("exception", text))
@@ -157,6 +161,10 @@ class Publisher:
     def _on_batch(self, loader: Any, batch: Any, training: bool) -> None:
         step = self._steps[loader.name] = self._steps[loader.name] + 1
         self._put(("batch", (step, batch)))
+
+    def steps_of(self, loader: Any) -> int:
+        """Batches ``loader`` (by name) has delivered over the run: its latest batch's ``step``."""
+        return self._steps.get(loader.name, 0)
 
     def log(self, metrics: dict[str, Any]) -> None:
         """Queue ``metrics`` for the training loader's latest batch (tensors detached, not read)."""
@@ -250,6 +258,16 @@ class Publisher:
                 continue
             if kind == "say":
                 self._say(payload)
+                continue
+            if kind == "autotune":
+                name = self.training.name if self.training is not None else None
+                event = {**payload.to_event(), **self._tag, "loader": name,
+                         "step": self._steps.get(name, 0) if name else 0}
+                if self._record is not None:
+                    self._record.write(json.dumps(event) + "\n")
+                    self._record.flush()
+                self._publish("event", **event)
+                self._say(f"{name + ': ' if name else ''}autotune: {payload.line()}")
                 continue
             if kind == "log":
                 self._write_log(*payload, epochs)
