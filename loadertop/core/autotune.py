@@ -10,9 +10,11 @@ the loader applies them (``loadertop.core.tuning.TuneDriver``). One **round** of
    the fewest workers predicted within ``within`` of the best prediction (under the CPU and
    memory budgets, ``/dev/shm`` never past 80%).
 3. **Verify and step**: measure there; try one more worker while the loop still waits for
-   data and the CPU budget has room, one fewer while fewer is as fast; stop when a step's gain
-   is within the measurement's own noise. **Settle** on the fewest workers whose samples/s is
-   within that noise (at least ``MIN_TOLERANCE``, at most ``within``) of the fastest measured.
+   data and the CPU budget has room, fewer (the model's pick, else one fewer) while fewer may be
+   as fast; at most ``MAX_VISITS`` counts a round. **Settle** on the fewest workers whose samples/s
+   is within the measurement's own noise (two standard errors of the ratio, at least
+   ``MIN_TOLERANCE``) of the fastest measured; where that noise is wider than ``within`` the
+   measurement cannot tell, and the faster count is kept (never a count that may be materially slower).
 4. **Hold**: keep measuring windows at the settled count; a window whose samples/s differs from
    the settled figure by more than its noise and ``RETUNE_SHIFT``, twice in a row (hysteresis),
    starts a new round from the window's figures.
@@ -42,6 +44,8 @@ RETUNE_SHIFT = 0.10
 """Held: samples/s must move by more than this share (and the noise) to tune again."""
 RETUNE_STRIKES = 2
 """...in this many windows in a row."""
+MAX_VISITS = 6
+"""A round measures at most this many counts, then settles on the best of them."""
 SHM_LIMIT = 0.8
 """``/dev/shm`` fuller than this share: never more workers."""
 
@@ -393,16 +397,19 @@ class AutoTuner:
         up = best.num_workers + 1
         point = best.point()
         room = model.ceiling > best.samples_per_s * (1 + MIN_TOLERANCE)
-        if point.input_bound and up in allowed and up not in visits and room:
+        if point.input_bound and up in allowed and up not in visits and room and len(visits) < MAX_VISITS:
             idle = self._idle_cores(best)
             return self._switch("step", up, f"{_workers(best.num_workers)}: the loop still waits "
                                 f"{point.load_s * 1000:.1f} ms for data (step {point.step_s * 1000:.1f} ms)"
                                 + (f" and {idle:.1f} cores idle" if math.isfinite(idle) else "")
                                 + f"; trying {_workers(up)}")
-        down = anchor.num_workers - 1
-        if down >= 0 and down not in visits and down in allowed:
+        fewer = [n for n in allowed if n < anchor.num_workers]
+        pick = model.smallest_enough([*fewer, anchor.num_workers], within=self.within)
+        down = pick if pick is not None and pick < anchor.num_workers and pick not in visits else anchor.num_workers - 1
+        if down >= 0 and down not in visits and down in allowed and len(visits) < MAX_VISITS:
+            said = "the model predicts" if down == pick and down < anchor.num_workers - 1 else "maybe"
             return self._switch("step", down, f"{_workers(anchor.num_workers)}: {anchor.samples_per_s:,.0f} "
-                                f"samples/s; trying {_workers(down)}: fewer may be as fast and cost less CPU")
+                                f"samples/s; trying {_workers(down)}: {said} as fast for less CPU and memory")
         self._settled = anchor
         self._strikes = 0
         reason = self._settle_reason(anchor, best)
@@ -541,9 +548,9 @@ class TuneDriver:
         self._started.wait(5.0)
 
     def stop(self, timeout_s: float = 1.0) -> None:
-        """Stop the thread (what is queued is dropped)."""
+        """Stop the thread (what is queued is dropped); from the thread itself too (it then ends after this tick)."""
         self._stop.set()
-        if self._thread is not None:
+        if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout_s)
 
     def _run(self) -> None:

@@ -146,6 +146,6 @@ def compute_bound() -> Workload:
 
 
 def phase_change() -> Workload:
-    """As ``storage_bound`` with a 1 ms step, and every sample three times as costly after 25 s."""
-    return make_cost_workload(sleep_ms=1.0, cpu_ms=0.1, step_wait_ms=1.5, phase_after_s=25.0,
-                              name="calibrated: phase change after 25 s")
+    """As ``storage_bound`` with a 1.5 ms step, and every sample three times as costly after 12 s."""
+    return make_cost_workload(sleep_ms=1.0, cpu_ms=0.1, step_wait_ms=1.5, phase_after_s=12.0,
+                              name="calibrated: phase change after 12 s")

@@ -107,6 +107,8 @@ class Session:
         self._machine = machine_facts()
         self._closed = False
         self._on_autotune = on_autotune
+        self.autotune_log: list[tuple[int, Change]] = []
+        """Every autotune change with the step (batches done) when it came."""
         self.tuner = TuneDriver(AutoTuner(budget or default_budget()), apply=self._tune_to,
                                 read=lambda: read_tree(trainer.cpu_clock, trainer.worker_pids()),
                                 on_change=self._tuned)
@@ -155,8 +157,10 @@ class Session:
 
     def _tuned(self, change: Change) -> None:
         """A change of the tuner: to ``--record``, the attached monitors, and whoever asked (headless lines)."""
+        step = self.trainer.status().step
+        self.autotune_log.append((step, change))
         if self._recorder is not None:
-            self._recorder.write({**change.to_event(), "step": self.trainer.status().step})
+            self._recorder.write({**change.to_event(), "step": step})
         if self.publisher is not None:
             self.publisher.autotune(change)
         if self._on_autotune is not None:
