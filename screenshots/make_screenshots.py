@@ -1,10 +1,12 @@
-"""Draw the README's screenshots: the real app, fed the recorded session in screenshots/session.json.
+"""Draw the README's screenshots: the real app, fed the recorded sessions in screenshots/*.json.
 
     make screenshots        (or: python screenshots/make_screenshots.py)
 
 The recordings are real runs on the machine named in the README: the built-in workload
-(``screenshots/record_session.py`` makes a new one) and a user's script under the monitor
-(``screenshots/record_script_session.py``); drawing from them keeps every figure in the SVGs fixed.
+(``screenshots/record_session.py`` makes a new one), a user's script under the monitor
+(``screenshots/record_script_session.py``) and a torchrun job, every rank's view, before and after
+its straggler's switch (``screenshots/record_ranks_session.py``); drawing from them keeps every
+figure in the SVGs fixed.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from loadertop.tui.app import LoaderTopApp
 HERE = Path(__file__).resolve().parent
 
 
-async def shoot(view: SessionView, name: str, size: tuple[int, int],
+async def shoot(view: SessionView | Path, name: str, size: tuple[int, int],
                 before: Callable[[Pilot], Awaitable[None]] | None = None) -> Path:
-    app = LoaderTopApp(ReplaySession(dataclasses.replace(view)))
+    """``name``.svg: the app at ``size`` on a recorded view (or a recording's file: a torchrun job's every rank)."""
+    session = ReplaySession.from_file(view) if isinstance(view, Path) else ReplaySession(dataclasses.replace(view))
+    app = LoaderTopApp(session)
     async with app.run_test(size=size) as pilot:
         if before is not None:
             await before(pilot)
@@ -48,6 +52,8 @@ async def main() -> int:
         await shoot(view, "pending-switch-120x36", (120, 36), lambda p: press(p, "plus", "plus")),
         await shoot(view, "help-120x36", (120, 36), lambda p: press(p, "question_mark")),
         await shoot(load_view(HERE / "script_session.json"), "script-120x36", (120, 36)),
+        await shoot(HERE / "ranks_session.json", "ranks-120x40", (120, 40)),
+        await shoot(HERE / "ranks_switched_session.json", "ranks-switched-120x40", (120, 40)),
     ]
     for path in made:
         print(f"wrote {path.relative_to(HERE.parent)}")

@@ -3,6 +3,10 @@
 Snapshot tests and ``make screenshots`` draw the real app from a recorded view, so
 every number on screen is fixed. A ``ReplaySession`` also logs the commands it is
 sent, which makes it the deterministic fake engine of the app's behaviour tests.
+
+A torchrun job's recording holds every rank's view, each as ``RanksSession`` served it with
+that rank shown (the ranks panel and the straggler in each): the replay shows the first and
+``k`` goes through the others.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import math
 import types
 import typing
 from collections.abc import Sequence
@@ -17,6 +22,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from loadertop.core.advice import recommend
+from loadertop.core.autotune import TunerStatus
 from loadertop.core.protocol.config import LoaderConfig
 from loadertop.core.protocol.status import TrainerState
 from loadertop.core.sweep import DEFAULT_BATCHES, SweepProgress
@@ -60,18 +66,29 @@ def from_jsonable(kind: Any, data: Any) -> Any:
     return data
 
 
-def save_view(view: SessionView, path: str | Path) -> None:
-    """Write ``view`` as JSON."""
-    document = {"format": FORMAT, "view": to_jsonable(view)}
+def save_view(view: SessionView, path: str | Path, *, other_ranks: Sequence[SessionView] = ()) -> None:
+    """Write ``view`` as JSON; for a torchrun job, with ``other_ranks``: the view of each other rank."""
+    document: dict[str, Any] = {"format": FORMAT, "view": to_jsonable(view)}
+    if other_ranks:
+        document["other_ranks"] = [to_jsonable(other) for other in other_ranks]
     Path(path).write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
 
 
-def load_view(path: str | Path) -> SessionView:
-    """Read a view written by ``save_view``."""
+def _document(path: str | Path) -> dict[str, Any]:
     document = json.loads(Path(path).read_text(encoding="utf-8"))
-    if document.get("format") != FORMAT:
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise ValueError(f"{path}: not a loadertop session recording (format {FORMAT})")
-    return from_jsonable(SessionView, document["view"])
+    return document
+
+
+def load_view(path: str | Path) -> SessionView:
+    """Read a view written by ``save_view`` (a torchrun job's: the rank shown first)."""
+    return from_jsonable(SessionView, _document(path)["view"])
+
+
+def load_other_ranks(path: str | Path) -> tuple[SessionView, ...]:
+    """A torchrun job's recording: the views of the ranks not shown first (empty for one process's)."""
+    return tuple(from_jsonable(SessionView, data) for data in _document(path).get("other_ranks", ()))
 
 
 class ReplaySession:
@@ -79,23 +96,28 @@ class ReplaySession:
 
     Commands change the view the way the engine would report them once done: ``apply``
     makes the configuration current (and a run that had ended running again),
-    ``pause``/``resume`` flip the state. Nothing trains.
+    ``pause``/``resume`` flip the state, ``set_autotune`` the tuner's. Nothing trains.
 
     Args:
-        view: the recorded view.
+        view: the recorded view (of a torchrun job: the rank shown first).
+        other_ranks: a torchrun job's other ranks' views (``k`` shows them, ``A`` switches every one).
     """
 
-    def __init__(self, view: SessionView) -> None:
+    def __init__(self, view: SessionView, *, other_ranks: Sequence[SessionView] = ()) -> None:
         if view.advice is None:  # a recording from before advice was part of the view
             view = dataclasses.replace(view, advice=recommend(view.store.summaries))
         self._view = view
+        self._ranks: dict[int, SessionView] = {}  # a torchrun job's every rank's view, by rank
+        for shown in (view, *other_ranks) if other_ranks else ():
+            if shown.script is not None and shown.script.selected_rank is not None:
+                self._ranks[shown.script.selected_rank] = shown
         self.commands: list[tuple[str, Any]] = []
         self.closed = False
 
     @classmethod
     def from_file(cls, path: str | Path) -> ReplaySession:
-        """A replay of a file written by ``save_view``."""
-        return cls(load_view(path))
+        """A replay of a file written by ``save_view`` (a torchrun job's with every rank)."""
+        return cls(load_view(path), other_ranks=load_other_ranks(path))
 
     def start(self) -> None:
         """Log the start."""
@@ -114,9 +136,48 @@ class ReplaySession:
         self._view = dataclasses.replace(self._view, status=status)
 
     def apply(self, config: LoaderConfig) -> None:
-        """Log the restart and make ``config`` current."""
+        """Log the restart and make ``config`` current (of a torchrun job: the shown rank's)."""
         self.commands.append(("apply", config))
         self._status(config=config, pending=None, state=TrainerState.RUNNING, error=None)
+        shown = self._view.script.selected_rank if self._view.script is not None else None
+        if self._ranks and shown is not None:
+            self._show_workers({shown}, config.num_workers)
+
+    def apply_all(self, config: LoaderConfig) -> None:
+        """Log the switch of every rank of a torchrun job and make ``config`` current on each."""
+        if not self._ranks:
+            raise RuntimeError("one process: no ranks to switch")
+        self.commands.append(("apply_all", config))
+        self._status(config=config, pending=None, state=TrainerState.RUNNING, error=None)
+        for number, view in self._ranks.items():
+            self._ranks[number] = dataclasses.replace(view, status=dataclasses.replace(
+                view.status, config=config, pending=None, state=TrainerState.RUNNING, error=None))
+        self._show_workers(set(self._ranks), config.num_workers)
+
+    def _show_workers(self, numbers: set[int], workers: int) -> None:
+        """The ranks panel of every rank's view shows ``workers`` for the ranks ``numbers``."""
+        def shown(view: SessionView) -> SessionView:
+            if view.script is None:
+                return view
+            rows = tuple(dataclasses.replace(r, num_workers=workers) if r.rank in numbers else r
+                         for r in view.script.ranks)
+            return dataclasses.replace(view, script=dataclasses.replace(view.script, ranks=rows))
+
+        self._view = shown(self._view)
+        self._ranks = {number: shown(view) for number, view in self._ranks.items()}
+
+    def select_next_rank(self) -> int | None:
+        """Log and show the next rank of a recorded torchrun job (None for one process)."""
+        script = self._view.script
+        if not self._ranks or script is None or script.selected_rank is None:
+            return None
+        self._ranks[script.selected_rank] = self._view  # as the commands so far left it
+        numbers = sorted(self._ranks)
+        later = [n for n in numbers if n > script.selected_rank]
+        chosen = later[0] if later else numbers[0]
+        self.commands.append(("select_next_rank", chosen))
+        self._view = self._ranks[chosen]
+        return chosen
 
     def pause(self) -> None:
         """Log and show the pause."""
@@ -144,6 +205,16 @@ class ReplaySession:
         if self._view.sweep is not None and self._view.sweep.state == "running":
             self._view = dataclasses.replace(self._view, sweep=dataclasses.replace(self._view.sweep,
                                                                                    state="cancelled"))
+
+    def set_autotune(self, enabled: bool) -> None:
+        """Log it and show the tuner on (measuring the running count; the recorded changes kept) or off."""
+        self.commands.append(("set_autotune", enabled))
+        workers = self._view.status.config.num_workers
+        state = "measuring" if enabled else "off"
+        old = self._view.autotune
+        tuner = (dataclasses.replace(old, state=state, workers=workers) if old is not None
+                 else TunerStatus(state, workers, (), (), math.inf))
+        self._view = dataclasses.replace(self._view, autotune=tuner)
 
     def detach(self) -> None:
         """Log the detach (a script's monitor leaves it running)."""

@@ -24,14 +24,17 @@ SNAPSHOTS = Path(__file__).resolve().parent / "snapshots"
 GIB = 1024**3
 
 
+RANKS_RECORDED = Path(__file__).resolve().parent.parent / "data" / "ranks_session.json"
+
+
 async def snapshot(
     request: pytest.FixtureRequest,
-    view: SessionView,
+    view: SessionView | ReplaySession,
     name: str,
     size: tuple[int, int],
     run_before: Callable[[Pilot], Awaitable[None]] | None = None,
 ) -> None:
-    app = LoaderTopApp(ReplaySession(view))
+    app = LoaderTopApp(view if isinstance(view, ReplaySession) else ReplaySession(view))
     async with app.run_test(size=size) as pilot:
         if run_before is not None:
             await run_before(pilot)
@@ -115,3 +118,16 @@ async def test_a_script_with_a_pending_switch(request: pytest.FixtureRequest, sc
         await pilot.press("4")
 
     await snapshot(request, script_view, "script_pending_120x36", (120, 36), press)
+
+
+async def test_a_torchrun_job_with_its_input_straggler(request: pytest.FixtureRequest) -> None:
+    """A real two-rank job (ddp_loop.py --slow-rank 1), every rank recorded: rank 0 shown, rank 1 named the straggler."""
+    await snapshot(request, ReplaySession.from_file(RANKS_RECORDED), "ranks_120x40", (120, 40))
+
+
+async def test_a_torchrun_job_k_shows_the_next_rank(request: pytest.FixtureRequest) -> None:
+    """k: the screen is rank 1's own (its loader, its workers, its batches), the ranks panel marks it shown."""
+    async def press(pilot: Pilot) -> None:
+        await pilot.press("k")
+
+    await snapshot(request, ReplaySession.from_file(RANKS_RECORDED), "ranks_k_120x40", (120, 40), press)
