@@ -253,7 +253,8 @@ _BUILT_IN_ONLY = ("batch_size", "epochs", "device", "workload", "dataset", "pin_
 
 def _launch(args: argparse.Namespace, script: list[str], parser: argparse.ArgumentParser, *,
             workers_given: bool) -> int:
-    """``loadertop run --headless [--workers N] [--switch S:N] [--record F] -- COMMAND``."""
+    """``loadertop run [--headless] [--workers N] [--switch S:N] [--record F] [--autotune [--cpu-budget C]
+    [--memory-budget G]] -- COMMAND``."""
     from loadertop.core.launcher import LaunchError, launch, spawn
 
     if args.command != "run":
@@ -263,7 +264,7 @@ def _launch(args: argparse.Namespace, script: list[str], parser: argparse.Argume
         if getattr(args, name, None) != getattr(defaults, name, None):
             option = "--" + name.replace("_", "-")
             raise UsageError(f"{option} applies to the built-in workload; a script's loaders keep its own settings "
-                             "(--workers, --switch and --record act on them)")
+                             "(--workers, --switch, --record and --autotune act on them)")
     switches = {switch.key: switch.workers for switch in args.switch}
     if len(switches) != len(args.switch):
         raise UsageError("--switch: each STEP may be given once (per loader and rank)")
@@ -271,12 +272,15 @@ def _launch(args: argparse.Namespace, script: list[str], parser: argparse.Argume
         raise UsageError("--record needs a file with a script: its stdout is the script's")
     if args.record:
         _open_output(args.record, "--record").close()  # a bad path is refused here, in one line
+    if (args.cpu_budget or args.memory_budget) and not args.autotune:
+        raise UsageError("--cpu-budget and --memory-budget are the autotuner's budgets: add --autotune")
+    tuning = {"autotune": bool(args.autotune), "cpu_budget": args.cpu_budget, "memory_budget_gib": args.memory_budget}
     workers = args.workers if workers_given else None
     try:
         if args.headless:
-            return launch(script, workers=workers, switches=switches, record=args.record)
+            return launch(script, workers=workers, switches=switches, record=args.record, tuning=tuning)
         _need_terminal("loadertop run --headless -- COMMAND")
-        child, log = spawn(script, workers=workers, switches=switches, record=args.record)
+        child, log = spawn(script, workers=workers, switches=switches, record=args.record, tuning=tuning)
     except LaunchError as exc:
         raise UsageError(str(exc)) from None
     from loadertop.core.ranks import RanksSession, is_distributed_command

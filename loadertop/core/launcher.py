@@ -23,6 +23,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from loadertop.core.probe.launched import ENV, ProbeSettings
 
@@ -58,14 +59,17 @@ def environment(settings: ProbeSettings, base: Mapping[str, str] | None = None) 
 
 
 def launch(command: Sequence[str], *, workers: int | None = None, switches: Mapping[str, int] | None = None,
-           record: str | None = None) -> int:
-    """Run ``command`` to its end with its DataLoaders instrumented; return its exit code."""
+           record: str | None = None, tuning: Mapping[str, Any] | None = None) -> int:
+    """Run ``command`` to its end with its DataLoaders instrumented; return its exit code.
+
+    ``tuning``: ``ProbeSettings``' ``autotune``, ``cpu_budget`` and ``memory_budget_gib``.
+    """
     executable = resolve(command)
     start_record(record)
     with tempfile.TemporaryDirectory(prefix="loadertop-run-") as run_dir:
         settings = ProbeSettings(workers=workers, switches=dict(switches or {}),
                                  record=os.path.abspath(record) if record else None,
-                                 claim=os.path.join(run_dir, "claimed"), command=tuple(command))
+                                 claim=os.path.join(run_dir, "claimed"), command=tuple(command), **(tuning or {}))
         child = subprocess.Popen([executable, *command[1:]], env=environment(settings))
 
         def pass_on(signum: int, _frame: FrameType | None) -> None:
@@ -98,8 +102,11 @@ def exit_status(returncode: int) -> int:
 
 
 def spawn(command: Sequence[str], *, workers: int | None = None, switches: Mapping[str, int] | None = None,
-          record: str | None = None) -> tuple[subprocess.Popen[bytes], str]:
-    """Start ``command`` for the monitor (see the module's docstring); returns the child and its log file."""
+          record: str | None = None, tuning: Mapping[str, Any] | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``command`` for the monitor (see the module's docstring); returns the child and its log file.
+
+    ``tuning``: as for ``launch``.
+    """
     from loadertop.core.protocol.runtime import RuntimeDirError, runtime_dir
 
     executable = resolve(command)
@@ -112,7 +119,8 @@ def spawn(command: Sequence[str], *, workers: int | None = None, switches: Mappi
     log = directory / f"run-{stamp}.log"
     settings = ProbeSettings(workers=workers, switches=dict(switches or {}),
                              record=os.path.abspath(record) if record else None,
-                             claim=str(directory / f"run-{stamp}.claim"), command=tuple(command), log=str(log))
+                             claim=str(directory / f"run-{stamp}.claim"), command=tuple(command), log=str(log),
+                             **(tuning or {}))
     with open(log, "wb") as output:
         os.chmod(log, 0o600)
         child = subprocess.Popen([executable, *command[1:]], env=environment(settings), stdin=subprocess.DEVNULL,

@@ -5,8 +5,9 @@ each rank serves its own socket (``probe.launched``: its hello names its rank, l
 world size). ``RanksSession`` finds them among torchrun's descendants, watches each through a
 ``RemoteSession`` of its own, and serves the view of the rank the user selected, with every
 rank's recent load and step beside it and the straggler verdict (``find_straggler``). Commands
-go to the selected rank, or to all (``apply_all``); stopping stops torchrun (which stops its
-ranks, as it does on ^C). No torch here.
+go to the selected rank, or to all (``apply_all``); autotune is turned on or off for the selected
+rank (``set_autotune``: each rank tunes its own loader within its share of the node); stopping
+stops torchrun (which stops its ranks, as it does on ^C). No torch here.
 """
 
 from __future__ import annotations
@@ -240,6 +241,21 @@ class RanksSession:
         relay = ranks[min(ranks)]
         for remote in self._remote(ranks):
             relay.session.apply(config, rank=remote.rank)
+
+    def set_autotune(self, enabled: bool) -> None:
+        """Turn autotune on or off for the shown rank only: each rank has a tuner of its own, its budget its
+        share of the node (the others keep theirs; select each rank, or start the job with ``--autotune``).
+        A rank of another node is out of reach: it is tuned from a monitor on its node."""
+        with self._lock:
+            local = self._ranks.get(self._selected)
+            selected = self._selected
+            any_rank = bool(self._ranks)
+        if local is not None:
+            local.session.set_autotune(enabled)
+        elif any_rank:
+            raise RuntimeError(f"rank {selected} runs on another node: tune it from a monitor there")
+        else:
+            raise RuntimeError("no rank has started yet: nothing to tune")
 
     def select_next_rank(self) -> int | None:
         """Show and command the next rank (this node's or another's); returns its number."""

@@ -8,6 +8,8 @@ its own tree where each configuration of its training loader begins (old workers
 new ones not yet started) and at its end, with loadertop's threads left out; in between, the
 monitor reads the same clock from outside at each system sample (the running figures so far). Commands go back as ``switch`` messages; ``stop`` sends the script SIGINT (then SIGTERM
 after a grace period, as a terminal's ^C would be followed up), ``detach`` leaves it running.
+``set_autotune`` turns the script's autotuner on or off; its status and every change it made
+come back (``autotune`` and ``event`` messages) as ``SessionView.autotune``.
 
 How batches become records: the script measures, for each batch, the wait in ``next()``
 (load) and the time from the previous batch's ``next()`` returning to this call (the loop's
@@ -39,6 +41,7 @@ from typing import Any
 import psutil
 
 from loadertop.core.advice import advise, machine_facts
+from loadertop.core.autotune import Change, TunerStatus
 from loadertop.core.cost import TreeCpu, TreeCpuClock
 from loadertop.core.launcher import exit_status
 from loadertop.core.protocol.codec import LineReader, encode
@@ -218,6 +221,8 @@ class RemoteSession:
         self._builtin: str | None = None  # the workload's name when the run is loadertop's own trainer
         self._kept_by: str | None = None  # who keeps control when no monitor can have it
         self.peers: dict[int, dict[str, Any]] = {}  # ranks on other nodes, as the job's store tells of them
+        self._tune_status: dict[str, Any] | None = None  # the script's latest ``autotune`` message
+        self._tune_changes: list[Change] = []  # its autotuner's changes, oldest first
         self.ranks_on_node = 1
         """Training processes sharing this machine's cores (a torchrun job's ranks here): the advice's share."""
         self._closed = threading.Event()
@@ -254,9 +259,11 @@ class RemoteSession:
         system = self.sampler.latest()
         machine = replace(self._machine.with_system(system), ranks_on_node=self.ranks_on_node)
         name = " ".join(self.command) or f"pid {self.root_pid}"
+        with self._lock:
+            autotune = self._autotune_view()
         return SessionView(workload_name=name, notes=self._notes(script), status=status, store=store, system=system,
                            gpu_status=system.gpu_status if system is not None else "sampling",
-                           advice=advise(store.summaries, machine), script=script)
+                           advice=advise(store.summaries, machine), script=script, autotune=autotune)
 
     def apply(self, config: LoaderConfig, *, rank: int | None = None) -> None:
         """Switch the selected loader to ``config.num_workers``; the script keeps its other settings.
@@ -274,6 +281,20 @@ class RemoteSession:
         fields = {"loader": track.name} if rank is None else {"loader": None, "rank": rank}
         try:
             sock.sendall(encode("switch", workers=config.num_workers, **fields))
+        except OSError as exc:
+            raise RuntimeError(f"the script does not answer ({exc.strerror})") from None
+
+    def set_autotune(self, enabled: bool) -> None:
+        """Turn the script's autotuner on (it tunes the training loader from its running count) or off (the
+        count stays). Only the controlling monitor may: the script refuses the others (``script.notice``)."""
+        with self._lock:
+            sock = self._sock
+        if self._ended_text() is not None:
+            raise RuntimeError("the script has ended: nothing to tune (q quits)")
+        if sock is None:
+            raise RuntimeError("not connected to the script yet: nothing to tune")
+        try:
+            sock.sendall(encode("autotune", enabled=bool(enabled)))
         except OSError as exc:
             raise RuntimeError(f"the script does not answer ({exc.strerror})") from None
 
@@ -354,6 +375,23 @@ class RemoteSession:
         return self._traceback
 
     # ------------------------------------------------------------ internals
+
+    def _autotune_view(self) -> TunerStatus | None:
+        """Under the lock: the script's autotuner as it published it (None: a run that says nothing of one).
+
+        Without a status (a built-in run publishes its changes only) the state is read off the last change.
+        """
+        status, changes = self._tune_status, tuple(self._tune_changes)
+        if status is None:
+            if not changes:
+                return None
+            last = changes[-1]
+            state = "settled" if last.kind == "settle" else "switching" if last.to_workers != last.from_workers \
+                else "measuring"
+            return TunerStatus(state, last.to_workers, changes, last.predicted, last.ceiling)
+        workers = status.get("workers")
+        return TunerStatus(str(status.get("state") or "off"), workers if isinstance(workers, int) else None, changes,
+                           _curve(status.get("predicted")), _ceiling(status.get("ceiling")))
 
     def _selected_track(self) -> _LoaderTrack | None:
         """Under the lock: the loader shown and commanded."""
@@ -588,6 +626,7 @@ class RemoteSession:
                 self._clock = _script_clock(self._server_pid, m.get("threads") or ())
                 self._started = float(m.get("started") or self._started)
                 self._controller, self._controller_id = m.get("controller"), m.get("controller_id")
+                self._tune_changes = []  # a (re)connection sends every change again
                 self._builtin = str(m["builtin"]) if m.get("builtin") else None
                 self._kept_by = str(m["kept_by"]) if m.get("kept_by") else None
                 self.command = self.command or tuple(m.get("command") or ())
@@ -602,6 +641,8 @@ class RemoteSession:
                 self._event(m)
             elif kind == "peer":
                 self.peers[int(m["rank"])] = m
+            elif kind == "autotune":
+                self._tune_status = m
         except (KeyError, TypeError, ValueError):  # a message of the right type with wrong fields
             self._reader.rejections.malformed += 1
 
@@ -628,6 +669,11 @@ class RemoteSession:
             self.traceback_at = time.monotonic()  # which of several ranks failed first
         elif event == "switch":
             self._say(f"{m.get('loader')}: {m.get('from')} -> {m.get('to')} workers after batch {m.get('after_step')}")
+        elif event == "autotune":
+            change = Change(str(m["change"]), int(m["from"]), int(m["to"]), str(m.get("reason") or ""),
+                            _curve(m.get("predicted")), _ceiling(m.get("ceiling")))
+            self._tune_changes.append(change)
+            self._say(f"autotune: {change.line()}")
 
     def _read_log(self) -> None:
         """New lines of the script's output file (the log panel's)."""
@@ -646,6 +692,23 @@ class RemoteSession:
         *lines, self._log_partial = text.replace("\r\n", "\n").split("\n")
         with self._lock:  # a progress bar's last state, without its colours or other terminal codes
             self._log.extend(_TERMINAL_CODES.sub("", line.rsplit("\r", 1)[-1]).expandtabs(4) for line in lines)
+
+
+def _curve(value: Any) -> tuple[tuple[int, float | None], ...]:
+    """A published ``predicted`` (``{"count": samples/s or null}``) as ``TunerStatus.predicted``."""
+    if not isinstance(value, dict):
+        return ()
+    curve = []
+    for count, rate in value.items():
+        if str(count).isdigit():
+            curve.append((int(count), float(rate) if isinstance(rate, (int, float)) and not isinstance(rate, bool)
+                          else None))
+    return tuple(sorted(curve))
+
+
+def _ceiling(value: Any) -> float:
+    """A published ``ceiling`` (null: unknown, infinite)."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.inf
 
 
 def _script_clock(pid: int, threads: Sequence[int]) -> TreeCpuClock | None:

@@ -245,3 +245,31 @@ def test_a_loss_logged_for_an_earlier_batch_is_given_to_that_batch() -> None:
     track.log(3, {"loss": 0.25})  # the latest batch's, as a script's loadertop.log gives it
     track.end()
     assert [(r.step, r.loss) for r in track.store.snapshot().records][1:] == [(2, 0.5), (3, 0.25)]
+
+
+def test_the_controlling_monitor_turns_autotune_on_and_off_and_a_watcher_is_refused(watch, runtime_dir: Path) -> None:
+    session = watch("--seconds", "90")
+    wait_for(lambda: session.view().status.step >= 5, 60)
+    wait_for(lambda: session.view().autotune is not None, 10)  # the run says it can be tuned, and that it is off
+    assert session.view().autotune.state == "off" and session.view().autotune.changes == ()
+    session.set_autotune(True)
+    wait_for(lambda: session.view().autotune.state != "off", 10)
+    wait_for(lambda: session.view().autotune.changes, 60)  # its first change, with its reason and figures
+    change = session.view().autotune.changes[0]
+    assert change.from_workers == 0 and any(ch.isdigit() for ch in change.reason)
+    assert session.view().script.notice[1].startswith("autotune: ")
+    # A monitor attaching later learns the state and every change; it only watches, so it may not turn it off.
+    run = live_runs()[0]
+    second = RemoteSession(pid=run.pid, socket_path=run.socket_path, log_path=run.log_path, read_gpus=False)
+    second.start()
+    try:
+        wait_for(lambda: second.view().autotune is not None and second.view().autotune.changes, 30)
+        assert second.view().autotune.changes[0] == change and second.view().autotune.state != "off"
+        second.set_autotune(False)
+        wait_for(lambda: second.view().script.notice[1].startswith("refused: watching only"), 10)
+        assert session.view().autotune.state != "off"
+        session.set_autotune(False)  # the controller may
+        wait_for(lambda: session.view().autotune.state == "off", 10)
+        wait_for(lambda: second.view().autotune.state == "off", 10)
+    finally:
+        second.close()

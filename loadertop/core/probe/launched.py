@@ -26,6 +26,7 @@ import json
 import os
 import re
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -50,6 +51,9 @@ class ProbeSettings:
         command: the command line the launcher ran (for monitors).
         log: the file the script's output goes to (None: the terminal).
         serve: serve monitors on a socket (``loadertop attach``).
+        autotune: tune the training loader's worker count from the start (``--autotune``).
+        cpu_budget: the tuner's cores (None: the usable cores); shared among a torchrun job's ranks on the node.
+        memory_budget_gib: the memory all workers may hold (None: half the available); shared likewise.
     """
 
     workers: int | None = None
@@ -59,12 +63,16 @@ class ProbeSettings:
     command: tuple[str, ...] = ()
     log: str | None = None
     serve: bool = True
+    autotune: bool = False
+    cpu_budget: float | None = None
+    memory_budget_gib: float | None = None
 
     def to_environment(self) -> str:
         """The value of ``LOADERTOP_PROBE``."""
         return json.dumps({"workers": self.workers, "switches": dict(self.switches),
                            "record": self.record, "claim": self.claim, "command": list(self.command),
-                           "log": self.log, "serve": self.serve})
+                           "log": self.log, "serve": self.serve, "autotune": self.autotune,
+                           "cpu_budget": self.cpu_budget, "memory_budget_gib": self.memory_budget_gib})
 
     @classmethod
     def from_environment(cls, text: str) -> ProbeSettings:
@@ -72,7 +80,13 @@ class ProbeSettings:
         data = json.loads(text)
         return cls(workers=data.get("workers"), switches={str(k): int(v) for k, v in data.get("switches", {}).items()},
                    record=data.get("record"), claim=data.get("claim"), command=tuple(data.get("command") or ()),
-                   log=data.get("log"), serve=bool(data.get("serve", True)))
+                   log=data.get("log"), serve=bool(data.get("serve", True)), autotune=bool(data.get("autotune")),
+                   cpu_budget=_number_or_none(data.get("cpu_budget")),
+                   memory_budget_gib=_number_or_none(data.get("memory_budget_gib")))
+
+
+def _number_or_none(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 _run: LaunchedRun | None = None  # the run this process acts for, once it claimed it
@@ -286,11 +300,84 @@ class LaunchedRun(Publisher):
 
             self._peers = PeerExchange(rank=self.rank.rank, local_rank=self.rank.local_rank,
                                        node_rank=self.rank.node_rank, world_size=self.rank.world_size)
+        self.tuning: Any = None  # a LoaderTuning once autotune is first asked for (--autotune, a monitor, "auto")
+        self._tuning_lock = threading.Lock()
+        self._tuning_published: dict[str, Any] | None = None
         super().__init__(hello=hello, record=settings.record, serve=settings.serve, say=say,
                          tag={"rank": self.rank.rank} if self.rank is not None else None)
+        if self.server is not None:
+            self.server.on_autotune = self._autotune_request
+        if settings.autotune:
+            self.set_autotune(True, why="--autotune")
         self._previous_excepthook = sys.excepthook
         sys.excepthook = self._excepthook
         atexit.register(self.close)
+
+    # ------------------------------------------------------------ autotune
+
+    def set_autotune(self, enabled: bool, *, why: str) -> str | None:
+        """Tune the training loader's workers (from its running count), or stop (the count stays).
+
+        ``why`` says who asked, in the line said. Returns the reason when it cannot (no CPU clock).
+        """
+        tuning = self._tuning()
+        if tuning is None:
+            return "this run cannot read its CPU (psutil): no autotune"
+        if enabled == tuning.enabled:
+            return None
+        if enabled:
+            from loadertop.core.probe.tuning import describe_budget
+
+            ranks = self.rank.local_world_size if self.rank is not None else 1
+            self._say(f"autotune on ({why}): the training loader's workers are tuned within "
+                      f"{describe_budget(tuning.budget, ranks)}")
+        else:
+            self._say(f"autotune off ({why}): the workers stay as they are")
+        tuning.set_enabled(enabled)
+        return None
+
+    def _tuning(self) -> Any:
+        """The run's tuner, made on first use (None where the tree's CPU cannot be read)."""
+        with self._tuning_lock:
+            if self.tuning is None and self._clock is not None:
+                from loadertop.core.autotune import default_budget
+                from loadertop.core.probe.tuning import LoaderTuning
+
+                ranks = self.rank.local_world_size if self.rank is not None else 1
+                budget = default_budget(cores=self.settings.cpu_budget, memory_gib=self.settings.memory_budget_gib,
+                                        ranks_on_node=ranks)
+                self.tuning = LoaderTuning(budget=budget, clock=self._clock, on_change=self.autotune,
+                                           on_thread=lambda thread_id: self.exclude_threads([thread_id]))
+                if self.training is not None:
+                    self._follow(self.training)
+            return self.tuning
+
+    def _follow(self, loader: Any) -> None:
+        """The tuner follows the training loader (a framework may mark another later)."""
+        tuning = self.tuning
+        if tuning is None or tuning.loader is loader:
+            return
+        tuning.follow(loader)
+        if not loader.continues_exactly:
+            said = f"autotune: {loader.name} is an IterableDataset (or in_order=False): its changes apply at epoch ends"
+            self._put(("say", said))
+
+    def _autotune_request(self, enabled: bool) -> str | None:
+        """A monitor's ``autotune`` message (the server's thread)."""
+        return self.set_autotune(enabled, why="the monitor")
+
+    def _publish_tuning(self) -> None:
+        """The tuner's status to the monitors when it changed (the writer thread; the server keeps the latest)."""
+        tuning = self.tuning
+        if tuning is not None:
+            fields = tuning.status_fields()
+        else:
+            training = self.training
+            fields = {"loader": training.name if training is not None else None, "state": "off", "workers": None,
+                      "changes": 0, "predicted": {}, "ceiling": None}
+        if fields != self._tuning_published:
+            self._tuning_published = fields
+            self._publish("autotune", **fields)
 
     # ---------------------------------------------------------------- hook
 
@@ -324,6 +411,12 @@ class LaunchedRun(Publisher):
         role = " (training: --switch applies to it)" if loader is self.training else ""
         self._say(f"DataLoader {loader.name}: {describe_workers(loader.num_workers)}, "
                   f"batch {batch_size_of(loader)}{role}")
+        if getattr(loader, "auto_workers", False):  # num_workers="auto": the run's tuner, on the training loader
+            if self.training is not None and loader is not self.training:
+                self._say(f"DataLoader {loader.name}: num_workers='auto': the run tunes its training loader, "
+                          f"{self.training.name}; this one keeps {describe_workers(loader.num_workers)}")
+            else:
+                self.set_autotune(True, why=f"{loader.name}: num_workers='auto'")
 
     def _made_again(self, loader: Any) -> Any:
         """The loader ``loader`` stands in for, if it is one made anew: over the same dataset as one not
@@ -339,6 +432,7 @@ class LaunchedRun(Publisher):
         """A framework marked ``loader`` as the training loader: say so, as for the first one created."""
         first = loader is not self.training
         super().mark_training(loader)
+        self._follow(loader)
         if first and self.framework_marks_training:
             self._say(f"DataLoader {loader.name} is the training loader (--switch applies to it)")
 
@@ -353,6 +447,9 @@ class LaunchedRun(Publisher):
 
     def _on_batch(self, loader: Any, batch: Any, training: bool) -> None:
         super()._on_batch(loader, batch, training)
+        tuning = self.tuning
+        if training and tuning is not None:
+            tuning.feed(batch)  # one append: the tuner's thread makes it an observation
         switches = self.settings.switches
         if not switches:  # the common case: nothing more to do on the loop's path
             return
@@ -366,7 +463,9 @@ class LaunchedRun(Publisher):
             self._put(("say", f"{loader.name}: switching {batch.num_workers} -> {describe_workers(workers)} after batch {step}"))
 
     def _tick(self) -> None:
-        """Once a second under a multi-node torchrun: this rank's summary to the job's store, the others' to monitors."""
+        """Between the writer's bursts: the tuner's status when it changed; once a second under a multi-node
+        torchrun, this rank's summary to the job's store and the others' to monitors."""
+        self._publish_tuning()
         peers = self._peers
         if peers is None or time.monotonic() < self._next_peer:
             return
@@ -421,6 +520,8 @@ class LaunchedRun(Publisher):
 
     def close(self) -> None:
         """Write what is queued and the summary (at the script's exit), then close the socket and the claim."""
+        if self.tuning is not None:
+            self.tuning.stop()
         super().close()
         if self.settings.claim:
             with contextlib.suppress(OSError):

@@ -5,8 +5,10 @@ loop) encodes a message once, keeps it in a bounded history for monitors that at
 and appends it to each connected monitor's outgoing buffer; a serving thread sends what each
 socket accepts. A monitor that stops reading (SIGSTOPped, stalled over SSH) lets its buffer
 fill to ``CLIENT_BUFFER_BYTES``; past that its messages are dropped and counted, and it is
-told how many when it reads again. Commands (a ``switch``) come only from the controller: the
-first monitor that asked for control; the others are told who has it. Imports no torch.
+told how many when it reads again. Commands (a ``switch``, ``autotune`` on or off) come only from
+the controller: the first monitor that asked for control; the others are told who has it. The
+autotuner's latest status and its changes are kept apart from the bounded history, so that a
+monitor attaching late still learns every change. Imports no torch.
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ CLIENT_BUFFER_BYTES = 4 * 1024 * 1024
 SwitchHandler = Callable[[str | None, int, int | None], str | None]
 """``(loader name or None, workers, rank or None) -> None`` when accepted, else the reason it was refused
 (``rank``: a rank of the same torchrun job on another node, reached through the job's store)."""
+AutotuneHandler = Callable[[bool], str | None]
+"""``(enabled) -> None`` when accepted, else the reason it was refused."""
+AUTOTUNE_CHANGES_KEPT = 1000
+"""Autotune changes kept for monitors that attach later (each is one ``event``; they are few)."""
 
 
 class _Client:
@@ -64,6 +70,10 @@ class RunServer:
         on_switch: called in the serving thread with the controller's switch requests.
         kept_by: the run's process controls it itself (the built-in trainer's app): every monitor
             watches only, and is told this.
+
+    Attributes:
+        on_autotune: called in the serving thread with the controller's ``autotune`` requests (None:
+            the run cannot be tuned from a monitor; they are refused).
     """
 
     def __init__(self, path: Path, hello: dict[str, Any], on_switch: SwitchHandler, *,
@@ -75,6 +85,9 @@ class RunServer:
         self._lock = threading.Lock()
         self._history: deque[bytes] = deque(maxlen=HISTORY_MESSAGES)
         self._loaders: dict[str, bytes] = {}  # name -> its latest ``loader`` message
+        self._tuning: bytes | None = None  # the latest ``autotune`` status
+        self._changes: deque[bytes] = deque(maxlen=AUTOTUNE_CHANGES_KEPT)  # ``event`` autotune, oldest first
+        self.on_autotune: AutotuneHandler | None = None
         self._clients: dict[int, _Client] = {}
         self._controller: _Client | None = None
         self.rejected = 0
@@ -121,6 +134,10 @@ class RunServer:
         with self._lock:
             if kind == "loader":
                 self._loaders[str(fields.get("name"))] = line
+            elif kind == "autotune":
+                self._tuning = line
+            elif kind == "event" and fields.get("event") == "autotune":
+                self._changes.append(line)
             elif keep:
                 self._history.append(line)
             for client in self._clients.values():
@@ -193,6 +210,10 @@ class RunServer:
             client.out += encode("hello", **self._hello, **self._controller_fields())
             for line in self._loaders.values():
                 client.out += line
+            for line in self._changes:
+                client.out += line
+            if self._tuning is not None:
+                client.out += self._tuning
             for line in self._history:
                 client.out += line
             client.out += encode("history_end")
@@ -252,11 +273,24 @@ class RunServer:
                     else:
                         client.queue(encode("refused", reason=self._owner_text()))
             return
+        if message["type"] == "autotune":
+            enabled = message.get("enabled")
+            if self._controller is not client:
+                reason = self._not_controller_text()
+            elif not isinstance(enabled, bool):
+                reason = f"enabled must be true or false, got {enabled!r}"
+            elif self.on_autotune is None:
+                reason = "this run cannot be tuned from a monitor"
+            else:
+                reason = self.on_autotune(enabled)
+            if reason is not None:
+                with self._lock:
+                    client.queue(encode("refused", reason=reason))
+            return
         if message["type"] == "switch":
             workers, name = message.get("workers"), message.get("loader")
             if self._controller is not client:
-                reason = (self._owner_text() if self._controller is not None or self._kept_by is not None
-                          else "this monitor only watches")
+                reason = self._not_controller_text()
             elif not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
                 reason = f"workers must be an integer >= 0, got {workers!r}"
             elif name is not None and not isinstance(name, str):
@@ -268,6 +302,12 @@ class RunServer:
             if reason is not None:
                 with self._lock:
                     client.queue(encode("refused", reason=reason))
+
+    def _not_controller_text(self) -> str:
+        """Why a monitor that is not the controller may not command."""
+        if self._controller is not None or self._kept_by is not None:
+            return self._owner_text()
+        return "this monitor only watches"
 
     def _owner_text(self) -> str:
         if self._kept_by is not None:

@@ -14,7 +14,18 @@ From the training process (a launched script) to each monitor:
   ``num_workers``, ``samples``, ``load_ms``, ``step_ms`` (null for an epoch's first),
   ``switch_ms``, ``time``.
 - ``log``: ``loadertop.log(...)`` values for the training loader's latest batch: ``loader``, ``step``, metrics.
-- ``event``: ``{"event": "switch", "loader", "from", "to", "after_step", "by"}``, and others to show as they are.
+- ``event``: ``{"event": "switch", "loader", "from", "to", "after_step", "by"}``; ``{"event": "autotune",
+  "change", "from", "to", "reason", "predicted", "ceiling", "loader", "step"}`` (and ``rank`` under
+  torchrun): a decision of the autotuner, as ``--record`` has it (``change``: ``jump``, ``step``,
+  ``settle``, ``retune`` or ``memory``; ``predicted``: ``{"count": samples/s or null}``, the model's
+  curve then; ``ceiling``: the CPU budget's samples/s, null when unknown; ``step``: the training
+  loader's batches so far). Every one is kept for monitors that attach later. Others: shown as they are.
+- ``autotune``: the autotuner's status, sent when it changes (the latest is kept for monitors that
+  attach later): ``loader`` (the tuned one, null before there is one), ``state`` (``off``,
+  ``measuring``, ``switching``, ``settled``), ``workers`` (the count measured or held, null before
+  any), ``changes`` (how many so far), ``predicted`` and ``ceiling`` (the latest model's, as in the
+  event), and once the tuner exists its budgets: ``cores``, ``memory_bytes`` (null: no limit),
+  ``max_workers``.
 - ``cpu``: the script's process tree's CPU clock (``time`` monotonic, ``main_s`` without loadertop's
   threads, ``children_s`` reaped children included, ``rss_bytes``) read by the script itself:
   ``reason`` ``"boundary"`` where a configuration of the training loader ``loader`` begins (its
@@ -28,10 +39,12 @@ From the training process (a launched script) to each monitor:
   (``probe.peers``): ``rank``, ``local_rank``, ``node_rank``, ``host``, ``pid``, ``num_workers``,
   ``load_ms``, ``step_ms``, ``samples_per_s``, ``step``, ``time`` (its clock when it wrote it).
 
-From a monitor: ``hello`` (``pid``, ``id``: its own, ``control``: whether it wants to give commands) and
-``switch`` (``loader``: a name or null for the training loader, ``workers``).
+From a monitor: ``hello`` (``pid``, ``id``: its own, ``control``: whether it wants to give commands),
+``switch`` (``loader``: a name or null for the training loader, ``workers``) and ``autotune``
+(``enabled``: true or false: tune the training loader from its running count, or stop and keep
+the count). Only the controller may send ``switch`` and ``autotune``; the others get ``refused``.
 """
 
 SERVER_TYPES = frozenset({"hello", "loader", "batch", "log", "cpu", "event", "control", "refused", "dropped",
-                          "history_end", "peer"})
-CLIENT_TYPES = frozenset({"hello", "switch"})
+                          "history_end", "peer", "autotune"})
+CLIENT_TYPES = frozenset({"hello", "switch", "autotune"})

@@ -1,0 +1,210 @@
+"""Autotune inside the training process: a ``TuneDriver`` on one loader, fed off the loop.
+
+Two users: a launched script's run (``launched.LaunchedRun``: ``--autotune``, the monitor's
+``a``, or a loader made with ``num_workers="auto"``) tunes its training loader, whichever
+that is at the time; a ``loadertop.DataLoader(..., num_workers="auto")`` outside ``loadertop
+run`` tunes itself (``tune_by_itself``), its lines on stderr. Either way the loop's only cost
+is one append of the ``LoaderBatch`` it already built; the driver's thread pairs each batch
+with the next one's ``step_s`` (the loop's work on it) into an ``Observation`` (the step that
+holds an epoch's end, ``step_s`` None, is left out), reads the process tree, and switches the
+loader. The driver's thread is left out of the CPU the training is billed. Nothing heavy is
+imported here (torch is, by then, already).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import weakref
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from loadertop.core.autotune import AutoTuner, Budget, Change, Observation, Reading, TunerStatus, read_tree
+from loadertop.core.store import refill_batches
+
+HELD_FOR_WORKERS = {"prefetch_factor": None, "persistent_workers": False, "multiprocessing_context": None,
+                    "timeout": 0}
+"""Settings torch refuses at 0 workers, and their neutral values: an ``"auto"`` loader starts without them."""
+
+
+class LoaderTuning:
+    """A ``TuneDriver`` on one loader at a time (``follow``), off until ``set_enabled(True)``.
+
+    Args:
+        budget: the tuner's budgets.
+        clock: a ``TreeCpuClock`` of this process's tree.
+        on_change: told of every change (in the driver's thread).
+        on_thread: told the driver thread's native id once it runs (to leave it out of the CPU).
+        interval_s: seconds between readings of the tree.
+    """
+
+    def __init__(self, *, budget: Budget, clock: Any, on_change: Callable[[Change], None],
+                 on_thread: Callable[[int], None] | None = None, interval_s: float = 0.25) -> None:
+        from loadertop.core.autotune import TuneDriver
+
+        self.budget = budget
+        self._clock = clock
+        self._on_thread = on_thread
+        self._loader: weakref.ref[Any] | None = None
+        self._raw: deque[Any] = deque(maxlen=100_000)  # LoaderBatches, appended by the loop (or the writer)
+        self._previous: Any = None  # the batch whose step comes with the next one
+        self._restart_due = False
+        self._start_lock = threading.Lock()
+        self._started = False
+        self.driver = TuneDriver(AutoTuner(budget), apply=self._apply, read=self._read, on_change=on_change,
+                                 interval_s=interval_s)
+        self.driver.enabled = False
+
+    # ---------------------------------------------------------- any thread
+
+    @property
+    def loader(self) -> Any:
+        """The loader tuned now (None: none yet, or it was garbage-collected)."""
+        return self._loader() if self._loader is not None else None
+
+    @property
+    def enabled(self) -> bool:
+        """Whether it tunes (or will, once there is a loader)."""
+        return self.driver.enabled
+
+    def follow(self, loader: Any) -> None:
+        """Tune ``loader`` from now on: a new round from its running count."""
+        if self.loader is loader:
+            return
+        self._loader = weakref.ref(loader)
+        self._restart_due = True
+        self._start_if_due()
+
+    def set_enabled(self, enabled: bool) -> None:
+        """On (a new round from the running count, once there is a loader) or off (the count stays)."""
+        if enabled and not self.driver.enabled:
+            self._restart_due = True
+        self.driver.enabled = enabled
+        self._start_if_due()
+
+    def feed(self, batch: Any) -> None:
+        """A ``LoaderBatch`` of the tuned loader (the loop's thread, or a writer's): one append."""
+        if self.driver.enabled:
+            self._raw.append(batch)
+
+    def status(self) -> TunerStatus:
+        """The tuner's status (``state`` ``off`` while turned off)."""
+        return self.driver.status()
+
+    def status_fields(self) -> dict[str, Any]:
+        """The status as the protocol's ``autotune`` message carries it (``messages``)."""
+        status = self.status()
+        loader = self.loader
+        return {"loader": loader.name if loader is not None else None, "state": status.state,
+                "workers": status.workers, "changes": len(status.changes),
+                "predicted": {str(n): _rounded(s) for n, s in status.predicted}, "ceiling": _rounded(status.ceiling),
+                "cores": round(self.budget.cores, 3),
+                "memory_bytes": None if self.budget.memory_bytes is None else int(self.budget.memory_bytes),
+                "max_workers": self.budget.max_workers}
+
+    def stop(self) -> None:
+        """Stop the driver's thread (from any thread, its own included)."""
+        self.driver.stop()
+
+    def _start_if_due(self) -> None:
+        with self._start_lock:
+            if self.driver.enabled and self.loader is not None and not self._started:
+                self._started = True
+                self.driver.start()
+                if self._on_thread is not None and self.driver.thread_id is not None:
+                    self._on_thread(self.driver.thread_id)
+
+    # ------------------------------------------------------ driver's thread
+
+    def _apply(self, workers: int) -> None:
+        loader = self.loader
+        if loader is not None:
+            loader.switch(workers)
+
+    def _read(self) -> Reading:
+        """The driver's reading, after pairing the batches the loop queued into observations."""
+        if self._restart_due:
+            self._restart_due = False
+            self.driver.tuner.restart()
+            self._previous = None
+        raw = self._raw
+        while raw:
+            batch = raw.popleft()
+            previous, self._previous = self._previous, batch
+            if previous is None or batch.step_s is None or batch.loader != previous.loader:
+                continue  # the step after an epoch's last batch holds the epoch's end: not a steady step
+            self.driver.put(Observation(previous.num_workers, previous.samples, previous.load_s + previous.switch_s,
+                                        batch.step_s, previous.time,
+                                        refill=previous.batch <= refill_batches(previous.num_workers)))
+        loader = self.loader
+        return read_tree(self._clock, loader.status().worker_pids if loader is not None else ())
+
+
+def describe_budget(budget: Budget, ranks_on_node: int = 1) -> str:
+    """``1 core (2 usable, shared by 2 ranks on this node) and 3.1 GiB of memory for its workers``."""
+    cores = f"{budget.cores:g} core{'' if budget.cores == 1 else 's'}"
+    if ranks_on_node > 1:
+        cores += f" (the node's {budget.cores * ranks_on_node:g} shared by {ranks_on_node} ranks)"
+    if budget.memory_bytes is not None:
+        cores += f" and {budget.memory_bytes / 2**30:.1f} GiB of memory for its workers"
+    return cores
+
+
+def start_at_zero(arguments: dict[str, Any]) -> dict[str, Any]:
+    """``num_workers="auto"``: the constructor's ``arguments`` changed to 0 workers (the first measurement:
+    the loop then waits exactly the time to make a batch); returns the settings torch refuses at 0
+    workers, taken out, for ``hold_for_workers``."""
+    arguments["num_workers"] = 0
+    return {key: arguments.pop(key) for key in HELD_FOR_WORKERS
+            if key in arguments and arguments[key] != HELD_FOR_WORKERS[key]}
+
+
+def hold_for_workers(loader: Any, held: dict[str, Any]) -> None:
+    """Give ``loader`` the settings ``start_at_zero`` took out: in force whenever it has workers."""
+    from loadertop.core.probe import torch_compat
+
+    for key, value in held.items():
+        if key in loader._with_workers:  # kept aside while there are no workers (the loader's own rule)
+            loader._with_workers[key] = value
+            if loader.num_workers > 0:
+                setattr(loader, key, value)
+        elif key == "persistent_workers":
+            torch_compat.set_persistent_workers(loader, value)
+        else:
+            setattr(loader, key, value)
+
+
+def tune_by_itself(loader: Any) -> LoaderTuning:
+    """``num_workers="auto"`` outside ``loadertop run``: a tuner of the loader's own, its lines on stderr.
+
+    Its thread stops when the loader is garbage-collected, or at exit.
+    """
+    from loadertop.core.autotune import default_budget
+    from loadertop.core.cost import TreeCpuClock
+    from loadertop.core.probe.launched import rank_of_process
+    from loadertop.core.probe.publisher import say_on_stderr
+
+    rank = rank_of_process()
+    ranks_on_node = rank.local_world_size if rank is not None else 1
+    budget = default_budget(ranks_on_node=ranks_on_node)
+    clock = TreeCpuClock()
+    name = loader.name
+    prefix = f"rank {rank.rank}: " if rank is not None else ""
+
+    def say(text: str) -> None:
+        say_on_stderr(f"{prefix}autotune: {name}: {text}")
+
+    tuning = LoaderTuning(budget=budget, clock=clock, on_change=lambda change: say(change.line()),
+                          on_thread=lambda thread_id: clock.exclude_threads([thread_id]))
+    loader.add_observer(tuning.feed)
+    say(f"num_workers='auto': from {loader.num_workers} workers, within {describe_budget(budget, ranks_on_node)}"
+        + ("" if loader.continues_exactly else "; an IterableDataset: changes apply at epoch boundaries"))
+    tuning.follow(loader)
+    tuning.set_enabled(True)
+    weakref.finalize(loader, tuning.stop)  # also at exit, while the loader lives
+    return tuning
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else round(value, 3)

@@ -1,0 +1,118 @@
+"""Autotune in users' own scripts, unmodified: ``loadertop run --autotune -- python train.py`` (and under torchrun),
+and ``loadertop.DataLoader(..., num_workers="auto")`` with and without the launcher. The tuner changes the
+training loader's workers, says why with figures, records each change, and the script trains on exactly the
+batches a stock run does."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from loadertop.core.system import usable_cores
+from tests.e2e.test_scripts import launched, records, run
+from tests.e2e.test_torchrun import torchrun
+from tests.helpers import made_at, no_children_left
+from tests.unit.test_cli import assert_usage_error, run_main
+
+SCRIPT = "tests/scripts/tune_loop.py"
+LOADER = made_at(SCRIPT, "loader = DataLoader(")
+FIGURES = re.compile(r"\d")
+
+
+@pytest.fixture(scope="module")
+def stock(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """What a stock run of tune_loop.py (torch's DataLoader, 0 workers, no loadertop) saw."""
+    out = tmp_path_factory.mktemp("stock") / "plain.json"
+    done = run([sys.executable, SCRIPT, str(out)])
+    assert done.returncode == 0, done.stderr
+    return json.loads(out.read_text())
+
+
+def tuned_events(rows: list[dict]) -> list[dict]:
+    events = [r for r in rows if r.get("event") == "autotune"]
+    assert events, rows[-5:]
+    for event in events:  # each says why, with the figures it decided on
+        assert FIGURES.search(event["reason"]) and event["change"] in ("jump", "step", "settle", "retune", "memory")
+        assert isinstance(event["from"], int) and isinstance(event["to"], int)
+    return events
+
+
+def left_running(out: Path) -> list[psutil.Process]:
+    """Processes of a finished script still alive (its workers share its command line, which names ``out``)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if str(out) in (proc.info["cmdline"] or []):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+@pytest.mark.slow
+def test_autotune_tunes_a_scripts_training_loader_and_it_trains_on_a_stock_runs_batches(tmp_path: Path,
+                                                                                        stock: dict) -> None:
+    record = tmp_path / "run.jsonl"
+    out = tmp_path / "watched.json"
+    watched = launched("--autotune", "--record", str(record), command=[sys.executable, SCRIPT, str(out)])
+    assert watched.returncode == 0, watched.stderr
+    seen = json.loads(out.read_text())
+    assert seen["seen"] == stock["seen"] and seen["weights"] == stock["weights"]  # every batch, in order, once
+    rows = records(record)
+    events = tuned_events(rows)
+    assert {e["loader"] for e in events} == {LOADER}
+    batches = [r for r in rows if "event" not in r]
+    assert [r["step"] for r in batches] == list(range(1, len(stock["seen"]) + 1))
+    counts = [r["num_workers"] for r in batches]
+    assert counts[0] == 0 and len(set(counts)) > 1  # the tuner moved the workers, as the script itself saw
+    assert len(set(seen["workers"])) > 1
+    first = events[0]  # applied as it says: the batches after it come from its count
+    assert first["from"] == 0 and first["to"] in counts[first["step"]:]
+    assert f"loadertop: autotune on (--autotune): the training loader's workers are tuned within {usable_cores():g}" \
+        in watched.stderr
+    assert f"loadertop: {LOADER}: autotune: {first['reason']}: 0 -> {first['to']} worker" in watched.stderr
+    assert no_children_left() and not left_running(out)
+
+
+@pytest.fixture(scope="module")
+def stock_ranks(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where a stock torchrun of ddp_loop.py (4 epochs) wrote each rank's indices and weights."""
+    out = tmp_path_factory.mktemp("stock_ranks") / "plain"
+    done = run(torchrun(out, "--epochs", "4"))
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+@pytest.mark.slow
+def test_autotune_under_torchrun_shares_the_cores_among_the_ranks_and_every_shard_stays_exact(
+        tmp_path: Path, stock_ranks: Path) -> None:
+    record = tmp_path / "run.jsonl"
+    watched = launched("--autotune", "--record", str(record), command=torchrun(tmp_path / "watched", "--epochs", "4"))
+    assert watched.returncode == 0, watched.stderr
+    cores = usable_cores()
+    for rank in (0, 1):
+        before = json.loads(Path(f"{stock_ranks}.rank{rank}.json").read_text())
+        after = json.loads((tmp_path / f"watched.rank{rank}.json").read_text())
+        assert after["seen"] == before["seen"] and after["weights"] == before["weights"]
+        # Each rank's tuner has its share of the node: half the cores.
+        assert (f"loadertop: rank {rank}: autotune on (--autotune): the training loader's workers are tuned within "
+                f"{cores / 2:g} core{'' if cores / 2 == 1 else 's'} (the node's {cores:g} shared by 2 ranks)"
+                ) in watched.stderr
+    rows = records(record)
+    for rank in (0, 1):
+        mine = [r for r in rows if r.get("rank") == rank and "event" not in r]
+        assert [r["step"] for r in mine] == list(range(1, 49))
+    events = [r for r in rows if r.get("event") == "autotune"]
+    for event in events:  # changes, where the ranks had time for one, name their rank and say why
+        assert event["rank"] in (0, 1) and FIGURES.search(event["reason"])
+    assert no_children_left()
+
+
+def test_budgets_without_autotune_are_refused_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    done = run_main(["run", "--headless", "--cpu-budget", "1", "--", sys.executable, SCRIPT, "out.json"], capsys)
+    assert_usage_error(done, "--cpu-budget and --memory-budget are the autotuner's budgets: add --autotune")
