@@ -17,6 +17,7 @@ from loadertop.core.protocol.status import TrainerState
 from loadertop.core.view import SessionLike, SessionView
 from loadertop.tui.screens import ConfigForm, HelpScreen, SweepResult
 from loadertop.tui.widgets import (
+    AutotunePanel,
     ComparisonTable,
     CoreMeters,
     ErrorPanel,
@@ -30,9 +31,13 @@ from loadertop.tui.widgets import (
     ViewWidget,
     WorkersPanel,
 )
+from loadertop.tui.widgets.autotune import MIN_SCREEN_WIDTH as AUTOTUNE_MIN_WIDTH
+from loadertop.tui.widgets.autotune import has_content as autotune_has_content
 from loadertop.tui.widgets.pending import describe_change
 
 MAX_WORKERS = 64
+WORKER_KEYS = Binding.Group("±1 worker", compact=True)
+"""+ and - share one place in the footer: room for every key at 80 columns."""
 QUIT_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 
 
@@ -53,12 +58,14 @@ class LoaderTopApp(App[None]):
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("plus,equals_sign", "more_workers", "+1 worker", key_display="+", id="more",
-                tooltip="One worker more (pending until r)"),
+                tooltip="One worker more (pending until r)", group=WORKER_KEYS),
         Binding("minus", "fewer_workers", "-1 worker", key_display="-", id="fewer",
-                tooltip="One worker fewer (pending until r)"),
+                tooltip="One worker fewer (pending until r)", group=WORKER_KEYS),
         *[Binding(str(n), f"set_workers({n})", f"{n} workers", show=False) for n in range(10)],
         Binding("r", "apply", "apply", id="apply", tooltip="Hot-restart with the pending settings"),
         Binding("s", "sweep", "sweep", id="sweep", tooltip="Measure each worker count in turn, then recommend"),
+        Binding("a", "autotune", "autotune", id="autotune",
+                tooltip="Autotune on/off: find and hold the best worker count while training runs"),
         Binding("escape", "cancel_sweep", "cancel sweep", show=False),
         Binding("p", "pause", "pause", id="pause", tooltip="Pause or resume training"),
         Binding("c", "settings", "settings", id="settings", tooltip="Batch size, pin_memory, persistence, prefetch"),
@@ -87,11 +94,13 @@ class LoaderTopApp(App[None]):
         self._notice_seen = 0
         self._watching_script = False
         self._ranks_shown = False
+        self._autotune_asked = False  # what a asked last, for sessions whose view cannot say
 
     def compose(self) -> ComposeResult:
         # Held by reference: queries go to the active screen, which may be the help or the form.
         self._pending_bar = PendingBar(id="pending")
         self._error_panel = ErrorPanel(id="error")
+        self._autotune_panel = AutotunePanel(id="autotune")
         self._views: list[ViewWidget] = [
             RunHeader(id="header"),
             self._pending_bar,
@@ -102,10 +111,11 @@ class LoaderTopApp(App[None]):
             self._panel(GpuPanel(id="gpu"), "GPU"),
             self._panel(WorkersPanel(id="workers"), "processes"),
             self._panel(ComparisonTable(id="table"), "worker counts tried"),
+            self._panel(self._autotune_panel, "predicted · autotune (a)"),
             self._panel(LogPanel(id="log"), "the script's output"),
             self._panel(RanksPanel(id="ranks"), "ranks (k: next rank, A: switch all)"),
         ]
-        header, pending, loss, load, error, cpu, gpu, workers, table, log, ranks = self._views
+        header, pending, loss, load, error, cpu, gpu, workers, table, autotune, log, ranks = self._views
         with Vertical(id="main"):
             yield header
             yield pending
@@ -117,7 +127,9 @@ class LoaderTopApp(App[None]):
                 yield cpu
                 yield gpu
                 yield workers
-            yield table
+            with Horizontal(id="comparison"):
+                yield table
+                yield autotune
             yield log
             yield ranks
         yield Static("terminal too small for loadertop: make it at least 60x16 (q quits)", id="too-small")
@@ -185,6 +197,7 @@ class LoaderTopApp(App[None]):
             if force or widget.wants(view, self._tick):
                 widget.view = view
         self._error_panel.set_class(view.status.error is not None, "-shown")
+        self._autotune_panel.set_class(autotune_has_content(view) and self.size.width >= AUTOTUNE_MIN_WIDTH, "-shown")
         if script is not None and script.notice[0] != self._notice_seen:
             self._notice_seen = script.notice[0]
             refused = script.notice[1].startswith("refused")
@@ -248,8 +261,12 @@ class LoaderTopApp(App[None]):
         except (RuntimeError, ValueError) as exc:
             self.notify(str(exc), severity="error", timeout=6)
             return
+        tuning = view.autotune is not None and view.autotune.state != "off"
         if status.state.is_done:
             self.notify(f"training again with {pending.describe()}", timeout=3)
+        elif tuning and pending.num_workers != status.config.num_workers:
+            self.notify(f"hot-restart: {describe_change(status.config, pending)}; autotune starts over from "
+                        f"{pending.num_workers}", timeout=3)
         else:
             self.notify(f"hot-restart: {describe_change(status.config, pending)}", timeout=3)
         self.refresh_view(force=True)
@@ -308,6 +325,31 @@ class LoaderTopApp(App[None]):
             return
         self.session.cancel_sweep()
         self.notify("sweep cancelled: the table keeps what was measured", timeout=3)
+        self.refresh_view(force=True)
+
+    def action_autotune(self) -> None:
+        """Turn autotune on (tuning from the running count) or off (the count stays)."""
+        view = self.latest
+        tuner = view.autotune if view is not None else None
+        on = tuner.state != "off" if tuner is not None else self._autotune_asked
+        set_autotune = getattr(self.session, "set_autotune", None)
+        if set_autotune is None:
+            self.notify("this session cannot tune its workers (a recording, or a monitor without autotune)",
+                        severity="warning", timeout=4)
+            return
+        try:
+            set_autotune(not on)
+        except (RuntimeError, ValueError) as exc:
+            self.notify(str(exc), severity="warning", timeout=6)
+            return
+        self._autotune_asked = not on
+        workers = view.status.config.num_workers if view is not None else None
+        if on:
+            self.notify("autotune off" + (f": the count stays at {workers}" if workers is not None else ""), timeout=3)
+        else:
+            count = "the running count" if workers is None else f"{workers} worker{'s' if workers != 1 else ''}"
+            self.notify(f"autotune on: measuring {count}, then the model's pick; each change and why beside the table",
+                        timeout=4)
         self.refresh_view(force=True)
 
     def _sweep_done(self, view: SessionView) -> None:

@@ -40,3 +40,18 @@ def script_view() -> SessionView:
 @pytest.fixture
 def script_replay(script_view: SessionView) -> ReplaySession:
     return ReplaySession(dataclasses.replace(script_view))
+
+
+AUTOTUNE_RECORDED = Path(__file__).resolve().parent.parent / "data" / "autotune_session.json"
+
+
+@pytest.fixture(scope="session")
+def autotune_view() -> SessionView:
+    """A real run of the calibrated storage-bound workload from 0 workers with autotune on, saved once it settled
+    (``screenshots/record_autotune_session.py``): the tuner's changes, their reasons and its model's curve."""
+    return load_view(AUTOTUNE_RECORDED)
+
+
+@pytest.fixture
+def autotune_replay(autotune_view: SessionView) -> ReplaySession:
+    return ReplaySession(dataclasses.replace(autotune_view))

@@ -131,3 +131,11 @@ async def test_a_torchrun_job_k_shows_the_next_rank(request: pytest.FixtureReque
         await pilot.press("k")
 
     await snapshot(request, ReplaySession.from_file(RANKS_RECORDED), "ranks_k_120x40", (120, 40), press)
+
+
+@pytest.mark.parametrize("size", [(120, 36), (80, 24)], ids=["120x36", "80x24"])
+async def test_autotune_settled(request: pytest.FixtureRequest, autotune_view: SessionView,
+                                size: tuple[int, int]) -> None:
+    """A real autotuned run (storage-bound, from 0 workers), settled: its state in the header, beside the table the
+    model's predicted curve (measured, running, the CPU ceiling) and the latest change with its reason."""
+    await snapshot(request, autotune_view, f"autotune_{size[0]}x{size[1]}", size)

@@ -12,6 +12,10 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
+AUTOTUNE = ("autotune on / off: measure, jump to the model's pick, verify one more and one fewer, settle and hold; "
+            "each change and why beside the table. The keys above still work: a manual switch (r) makes the tuner "
+            "start over from that count")
+
 KEYS = (
     ("+ / -", "one worker more / fewer (pending; nothing restarts yet)"),
     ("0 … 9", "set the pending worker count directly"),
@@ -21,6 +25,7 @@ KEYS = (
            "persistent_workers")),
     ("s", "sweep: measure 0, 1, 2, 4, ... workers in turn (training goes on), then recommend one"),
     ("Esc", "cancel a sweep (what was measured stays)"),
+    ("a", AUTOTUNE),
     ("p", "pause / resume training"),
     ("?", "this help"),
     ("q, Ctrl+C", "quit: stops training and shuts the workers down"),
@@ -32,6 +37,7 @@ SCRIPT_KEYS = (
     ("l", "the script's next DataLoader (train, validation, ...): shown, and what r switches"),
     ("k", "a torchrun job's next rank (this node's or another's): shown, and what r switches"),
     ("A", "switch every rank of a torchrun job to the pending count"),
+    ("a", AUTOTUNE),
     ("d", "detach: quit and leave the script running; loadertop attach watches it again"),
     ("?", "this help"),
     ("q, Ctrl+C", "stop the script as ^C would (SIGINT, then SIGTERM after 5 s) and quit"),
@@ -42,6 +48,7 @@ READING = (
     "input-bound: the step waits for data more than 10% of the time; add workers until it is not.",
     "The table keeps one row per configuration; warm-up batches after each (re)start are left out.",
     "★ marks the most samples/s; ◆ the fewest workers within 5% of it: past that, more only cost CPU and memory.",
+    "Beside the table, the model's predicted samples/s per count (● measured, ▶ running, ┊ the CPU ceiling).",
 )
 
 

@@ -1,5 +1,6 @@
 """The monitor's panels, one widget a file; each draws a ``SessionView`` and nothing else."""
 
+from loadertop.tui.widgets.autotune import AutotunePanel
 from loadertop.tui.widgets.base import SystemPanel, ViewWidget
 from loadertop.tui.widgets.comparison import ComparisonTable
 from loadertop.tui.widgets.cores import CoreMeters
@@ -14,6 +15,7 @@ from loadertop.tui.widgets.ranks import RanksPanel
 from loadertop.tui.widgets.workers import WorkersPanel
 
 __all__ = [
+    "AutotunePanel",
     "ComparisonTable",
     "CoreMeters",
     "ErrorPanel",

@@ -7,6 +7,7 @@ import math
 from rich.text import Text
 
 from loadertop.core.advice import recent_stats
+from loadertop.core.autotune import TunerStatus
 from loadertop.core.protocol.status import TrainerState
 from loadertop.tui.plot import meter
 from loadertop.tui.widgets.base import ViewWidget
@@ -32,8 +33,22 @@ def format_duration(seconds: float) -> str:
     return f"{hours}:{minutes:02}:{secs:02}" if hours else f"{minutes:02}:{secs:02}"
 
 
+def autotune_text(tuner: TunerStatus | None) -> str:
+    """``autotune: settled at 8 workers`` (``measuring 3 workers``, ``switching to 5``); empty while it is off."""
+    if tuner is None or tuner.state == "off":
+        return ""
+    workers = tuner.workers
+    if workers is None:
+        return f"autotune: {tuner.state}"
+    if tuner.state == "settled":
+        return f"autotune: settled at {workers} worker{'s' if workers != 1 else ''}"
+    if tuner.state == "switching":
+        return f"autotune: switching to {workers}"
+    return f"autotune: {tuner.state} {workers} worker{'s' if workers != 1 else ''}"
+
+
 class RunHeader(ViewWidget):
-    """Two lines: what runs where and in which state; then progress, time and throughput."""
+    """Two lines: what runs where and in which state (and the autotuner's); then progress, time and throughput."""
 
     follows = "status"
 
@@ -52,6 +67,10 @@ class RunHeader(ViewWidget):
         line.append(status.config.describe(), "bold")
         line.append(" │ ")
         line.append(status.state.value.upper(), STATE_STYLES.get(status.state, ""))
+        tuning = autotune_text(view.autotune)
+        if tuning:
+            line.append(" │ ")
+            line.append(tuning, "bold magenta")
         line.append(f" │ {status.device} │ {view.workload_name}")
         for note in view.notes:
             line.append(f" ({note})", "dim")
