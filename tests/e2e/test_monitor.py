@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.tmux import HAVE_TMUX, TmuxApp, step_of
-from tests.helpers import eventually
+from tests.helpers import eventually, no_children_left
 
 pytestmark = [pytest.mark.skipif(not HAVE_TMUX, reason="tmux is not installed"), pytest.mark.slow]
 
@@ -88,7 +88,7 @@ def test_every_way_to_quit_during_a_stuck_batch_leaves_nothing_within_3_seconds(
         if how in ("q", "ctrl-c", "sigterm"):
             assert app.exit_status(5) == (128 + signal.SIGTERM if how == "sigterm" else 0)
             screen = app.screen()  # the terminal is back to the shell's screen: no panel left on it
-            assert "+1 worker" not in screen and "╭─ loss" not in screen
+            assert "±1 worker" not in screen and "╭─ loss" not in screen
         assert not {name for name in shm_entries() - shm_before if "torch" in name or "loadertop" in name}
     finally:
         app.close()
@@ -163,5 +163,26 @@ def test_the_app_runs_spawn_workers(tmp_path: Path) -> None:
         app.send("q")
         assert app.exit_status() == 0
         assert no_process_left(app)
+    finally:
+        app.close()
+
+
+def test_a_turns_autotune_on_and_the_panel_shows_its_changes_with_their_reasons(tmp_path: Path) -> None:
+    app = TmuxApp(["run", "--workload", "loadertop.core.calibrated:storage_bound", "--batch-size", "8"], tmp_path)
+    try:
+        app.wait_for(lambda s: step_of(s) > 3, timeout=90, what="batches")
+        assert "autotune:" not in app.screen()
+        app.send("a")
+        screen = app.wait_for(lambda s: re.search(r"RUNNING │ autotune: (measuring|switching|settled)", s),
+                              timeout=20, what="autotune's state in the header")
+        assert "╭─ predicted · autotune (a) " in screen
+        # The tuner measures the running count, then jumps to the model's pick: "0 -> 3 workers: load 21.5 ms > ...".
+        change = re.compile(r"\b\d+ -> \d+ workers?: .*\bms\b")
+        screen = app.wait_for(lambda s: change.search(s), timeout=90, what="a change with its reason", poll_s=0.5)
+        assert re.search(r"autotune: (measuring|switching to|settled at) \d+", screen), screen
+        app.send("q")
+        assert app.exit_status(30) == 0
+        assert no_process_left(app)
+        assert no_children_left()
     finally:
         app.close()
