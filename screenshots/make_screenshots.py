@@ -4,9 +4,9 @@
 
 The recordings are real runs on the machine named in the README: the built-in workload
 (``screenshots/record_session.py`` makes a new one), a user's script under the monitor
-(``screenshots/record_script_session.py``) and a torchrun job, every rank's view, before and after
-its straggler's switch (``screenshots/record_ranks_session.py``); drawing from them keeps every
-figure in the SVGs fixed.
+(``screenshots/record_script_session.py``), a torchrun job, every rank's view, before and after
+its straggler's switch (``screenshots/record_ranks_session.py``) and an autotuned run once it settled
+(``screenshots/record_autotune_session.py``); drawing from them keeps every figure in the SVGs fixed.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ async def main() -> int:
         await shoot(load_view(HERE / "script_session.json"), "script-120x36", (120, 36)),
         await shoot(HERE / "ranks_session.json", "ranks-120x40", (120, 40)),
         await shoot(HERE / "ranks_switched_session.json", "ranks-switched-120x40", (120, 40)),
+        await shoot(load_view(HERE / "autotune_session.json"), "autotune-120x36", (120, 36)),
     ]
     for path in made:
         print(f"wrote {path.relative_to(HERE.parent)}")
