@@ -50,7 +50,10 @@ def test_every_rank_is_switched_and_keeps_its_shard_exactly(tmp_path: Path, plai
     for rank in (0, 1):  # every rank's batches, with its rank, in one file
         mine = [r for r in rows if r["rank"] == rank]
         assert [r["step"] for r in mine] == list(range(1, 25))
-        assert [r["num_workers"] for r in mine] == [0] * 3 + [2] * 21
+        counts = [r["num_workers"] for r in mine]
+        # 0 workers up to the switch, then 2 (an overlapped switch may hand over a few batches later);
+        # the second epoch is all 2.
+        assert counts[:3] == [0] * 3 and counts == sorted(counts) and counts[12:] == [2] * 12
     # torchrun's own process trains nothing: it claims no run (no loader of its own, no third set of batches).
     created = sorted(line for line in watched.stderr.splitlines() if "DataLoader " in line)
     assert created == [f"loadertop: rank {r}: DataLoader {LOADER}: 0 workers, batch 4 (training: --switch applies "
