@@ -19,32 +19,49 @@ FIT = "tests/scripts/fit_lightning.py"
 TRAIN, VAL = made_at(FIT, "DataLoader(Numbers(160)"), made_at(FIT, "DataLoader(Numbers(48)")
 
 
+LIGHTNING_RUNS = {
+    "lightning, injected callback": [],
+    "the script's own callback": ["--callback"],
+    "pytorch_lightning": ["--namespace=pytorch_lightning"],  # import pytorch_lightning as L: the older package
+    "manual optimization, the loss only logged": ["--manual"],  # training_step returns None
+}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("explicit", [False, True], ids=["injected callback", "the script's own callback"])
-def test_a_lightning_fit_is_switched_mid_epoch_and_trains_exactly_as_without(explicit: bool, tmp_path: Path) -> None:
-    extra = ["--callback"] if explicit else []
-    plain = run([sys.executable, FIT, str(tmp_path / "plain.json"), *extra])
+@pytest.mark.parametrize("options", list(LIGHTNING_RUNS.values()), ids=list(LIGHTNING_RUNS))
+def test_a_lightning_fit_is_switched_mid_epoch_and_trains_exactly_as_without(options: list[str],
+                                                                              tmp_path: Path) -> None:
+    plain = run([sys.executable, FIT, str(tmp_path / "plain.json"), *options])
     assert plain.returncode == 0, plain.stderr
     record = tmp_path / "run.jsonl"
     watched = launched("--switch", "5:2", "--record", str(record),
-                       command=[sys.executable, FIT, str(tmp_path / "watched.json"), *extra])
+                       command=[sys.executable, FIT, str(tmp_path / "watched.json"), *options])
     assert watched.returncode == 0, watched.stderr
     seen_plain = json.loads((tmp_path / "plain.json").read_text())
     seen = json.loads((tmp_path / "watched.json").read_text())
     assert seen["train"] == seen_plain["train"] and seen["val"] == seen_plain["val"]  # every sample, in order
     assert seen["weights"] == seen_plain["weights"] and seen["losses"] == seen_plain["losses"]
     assert seen["callbacks"].count("LoaderTopCallback") == 1  # injected once, or the script's own kept alone
+    # loadertop imports neither Lightning package unless the script does (nor the other one when it does).
+    assert seen["imported"] == seen_plain["imported"] == (
+        ["pytorch_lightning"] if "--namespace=pytorch_lightning" in options else ["lightning"])
     # The training loader is told apart from the validation loader Lightning asks for first (sanity check).
     assert f"loadertop: DataLoader {TRAIN} is the training loader" in watched.stderr
     assert f"{TRAIN}: switching 0 -> 2 workers after batch 5" in watched.stderr
     rows = records(record)
     train = [r for r in rows if r.get("loader") == TRAIN and "event" not in r]
     val = [r for r in rows if r.get("loader") == VAL and "event" not in r]
-    assert [r["num_workers"] for r in train] == [0] * 5 + [2] * 35 and len(val) == len(seen_plain["val"])
-    assert all(r["num_workers"] == 0 for r in val)
-    # The loss curve: what training_step returned, for every training batch, as the script saw it.
-    logged = [r["loss"] for r in rows if r.get("event") == "log"]
-    assert logged == seen_plain["losses"]
+    # One switch, after the 5th batch (an overlapped switch hands over when the new workers are up).
+    workers = [r["num_workers"] for r in train]
+    switched = workers.index(2)
+    assert 5 <= switched < 40 and workers == [0] * switched + [2] * (40 - switched)
+    assert len(val) == len(seen_plain["val"]) and all(r["num_workers"] == 0 for r in val)
+    # The loss curve: what training_step returned (or, returning nothing, logged), on each training batch, as the
+    # script saw it; and what it logged with self.log, each batch's own values (the accuracy every other batch).
+    logged = [r for r in rows if r.get("event") == "log"]
+    assert [(r["loader"], r["step"]) for r in logged] == [(TRAIN, step) for step in range(1, 41)]
+    assert [r["loss"] for r in logged] == seen_plain["losses"]
+    assert [{k: v for k, v in r.items() if k.startswith("train_")} for r in logged] == seen_plain["logged"]
     assert no_children_left()
 
 

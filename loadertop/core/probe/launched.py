@@ -123,6 +123,19 @@ def install_from_environment() -> None:
     _after_import("torch", lambda _module: _instrument(settings))
 
 
+def watch_this_process() -> LaunchedRun | None:
+    """Watch this process's DataLoaders without the launcher, as ``loadertop run`` would (for a framework
+    callback that a script added itself): every DataLoader made from now on is loadertop's, and monitors
+    can attach (``loadertop attach``) and switch them. The run, once started; None under the launcher
+    (in a process that did not claim the launched run: a DataLoader worker, a spawned child).
+    """
+    if _run is None and ENV not in os.environ:
+        _instrument(ProbeSettings(command=tuple(getattr(sys, "orig_argv", sys.argv))))
+        if _run is not None and _run.server is not None:
+            _run._say(f"watching this process's DataLoaders: `loadertop attach {os.getpid()}` from another terminal")
+    return _run
+
+
 def _instrument(settings: ProbeSettings) -> None:
     import torch.utils.data
 
@@ -137,8 +150,9 @@ def _instrument(settings: ProbeSettings) -> None:
             _after_import(name, _framework_imported)
 
 
-FRAMEWORKS = ("lightning.pytorch", "pytorch_lightning", "transformers.trainer")
-"""Frameworks whose trainers the launcher gives its callback (``loadertop.integrations``)."""
+FRAMEWORKS = ("lightning.pytorch.trainer.trainer", "pytorch_lightning.trainer.trainer", "transformers.trainer")
+"""The modules of the trainers the launcher gives its callback (``loadertop.integrations``): not a package
+itself, which may be still importing when torch is (``pytorch_lightning`` imports torch first)."""
 
 
 def _after_import(name: str, then: Callable[[ModuleType], None]) -> None:
@@ -155,7 +169,7 @@ def _framework_imported(module: ModuleType) -> None:
     A version loadertop cannot hook into is said in one line; its loaders are still watched.
     """
     try:
-        if module.__name__ in ("lightning.pytorch", "pytorch_lightning"):
+        if module.__name__ in ("lightning.pytorch.trainer.trainer", "pytorch_lightning.trainer.trainer"):
             from loadertop.integrations.lightning import inject
 
             inject(module)
