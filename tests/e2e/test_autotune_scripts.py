@@ -16,11 +16,12 @@ import pytest
 from loadertop.core.system import usable_cores
 from tests.e2e.test_scripts import launched, records, run
 from tests.e2e.test_torchrun import torchrun
-from tests.helpers import made_at, no_children_left
+from tests.helpers import eventually, made_at, no_children_left
 from tests.unit.test_cli import assert_usage_error, run_main
 
 SCRIPT = "tests/scripts/tune_loop.py"
 LOADER = made_at(SCRIPT, "loader = DataLoader(")
+AUTO_LOADER = made_at(SCRIPT, "loader = loadertop.DataLoader(")
 FIGURES = re.compile(r"\d")
 
 
@@ -77,6 +78,41 @@ def test_autotune_tunes_a_scripts_training_loader_and_it_trains_on_a_stock_runs_
         in watched.stderr
     assert f"loadertop: {LOADER}: autotune: {first['reason']}: 0 -> {first['to']} worker" in watched.stderr
     assert no_children_left() and not left_running(out)
+
+
+@pytest.mark.slow
+def test_num_workers_auto_is_tuned_by_the_launchers_tuner_without_autotune(tmp_path: Path, stock: dict) -> None:
+    record = tmp_path / "run.jsonl"
+    out = tmp_path / "auto.json"
+    watched = launched("--record", str(record), command=[sys.executable, SCRIPT, str(out), "--auto"])
+    assert watched.returncode == 0, watched.stderr
+    seen = json.loads(out.read_text())
+    assert seen["seen"] == stock["seen"] and seen["weights"] == stock["weights"]
+    assert seen["workers"][0] == 0 and max(seen["workers"]) > 0  # from 0 workers, then tuned
+    assert f"loadertop: autotune on ({AUTO_LOADER}: num_workers='auto')" in watched.stderr
+    events = tuned_events(records(record))
+    assert {e["loader"] for e in events} == {AUTO_LOADER}
+    assert "loadertop: autotune: " not in watched.stderr  # the run's tuner, not a second one of the loader's own
+    assert no_children_left() and not left_running(out)
+
+
+@pytest.mark.slow
+def test_num_workers_auto_without_the_launcher_tunes_itself_and_leaves_nothing_behind(tmp_path: Path,
+                                                                                       stock: dict) -> None:
+    out = tmp_path / "alone.json"
+    done = run([sys.executable, SCRIPT, str(out), "--auto"])
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(out.read_text())
+    assert seen["seen"] == stock["seen"] and seen["weights"] == stock["weights"]
+    assert seen["workers"][0] == 0 and max(seen["workers"]) > 0
+    said = [line for line in done.stderr.splitlines() if line.startswith("loadertop:")]
+    assert said[0].startswith(f"loadertop: autotune: {AUTO_LOADER}: num_workers='auto': from 0 workers, within "
+                              f"{usable_cores():g} cores")
+    changes = [line for line in said[1:] if re.search(r": \d+ -> \d+ workers?$", line)]
+    assert changes and all(line.startswith(f"loadertop: autotune: {AUTO_LOADER}: ") for line in changes)
+    assert all(FIGURES.search(line.split(": ", 3)[3].rsplit(": ", 1)[0]) for line in changes)  # reasons with figures
+    assert done.stdout == "tune_loop: 160 batches\n"  # the script's output is its own
+    assert eventually(lambda: not left_running(out), 5)
 
 
 @pytest.fixture(scope="module")

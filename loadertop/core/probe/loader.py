@@ -39,7 +39,7 @@ from typing import Any, NamedTuple
 import torch
 from torch.utils.data import IterableDataset
 
-from loadertop.core.probe import torch_compat
+from loadertop.core.probe import torch_compat, tuning
 
 _names = itertools.count(1)
 _clock = time.perf_counter
@@ -111,7 +111,8 @@ class DataLoader(torch.utils.data.DataLoader):
     """``torch.utils.data.DataLoader`` with the same arguments, plus ``name=``; see the module's docstring.
 
     Args:
-        *args, **kwargs: as for ``torch.utils.data.DataLoader``.
+        *args, **kwargs: as for ``torch.utils.data.DataLoader``; ``num_workers="auto"`` starts with 0 workers
+            and tunes them while the loop runs (by ``loadertop run``'s tuner, else by one of its own).
         name: how the monitor names this loader (default: the ``file:line`` that created it).
     """
 
@@ -121,11 +122,14 @@ class DataLoader(torch.utils.data.DataLoader):
     def __init__(self, *args: Any, name: str | None = None, **kwargs: Any) -> None:
         torch_compat.install()
         hook = DataLoader.creation_hook
+        bound = _TORCH_SIGNATURE.bind(self, *args, **kwargs)
+        arguments = {k: v for k, v in bound.arguments.items() if k != "self"}
+        self.auto_workers = arguments.get("num_workers") == "auto"
+        """``num_workers="auto"``: it starts with 0 workers and is tuned (``loadertop.core.probe.tuning``)."""
+        held = tuning.start_at_zero(arguments) if self.auto_workers else {}
         if hook is not None:
-            bound = _TORCH_SIGNATURE.bind(self, *args, **kwargs)
-            arguments = hook.arguments({k: v for k, v in bound.arguments.items() if k != "self"})
-            args, kwargs = (), arguments
-        super().__init__(*args, **kwargs)
+            arguments = hook.arguments(arguments)
+        super().__init__(**arguments)
         site, self.made_by_package = _creation_site()
         self.site = site
         """Where it was made (``file:line``), as its default name."""
@@ -144,8 +148,11 @@ class DataLoader(torch.utils.data.DataLoader):
         self._switches = 0
         # Settings torch allows only with workers: kept here while there are none, for when there are again.
         self._with_workers = {key: _current(self, key) for key in _WORKERS_ONLY}
+        tuning.hold_for_workers(self, held)
         if hook is not None:
-            hook.created(self)
+            hook.created(self)  # under loadertop run: the run's tuner tunes an "auto" training loader
+        elif self.auto_workers:
+            tuning.tune_by_itself(self)
 
     # -------------------------------------------------------------- public
 

@@ -7,8 +7,8 @@ run`` tunes itself (``tune_by_itself``), its lines on stderr. Either way the loo
 is one append of the ``LoaderBatch`` it already built; the driver's thread pairs each batch
 with the next one's ``step_s`` (the loop's work on it) into an ``Observation`` (the step that
 holds an epoch's end, ``step_s`` None, is left out), reads the process tree, and switches the
-loader. The driver's thread is left out of the CPU the training is billed. Nothing heavy is
-imported here (torch is, by then, already).
+loader. The driver's thread is left out of the CPU the training is billed. The drop-in loader
+imports this module: the tuner itself is imported only once a loader is tuned.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import threading
 import weakref
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from loadertop.core.autotune import AutoTuner, Budget, Change, Observation, Reading, TunerStatus, read_tree
-from loadertop.core.store import refill_batches
+if TYPE_CHECKING:
+    from loadertop.core.autotune import Budget, Change, Reading, TunerStatus
 
 HELD_FOR_WORKERS = {"prefetch_factor": None, "persistent_workers": False, "multiprocessing_context": None,
                     "timeout": 0}
@@ -41,7 +41,7 @@ class LoaderTuning:
 
     def __init__(self, *, budget: Budget, clock: Any, on_change: Callable[[Change], None],
                  on_thread: Callable[[int], None] | None = None, interval_s: float = 0.25) -> None:
-        from loadertop.core.autotune import TuneDriver
+        from loadertop.core.autotune import AutoTuner, TuneDriver
 
         self.budget = budget
         self._clock = clock
@@ -124,10 +124,14 @@ class LoaderTuning:
 
     def _read(self) -> Reading:
         """The driver's reading, after pairing the batches the loop queued into observations."""
+        from loadertop.core.autotune import Observation, read_tree
+        from loadertop.core.store import refill_batches
+
         if self._restart_due:
             self._restart_due = False
             self.driver.tuner.restart()
             self._previous = None
+            self._raw.clear()  # batches from before (another loader's, or queued as it was turned off)
         raw = self._raw
         while raw:
             batch = raw.popleft()
