@@ -150,6 +150,9 @@ def _instrument(settings: ProbeSettings) -> None:
             _after_import(name, _framework_imported)
 
 
+TUNING_STATUS_S = 0.5
+"""How often the writer looks whether the autotuner's status changed (to publish it)."""
+
 FRAMEWORKS = ("lightning.pytorch.trainer.trainer", "pytorch_lightning.trainer.trainer", "transformers.trainer")
 """The modules of the trainers the launcher gives its callback (``loadertop.integrations``): not a package
 itself, which may be still importing when torch is (``pytorch_lightning`` imports torch first)."""
@@ -317,6 +320,7 @@ class LaunchedRun(Publisher):
         self.tuning: Any = None  # a LoaderTuning once autotune is first asked for (--autotune, a monitor, "auto")
         self._tuning_lock = threading.Lock()
         self._tuning_published: dict[str, Any] | None = None
+        self._next_tuning = 0.0
         super().__init__(hello=hello, record=settings.record, serve=settings.serve, say=say,
                          tag={"rank": self.rank.rank} if self.rank is not None else None)
         if self.server is not None:
@@ -381,10 +385,17 @@ class LaunchedRun(Publisher):
         return self.set_autotune(enabled, why="the monitor")
 
     def _publish_tuning(self) -> None:
-        """The tuner's status to the monitors when it changed (the writer thread; the server keeps the latest)."""
+        """The tuner's status to the monitors when it changed, looked at twice a second (the writer thread;
+        the server keeps the latest for monitors that attach later)."""
+        if time.monotonic() < self._next_tuning:
+            return
+        self._next_tuning = time.monotonic() + TUNING_STATUS_S
         tuning = self.tuning
         if tuning is not None:
-            fields = tuning.status_fields()
+            try:
+                fields = tuning.status_fields()
+            except Exception:  # noqa: BLE001 - read while the tuner's thread changes it: next time
+                return
         else:
             training = self.training
             fields = {"loader": training.name if training is not None else None, "state": "off", "workers": None,
