@@ -85,3 +85,29 @@ def test_the_monitor_reads_the_status_and_the_changes_into_the_view() -> None:
     session._handle({"type": "autotune", "state": "off", "workers": None, "changes": 1, "predicted": {},
                      "ceiling": None})
     assert session.view().autotune.state == "off" and len(session.view().autotune.changes) == 1
+
+
+def test_a_torchrun_jobs_monitor_turns_autotune_on_or_off_for_the_shown_rank_only() -> None:
+    from loadertop.core.ranks import RanksSession, _Rank
+
+    asked: list[tuple[int, bool]] = []
+
+    class Rank:  # a rank's RemoteSession, as far as autotune goes
+        def __init__(self, number: int) -> None:
+            self.number = number
+
+        def set_autotune(self, enabled: bool) -> None:
+            asked.append((self.number, enabled))
+
+    job = RanksSession(pid=os.getpid())
+    with pytest.raises(RuntimeError, match="no rank has started yet"):
+        job.set_autotune(True)
+    job._ranks = {n: _Rank(os.getpid(), Path("/nonexistent"), n, n, 2, 2, 0, Rank(n), 0.0)  # type: ignore[arg-type]
+                  for n in (0, 1)}
+    job.set_autotune(True)
+    job._selected = 1
+    job.set_autotune(False)
+    assert asked == [(0, True), (1, False)]
+    job._selected = 3  # a rank of another node, as its peers tell of it
+    with pytest.raises(RuntimeError, match="rank 3 runs on another node"):
+        job.set_autotune(True)
