@@ -150,7 +150,7 @@ BAD_LAUNCHES = [
     (["run", "--headless", "--record", "-", "--", sys.executable, SCRIPT], "--record needs a file with a script"),
     (["run", "--headless", "--switch", "3:1", "--switch", "3:2", "--", sys.executable, SCRIPT],
      "each STEP may be given once"),
-    (["run", "--headless", "--switch", "@3:1", "--", sys.executable, SCRIPT], "must be [LOADER@]STEP:WORKERS"),
+    (["run", "--headless", "--switch", "@3:1", "--", sys.executable, SCRIPT], "must be [rankR:][LOADER@]STEP:WORKERS"),
     (["sweep", "--", sys.executable, SCRIPT], "a command after '--' goes with loadertop run"),
 ]
 
