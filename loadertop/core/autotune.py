@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -542,7 +543,13 @@ class TuneDriver:
         self.enabled = enabled
 
     def start(self) -> None:
-        """Start the driver's thread; returns once its native id is known (``thread_id``)."""
+        """Start the driver's thread; returns once its native id is known (``thread_id``).
+
+        torch's warning that a loader makes more workers than cores is silenced from here on: the tuner
+        tries such counts on purpose (workers that wait on storage need no core), under its CPU budget.
+        """
+        warnings.filterwarnings("ignore", message=r"This DataLoader will create \d+ worker processes in total",
+                                category=UserWarning)
         self._thread = threading.Thread(target=self._run, name="loadertop-autotune", daemon=True)
         self._thread.start()
         self._started.wait(5.0)
