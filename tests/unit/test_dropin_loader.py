@@ -1,4 +1,8 @@
-"""loadertop.DataLoader: the batches a stock DataLoader delivers, in order, across worker switches; no RNG drawn."""
+"""loadertop.DataLoader: the batches a stock DataLoader delivers, in order, across worker switches; no RNG drawn.
+
+Each switch here runs both ways: overlapped (the default: new workers start while the old ones deliver)
+and stopped-then-started (``overlap=False``); tests/unit/test_overlap.py follows the overlap batch by batch.
+"""
 
 from __future__ import annotations
 
@@ -14,13 +18,13 @@ from torch.utils.data import DistributedSampler, IterableDataset, Sampler, Weigh
 import loadertop
 from loadertop.core.calibrated import SleepDataset
 from loadertop.core.probe.loader import DataLoader, LoaderBatch
-from tests.helpers import no_children_left
+from tests.helpers import no_children_left, wait_for
 
 SIZE = 50
 
 
 def run(make: Callable[..., torch.utils.data.DataLoader], switches: dict[int, int], *, epochs: int = 2,
-        limit: int | None = None) -> tuple[list[list[int]], torch.Tensor, list[int]]:
+        limit: int | None = None, overlap: bool = True) -> tuple[list[list[int]], torch.Tensor, list[int]]:
     """Iterate ``epochs`` epochs (or ``limit`` batches), switching after the batches named; what was seen.
 
     Returns the sample indices of every batch, three draws of torch's global RNG afterwards (the
@@ -31,6 +35,7 @@ def run(make: Callable[..., torch.utils.data.DataLoader], switches: dict[int, in
     seen: list[list[int]] = []
     workers: list[int] = []
     if isinstance(loader, DataLoader):
+        loader.overlap = overlap
         loader.add_observer(lambda batch: workers.append(batch.num_workers))
     for epoch in range(epochs):
         sampler = getattr(loader, "sampler", None)
@@ -120,27 +125,39 @@ CASES = {
 }
 
 
+def counts_in_turn(workers: list[int]) -> list[int]:
+    """The worker counts that delivered, in turn (each run of equal counts once)."""
+    return [count for count, _ in itertools.groupby(workers)]
+
+
+@pytest.mark.parametrize("overlap", [False, True], ids=["stop-start", "overlapped"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_switches_deliver_exactly_the_stock_batches_and_draw_no_random_numbers(case: str) -> None:
+def test_switches_deliver_exactly_the_stock_batches_and_draw_no_random_numbers(case: str, overlap: bool) -> None:
     make, switches = CASES[case]
     stock, stock_rng, _ = run(lambda: make(torch.utils.data.DataLoader), {})
-    ours, our_rng, workers = run(lambda: make(DataLoader), switches)
+    ours, our_rng, workers = run(lambda: make(DataLoader), switches, overlap=overlap)
     assert ours == stock  # every batch, in order: none lost, none repeated
     assert torch.equal(our_rng, stock_rng)  # the script's later randomness is untouched
-    # The switches really happened where asked: the batch after each one came from the new count.
-    for after, count in switches.items():
-        assert workers[after] == count, (after, workers)
+    if overlap:  # each switch hands over once the old workers have delivered a few more batches
+        assert counts_in_turn(workers) == counts_in_turn([workers[0], *switches.values()]), workers
+    else:  # the switches happened where asked: the batch after each one came from the new count
+        for after, count in switches.items():
+            assert workers[after] == count, (after, workers)
     assert no_children_left()
 
 
-def test_an_infinite_sampler_keeps_its_stream_across_switches() -> None:
+@pytest.mark.parametrize("overlap", [False, True], ids=["stop-start", "overlapped"])
+def test_an_infinite_sampler_keeps_its_stream_across_switches(overlap: bool) -> None:
     stock, _, _ = run(lambda: infinite(torch.utils.data.DataLoader), {}, epochs=1, limit=30)
-    ours, _, workers = run(lambda: infinite(DataLoader), {5: 2, 15: 1}, epochs=1, limit=30)
+    ours, _, workers = run(lambda: infinite(DataLoader), {5: 2, 15: 1}, epochs=1, limit=30, overlap=overlap)
     # The same stream. (This sampler draws from the global RNG as it is pulled, and workers pull
     # ahead by prefetch_factor x num_workers: there the script's later draws depend on the worker
     # count in stock torch too, so they are not compared.)
     assert ours == stock
-    assert workers[5] == 2 and workers[15] == 1
+    if overlap:  # started at 0 workers nothing was measured: over sub-ms batches the overlap outlasts 30 of them
+        assert counts_in_turn(workers)[0] == 0
+    else:
+        assert workers[5] == 2 and workers[15] == 1
     assert no_children_left()
 
 
@@ -195,17 +212,20 @@ def test_an_iterable_dataset_changes_workers_at_the_next_epoch_and_says_so() -> 
     assert no_children_left()
 
 
-def test_python_and_global_rng_untouched_by_a_switch_with_workers() -> None:
+@pytest.mark.parametrize("overlap", [False, True], ids=["stop-start", "overlapped"])
+def test_python_and_global_rng_untouched_by_a_switch_with_workers(overlap: bool) -> None:
     random.seed(5)
     torch.manual_seed(5)
     loader = DataLoader(SleepDataset(40, 0.0), batch_size=4, shuffle=True, num_workers=1)
     it = iter(loader)
     next(it)
     python_state, torch_state = random.getstate(), torch.get_rng_state()
-    loader.switch(3)
+    loader.switch(3, overlap=overlap)
     next(it)
     assert random.getstate() == python_state and torch.equal(torch.get_rng_state(), torch_state)
-    assert len(it.worker_pids()) == 3
+    # Overlapped, the old worker still delivers while the three new ones start: the loader has four.
+    wait_for(lambda it=it: len(it.worker_pids()) == (4 if overlap else 3))
+    assert len(loader.status().starting_pids) == (3 if overlap else 0)
     del it
     loader.switch(0)
     assert no_children_left()
@@ -215,6 +235,7 @@ def test_load_step_and_switch_time_add_up_to_the_time_between_batches_exactly() 
     # The loop's step, the switch (old workers down, new ones up) and the wait in next() are three
     # separate figures: between two batches handed to the loop, they add up to the whole gap.
     loader = DataLoader(SleepDataset(64, sleep_s=0.0005), batch_size=4, num_workers=0)
+    loader.overlap = False  # tests/unit/test_overlap.py times the overlapped switch
     seen: list[LoaderBatch] = []
     loader.add_observer(seen.append)
     for i, _batch in enumerate(loader):
@@ -239,8 +260,8 @@ def test_a_batch_size_change_mid_epoch_keeps_the_sample_order_and_regroups_the_r
     for epoch in range(2):
         for batch in loader:
             seen.append(batch[0].reshape(-1).long().tolist())
-            if epoch == 0 and len(seen) == 3:
-                loader.reconfigure(batch_size=7, num_workers=1)
+            if epoch == 0 and len(seen) == 3:  # stopped and started: the old workers' batches are fetched again
+                loader.reconfigure(batch_size=7, num_workers=1, overlap=False)
     rng = torch.rand(3)
     flat = [i for b in seen for i in b]
     assert flat == [i for b in stock for i in b]  # every sample once per epoch, in the stock order
@@ -252,6 +273,7 @@ def test_a_batch_size_change_mid_epoch_keeps_the_sample_order_and_regroups_the_r
 
 def test_every_setting_can_change_at_a_batch_boundary() -> None:
     loader = shuffled(DataLoader, 1)
+    loader.overlap = False  # each change applies at the very next batch
     records: list[LoaderBatch] = []
     loader.add_observer(records.append)
     seen = []

@@ -72,6 +72,54 @@ def shutdown_workers(iterator: Any) -> None:
         shutdown()
 
 
+def set_index_stream(iterator: Any, indices: Any) -> None:
+    """Make a DataLoader iterator take its next indices (or index batches) from ``indices``.
+
+    Torch's iterator draws them from ``_sampler_iter`` (set from the index sampler in
+    ``_BaseDataLoaderIter.__init__`` and ``_reset``); a loader without workers draws one as it
+    makes each batch, so its stream can be cut there while it runs.
+    """
+    if not hasattr(iterator, "_sampler_iter"):
+        raise IncompatibleTorch(f"torch {torch.__version__}'s DataLoader iterator has no _sampler_iter to continue")
+    iterator._sampler_iter = indices
+
+
+def wait_for_first_batch(iterator: Any, stop: threading.Event, poll_s: float = 0.005) -> bool:
+    """Block until a DataLoader iterator's workers have a batch (or a worker's error) waiting for it, without
+    taking it; False once ``stop`` is set or a worker has died first (``next()`` then reports it)."""
+    data_queue = getattr(iterator, "_data_queue", None)  # the workers' (or the pin-memory thread's) output
+    workers = getattr(iterator, "_workers", ())
+    if data_queue is None:
+        return False
+    while not stop.is_set():
+        if not data_queue.empty():
+            return True
+        if not all(worker.is_alive() for worker in workers):
+            return False
+        stop.wait(poll_s)
+    return False
+
+
+def current_device_index() -> int | None:
+    """The calling thread's current accelerator device (where a DataLoader iterator made in this thread
+    has its pin-memory thread pin batches), or None where torch has no accelerator available."""
+    accelerator = getattr(torch, "accelerator", None)
+    if accelerator is not None and hasattr(accelerator, "is_available"):
+        get = getattr(accelerator, "current_device_index", None) or getattr(accelerator, "current_device_idx", None)
+        return int(get()) if get is not None and accelerator.is_available() else None
+    return int(torch.cuda.current_device()) if torch.cuda.is_available() else None  # torch before 2.6
+
+
+def set_device_index(index: int) -> None:
+    """Make ``index`` the calling thread's current accelerator device (see ``current_device_index``)."""
+    accelerator = getattr(torch, "accelerator", None)
+    set_index = getattr(accelerator, "set_device_index", None) or getattr(accelerator, "set_device_idx", None)
+    if set_index is not None:
+        set_index(index)
+    else:
+        torch.cuda.set_device(index)
+
+
 def set_batch_size(loader: Any, batch_size: int) -> None:
     """Give a loader that batches by itself a new batch size (torch forbids setting it after ``__init__``)."""
     sampler = torch.utils.data.BatchSampler(loader.sampler, batch_size, loader.drop_last)
