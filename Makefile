@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/cost.py
 	$(PY) benchmarks/dropin_overhead.py
 	$(PY) benchmarks/script_monitor.py
+	$(PY) benchmarks/switch_stall.py
 
 screenshots: $(STAMP)
 	$(PY) screenshots/make_screenshots.py
