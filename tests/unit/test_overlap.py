@@ -219,8 +219,14 @@ def test_status_is_truthful_during_the_overlap_and_the_hooks_run_at_the_handover
     after = loader.status()
     assert (after.num_workers, after.pending, after.switches, after.starting_pids) == (2, None, 1, ())
     assert after.worker_pids == during.starting_pids
-    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-                   for pid in old.worker_pids)  # the old worker was shut down and reaped
+
+    def running(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    wait_for(lambda: not any(running(pid) for pid in old.worker_pids))  # shut down and reaped, in a thread
     # The first boundary is the loader's start; the switch retires the old worker (still alive) and then
     # splits the configurations, both in the next() that returns the new workers' first batch.
     assert events == [("boundary", 0, ()), ("retire", 6, old.worker_pids), ("boundary", 6, ())]
