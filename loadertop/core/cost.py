@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, replace
 
 import psutil
 
@@ -31,12 +31,19 @@ class TreeCpu:
             the monitor's own threads (the system sampler, the TUI).
         children_s: CPU-seconds of its descendants: the live ones and the children already reaped.
         rss_bytes: resident memory of the process and its live descendants now.
+        apart_s: CPU-seconds of the processes ``read(apart=...)`` named (included in ``children_s``).
     """
 
     time: float
     main_s: float
     children_s: float
     rss_bytes: int
+    apart_s: float = 0.0
+
+    def without_apart(self) -> TreeCpu:
+        """This reading as if the processes read apart had not run yet: where a configuration whose
+        workers started early (an overlapped switch) begins, so that their start-up is billed to it."""
+        return replace(self, children_s=self.children_s - self.apart_s, apart_s=0.0)
 
     @property
     def total_s(self) -> float:
@@ -71,8 +78,8 @@ class TreeCpuClock:
             for tid in thread_ids:
                 self._excluded.setdefault(tid, 0.0)
 
-    def read(self) -> TreeCpu:
-        """The tree's CPU-seconds and resident memory now."""
+    def read(self, apart: Collection[int] = ()) -> TreeCpu:
+        """The tree's CPU-seconds and resident memory now; ``apart``: pids whose CPU is also given apart."""
         with self.lock:
             now = time.monotonic()
             with self._proc.oneshot():
@@ -83,7 +90,7 @@ class TreeCpuClock:
                 children = self._proc.children(recursive=True)
             except psutil.Error:
                 children = []
-            live_s = 0.0
+            live_s = apart_s = 0.0
             seen: dict[tuple[int, float], float] = {}
             for child in children:
                 try:
@@ -95,6 +102,8 @@ class TreeCpuClock:
                 except psutil.Error:  # gone between the listing and the reading: counted as reaped
                     continue
                 live_s += cpu_s
+                if child.pid in apart:
+                    apart_s += cpu_s
                 seen[key] = cpu_s
             if self.mode == "accounted":
                 children_s = live_s + _reaped_s(times)
@@ -102,7 +111,7 @@ class TreeCpuClock:
                 self._gone_s += sum(cpu for key, cpu in self._last_seen.items() if key not in seen)
                 self._last_seen = seen
                 children_s = live_s + self._gone_s
-            return TreeCpu(time=now, main_s=main_s, children_s=children_s, rss_bytes=rss)
+            return TreeCpu(time=now, main_s=main_s, children_s=children_s, rss_bytes=rss, apart_s=apart_s)
 
     def _excluded_s(self) -> float:
         """CPU-seconds of the excluded threads (a thread that ended keeps its last value)."""

@@ -10,12 +10,13 @@ import threading
 import time
 import traceback
 import warnings
+from collections import deque
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
 
-from loadertop.core.cost import TreeCpuClock
+from loadertop.core.cost import TreeCpu, TreeCpuClock
 from loadertop.core.probe import torch_compat
 from loadertop.core.probe.loader import DataLoader, LoaderBatch, batch_len
 from loadertop.core.protocol.config import LoaderConfig
@@ -182,6 +183,7 @@ class Trainer:
         on_record: Callable[[BatchRecord], None] | None = None,
         on_nan: str = "stop",
         stall_timeout_s: float = 0.0,
+        overlap: bool = True,
     ) -> None:
         config.validate()
         if on_nan not in ("stop", "continue"):
@@ -190,6 +192,9 @@ class Trainer:
             raise ValueError(f"stall timeout must be >= 0 s, got {stall_timeout_s}")
         self.on_nan = on_nan
         self.stall_timeout_s = stall_timeout_s
+        self.overlap = overlap
+        """Hot restarts start the new workers while the old ones deliver (``loadertop.DataLoader.overlap``);
+        False: the old workers stop first, and a restart applies at the very next batch."""
         workload.validate()
         if epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {epochs}")
@@ -216,6 +221,7 @@ class Trainer:
         self._config = config
         self._pending: LoaderConfig | None = None
         self._pending_since = 0.0
+        self._pending_overlap: bool | None = None
         self._stop_requested = False
         self._paused = False
         self._state = TrainerState.IDLE
@@ -231,6 +237,11 @@ class Trainer:
         self._cost_open = False
         self._cost_config: LoaderConfig | None = None
         self._applied: dict[str, Any] = {}  # the loader's settings now
+        # Switches asked of the loader and not yet handed over (an overlapped switch hands over a few
+        # batches later): (configuration, its settings, when it was asked), oldest first.
+        self._handovers: deque[tuple[LoaderConfig, dict[str, Any], float]] = deque()
+        self._handed_over: float | None = None  # a switch just handed over: when it was asked
+        self._delivering: dict[str, Any] = {}  # the settings of the workers delivering now
         self._delivery: LoaderBatch | None = None  # the batch the loader handed over last
         self._worker_spawns = 0
         self._workers_since = 0.0
@@ -255,8 +266,12 @@ class Trainer:
             self._thread = threading.Thread(target=self._run, name="loadertop-trainer", daemon=True)
         self._thread.start()
 
-    def restart(self, config: LoaderConfig) -> None:
+    def restart(self, config: LoaderConfig, *, overlap: bool | None = None) -> None:
         """Hot-restart with ``config`` at the next batch boundary (the last request wins).
+
+        ``overlap`` (default: the trainer's ``overlap``): start the new workers while the old ones
+        deliver, handing over a few batches later; False: stop the old ones first, so that the new
+        configuration's batches begin at the very next one (the sweep measures exact windows so).
 
         After the run has ended (finished, failed or stopped) this starts it again with
         ``config``, keeping the model, the optimizer, the step count and the store: a
@@ -271,6 +286,7 @@ class Trainer:
             if self._pending is None:
                 self._pending_since = time.perf_counter()
             self._pending = config
+            self._pending_overlap = overlap
             self._lock.notify_all()
 
     def _launch_again(self, config: LoaderConfig) -> None:
@@ -405,17 +421,17 @@ class Trainer:
 
     # ------------------------------------------------------------ cost boundaries
 
-    def _open_cost(self, config: LoaderConfig) -> None:
-        """``config`` starts (or resumes) running: its CPU is accounted from now."""
+    def _open_cost(self, config: LoaderConfig, reading: TreeCpu | None = None) -> None:
+        """``config`` starts (or resumes) running: its CPU is accounted from now (or from ``reading``)."""
         if not self._cost_open:
-            self.store.open_cost(config, self.cpu_clock.read())
+            self.store.open_cost(config, reading or self.cpu_clock.read())
             self._cost_open = True
             self._cost_config = config
 
-    def _close_cost(self) -> None:
-        """The running configuration stops (restart, pause, end): credit it its CPU up to now."""
+    def _close_cost(self, reading: TreeCpu | None = None) -> None:
+        """The running configuration stops (restart, pause, end): credit it its CPU up to now (or ``reading``)."""
         if self._cost_open:
-            self.store.close_cost(self.cpu_clock.read())
+            self.store.close_cost(reading or self.cpu_clock.read())
             self._cost_open = False
             self._cost_config = None
 
@@ -521,10 +537,11 @@ class Trainer:
             name=self.workload.name,
             **{key: value for key, value in settings.items() if value or key in ("num_workers", "batch_size")},
         )
-        self._applied = settings
+        self._applied = self._delivering = settings
+        loader.overlap = self.overlap
         loader.add_observer(self._delivered)
         loader.add_retire_hook(self._retiring)
-        loader.add_boundary_hook(self._at_boundary)
+        loader.add_boundary_hook(self._at_boundary, at_handover=True)
         loader.reaping_lock = self.cpu_clock.lock
         if self.on_loader is not None:
             self.on_loader(loader)
@@ -541,11 +558,22 @@ class Trainer:
             self.store.tick_cost(self.cpu_clock.read())
 
     def _at_boundary(self, loader: DataLoader) -> None:
-        """The old configuration's workers are reaped, the new ones not started: bill each its own."""
+        """A configuration begins: from here the batches are the new one's, and so is the CPU.
+
+        A switch hands over here (overlapped: when the old workers' last batch is in; else after they
+        are reaped and before the new ones start): the configuration asked for becomes the running one.
+        """
+        if self._handovers:
+            config, self._delivering, asked = self._handovers.popleft()
+            with self._lock:
+                self._config = config
+            self._handed_over = asked
         if self._cost_config is not self._config:
             self._note_exited(time.perf_counter())
-            self._close_cost()
-            self._open_cost(self._config)
+            # The new workers of an overlapped switch are running already: their CPU so far is the new one's.
+            reading = self.cpu_clock.read(apart=loader.status().worker_pids).without_apart()
+            self._close_cost(reading)
+            self._open_cost(self._config, reading)
 
     def _note_workers(self, iterator: Any, since: float) -> None:
         """The running generation's worker pids (a new generation's start is ``since``)."""
@@ -556,26 +584,36 @@ class Trainer:
                 self._workers_since = since
             self._worker_pids = pids
 
-    def _switch_to(self, loader: DataLoader, config: LoaderConfig) -> None:
-        """A hot restart: the loader changes at the next ``next()``, in the running epoch (nothing lost or repeated)."""
+    def _switch_to(self, loader: DataLoader, config: LoaderConfig, asked: float, overlap: bool | None) -> bool:
+        """A hot restart: the loader changes from its next ``next()`` on, in the running epoch (nothing lost
+        or repeated), handing over once the old workers' batches are in. False: nothing to change."""
         self._check_picklable(config)
-        self._set_state(TrainerState.RESTARTING)
-        with self._lock:
-            self._config = config
         settings = self._settings(config)
         if settings == self._applied:  # e.g. pin_memory where there is no GPU: the same workers go on
+            with self._lock:
+                self._config = config
             self._close_cost()
             self._open_cost(config)
-        else:
-            loader.reconfigure(**settings)
-            self._applied = settings
+            return False
+        merges = bool(self._handovers) and loader.request_waiting  # the loader has not taken the last one yet
+        if merges:
+            self._handovers.pop()
+        loader.reconfigure(overlap=overlap, **settings)
+        self._applied = settings
+        if merges and settings == self._delivering:  # back to what runs: the loader will change nothing
+            with self._lock:
+                self._config = config
+            return False
+        self._set_state(TrainerState.RESTARTING)
+        self._handovers.append((config, settings, asked))
+        return True
 
     def _finished(self) -> bool:
         if self.max_batches is not None and self._step >= self.max_batches:
             return True
         return self._epoch >= self.epochs
 
-    def _take_command(self) -> tuple[LoaderConfig, float] | None:
+    def _take_command(self) -> tuple[LoaderConfig, float, bool | None] | None:
         """At a batch boundary: wait while paused, raise _Stop, or return a pending restart and when it was asked."""
         with self._lock:
             while True:
@@ -583,7 +621,7 @@ class Trainer:
                     raise _Stop
                 if self._pending is not None:
                     config, self._pending = self._pending, None
-                    return config, self._pending_since
+                    return config, self._pending_since, self._pending_overlap
                 if not self._paused:
                     if self._state is TrainerState.PAUSED:
                         self._state = TrainerState.RUNNING
@@ -652,10 +690,10 @@ class Trainer:
             if not first:
                 command = self._take_command()
                 if command is not None:
-                    config, requested_at = command
-                    self._switch_to(loader, config)
-                    start = _Start("restart", requested_at)
-                    warmup_left = max(1, config.num_workers)
+                    config, requested_at, overlap = command
+                    if not self._switch_to(loader, config, requested_at, overlap):
+                        start = _Start("restart", requested_at)  # nothing for the loader to change: now
+                        warmup_left = max(1, config.num_workers)
             else:
                 # A restart asked while the loader was starting is honoured after its first batch.
                 with self._lock:
@@ -667,6 +705,11 @@ class Trainer:
                 return ("empty" if first else "epoch_end"), start
             t1 = time.perf_counter()
             delivered = self._delivery
+            if self._handed_over is not None:  # a switch handed over in this next() (or this epoch's iter())
+                iter_at = start.iter_at if start is not None else None
+                start = _Start("restart", self._handed_over, iter_at=iter_at)
+                self._handed_over = None
+                warmup_left = max(1, self._config.num_workers)
             loss, accuracy, samples = self._train_step(batch)
             t2 = time.perf_counter()
             config = self._config

@@ -124,7 +124,7 @@ class Sweep:
                 raise ValueError("start the trainer with the sweep's first configuration")
             self.trainer.start()
         else:
-            self.trainer.restart(self.configs[0])
+            self.trainer.restart(self.configs[0], overlap=False)  # each count's window begins at once
 
     def cancel(self) -> None:
         """Stop switching; training goes on at the current count and what was measured stays."""
@@ -166,7 +166,7 @@ class Sweep:
             if self.on_done is not None:
                 self.on_done()
         else:
-            self.trainer.restart(next_config)
+            self.trainer.restart(next_config, overlap=False)
 
     def _measure_undecided_again(self) -> None:
         """All counts are in: queue the ones the measurements cannot tell apart for another round (lock held)."""

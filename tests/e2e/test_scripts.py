@@ -52,9 +52,11 @@ def test_switches_mid_epoch_leave_the_scripts_batches_and_randomness_as_they_wer
     assert "loadertop: DataLoader plain_loop.py:" in watched.stderr
     assert "switching 0 -> 2 workers after batch 3" in watched.stderr and "2 -> 1 worker after batch 9" in watched.stderr
     train = [r for r in records(record) if r["loader"] == records(record)[0]["loader"]]
-    assert [r["num_workers"] for r in train[:12]] == [0] * 3 + [2] * 6 + [1] * 3
-    assert all(r["num_workers"] == 1 for r in train[12:]) and [r["step"] for r in train] == list(
-        range(1, len(train) + 1))
+    # Overlapped switches: the old workers deliver what they were given, then the new ones go on, in order.
+    ran = [r["num_workers"] for r in train]
+    assert [n for i, n in enumerate(ran) if i == 0 or ran[i - 1] != n] == [0, 2, 1]
+    assert ran.index(2) >= 3 and ran.index(1) >= 9 and ran[:3] == [0, 0, 0]
+    assert [r["step"] for r in train] == list(range(1, len(train) + 1))
     assert len(train) == len(seen_plain["train"]) and all(r["load_ms"] >= 0 for r in train)
     assert no_children_left()
 

@@ -47,7 +47,8 @@ def test_load_time_matches_a_known_sleep_per_sample(num_workers: int) -> None:
     assert no_children_left()
 
 
-def test_hot_restarts_continue_the_epoch_without_skipping_or_repeating() -> None:
+@pytest.mark.parametrize("overlap", [False, True], ids=["stop-start", "overlapped"])
+def test_hot_restarts_continue_the_epoch_without_skipping_or_repeating(overlap: bool) -> None:
     size, batch, seed = 100, 8, 3
     workload = workloads.make(size=size, sleep_s=0.0005)
     model = workload.model
@@ -60,7 +61,7 @@ def test_hot_restarts_continue_the_epoch_without_skipping_or_repeating() -> None
 
     trainer = Trainer(
         workload, LoaderConfig(num_workers=0, batch_size=batch), epochs=2, device="cpu", seed=seed,
-        on_record=on_record,
+        on_record=on_record, overlap=overlap,
     )
     run_to_end(trainer)
     assert trainer.state is TrainerState.FINISHED, trainer.error
@@ -73,9 +74,18 @@ def test_hot_restarts_continue_the_epoch_without_skipping_or_repeating() -> None
     assert sorted(fed[:size]) == list(range(size))
 
     restarts = [e for e in trainer.store.starts() if e.reason == "restart"]
-    assert [(e.after_step, e.config.num_workers) for e in restarts] == [(3, 2), (7, 1), (16, 0), (20, 2)]
-    # Epoch 1 has 13 batches (12 of 8, one of 4): steps 16 and 20 are batches 3 and 7 of epoch 2.
-    assert [(e.epoch, e.position) for e in restarts] == [(1, 24), (1, 56), (2, 24), (2, 56)]
+    records = trainer.store.snapshot().records
+    # Every batch is labelled with the workers that delivered it: the counts run in the order asked.
+    ran = [r.num_workers for r in records]
+    assert [n for i, n in enumerate(ran) if i == 0 or ran[i - 1] != n] == [0] + [e.config.num_workers for e in restarts]
+    assert [r.step for r in records if r.num_workers != (ran[r.step - 2] if r.step > 1 else 0)] == [
+        e.after_step + 1 for e in restarts]
+    if not overlap:  # each restart applies at the very next batch
+        assert [(e.after_step, e.config.num_workers) for e in restarts] == [(3, 2), (7, 1), (16, 0), (20, 2)]
+        # Epoch 1 has 13 batches (12 of 8, one of 4): steps 16 and 20 are batches 3 and 7 of epoch 2.
+        assert [(e.epoch, e.position) for e in restarts] == [(1, 24), (1, 56), (2, 24), (2, 56)]
+    else:  # the old workers deliver what they were given first: each hands over at or after its request
+        assert all(e.after_step >= asked for e, asked in zip(restarts, [3, 7, 16, 20], strict=False))
 
     # The model and optimizer carried on: no re-initialisation at any restart.
     weights = model.weights_before_forward
@@ -110,7 +120,7 @@ def test_restarts_that_change_every_setting_keep_the_epoch_order_in_one_loader()
             trainer.restart(configs[record.step])
 
     trainer = Trainer(workload, LoaderConfig(num_workers=0, batch_size=8), epochs=2, device="cpu", seed=seed,
-                      on_record=on_record)
+                      on_record=on_record, overlap=False)  # exact positions: each restart at the very next batch
     make = trainer._make_loader
     trainer._make_loader = lambda config: built.append(config) or make(config)  # type: ignore[method-assign]
     run_to_end(trainer)

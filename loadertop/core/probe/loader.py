@@ -306,6 +306,11 @@ class DataLoader(torch.utils.data.DataLoader):
             reaper.join()
 
     @property
+    def request_waiting(self) -> bool:
+        """A change was asked for and the loader has not taken it yet (requests made meanwhile merge with it)."""
+        return self._request is not None
+
+    @property
     def continues_exactly(self) -> bool:
         """Whether a switch can continue the running epoch exactly (map-style data, batches in order)."""
         return not isinstance(self.dataset, IterableDataset) and getattr(self, "in_order", True)

@@ -120,7 +120,7 @@ class Publisher:
         self.loaders.insert(0, loader)
         if not getattr(loader, "_loadertop_billed", False):
             loader._loadertop_billed = True
-            loader.add_boundary_hook(self._boundary)
+            loader.add_boundary_hook(self._boundary, at_handover=True)  # the CPU splits where the batches do
         for known in self.loaders:  # every monitor learns which loader trains
             self._put(("loader", known))
 
@@ -134,9 +134,10 @@ class Publisher:
 
     def _boundary(self, loader: Any) -> None:
         """A configuration of the training loader begins (loop thread): the tree's CPU now, off to the writer."""
-        if self._clock is not None:
+        if self._clock is not None:  # an overlapped switch's new workers run already: their CPU so far is theirs
             with contextlib.suppress(Exception):
-                self._put(("cpu", ("boundary", loader.name, self._clock.read())))
+                reading = self._clock.read(apart=loader.status().worker_pids).without_apart()
+                self._put(("cpu", ("boundary", loader.name, reading)))
 
     def _find(self, name: str | None) -> Any:
         if name is None:
