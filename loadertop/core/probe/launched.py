@@ -153,9 +153,11 @@ def _instrument(settings: ProbeSettings) -> None:
 TUNING_STATUS_S = 0.5
 """How often the writer looks whether the autotuner's status changed (to publish it)."""
 
-FRAMEWORKS = ("lightning.pytorch.trainer.trainer", "pytorch_lightning.trainer.trainer", "transformers.trainer")
+FRAMEWORKS = ("lightning.pytorch.trainer.trainer", "pytorch_lightning.trainer.trainer", "transformers.trainer",
+              "lightning.pytorch", "pytorch_lightning")
 """The modules of the trainers the launcher gives its callback (``loadertop.integrations``): not a package
-itself, which may be still importing when torch is (``pytorch_lightning`` imports torch first)."""
+itself, which may be still importing when torch is (``pytorch_lightning`` imports torch first); the Lightning
+packages themselves only to say, once imported, when they have no Trainer to hook into."""
 
 
 def _after_import(name: str, then: Callable[[ModuleType], None]) -> None:
@@ -172,7 +174,9 @@ def _framework_imported(module: ModuleType) -> None:
     A version loadertop cannot hook into is said in one line; its loaders are still watched.
     """
     try:
-        if module.__name__ in ("lightning.pytorch.trainer.trainer", "pytorch_lightning.trainer.trainer"):
+        if module.__name__ in ("lightning.pytorch", "pytorch_lightning"):
+            module.Trainer  # noqa: B018 - a version without one: said below, in one line
+        elif module.__name__ in ("lightning.pytorch.trainer.trainer", "pytorch_lightning.trainer.trainer"):
             from loadertop.integrations.lightning import inject
 
             inject(module)
@@ -484,8 +488,9 @@ class LaunchedRun(Publisher):
             keys = [f"rank{self.rank.rank}:{key}" for key in keys] + keys
         workers = next((switches[key] for key in keys if key in switches), None)
         if workers is not None:
+            before = loader.num_workers  # the settings asked last (an overlapped switch still in progress: its)
             loader.switch(workers)
-            self._put(("say", f"{loader.name}: switching {batch.num_workers} -> {describe_workers(workers)} after batch {step}"))
+            self._put(("say", f"{loader.name}: switching {before} -> {describe_workers(workers)} after batch {step}"))
 
     def _tick(self) -> None:
         """Between the writer's bursts: the tuner's status when it changed; once a second under a multi-node
