@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/dropin_overhead.py
 	$(PY) benchmarks/script_monitor.py
 	$(PY) benchmarks/switch_stall.py
+	$(PY) benchmarks/autotune.py
 
 screenshots: $(STAMP)
 	$(PY) screenshots/make_screenshots.py

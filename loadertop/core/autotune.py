@@ -41,10 +41,14 @@ TARGET_NOISE = 0.05
 """A count is measured until two standard errors of its samples/s are within this share (or ``max_batches``)."""
 MIN_TOLERANCE = 0.02
 """Fewer workers are preferred when at most this much slower than the fastest, even with less noise."""
-RETUNE_SHIFT = 0.10
+RETUNE_SHIFT = 0.15
 """Held: samples/s must move by more than this share (and the noise) to tune again."""
 RETUNE_STRIKES = 2
 """...in this many windows in a row."""
+WARMUP_PER_WORKER = 3
+"""Batches per worker left out after a switch: those the new workers made ahead (see ``_start_visit``)."""
+MIN_IDLE_CORES = 0.25
+"""One more worker is tried only while at least this much of the CPU budget is idle (a worker needs a core)."""
 MAX_VISITS = 6
 """A round measures at most this many counts, then settles on the best of them."""
 SHM_LIMIT = 0.8
@@ -330,7 +334,9 @@ class AutoTuner:
     def _start_visit(self, num_workers: int, *, warmup: bool) -> None:
         self._visit = Visit(num_workers)
         self._waiting_for = None
-        self._warmup_left = max(1, num_workers) if warmup else 0
+        # After a switch the new workers' first batches were made ahead (prefetch_factor each, 2 by default,
+        # and one in hand): they arrive without a wait, and would pass for speed.
+        self._warmup_left = max(1, WARMUP_PER_WORKER * num_workers) if warmup else 0
 
     def _enough(self, visit: Visit) -> bool:
         need = max(self.min_batches, 3 * block_size(visit.num_workers))  # three blocks: the least that tells noise
@@ -397,9 +403,9 @@ class AutoTuner:
         here = self._visit.num_workers if self._visit else best.num_workers
         up = best.num_workers + 1
         point = best.point()
-        room = model.ceiling > best.samples_per_s * (1 + MIN_TOLERANCE)
+        idle = self._idle_cores(best)
+        room = model.ceiling > best.samples_per_s * (1 + MIN_TOLERANCE) and not idle < MIN_IDLE_CORES
         if point.input_bound and up in allowed and up not in visits and room and len(visits) < MAX_VISITS:
-            idle = self._idle_cores(best)
             return self._switch("step", up, f"{_workers(best.num_workers)}: the loop still waits "
                                 f"{point.load_s * 1000:.1f} ms for data (step {point.step_s * 1000:.1f} ms)"
                                 + (f" and {idle:.1f} cores idle" if math.isfinite(idle) else "")

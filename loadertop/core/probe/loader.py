@@ -810,8 +810,9 @@ class _SwitchingIterator:
                 loader._reap_later(old)
 
 
-DEFAULT_STARTUP_S = 1.0
-"""The start-up a loader assumes for new workers before it has measured any of its own."""
+DEFAULT_STARTUP_S = 0.3
+"""The start-up a loader assumes for new workers before it has measured any of its own (forked workers
+start in tens to hundreds of ms; an overlap longer than needed only delays the switch)."""
 
 MAX_OVERLAP_BATCHES = 256
 """The most batches an old generation delivers beyond those it has in flight while a new one starts."""
