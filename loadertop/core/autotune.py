@@ -140,8 +140,7 @@ class Change:
         """The ``--record`` line: ``{"event": "autotune", ...}``."""
         return {"event": "autotune", "change": self.kind, "from": self.from_workers, "to": self.to_workers,
                 "reason": self.reason,
-                "predicted": {str(n): _finite(s) for n, s in self.predicted},
-                "ceiling": _finite(self.ceiling)}
+                **curve_fields(self.predicted, self.ceiling)}
 
 
 @dataclass(slots=True)
@@ -492,6 +491,12 @@ class AutoTuner:
 
 def _workers(n: int) -> str:
     return "1 worker" if n == 1 else f"{n} workers"
+
+
+def curve_fields(predicted: Sequence[tuple[int, float | None]], ceiling: float) -> dict[str, Any]:
+    """A model's curve as JSON carries it (a record's event, the protocol's status): ``predicted``
+    ``{count: samples/s}`` and ``ceiling``, unknown and infinite figures as null."""
+    return {"predicted": {str(n): _finite(s) for n, s in predicted}, "ceiling": _finite(ceiling)}
 
 
 def _finite(value: float | None) -> float | None:

@@ -13,7 +13,6 @@ imports this module: the tuner itself is imported only once a loader is tuned.
 
 from __future__ import annotations
 
-import math
 import threading
 import weakref
 from collections import deque
@@ -94,11 +93,13 @@ class LoaderTuning:
 
     def status_fields(self) -> dict[str, Any]:
         """The status as the protocol's ``autotune`` message carries it (``messages``)."""
+        from loadertop.core.autotune import curve_fields
+
         status = self.status()
         loader = self.loader
         return {"loader": loader.name if loader is not None else None, "state": status.state,
                 "workers": status.workers, "changes": len(status.changes),
-                "predicted": {str(n): _rounded(s) for n, s in status.predicted}, "ceiling": _rounded(status.ceiling),
+                **curve_fields(status.predicted, status.ceiling),
                 "cores": round(self.budget.cores, 3),
                 "memory_bytes": None if self.budget.memory_bytes is None else int(self.budget.memory_bytes),
                 "max_workers": self.budget.max_workers}
@@ -209,6 +210,3 @@ def tune_by_itself(loader: Any) -> LoaderTuning:
     weakref.finalize(loader, tuning.stop)  # also at exit, while the loader lives
     return tuning
 
-
-def _rounded(value: float | None) -> float | None:
-    return None if value is None or not math.isfinite(value) else round(value, 3)
