@@ -237,6 +237,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     err = sys.stderr
     try:
+        if (getattr(args, "cpu_budget", None) or getattr(args, "memory_budget", None)) and not getattr(
+                args, "autotune", False):  # a script's run or the built-in one
+            raise UsageError("--cpu-budget and --memory-budget are the autotuner's budgets: add --autotune")
         if script is not None:
             workers_given = any(a == "--workers" or a.startswith("--workers=") for a in argv)
             return _launch(args, script, parser, workers_given=workers_given)
@@ -272,8 +275,6 @@ def _launch(args: argparse.Namespace, script: list[str], parser: argparse.Argume
         raise UsageError("--record needs a file with a script: its stdout is the script's")
     if args.record:
         _open_output(args.record, "--record").close()  # a bad path is refused here, in one line
-    if (args.cpu_budget or args.memory_budget) and not args.autotune:
-        raise UsageError("--cpu-budget and --memory-budget are the autotuner's budgets: add --autotune")
     tuning = {"autotune": bool(args.autotune), "cpu_budget": args.cpu_budget, "memory_budget_gib": args.memory_budget}
     workers = args.workers if workers_given else None
     try:
@@ -424,8 +425,6 @@ def _dispatch(args: argparse.Namespace) -> int:
     if any(switch.loader for switch in given):
         raise UsageError("--switch LOADER@STEP:WORKERS names a script's DataLoader; the built-in workload has one: "
                          "use STEP:WORKERS")
-    if (getattr(args, "cpu_budget", None) or getattr(args, "memory_budget", None)) and not getattr(args, "autotune", False):
-        raise UsageError("--cpu-budget and --memory-budget are the autotuner's budgets: add --autotune")
     if any(switch.rank is not None for switch in given):
         raise UsageError("--switch rankR:STEP:WORKERS names a rank of a torchrun job; the built-in workload is one "
                          "process: use STEP:WORKERS")
