@@ -499,6 +499,23 @@ def curve_fields(predicted: Sequence[tuple[int, float | None]], ceiling: float) 
     return {"predicted": {str(n): _finite(s) for n, s in predicted}, "ceiling": _finite(ceiling)}
 
 
+def curve_of(value: Any) -> tuple[tuple[int, float | None], ...]:
+    """``curve_fields``' ``predicted`` read back (``{"count": samples/s or null}``) as ``TunerStatus.predicted``."""
+    if not isinstance(value, dict):
+        return ()
+    curve = []
+    for count, rate in value.items():
+        if str(count).isdigit():
+            curve.append((int(count), float(rate) if isinstance(rate, (int, float)) and not isinstance(rate, bool)
+                          else None))
+    return tuple(sorted(curve))
+
+
+def ceiling_of(value: Any) -> float:
+    """``curve_fields``' ``ceiling`` read back (null: unknown, infinite)."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.inf
+
+
 def _finite(value: float | None) -> float | None:
     if value is None or not math.isfinite(value):
         return None

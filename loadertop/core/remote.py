@@ -41,7 +41,7 @@ from typing import Any
 import psutil
 
 from loadertop.core.advice import advise, machine_facts
-from loadertop.core.autotune import Change, TunerStatus
+from loadertop.core.autotune import Change, TunerStatus, ceiling_of, curve_of
 from loadertop.core.cost import TreeCpu, TreeCpuClock
 from loadertop.core.launcher import exit_status
 from loadertop.core.protocol.codec import LineReader, encode
@@ -391,7 +391,7 @@ class RemoteSession:
             return TunerStatus(state, last.to_workers, changes, last.predicted, last.ceiling)
         workers = status.get("workers")
         return TunerStatus(str(status.get("state") or "off"), workers if isinstance(workers, int) else None, changes,
-                           _curve(status.get("predicted")), _ceiling(status.get("ceiling")))
+                           curve_of(status.get("predicted")), ceiling_of(status.get("ceiling")))
 
     def _selected_track(self) -> _LoaderTrack | None:
         """Under the lock: the loader shown and commanded."""
@@ -671,7 +671,7 @@ class RemoteSession:
             self._say(f"{m.get('loader')}: {m.get('from')} -> {m.get('to')} workers after batch {m.get('after_step')}")
         elif event == "autotune":
             change = Change(str(m["change"]), int(m["from"]), int(m["to"]), str(m.get("reason") or ""),
-                            _curve(m.get("predicted")), _ceiling(m.get("ceiling")))
+                            curve_of(m.get("predicted")), ceiling_of(m.get("ceiling")))
             self._tune_changes.append(change)
             self._say(f"autotune: {change.line()}")
 
@@ -692,23 +692,6 @@ class RemoteSession:
         *lines, self._log_partial = text.replace("\r\n", "\n").split("\n")
         with self._lock:  # a progress bar's last state, without its colours or other terminal codes
             self._log.extend(_TERMINAL_CODES.sub("", line.rsplit("\r", 1)[-1]).expandtabs(4) for line in lines)
-
-
-def _curve(value: Any) -> tuple[tuple[int, float | None], ...]:
-    """A published ``predicted`` (``{"count": samples/s or null}``) as ``TunerStatus.predicted``."""
-    if not isinstance(value, dict):
-        return ()
-    curve = []
-    for count, rate in value.items():
-        if str(count).isdigit():
-            curve.append((int(count), float(rate) if isinstance(rate, (int, float)) and not isinstance(rate, bool)
-                          else None))
-    return tuple(sorted(curve))
-
-
-def _ceiling(value: Any) -> float:
-    """A published ``ceiling`` (null: unknown, infinite)."""
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.inf
 
 
 def _script_clock(pid: int, threads: Sequence[int]) -> TreeCpuClock | None:
