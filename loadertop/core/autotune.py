@@ -6,15 +6,18 @@ the loader applies them (``loadertop.core.tuning.TuneDriver``). One **round** of
 1. **Measure** the running count: steady batches (the warm-up after a switch left out) until
    the throughput's noise (two standard errors, from block means as the sweep reads them) is
    under ``TARGET_NOISE``, at least ``min_batches``, at most ``max_batches``.
-2. **Model, then jump**: fit ``loadertop.core.model`` to what was measured and go straight to
-   the fewest workers predicted within ``within`` of the best prediction (under the CPU and
-   memory budgets, ``/dev/shm`` never past 80%).
-3. **Verify and step**: measure there; try one more worker while the loop still waits for
-   data and the CPU budget has room, fewer (the model's pick, else one fewer) while fewer may be
-   as fast; at most ``MAX_VISITS`` counts a round. **Settle** on the fewest workers whose samples/s
-   is within the measurement's own noise (two standard errors of the ratio, at least
-   ``MIN_TOLERANCE``) of the fastest measured; where that noise is wider than ``within`` the
-   measurement cannot tell, and the faster count is kept (never a count that may be materially slower).
+2. **Model, then jump**: fit ``loadertop.core.model`` to what was measured (the workers' CPU and
+   wait per batch apart from the training process's CPU and step) and go straight to the fewest
+   workers predicted within ``within`` of the best prediction (under the CPU and memory budgets,
+   ``/dev/shm`` never past 80%).
+3. **Verify where the model was unsure**: measure there and fit again (the curve now passes
+   through the measurement, its neighbours scaled by how far off the prediction was); while the
+   model's pick is a count not yet measured, go there (at most ``MAX_VISITS`` counts a round), so
+   a count that the model and the measurements put more than ``within`` below the best is never
+   tried. **Settle** on the fewest workers whose samples/s is within the measurement's own noise
+   (two standard errors of the ratio, at least ``MIN_TOLERANCE``) of the fastest measured; where
+   that noise is wider than ``within`` the measurement cannot tell, and the faster count is kept
+   (never a count that may be materially slower).
 4. **Hold**: keep measuring windows at the settled count; a window whose samples/s differs from
    the settled figure by more than its noise and ``RETUNE_SHIFT``, twice in a row (hysteresis),
    starts a new round from the window's figures.
@@ -47,8 +50,6 @@ RETUNE_STRIKES = 2
 """...in this many windows in a row."""
 WARMUP_PER_WORKER = 3
 """Batches per worker left out after a switch: those the new workers made ahead (see ``_start_visit``)."""
-MIN_IDLE_CORES = 0.25
-"""One more worker is tried only while at least this much of the CPU budget is idle (a worker needs a core)."""
 MAX_VISITS = 6
 """A round measures at most this many counts, then settles on the best of them."""
 SHM_LIMIT = 0.8
@@ -86,6 +87,7 @@ class Reading:
         workers: live worker processes of the tuned loader.
         worker_rss_bytes: their resident memory together.
         shm_share: how full ``/dev/shm`` is (None where there is none).
+        main_cpu_s: of ``cpu_s``, the training process's own (NaN: not read apart).
     """
 
     time: float
@@ -93,6 +95,7 @@ class Reading:
     workers: int = 0
     worker_rss_bytes: int = 0
     shm_share: float | None = None
+    main_cpu_s: float = math.nan
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,14 +189,40 @@ class Visit:
         """Two standard errors of samples/s as a share of it (NaN: too few batches to tell)."""
         return NOISE_Z * self.sem / self.samples_per_s
 
+    def _between_readings(self) -> tuple[Reading, Reading, int, int] | None:
+        """The first and latest readings and the batches and samples delivered between them."""
+        if len(self.readings) < 2:
+            return None
+        first, last = self.readings[0], self.readings[-1]
+        inside = [n for t, n in self.delivered if first.time < t <= last.time]
+        return (first, last, len(inside), sum(inside)) if inside else None
+
     @property
     def cpu_s_per_sample(self) -> float:
         """CPU-seconds of the tree per sample delivered between the visit's first and latest readings."""
-        if len(self.readings) < 2:
+        span = self._between_readings()
+        if span is None:
             return math.nan
-        first, last = self.readings[0], self.readings[-1]
-        samples = sum(n for t, n in self.delivered if first.time < t <= last.time)
-        return (last.cpu_s - first.cpu_s) / samples if samples else math.nan
+        first, last, _, samples = span
+        return (last.cpu_s - first.cpu_s) / samples
+
+    @property
+    def main_cpu_s_per_batch(self) -> float:
+        """CPU-seconds of the training process per batch (NaN: unknown, or not read apart)."""
+        span = self._between_readings()
+        if span is None:
+            return math.nan
+        first, last, batches, _ = span
+        return (last.main_cpu_s - first.main_cpu_s) / batches
+
+    @property
+    def worker_cpu_s_per_batch(self) -> float:
+        """CPU-seconds of the workers (the tree but the training process) per batch (NaN: unknown)."""
+        span = self._between_readings()
+        if span is None:
+            return math.nan
+        first, last, batches, _ = span
+        return ((last.cpu_s - last.main_cpu_s) - (first.cpu_s - first.main_cpu_s)) / batches
 
     @property
     def cores_used(self) -> float:
@@ -211,7 +240,9 @@ class Visit:
     def point(self) -> Point:
         n = self.batches
         return Point(self.num_workers, self.samples_per_s, sum(self.loads) / n, sum(self.steps) / n,
-                     self.samples / n, self.cpu_s_per_sample, self.worker_rss_bytes)
+                     self.samples / n, self.cpu_s_per_sample, self.worker_rss_bytes,
+                     main_cpu_s_per_batch=self.main_cpu_s_per_batch,
+                     worker_cpu_s_per_batch=self.worker_cpu_s_per_batch, cores_used=self.cores_used)
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,22 +389,24 @@ class AutoTuner:
         return change
 
     def _measured(self, visit: Visit) -> Change | None:
-        """A count of this round is measured: jump, step or settle."""
+        """A count of this round is measured: go to the model's pick if it is not measured yet, else settle."""
         self._round[visit.num_workers] = visit
         if visit.num_workers in self._order:
             self._order.remove(visit.num_workers)
         self._order.append(visit.num_workers)
+        before = self._model
         model = fit([self._round[n].point() for n in self._order], cores=self.budget.cores,
                     memory_budget_bytes=self.budget.memory_bytes)
         self._model = model
         assert model is not None
         allowed = [n for n in self.counts() if self._allowed(n, visit.num_workers)]
-        if not self._jumped:
-            self._jumped = True
-            target = model.smallest_enough(allowed, within=self.within)
-            if target is not None and target != visit.num_workers and target not in self._round:
-                return self._switch("jump", target, self._jump_reason(visit, model, target))
-        return self._step_or_settle(model, allowed)
+        pick = model.smallest_enough(allowed, within=self.within)
+        first, self._jumped = not self._jumped, True
+        if pick is not None and pick not in self._round and len(self._round) < MAX_VISITS:
+            if first:
+                return self._switch("jump", pick, self._jump_reason(visit, model, pick))
+            return self._switch("step", pick, self._step_reason(visit, before, model, pick))
+        return self._settle()
 
     def _allowed(self, n: int, current: int) -> bool:
         """Within the budgets: memory (predicted), ``/dev/shm`` (never more workers when it is full)."""
@@ -393,33 +426,17 @@ class AutoTuner:
             return MIN_TOLERANCE  # the noise cannot tell whether it is within `within`: keep the faster one
         return max(noise, MIN_TOLERANCE)
 
-    def _step_or_settle(self, model: Model, allowed: Sequence[int]) -> Change | None:
+    def _settle(self) -> Change:
+        """Settle on the fewest measured workers within the noise of the fastest measured."""
         visits = self._round
         best = max(visits.values(), key=lambda v: v.samples_per_s)
         anchor = min((v for v in visits.values()
                       if v.samples_per_s >= best.samples_per_s * (1 - self._tolerance(v, best))),
                      key=lambda v: v.num_workers)
         here = self._visit.num_workers if self._visit else best.num_workers
-        up = best.num_workers + 1
-        point = best.point()
-        idle = self._idle_cores(best)
-        room = model.ceiling > best.samples_per_s * (1 + MIN_TOLERANCE) and not idle < MIN_IDLE_CORES
-        if point.input_bound and up in allowed and up not in visits and room and len(visits) < MAX_VISITS:
-            return self._switch("step", up, f"{_workers(best.num_workers)}: the loop still waits "
-                                f"{point.load_s * 1000:.1f} ms for data (step {point.step_s * 1000:.1f} ms)"
-                                + (f" and {idle:.1f} cores idle" if math.isfinite(idle) else "")
-                                + f"; trying {_workers(up)}")
-        fewer = [n for n in allowed if n < anchor.num_workers]
-        pick = model.smallest_enough([*fewer, anchor.num_workers], within=self.within)
-        down = pick if pick is not None and pick < anchor.num_workers and pick not in visits else anchor.num_workers - 1
-        if down >= 0 and down not in visits and down in allowed and len(visits) < MAX_VISITS:
-            said = "the model predicts" if down == pick and down < anchor.num_workers - 1 else "maybe"
-            return self._switch("step", down, f"{_workers(anchor.num_workers)}: {anchor.samples_per_s:,.0f} "
-                                f"samples/s; trying {_workers(down)}: {said} as fast for less CPU and memory")
         self._settled = anchor
         self._strikes = 0
-        reason = self._settle_reason(anchor, best)
-        change = self._switch("settle", anchor.num_workers, reason)
+        change = self._switch("settle", anchor.num_workers, self._settle_reason(anchor, best))
         if anchor.num_workers == here and self._visit is not None:
             self._visit = Visit(anchor.num_workers)  # the first hold window
         self._round_done()
@@ -465,12 +482,26 @@ class AutoTuner:
                 f"{'>' if point.load_s > point.step_s else '<='} step {point.step_s * 1000:.1f} ms")]
         if math.isfinite(idle):
             said.append(f"{max(idle, 0):.1f} cores idle")
+        return " and ".join(said) + self._model_said(model, target)
+
+    def _step_reason(self, visit: Visit, before: Model | None, model: Model, target: int) -> str:
+        """``6 workers: 1,894 samples/s (predicted 2,145); model: 7 workers ~2,030 samples/s (...)``."""
+        said = f"{_workers(visit.num_workers)}: {visit.samples_per_s:,.0f} samples/s"
+        expected = before.predict(visit.num_workers) if before is not None else None
+        if expected is not None and math.isfinite(expected):
+            said += f" (predicted {expected:,.0f})"
+        return said + self._model_said(model, target)
+
+    @staticmethod
+    def _model_said(model: Model, target: int) -> str:
         predicted = model.predict(target)
-        ceiling = model.ceiling
-        said_model = f"model: {_workers(target)} ~{predicted:,.0f} samples/s" if predicted else ""
-        if math.isfinite(ceiling):
-            said_model += f" (CPU ceiling {ceiling:,.0f})"
-        return " and ".join(said) + (f"; {said_model}" if said_model else "")
+        if predicted is None or not math.isfinite(predicted):
+            return ""
+        said = f"; model: {_workers(target)} ~{predicted:,.0f} samples/s"
+        details = [model.describe()] if model.describe() else []
+        if math.isfinite(model.ceiling):
+            details.append(f"CPU ceiling {model.ceiling:,.0f}")
+        return said + (f" ({'; '.join(details)})" if details else "")
 
     def _settle_reason(self, anchor: Visit, best: Visit) -> str:
         others = sorted(v for v in self._round if v != anchor.num_workers)
@@ -662,4 +693,4 @@ def read_tree(clock: Any, worker_pids: Sequence[int]) -> Reading:
             shm = usage.used / usage.total if usage.total else None
         except OSError:
             shm = None
-    return Reading(time.time(), cpu.total_s, len(worker_pids), rss, shm)
+    return Reading(time.time(), cpu.total_s, len(worker_pids), rss, shm, main_cpu_s=cpu.main_s)

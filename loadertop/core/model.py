@@ -1,30 +1,39 @@
 """One model of what a worker count delivers: the sweep's predicted curve and the autotuner's jumps.
 
-From what is measured at one or more worker counts — the loop's step, the wait in ``next()``,
-the CPU-seconds the whole process tree spends per sample, the memory each worker holds — it
-predicts the samples/s of every worker count under a CPU budget (cores) and a memory budget:
+From what is measured at one or more worker counts it predicts the samples/s of every count under
+a CPU budget (cores) and a memory budget. It keeps apart what the **workers** spend on a batch
+(their CPU, and their wall time waiting on storage) from what the **training process** spends
+(its CPU per batch, the loop's step), because more workers multiply only the first:
 
-- with 0 workers the loop loads each batch itself: iteration = step + the time to make a batch;
-- with n workers, n batches are made at once: the loop gets at most ``n / make_s`` batches a
-  second, at most ``1 / step_s`` (the loop's own pace), and at most ``cores / cpu_per_batch``
-  (the **ceiling**: every batch costs the tree that much CPU, loading and training together);
+- with 0 workers the loop makes each batch itself: iteration = step + the time to make a batch;
+- with n workers, three limits: the workers deliver ``n / make_s`` batches a second, where a
+  worker's wall time per batch ``make_s`` = its wait + its CPU; the loop takes at most ``1 / step_s``;
+  the CPU budget carries at most ``cores / (worker CPU + main CPU per batch)`` (the **ceiling**).
+  They combine smoothly (a soft minimum): near the knee the batches come unevenly and the loop
+  still waits a little, which more workers (more batches in flight) absorb;
+- what a count measured and the limits predicted for it give its **efficiency** (measured /
+  predicted: contention, overheads the limits do not see); a count not measured is predicted with
+  the efficiency of the measured count nearest to it, so the curve passes through the measurements;
 - a count whose workers would pass the memory budget is not predicted (``None``).
 
-``make_s``, the wall time one worker takes for a batch (its CPU and its waits on storage), is read
-straight off a 0-worker measurement (the loop then waits exactly that long in ``next()``), or off
-an input-bound one (n workers that keep the loop waiting deliver ``n / make_s`` batches a second);
-a count that does not keep the loop waiting only bounds it from above. Measured counts are never
-predicted over: a prediction is for counts not yet measured, and to choose where to measure next.
+Where the figures come from: the workers' CPU per batch and the main process's, from CPU-time
+readings of the tree (``children`` and ``main``) over a measured count with workers; a worker's
+wait per batch = its wall time per batch (``n x iteration`` where the loop waits, every worker
+then busy) minus its CPU; at 0 workers the loop waits exactly the time to make a batch, and the
+tree's CPU per batch (no split there) stands for both until a count with workers is measured.
+Measured counts are never predicted over.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 INPUT_BOUND_SHARE = 0.10
 """A step that waits for data more than this share of its iteration is input-bound."""
+SOFTNESS = 4.0
+"""The exponent of the soft minimum of the three limits (larger: sharper, a roofline at infinity)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +48,9 @@ class Point:
         samples_per_batch: mean samples per batch.
         cpu_s_per_sample: CPU-seconds of the whole process tree per delivered sample (NaN: unknown).
         worker_rss_bytes: resident memory of one worker (NaN: unknown, or no workers).
+        main_cpu_s_per_batch: CPU-seconds of the training process per batch (NaN: unknown).
+        worker_cpu_s_per_batch: CPU-seconds of the workers per batch, all together (NaN: unknown).
+        cores_used: cores the tree used while the count ran (NaN: unknown).
     """
 
     num_workers: int
@@ -48,12 +60,25 @@ class Point:
     samples_per_batch: float
     cpu_s_per_sample: float = math.nan
     worker_rss_bytes: float = math.nan
+    main_cpu_s_per_batch: float = math.nan
+    worker_cpu_s_per_batch: float = math.nan
+    cores_used: float = math.nan
 
     @property
     def input_bound(self) -> bool:
         """The loop waits for data more than ``INPUT_BOUND_SHARE`` of its iteration."""
         total = self.load_s + self.step_s
         return total > 0 and self.load_s / total > INPUT_BOUND_SHARE
+
+    @property
+    def batches_per_s(self) -> float:
+        return self.samples_per_s / self.samples_per_batch if self.samples_per_batch > 0 else math.nan
+
+    @property
+    def split(self) -> bool:
+        """Whether the workers' CPU and the main process's are known apart (a count with workers)."""
+        return (self.num_workers > 0 and math.isfinite(self.main_cpu_s_per_batch)
+                and math.isfinite(self.worker_cpu_s_per_batch))
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,13 +87,17 @@ class Model:
 
     Attributes:
         cores: the CPU budget (usable cores, or a rank's share of them).
-        make_s: wall seconds one worker takes to make a batch (NaN: unknown).
+        make_s: wall seconds one worker takes to make a batch: ``wait_s + worker_cpu_s`` (NaN: unknown).
         step_s: seconds of the loop's step per batch.
         samples_per_batch: samples per batch.
-        cpu_s_per_batch: CPU-seconds of the tree per batch (NaN: unknown, then no ceiling).
+        cpu_s_per_batch: CPU-seconds of the tree per batch with workers (NaN: unknown, then no ceiling).
         worker_rss_bytes: memory of one worker (NaN: unknown, then no memory limit).
         memory_budget_bytes: what all workers together may hold (None: no budget).
         measured: samples/s of the measured counts, which predictions never override.
+        wait_s: a worker's wall seconds per batch spent not on a CPU (storage, locks; NaN: unknown).
+        worker_cpu_s: a worker's CPU-seconds per batch (NaN: unknown).
+        main_cpu_s: the training process's CPU-seconds per batch (NaN: unknown).
+        efficiency: ``(count, measured / the limits' prediction)`` of each measured count with workers.
     """
 
     cores: float
@@ -79,6 +108,10 @@ class Model:
     worker_rss_bytes: float
     memory_budget_bytes: float | None
     measured: tuple[tuple[int, float], ...]
+    wait_s: float = math.nan
+    worker_cpu_s: float = math.nan
+    main_cpu_s: float = math.nan
+    efficiency: tuple[tuple[int, float], ...] = ()
 
     @property
     def ceiling(self) -> float:
@@ -93,6 +126,29 @@ class Model:
             return True
         return num_workers * self.worker_rss_bytes <= self.memory_budget_bytes
 
+    def limits(self, num_workers: int) -> float:
+        """Samples/s the three limits allow at ``num_workers`` (no efficiency, nothing measured; NaN: unknown)."""
+        if not math.isfinite(self.make_s) or self.step_s <= 0:
+            return math.nan
+        if num_workers == 0:
+            return self.samples_per_batch / (self.step_s + self.make_s)
+        rates = [num_workers / self.make_s if self.make_s > 0 else math.inf, 1.0 / self.step_s]
+        if math.isfinite(self.cpu_s_per_batch) and self.cpu_s_per_batch > 0:
+            rates.append(self.cores / self.cpu_s_per_batch)
+        return soft_min(rates) * self.samples_per_batch
+
+    def efficiency_at(self, num_workers: int) -> float:
+        """The efficiency of the measured count with workers nearest to ``num_workers`` (1 without any);
+        between two measured counts, the line between theirs."""
+        if num_workers == 0 or not self.efficiency:
+            return 1.0
+        below = [(n, e) for n, e in self.efficiency if n <= num_workers]
+        above = [(n, e) for n, e in self.efficiency if n >= num_workers]
+        if below and above:
+            (n0, e0), (n1, e1) = below[-1], above[0]
+            return e0 if n1 == n0 else e0 + (e1 - e0) * (num_workers - n0) / (n1 - n0)
+        return (below[-1] if below else above[0])[1]
+
     def predict(self, num_workers: int) -> float | None:
         """Samples/s at ``num_workers`` (the measured figure where there is one); None past the memory budget."""
         if not self.fits_memory(num_workers):
@@ -100,13 +156,7 @@ class Model:
         for count, measured in self.measured:
             if count == num_workers:
                 return measured
-        if not math.isfinite(self.make_s) or self.step_s <= 0:
-            return math.nan
-        if num_workers == 0:
-            batches_per_s = 1.0 / (self.step_s + self.make_s)
-        else:
-            batches_per_s = min(num_workers / self.make_s if self.make_s > 0 else math.inf, 1.0 / self.step_s)
-        return min(batches_per_s * self.samples_per_batch, self.ceiling)
+        return self.limits(num_workers) * self.efficiency_at(num_workers)
 
     def curve(self, counts: Iterable[int]) -> tuple[tuple[int, float | None], ...]:
         """``(count, predicted samples/s)`` for each count."""
@@ -126,14 +176,43 @@ class Model:
             return math.nan
         return self.make_s / self.step_s
 
+    def describe(self) -> str:
+        """The fitted costs in words, per sample: ``workers 2.1 ms waiting + 0.5 ms CPU, the loop 0.2 ms CPU``."""
+        per = self.samples_per_batch if self.samples_per_batch > 0 else 1.0
+        if math.isfinite(self.wait_s) and math.isfinite(self.worker_cpu_s):
+            said = f"a worker {self.wait_s / per * 1000:.2f} ms waiting + {self.worker_cpu_s / per * 1000:.2f} ms CPU"
+            if math.isfinite(self.main_cpu_s):
+                said += f", the loop {self.main_cpu_s / per * 1000:.2f} ms CPU"
+            return said + " a sample"
+        if math.isfinite(self.make_s):
+            said = f"{self.make_s / per * 1000:.2f} ms to make a sample"
+            if math.isfinite(self.cpu_s_per_batch):
+                said += f", {self.cpu_s_per_batch / per * 1000:.2f} ms CPU"
+            return said
+        return ""
+
+
+def soft_min(rates: Sequence[float]) -> float:
+    """A smooth minimum of positive rates: ``(sum r^-p)^(-1/p)`` with ``p = SOFTNESS`` (inf: no limit)."""
+    finite = [r for r in rates if math.isfinite(r)]
+    if not finite:
+        return math.inf
+    if any(r <= 0 for r in finite):
+        return 0.0
+    return sum(r ** -SOFTNESS for r in finite) ** (-1.0 / SOFTNESS)
+
 
 def fit(points: Sequence[Point], *, cores: float, memory_budget_bytes: float | None = None) -> Model | None:
-    """The model for ``points`` (the latest measurement of each count first wins); None without any.
+    """The model for ``points`` (the latest measurement of each count wins); None without any.
 
-    The loop's step and the CPU per batch come from the most recent point (``points[-1]``):
-    what the loop and the data cost now. The time to make a batch comes from a 0-worker point
-    if there is one, else from the input-bound point with the most workers, else it is bounded
-    from above by the point with the fewest workers (``n x iteration``).
+    - The loop's step: the latest count with workers (the 0-worker step where none has them).
+    - CPU per batch, split: the count with workers measured with the most workers (the per-batch cost
+      of handing batches over grows with them); without one, the tree's CPU per batch of the latest point.
+    - A worker's wall time per batch: at 0 workers the loop's wait (one batch made, uncontended; its CPU
+      there replaced by a worker's); else the input-bound count with the fewest workers (``n x iteration``:
+      the least contended); where no count waits for data, a worker's CPU per batch (the least it can be:
+      so fewer workers are tried), or without the split the fewest workers' ``n x iteration`` (the most).
+      The wait = that minus a worker's CPU.
     """
     usable = [p for p in points if math.isfinite(p.samples_per_s) and p.samples_per_s > 0]
     if not usable:
@@ -142,30 +221,56 @@ def fit(points: Sequence[Point], *, cores: float, memory_budget_bytes: float | N
     by_count: dict[int, Point] = {}
     for point in usable:
         by_count[point.num_workers] = point  # the latest measurement of each count
-    make_s = math.nan
+    with_workers = [p for n, p in sorted(by_count.items()) if n > 0]
+    step_s = next((p.step_s for p in reversed(usable) if p.num_workers > 0), latest.step_s)
+    spb = latest.samples_per_batch
+    split = [p for p in with_workers if p.split]
+    worker_cpu = main_cpu = math.nan
+    if split:
+        widest = split[-1]
+        worker_cpu = widest.worker_cpu_s_per_batch
+        main_cpu = widest.main_cpu_s_per_batch
+        cpu_per_batch = worker_cpu + main_cpu
+    else:
+        cpu = [p.cpu_s_per_sample for p in reversed(usable) if math.isfinite(p.cpu_s_per_sample)]
+        cpu_per_batch = cpu[0] * spb if cpu else math.nan
     if 0 in by_count:
         make_s = by_count[0].load_s
+        if math.isfinite(worker_cpu):  # the workers' CPU a batch: in them it also pays for the hand-over
+            make_s = max(make_s - _load_cpu_at_zero(by_count[0], main_cpu), 0.0) + worker_cpu
+    elif bound := [p for p in with_workers if p.input_bound]:
+        make_s = bound[0].num_workers / bound[0].batches_per_s  # every worker busy: n batches an n-th as often
+    elif math.isfinite(worker_cpu):
+        make_s = worker_cpu  # no count waits for data: a worker needs at least its CPU (fewer may be as fast)
     else:
-        bound = [p for p in by_count.values() if p.input_bound]
-        chosen = max(bound, key=lambda p: p.num_workers) if bound else min(by_count.values(),
-                                                                           key=lambda p: p.num_workers)
-        make_s = chosen.num_workers * chosen.samples_per_batch / chosen.samples_per_s
-    cpu = [p.cpu_s_per_sample for p in reversed(usable) if math.isfinite(p.cpu_s_per_sample)]
+        make_s = with_workers[0].num_workers / with_workers[0].batches_per_s  # at most: workers idle part of it
+    wait_s = max(make_s - worker_cpu, 0.0) if math.isfinite(worker_cpu) else math.nan
     rss = [p.worker_rss_bytes for p in reversed(usable) if math.isfinite(p.worker_rss_bytes)]
-    step_s = latest.step_s if latest.num_workers else _step_with_workers(by_count, latest)
-    return Model(
+    model = Model(
         cores=cores,
         make_s=make_s,
         step_s=step_s,
-        samples_per_batch=latest.samples_per_batch,
-        cpu_s_per_batch=cpu[0] * latest.samples_per_batch if cpu else math.nan,
+        samples_per_batch=spb,
+        cpu_s_per_batch=cpu_per_batch,
         worker_rss_bytes=rss[0] if rss else math.nan,
         memory_budget_bytes=memory_budget_bytes,
         measured=tuple(sorted((n, p.samples_per_s) for n, p in by_count.items())),
+        wait_s=wait_s,
+        worker_cpu_s=worker_cpu,
+        main_cpu_s=main_cpu,
     )
+    efficiency = []
+    for point in with_workers:
+        limit = model.limits(point.num_workers)
+        if math.isfinite(limit) and limit > 0:
+            efficiency.append((point.num_workers, point.samples_per_s / limit))
+    return replace(model, efficiency=tuple(efficiency))
 
 
-def _step_with_workers(by_count: dict[int, Point], latest: Point) -> float:
-    """The loop's step with workers: measured at some count if any was, else the 0-worker step."""
-    with_workers = [p for n, p in sorted(by_count.items()) if n > 0]
-    return with_workers[0].step_s if with_workers else latest.step_s
+def _load_cpu_at_zero(zero: Point, main_cpu_with_workers: float) -> float:
+    """The CPU the loop spent making a batch at 0 workers: the tree's CPU per batch then, less what the
+    training process spends per batch when workers make them (its step and the hand-over), at least 0."""
+    if not math.isfinite(zero.cpu_s_per_sample):
+        return 0.0
+    at_zero = zero.cpu_s_per_sample * zero.samples_per_batch
+    return max(at_zero - (main_cpu_with_workers if math.isfinite(main_cpu_with_workers) else 0.0), 0.0)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pytest
 
 from loadertop.core.autotune import AutoTuner, Budget, Change, Observation, Reading, TuneDriver
-from loadertop.core.model import Point, fit
+from loadertop.core.model import Point, fit, soft_min
 
 
 @dataclass
@@ -49,6 +49,7 @@ class Simulation:
         self.rng = random.Random(seed)
         self.time = 1000.0
         self.cpu = 0.0
+        self.main_cpu = 0.0
         self.next_reading = self.time
         self.pending: tuple[int, int] | None = None  # (count, batches until the old ones are delivered)
         self.batches = 0
@@ -70,6 +71,7 @@ class Simulation:
         load = max(iteration - step, 0.0)
         self.time += iteration
         self.cpu += land.cpu_s + land.step_s + (land.overhead_s if n else 0.0)
+        self.main_cpu += land.step_s + (land.overhead_s if n else land.cpu_s)  # the workers' CPU is theirs
         self.batches += 1
         self.samples += land.batch
         self.trace.append(n)
@@ -87,7 +89,8 @@ class Simulation:
             else:
                 self.pending = (count, left - 1)
         if self.time >= self.next_reading:
-            self.tuner.read(Reading(self.time, self.cpu, self.workers, self.workers * 50_000_000))
+            self.tuner.read(Reading(self.time, self.cpu, self.workers, self.workers * 50_000_000,
+                                    main_cpu_s=self.main_cpu))
             self.next_reading = self.time + 0.25
 
     def settled_at(self) -> int | None:
@@ -116,13 +119,14 @@ def test_a_storage_bound_loader_settles_above_the_core_count_within_5_percent_of
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_a_cpu_bound_loader_settles_at_the_usable_cores(seed: int) -> None:
-    # All CPU: 30 ms of a core per batch, the loop 5 ms: two cores carry 2 / 35 ms batches at most.
+def test_a_cpu_bound_loader_settles_near_the_usable_cores(seed: int) -> None:
+    # All CPU: 30 ms of a core per batch, the loop 5 ms: two cores carry 2 / 36 ms batches at most.
     land = Landscape(make_s=0.030, cpu_s=0.030, step_s=0.005)
     sim = tuned(land, seed=seed)
     settled = sim.settled_at()
     assert settled is not None and land.rate(settled) >= 0.95 * land.best(COUNTS)
-    assert settled <= land.cores
+    # The model's soft knee (batches come unevenly where two limits meet) may want one worker past the cores.
+    assert settled <= land.cores + 1
 
 
 @pytest.mark.parametrize("start", [0, 4])
@@ -185,11 +189,72 @@ def test_the_model_reads_the_time_to_make_a_batch_off_zero_workers_and_caps_at_t
     assert model is not None and model.make_s == 0.020
     assert model.ceiling == pytest.approx(2 / 0.008 * 8)  # cores / CPU per sample
     assert model.predict(0) == zero.samples_per_s  # measured: never predicted over
-    assert model.predict(1) == pytest.approx(8 / 0.020)  # one worker makes a batch in 20 ms
-    assert model.predict(5) == pytest.approx(8 / 0.004)  # five make them as fast as the loop steps
-    assert model.predict(8) == model.predict(5)
-    assert model.smallest_enough(range(9), within=0.05) == 5
+    # The three limits (workers, the loop, the CPU) combine as a soft minimum.
+    assert model.predict(1) == pytest.approx(8 * soft_min([1 / 0.020, 1 / 0.004, 2 / 0.008]))
+    assert soft_min([50.0, 250.0, 250.0]) == pytest.approx((50.0 ** -4 + 2 * 250.0 ** -4) ** -0.25)
+    assert model.predict(5) < 8 / 0.004 == model.ceiling  # at the knee the loop still waits a little
+    assert model.predict(8) > model.predict(5)  # ...and more batches in flight absorb it
     assert model.workers_to_stop_waiting() == pytest.approx(5)
+    assert 5 < model.smallest_enough(range(9), within=0.05) <= 8  # past the knee, where the soft minimum flattens
+
+
+# Measured on this 2-core VM (benchmarks' calibrated dataset: 2 ms of storage wait and 0.5 ms of CPU a
+# sample, batch 32, a 4 ms step that waits): at 0 workers 347 samples/s, the loop waits 86.5 ms, the
+# tree spends 21.8 ms of CPU a batch; at 6 workers 1,894 samples/s, the loop waits 10.6 ms, the training
+# process spends 3.8 ms of CPU a batch and the workers 22.8 ms; 8 workers gave 1,940 samples/s.
+ZERO = Point(0, samples_per_s=347, load_s=0.0865, step_s=0.0057, samples_per_batch=32,
+             cpu_s_per_sample=0.0218 / 32)
+SIX = Point(6, samples_per_s=1894, load_s=0.0106, step_s=0.0063, samples_per_batch=32,
+            cpu_s_per_sample=(0.0038 + 0.0228) / 32, main_cpu_s_per_batch=0.0038, worker_cpu_s_per_batch=0.0228)
+
+
+def test_the_model_keeps_the_workers_cpu_and_wait_apart_from_the_training_process() -> None:
+    model = fit([ZERO, SIX], cores=2)
+    assert model is not None
+    assert model.worker_cpu_s == 0.0228 and model.main_cpu_s == 0.0038
+    assert model.cpu_s_per_batch == pytest.approx(0.0228 + 0.0038)  # the ceiling counts both
+    # A worker's wall time a batch: the 0-worker wait with its CPU there (21.8 - 3.8 ms) replaced by a worker's.
+    assert model.make_s == pytest.approx(0.0865 - (0.0218 - 0.0038) + 0.0228)
+    assert model.wait_s == pytest.approx(model.make_s - 0.0228)
+    assert model.describe().startswith("a worker 2.14 ms waiting + 0.71 ms CPU, the loop 0.12 ms CPU a sample")
+
+
+def test_the_curve_passes_through_the_measurements_and_scales_their_neighbours() -> None:
+    model = fit([ZERO, SIX], cores=2)
+    assert model is not None
+    assert model.predict(6) == 1894 and model.predict(0) == 347
+    efficiency = 1894 / model.limits(6)
+    assert dict(model.efficiency) == {6: pytest.approx(efficiency)}
+    assert model.predict(8) == pytest.approx(model.limits(8) * efficiency)
+    assert model.predict(3) == pytest.approx(model.limits(3) * efficiency)
+    # 8 workers measured 1,940 here (their CPU a batch grows with the crowd: 28.9 ms): the model says 12% more,
+    # past the 5% it is asked to be sure within, so the tuner measures there instead of settling on a guess.
+    assert model.predict(8) == pytest.approx(2174, rel=0.01)
+    assert model.smallest_enough(range(9), within=0.05) in (7, 8)
+
+
+def test_the_jump_from_zero_goes_past_the_cores_to_the_predicted_best_on_storage_latency() -> None:
+    model = fit([ZERO], cores=2)
+    assert model is not None
+    # The 0-worker figures alone: the CPU ceiling (2 cores / 21.8 ms a batch) is not what stops six workers.
+    assert model.ceiling == pytest.approx(2 / 0.0218 * 32)
+    assert model.smallest_enough(range(9), within=0.05) >= 6
+
+
+def test_no_count_is_tried_that_the_model_put_more_than_5_percent_below_its_best() -> None:
+    lands = [Landscape(make_s=0.020, cpu_s=0.004, step_s=0.004), Landscape(make_s=0.030, cpu_s=0.030, step_s=0.005),
+             Landscape(make_s=0.001, cpu_s=0.001, step_s=0.040), Landscape(make_s=0.040, cpu_s=0.012, step_s=0.006)]
+    tried = 0
+    for land in lands:
+        for seed in (1, 2, 3):
+            for start in (0, 3):
+                sim = tuned(land, start=start, seed=seed, batches=800)
+                for change in sim.changes:
+                    if change.kind in ("jump", "step"):
+                        tried += 1
+                        curve = {n: s for n, s in change.predicted if s is not None}
+                        assert curve[change.to_workers] >= 0.95 * max(curve.values()), change.line()
+    assert tried >= 12
 
 
 def test_the_driver_feeds_the_tuner_off_the_loop_and_applies_its_changes() -> None:
