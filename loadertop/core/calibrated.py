@@ -149,3 +149,9 @@ def phase_change() -> Workload:
     """As ``storage_bound`` with a 1.5 ms step, and every sample three times as costly after 12 s."""
     return make_cost_workload(sleep_ms=1.0, cpu_ms=0.1, step_wait_ms=1.5, phase_after_s=12.0,
                               name="calibrated: phase change after 12 s")
+
+
+def mixed() -> Workload:
+    """1 ms of storage wait and 0.4 ms of CPU a sample, a step of 1 ms waiting and 1 ms of CPU: the workers'
+    waits, their CPU and the loop's CPU all matter (the best count near the cores, where the CPU runs out)."""
+    return make_cost_workload(sleep_ms=1.0, cpu_ms=0.4, step_wait_ms=1.0, step_cpu_ms=1.0, name="calibrated: mixed")
