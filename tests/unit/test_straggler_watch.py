@@ -58,7 +58,8 @@ def test_the_end_summary_names_the_rank_named_longest_with_its_latest_score_and_
     never = StragglerHold(hold_looks=3)
     assert never.summary() is None  # never looked: a job of one rank says nothing
     never.look(None, now=0.0)
-    assert never.summary() == "input straggler: none named: the ranks were compared at 1 look only (3 in a row name one)"
+    assert never.summary() == ("input straggler: none named: the ranks were compared at 1 look only (3 in a row "
+                               "name one)")
     never.look(None, now=5.0)
     never.look(None, now=7.0)
     assert never.summary() == ("input straggler: none over the run (7 s watched: no rank's wait for data held the "
