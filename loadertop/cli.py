@@ -279,7 +279,15 @@ def _launch(args: argparse.Namespace, script: list[str], parser: argparse.Argume
     workers = args.workers if workers_given else None
     try:
         if args.headless:
-            return launch(script, workers=workers, switches=switches, record=args.record, tuning=tuning)
+            from loadertop.core.ranks import is_distributed_command
+
+            watcher = None
+            if is_distributed_command(script):  # torchrun: the input straggler named in the lines, as the monitor does
+                from loadertop.core.straggler_watch import StragglerWatch
+
+                watcher = StragglerWatch(record=args.record)
+            return launch(script, workers=workers, switches=switches, record=args.record, tuning=tuning,
+                          watcher=watcher)
         _need_terminal("loadertop run --headless -- COMMAND")
         child, log = spawn(script, workers=workers, switches=switches, record=args.record, tuning=tuning)
     except LaunchError as exc:

@@ -23,7 +23,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 from loadertop.core.probe.launched import ENV, ProbeSettings
 
@@ -33,6 +33,17 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
 class LaunchError(Exception):
     """The command cannot be started (one line for the user)."""
+
+
+class Watcher(Protocol):
+    """Watches a headless command from beside it, in the launcher's process (a torchrun job's input straggler:
+    ``straggler_watch.StragglerWatch``)."""
+
+    def start(self, pid: int) -> None:
+        """The command runs as process ``pid``."""
+
+    def finish(self) -> None:
+        """The command has ended (its own end lines are out): say the watcher's last."""
 
 
 def resolve(command: Sequence[str]) -> str:
@@ -59,10 +70,12 @@ def environment(settings: ProbeSettings, base: Mapping[str, str] | None = None) 
 
 
 def launch(command: Sequence[str], *, workers: int | None = None, switches: Mapping[str, int] | None = None,
-           record: str | None = None, tuning: Mapping[str, Any] | None = None) -> int:
+           record: str | None = None, tuning: Mapping[str, Any] | None = None,
+           watcher: Watcher | None = None) -> int:
     """Run ``command`` to its end with its DataLoaders instrumented; return its exit code.
 
-    ``tuning``: ``ProbeSettings``' ``autotune``, ``cpu_budget`` and ``memory_budget_gib``.
+    ``tuning``: ``ProbeSettings``' ``autotune``, ``cpu_budget`` and ``memory_budget_gib``. ``watcher``: started
+    with the command's pid, finished once it ended.
     """
     executable = resolve(command)
     start_record(record)
@@ -71,6 +84,8 @@ def launch(command: Sequence[str], *, workers: int | None = None, switches: Mapp
                                  record=os.path.abspath(record) if record else None,
                                  claim=os.path.join(run_dir, "claimed"), command=tuple(command), **(tuning or {}))
         child = subprocess.Popen([executable, *command[1:]], env=environment(settings))
+        if watcher is not None:
+            watcher.start(child.pid)
 
         def pass_on(signum: int, _frame: FrameType | None) -> None:
             if child.poll() is None:
@@ -81,6 +96,8 @@ def launch(command: Sequence[str], *, workers: int | None = None, switches: Mapp
         previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             code = child.wait()
+            if watcher is not None:
+                watcher.finish()
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

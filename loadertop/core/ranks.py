@@ -90,6 +90,11 @@ def is_distributed_command(command: Sequence[str]) -> bool:
                for i in range(len(command) - 1))
 
 
+def measured_ranks(ranks: Sequence[RankInfo]) -> list[RankInfo]:
+    """The ranks with a recent load and step: those a straggler verdict compares."""
+    return [r for r in ranks if math.isfinite(r.load_ms) and math.isfinite(r.step_ms)]
+
+
 def find_straggler(ranks: Sequence[RankInfo]) -> Straggler | None:
     """The input straggler: the rank whose wait for data holds the others back at the collectives.
 
@@ -100,7 +105,7 @@ def find_straggler(ranks: Sequence[RankInfo]) -> Straggler | None:
     the others' steps hold the wait for it. Its score is that extra wait as a share of the
     iteration: the part of every rank's time lost to its data.
     """
-    measured = [r for r in ranks if math.isfinite(r.load_ms) and math.isfinite(r.step_ms)]
+    measured = measured_ranks(ranks)
     if len(measured) < 2:
         return None
     slow = max(measured, key=lambda r: r.load_ms)
@@ -143,11 +148,12 @@ class RanksSession:
         command: its command line.
         sample_interval_s: seconds between system samples (each rank's process tree).
         read_gpus: False to skip NVML.
+        control: ask to be each rank's controller (False: watch only, as headless ``straggler_watch`` does).
     """
 
     def __init__(self, *, child: subprocess.Popen[bytes] | None = None, pid: int | None = None,
                  log_path: str | None = None, command: Sequence[str] = (), sample_interval_s: float = 1.0,
-                 read_gpus: bool = True) -> None:
+                 read_gpus: bool = True, control: bool = True) -> None:
         if child is None and pid is None:
             raise ValueError("give torchrun's process (launched) or its pid (attach)")
         self.child = child
@@ -156,6 +162,7 @@ class RanksSession:
         self.command = tuple(command)
         self._interval = sample_interval_s
         self._read_gpus = read_gpus
+        self._control = control
         self._lock = threading.RLock()
         self._ranks: dict[int, _Rank] = {}
         self._selected = 0
@@ -406,7 +413,7 @@ class RanksSession:
                     continue
                 session = RemoteSession(pid=pid, socket_path=path, command=self.command,
                                         sample_interval_s=self._interval,
-                                        read_gpus=self._read_gpus and hello.rank == 0)
+                                        read_gpus=self._read_gpus and hello.rank == 0, control=self._control)
                 session.start()
                 with self._lock:
                     self._ranks[hello.rank] = _Rank(pid, path, hello.rank, hello.local_rank or 0,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -150,6 +151,61 @@ def test_the_slow_rank_is_named_the_straggler_and_switching_it_lowers_its_load_a
     assert no_children_left()
 
 
+STRAGGLER_LINE = re.compile(r"^loadertop: input straggler: rank (\d+), score (\d\.\d\d): (rank \d+ waits .*)$")
+
+
+def straggler_events(record: Path) -> list[dict]:
+    return [r for r in records(record) if r.get("event") == "straggler"]
+
+
+@pytest.mark.slow
+def test_headless_names_the_slow_rank_in_a_line_in_the_end_summary_and_in_the_record(tmp_path: Path) -> None:
+    record = tmp_path / "run.jsonl"
+    watched = launched("--record", str(record),
+                       command=torchrun(tmp_path / "watched", "--slow-rank", "1", "--epochs", "30"))
+    assert watched.returncode == 0, watched.stderr
+    lines = watched.stderr.splitlines()
+    named = [found for line in lines if (found := STRAGGLER_LINE.match(line))]
+    assert [found.group(1) for found in named] == ["1"]  # named once, and it held: no change, never cleared
+    assert not any("input straggler: none any more" in line for line in lines)
+    events = straggler_events(record)
+    assert len(events) == 1
+    event = events[0]
+    assert event["rank"] == 1 and event["was"] is None and f"{event['score']:.2f}" == named[0].group(2)
+    assert event["evidence"] == named[0].group(3) and 0 < event["step"] <= 360 and event["time"] > 0
+    # The end summary's line comes last, after every rank's own summary.
+    summary = lines[-1]
+    assert summary.startswith("loadertop: input straggler over the run: rank 1, score ")
+    assert re.search(r"\(named for \d+ s of the \d+ s watched\)$", summary), summary
+    assert lines.index(summary) > max(i for i, line in enumerate(lines) if " with 0 workers: 360 batches" in line)
+    rows = [r for r in records(record) if "event" not in r]  # the ranks' own lines are all there
+    assert sorted(r["step"] for r in rows if r["rank"] == 1) == list(range(1, 361))
+    assert no_children_left()
+
+
+@pytest.mark.slow
+def test_headless_names_nobody_when_no_rank_is_slow(tmp_path: Path) -> None:
+    record = tmp_path / "run.jsonl"
+    watched = launched("--record", str(record), command=torchrun(tmp_path / "watched", "--epochs", "30"))
+    assert watched.returncode == 0, watched.stderr
+    lines = watched.stderr.splitlines()
+    assert [line for line in lines if "input straggler" in line] == [lines[-1]]
+    assert re.fullmatch(r"loadertop: input straggler: none over the run \(\d+ s watched: no rank's wait for data "
+                        r"held the others back\)", lines[-1])
+    assert straggler_events(record) == []
+
+
+@pytest.mark.slow
+def test_headless_keeps_the_verdict_when_the_slow_rank_crashes(tmp_path: Path) -> None:
+    watched = launched(command=torchrun(tmp_path / "out", "--slow-rank", "1", "--epochs", "30", "--fail", "1:250"))
+    assert watched.returncode == 1  # torchrun's, as always
+    lines = watched.stderr.splitlines()
+    said = [line for line in lines if "input straggler" in line]
+    assert len(said) == 2 and STRAGGLER_LINE.match(said[0]) and STRAGGLER_LINE.match(said[0]).group(1) == "1"
+    assert said[1] == lines[-1] and said[1].startswith("loadertop: input straggler over the run: rank 1, score ")
+    assert no_children_left()
+
+
 @pytest.mark.slow
 def test_a_rank_that_crashes_is_named_with_its_exit_code_and_traceback_and_the_others_history_kept(
         tmp_path: Path, runtime_dir: Path) -> None:
@@ -282,6 +338,9 @@ def test_attach_takes_the_ranks_of_one_job_as_one_run(tmp_path: Path, runtime_di
         session.start()
         wait_for(lambda: len(session.view().script.ranks) == 2 and min(r.step for r in session.view().script.ranks)
                  > 5, 60)
+        # The headless launcher watches its ranks too (for the input straggler), but only watches: this monitor
+        # controls them.
+        wait_for(lambda: session.view().script.control == "this monitor controls the run", 10)
         session.stop()  # as ^C would: torchrun stops its ranks
         session.close()
         assert job.wait(60) == 1  # torchrun's exit code when a signal stopped it, passed on by the launcher
