@@ -194,7 +194,7 @@ class Session:
             raise RuntimeError("a sweep is already running (Esc cancels it)")
         if self.tuner.enabled:
             raise RuntimeError("autotune is on: a turns it off before a sweep")
-        sweep = Sweep(self.trainer, counts or default_counts(self._machine.usable_cores), batches)
+        sweep = Sweep(self.trainer, counts or default_counts(self._machine.core_count), batches)
         self._sweep = sweep
         sweep.begin()
 
