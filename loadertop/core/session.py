@@ -183,6 +183,7 @@ class Session:
             advice=advise(store.summaries, machine),
             sweep=sweep.progress() if sweep is not None else None,
             autotune=self.tuner.status(),
+            machine=machine,
         )
 
     def start_sweep(self, counts: Sequence[int] | None = None, batches: int = DEFAULT_BATCHES) -> None:

@@ -16,6 +16,7 @@ import pytest
 from loadertop.core.advice import MachineFacts, advise
 from loadertop.core.limits import CgroupLimits, Limit, Limits, combine, parse_cpu_list, read_cgroups
 from loadertop.core.report import report_json
+from loadertop.tui.widgets.header import limits_text
 
 GIB = 1024**3
 MIB = 1024**2
@@ -67,6 +68,7 @@ def test_a_v2_container_with_a_fractional_quota_and_a_memory_limit(tmp_path: Pat
     assert limits.memory_available_bytes == 3 * GIB - (GIB - 256 * MIB)  # the inactive page cache is reclaimable
     assert limits.cores_text() == "1.5 of 64 cores: cgroup v2 quota"
     assert limits.memory_text() == "3.0 of 512.0 GiB: cgroup v2 memory.max"
+    assert limits_text(limits) == "1.5 of 64 cores, 3.0 GiB: cgroup"
 
 
 def test_v2_nested_levels_the_tightest_binds_and_memory_high_counts(tmp_path: Path) -> None:
@@ -114,7 +116,7 @@ def test_v2_max_everywhere_is_the_host(tmp_path: Path) -> None:
     limits = host(cgroups)
     assert (limits.cores, limits.cores_source, limits.memory_source) == (64, "host", "host")
     assert (limits.memory_total_bytes, limits.memory_available_bytes) == (512 * GIB, 400 * GIB)
-    assert limits.cores_text() == "64 cores"
+    assert limits.cores_text() == "64 cores" and limits_text(limits) == ""
 
 
 def test_v2_a_controller_not_enabled_sets_nothing_and_says_nothing(tmp_path: Path) -> None:
@@ -314,7 +316,7 @@ def test_parse_cpu_list() -> None:
             parse_cpu_list(bad)
 
 
-# ---------------------------------------------------------------- the limits in advice and the report
+# ---------------------------------------------------------------- the limits in advice, report and header
 
 CONFINED = Limits(cores=1.5, cores_source="cgroup v2 quota", cores_file="/sys/fs/cgroup/cpu.max", host_cores=64,
                   affinity_cores=64, memory_total_bytes=16 * GIB, memory_available_bytes=10 * GIB,
@@ -342,6 +344,22 @@ def test_warnings_and_the_json_machine_block_say_where_a_limit_came_from() -> No
     unconfined = advise(rows, MachineFacts(usable_cores=1, memory_total_bytes=16 * GIB))
     assert "2 workers on 1 usable core: workers past the core count compete with each other and with the " \
            "training step for CPU" in unconfined.warnings
+
+
+def test_the_header_text_fits_and_names_the_source() -> None:
+    import dataclasses
+
+    assert limits_text(None) == ""
+    assert limits_text(CONFINED) == "1.5 of 64 cores, 16.0 GiB: cgroup"
+    cores_only = dataclasses.replace(CONFINED, memory_source="host", memory_total_bytes=512 * GIB)
+    assert limits_text(cores_only) == "1.5 of 64 cores: cgroup quota"
+    memory_only = dataclasses.replace(CONFINED, cores=64, cores_source="host")
+    assert limits_text(memory_only) == "16.0 of 512.0 GiB: cgroup limit"
+    assert limits_text(CONFINED, short=True) == "1.5 cores, 16.0 GiB: cgroup"
+    assert limits_text(cores_only, short=True) == "1.5 cores: cgroup quota"
+    assert limits_text(memory_only, short=True) == "16.0 GiB: cgroup limit"
+    mixed = dataclasses.replace(CONFINED, cores=4, cores_source="CPU affinity", memory_source="cgroup v2 memory.high")
+    assert limits_text(mixed) == "4 of 64 cores: CPU affinity, 16.0 GiB: cgroup memory.high"
 
 
 # ---------------------------------------------------------------- a process really confined
