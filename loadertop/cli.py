@@ -567,7 +567,7 @@ def _sweep(args: argparse.Namespace) -> int:
     from loadertop.core.sweep import Sweep
 
     machine = machine_facts()
-    counts = args.counts or default_counts(machine.usable_cores)
+    counts = args.counts or default_counts(machine.core_count)
     # Settings that need workers are checked against the largest count, the ones that have them.
     config = _config(args, max(counts)).with_workers(counts[0])
     outputs = {option: path for option, path in (("--json", args.json), ("--csv", args.csv),

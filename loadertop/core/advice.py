@@ -9,7 +9,8 @@ from dataclasses import dataclass, replace
 from loadertop.core.model import INPUT_BOUND_SHARE, Point, fit
 from loadertop.core.protocol.records import BatchRecord
 from loadertop.core.store import ConfigSummary, percentile
-from loadertop.core.system import SystemSnapshot, usable_cores
+from loadertop.core.limits import Limits, current_limits, usable_cores_phrase, whole_cores
+from loadertop.core.system import SystemSnapshot
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,41 +113,61 @@ class MachineFacts:
     """What the advice needs to know about the machine.
 
     Attributes:
-        usable_cores: cores this process may run on (its CPU affinity).
-        memory_total_bytes: system memory.
+        usable_cores: cores this process may use: min(CPU affinity, cgroup cpuset, cgroup CPU quota),
+            fractional under a fractional quota.
+        memory_total_bytes: the memory limit where a cgroup confines the process, else system memory.
         shm_used_bytes, shm_total_bytes: ``/dev/shm`` (None where there is none).
         start_method: the multiprocessing start method the DataLoader workers use.
         ranks_on_node: training processes sharing these cores (a torchrun job's ranks on this node).
+        limits: where the cores and memory came from (None for facts not read from this machine).
     """
 
-    usable_cores: int
+    usable_cores: float
     memory_total_bytes: int
     shm_used_bytes: int | None = None
     shm_total_bytes: int | None = None
     start_method: str = "fork"
     ranks_on_node: int = 1
+    limits: Limits | None = None
+
+    @property
+    def core_count(self) -> int:
+        """``usable_cores`` as a whole number, for counts (rounded up, at least 1)."""
+        return whole_cores(self.usable_cores)
+
+    def cores_text(self) -> str:
+        """``4 usable cores``; where a limit confines them ``1.5 usable cores (1.5 of 64 cores: cgroup v2 quota)``."""
+        return usable_cores_phrase(self.usable_cores, self.limits)
 
     def with_system(self, system: SystemSnapshot | None) -> MachineFacts:
-        """These facts with memory and ``/dev/shm`` as the latest system sample read them (unchanged without one)."""
+        """These facts brought up to date: the limits read again (at most once a second; facts read from this
+        machine only), ``/dev/shm`` and the system memory as the latest sample read them (the memory limit
+        where one confines the process)."""
+        facts = self
+        if self.limits is not None:
+            limits = current_limits()
+            facts = replace(self, usable_cores=limits.cores, memory_total_bytes=limits.memory_total_bytes,
+                            limits=limits)
         if system is None:
-            return self
-        return replace(self, memory_total_bytes=system.memory_total_bytes, shm_used_bytes=system.shm_used_bytes,
+            return facts
+        total = system.memory_total_bytes
+        if facts.limits is not None and facts.limits.memory_confined:
+            total = min(total, facts.limits.memory_total_bytes)
+        return replace(facts, memory_total_bytes=total, shm_used_bytes=system.shm_used_bytes,
                        shm_total_bytes=system.shm_total_bytes)
 
 
 def machine_facts(system: SystemSnapshot | None = None) -> MachineFacts:
-    """This machine's facts; ``/dev/shm`` and memory from ``system`` when given."""
+    """This machine's facts as this process may use it (``loadertop.core.limits``); ``/dev/shm`` from ``system``."""
     import multiprocessing
 
-    import psutil
-
+    limits = current_limits()
     return MachineFacts(
-        usable_cores=usable_cores(),
-        memory_total_bytes=system.memory_total_bytes if system is not None else psutil.virtual_memory().total,
-        shm_used_bytes=system.shm_used_bytes if system is not None else None,
-        shm_total_bytes=system.shm_total_bytes if system is not None else None,
+        usable_cores=limits.cores,
+        memory_total_bytes=limits.memory_total_bytes,
         start_method=multiprocessing.get_start_method(allow_none=True) or "fork",
-    )
+        limits=limits,
+    ).with_system(system)
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,13 +301,14 @@ def _rank_warnings(advice: Advice, judged: Sequence[ConfigSummary], most: int, m
     warnings = []
     share = cores / ranks
     if most > share:
-        warnings.append(f"{_workers(most)} per rank x {ranks} ranks on {cores} usable core{'s' if cores != 1 else ''} "
+        warnings.append(f"{_workers(most)} per rank x {ranks} ranks on {machine.cores_text()} "
                         f"({share:.1f} a rank): workers past a rank's share compete with the other ranks for CPU")
     best = advice.recommended or advice.fastest
     if best is not None and math.isfinite(best.cpu_s_per_sample) and math.isfinite(best.samples_per_s):
         needed = best.cpu_s_per_sample * best.samples_per_s * ranks
         if needed >= NODE_CPU_LIMIT * cores:
-            warnings.append(f"the {ranks} ranks on this node need about {needed:.1f} of its {cores} cores at "
+            warnings.append(f"the {ranks} ranks on this node need about {needed:.1f} of its {round(cores, 2):g} "
+                            "cores at "
                             f"{_workers(best.num_workers)} ({best.cpu_s_per_sample * 1000:.2f} ms of CPU a sample, "
                             f"{best.samples_per_s:,.0f} samples/s a rank): the node's CPU is the limit, more "
                             "workers cannot make a rank faster")
@@ -304,8 +326,7 @@ def advise(summaries: Sequence[ConfigSummary], machine: MachineFacts, *,
         warnings.extend(_rank_warnings(advice, judged, most, machine))
     elif most > machine.usable_cores:
         warnings.append(
-            f"{_workers(most)} on {machine.usable_cores} usable core{'s' if machine.usable_cores != 1 else ''}: "
-            "workers past the core count compete "
+            f"{_workers(most)} on {machine.cores_text()}: workers past the core count compete "
             "with each other and with the training step for CPU"
         )
     base_rss = next((s.rss_mb for s in judged if s.num_workers == 0 and not math.isnan(s.rss_mb)), math.nan)
@@ -317,8 +338,11 @@ def advise(summaries: Sequence[ConfigSummary], machine: MachineFacts, *,
                 each = f" (about {per_worker:,.0f} MB per worker)" if not math.isnan(per_worker) else ""
                 warnings.append(
                     f"memory: {_workers(s.num_workers)} peaked at {s.rss_mb:,.0f} MB{each}, "
-                    f"{share * 100:.0f}% of RAM; each worker holds a copy of what the dataset touches"
+                    f"{share * 100:.0f}% of {_memory_words(machine)}; each worker holds a copy of what the dataset "
+                    "touches"
                 )
+    if machine.limits is not None:
+        warnings.extend(machine.limits.notes)
     if machine.shm_total_bytes and machine.shm_used_bytes is not None:
         shm_share = machine.shm_used_bytes / machine.shm_total_bytes
         if shm_share > SHM_WARN_SHARE:
@@ -362,7 +386,7 @@ def predicted_curve(judged: Sequence[ConfigSummary], best: ConfigSummary | None,
     model = fit([point_of(s) for s in siblings], cores=cores)
     if model is None:
         return (), math.inf
-    counts = sorted(set(range(2 * machine.usable_cores + 1)) | {s.num_workers for s in siblings})
+    counts = sorted(set(range(2 * machine.core_count + 1)) | {s.num_workers for s in siblings})
     return model.curve(counts), model.ceiling
 
 
@@ -376,6 +400,14 @@ def default_counts(cores: int) -> tuple[int, ...]:
     if 2 * cores not in counts:
         counts.append(2 * cores)
     return tuple(counts)
+
+
+def _memory_words(machine: MachineFacts) -> str:
+    """``RAM``, or where a limit confines the process ``the 3.0 GiB it may use (cgroup v1 memory limit)``."""
+    limits = machine.limits
+    if limits is None or not limits.memory_confined:
+        return "RAM"
+    return f"the {machine.memory_total_bytes / 1024**3:.1f} GiB it may use ({limits.memory_source})"
 
 
 def _workers(n: int) -> str:

@@ -657,15 +657,14 @@ MEMORY_SHARE = 0.5
 
 
 def default_budget(*, cores: float | None = None, memory_gib: float | None = None, ranks_on_node: int = 1) -> Budget:
-    """The budgets: ``cores`` (default: the usable cores, shared among a node's ranks), ``memory_gib``
-    (default: half of the available memory, shared too); at most four workers a core, at least 4."""
-    import psutil
+    """The budgets: ``cores`` (default: the cores this process may use, a cgroup quota's 1.5 as 1.5, shared
+    among a node's ranks), ``memory_gib`` (default: half the memory available to it, the host's or its cgroup
+    limit's less what the cgroup uses, whichever is less, shared too); at most four workers a core, at least 4."""
+    from loadertop.core.limits import current_limits
 
-    from loadertop.core.system import usable_cores
-
-    share = (cores if cores is not None else usable_cores()) / max(ranks_on_node, 1)
-    memory = (memory_gib * 2**30 if memory_gib is not None
-              else MEMORY_SHARE * psutil.virtual_memory().available / max(ranks_on_node, 1))
+    limits, ranks = current_limits(), max(ranks_on_node, 1)
+    share = (cores if cores is not None else limits.cores) / ranks
+    memory = memory_gib * 2**30 if memory_gib is not None else MEMORY_SHARE * limits.memory_available_bytes / ranks
     return Budget(cores=share, memory_bytes=memory, max_workers=max(4, math.ceil(4 * share)))
 
 

@@ -15,12 +15,12 @@ from typing import IO, Any
 from loadertop.core.advice import Advice, advise, machine_facts, speed_text
 from loadertop.core.autotune import Budget, Change
 from loadertop.core.engine import Trainer, TrainerState
+from loadertop.core.limits import current_limits
 from loadertop.core.protocol.records import BatchRecord
 from loadertop.core.report import advice_lines, format_table
 from loadertop.core.session import Session
 from loadertop.core.store import ConfigSummary
 from loadertop.core.sweep import Sweep
-from loadertop.core.system import usable_cores
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -72,8 +72,18 @@ class _Window:
 
 
 def _core_note(num_workers: int) -> str:
-    cores = usable_cores()
-    return f" [more workers than the {cores} usable cores]" if num_workers > cores else ""
+    machine = machine_facts()
+    return f" [more workers than the {machine.cores_text()}]" if num_workers > machine.usable_cores else ""
+
+
+def _print_machine(out: IO[str]) -> None:
+    """Where a cgroup or the affinity confines the process, a line saying what it may use and why; then any note
+    on limits that could not be read. Nothing on a machine that confines nothing."""
+    limits = current_limits()
+    if limits.cores_confined or limits.memory_confined:
+        print(f"  limits: {limits.cores_text()} | memory {limits.memory_text()}", file=out)
+    for note in limits.notes:
+        print(f"  note: {note}", file=out)
 
 
 def run_headless(
@@ -132,8 +142,9 @@ def run_headless(
         f"of {status.batches_per_epoch} batches{limit} ({total} batches){threads_text}"
         + _core_note(status.config.num_workers),
         file=out,
-        flush=True,
     )
+    _print_machine(out)
+    out.flush()
 
     interrupted: int | None = None
     previous = install_signal_handlers()
@@ -297,7 +308,9 @@ def run_sweep_headless(
         print(f"  note: {note}", file=out)
     print(f"  device {trainer.status().device} | batch {trainer.config.batch_size} | workers "
           f"{', '.join(map(str, sweep.counts))} | {sweep.batches_per_count} steady batches each "
-          f"({total} in all, warm-up after each restart not counted)", file=out, flush=True)
+          f"({total} in all, warm-up after each restart not counted)", file=out)
+    _print_machine(out)
+    out.flush()
     interrupted: int | None = None
     previous = install_signal_handlers()
     reported = 0

@@ -263,7 +263,8 @@ class RemoteSession:
             autotune = self._autotune_view()
         return SessionView(workload_name=name, notes=self._notes(script), status=status, store=store, system=system,
                            gpu_status=system.gpu_status if system is not None else "sampling",
-                           advice=advise(store.summaries, machine), script=script, autotune=autotune)
+                           advice=advise(store.summaries, machine), script=script, autotune=autotune,
+                           machine=machine)
 
     def apply(self, config: LoaderConfig, *, rank: int | None = None) -> None:
         """Switch the selected loader to ``config.num_workers``; the script keeps its other settings.

@@ -176,11 +176,18 @@ def report_json(
                       for n, v in advice.predicted],
         "ceiling_samples_per_s": round(advice.ceiling, 1) if math.isfinite(advice.ceiling) else None,
         "machine": {
-            "usable_cores": machine.usable_cores,
+            "usable_cores": _cores_number(machine.usable_cores),
             "memory_total_mb": round(machine.memory_total_bytes / (1024 * 1024)),
             "start_method": machine.start_method,
+            **(machine.limits.to_json() if machine.limits is not None else {}),
         },
     }
+
+
+def _cores_number(cores: float) -> float | int:
+    """Whole cores as an integer (``2``), a fractional quota as it is (``1.5``)."""
+    rounded = round(cores, 4)
+    return int(rounded) if rounded == int(rounded) else rounded
 
 
 def dumps(document: dict[str, Any]) -> str:

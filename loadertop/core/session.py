@@ -183,6 +183,7 @@ class Session:
             advice=advise(store.summaries, machine),
             sweep=sweep.progress() if sweep is not None else None,
             autotune=self.tuner.status(),
+            machine=machine,
         )
 
     def start_sweep(self, counts: Sequence[int] | None = None, batches: int = DEFAULT_BATCHES) -> None:
@@ -194,7 +195,7 @@ class Session:
             raise RuntimeError("a sweep is already running (Esc cancels it)")
         if self.tuner.enabled:
             raise RuntimeError("autotune is on: a turns it off before a sweep")
-        sweep = Sweep(self.trainer, counts or default_counts(self._machine.usable_cores), batches)
+        sweep = Sweep(self.trainer, counts or default_counts(self._machine.core_count), batches)
         self._sweep = sweep
         sweep.begin()
 

@@ -17,6 +17,8 @@ from typing import Any
 
 import psutil
 
+from loadertop.core.limits import current_limits
+
 MIB = 1024 * 1024
 
 
@@ -93,14 +95,18 @@ class SystemSnapshot:
 
 
 def usable_cores() -> int:
-    """The cores this process may run on: its CPU affinity where the platform has one, else every logical core.
+    """The cores this process may use, as a whole number for counts (a sweep's, a loop's bounds).
 
-    The one answer to "how many cores" for every warning, note and recommendation.
+    min(CPU affinity, cgroup cpuset, cgroup CPU quota) rounded up: a quota of 1.5 CPUs is 2, a quota of
+    0.5 is 1 (a fraction of a core still runs a worker; a count of 0 cores would mean none). Budgets and
+    warnings use ``usable_cores_exact()``. ``loadertop.core.limits`` reads the limits and says where they came from.
     """
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return psutil.cpu_count() or 1
+    return current_limits().core_count
+
+
+def usable_cores_exact() -> float:
+    """The cores this process may use, fractional under a fractional cgroup quota (1.5 CPUs is 1.5): for budgets."""
+    return current_limits().cores
 
 
 class NvmlReader:

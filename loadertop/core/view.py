@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from loadertop.core.advice import Advice
+from loadertop.core.advice import Advice, MachineFacts
 from loadertop.core.autotune import TunerStatus
 from loadertop.core.protocol.config import LoaderConfig
 from loadertop.core.protocol.status import TrainerStatus
@@ -149,6 +149,7 @@ class SessionView:
         sweep: the sweep's progress, once one was started.
         script: the watched script, its loaders and its output (None for the built-in workload).
         autotune: the autotuner's state, its changes and its model's curve (None: this session cannot tune).
+        machine: the cores and memory the training may use and where their limits came from (None in replays).
     """
 
     workload_name: str
@@ -161,6 +162,7 @@ class SessionView:
     sweep: SweepProgress | None = None
     script: ScriptView | None = None
     autotune: TunerStatus | None = None
+    machine: MachineFacts | None = None
 
 
 class SessionLike(Protocol):

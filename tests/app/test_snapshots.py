@@ -14,7 +14,9 @@ import pytest
 from textual.pilot import Pilot
 
 from loadertop import TrainerState
+from loadertop.core.advice import MachineFacts
 from loadertop.core.engine import TrainerError
+from loadertop.core.limits import Limits
 from loadertop.core.replay import ReplaySession
 from loadertop.core.session import SessionView
 from loadertop.core.system import GpuSample
@@ -102,6 +104,19 @@ async def test_gpus(request: pytest.FixtureRequest, recorded_view: SessionView) 
     system = dataclasses.replace(recorded_view.system, gpus=gpus, gpu_status="2 NVIDIA GPUs")
     view = dataclasses.replace(recorded_view, system=system, gpu_status="2 NVIDIA GPUs")
     await snapshot(request, view, "gpus_120x36", (120, 36))
+
+
+@pytest.mark.parametrize("size", [(120, 36), (80, 24)], ids=["120x36", "80x24"])
+async def test_confined_by_a_container(request: pytest.FixtureRequest, recorded_view: SessionView,
+                                       size: tuple[int, int]) -> None:
+    """The header names a cgroup's limits (made up: 0.5 of the recording machine's 2 cores, 3 GiB of its memory)."""
+    limits = Limits(cores=0.5, cores_source="cgroup v1 quota", cores_file="/sys/fs/cgroup/cpu/job/cpu.cfs_quota_us",
+                    host_cores=2, affinity_cores=2, memory_total_bytes=3 * GIB, memory_available_bytes=2 * GIB,
+                    memory_source="cgroup v1 memory limit",
+                    memory_file="/sys/fs/cgroup/memory/job/memory.limit_in_bytes",
+                    host_memory_total_bytes=24 * GIB, host_memory_available_bytes=20 * GIB, memory_usage_bytes=GIB)
+    machine = MachineFacts(usable_cores=0.5, memory_total_bytes=3 * GIB, limits=limits)
+    await snapshot(request, dataclasses.replace(recorded_view, machine=machine), f"confined_{size[0]}x{size[1]}", size)
 
 
 async def test_too_small(request: pytest.FixtureRequest, recorded_view: SessionView) -> None:

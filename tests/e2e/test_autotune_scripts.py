@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from loadertop.core.system import usable_cores
+from loadertop.core.system import usable_cores_exact
 from tests.e2e.test_scripts import launched, records, run
 from tests.e2e.test_torchrun import torchrun
 from tests.helpers import eventually, made_at, no_children_left
@@ -74,8 +74,8 @@ def test_autotune_tunes_a_scripts_training_loader_and_it_trains_on_a_stock_runs_
     assert len(set(seen["workers"])) > 1
     first = events[0]  # applied as it says: the batches after it come from its count
     assert first["from"] == 0 and first["to"] in counts[first["step"]:]
-    assert f"loadertop: autotune on (--autotune): the training loader's workers are tuned within {usable_cores():g}" \
-        in watched.stderr
+    assert ("loadertop: autotune on (--autotune): the training loader's workers are tuned within "
+            f"{usable_cores_exact():g}") in watched.stderr
     assert f"loadertop: {LOADER}: autotune: {first['reason']}: 0 -> {first['to']} worker" in watched.stderr
     assert no_children_left() and not left_running(out)
 
@@ -107,7 +107,7 @@ def test_num_workers_auto_without_the_launcher_tunes_itself_and_leaves_nothing_b
     assert seen["workers"][0] == 0 and max(seen["workers"]) > 0
     said = [line for line in done.stderr.splitlines() if line.startswith("loadertop:")]
     assert said[0].startswith(f"loadertop: autotune: {AUTO_LOADER}: num_workers='auto': from 0 workers, within "
-                              f"{usable_cores():g} cores")
+                              f"{usable_cores_exact():g} cores")
     changes = [line for line in said[1:] if re.search(r": \d+ -> \d+ workers?$", line)]
     assert changes and all(line.startswith(f"loadertop: autotune: {AUTO_LOADER}: ") for line in changes)
     assert all(FIGURES.search(line.split(": ", 3)[3].rsplit(": ", 1)[0]) for line in changes)  # reasons with figures
@@ -130,7 +130,7 @@ def test_autotune_under_torchrun_shares_the_cores_among_the_ranks_and_every_shar
     record = tmp_path / "run.jsonl"
     watched = launched("--autotune", "--record", str(record), command=torchrun(tmp_path / "watched", "--epochs", "4"))
     assert watched.returncode == 0, watched.stderr
-    cores = usable_cores()
+    cores = usable_cores_exact()
     for rank in (0, 1):
         before = json.loads(Path(f"{stock_ranks}.rank{rank}.json").read_text())
         after = json.loads((tmp_path / f"watched.rank{rank}.json").read_text())

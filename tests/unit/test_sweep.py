@@ -84,7 +84,8 @@ def test_cpu_bound_loading_on_one_core_recommends_no_workers(cores: Callable[[in
     cores(1)
     _rows, advice, out = sweep(workloads.cpu_bound(cpu_s=0.010), (0, 1, 2), batches=20, batch_size=4)
     assert advice.recommended_num_workers == 0, out
-    assert "2 workers on 1 usable core:" in out
+    assert f"2 workers on 1 usable core (1 of {os.cpu_count()} cores: CPU affinity):" in out
+    assert f"  limits: 1 of {os.cpu_count()} cores: CPU affinity | memory " in out
 
 
 @pytest.mark.slow

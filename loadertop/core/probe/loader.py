@@ -50,6 +50,7 @@ import os
 import sys
 import threading
 import time
+import warnings
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -196,6 +197,22 @@ class DataLoader(torch.utils.data.DataLoader):
             hook.created(self)  # under loadertop run: the run's tuner tunes an "auto" training loader
         elif self.auto_workers:
             tuning.tune_by_itself(self)
+
+    def check_worker_number_rationality(self) -> None:
+        """torch's warning that this loader makes more workers than there are cores, counting the cores this
+        process may use: a cgroup CPU quota (a container's ``--cpus``) too, which torch's count of the CPU
+        affinity misses. The message begins as torch's does, so that filters written for it still apply."""
+        from loadertop.core.limits import current_limits, usable_cores_phrase
+
+        if not self.num_workers:
+            return
+        limits = current_limits()
+        if self.num_workers > limits.cores:
+            warnings.warn(
+                f"This DataLoader will create {self.num_workers} worker processes in total, more than the "
+                f"{usable_cores_phrase(limits.cores, limits)} this process may use: workers past the cores compete "
+                "for CPU and can make loading slower; lower num_workers if so (loadertop sweep measures it)",
+                stacklevel=2)
 
     # -------------------------------------------------------------- public
 

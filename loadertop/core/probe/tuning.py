@@ -147,12 +147,21 @@ class LoaderTuning:
 
 
 def describe_budget(budget: Budget, ranks_on_node: int = 1) -> str:
-    """``1 core (2 usable, shared by 2 ranks on this node) and 3.1 GiB of memory for its workers``."""
+    """``1 core (the node's 2 shared by 2 ranks) and 3.1 GiB of memory for its workers``; where a limit
+    confines the process, what it may use and where that came from (``this process may use 1.5 of 64 cores:
+    cgroup v2 quota``)."""
+    from loadertop.core.limits import current_limits
+
     cores = f"{budget.cores:g} core{'' if budget.cores == 1 else 's'}"
     if ranks_on_node > 1:
         cores += f" (the node's {budget.cores * ranks_on_node:g} shared by {ranks_on_node} ranks)"
     if budget.memory_bytes is not None:
         cores += f" and {budget.memory_bytes / 2**30:.1f} GiB of memory for its workers"
+    limits = current_limits()
+    confined = [text for text, yes in ((limits.cores_text(), limits.cores_confined),
+                                       (limits.memory_text(), limits.memory_confined)) if yes]
+    if confined:
+        cores += f" (this process may use {' and '.join(confined)})"
     return cores
 
 

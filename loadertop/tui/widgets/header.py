@@ -1,13 +1,16 @@
-"""The header: workload, device, running configuration, state, progress, elapsed time, samples/s."""
+"""The header: workload, device, the limits confining it, running configuration, state, progress, elapsed time,
+samples/s."""
 
 from __future__ import annotations
 
 import math
+import re
 
 from rich.text import Text
 
 from loadertop.core.advice import recent_stats
 from loadertop.core.autotune import TunerStatus
+from loadertop.core.limits import Limits
 from loadertop.core.protocol.status import TrainerState
 from loadertop.tui.plot import meter
 from loadertop.tui.widgets.base import ViewWidget
@@ -47,6 +50,34 @@ def autotune_text(tuner: TunerStatus | None) -> str:
     return f"autotune: {tuner.state} {workers} worker{'s' if workers != 1 else ''}"
 
 
+def _short(source: str) -> str:
+    """A limit's source in a few words: ``cgroup v2 quota`` -> ``cgroup quota``, ``cgroup v1 memory limit`` ->
+    ``cgroup limit``."""
+    source = re.sub(r"^cgroup v\d ", "cgroup ", source)
+    return {"cgroup memory limit": "cgroup limit", "cgroup memory.max": "cgroup limit"}.get(source, source)
+
+
+def limits_text(limits: Limits | None, *, short: bool = False) -> str:
+    """What confines the training: ``1.5 of 64 cores: cgroup quota``, ``3.0 of 24.0 GiB: cgroup limit``, both
+    ``1.5 of 64 cores, 3.0 GiB: cgroup``; ``short`` leaves the host's figures out (``1.5 cores: cgroup quota``)
+    to fit 80 columns. Empty where nothing confines it."""
+    if limits is None:
+        return ""
+    of_cores = "" if short else f" of {limits.host_cores}"
+    cores = f"{round(limits.cores, 2):g}{of_cores} cores" if limits.cores_confined else ""
+    gib = limits.memory_total_bytes / 2**30
+    if not limits.memory_confined:
+        return f"{cores}: {_short(limits.cores_source)}" if cores else ""
+    memory_source = _short(limits.memory_source)
+    if not cores:
+        of_memory = "" if short else f" of {limits.host_memory_total_bytes / 2**30:.1f}"
+        return f"{gib:.1f}{of_memory} GiB: {memory_source}"
+    cores_source = _short(limits.cores_source)
+    if cores_source.startswith("cgroup") and memory_source.startswith("cgroup"):
+        return f"{cores}, {gib:.1f} GiB: cgroup"
+    return f"{cores}: {cores_source}, {gib:.1f} GiB: {memory_source}"
+
+
 class RunHeader(ViewWidget):
     """Two lines: what runs where and in which state (and the autotuner's); then progress, time and throughput."""
 
@@ -71,7 +102,15 @@ class RunHeader(ViewWidget):
         if tuning:
             line.append(" │ ")
             line.append(tuning, "bold magenta")
-        line.append(f" │ {status.device} │ {view.workload_name}")
+        line.append(f" │ {status.device}")
+        limits = view.machine.limits if view.machine is not None else None
+        confined = limits_text(limits)
+        if confined:  # before the workload's name, which the ellipsis may cut; the host's figures where they fit
+            if line.cell_len + 3 + len(confined) >= self.size.width:
+                confined = limits_text(limits, short=True)
+            line.append(" │ ")
+            line.append(confined, "yellow")
+        line.append(f" │ {view.workload_name}")
         for note in view.notes:
             line.append(f" ({note})", "dim")
         line.append("\n")
