@@ -1,14 +1,17 @@
 """One model of what a worker count delivers: the sweep's predicted curve and the autotuner's jumps.
 
 From what is measured at one or more worker counts — the loop's step, the wait in ``next()``,
-the CPU-seconds the whole process tree spends per sample, the memory each worker holds — it
+the CPU-seconds the whole process tree spends per sample, the memory each worker adds (its USS and
+how fast that grows) — it
 predicts the samples/s of every worker count under a CPU budget (cores) and a memory budget:
 
 - with 0 workers the loop loads each batch itself: iteration = step + the time to make a batch;
 - with n workers, n batches are made at once: the loop gets at most ``n / make_s`` batches a
   second, at most ``1 / step_s`` (the loop's own pace), and at most ``cores / cpu_per_batch``
   (the **ceiling**: every batch costs the tree that much CPU, loading and training together);
-- a count whose workers would pass the memory budget is not predicted (``None``).
+- a count whose workers would pass the memory budget is not predicted (``None``): each worker adds its
+  USS (what only it holds: the pages it shares with the main process are not new), grown for
+  ``MEMORY_HORIZON_S`` more at its measured rate.
 
 ``make_s``, the wall time one worker takes for a batch (its CPU and its waits on storage), is read
 straight off a 0-worker measurement (the loop then waits exactly that long in ``next()``), or off
@@ -25,6 +28,8 @@ from dataclasses import dataclass
 
 INPUT_BOUND_SHARE = 0.10
 """A step that waits for data more than this share of its iteration is input-bound."""
+MEMORY_HORIZON_S = 600.0
+"""The memory budget counts what a worker will hold this much later, at its measured USS growth."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +43,8 @@ class Point:
         step_s: mean seconds of the loop's step per batch.
         samples_per_batch: mean samples per batch.
         cpu_s_per_sample: CPU-seconds of the whole process tree per delivered sample (NaN: unknown).
-        worker_rss_bytes: resident memory of one worker (NaN: unknown, or no workers).
+        worker_uss_bytes: unique memory (USS) of one worker: what it adds (NaN: unknown, or no workers).
+        worker_uss_growth_bytes_per_s: how fast that grows (copy-on-write; NaN: unknown).
     """
 
     num_workers: int
@@ -47,7 +53,8 @@ class Point:
     step_s: float
     samples_per_batch: float
     cpu_s_per_sample: float = math.nan
-    worker_rss_bytes: float = math.nan
+    worker_uss_bytes: float = math.nan
+    worker_uss_growth_bytes_per_s: float = math.nan
 
     @property
     def input_bound(self) -> bool:
@@ -66,7 +73,8 @@ class Model:
         step_s: seconds of the loop's step per batch.
         samples_per_batch: samples per batch.
         cpu_s_per_batch: CPU-seconds of the tree per batch (NaN: unknown, then no ceiling).
-        worker_rss_bytes: memory of one worker (NaN: unknown, then no memory limit).
+        worker_uss_bytes: what one worker adds, its USS (NaN: unknown, then no memory limit).
+        worker_uss_growth_bytes_per_s: how fast a worker's USS grows (NaN: unknown, counted as 0).
         memory_budget_bytes: what all workers together may hold (None: no budget).
         measured: samples/s of the measured counts, which predictions never override.
     """
@@ -76,7 +84,8 @@ class Model:
     step_s: float
     samples_per_batch: float
     cpu_s_per_batch: float
-    worker_rss_bytes: float
+    worker_uss_bytes: float
+    worker_uss_growth_bytes_per_s: float
     memory_budget_bytes: float | None
     measured: tuple[tuple[int, float], ...]
 
@@ -87,11 +96,17 @@ class Model:
             return math.inf
         return self.cores / self.cpu_s_per_batch * self.samples_per_batch
 
+    @property
+    def worker_bytes(self) -> float:
+        """What one worker adds to the tree's memory: its USS, grown for ``MEMORY_HORIZON_S`` (NaN: unknown)."""
+        growth = self.worker_uss_growth_bytes_per_s
+        return self.worker_uss_bytes + (max(growth, 0.0) * MEMORY_HORIZON_S if math.isfinite(growth) else 0.0)
+
     def fits_memory(self, num_workers: int) -> bool:
         """Whether ``num_workers`` workers stay inside the memory budget (True when it cannot be told)."""
-        if self.memory_budget_bytes is None or not math.isfinite(self.worker_rss_bytes):
+        if self.memory_budget_bytes is None or not math.isfinite(self.worker_bytes):
             return True
-        return num_workers * self.worker_rss_bytes <= self.memory_budget_bytes
+        return num_workers * self.worker_bytes <= self.memory_budget_bytes
 
     def predict(self, num_workers: int) -> float | None:
         """Samples/s at ``num_workers`` (the measured figure where there is one); None past the memory budget."""
@@ -151,7 +166,7 @@ def fit(points: Sequence[Point], *, cores: float, memory_budget_bytes: float | N
                                                                            key=lambda p: p.num_workers)
         make_s = chosen.num_workers * chosen.samples_per_batch / chosen.samples_per_s
     cpu = [p.cpu_s_per_sample for p in reversed(usable) if math.isfinite(p.cpu_s_per_sample)]
-    rss = [p.worker_rss_bytes for p in reversed(usable) if math.isfinite(p.worker_rss_bytes)]
+    uss = [p for p in reversed(usable) if math.isfinite(p.worker_uss_bytes)]
     step_s = latest.step_s if latest.num_workers else _step_with_workers(by_count, latest)
     return Model(
         cores=cores,
@@ -159,7 +174,8 @@ def fit(points: Sequence[Point], *, cores: float, memory_budget_bytes: float | N
         step_s=step_s,
         samples_per_batch=latest.samples_per_batch,
         cpu_s_per_batch=cpu[0] * latest.samples_per_batch if cpu else math.nan,
-        worker_rss_bytes=rss[0] if rss else math.nan,
+        worker_uss_bytes=uss[0].worker_uss_bytes if uss else math.nan,
+        worker_uss_growth_bytes_per_s=uss[0].worker_uss_growth_bytes_per_s if uss else math.nan,
         memory_budget_bytes=memory_budget_bytes,
         measured=tuple(sorted((n, p.samples_per_s) for n, p in by_count.items())),
     )

@@ -19,6 +19,7 @@ import pytest
 from loadertop.core.advice import MachineFacts, advise
 from loadertop.core.cost import TreeCpu
 from loadertop.core.memory import MemoryReader, TreeMemory, WorkerMemory, parse_smaps_rollup
+from loadertop.core.model import MEMORY_HORIZON_S, Point, fit
 from loadertop.core.protocol.config import LoaderConfig
 from loadertop.core.report import csv_text, markdown_table, report_json
 from loadertop.core.store import MetricsStore, with_extra_memory
@@ -238,3 +239,30 @@ def test_a_tree_is_read_again_at_once_when_its_processes_change(forked) -> None:
     parent, worker = shared
     assert parent.pss_bytes < alone.pss_bytes - 64 * MIB / 4  # it now shares the 64 MB with the child
     assert parent.pss_bytes + worker.pss_bytes == pytest.approx(alone.pss_bytes, rel=0.1)  # the tree holds them once
+
+
+def test_the_memory_budget_counts_what_a_worker_adds_and_how_fast_it_grows() -> None:
+    uss, growth = 50 * MIB, 0.1 * MIB  # per second
+    points = [Point(2, 100.0, 0.01, 0.01, 32.0, worker_uss_bytes=uss, worker_uss_growth_bytes_per_s=growth)]
+    model = fit(points, cores=4, memory_budget_bytes=3 * (uss + growth * MEMORY_HORIZON_S))
+    assert model is not None and model.worker_bytes == uss + growth * MEMORY_HORIZON_S
+    assert model.fits_memory(3) and not model.fits_memory(4)
+    still = fit([Point(2, 100.0, 0.01, 0.01, 32.0, worker_uss_bytes=uss)], cores=4, memory_budget_bytes=3 * uss)
+    assert still is not None and still.fits_memory(3) and not still.fits_memory(4)  # growth unknown: USS alone
+
+
+@linux_only
+def test_the_tuners_reading_gives_the_workers_uss_not_their_rss(forked) -> None:
+    from loadertop.core.autotune import read_tree
+    from loadertop.core.cost import TreeCpuClock
+
+    held = bytearray(64 * MIB)
+    held[::4096] = b"\x01" * (len(held) // 4096)
+    for _ in range(2):
+        child = FORK.Process(target=_sleep_forever, daemon=True)
+        child.start()
+        forked.append(child)
+    pids = [c.pid for c in forked]
+    reading = read_tree(TreeCpuClock(), pids, fresh_reader())
+    rss = sum(psutil.Process(pid).memory_info().rss for pid in pids)
+    assert reading.workers == 2 and 0 < reading.worker_uss_bytes < rss / 4  # each maps the 64 MB, holds none
