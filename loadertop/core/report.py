@@ -158,8 +158,8 @@ def report_json(
 ) -> dict[str, Any]:
     """DESIGN.md's JSON: ``rows`` and ``recommended_num_workers``, plus the advice and the machine."""
 
-    def number(value: float) -> float | int | None:
-        return None if isinstance(value, float) and math.isnan(value) else value
+    def number(value: float | str) -> float | int | str | None:
+        return None if (isinstance(value, float) and math.isnan(value)) or value == "" else value
 
     rows = []
     for s in summaries:

@@ -198,6 +198,9 @@ def test_each_configuration_gets_its_mean_and_peak_pss_worker_uss_growth_and_ext
     # Worker 11: 10 -> 30 MB over 68 s; worker 12: 30 -> 50 MB over 60 s: 40 MB in 128 worker-seconds.
     assert t.worker_uss_growth_mb_per_min == pytest.approx(40 / 128 * 60)
     assert math.isnan(z.extra_mb_per_worker) and t.extra_mb_per_worker == (750.0 - 705.0) / 2
+    unsampled = dataclasses.replace(z, pss_mb=math.nan, pss_mb_peak=math.nan, memory_source="")
+    assert report_json([unsampled], advise([unsampled], MachineFacts(2, 8 * 1024**3)), MachineFacts(2, 8 * 1024**3)
+                       )["rows"][0]["memory_source"] is None  # no memory sample: null, like every missing figure
     assert t.memory_source == z.memory_source == "smaps_rollup" and t.memory_note == ""
     # The same figures, named, in every text form.
     machine = MachineFacts(2, 8 * 1024**3)
