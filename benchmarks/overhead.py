@@ -38,6 +38,7 @@ from tests.e2e.tmux import TmuxApp, app_key_latencies_ms, percentiles_text, step
 def throughput(record: Path, skip: int) -> float:
     """Steady samples/s from a --record file: samples after ``skip`` batches over their wall time."""
     rows = [json.loads(line) for line in record.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "event" not in r]  # batches only: memory lines come with every system sample
     rows = [r for r in rows[skip:] if not r["warmup"]]
     if len(rows) < 2:
         raise RuntimeError(f"{record}: too few batches to measure")

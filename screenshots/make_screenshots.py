@@ -55,6 +55,7 @@ async def main() -> int:
         await shoot(HERE / "ranks_session.json", "ranks-120x40", (120, 40)),
         await shoot(HERE / "ranks_switched_session.json", "ranks-switched-120x40", (120, 40)),
         await shoot(load_view(HERE / "autotune_session.json"), "autotune-120x36", (120, 36)),
+        await shoot(load_view(HERE / "memory_session.json"), "memory-120x36", (120, 36)),
     ]
     for path in made:
         print(f"wrote {path.relative_to(HERE.parent)}")

@@ -6,6 +6,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
+from loadertop.core.memory import SOURCE_RSS
 from loadertop.core.model import INPUT_BOUND_SHARE, Point, fit
 from loadertop.core.protocol.records import BatchRecord
 from loadertop.core.store import ConfigSummary, percentile
@@ -106,6 +107,10 @@ MIN_BATCHES = 10
 """Configurations with fewer steady batches are too noisy to judge."""
 SHM_WARN_SHARE = 0.8
 MEMORY_WARN_SHARE = 0.5
+"""The tree's peak PSS past this share of the memory: a warning."""
+MEMORY_GROWTH_WARN_SHARE = 0.1
+"""Workers whose USS, growing as measured for an hour, would take this share of the memory: a warning."""
+MIB = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,18 +334,7 @@ def advise(summaries: Sequence[ConfigSummary], machine: MachineFacts, *,
             f"{_workers(most)} on {machine.cores_text()}: workers past the core count compete "
             "with each other and with the training step for CPU"
         )
-    base_rss = next((s.rss_mb for s in judged if s.num_workers == 0 and not math.isnan(s.rss_mb)), math.nan)
-    for s in judged:
-        if s.num_workers and not math.isnan(s.rss_mb):
-            share = s.rss_mb * 1024 * 1024 / machine.memory_total_bytes
-            per_worker = (s.rss_mb - base_rss) / s.num_workers if not math.isnan(base_rss) else math.nan
-            if share > MEMORY_WARN_SHARE:
-                each = f" (about {per_worker:,.0f} MB per worker)" if not math.isnan(per_worker) else ""
-                warnings.append(
-                    f"memory: {_workers(s.num_workers)} peaked at {s.rss_mb:,.0f} MB{each}, "
-                    f"{share * 100:.0f}% of {_memory_words(machine)}; each worker holds a copy of what the dataset "
-                    "touches"
-                )
+    warnings.extend(memory_warnings(judged, machine))
     if machine.limits is not None:
         warnings.extend(machine.limits.notes)
     if machine.shm_total_bytes and machine.shm_used_bytes is not None:
@@ -367,6 +361,34 @@ def advise(summaries: Sequence[ConfigSummary], machine: MachineFacts, *,
     predicted, ceiling = predicted_curve(judged, advice.fastest, machine)
     return Advice(advice.fastest, advice.recommended, advice.reason, tuple(warnings), advice.undecided,
                   predicted, ceiling)
+
+
+def memory_warnings(judged: Sequence[ConfigSummary], machine: MachineFacts) -> list[str]:
+    """The tree's PSS past ``MEMORY_WARN_SHARE`` of the memory, workers whose USS grows fast, figures that are RSS."""
+    warnings = []
+    total = machine.memory_total_bytes
+    for s in judged:
+        if not s.num_workers or math.isnan(s.pss_mb_peak):
+            continue
+        share = s.pss_mb_peak * MIB / total
+        if share > MEMORY_WARN_SHARE:
+            each = (f"; each worker holds {s.worker_uss_mb:,.0f} MB of its own (USS)"
+                    if not math.isnan(s.worker_uss_mb) else "")
+            warnings.append(f"memory: {_workers(s.num_workers)} peaked at {s.pss_mb_peak:,.0f} MB of PSS, "
+                            f"{share * 100:.0f}% of {_memory_words(machine)}{each}")
+    growing = [s for s in judged if s.num_workers and not math.isnan(s.worker_uss_growth_mb_per_min)
+               and s.num_workers * s.worker_uss_growth_mb_per_min * 60 * MIB > MEMORY_GROWTH_WARN_SHARE * total]
+    if growing:
+        s = max(growing, key=lambda g: g.worker_uss_growth_mb_per_min)
+        warnings.append(
+            f"memory: each worker's own memory (USS) grows {s.worker_uss_growth_mb_per_min:,.1f} MB a minute at "
+            f"{_workers(s.num_workers)}: workers copy the pages of the dataset they touch (copy-on-write; a Python "
+            "list or dict of objects does, through reference counts); hold it as numpy arrays or tensors")
+    inexact = next((s for s in judged if s.memory_source == SOURCE_RSS), None)
+    if inexact is not None:
+        warnings.append(f"memory: {inexact.memory_note}: those figures are RSS, upper bounds (a page shared with "
+                        "the main process counts once per worker)")
+    return warnings
 
 
 def point_of(summary: ConfigSummary) -> Point:

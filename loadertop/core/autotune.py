@@ -85,7 +85,8 @@ class Reading:
         time: wall-clock time (UNIX seconds).
         cpu_s: CPU-seconds of the whole training process tree so far (reaped workers included).
         workers: live worker processes of the tuned loader.
-        worker_rss_bytes: their resident memory together.
+        worker_uss_bytes: their unique memory (USS) together: what they add to the tree (``loadertop.core.memory``;
+            their RSS, an upper bound, where ``smaps_rollup`` cannot be read).
         shm_share: how full ``/dev/shm`` is (None where there is none).
         main_cpu_s: of ``cpu_s``, the training process's own (NaN: not read apart).
     """
@@ -93,7 +94,7 @@ class Reading:
     time: float
     cpu_s: float
     workers: int = 0
-    worker_rss_bytes: int = 0
+    worker_uss_bytes: int = 0
     shm_share: float | None = None
     main_cpu_s: float = math.nan
 
@@ -232,15 +233,29 @@ class Visit:
         first, last = self.readings[0], self.readings[-1]
         return (last.cpu_s - first.cpu_s) / (last.time - first.time)
 
+    def _own_readings(self) -> list[Reading]:
+        return [r for r in self.readings if r.workers == self.num_workers and r.workers > 0]
+
     @property
-    def worker_rss_bytes(self) -> float:
-        own = [r for r in self.readings if r.workers == self.num_workers and r.workers > 0]
-        return max(r.worker_rss_bytes / r.workers for r in own) if own else math.nan
+    def worker_uss_bytes(self) -> float:
+        """The most one worker held of its own (USS) while this count ran (NaN: no reading with its workers)."""
+        own = self._own_readings()
+        return max(r.worker_uss_bytes / r.workers for r in own) if own else math.nan
+
+    @property
+    def worker_uss_growth_bytes_per_s(self) -> float:
+        """How fast one worker's USS grew between the first and the latest reading with its workers (NaN: unknown)."""
+        own = self._own_readings()
+        if len(own) < 2 or own[-1].time <= own[0].time:
+            return math.nan
+        first, last = own[0], own[-1]
+        grown = last.worker_uss_bytes / last.workers - first.worker_uss_bytes / first.workers
+        return grown / (last.time - first.time)
 
     def point(self) -> Point:
         n = self.batches
         return Point(self.num_workers, self.samples_per_s, sum(self.loads) / n, sum(self.steps) / n,
-                     self.samples / n, self.cpu_s_per_sample, self.worker_rss_bytes,
+                     self.samples / n, self.cpu_s_per_sample, self.worker_uss_bytes, self.worker_uss_growth_bytes_per_s,
                      main_cpu_s_per_batch=self.main_cpu_s_per_batch,
                      worker_cpu_s_per_batch=self.worker_cpu_s_per_batch, cores_used=self.cores_used)
 
@@ -668,23 +683,26 @@ def default_budget(*, cores: float | None = None, memory_gib: float | None = Non
     return Budget(cores=share, memory_bytes=memory, max_workers=max(4, math.ceil(4 * share)))
 
 
-def read_tree(clock: Any, worker_pids: Sequence[int]) -> Reading:
-    """A ``Reading`` now: the tree's CPU from ``clock`` (a ``TreeCpuClock``), the workers' memory, ``/dev/shm``."""
+def read_tree(clock: Any, worker_pids: Sequence[int], memory: Any = None) -> Reading:
+    """A ``Reading`` now: the tree's CPU from ``clock`` (a ``TreeCpuClock``), the workers' USS (through ``memory``,
+    a ``MemoryReader``; default: this process's shared one, which the system sampler keeps fresh), ``/dev/shm``."""
     import os
     import shutil
     import time
 
     import psutil
 
-    from loadertop.core.system import process_rss
+    from loadertop.core.memory import shared_reader
 
+    reader = memory if memory is not None else shared_reader()
     cpu = clock.read()
-    rss = 0
+    uss = 0
     for pid in worker_pids:
         try:
-            rss += process_rss(psutil.Process(pid))
+            worker = reader.read(psutil.Process(pid))
         except psutil.Error:
             continue
+        uss += worker.uss_bytes if worker is not None else 0
     shm = None
     if os.path.isdir("/dev/shm"):
         try:
@@ -692,4 +710,4 @@ def read_tree(clock: Any, worker_pids: Sequence[int]) -> Reading:
             shm = usage.used / usage.total if usage.total else None
         except OSError:
             shm = None
-    return Reading(time.time(), cpu.total_s, len(worker_pids), rss, shm, main_cpu_s=cpu.main_s)
+    return Reading(time.time(), cpu.total_s, len(worker_pids), uss, shm, main_cpu_s=cpu.main_s)

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 import torch
 
 from loadertop.core.cost import TreeCpu, TreeCpuClock
+from loadertop.core.memory import TreeMemory
 from loadertop.core.probe import torch_compat
 from loadertop.core.probe.loader import DataLoader, LoaderBatch, batch_len
 from loadertop.core.protocol.config import LoaderConfig
@@ -410,14 +411,17 @@ class Trainer:
         """Pids of the running loader's worker processes, in worker-id order."""
         return self._worker_pids
 
-    def sample_cost(self) -> None:
+    def sample_cost(self, memory: TreeMemory | None = None) -> None:
         """Read the tree's CPU clock now, for the running configuration's figures so far and its peak RSS.
 
-        Call it from a sampling thread (e.g. a SystemSampler's ``on_sample``): what each
-        configuration finally costs is accounted at its boundaries by the training thread,
+        Call it from a sampling thread (e.g. a SystemSampler's ``on_sample``, with its snapshot's
+        ``memory``: the tree's PSS and the workers' USS count toward the running configuration): what
+        each configuration finally costs is accounted at its boundaries by the training thread,
         whatever the sampling interval; this only keeps the running one's figures fresh.
         """
         self.store.tick_cost(self.cpu_clock.read())
+        if memory is not None:
+            self.store.tick_memory(memory)
 
     # ------------------------------------------------------------ cost boundaries
 

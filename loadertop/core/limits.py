@@ -532,9 +532,10 @@ _cache_lock = threading.Lock()
 def current_limits(pid: int | None = None) -> Limits:
     """``read_limits()`` for this process (or ``pid``), read again at most once every ``CACHE_S``."""
     now = time.monotonic()
+    affinity = affinity_cores(pid or 0)  # a syscall: a changed affinity is seen at once, not a second later
     with _cache_lock:
         cached = _cache.get(pid)
-        if cached is not None and now - cached[0] < CACHE_S:
+        if cached is not None and now - cached[0] < CACHE_S and cached[1].affinity_cores == affinity:
             return cached[1]
     limits = read_limits(pid=pid)
     with _cache_lock:

@@ -14,7 +14,9 @@ a CPU budget (cores) and a memory budget. It keeps apart what the **workers** sp
 - what a count measured and the limits predicted for it give its **efficiency** (measured /
   predicted: contention, overheads the limits do not see); a count not measured is predicted with
   the efficiency of the measured count nearest to it, so the curve passes through the measurements;
-- a count whose workers would pass the memory budget is not predicted (``None``).
+- a count whose workers would pass the memory budget is not predicted (``None``): each worker adds its
+  USS (what only it holds: the pages it shares with the main process are not new), grown for
+  ``MEMORY_HORIZON_S`` more at its measured rate.
 
 Where the figures come from: the workers' CPU per batch and the main process's, from CPU-time
 readings of the tree (``children`` and ``main``) over a measured count with workers; a worker's
@@ -34,6 +36,8 @@ INPUT_BOUND_SHARE = 0.10
 """A step that waits for data more than this share of its iteration is input-bound."""
 SOFTNESS = 4.0
 """The exponent of the soft minimum of the three limits (larger: sharper, a roofline at infinity)."""
+MEMORY_HORIZON_S = 600.0
+"""The memory budget counts what a worker will hold this much later, at its measured USS growth."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +51,8 @@ class Point:
         step_s: mean seconds of the loop's step per batch.
         samples_per_batch: mean samples per batch.
         cpu_s_per_sample: CPU-seconds of the whole process tree per delivered sample (NaN: unknown).
-        worker_rss_bytes: resident memory of one worker (NaN: unknown, or no workers).
+        worker_uss_bytes: unique memory (USS) of one worker: what it adds (NaN: unknown, or no workers).
+        worker_uss_growth_bytes_per_s: how fast that grows (copy-on-write; NaN: unknown).
         main_cpu_s_per_batch: CPU-seconds of the training process per batch (NaN: unknown).
         worker_cpu_s_per_batch: CPU-seconds of the workers per batch, all together (NaN: unknown).
         cores_used: cores the tree used while the count ran (NaN: unknown).
@@ -59,7 +64,8 @@ class Point:
     step_s: float
     samples_per_batch: float
     cpu_s_per_sample: float = math.nan
-    worker_rss_bytes: float = math.nan
+    worker_uss_bytes: float = math.nan
+    worker_uss_growth_bytes_per_s: float = math.nan
     main_cpu_s_per_batch: float = math.nan
     worker_cpu_s_per_batch: float = math.nan
     cores_used: float = math.nan
@@ -91,7 +97,8 @@ class Model:
         step_s: seconds of the loop's step per batch.
         samples_per_batch: samples per batch.
         cpu_s_per_batch: CPU-seconds of the tree per batch with workers (NaN: unknown, then no ceiling).
-        worker_rss_bytes: memory of one worker (NaN: unknown, then no memory limit).
+        worker_uss_bytes: what one worker adds, its USS (NaN: unknown, then no memory limit).
+        worker_uss_growth_bytes_per_s: how fast a worker's USS grows (NaN: unknown, counted as 0).
         memory_budget_bytes: what all workers together may hold (None: no budget).
         measured: samples/s of the measured counts, which predictions never override.
         wait_s: a worker's wall seconds per batch spent not on a CPU (storage, locks; NaN: unknown).
@@ -105,7 +112,8 @@ class Model:
     step_s: float
     samples_per_batch: float
     cpu_s_per_batch: float
-    worker_rss_bytes: float
+    worker_uss_bytes: float
+    worker_uss_growth_bytes_per_s: float
     memory_budget_bytes: float | None
     measured: tuple[tuple[int, float], ...]
     wait_s: float = math.nan
@@ -120,11 +128,17 @@ class Model:
             return math.inf
         return self.cores / self.cpu_s_per_batch * self.samples_per_batch
 
+    @property
+    def worker_bytes(self) -> float:
+        """What one worker adds to the tree's memory: its USS, grown for ``MEMORY_HORIZON_S`` (NaN: unknown)."""
+        growth = self.worker_uss_growth_bytes_per_s
+        return self.worker_uss_bytes + (max(growth, 0.0) * MEMORY_HORIZON_S if math.isfinite(growth) else 0.0)
+
     def fits_memory(self, num_workers: int) -> bool:
         """Whether ``num_workers`` workers stay inside the memory budget (True when it cannot be told)."""
-        if self.memory_budget_bytes is None or not math.isfinite(self.worker_rss_bytes):
+        if self.memory_budget_bytes is None or not math.isfinite(self.worker_bytes):
             return True
-        return num_workers * self.worker_rss_bytes <= self.memory_budget_bytes
+        return num_workers * self.worker_bytes <= self.memory_budget_bytes
 
     def limits(self, num_workers: int) -> float:
         """Samples/s the three limits allow at ``num_workers`` (no efficiency, nothing measured; NaN: unknown)."""
@@ -245,14 +259,15 @@ def fit(points: Sequence[Point], *, cores: float, memory_budget_bytes: float | N
     else:
         make_s = with_workers[0].num_workers / with_workers[0].batches_per_s  # at most: workers idle part of it
     wait_s = max(make_s - worker_cpu, 0.0) if math.isfinite(worker_cpu) else math.nan
-    rss = [p.worker_rss_bytes for p in reversed(usable) if math.isfinite(p.worker_rss_bytes)]
+    uss = [p for p in reversed(usable) if math.isfinite(p.worker_uss_bytes)]
     model = Model(
         cores=cores,
         make_s=make_s,
         step_s=step_s,
         samples_per_batch=spb,
         cpu_s_per_batch=cpu_per_batch,
-        worker_rss_bytes=rss[0] if rss else math.nan,
+        worker_uss_bytes=uss[0].worker_uss_bytes if uss else math.nan,
+        worker_uss_growth_bytes_per_s=uss[0].worker_uss_growth_bytes_per_s if uss else math.nan,
         memory_budget_bytes=memory_budget_bytes,
         measured=tuple(sorted((n, p.samples_per_s) for n, p in by_count.items())),
         wait_s=wait_s,

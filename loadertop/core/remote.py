@@ -403,8 +403,9 @@ class RemoteSession:
             track = self._selected_track()
             return track.info.worker_pids if track is not None and track.info is not None else ()
 
-    def _on_sample(self, _snapshot: Any) -> None:
-        """Each system sample: the running configuration's cost so far, from the script's CPU clock."""
+    def _on_sample(self, snapshot: Any) -> None:
+        """Each system sample: the running configuration's cost so far, from the script's CPU clock, and its
+        memory (the tree's PSS and the workers' USS, read from here)."""
         with self._lock:
             clock = self._clock
             track = next((t for t in self._tracks.values() if t.info is not None and t.info.training), None)
@@ -414,6 +415,8 @@ class RemoteSession:
             reading = clock.read()
             with self._lock:
                 track.store.tick_cost(reading)
+                if snapshot.memory is not None:
+                    track.store.tick_memory(snapshot.memory)
 
     def _has_exited(self) -> bool:
         if self.child is not None:

@@ -11,13 +11,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from loadertop.core.advice import Advice, MachineFacts, recommend, speed_cell, verdict
+from loadertop.core.memory import SOURCE_RSS, SOURCE_SMAPS
 from loadertop.core.store import ConfigSummary
 
-# DESIGN.md's JSON row fields, in order, then the accounted cost and the throughput's standard error.
+# DESIGN.md's JSON row fields, in order (``rss_mb`` is kept for scripts that read it: the peak of the summed RSS),
+# then the accounted cost, the throughput's standard error and the memory as the kernel accounts it (PSS, USS).
 ROW_FIELDS = (
     "num_workers", "batches", "load_ms_mean", "load_ms_p95", "compute_ms_mean", "iter_ms_mean",
     "samples_per_s", "startup_ms", "cpu_percent", "rss_mb",
     "samples_per_s_sem", "wall_s", "cpu_s", "cpu_s_per_sample", "worker_cpu_share",
+    "pss_mb", "pss_mb_peak", "worker_uss_mb", "worker_uss_growth_mb_per_min", "extra_mb_per_worker", "memory_source",
 )
 
 
@@ -47,11 +50,19 @@ COLUMNS = (
     Column("ms/sample", lambda s: _cell(s.cpu_s_per_sample, 2, 1000.0)),
     Column("wkr share", lambda s: _cell(s.worker_cpu_share, 0, 100.0) + ("%" if s.worker_cpu_share >= 0 else "")),
     Column("CPU %", lambda s: _cell(s.cpu_percent, 0)),
-    Column("RSS MB", lambda s: _cell(s.rss_mb, 0)),
+    Column("PSS MB", lambda s: _cell(s.pss_mb, 0)),
+    Column("peak", lambda s: _cell(s.pss_mb_peak, 0)),
+    Column("USS/wkr", lambda s: _cell(s.worker_uss_mb, 0)),
+    Column("USS MB/min", lambda s: _cell(s.worker_uss_growth_mb_per_min, 1)),
+    Column("+MB/wkr", lambda s: _cell(s.extra_mb_per_worker, 0)),
+    Column("sum RSS", lambda s: _cell(s.rss_mb, 0)),
 )
 LEGEND = ("* fastest (most samples/s)  + recommended  ± two standard errors  warm-up batches after each (re)start "
           "excluded\nCPU accounted for the whole process tree (exited workers included): CPU s in all, CPU ms per "
-          "delivered sample,\nthe share in worker processes, CPU % = 100 x CPU s / wall s (100 = one core), RSS MB the peak")
+          "delivered sample,\nthe share in worker processes, CPU % = 100 x CPU s / wall s (100 = one core)\n"
+          "memory of the whole tree: PSS MB its mean PSS (each page once), peak its peak; USS/wkr what one worker "
+          "alone holds,\nUSS MB/min its growth (copy-on-write), +MB/wkr PSS added per worker over the fewest workers; "
+          "sum RSS the peak of the summed RSS\n(counts the pages workers share with the main process once per worker)")
 
 
 def _marks(summary: ConfigSummary, advice: Advice) -> str:
@@ -147,8 +158,8 @@ def report_json(
 ) -> dict[str, Any]:
     """DESIGN.md's JSON: ``rows`` and ``recommended_num_workers``, plus the advice and the machine."""
 
-    def number(value: float) -> float | int | None:
-        return None if isinstance(value, float) and math.isnan(value) else value
+    def number(value: float | str) -> float | int | str | None:
+        return None if (isinstance(value, float) and math.isnan(value)) or value == "" else value
 
     rows = []
     for s in summaries:
@@ -175,6 +186,7 @@ def report_json(
         "predicted": [{"num_workers": n, "samples_per_s": None if v is None or math.isnan(v) else round(v, 1)}
                       for n, v in advice.predicted],
         "ceiling_samples_per_s": round(advice.ceiling, 1) if math.isfinite(advice.ceiling) else None,
+        **memory_fields(summaries),
         "machine": {
             "usable_cores": _cores_number(machine.usable_cores),
             "memory_total_mb": round(machine.memory_total_bytes / (1024 * 1024)),
@@ -188,6 +200,15 @@ def _cores_number(cores: float) -> float | int:
     """Whole cores as an integer (``2``), a fractional quota as it is (``1.5``)."""
     rounded = round(cores, 4)
     return int(rounded) if rounded == int(rounded) else rounded
+
+
+def memory_fields(summaries: Sequence[ConfigSummary]) -> dict[str, Any]:
+    """``memory_source`` (``"smaps_rollup"``: PSS and USS read exactly; ``"rss"``: some fell back to RSS, upper
+    bounds; null: no memory sample) and ``memory_note`` (why not exact, null when it is) for the whole report."""
+    sources = {s.memory_source for s in summaries if s.memory_source}
+    source = SOURCE_RSS if SOURCE_RSS in sources else (SOURCE_SMAPS if sources else None)
+    note = next((s.memory_note for s in summaries if s.memory_note), None)
+    return {"memory_source": source, "memory_note": note}
 
 
 def dumps(document: dict[str, Any]) -> str:

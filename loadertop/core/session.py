@@ -24,7 +24,7 @@ from loadertop.core.protocol.config import LoaderConfig
 from loadertop.core.protocol.records import BatchRecord
 from loadertop.core.store import refill_batches
 from loadertop.core.sweep import DEFAULT_BATCHES, Sweep
-from loadertop.core.system import SystemSampler
+from loadertop.core.system import SystemSampler, SystemSnapshot
 from loadertop.core.view import SessionView
 
 QUIT_WITHIN_S = 2.5
@@ -93,7 +93,7 @@ class Session:
         self.sampler = SystemSampler(
             interval_s=sample_interval_s,
             worker_pids=trainer.worker_pids,
-            on_sample=lambda _snapshot: trainer.sample_cost(),
+            on_sample=self._on_sample,
             read_gpus=read_gpus,
             on_thread_start=lambda thread_id: self._exclude_thread(thread_id),
         )
@@ -119,6 +119,14 @@ class Session:
         self.trainer.cpu_clock.exclude_threads([thread_id])
         if self.publisher is not None:
             self.publisher.exclude_threads([thread_id])
+
+    def _on_sample(self, snapshot: SystemSnapshot) -> None:
+        """Each system sample (the sampler's thread): the running configuration's cost and memory; ``--record``'s
+        ``{"event": "memory", ...}`` line."""
+        self.trainer.sample_cost(snapshot.memory)
+        if self._recorder is not None and snapshot.memory is not None:
+            config = self.trainer.config
+            self._recorder.write(snapshot.memory.to_event(config.num_workers, config.key))
 
     def _on_record(self, record: BatchRecord) -> None:
         """The training thread's callback: the record file, the monitors, then the sweep."""

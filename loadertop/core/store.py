@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from loadertop.core.cost import TreeCpu
+from loadertop.core.memory import SOURCE_RSS, SOURCE_SMAPS, TreeMemory
 from loadertop.core.protocol.config import LoaderConfig
 from loadertop.core.protocol.records import BatchRecord, StartEvent
 
@@ -54,8 +55,20 @@ class ConfigSummary:
     wall time it ran, ``cpu_percent`` their ratio (100 = one core), ``cpu_s_per_sample``
     what one delivered sample cost the whole tree (loading and training together), and
     ``worker_cpu_share`` the share of ``cpu_s`` spent in child processes (the workers).
-    ``rss_mb`` is the tree's peak resident memory, read at each system sample and at each
-    boundary. ``samples_per_s_sem`` is the standard error of ``samples_per_s``: block means
+    Memory comes from the system samples (``loadertop.core.memory``): ``pss_mb`` is THE memory figure,
+    the tree's mean PSS (each page counted once, however many workers share it) over the samples
+    taken with all the configuration's workers up, ``pss_mb_peak`` its peak over every sample;
+    ``worker_uss_mb`` is the mean USS of one worker (what only it holds: what one more costs), and
+    ``worker_uss_growth_mb_per_min`` how fast a worker's USS grew over its life (copy-on-write of the
+    pages it shares with the main process, in MB a minute: USS change over the time between its first
+    and latest readings, summed over the workers read at least ``GROWTH_MIN_SPAN_S`` apart).
+    ``extra_mb_per_worker`` is measured against the configuration with the fewest workers and the
+    same other settings: the rise in mean PSS per added worker (NaN for that one itself).
+    ``memory_source`` is ``"smaps_rollup"`` when every sample read PSS and USS exactly, ``"rss"`` when
+    some process's could not be read (then those figures are its RSS, upper bounds; ``memory_note``
+    says why), empty before any sample. ``rss_mb`` is the tree's peak summed RSS (kept for comparison: it
+    counts the pages workers share with the main process once per worker), read at each system sample
+    and at each boundary. ``samples_per_s_sem`` is the standard error of ``samples_per_s``: block means
     of the steady batches, with the pipeline refill at epoch starts as its own stratum.
     """
 
@@ -80,6 +93,13 @@ class ConfigSummary:
     cpu_s_per_sample: float = math.nan
     worker_cpu_share: float = math.nan
     samples_per_s_sem: float = math.nan
+    pss_mb: float = math.nan
+    pss_mb_peak: float = math.nan
+    worker_uss_mb: float = math.nan
+    worker_uss_growth_mb_per_min: float = math.nan
+    extra_mb_per_worker: float = math.nan
+    memory_source: str = ""
+    memory_note: str = ""
 
     @property
     def num_workers(self) -> int:
@@ -92,6 +112,11 @@ class ConfigSummary:
         if not self.batches or not self.iter_ms_mean:
             return math.nan
         return self.load_ms_mean / self.iter_ms_mean
+
+
+MIB = 1024 * 1024
+GROWTH_MIN_SPAN_S = 2.0
+"""A worker's USS growth counts once two of its readings are at least this far apart."""
 
 
 def refill_batches(num_workers: int) -> int:
@@ -146,6 +171,14 @@ class _ConfigAccumulator:
         self.children_cpu_s = 0.0
         self.wall_s = 0.0
         self.accounted = False  # a boundary reading was taken at least once
+        self.pss_peak_bytes = 0
+        self.pss_sum_bytes = 0.0  # over the samples with all workers up
+        self.pss_samples = 0
+        self.uss_sum_bytes = 0.0  # the mean worker's USS, summed over those samples
+        self.uss_first: dict[int, tuple[float, int]] = {}  # worker pid -> (measured_at, USS) of its first reading
+        self.uss_last: dict[int, tuple[float, int]] = {}  # ... and of its latest
+        self.memory_inexact = False
+        self.memory_note = ""
 
     def add(self, record: BatchRecord) -> None:
         self.all_samples += record.samples
@@ -165,16 +198,47 @@ class _ConfigAccumulator:
         self.rss_peak_bytes = max(self.rss_peak_bytes, start.rss_bytes, end.rss_bytes)
         self.accounted = True
 
+    def add_memory(self, memory: TreeMemory) -> None:
+        """A system sample's memory of the tree while this configuration ran."""
+        self.pss_peak_bytes = max(self.pss_peak_bytes, memory.pss_bytes)
+        if not memory.exact:
+            self.memory_inexact = True
+            self.memory_note = memory.note
+        for worker in memory.workers:  # each worker's growth over its life, from its first reading on
+            self.uss_first.setdefault(worker.pid, (worker.measured_at, worker.uss_bytes))
+            self.uss_last[worker.pid] = (worker.measured_at, worker.uss_bytes)
+        if len(memory.workers) != self.config.num_workers:
+            return  # workers starting or exiting (a switch, an epoch's end): not this configuration's steady state
+        self.pss_sum_bytes += memory.pss_bytes
+        self.pss_samples += 1
+        if memory.workers:
+            self.uss_sum_bytes += sum(w.uss_bytes for w in memory.workers) / len(memory.workers)
+
+    def uss_growth_bytes_per_s(self) -> float:
+        """The workers' USS growth: its change over the time between first and latest readings, summed (NaN: none)."""
+        grown = spent = 0.0
+        for pid, (t0, uss0) in self.uss_first.items():
+            t1, uss1 = self.uss_last[pid]
+            if t1 - t0 >= GROWTH_MIN_SPAN_S:
+                grown += uss1 - uss0
+                spent += t1 - t0
+        return grown / spent if spent else math.nan
+
     def signature(self) -> tuple[float, ...]:
         """What the summary depends on, in a few numbers: equal signatures, equal summaries."""
         return (len(self.load_s), self.warmup_batches, self.all_samples, len(self.startup_s), self.rss_peak_bytes,
-                self.cpu_s, self.children_cpu_s, self.wall_s, self.accounted)
+                self.cpu_s, self.children_cpu_s, self.wall_s, self.accounted, self.pss_peak_bytes, self.pss_samples,
+                self.memory_inexact, len(self.uss_first), sum(t for t, _ in self.uss_last.values()))
 
     def copy(self) -> _ConfigAccumulator:
         """A private copy (arrays copy as one memcpy), so summaries are computed outside the lock."""
         twin = _ConfigAccumulator(self.config)
         for name, value in vars(self).items():
-            setattr(twin, name, array(value.typecode, value) if isinstance(value, array) else value)
+            if isinstance(value, array):
+                value = array(value.typecode, value)
+            elif isinstance(value, dict):
+                value = dict(value)
+            setattr(twin, name, value)
         return twin
 
     def summary(self) -> ConfigSummary:
@@ -205,7 +269,33 @@ class _ConfigAccumulator:
             cpu_s_per_sample=self.cpu_s / self.all_samples if cost and self.all_samples else math.nan,
             worker_cpu_share=self.children_cpu_s / self.cpu_s if cost and self.cpu_s > 0 else math.nan,
             samples_per_s_sem=throughput_sem(iters, self.refill, self.samples, block_size(self.config.num_workers)),
+            pss_mb=self.pss_sum_bytes / self.pss_samples / MIB if self.pss_samples else math.nan,
+            pss_mb_peak=self.pss_peak_bytes / MIB if self.pss_peak_bytes else math.nan,
+            worker_uss_mb=(self.uss_sum_bytes / self.pss_samples / MIB
+                           if self.pss_samples and self.config.num_workers else math.nan),
+            worker_uss_growth_mb_per_min=self.uss_growth_bytes_per_s() * 60 / MIB,
+            memory_source=(SOURCE_RSS if self.memory_inexact else SOURCE_SMAPS) if self.pss_peak_bytes else "",
+            memory_note=self.memory_note,
         )
+
+
+def with_extra_memory(summaries: Sequence[ConfigSummary]) -> tuple[ConfigSummary, ...]:
+    """The summaries with ``extra_mb_per_worker``: the rise in mean PSS per worker over the configuration with
+    the fewest workers and the same other settings (measured: what the workers added to the whole tree)."""
+    baselines: dict[LoaderConfig, ConfigSummary] = {}
+    for s in summaries:
+        if math.isnan(s.pss_mb):
+            continue
+        others = s.config.with_workers(0)
+        if others not in baselines or s.num_workers < baselines[others].num_workers:
+            baselines[others] = s
+    out = []
+    for s in summaries:
+        base = baselines.get(s.config.with_workers(0))
+        if base is not None and s.num_workers > base.num_workers and not math.isnan(s.pss_mb):
+            s = replace(s, extra_mb_per_worker=(s.pss_mb - base.pss_mb) / (s.num_workers - base.num_workers))
+        out.append(s)
+    return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +367,14 @@ class MetricsStore:
             self._latest_reading = reading
             self._version += 1
 
+    def tick_memory(self, memory: TreeMemory) -> None:
+        """A system sample's memory of the tree: counted toward the running configuration's figures."""
+        with self._lock:
+            if self._open is None:
+                return
+            self._configs[self._open[0]].add_memory(memory)
+            self._version += 1
+
     def tick_cost(self, reading: TreeCpu) -> None:
         """A reading while running (the system sampler's): the open configuration's figures so far and peak RSS."""
         with self._lock:
@@ -345,7 +443,7 @@ class MetricsStore:
             if cached is None or cached[0] != signature:
                 cached = self._summary_cache[acc.config.key] = (signature, acc.summary())
             summaries.append(cached[1])
-        return tuple(summaries)
+        return with_extra_memory(summaries)
 
     def summaries(self) -> tuple[ConfigSummary, ...]:
         """One summary per configuration, in the order they were first used."""

@@ -18,6 +18,7 @@ from typing import Any
 import psutil
 
 from loadertop.core.limits import current_limits
+from loadertop.core.memory import MemoryReader, ProcessMemory, TreeMemory, shared_reader, tree_memory
 
 MIB = 1024 * 1024
 
@@ -31,7 +32,10 @@ class ProcessSample:
         role: ``"main"`` (the training process) or ``"worker"`` (a DataLoader worker).
         worker_id: the DataLoader worker id (0..k-1), None for the main process.
         cpu_percent: CPU use since the previous sample, in percent of one core.
-        rss_bytes: resident memory.
+        rss_bytes: resident memory (shared pages included).
+        pss_bytes: proportional set size (``loadertop.core.memory``); None: not read (an older recording).
+        uss_bytes: unique set size: what only this process holds; None: not read.
+        memory_exact: PSS and USS were read from ``smaps_rollup``; False: they are the RSS (an upper bound).
     """
 
     pid: int
@@ -39,6 +43,9 @@ class ProcessSample:
     worker_id: int | None
     cpu_percent: float
     rss_bytes: int
+    pss_bytes: int | None = None
+    uss_bytes: int | None = None
+    memory_exact: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,11 +73,13 @@ class SystemSnapshot:
         memory_total_bytes, memory_used_bytes, memory_available_bytes: system memory.
         processes: the main training process first, then the workers in worker-id order.
         tree_cpu_percent: CPU of the main process and all its descendants (100 = one core).
-        tree_rss_bytes: resident memory of the main process and all its descendants.
+        tree_rss_bytes: summed resident memory of the main process and all its descendants (counts the
+            pages a forked worker shares with its parent once per worker: ``memory`` has the real figure).
         shm_used_bytes, shm_total_bytes: ``/dev/shm``, None where it does not exist.
         gpus: one entry per NVIDIA GPU.
         gpu_status: ``"1 NVIDIA GPU"`` or ``"no NVIDIA GPU: <reason>"``.
         sampler_cpu_fraction: the sampler's own CPU seconds per wall second so far.
+        memory: the tree's PSS and the workers' USS (None: not read, as in an older recording).
     """
 
     time: float
@@ -87,6 +96,7 @@ class SystemSnapshot:
     gpus: tuple[GpuSample, ...]
     gpu_status: str
     sampler_cpu_fraction: float
+    memory: TreeMemory | None = None
 
     @property
     def workers(self) -> tuple[ProcessSample, ...]:
@@ -228,6 +238,7 @@ class SystemSampler:
             native id (e.g. to leave the sampler's own CPU out of what training costs).
         pid: the training process to follow, with its descendants (default: this one; a watched
             script's pid in a monitor of its own).
+        memory: reads PSS and USS (default: this process's shared ``MemoryReader``, with its CPU budget).
     """
 
     def __init__(
@@ -239,6 +250,7 @@ class SystemSampler:
         read_gpus: bool = True,
         on_thread_start: Callable[[int], None] | None = None,
         pid: int | None = None,
+        memory: MemoryReader | None = None,
     ) -> None:
         if interval_s <= 0:
             raise ValueError(f"sampling interval must be > 0 s, got {interval_s}")
@@ -249,6 +261,7 @@ class SystemSampler:
         self._on_thread_start = on_thread_start
         self._nvml: NvmlReader | None = None
         self._me = psutil.Process(pid)
+        self.memory = memory or shared_reader()
         self._procs: dict[int, psutil.Process] = {}
         self._new: set[int] = set()
         self._latest: SystemSnapshot | None = None
@@ -348,10 +361,8 @@ class SystemSampler:
         memory = psutil.virtual_memory()
 
         worker_pids = list(self._worker_pids())
-        processes = []
         main_cpu = self._me.cpu_percent()
-        main_rss = process_rss(self._me)
-        processes.append(ProcessSample(self._me.pid, "main", None, main_cpu, main_rss))
+        followed: list[tuple[psutil.Process, str, int | None, float]] = [(self._me, "main", None, main_cpu)]
         live: set[int] = {self._me.pid}
         for worker_id, pid in enumerate(worker_pids):
             proc = self._process(pid)
@@ -359,15 +370,11 @@ class SystemSampler:
                 continue
             live.add(pid)
             try:
-                with proc.oneshot():
-                    processes.append(ProcessSample(pid, "worker", worker_id, self._cpu_percent(proc), process_rss(proc)))
+                followed.append((proc, "worker", worker_id, self._cpu_percent(proc)))
             except psutil.Error:
                 continue
         # Other descendants (e.g. a pin-memory helper's children) count in the tree totals.
-        tree_cpu, tree_rss = main_cpu, main_rss
-        for sample in processes[1:]:
-            tree_cpu += sample.cpu_percent
-            tree_rss += sample.rss_bytes
+        others: list[tuple[psutil.Process, float]] = []
         try:
             children = self._me.children(recursive=True)
         except psutil.Error:
@@ -380,14 +387,25 @@ class SystemSampler:
                 continue
             live.add(child.pid)
             try:
-                tree_cpu += self._cpu_percent(proc)
-                tree_rss += process_rss(proc)
+                others.append((proc, self._cpu_percent(proc)))
             except psutil.Error:
                 continue
         for pid in list(self._procs):  # forget processes that are gone: no stale entries
             if pid not in live:
                 del self._procs[pid]
                 self._new.discard(pid)
+        # The whole tree's memory at one moment: a process's PSS changes as others share its pages or stop.
+        memories = self.memory.read_tree([proc for proc, *_ in followed] + [proc for proc, _ in others])
+        self.memory.retain(live)
+        held = {m.pid: m for m in memories}
+        processes = []
+        for proc, role, worker_id, cpu in followed:
+            if role == "worker" and proc.pid not in held:
+                continue  # gone since its CPU was read
+            processes.append(_process_sample(proc.pid, role, worker_id, cpu, held.get(proc.pid)))
+        tree_cpu = sum(p.cpu_percent for p in processes) + sum(cpu for proc, cpu in others if proc.pid in held)
+        tree_rss = sum(m.rss_bytes for m in memories)
+        found_workers = [p.pid for p in processes if p.role == "worker"]
 
         shm_used = shm_total = None
         if os.path.isdir("/dev/shm"):
@@ -413,6 +431,7 @@ class SystemSampler:
             gpus=gpus.read(live),
             gpu_status=gpus.status,
             sampler_cpu_fraction=0.0,
+            memory=tree_memory(memories, found_workers) if memories else None,
         )
 
 
@@ -421,6 +440,14 @@ class _NoGpus(NvmlReader):
         self._nvml = None
         self._handles = []
         self.status = "no NVIDIA GPU: GPU sampling is off"
+
+
+def _process_sample(pid: int, role: str, worker_id: int | None, cpu_percent: float,
+                    memory: ProcessMemory | None) -> ProcessSample:
+    if memory is None:  # the main process's memory could not be read: shown as 0, as before
+        return ProcessSample(pid, role, worker_id, cpu_percent, 0)
+    return ProcessSample(pid, role, worker_id, cpu_percent, memory.rss_bytes, memory.pss_bytes, memory.uss_bytes,
+                         memory.exact)
 
 
 def process_rss(proc: psutil.Process) -> int:

@@ -17,7 +17,7 @@ from loadertop import TrainerState
 from loadertop.core.advice import MachineFacts
 from loadertop.core.engine import TrainerError
 from loadertop.core.limits import Limits
-from loadertop.core.replay import ReplaySession
+from loadertop.core.replay import ReplaySession, load_view
 from loadertop.core.session import SessionView
 from loadertop.core.system import GpuSample
 from loadertop.tui.app import LoaderTopApp
@@ -154,3 +154,13 @@ async def test_autotune_settled(request: pytest.FixtureRequest, autotune_view: S
     """A real autotuned run (storage-bound, from 0 workers), settled: its state in the header, beside the table the
     model's predicted curve (measured, running, the CPU ceiling) and the latest change with its reason."""
     await snapshot(request, autotune_view, f"autotune_{size[0]}x{size[1]}", size)
+
+
+MEMORY_RECORDED = Path(__file__).resolve().parent.parent / "data" / "memory_session.json"
+
+
+@pytest.mark.parametrize("size", [(120, 36), (80, 24)], ids=["120x36", "80x24"])
+async def test_memory_as_the_kernel_accounts_it(request: pytest.FixtureRequest, size: tuple[int, int]) -> None:
+    """A recording with PSS and USS (``screenshots/record_session.py``): each process's USS (RSS beside it where
+    there is room), the tree's PSS, and the table's PSS, USS a worker, its growth and the PSS added per worker."""
+    await snapshot(request, load_view(MEMORY_RECORDED), f"memory_{size[0]}x{size[1]}", size)

@@ -158,18 +158,37 @@ def test_throughput_error_counts_epoch_refills_as_their_own_stratum() -> None:
 
 
 def test_warnings_name_cores_memory_shm_input_bound_and_the_start_method() -> None:
-    rows = [summary(0, 300, rss_mb=700), summary(8, 800, rss_mb=5000, load_ms=30.0, compute_ms=20.0)]
+    # Summed RSS (9,000 MB) would count the main process's pages once per worker: PSS is what the tree holds.
+    rows = [dataclasses.replace(summary(0, 300, rss_mb=700), pss_mb=700, pss_mb_peak=710),
+            dataclasses.replace(summary(8, 800, rss_mb=9000, load_ms=30.0, compute_ms=20.0), pss_mb=4900,
+                                pss_mb_peak=5000, worker_uss_mb=538, worker_uss_growth_mb_per_min=5.0)]
     machine = MachineFacts(usable_cores=4, memory_total_bytes=8 * 1024**3, shm_used_bytes=90, shm_total_bytes=100,
                            start_method="spawn")
     warnings = advise(rows, machine).warnings
     assert any(w.startswith("8 workers on 4 usable cores") for w in warnings)
-    assert any("memory: 8 workers peaked at 5,000 MB (about 538 MB per worker), 61% of RAM" in w for w in warnings)
+    assert ("memory: 8 workers peaked at 5,000 MB of PSS, 61% of RAM; each worker holds 538 MB of its own (USS)"
+            in warnings)
+    # 8 workers x 5 MB a minute for an hour: 2,400 MB, past 10% of 8 GiB.
+    assert any(w.startswith("memory: each worker's own memory (USS) grows 5.0 MB a minute at 8 workers: workers "
+                            "copy the pages of the dataset they touch") for w in warnings)
+    slow = [rows[0], dataclasses.replace(rows[1], worker_uss_growth_mb_per_min=1.0)]  # 480 MB an hour: under 10%
+    assert not any("grows" in w for w in advise(slow, machine).warnings)
     assert any(w.startswith("/dev/shm is 90% full") for w in warnings)
     assert any(w.startswith("still input-bound at the fastest count (8 workers: the step waits for data 60%")
                for w in warnings)
     assert any("workers start with 'spawn'" in w for w in warnings)
     calm = advise([summary(0, 300), summary(2, 800, load_ms=1.0)], MACHINE)
     assert calm.warnings == () and calm.recommended_num_workers == 2
+
+
+def test_memory_that_fell_back_to_rss_is_said_to_be_an_upper_bound() -> None:
+    note = ("PSS/USS of pid 7 unreadable: /proc/7/smaps_rollup is not readable (another user's process, or a "
+            "hardened kernel)")
+    rows = [summary(0, 300), dataclasses.replace(summary(2, 800, load_ms=1.0), pss_mb=900, pss_mb_peak=950,
+                                                 memory_source="rss", memory_note=note)]
+    assert advise(rows, MACHINE).warnings == (
+        f"memory: {note}: those figures are RSS, upper bounds (a page shared with the main process counts once "
+        "per worker)",)
 
 
 def test_default_counts_double_up_to_twice_the_cores() -> None:

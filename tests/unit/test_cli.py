@@ -90,8 +90,11 @@ def test_a_finished_run_records_every_batch_and_leaves_no_process(tagged_run, tm
                       "--record", str(record)])
     out, err = run.proc.communicate(timeout=120)
     assert run.proc.returncode == 0, err
-    rows = [json.loads(line) for line in record.read_text().splitlines()]
+    lines = [json.loads(line) for line in record.read_text().splitlines()]
+    rows = [r for r in lines if "event" not in r]
     assert [r["step"] for r in rows] == list(range(1, 41))
+    memory = [r for r in lines if r.get("event") == "memory"]  # one a system sample: the tree's PSS, workers' USS
+    assert memory and all(m["pss_mb"] > 0 and m["memory_source"] in ("smaps_rollup", "rss") for m in memory)
     # Overlapped switches: the old workers deliver what they were given, then the new ones go on, in order.
     ran = [r["num_workers"] for r in rows]
     assert [n for i, n in enumerate(ran) if i == 0 or ran[i - 1] != n] == [2, 1, 0]

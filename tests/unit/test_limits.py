@@ -450,3 +450,18 @@ def test_a_process_confined_by_real_cgroups_is_seen_so(confining_cgroups: list[P
         "This DataLoader will create 1 worker processes in total, more than the 0.5 usable cores "
         f"(0.5 of {host_cores} cores: cgroup v1 quota) this process may use: workers past the cores compete for CPU "
         "and can make loading slower; lower num_workers if so (loadertop sweep measures it)"]
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs 2 cores and CPU affinity")
+def test_a_changed_affinity_is_seen_at_once_not_after_the_cache() -> None:
+    from loadertop.core.limits import current_limits
+
+    before = os.sched_getaffinity(0)
+    first = current_limits()
+    try:
+        os.sched_setaffinity(0, {min(before)})
+        assert current_limits().affinity_cores == 1 != first.affinity_cores
+    finally:
+        os.sched_setaffinity(0, before)
+    assert current_limits().affinity_cores == len(before)

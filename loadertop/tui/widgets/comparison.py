@@ -41,15 +41,26 @@ COLUMNS = (
     Column("CPU/sample", 10, lambda s: "-" if math.isnan(s.cpu_s_per_sample) else f"{s.cpu_s_per_sample * 1000:.2f} ms",
            1),
     Column("CPU %", 6, lambda s: _num(s.cpu_percent, 0), 1),
-    Column("RSS MB", 7, lambda s: _num(s.rss_mb, 0), 1),
+    Column("PSS MB", 7, lambda s: _num(s.pss_mb, 0), 1),
+    Column("USS/wkr", 7, lambda s: _num(s.worker_uss_mb, 0), 1),
+    Column("+MB/wkr", 7, lambda s: _num(s.extra_mb_per_worker, 0), 5),
+    Column("USS MB/min", 10, lambda s: _num(s.worker_uss_growth_mb_per_min, 1), 5),
+    Column("sum RSS", 7, lambda s: _num(s.rss_mb, 0), 9),
     Column("verdict", 13, lambda s: v.label if (v := verdict(s.load_ms_mean, s.compute_ms_mean)) else "-", 7),
 )
 MARK_WIDTH = 3  # ★ fastest, ◆ recommended, ▶ running
+PSS_HEADINGS = frozenset({"PSS MB", "USS/wkr", "+MB/wkr", "USS MB/min"})
+"""The columns of memory as the kernel accounts it: left out where no configuration has it (an older recording)."""
+RSS_ONLY = Column("sum RSS", 7, lambda s: _num(s.rss_mb, 0), 1)
+"""Then the summed RSS is the memory figure shown, named as what it is."""
 
 
-def fit_columns(width: int, *, show_config: bool = True) -> list[Column]:
-    """The columns that fit ``width`` cells, dropping the least needed first (and "config" when all agree)."""
+def fit_columns(width: int, *, show_config: bool = True, pss: bool = True) -> list[Column]:
+    """The columns that fit ``width`` cells, dropping the least needed first (and "config" when all agree;
+    without ``pss``, the summed RSS stands in for the PSS and USS columns)."""
     columns = [c for c in COLUMNS if show_config or c.heading != "config"]
+    if not pss:
+        columns = [RSS_ONLY if c.heading == RSS_ONLY.heading else c for c in columns if c.heading not in PSS_HEADINGS]
     while columns and MARK_WIDTH + sum(c.width + 1 for c in columns) > width:
         victim = max(columns, key=lambda c: c.drop_order)
         if victim.drop_order == 0:
@@ -71,7 +82,8 @@ class ComparisonTable(ViewWidget):
         if view is None:
             return text
         summaries = view.store.summaries
-        columns = fit_columns(self.content_size.width, show_config=settings_differ(summaries))
+        columns = fit_columns(self.content_size.width, show_config=settings_differ(summaries),
+                              pss=any(not math.isnan(s.pss_mb_peak) for s in summaries) or not summaries)
         text.append(" " * MARK_WIDTH)
         text.append(" ".join(c.heading.rjust(c.width) for c in columns), "bold")
         text.append("\n")
@@ -96,7 +108,8 @@ class ComparisonTable(ViewWidget):
         spare = room - len(ordered)
         if spare >= 1:
             text.append("★ fastest  ◆ recommended  ▶ running  ± two standard errors  CPU: the whole process tree, "
-                        "accounted (100% = one core)", "dim")
+                        "accounted (100% = one core)  PSS: the tree's memory, each page once; USS: a worker's own",
+                        "dim")
         if spare >= 2:
             text.append("\n◆ ", "bold yellow")
             text.append(advice.reason)
