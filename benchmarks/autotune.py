@@ -3,8 +3,9 @@
 On calibrated workloads (``loadertop.core.calibrated``: a known storage wait and CPU per sample,
 a known step), for each landscape:
 
-1. the truth: a sweep of every count the tuner may try (0..4x cores), ``--truth-batches`` steady
-   batches each: the best count and its samples/s, and the counts within 5% of it;
+1. the truth: ``--truth-sweeps`` sweeps of every count the tuner may try (0..4x cores),
+   ``--truth-batches`` steady batches each, averaged (each sweep printed: the truth is noisy too):
+   the best count and its samples/s, and the counts within 5% of it;
 2. ``--repeats`` autotuned runs from 0 workers for ``--seconds`` each; for every repeat: the count it
    settled on first and the truth's samples/s there as a share of the best (goal: within 5% in at
    least 9 of 10), the batches until it settled on a count within 5% of the best divided by the batches
@@ -14,7 +15,7 @@ a known step), for each landscape:
 
 The stall of a switch with and without overlapped restarts is ``benchmarks/switch_stall.py``'s.
 
-Usage: python benchmarks/autotune.py [--seconds 20] [--repeats 10] [--truth-batches 60]
+Usage: python benchmarks/autotune.py [--seconds 20] [--repeats 10] [--truth-batches 150] [--truth-sweeps 2]
        [--landscapes storage_bound,cpu_bound,compute_bound,mixed]
 """
 
@@ -72,7 +73,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--fixed-repeats", type=int, default=3)
-    parser.add_argument("--truth-batches", type=int, default=60)
+    parser.add_argument("--truth-batches", type=int, default=150)
+    parser.add_argument("--truth-sweeps", type=int, default=2)
     parser.add_argument("--landscapes", default="storage_bound,cpu_bound,compute_bound,mixed")
     args = parser.parse_args()
     cores = usable_cores()
@@ -83,10 +85,13 @@ def main() -> int:
     totals = []
     for landscape in args.landscapes.split(","):
         counts = range(max(4, 4 * cores) + 1)
-        speeds = truth(landscape, counts, args.truth_batches)
+        sweeps = [truth(landscape, counts, args.truth_batches) for _ in range(args.truth_sweeps)]
+        speeds = {n: statistics.fmean(s[n] for s in sweeps) for n in counts}
+        for i, each in enumerate(sweeps, 1):
+            print(f"\n{landscape}: sweep {i}: " + ", ".join(f"{n}: {each[n]:,.0f}" for n in sorted(each)), end="")
         best = max(speeds, key=lambda n: speeds[n])
         good = {n for n, s in speeds.items() if s >= (1 - WITHIN) * speeds[best]}
-        print(f"\n{landscape}: truth ({args.truth_batches} batches a count): "
+        print(f"\n{landscape}: truth (mean of {args.truth_sweeps} sweeps, {args.truth_batches} batches a count): "
               + ", ".join(f"{n}: {speeds[n]:,.0f}" for n in sorted(speeds)) + f" samples/s; best {best}, "
               f"within 5%: {sorted(good)}", flush=True)
         fixed = [samples_in(session(landscape, best), args.seconds) for _ in range(args.fixed_repeats)]
