@@ -62,6 +62,25 @@ def test_switches_mid_epoch_leave_the_scripts_batches_and_randomness_as_they_wer
 
 
 @pytest.mark.slow
+def test_a_persistent_loader_switched_to_no_workers_and_back_trains_as_the_plain_run(tmp_path: Path) -> None:
+    # persistent_workers=True with 1 worker draws its workers' base seed once; the 0-worker iterator made each
+    # epoch after --switch 12:0 (the first epoch's last batch) must not draw it again, nor the worker restarted.
+    script = "tests/scripts/persistent_loop.py"
+    plain = run([sys.executable, script, str(tmp_path / "plain.json")])
+    assert plain.returncode == 0, plain.stderr
+    record = tmp_path / "run.jsonl"
+    watched = launched("--switch", "12:0", "--switch", "30:1", "--record", str(record),
+                       command=[sys.executable, script, str(tmp_path / "watched.json")])
+    assert watched.returncode == 0, watched.stderr
+    assert json.loads((tmp_path / "watched.json").read_text()) == json.loads((tmp_path / "plain.json").read_text())
+    assert watched.stdout == plain.stdout  # every epoch's validation loss, the second's included
+    train = [r["num_workers"] for r in records(record) if r["loader"] == records(record)[0]["loader"]]
+    assert train[:12] == [1] * 12 and train[12:24] == [0] * 12  # the switch at the epoch's end applies at the next
+    assert [n for i, n in enumerate(train) if i == 0 or train[i - 1] != n] == [1, 0, 1] and len(train) == 36
+    assert no_children_left()
+
+
+@pytest.mark.slow
 def test_switch_names_any_loader_and_a_name_that_never_appears_is_reported(tmp_path: Path) -> None:
     plain = run([sys.executable, SCRIPT, str(tmp_path / "plain.json")])
     record = tmp_path / "run.jsonl"

@@ -10,6 +10,8 @@ the batches a stock DataLoader would have delivered, in the same order:
 - A switch consumes no random numbers from the script's generators: the sampler is not
   re-iterated, and the new workers' base seed comes from a private generator seeded from
   the old one's, not from ``loader.generator`` or torch's global RNG.
+- Each ``iter()`` draws what the configured loader's draws, whatever count runs: a persistent
+  loader's workers' base seed only at its first (``_epoch_iterator``).
 - An ``IterableDataset`` stream (or ``in_order=False``) cannot be continued exactly in other
   workers: there the change waits for the next epoch (``LoaderStatus.deferred``).
 
@@ -190,6 +192,8 @@ class DataLoader(torch.utils.data.DataLoader):
         self._builder: threading.Thread | None = None  # the thread starting an overlapped switch's new workers
         self._reaper: threading.Thread | None = None  # the thread reaping an overlapped switch's old workers
         self._interval_s = 0.0  # the loop's time between batches when last measured (0: never)
+        self._seed_drawn = False  # a persistent setting's one draw of its workers' base seed is done
+        self._base_seed = 0  # the latest generation's workers' base seed (a private generator's seed for the next)
         # Settings torch allows only with workers: kept here while there are none, for when there are again.
         self._with_workers = {key: _current(self, key) for key in _WORKERS_ONLY}
         tuning.hold_for_workers(self, held)
@@ -371,13 +375,34 @@ class DataLoader(torch.utils.data.DataLoader):
         self._epoch += 1
         before = getattr(self, "_iterator", None)
         created = _clock()
-        inner = super().__iter__()
+        inner = self._epoch_iterator()
         fresh = self.num_workers > 0 and inner is not before  # new workers (not persistent ones going on)
         generation = _Generation(inner, self._last_stream if self.continues_exactly else None, self.num_workers,
                                  self._switches, created, timed=fresh)
         iterator = _SwitchingIterator(self, generation)
         self._active = weakref.ref(iterator)
         return iterator
+
+    def _epoch_iterator(self) -> Any:
+        """Torch's iterator for a new epoch, drawing from the script's RNG what the loader it configured draws.
+
+        A stock loader draws its workers' base seed (from ``generator``, else torch's global RNG) at every
+        ``iter()``, but a persistent one only at its first: its workers go on. Whatever count runs now (0
+        workers under a persistent setting: an iterator made each epoch; workers started anew after a
+        switch), the draws are the persistent setting's; the sampler is iterated each epoch either way.
+        """
+        reused = self.persistent_workers and self.num_workers > 0 and getattr(self, "_iterator", None) is not None
+        draws = not (self.persistent_workers and self._seed_drawn)
+        self._seed_drawn = bool(self.persistent_workers)
+        if not draws and not reused:  # a fresh iterator, which would draw the seed: from a private generator
+            with self._private_generator(self._base_seed):
+                inner = super().__iter__()
+        else:
+            if draws and reused:  # the persistent setting is new, its workers are not: draw as a first iter() does
+                torch_compat.draw_base_seed(self.generator)
+            inner = super().__iter__()
+        self._base_seed = torch_compat.base_seed(inner, self._base_seed)
+        return inner
 
     def _running(self) -> _SwitchingIterator | None:
         """The iterator of the loop in progress, if any."""
@@ -442,20 +467,30 @@ class DataLoader(torch.utils.data.DataLoader):
             self.prefetch_factor = 2
         self._switches += 1
 
+    @contextlib.contextmanager
+    def _private_generator(self, base_seed: int) -> Iterator[None]:
+        """Torch's iterators made meanwhile draw their workers' base seed from a generator seeded from
+        ``base_seed`` (the previous generation's), not from the script's ``generator`` or global RNG."""
+        script_generator = self.generator
+        private = torch.Generator()
+        private.manual_seed(base_seed)
+        self.generator = private
+        try:
+            yield
+        finally:
+            self.generator = script_generator
+
     def _new_generation(self, stream: _IssuedIndices, base_seed: int) -> Any:
         """A torch iterator for the current settings that continues ``stream``; no random number drawn."""
         self._stream_to_hand_out = stream
-        script_generator = self.generator
-        private = torch.Generator()
-        private.manual_seed(base_seed)  # the new workers' base seed, from the old one: not the script's RNG
         try:
-            self.generator = private
             # Not torch's global RNG state saved and restored around this: a sampler that draws as it
             # goes (an infinite one) is pulled for the new workers' first batches here, and must stay pulled.
-            inner = self._get_iterator()
+            with self._private_generator(base_seed):
+                inner = self._get_iterator()
         finally:
-            self.generator = script_generator
             self._stream_to_hand_out = None
+        self._base_seed = torch_compat.base_seed(inner, base_seed)
         if self.persistent_workers and self.num_workers > 0:
             self._iterator = inner
         return inner
@@ -763,7 +798,7 @@ class _SwitchingIterator:
         """Stop and start: the old workers are shut down, then the new ones continue what those had not delivered."""
         loader = self._loader
         old, stream = self._inner, self._stream
-        base_seed = int(getattr(old, "_base_seed", 0))
+        base_seed = torch_compat.base_seed(old, loader._base_seed)
         again = stream.undelivered()
         loader._retire(old)
         if getattr(loader, "_iterator", None) is old:
@@ -786,7 +821,7 @@ class _SwitchingIterator:
             loader._iterator = None  # persistent old workers: retired at the handover, by this iterator
         loader._apply(changes)
         stream = self._continuing(rest, (), "batch_size" in changes)
-        base_seed = int(getattr(old, "_base_seed", 0))
+        base_seed = torch_compat.base_seed(old, loader._base_seed)
         if loader.num_workers:
             starting = _Generation(None, stream, loader.num_workers, loader._switches, _clock(), timed=True)
             starting.build(loader, base_seed)

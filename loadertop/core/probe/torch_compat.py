@@ -84,6 +84,17 @@ def set_index_stream(iterator: Any, indices: Any) -> None:
     iterator._sampler_iter = indices
 
 
+def base_seed(iterator: Any, default: int) -> int:
+    """The base seed a DataLoader iterator gave its workers (``default`` where it has none to tell)."""
+    return int(getattr(iterator, "_base_seed", default))
+
+
+def draw_base_seed(generator: torch.Generator | None) -> int:
+    """Draw a workers' base seed from ``generator`` (else torch's global RNG) as ``_BaseDataLoaderIter.__init__``
+    does: the one random number a DataLoader's ``iter()`` draws besides its sampler's."""
+    return int(torch.empty((), dtype=torch.int64).random_(generator=generator).item())
+
+
 def wait_for_first_batch(iterator: Any, stop: threading.Event, poll_s: float = 0.005) -> bool:
     """Block until a DataLoader iterator's workers have a batch (or a worker's error) waiting for it, without
     taking it; False once ``stop`` is set or a worker has died first (``next()`` then reports it)."""
