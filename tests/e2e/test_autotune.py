@@ -50,7 +50,8 @@ def test_a_storage_bound_run_is_tuned_past_the_cores_and_every_change_is_said_re
     ran = [b["num_workers"] for b in batches]
     runs = [n for i, n in enumerate(ran) if i == 0 or ran[i - 1] != n]
     asked = [0] + [e["to"] for e in events if e["to"] != e["from"]]
-    assert runs == asked
+    # The last switch may be asked for in the run's last batches, too late to be handed over before it ends.
+    assert runs in (asked, asked[:-1]), (runs, asked)
     assert [b["step"] for b in batches] == list(range(1, len(batches) + 1))  # nothing lost or repeated
     assert no_children_left()
 
