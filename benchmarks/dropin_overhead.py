@@ -2,8 +2,10 @@
 
 A loop that does nothing with its batches (the worst case for any per-batch cost) iterates a
 small in-memory dataset with torch's DataLoader and with loadertop's drop-in, with one observer
-attached as the launcher attaches one, in alternating chunks of 100 batches (so the
-machine's drift hits both alike). Prints the per-round ratios and their geometric mean; goal >= 0.99.
+attached as the launcher attaches one, in alternating chunks of 100 batches, which of the two
+goes first alternating too (so the machine's drift hits both alike). Prints the per-round ratios
+and their geometric mean (goal >= 0.99), and the same for two stock loaders (``--control``):
+what the harness reads where there is no difference, the noise to read the ratio against.
 
 Usage: python benchmarks/dropin_overhead.py [--rounds 6] [--batches 3000] [--workers 0]
 """
@@ -32,6 +34,10 @@ class Vectors(Dataset):
         return torch.full((16,), float(index)), index % 10
 
 
+class StockAgain(torch.utils.data.DataLoader):
+    """torch's DataLoader under another name: the control's second loader."""
+
+
 def make(cls: type, workers: int, batch_size: int):
     loader = cls(Vectors(), batch_size=batch_size, num_workers=workers, persistent_workers=workers > 0)
     if isinstance(loader, DataLoader):
@@ -43,12 +49,13 @@ def make(cls: type, workers: int, batch_size: int):
     return iterator
 
 
-def one_round(batches: int, workers: int, batch_size: int, chunk: int = 100) -> dict[type, float]:
-    """Samples/s of both loaders, measured in alternating chunks so that the machine's drift hits both."""
-    iterators = {cls: make(cls, workers, batch_size) for cls in (torch.utils.data.DataLoader, DataLoader)}
+def one_round(batches: int, workers: int, batch_size: int, chunk: int = 100,
+              measured: type = DataLoader) -> dict[type, float]:
+    """Samples/s of stock and ``measured``, in alternating chunks so that the machine's drift hits both."""
+    iterators = {cls: make(cls, workers, batch_size) for cls in (torch.utils.data.DataLoader, measured)}
     spent = dict.fromkeys(iterators, 0.0)
-    for _ in range(batches // chunk):
-        for cls, iterator in iterators.items():
+    for number in range(batches // chunk):
+        for cls, iterator in (iterators.items() if number % 2 else reversed(iterators.items())):
             started = time.perf_counter()
             for _ in range(chunk):
                 next(iterator)
@@ -62,18 +69,20 @@ def main() -> int:
     parser.add_argument("--batches", type=int, default=3000)
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--control", action="store_true", help="also measure stock against stock (the noise)")
     args = parser.parse_args()
     print(f"machine: {platform.machine()}, {usable_cores()} usable cores, torch {torch.__version__}; "
           f"{args.workers} workers, batch {args.batch_size}, {args.batches} batches per measurement")
-    ratios = []
-    for round_ in range(args.rounds):
-        speed = one_round(args.batches, args.workers, args.batch_size)
-        ratio = speed[DataLoader] / speed[torch.utils.data.DataLoader]
-        ratios.append(ratio)
-        print(f"round {round_ + 1}: stock {speed[torch.utils.data.DataLoader]:,.0f} samples/s, "
-              f"loadertop {speed[DataLoader]:,.0f} samples/s, ratio {ratio:.3f}")
-    mean = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
-    print(f"instrumented / stock: {mean:.3f} (geometric mean; goal >= 0.99)")
+    for measured, name in ((DataLoader, "loadertop"), (StockAgain, "stock again"))[:2 if args.control else 1]:
+        ratios = []
+        for round_ in range(args.rounds):
+            speed = one_round(args.batches, args.workers, args.batch_size, measured=measured)
+            ratio = speed[measured] / speed[torch.utils.data.DataLoader]
+            ratios.append(ratio)
+            print(f"round {round_ + 1}: stock {speed[torch.utils.data.DataLoader]:,.0f} samples/s, "
+                  f"{name} {speed[measured]:,.0f} samples/s, ratio {ratio:.3f}")
+        mean = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
+        print(f"{name} / stock: {mean:.3f} (geometric mean{'; goal >= 0.99' if measured is DataLoader else ''})")
     return 0
 
 

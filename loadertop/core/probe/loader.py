@@ -639,15 +639,15 @@ class _SwitchingIterator:
 
     def __init__(self, loader: DataLoader, generation: _Generation) -> None:
         self._loader = loader
-        self._deliver_from(generation)
+        self._wall_offset = time.time() - _clock()  # wall-clock times from the cheap monotonic clock
         self._starting: _Generation | None = None  # an overlapped switch's new generation, until the handover
         self._go: threading.Event | None = None  # to set once this next() returns: the new generation may start
+        self._deliver_from(generation)
         self._pair: tuple[_Generation, _Generation | None] = (generation, None)  # for other threads, set at once
         self._handover_at = 0  # during an overlap: the batch count at which the old generation has delivered all
         self._since: tuple[float, int] | None = None  # the delivering generation's first batch: when, and its count
         self._batch = 0
         self._returned_at: float | None = None
-        self._wall_offset = time.time() - _clock()  # wall-clock times from the cheap monotonic clock
 
     def _deliver_from(self, generation: _Generation) -> None:
         self._inner = generation.inner
@@ -658,6 +658,10 @@ class _SwitchingIterator:
         self._first_at: float | None = generation.created_at  # until its first batch
         self._timed = generation.timed
         self._ready_at = generation.ready_at
+        self._careful = True  # next() takes the careful path (a first batch, an overlap, a request) until False
+        # What the plain path reads, in one attribute (this class's __getattr__ makes each lookup on it slow).
+        self._plain = (self._inner, self._stream if self._tracking else None, self._loader._observers,
+                       self._workers_now, self._number, self._wall_offset)
 
     def __iter__(self) -> _SwitchingIterator:
         return self
@@ -701,8 +705,53 @@ class _SwitchingIterator:
                 torch_compat.shutdown_workers(generation.inner)
 
     def __next__(self) -> Any:
+        """The next batch: the plain path (a batch of a generation under way, nothing asked) reads the clock
+        twice, and builds one record for the observers if there are any; anything else takes ``_next_careful``."""
+        asked = _clock()
+        if self._careful or self._loader._request is not None:
+            return self._next_careful(asked)
+        inner, stream, observers, workers_now, number, wall_offset = self._plain
+        try:
+            batch = next(inner)
+        except StopIteration:
+            self._ended()
+            raise
+        except Exception:
+            self._failed()
+            raise
+        returned = _clock()
+        if stream is not None:
+            stream.delivered()
+        self._batch = count = self._batch + 1
+        if observers:
+            previous = self._returned_at
+            record = _new_tuple(LoaderBatch, (self._loader.name, self._loader._epoch, count, workers_now,
+                                              batch_len(batch), returned - asked,
+                                              None if previous is None else asked - previous,
+                                              returned + wall_offset, 0.0, number))
+            for observer in observers:
+                observer(record)
+        self._returned_at = returned
+        return batch
+
+    def _ended(self) -> None:
+        """The epoch is over (the delivering generation raised StopIteration, no new one to go on)."""
+        if self._loader._running() is self:
+            self._loader._active = None
+
+    def _failed(self) -> None:
+        """The delivering generation raised for a batch (a dataset's error): that batch was consumed."""
+        if self._tracking:
+            self._stream.delivered()  # as with torch's iterator
+        self._handover_at -= 1  # counted as delivered, though not in self._batch
+        if self._go is not None:
+            self._go.set()
+            self._go = None
+
+    def _next_careful(self, asked: float) -> Any:
+        """``__next__`` where something is afoot: a generation's first batch, an overlap, a request waiting."""
         loader = self._loader
-        called = asked = _clock()
+        called = asked
         if self._starting is not None:
             if self._batch >= self._handover_at:  # the old generation delivered its last batch: the new one takes over
                 self._hand_over()
@@ -716,16 +765,10 @@ class _SwitchingIterator:
             if self._starting is not None:  # the old generation ended sooner than counted: the new one goes on
                 self._hand_over()
                 return self.__next__()
-            if loader._running() is self:
-                loader._active = None
+            self._ended()
             raise
         except Exception:
-            if self._tracking:
-                self._stream.delivered()  # a batch that raised was consumed, as with torch's iterator
-            self._handover_at -= 1  # counted as delivered, though not in self._batch
-            if self._go is not None:
-                self._go.set()
-                self._go = None
+            self._failed()
             raise
         returned = _clock()
         if self._tracking:
@@ -747,6 +790,7 @@ class _SwitchingIterator:
             for observer in loader._observers:
                 observer(record)
         self._returned_at = returned
+        self._careful = self._starting is not None or self._go is not None or self._first_at is not None
         return batch
 
     def _switch(self) -> None:
@@ -830,6 +874,7 @@ class _SwitchingIterator:
             starting = self._start_generation(stream, base_seed)
         self._handover_at = self._batch + in_flight + len(reserved)
         self._starting = starting
+        self._careful = True
         loader._handover_due = True
         self._pair = (self._pair[0], starting)
 
@@ -936,6 +981,7 @@ def _batches(indices: Iterator[Any], size: int, drop_last: bool) -> Iterator[lis
 
 
 _Tensor = torch.Tensor
+_new_tuple = tuple.__new__  # a LoaderBatch made without its Python-level __new__ (on the loop's path)
 
 
 def _signature_with_name() -> inspect.Signature:
