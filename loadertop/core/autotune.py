@@ -210,20 +210,20 @@ class Visit:
     @property
     def main_cpu_s_per_batch(self) -> float:
         """CPU-seconds of the training process per batch (NaN: unknown, or not read apart)."""
-        span = self._between_readings()
-        if span is None:
-            return math.nan
-        first, last, batches, _ = span
-        return (last.main_cpu_s - first.main_cpu_s) / batches
+        return self._per_batch(lambda r: r.main_cpu_s)
 
     @property
     def worker_cpu_s_per_batch(self) -> float:
         """CPU-seconds of the workers (the tree but the training process) per batch (NaN: unknown)."""
+        return self._per_batch(lambda r: r.cpu_s - r.main_cpu_s)
+
+    def _per_batch(self, seconds: Callable[[Reading], float]) -> float:
+        """How much ``seconds`` of the readings grew per batch delivered between the first and latest (NaN: unknown)."""
         span = self._between_readings()
         if span is None:
             return math.nan
         first, last, batches, _ = span
-        return ((last.cpu_s - last.main_cpu_s) - (first.cpu_s - first.main_cpu_s)) / batches
+        return (seconds(last) - seconds(first)) / batches
 
     @property
     def cores_used(self) -> float:
@@ -257,7 +257,7 @@ class Visit:
         return Point(self.num_workers, self.samples_per_s, sum(self.loads) / n, sum(self.steps) / n,
                      self.samples / n, self.cpu_s_per_sample, self.worker_uss_bytes, self.worker_uss_growth_bytes_per_s,
                      main_cpu_s_per_batch=self.main_cpu_s_per_batch,
-                     worker_cpu_s_per_batch=self.worker_cpu_s_per_batch, cores_used=self.cores_used)
+                     worker_cpu_s_per_batch=self.worker_cpu_s_per_batch)
 
 
 @dataclass(frozen=True, slots=True)

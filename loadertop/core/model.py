@@ -55,7 +55,6 @@ class Point:
         worker_uss_growth_bytes_per_s: how fast that grows (copy-on-write; NaN: unknown).
         main_cpu_s_per_batch: CPU-seconds of the training process per batch (NaN: unknown).
         worker_cpu_s_per_batch: CPU-seconds of the workers per batch, all together (NaN: unknown).
-        cores_used: cores the tree used while the count ran (NaN: unknown).
     """
 
     num_workers: int
@@ -68,7 +67,6 @@ class Point:
     worker_uss_growth_bytes_per_s: float = math.nan
     main_cpu_s_per_batch: float = math.nan
     worker_cpu_s_per_batch: float = math.nan
-    cores_used: float = math.nan
 
     @property
     def input_bound(self) -> bool:
