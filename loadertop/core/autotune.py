@@ -513,7 +513,8 @@ class AutoTuner:
         if predicted is None or not math.isfinite(predicted):
             return ""
         said = f"; model: {_workers(target)} ~{predicted:,.0f} samples/s"
-        details = [model.describe()] if model.describe() else []
+        described = model.describe()
+        details = [described] if described else []
         if math.isfinite(model.ceiling):
             details.append(f"CPU ceiling {model.ceiling:,.0f}")
         return said + (f" ({'; '.join(details)})" if details else "")
