@@ -4,18 +4,19 @@ On calibrated workloads (``loadertop.core.calibrated``: a known storage wait and
 a known step), for each landscape:
 
 1. the truth: ``--truth-sweeps`` sweeps of every count the tuner may try (0..4x cores),
-   ``--truth-batches`` steady batches each, averaged (each sweep printed: the truth is noisy too):
-   the best count and its samples/s, and the counts within 5% of it;
+   ``--truth-batches`` steady batches each, half before the repeats and half after (a machine whose
+   load drifts shows it, and the mean spans the repeats), averaged (each sweep printed: the truth is
+   noisy too): the best count and its samples/s, and the counts within 5% of it;
 2. ``--repeats`` autotuned runs from 0 workers for ``--seconds`` each; for every repeat: the count it
    settled on first and the truth's samples/s there as a share of the best (goal: within 5% in at
    least 9 of 10), the batches until it settled on a count within 5% of the best divided by the batches
    of a full sweep over 0..2x cores at the sweep's default 100 steady batches a count (goal <= 1/3),
    and the samples it trained divided by the mean of ``--fixed-repeats`` runs fixed at the best count
-   for as long (goal >= 0.9). Every repeat is printed, then the counts of repeats that met each goal.
+   of the sweeps before the repeats, for as long (goal >= 0.9). Every repeat is printed, then the counts of repeats that met each goal.
 
 The stall of a switch with and without overlapped restarts is ``benchmarks/switch_stall.py``'s.
 
-Usage: python benchmarks/autotune.py [--seconds 20] [--repeats 10] [--truth-batches 150] [--truth-sweeps 2]
+Usage: python benchmarks/autotune.py [--seconds 20] [--repeats 10] [--truth-batches 300] [--truth-sweeps 2]
        [--landscapes storage_bound,cpu_bound,compute_bound,mixed]
 """
 
@@ -73,7 +74,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--fixed-repeats", type=int, default=3)
-    parser.add_argument("--truth-batches", type=int, default=150)
+    parser.add_argument("--truth-batches", type=int, default=300)
     parser.add_argument("--truth-sweeps", type=int, default=2)
     parser.add_argument("--landscapes", default="storage_bound,cpu_bound,compute_bound,mixed")
     args = parser.parse_args()
@@ -85,24 +86,30 @@ def main() -> int:
     totals = []
     for landscape in args.landscapes.split(","):
         counts = range(max(4, 4 * cores) + 1)
-        sweeps = [truth(landscape, counts, args.truth_batches) for _ in range(args.truth_sweeps)]
+        before = args.truth_sweeps - args.truth_sweeps // 2  # the rest after the repeats: drift shows, and averages out
+        sweeps = [truth(landscape, counts, args.truth_batches) for _ in range(before)]
+        first_best = max(counts, key=lambda n: statistics.fmean(s[n] for s in sweeps))
+        fixed = [samples_in(session(landscape, first_best), args.seconds) for _ in range(args.fixed_repeats)]
+        fixed_mean = statistics.fmean(fixed)
+        runs = []
+        for _ in range(args.repeats):
+            tuned = session(landscape, 0, autotune=True)
+            runs.append((samples_in(tuned, args.seconds), list(tuned.autotune_log)))
+        sweeps += [truth(landscape, counts, args.truth_batches) for _ in range(args.truth_sweeps - before)]
         speeds = {n: statistics.fmean(s[n] for s in sweeps) for n in counts}
         for i, each in enumerate(sweeps, 1):
-            print(f"\n{landscape}: sweep {i}: " + ", ".join(f"{n}: {each[n]:,.0f}" for n in sorted(each)), end="")
+            when = "before" if i <= before else "after"
+            print(f"\n{landscape}: sweep {i} ({when} the repeats): "
+                  + ", ".join(f"{n}: {each[n]:,.0f}" for n in sorted(each)), end="")
         best = max(speeds, key=lambda n: speeds[n])
         good = {n for n, s in speeds.items() if s >= (1 - WITHIN) * speeds[best]}
         print(f"\n{landscape}: truth (mean of {args.truth_sweeps} sweeps, {args.truth_batches} batches a count): "
               + ", ".join(f"{n}: {speeds[n]:,.0f}" for n in sorted(speeds)) + f" samples/s; best {best}, "
               f"within 5%: {sorted(good)}", flush=True)
-        fixed = [samples_in(session(landscape, best), args.seconds) for _ in range(args.fixed_repeats)]
-        fixed_mean = statistics.fmean(fixed)
-        print(f"  fixed at {best} workers for {args.seconds:.0f} s: " + ", ".join(f"{n:,}" for n in fixed)
-              + " samples", flush=True)
+        print(f"  fixed at {first_best} workers (the best of the sweeps before) for {args.seconds:.0f} s: "
+              + ", ".join(f"{n:,}" for n in fixed) + " samples", flush=True)
         met = {"within": 0, "batches": 0, "samples": 0}
-        for repeat in range(1, args.repeats + 1):
-            tuned = session(landscape, 0, autotune=True)
-            tuned_samples = samples_in(tuned, args.seconds)
-            log = list(tuned.autotune_log)
+        for repeat, (tuned_samples, log) in enumerate(runs, 1):
             settles = [(step, change) for step, change in log if change.kind == "settle"]
             first = settles[0] if settles else None
             settled_good = next((step for step, change in settles if change.to_workers in good), None)
