@@ -94,7 +94,8 @@ def plain(args: argparse.Namespace, out: Path) -> None:
 
 
 def key_latency(args: argparse.Namespace, tmp: Path) -> list[float]:
-    return app_key_latencies_ms(["run", "--", sys.executable, SCRIPT, str(tmp / "keys.txt"), "--seconds", "600", "--log"],
+    command = ["run", "--", sys.executable, SCRIPT, str(tmp / "keys.txt"), "--seconds", "600", "--log"]
+    return app_key_latencies_ms(command,
                                 tmp, lambda s: "(training): 0 workers" in s and step_of(s) > 10, args.presses,
                                 "(training): 1 worker ", "(training): 0 workers")
 
@@ -126,7 +127,8 @@ def main() -> int:
                 print(f"round {i + 1}: plain {rates(a):.0f} samples/s, launched and watched {rates(b):.0f}")
             ratio = statistics.geometric_mean(ratios)
             print(f"launcher + monitor, 0 workers, GIL-heavy loading: launched / plain = {ratio:.3f} "
-                  f"(per round {' '.join(f'{r:.3f}' for r in ratios)}; goal >= 0.99) {'OK' if ratio >= 0.99 else 'MISSED'}")
+                  f"(per round {' '.join(f'{r:.3f}' for r in ratios)}; goal >= 0.99) "
+                  f"{'OK' if ratio >= 0.99 else 'MISSED'}")
         if "frozen" not in skip:
             out = tmp / "frozen.txt"
             seconds = args.seconds

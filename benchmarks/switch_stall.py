@@ -73,7 +73,8 @@ def one_run(args: argparse.Namespace, step_ms: float, overlap: bool) -> list[dic
     settle = args.settle or max(60, math.ceil(4 * args.startup_ms / step_ms) + BEFORE_REQUEST)
     batches = settle * (args.switches + 1) + 400
     loader = DataLoader(CostlyDataset(batches * args.batch_size, args.sleep_ms / 1000, args.cpu_ms / 1000),
-                        batch_size=args.batch_size, num_workers=counts[0], worker_init_fn=SlowStart(args.startup_ms / 1000),
+                        batch_size=args.batch_size, num_workers=counts[0],
+                        worker_init_fn=SlowStart(args.startup_ms / 1000),
                         multiprocessing_context=args.start_method, name="switch_stall")
     loader.overlap = overlap
     records: list[LoaderBatch] = []
@@ -137,7 +138,8 @@ def main() -> int:
                           f"{r['handover_batches']} batches; {r['at_request_ms']:.1f} ms in next() at the request, "
                           f"{r['at_handover_ms']:.1f} ms at the handover", flush=True)
         summary.append(
-            f"step {step_ms:g} ms: stall at a switch / one batch time: overlapped {statistics.median(stalls[True]):.2f} "
+            f"step {step_ms:g} ms: stall at a switch / one batch time: "
+            f"overlapped {statistics.median(stalls[True]):.2f} "
             f"(goal <= 1), stop-start {statistics.median(stalls[False]):.2f}; wall: overlapped "
             f"{statistics.median(walls[True]):.2f}, stop-start {statistics.median(walls[False]):.2f} (medians)")
     print("\n".join(summary))

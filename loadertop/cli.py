@@ -110,7 +110,8 @@ def _count_list(text: str) -> tuple[int, ...]:
     try:
         counts = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be worker counts separated by commas (e.g. 0,1,2,4), got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"must be worker counts separated by commas (e.g. 0,1,2,4), got {text!r}") from None
     if not counts or any(c < 0 for c in counts):
         raise argparse.ArgumentTypeError(f"needs one or more counts >= 0 (e.g. 0,1,2,4), got {text!r}")
     if len(set(counts)) != len(counts):
@@ -205,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="worker counts to measure, in order (default 0,1,2,4,... up to twice the usable cores)")
     w.add_argument("--batches", type=_int_at_least(1, "--batches"), default=SWEEP_BATCHES, metavar="N",
                    help=f"steady batches measured per count, after each restart's warm-up (default {SWEEP_BATCHES})")
-    w.add_argument("--json", default=None, metavar="FILE", help="write the rows and the recommendation as JSON ('-': stdout)")
+    w.add_argument("--json", default=None, metavar="FILE",
+                   help="write the rows and the recommendation as JSON ('-': stdout)")
     w.add_argument("--csv", default=None, metavar="FILE", help="write the rows as CSV ('-': stdout)")
     w.add_argument("--markdown", default=None, metavar="FILE",
                    help="write the table as Markdown, for an issue or a notebook ('-': stdout)")

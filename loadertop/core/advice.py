@@ -6,11 +6,11 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
+from loadertop.core.limits import Limits, current_limits, usable_cores_phrase, whole_cores
 from loadertop.core.memory import SOURCE_RSS
 from loadertop.core.model import INPUT_BOUND_SHARE, Point, fit
 from loadertop.core.protocol.records import BatchRecord
 from loadertop.core.store import ConfigSummary, percentile
-from loadertop.core.limits import Limits, current_limits, usable_cores_phrase, whole_cores
 from loadertop.core.system import SystemSnapshot
 
 

@@ -47,7 +47,8 @@ def default_data_dir(seed: int) -> Path:
     return Path(base) / f"builtin-v{DATA_VERSION}-seed{seed}-n{NUM_IMAGES}"
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, shape: int, box: tuple[float, float, float, float], color: tuple[int, ...]) -> None:
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: int, box: tuple[float, float, float, float],
+                color: tuple[int, ...]) -> None:
     x0, y0, x1, y1 = box
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
     w = x1 - x0
@@ -93,7 +94,8 @@ def render_image(label: int, rng: np.random.Generator) -> Image.Image:
     size = rng.uniform(14, 24)
     x0 = rng.uniform(2, IMAGE_SIZE - size - 2)
     y0 = rng.uniform(2, IMAGE_SIZE - size - 2)
-    _draw_shape(ImageDraw.Draw(image), label, (x0, y0, x0 + size, y0 + size), (int(r * 255), int(g * 255), int(b * 255)))
+    color = (int(r * 255), int(g * 255), int(b * 255))
+    _draw_shape(ImageDraw.Draw(image), label, (x0, y0, x0 + size, y0 + size), color)
     return image
 
 

@@ -250,7 +250,7 @@ def _unescape(text: str) -> str:
 
 def _mounts(path: Path) -> list[tuple[int, frozenset[str], str, str]]:
     """The cgroup mounts: (version, controllers (v1), mount root, mount point)."""
-    mounts = []
+    mounts: list[tuple[int, frozenset[str], str, str]] = []
     for line in path.read_text().splitlines():
         fields = line.split()
         if "-" not in fields:

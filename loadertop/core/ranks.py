@@ -238,7 +238,7 @@ class RanksSession:
         relay.session.apply(config, rank=selected)
 
     def apply_all(self, config: LoaderConfig) -> None:
-        """Switch every rank's training loader to ``config.num_workers``: this node's, and the others' through the store."""
+        """Switch every rank's training loader to ``config.num_workers``: this node's, the others' through the store."""
         with self._lock:
             ranks = dict(self._ranks)
         if not ranks:

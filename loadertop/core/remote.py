@@ -6,8 +6,9 @@ DataLoader, fed by a client thread. The monitor samples the script's process tre
 (psutil by pid, NVML); the per-configuration cost comes from CPU readings the script takes of
 its own tree where each configuration of its training loader begins (old workers shut down,
 new ones not yet started) and at its end, with loadertop's threads left out; in between, the
-monitor reads the same clock from outside at each system sample (the running figures so far). Commands go back as ``switch`` messages; ``stop`` sends the script SIGINT (then SIGTERM
-after a grace period, as a terminal's ^C would be followed up), ``detach`` leaves it running.
+monitor reads the same clock from outside at each system sample (the running figures so far).
+Commands go back as ``switch`` messages; ``stop`` sends the script SIGINT (then SIGTERM after a
+grace period, as a terminal's ^C would be followed up), ``detach`` leaves it running.
 ``set_autotune`` turns the script's autotuner on or off; its status and every change it made
 come back (``autotune`` and ``event`` messages) as ``SessionView.autotune``.
 
@@ -60,7 +61,8 @@ STOP_GRACE_S = 5.0
 LOG_LINES = 200
 """Lines of the script's output the monitor keeps for its log panel."""
 POLL_S = 0.25
-_TERMINAL_CODES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b.|[\x00-\x08\x0b-\x1f\x7f]")
+_TERMINAL_CODES = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b.|[\x00-\x08\x0b-\x1f\x7f]")
 """ANSI colour and cursor sequences, OSC titles and other control characters: a log line is shown as text."""
 
 

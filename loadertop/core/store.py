@@ -148,7 +148,7 @@ def throughput_sem(iters: Sequence[float], refill: Sequence[int], samples: int, 
     if len(refills) > 1:
         var_total += len(refills) * _variance(refills)
     if refills:
-        epoch_starts = max(1, len([1 for a, b in zip((0, *refill), refill) if b and not a]))
+        epoch_starts = max(1, len([1 for a, b in zip((0, *refill), refill, strict=False) if b and not a]))
         extra = (sum(refills) - len(refills) * _mean(steady)) / epoch_starts
         var_total += 0.25 * extra ** 2
     return samples * math.sqrt(var_total) / total ** 2  # d(samples / total) = samples / total**2 * d(total)

@@ -136,7 +136,7 @@ async def test_a_script_with_a_pending_switch(request: pytest.FixtureRequest, sc
 
 
 async def test_a_torchrun_job_with_its_input_straggler(request: pytest.FixtureRequest) -> None:
-    """A real two-rank job (ddp_loop.py --slow-rank 1), every rank recorded: rank 0 shown, rank 1 named the straggler."""
+    """A real two-rank job (ddp_loop.py --slow-rank 1), every rank recorded: rank 0 shown, rank 1 the straggler."""
     await snapshot(request, ReplaySession.from_file(RANKS_RECORDED), "ranks_120x40", (120, 40))
 
 

@@ -115,7 +115,8 @@ def test_lightning_ddp_under_torchrun_re_creates_its_loaders_and_every_rank_stil
         assert after["train"] == before["train"] and len(after["train"]) == 20  # this rank's shard, in order
         assert after["weights"] == before["weights"] and after["losses"] == before["losses"]
         assert f"loadertop: rank {rank}: {TRAIN}: switching 0 -> 2 workers after batch 3" in watched.stderr
-    created = [line for line in watched.stderr.splitlines() if ": DataLoader " in line and "training loader" not in line]
+    created = [line for line in watched.stderr.splitlines()
+               if ": DataLoader " in line and "training loader" not in line]
     assert len(created) == 4  # train and validation on each rank: the re-created ones are not new loaders
     rows = [r for r in records(record) if "event" not in r and r["loader"] == TRAIN]
     assert sorted({(r["rank"], r["num_workers"]) for r in rows}) == [(0, 0), (0, 2), (1, 0), (1, 2)]

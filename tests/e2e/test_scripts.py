@@ -50,7 +50,8 @@ def test_switches_mid_epoch_leave_the_scripts_batches_and_randomness_as_they_wer
     # The script's output passes through unchanged; loadertop's lines go to stderr, prefixed.
     assert watched.stdout == plain.stdout and "loadertop:" not in watched.stdout
     assert "loadertop: DataLoader plain_loop.py:" in watched.stderr
-    assert "switching 0 -> 2 workers after batch 3" in watched.stderr and "2 -> 1 worker after batch 9" in watched.stderr
+    assert "switching 0 -> 2 workers after batch 3" in watched.stderr
+    assert "2 -> 1 worker after batch 9" in watched.stderr
     train = [r for r in records(record) if r["loader"] == records(record)[0]["loader"]]
     # Overlapped switches: the old workers deliver what they were given, then the new ones go on, in order.
     ran = [r["num_workers"] for r in train]

@@ -1,4 +1,4 @@
-"""torchrun, unmodified, under ``loadertop run``: every rank instrumented and switched, each rank's shard kept exactly."""
+"""torchrun, unmodified, under ``loadertop run``: every rank instrumented and switched, each rank's shard kept exact."""
 
 from __future__ import annotations
 
@@ -215,7 +215,8 @@ def test_a_rank_that_crashes_is_named_with_its_exit_code_and_traceback_and_the_o
     session.start()
     try:
         assert child.wait(120) == 1  # torchrun's own behaviour: it stops the group and exits 1
-        said = "the script exited with code 1; rank 1 failed first (exit code 1): RuntimeError: rank 1 fails at batch 60"
+        said = ("the script exited with code 1; rank 1 failed first (exit code 1): "
+                "RuntimeError: rank 1 fails at batch 60")
         wait_for(lambda: session.view().script.ended == said, 20)  # once the monitor has seen torchrun end
         view = session.view()
         ranks = {r.rank: r for r in view.script.ranks}

@@ -4,7 +4,8 @@
 
 Each rank writes OUT_PREFIX.rank<R>.json: the sample indices of every batch it trained on, and
 the final weights' sum (the same on every rank: DDP averages the gradients). --slow-rank makes
-one rank's dataset wait 5 ms more per sample (its storage is slow: an input straggler); --fail RANK:BATCH makes a rank raise.
+one rank's dataset wait 5 ms more per sample (its storage is slow: an input straggler); --fail RANK:BATCH
+makes a rank raise.
 """
 
 import argparse

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from loadertop import LoaderConfig, Trainer, TrainerState
 from loadertop.core import builtin
+from loadertop.core.protocol.records import BatchRecord
 
 
 def test_images_are_generated_once_deterministically_as_png_class_folders(tmp_path: Path) -> None:
@@ -21,7 +23,10 @@ def test_images_are_generated_once_deterministically_as_png_class_folders(tmp_pa
     assert files_a == sorted(p.relative_to(b) for p in b.rglob("*.png"))
     assert all((a / p).read_bytes() == (b / p).read_bytes() for p in files_a)
     other = builtin.ensure_images(tmp_path / "c", seed=6, num_images=40)
-    contents = lambda root: {p.relative_to(root): p.read_bytes() for p in root.rglob("*.png")}
+
+    def contents(root: Path) -> dict[Path, bytes]:
+        return {p.relative_to(root): p.read_bytes() for p in root.rglob("*.png")}
+
     assert contents(other) != contents(a)
     mtime = (a / files_a[0]).stat().st_mtime_ns
     builtin.ensure_images(a, seed=5, num_images=40)  # already there: not rewritten
@@ -54,7 +59,10 @@ def test_the_builtin_classes_are_learnable() -> None:
     records = trainer.store.snapshot().records
     first = [r for r in records if r.epoch == 1]
     last = [r for r in records if r.epoch == 2]
-    mean = lambda rs, f: sum(f(r) for r in rs) / len(rs)
+
+    def mean(rs: list[BatchRecord], f: Callable[[BatchRecord], float]) -> float:
+        return sum(f(r) for r in rs) / len(rs)
+
     assert mean(last, lambda r: r.loss) < 0.8 * mean(first, lambda r: r.loss)
     assert mean(last, lambda r: r.accuracy) > mean(first, lambda r: r.accuracy) + 0.1
     assert mean(last, lambda r: r.accuracy) > 0.5  # ten classes: chance is 0.1

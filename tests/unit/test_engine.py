@@ -36,11 +36,8 @@ def test_load_time_matches_a_known_sleep_per_sample(num_workers: int) -> None:
     [summary] = trainer.store.summaries()
     assert summary.batches + summary.warmup_batches == 60
     assert summary.warmup_batches == max(1, num_workers)
-    if num_workers == 0:
-        expected_ms = batch_ms
-    else:
-        # k workers each make a batch in batch_ms; the step waits for the rest of it.
-        expected_ms = batch_ms / num_workers - summary.compute_ms_mean
+    # k workers each make a batch in batch_ms; the step waits for the rest of it.
+    expected_ms = batch_ms if num_workers == 0 else batch_ms / num_workers - summary.compute_ms_mean
     ratio = summary.load_ms_mean / expected_ms
     # Loose bounds: the test suite shares a noisy machine; benchmarks/accuracy.py measures the 5% target.
     assert 0.8 < ratio < 1.25, f"load {summary.load_ms_mean:.2f} ms vs expected {expected_ms:.2f} ms"

@@ -105,7 +105,10 @@ def test_a_batch_size_change_keeps_the_old_size_for_the_old_workers_batches(fixe
     make = shuffled(2)
     expected, expected_rng = stock(make)
     seen, rng, records = run(make, {3: {"batch_size": 7, "num_workers": 1}})
-    flat = lambda batches: [i for b in batches for i in b]
+
+    def flat(batches: list[list[int]]) -> list[int]:
+        return [i for b in batches for i in b]
+
     assert flat(seen) == flat(expected) and torch.equal(rng, expected_rng)
     # 4 in flight + 2 of 4 from the old workers (4-9): 64 samples left, regrouped by 7 (9 x 7 + 1).
     assert [len(b) for b in seen] == [4] * 9 + [7] * 9 + [1] + [7] * 14 + [2]

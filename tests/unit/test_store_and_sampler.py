@@ -85,10 +85,12 @@ def test_snapshots_are_consistent_while_another_thread_writes() -> None:
 
 
 def test_config_keys_and_validation() -> None:
-    assert LoaderConfig(num_workers=2, batch_size=64, persistent_workers=True, prefetch_factor=4).key == "w2 b64 persist pf4"
+    persistent = LoaderConfig(num_workers=2, batch_size=64, persistent_workers=True, prefetch_factor=4)
+    assert persistent.key == "w2 b64 persist pf4"
     assert LoaderConfig(num_workers=0, persistent_workers=True).key == "w0 b32"  # no workers, nothing to persist
     assert LoaderConfig(num_workers=1).describe() == "1 worker, batch 32"
-    kwargs = LoaderConfig(num_workers=0, prefetch_factor=4, persistent_workers=True).loader_kwargs(pin_memory_allowed=False)
+    no_workers = LoaderConfig(num_workers=0, prefetch_factor=4, persistent_workers=True)
+    kwargs = no_workers.loader_kwargs(pin_memory_allowed=False)
     assert kwargs == {"num_workers": 0, "batch_size": 32, "pin_memory": False}
     with pytest.raises(ConfigError, match="num_workers must be >= 0"):
         LoaderConfig(num_workers=-1).validate()

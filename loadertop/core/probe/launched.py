@@ -197,7 +197,8 @@ def rank_of_process() -> Rank | None:
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     except (KeyError, ValueError):
         return None
-    return Rank(rank, _env_int("LOCAL_RANK", rank), world, _env_int("LOCAL_WORLD_SIZE", world), _env_int("GROUP_RANK", 0))
+    return Rank(rank, _env_int("LOCAL_RANK", rank), world, _env_int("LOCAL_WORLD_SIZE", world),
+                _env_int("GROUP_RANK", 0))
 
 
 def _env_int(name: str, default: int) -> int:
@@ -313,7 +314,10 @@ class LaunchedRun(Publisher):
             hello.update(rank=self.rank.rank, local_rank=self.rank.local_rank, world_size=self.rank.world_size,
                          local_world_size=self.rank.local_world_size, node_rank=self.rank.node_rank)
             prefix = f"rank {self.rank.rank}: "
-            say = lambda text: say_on_stderr(prefix + text)
+
+            def say(text: str) -> None:
+                say_on_stderr(prefix + text)
+
         self._peers: Any = None
         self._next_peer = 0.0
         if self.rank is not None and self.rank.world_size > self.rank.local_world_size:  # ranks on other nodes

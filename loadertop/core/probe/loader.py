@@ -341,13 +341,13 @@ class DataLoader(torch.utils.data.DataLoader):
         active = self._running()
         request = self._request
         pending = request.get("num_workers") if request else None
+        restarts = pending is not None and not self.continues_exactly
         if active is None:
-            return LoaderStatus(self.name, self.num_workers, pending, pending is not None and not self.continues_exactly,
-                                self._epoch, self._switches, ())
+            return LoaderStatus(self.name, self.num_workers, pending, restarts, self._epoch, self._switches, ())
         delivering, starting = active.generations()
         if starting is None:
-            return LoaderStatus(self.name, self.num_workers, pending, pending is not None and not self.continues_exactly,
-                                self._epoch, self._switches, delivering.pids())
+            return LoaderStatus(self.name, self.num_workers, pending, restarts, self._epoch, self._switches,
+                                delivering.pids())
         # Mid-overlap: the loader's settings are already the starting generation's; it is pending until the handover.
         new_pids = starting.pids()
         return LoaderStatus(self.name, delivering.num_workers, starting.num_workers if pending is None else pending,
@@ -828,7 +828,8 @@ class _SwitchingIterator:
         loader = self._loader
         if regroup:  # the rest of the epoch, sample by sample, in batches of the new size
             indices = itertools.chain(itertools.chain.from_iterable(again), itertools.chain.from_iterable(rest))
-            return _IssuedIndices(_batches(indices, loader.batch_size, loader.drop_last), tracking=loader.num_workers > 0)
+            regrouped = _batches(indices, loader.batch_size, loader.drop_last)
+            return _IssuedIndices(regrouped, tracking=loader.num_workers > 0)
         return _IssuedIndices(rest, again, tracking=loader.num_workers > 0)
 
     def _start_generation(self, stream: _IssuedIndices, base_seed: int) -> _Generation:

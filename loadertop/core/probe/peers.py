@@ -5,9 +5,10 @@ called ``init_process_group``, each rank's writer thread puts a short summary of
 once a second (``loadertop/rank<R>``: its node, pid, host, workers, recent load and step, speed,
 batches), and the first rank of each node reads the other nodes' summaries and publishes them on
 its socket as ``peer`` messages. A monitor's switch for a rank of another node goes the same
-way: ``loadertop/switch/rank<R>``, taken (and deleted) by that rank within a second. A monitor on any node thus shows every rank of the job: its own
-node's in full, the others' from their summaries. The store is only touched from the writer
-thread, at most once a second, never from the loop.
+way: ``loadertop/switch/rank<R>``, taken (and deleted) by that rank within a second. A monitor
+on any node thus shows every rank of the job: its own node's in full, the others' from their
+summaries. The store is only touched from the writer thread, at most once a second, never from
+the loop.
 """
 
 from __future__ import annotations

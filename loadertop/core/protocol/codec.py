@@ -107,13 +107,17 @@ class LineReader:
         try:
             message = json.loads(line)
         except (UnicodeDecodeError, ValueError):
-            return self._reject("malformed", f"not JSON: {line[:60]!r}")
+            self._reject("malformed", f"not JSON: {line[:60]!r}")
+            return None
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
-            return self._reject("malformed", f"not a message object: {line[:60]!r}")
+            self._reject("malformed", f"not a message object: {line[:60]!r}")
+            return None
         if message.get("v") != VERSION:
-            return self._reject("wrong_version", f"protocol version {message.get('v')!r}, this side speaks {VERSION}")
+            self._reject("wrong_version", f"protocol version {message.get('v')!r}, this side speaks {VERSION}")
+            return None
         if message["type"] not in self.known:
-            return self._reject("unknown_type", f"unknown message type {message['type']!r}")
+            self._reject("unknown_type", f"unknown message type {message['type']!r}")
+            return None
         return message
 
     def _reject(self, reason: str, text: str) -> None:

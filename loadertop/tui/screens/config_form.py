@@ -37,7 +37,8 @@ def parse_form(base: LoaderConfig, batch_size: str, prefetch: str, pin: bool, pe
     try:
         timeout_s = float(timeout.strip()) if timeout.strip() else 0.0
     except ValueError:
-        raise ConfigError(f"timeout must be a number of seconds >= 0 or empty for none, got {timeout.strip()!r}") from None
+        raise ConfigError(
+            f"timeout must be a number of seconds >= 0 or empty for none, got {timeout.strip()!r}") from None
     config = replace(base, batch_size=batch, prefetch_factor=prefetch_factor, pin_memory=pin,
                      persistent_workers=persistent, start_method=start_method, timeout_s=timeout_s)
     config.validate()
@@ -55,7 +56,9 @@ class ConfigForm(ModalScreen[LoaderConfig | None]):
     ConfigForm #form-error { color: $error; height: auto; }
     """
 
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "cancel", tooltip="Close without changing the pending settings")]
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "cancel", "cancel", tooltip="Close without changing the pending settings"),
+    ]
 
     def __init__(self, pending: LoaderConfig, *, pin_memory_note: str = "") -> None:
         super().__init__()

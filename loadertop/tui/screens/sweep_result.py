@@ -19,7 +19,9 @@ from loadertop.core.protocol.config import LoaderConfig
 class SweepResult(ModalScreen[bool]):
     """Dismissed with True to continue at the recommended configuration (Enter), False to keep the current (Esc)."""
 
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "keep", "keep", tooltip="Keep training at the current count")]
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "keep", "keep", tooltip="Keep training at the current count"),
+    ]
 
     def __init__(self, advice: Advice, recommended: LoaderConfig, current: LoaderConfig) -> None:
         super().__init__()

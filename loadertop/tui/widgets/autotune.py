@@ -71,7 +71,7 @@ def change_rows(change: Change, width: int) -> list[Text]:
 
 
 def pick_counts(curve: Curve, rows: int, first: Sequence[int], then: Sequence[int] = ()) -> list[int]:
-    """At most ``rows`` of the curve's counts: ``first``, the fewest workers predicted fastest, ``then``, the nearest."""
+    """At most ``rows`` of the curve's counts: ``first``, the fewest workers predicted fastest, ``then`` the nearest."""
     counts = [n for n, _ in curve]
     if len(counts) <= rows:
         return counts

@@ -115,5 +115,6 @@ class ComparisonTable(ViewWidget):
             text.append(advice.reason)
         if spare >= 3 and advice.warnings:
             text.append("\n! ", "bold red")
-            text.append(advice.warnings[0] + (f" (+{len(advice.warnings) - 1} more)" if len(advice.warnings) > 1 else ""))
+            more = f" (+{len(advice.warnings) - 1} more)" if len(advice.warnings) > 1 else ""
+            text.append(advice.warnings[0] + more)
         return text

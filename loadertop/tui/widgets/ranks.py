@@ -48,7 +48,8 @@ class RanksPanel(ViewWidget):
             elif info.host:
                 text.append(f"  on {info.host} (another node)", "dim")
         if script.other_nodes:
-            text.append(f"\n{script.other_nodes} more ranks on other nodes: a monitor on their node watches them", "dim")
+            text.append(f"\n{script.other_nodes} more ranks on other nodes: a monitor on their node watches them",
+                        "dim")
         if straggler is not None:
             text.append(f"\ninput straggler: rank {straggler.rank}, score {straggler.score:.2f} (the share of "
                         "every rank's iteration lost waiting for its data)", "bold red")
