@@ -12,7 +12,8 @@ a known step), for each landscape:
    least 9 of 10), the batches until it settled on a count within 5% of the best divided by the batches
    of a full sweep over 0..2x cores at the sweep's default 100 steady batches a count (goal <= 1/3),
    and the samples it trained divided by the mean of ``--fixed-repeats`` runs fixed at the best count
-   of the sweeps before the repeats, for as long (goal >= 0.9). Every repeat is printed, then the counts of repeats that met each goal.
+   of the sweeps before the repeats, for as long (goal >= 0.9). Every repeat is printed, then the
+   counts of repeats that met each goal.
 
 The stall of a switch with and without overlapped restarts is ``benchmarks/switch_stall.py``'s.
 
