@@ -13,7 +13,10 @@ a CPU budget (cores) and a memory budget. It keeps apart what the **workers** sp
   still waits a little, which more workers (more batches in flight) absorb;
 - what a count measured and the limits predicted for it give its **efficiency** (measured /
   predicted: contention, overheads the limits do not see); a count not measured is predicted with
-  the efficiency of the measured count nearest to it, so the curve passes through the measurements;
+  the efficiency of the measured count nearest to it, so the curve passes through the measurements.
+  One exception: past the most workers measured, where the CPU budget is what stops that count, the
+  shortfall is taken as cores left idle while workers block (on the queues, on each other), which
+  more workers fill: it shrinks as ``measured workers / workers``;
 - a count whose workers would pass the memory budget is not predicted (``None``): each worker adds its
   USS (what only it holds: the pages it shares with the main process are not new), grown for
   ``MEMORY_HORIZON_S`` more at its measured rate.
@@ -151,7 +154,8 @@ class Model:
 
     def efficiency_at(self, num_workers: int) -> float:
         """The efficiency of the measured count with workers nearest to ``num_workers`` (1 without any);
-        between two measured counts, the line between theirs."""
+        between two measured counts, the line between theirs; past the most workers measured, where the
+        CPU budget stops that count, the shortfall shrinks as ``measured / num_workers`` (idle cores filled)."""
         if num_workers == 0 or not self.efficiency:
             return 1.0
         below = [(n, e) for n, e in self.efficiency if n <= num_workers]
@@ -159,7 +163,19 @@ class Model:
         if below and above:
             (n0, e0), (n1, e1) = below[-1], above[0]
             return e0 if n1 == n0 else e0 + (e1 - e0) * (num_workers - n0) / (n1 - n0)
-        return (below[-1] if below else above[0])[1]
+        if below:
+            n0, e0 = below[-1]
+            return 1.0 - (1.0 - e0) * n0 / num_workers if e0 < 1.0 and self.cpu_bound(n0) else e0
+        return above[0][1]
+
+    def cpu_bound(self, num_workers: int) -> bool:
+        """Whether the CPU budget is the tightest of the three limits at ``num_workers`` (False when unknown)."""
+        if num_workers == 0 or not math.isfinite(self.cpu_s_per_batch) or self.cpu_s_per_batch <= 0:
+            return False
+        ceiling = self.cores / self.cpu_s_per_batch
+        workers = num_workers / self.make_s if math.isfinite(self.make_s) and self.make_s > 0 else math.inf
+        loop = 1.0 / self.step_s if self.step_s > 0 else math.inf
+        return ceiling <= min(workers, loop)
 
     def predict(self, num_workers: int) -> float | None:
         """Samples/s at ``num_workers`` (the measured figure where there is one); None past the memory budget."""
