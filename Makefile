@@ -1,12 +1,13 @@
 # make run: set up .venv and start loadertop on the built-in workload. make test: set up and run every test.
 # make lint: ruff's checks over the tree and mypy (strict where pyproject.toml says).
+# make docs: the docs/ site (mkdocs-material), built strictly into site/: a broken link or anchor fails it.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 
-.PHONY: run test lint bench screenshots clean
+.PHONY: run test lint docs bench screenshots clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +23,9 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m mypy
+
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
 
 bench: $(STAMP)
 	$(PY) benchmarks/accuracy.py
@@ -39,4 +43,4 @@ screenshots: $(STAMP)
 	$(PY) screenshots/make_screenshots.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache site

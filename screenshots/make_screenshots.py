@@ -1,8 +1,9 @@
-"""Draw the README's screenshots: the real app, fed the recorded sessions in screenshots/*.json.
+"""Draw the screenshots of the README and docs/: the real app, fed the recorded sessions in screenshots/*.json.
 
     make screenshots        (or: python screenshots/make_screenshots.py)
 
-The recordings are real runs on the machine named in the README: the built-in workload
+The SVGs go to docs/images/ (mkdocs serves only what is under docs/; the README links there too).
+The recordings are real runs on the machine named in docs/benchmarks.md: the built-in workload
 (``screenshots/record_session.py`` makes a new one), a user's script under the monitor
 (``screenshots/record_script_session.py``), a torchrun job, every rank's view, before and after
 its straggler's switch (``screenshots/record_ranks_session.py``) and an autotuned run once it settled
@@ -24,6 +25,7 @@ from loadertop.core.session import SessionView
 from loadertop.tui.app import LoaderTopApp
 
 HERE = Path(__file__).resolve().parent
+IMAGES = HERE.parent / "docs" / "images"
 
 
 async def shoot(view: SessionView | Path, name: str, size: tuple[int, int],
@@ -35,8 +37,8 @@ async def shoot(view: SessionView | Path, name: str, size: tuple[int, int],
         if before is not None:
             await before(pilot)
         await pilot.pause()
-        path = HERE / f"{name}.svg"
-        app.save_screenshot(filename=path.name, path=str(HERE))
+        path = IMAGES / f"{name}.svg"
+        app.save_screenshot(filename=path.name, path=str(IMAGES))
     return path
 
 

@@ -1,4 +1,4 @@
-"""The README's "Use it on your own model" factory runs as written."""
+"""The docs' "Use it on your own model" factory (docs/workloads.md) runs as written."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ from pathlib import Path
 from tests.conftest import ROOT
 
 
-def test_the_readme_factory_runs_headless(tmp_path: Path) -> None:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    block = re.search(r"   ```python\n   # mytrain.py\n(.*?)   ```", readme, re.DOTALL)
-    assert block is not None, "the README lost its mytrain.py example"
-    code = "\n".join(line[3:] for line in block.group(1).splitlines())
+def test_the_docs_factory_runs_headless(tmp_path: Path) -> None:
+    page = (ROOT / "docs" / "workloads.md").read_text(encoding="utf-8")
+    # The block sits inside a numbered list item, indented as the item's content.
+    block = re.search(r"^( *)```python\n\1# mytrain\.py\n(.*?)^\1```", page, re.DOTALL | re.MULTILINE)
+    assert block is not None, "docs/workloads.md lost its mytrain.py example"
+    indent = len(block.group(1))
+    code = "\n".join(line[indent:] for line in block.group(2).splitlines())
     (tmp_path / "mytrain.py").write_text(code + "\n", encoding="utf-8")
     done = subprocess.run(
         [sys.executable, "-m", "loadertop", "run", "--headless", "--workload", "mytrain:make_workload",
