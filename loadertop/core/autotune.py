@@ -8,8 +8,7 @@ the loader applies them (``loadertop.core.tuning.TuneDriver``). One **round** of
    under ``TARGET_NOISE``, at least ``min_batches``, at most ``max_batches``.
 2. **Model, then jump**: fit ``loadertop.core.model`` to what was measured (the workers' CPU and
    wait per batch apart from the training process's CPU and step) and go straight to the fewest
-   workers predicted within ``AIM x within`` of the best prediction (inside the band, not at its
-   edge, where a slightly pessimistic model would land outside it; under the CPU and memory budgets,
+   workers predicted within ``within`` of the best prediction (under the CPU and memory budgets,
    ``/dev/shm`` never past 80%).
 3. **Verify where the model was unsure**: measure there and fit again (the curve now passes
    through the measurement, its neighbours scaled by how far off the prediction was); while the
@@ -51,9 +50,6 @@ RETUNE_STRIKES = 2
 """...in this many windows in a row."""
 WARMUP_PER_WORKER = 3
 """Batches per worker left out after a switch: those the new workers made ahead (see ``_start_visit``)."""
-AIM = 0.5
-"""Jumps and steps go to the fewest workers predicted within this share of ``within`` of the best: a pick
-at the band's edge lands outside it whenever the model is a little pessimistic (settling keeps ``within``)."""
 MAX_VISITS = 6
 """A round measures at most this many counts, then settles on the best of them."""
 SHM_LIMIT = 0.8
@@ -419,7 +415,7 @@ class AutoTuner:
         self._model = model
         assert model is not None
         allowed = [n for n in self.counts() if self._allowed(n, visit.num_workers)]
-        pick = model.smallest_enough(allowed, within=self.within * AIM)
+        pick = model.smallest_enough(allowed, within=self.within)
         first, self._jumped = not self._jumped, True
         if pick is not None and pick not in self._round and len(self._round) < MAX_VISITS:
             if first:
