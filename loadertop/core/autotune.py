@@ -14,10 +14,12 @@ the loader applies them (``loadertop.core.tuning.TuneDriver``). One **round** of
    through the measurement, its neighbours scaled by how far off the prediction was); while the
    model's pick is a count not yet measured, go there (at most ``MAX_VISITS`` counts a round), so
    a count that the model and the measurements put more than ``within`` below the best is never
-   tried. **Settle** on the fewest workers whose samples/s is within the measurement's own noise
-   (two standard errors of the ratio, at least ``MIN_TOLERANCE``) of the fastest measured; where
-   that noise is wider than ``within`` the measurement cannot tell, and the faster count is kept
-   (never a count that may be materially slower).
+   tried. Where the CPU budget stops the fastest measured count with cores idle (workers blocked
+   on the queues leave them so, by an amount this model cannot know), it measures as many workers
+   more as there are cores, once, to see whether they fill them. **Settle** on the fewest workers
+   surely within ``within`` of the fastest measured, the noise counted against them (measured
+   slower by at most ``within`` less two standard errors of the ratio); where the noise cannot
+   tell, the faster count is kept (never a count that may be materially slower).
 4. **Hold**: keep measuring windows at the settled count; a window whose samples/s differs from
    the settled figure by more than its noise and ``RETUNE_SHIFT``, twice in a row (hysteresis),
    starts a new round from the window's figures.
@@ -42,8 +44,8 @@ from loadertop.core.store import block_size, throughput_sem
 
 TARGET_NOISE = 0.05
 """A count is measured until two standard errors of its samples/s are within this share (or ``max_batches``)."""
-MIN_TOLERANCE = 0.02
-"""Fewer workers are preferred when at most this much slower than the fastest, even with less noise."""
+IDLE_SHARE = 0.02
+"""Cores idle beyond this share of the budget are worth filling with more workers (where the CPU is the limit)."""
 RETUNE_SHIFT = 0.15
 """Held: samples/s must move by more than this share (and the noise) to tune again."""
 RETUNE_STRIKES = 2
@@ -421,7 +423,25 @@ class AutoTuner:
             if first:
                 return self._switch("jump", pick, self._jump_reason(visit, model, pick))
             return self._switch("step", pick, self._step_reason(visit, before, model, pick))
+        fill = self._fill_idle_cores(model, allowed)
+        if fill is not None:
+            return self._switch("step", *fill)
         return self._settle()
+
+    def _fill_idle_cores(self, model: Model, allowed: Sequence[int]) -> tuple[int, str] | None:
+        """Where the CPU budget stops the fastest measured count and its readings show cores idle (its workers
+        blocked on the queues), and no count above it is measured this round: ``(its count + the cores, why)``,
+        to see whether more workers fill them (the model cannot tell how many cores blocked workers leave idle)."""
+        best = max(self._round.values(), key=lambda v: v.samples_per_s)
+        idle = self._idle_cores(best)
+        target = best.num_workers + math.ceil(self.budget.cores)
+        if (best.num_workers == 0 or not model.cpu_bound(best.num_workers) or not math.isfinite(idle)
+                or idle <= IDLE_SHARE * self.budget.cores or any(n > best.num_workers for n in self._round)
+                or target not in allowed or len(self._round) >= MAX_VISITS):
+            return None
+        return target, (f"{_workers(best.num_workers)}: {best.samples_per_s:,.0f} samples/s, the CPU the limit with "
+                        f"{idle:.1f} of {self.budget.cores:g} cores idle (workers blocked on the queues): "
+                        f"trying {target} to fill them")
 
     def _allowed(self, n: int, current: int) -> bool:
         """Within the budgets: memory (predicted), ``/dev/shm`` (never more workers when it is full)."""
@@ -437,9 +457,9 @@ class AutoTuner:
             return 0.0
         _, error = ratio_with_error(visit.samples_per_s, visit.sem, best.samples_per_s, best.sem)
         noise = NOISE_Z * error
-        if not math.isfinite(noise) or noise > self.within:
-            return MIN_TOLERANCE  # the noise cannot tell whether it is within `within`: keep the faster one
-        return max(noise, MIN_TOLERANCE)
+        if not math.isfinite(noise):
+            return 0.0
+        return max(self.within - noise, 0.0)  # surely within `within`, the noise counted against the fewer
 
     def _settle(self) -> Change:
         """Settle on the fewest measured workers within the noise of the fastest measured."""
