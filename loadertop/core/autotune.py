@@ -452,7 +452,8 @@ class AutoTuner:
         return self._model is None or self._model.fits_memory(n)
 
     def _tolerance(self, visit: Visit, best: Visit) -> float:
-        """How much slower than ``best`` a count with fewer workers may be measured and still be preferred."""
+        """How much slower than ``best`` a count with fewer workers may be measured and still be preferred:
+        ``within`` less two standard errors of the ratio (0 where the noise is unknown or wider)."""
         if visit is best:
             return 0.0
         _, error = ratio_with_error(visit.samples_per_s, visit.sem, best.samples_per_s, best.sem)
@@ -462,7 +463,7 @@ class AutoTuner:
         return max(self.within - noise, 0.0)  # surely within `within`, the noise counted against the fewer
 
     def _settle(self) -> Change:
-        """Settle on the fewest measured workers within the noise of the fastest measured."""
+        """Settle on the fewest measured workers surely within ``within`` of the fastest (see ``_tolerance``)."""
         visits = self._round
         best = max(visits.values(), key=lambda v: v.samples_per_s)
         anchor = min((v for v in visits.values()
