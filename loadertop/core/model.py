@@ -147,10 +147,14 @@ class Model:
             return math.nan
         if num_workers == 0:
             return self.samples_per_batch / (self.step_s + self.make_s)
-        rates = [num_workers / self.make_s if self.make_s > 0 else math.inf, 1.0 / self.step_s]
-        if math.isfinite(self.cpu_s_per_batch) and self.cpu_s_per_batch > 0:
-            rates.append(self.cores / self.cpu_s_per_batch)
-        return soft_min(rates) * self.samples_per_batch
+        return soft_min(self._rates(num_workers)) * self.samples_per_batch
+
+    def _rates(self, num_workers: int) -> tuple[float, float, float]:
+        """Batches/s each limit allows at ``num_workers`` (> 0): the workers, the loop, the CPU (inf: none known)."""
+        workers = num_workers / self.make_s if math.isfinite(self.make_s) and self.make_s > 0 else math.inf
+        loop = 1.0 / self.step_s if self.step_s > 0 else math.inf
+        known = math.isfinite(self.cpu_s_per_batch) and self.cpu_s_per_batch > 0
+        return workers, loop, self.cores / self.cpu_s_per_batch if known else math.inf
 
     def efficiency_at(self, num_workers: int) -> float:
         """The efficiency of the measured count with workers nearest to ``num_workers`` (1 without any);
@@ -170,12 +174,10 @@ class Model:
 
     def cpu_bound(self, num_workers: int) -> bool:
         """Whether the CPU budget is the tightest of the three limits at ``num_workers`` (False when unknown)."""
-        if num_workers == 0 or not math.isfinite(self.cpu_s_per_batch) or self.cpu_s_per_batch <= 0:
+        if num_workers == 0:
             return False
-        ceiling = self.cores / self.cpu_s_per_batch
-        workers = num_workers / self.make_s if math.isfinite(self.make_s) and self.make_s > 0 else math.inf
-        loop = 1.0 / self.step_s if self.step_s > 0 else math.inf
-        return ceiling <= min(workers, loop)
+        workers, loop, ceiling = self._rates(num_workers)
+        return math.isfinite(ceiling) and ceiling <= min(workers, loop)
 
     def predict(self, num_workers: int) -> float | None:
         """Samples/s at ``num_workers`` (the measured figure where there is one); None past the memory budget."""
