@@ -92,7 +92,7 @@ class WorkerDied(RuntimeError):
 def _dead_workers(iterator: Any) -> list[tuple[int, int, int | None]]:
     """(worker id, pid, exit code) of the iterator's workers that are no longer alive."""
     dead = []
-    for worker_id, process in enumerate(getattr(iterator, "_workers", ())):
+    for worker_id, process in enumerate(torch_compat.worker_processes(iterator)):
         try:
             if not process.is_alive():
                 dead.append((worker_id, process.pid, process.exitcode))
@@ -109,7 +109,7 @@ def _worker_death(iterator: Any, exc: BaseException, grace_s: float = 1.0) -> Wo
     EOFError while the batch's shared memory handle is received. The dead process may not
     be reaped yet at that moment, so for those errors its exit is waited for briefly.
     """
-    if not getattr(iterator, "_workers", None):
+    if not torch_compat.worker_processes(iterator):
         return None
     says_exited = isinstance(exc, RuntimeError) and "exited unexpectedly" in str(exc)
     deadline = time.monotonic() + (grace_s if says_exited or isinstance(exc, (OSError, EOFError)) else 0.0)
@@ -439,7 +439,7 @@ class Trainer:
             self._cost_open = False
             self._cost_config = None
 
-    def _shutdown_workers(self, iterator: Any) -> None:
+    def _reap_workers(self, iterator: Any) -> None:
         """Shut the iterator's workers down and reap them; their last memory counts toward the peak first.
 
         The clock's lock is held while they are reaped, so no reading sees a worker twice or never.
@@ -662,7 +662,7 @@ class Trainer:
                 # "empty": a (re)start at the very end of an epoch; its first batches, in the next
                 # epoch, are still its warm-up and its start-up is still measured.
                 if not self._config.persistent_workers:
-                    self._shutdown_workers(iterator)
+                    self._reap_workers(iterator)
                     iterator = None
         except _Stop:
             raise
@@ -673,9 +673,9 @@ class Trainer:
             raise
         finally:
             if iterator is not None:
-                self._shutdown_workers(iterator)
-            if loader is not None and getattr(loader, "_iterator", None) is not None:
-                self._shutdown_workers(loader._iterator)
+                self._reap_workers(iterator)
+            if loader is not None and torch_compat.persistent_iterator(loader) is not None:
+                self._reap_workers(torch_compat.persistent_iterator(loader))
             self._close_cost()
 
     def _consume(self, loader: DataLoader, iterator: Any, start: _Start) -> tuple[str, _Start | None]:

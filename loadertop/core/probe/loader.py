@@ -193,7 +193,8 @@ class DataLoader(torch.utils.data.DataLoader):
         self._reaper: threading.Thread | None = None  # the thread reaping an overlapped switch's old workers
         self._interval_s = 0.0  # the loop's time between batches when last measured (0: never)
         self._seed_drawn = False  # a persistent setting's one draw of its workers' base seed is done
-        self._base_seed = 0  # the latest generation's workers' base seed (a private generator's seed for the next)
+        # The latest generation's workers' base seed, seeding a private generator for the next (not torch's _base_seed).
+        self._generation_seed = 0
         # Settings torch allows only with workers: kept here while there are none, for when there are again.
         self._with_workers = {key: _current(self, key) for key in _WORKERS_ONLY}
         tuning.hold_for_workers(self, held)
@@ -302,14 +303,14 @@ class DataLoader(torch.utils.data.DataLoader):
     def _retiring(self, iterator: Any) -> None:
         """Tell the retire hooks that ``iterator``'s workers are about to be shut down."""
         if self._retire_hooks:
-            pids = tuple(w.pid for w in getattr(iterator, "_workers", ()) if w.pid)
+            pids = tuple(w.pid for w in torch_compat.worker_processes(iterator) if w.pid)
             for hook in self._retire_hooks:
                 hook(self, pids)
 
     def _reap_later(self, iterator: Any) -> None:
         """Shut ``iterator``'s idle workers down and reap them in a thread: their exit takes tens of ms each,
         which the loop need not wait for (CPU readings wait for the reaping lock instead)."""
-        if not getattr(iterator, "_workers", None):
+        if not torch_compat.worker_processes(iterator):
             return
 
         def reap() -> None:
@@ -358,7 +359,7 @@ class DataLoader(torch.utils.data.DataLoader):
     @property
     def _index_sampler(self) -> Any:  # type: ignore[override]
         """Torch's index sampler, wrapped so that the indices handed to workers are known (map-style data)."""
-        real = super()._index_sampler
+        real = torch_compat.index_sampler(super())
         return _IndexSampler(self, real) if self.continues_exactly else real
 
     def __iter__(self) -> _SwitchingIterator:  # type: ignore[override]
@@ -373,7 +374,7 @@ class DataLoader(torch.utils.data.DataLoader):
             self._boundary()
         self._apply_between_epochs()
         self._epoch += 1
-        before = getattr(self, "_iterator", None)
+        before = torch_compat.persistent_iterator(self)
         created = _clock()
         inner = self._epoch_iterator()
         fresh = self.num_workers > 0 and inner is not before  # new workers (not persistent ones going on)
@@ -391,17 +392,17 @@ class DataLoader(torch.utils.data.DataLoader):
         workers under a persistent setting: an iterator made each epoch; workers started anew after a
         switch), the draws are the persistent setting's; the sampler is iterated each epoch either way.
         """
-        reused = self.persistent_workers and self.num_workers > 0 and getattr(self, "_iterator", None) is not None
+        reused = self.persistent_workers and self.num_workers > 0 and torch_compat.persistent_iterator(self) is not None
         draws = not (self.persistent_workers and self._seed_drawn)
         self._seed_drawn = bool(self.persistent_workers)
         if not draws and not reused:  # a fresh iterator, which would draw the seed: from a private generator
-            with self._private_generator(self._base_seed):
+            with self._private_generator(self._generation_seed):
                 inner = super().__iter__()
         else:
             if draws and reused:  # the persistent setting is new, its workers are not: draw as a first iter() does
                 torch_compat.draw_base_seed(self.generator)
             inner = super().__iter__()
-        self._base_seed = torch_compat.base_seed(inner, self._base_seed)
+        self._generation_seed = torch_compat.base_seed(inner)
         return inner
 
     def _running(self) -> _SwitchingIterator | None:
@@ -439,10 +440,10 @@ class DataLoader(torch.utils.data.DataLoader):
         changes = self._take_request()
         if changes is None:
             return
-        old = getattr(self, "_iterator", None)
+        old = torch_compat.persistent_iterator(self)
         if old is not None:  # persistent workers of the old settings
             self._retire(old)
-            self._iterator = None
+            torch_compat.set_persistent_iterator(self, None)
         if self._epoch:
             self._boundary()
         self._apply(changes)
@@ -487,12 +488,12 @@ class DataLoader(torch.utils.data.DataLoader):
             # Not torch's global RNG state saved and restored around this: a sampler that draws as it
             # goes (an infinite one) is pulled for the new workers' first batches here, and must stay pulled.
             with self._private_generator(base_seed):
-                inner = self._get_iterator()
+                inner = torch_compat.new_iterator(self)
         finally:
             self._stream_to_hand_out = None
-        self._base_seed = torch_compat.base_seed(inner, base_seed)
+        self._generation_seed = torch_compat.base_seed(inner)
         if self.persistent_workers and self.num_workers > 0:
-            self._iterator = inner
+            torch_compat.set_persistent_iterator(self, inner)
         return inner
 
     def expected_startup_s(self, num_workers: int) -> float:
@@ -598,7 +599,7 @@ class _Generation:
         self.error: BaseException | None = None
 
     def pids(self) -> tuple[int, ...]:
-        return tuple(w.pid for w in getattr(self.inner, "_workers", ()) if w.pid)
+        return tuple(w.pid for w in torch_compat.worker_processes(self.inner) if w.pid)
 
     def build(self, loader: DataLoader, base_seed: int) -> None:
         """Make the torch iterator in a thread of its own, and wait there for its first batch (when it is
@@ -692,7 +693,8 @@ class _SwitchingIterator:
             self._hand_over()
 
     def _shutdown_workers(self) -> None:
-        """Shut every generation's workers down (torch's iterator method, for both generations of an overlap)."""
+        """Shut every generation's workers down: torch's iterator method of that name, which this iterator stands
+        in for (``torch_compat.shutdown_workers``), done for both generations of an overlap."""
         self._loader._await_reaper()
         delivering, starting = self._pair
         if starting is not None:
@@ -843,11 +845,11 @@ class _SwitchingIterator:
         """Stop and start: the old workers are shut down, then the new ones continue what those had not delivered."""
         loader = self._loader
         old, stream = self._inner, self._stream
-        base_seed = torch_compat.base_seed(old, loader._base_seed)
+        base_seed = torch_compat.base_seed(old)
         again = stream.undelivered()
         loader._retire(old)
-        if getattr(loader, "_iterator", None) is old:
-            loader._iterator = None
+        if torch_compat.persistent_iterator(loader) is old:
+            torch_compat.set_persistent_iterator(loader, None)
         loader._boundary()
         loader._apply(changes)
         generation = self._start_generation(self._continuing(stream.source, again, "batch_size" in changes), base_seed)
@@ -862,11 +864,11 @@ class _SwitchingIterator:
             self._stream.source = iter(reserved)
         else:  # without workers torch draws from the sampler's iterator itself
             torch_compat.set_index_stream(old, iter(reserved))
-        if getattr(loader, "_iterator", None) is old:
-            loader._iterator = None  # persistent old workers: retired at the handover, by this iterator
+        if torch_compat.persistent_iterator(loader) is old:  # persistent old workers: retired at the handover, here
+            torch_compat.set_persistent_iterator(loader, None)
         loader._apply(changes)
         stream = self._continuing(rest, (), "batch_size" in changes)
-        base_seed = torch_compat.base_seed(old, loader._base_seed)
+        base_seed = torch_compat.base_seed(old)
         if loader.num_workers:
             starting = _Generation(None, stream, loader.num_workers, loader._switches, _clock(), timed=True)
             starting.build(loader, base_seed)

@@ -1,14 +1,20 @@
 """The one place where loadertop relies on or adjusts PyTorch's private DataLoader API.
 
-``install()`` runs when a loadertop loader or trainer starts (never on ``import loadertop``):
-it checks that the running torch has what loadertop uses and makes one adjustment. A torch
-without them gets one clear message naming the version and what is missing.
+Every private torch name loadertop reads, calls, sets or overrides is listed in ``_USES`` and reached
+through a function here (``persistent_iterator``, ``index_sampler``, ``worker_processes``, ``base_seed``...):
+no other module of loadertop touches one (tests/unit/test_torch_compat.py checks the source).
+
+``install()`` runs when a loadertop loader or trainer starts (never on ``import loadertop``): it checks
+that the running torch has what ``_USES`` lists on its classes and modules, and makes one adjustment.
+What torch sets only on instances (an iterator's ``_base_seed``) is checked where it is first read. A
+torch without one gets ``IncompatibleTorch`` with one line naming it and the version, never a fallback.
 """
 
 from __future__ import annotations
 
+import importlib
 import threading
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.utils.data.dataloader as _dataloader
@@ -20,14 +26,56 @@ The SIGCHLD handler that reports a dead worker at once is only installed from th
 and loadertop may train (and a loop may run) in another one: polling each second finds a killed
 worker fast. The wait's default is bound when PyTorch defines the method, hence both places."""
 
-# What loadertop uses: (owner, attribute) pairs of torch's private DataLoader API.
-_USES = (
-    (_dataloader.DataLoader, "_get_iterator"),
-    (_dataloader.DataLoader, "_index_sampler"),
-    (_dataloader, "_MultiProcessingDataLoaderIter"),
-    (_dataloader, "_BaseDataLoaderIter"),
-    (torch.utils.data._utils, "MP_STATUS_CHECK_INTERVAL"),
+SUPPORTED_TORCH = "torch>=2.4,<2.15"
+"""The torch versions loadertop is tested with, as a requirement (what the message tells a user to install)."""
+
+ON_CLASS = "on the class"
+"""A ``Use`` of a module's or a class's attribute: ``install()`` checks it."""
+
+ON_INSTANCE = "on instances"
+"""A ``Use`` of an attribute torch's ``__init__`` sets: checked where loadertop first reads it."""
+
+OVERRIDDEN = "overridden"
+"""A ``Use`` of a method or property loadertop's ``DataLoader`` overrides: ``install()`` checks that torch has it."""
+
+
+class Use(NamedTuple):
+    """One private name of torch's that loadertop relies on."""
+
+    owner: str  # the module or class that has it, by its dotted path
+    name: str
+    kind: str  # ON_CLASS, ON_INSTANCE or OVERRIDDEN
+    why: str
+
+    @property
+    def path(self) -> str:
+        """Its full dotted name (what a message names)."""
+        return f"{self.owner}.{self.name}"
+
+
+_DATALOADER = "torch.utils.data.dataloader.DataLoader"
+_BASE_ITER = "torch.utils.data.dataloader._BaseDataLoaderIter"
+_MULTI_ITER = "torch.utils.data.dataloader._MultiProcessingDataLoaderIter"
+
+_USES: tuple[Use, ...] = (
+    Use("torch.utils.data.dataloader", "_BaseDataLoaderIter", ON_CLASS, "the iterators' base class"),
+    Use("torch.utils.data.dataloader", "_MultiProcessingDataLoaderIter", ON_CLASS, "the iterator with workers"),
+    Use(_DATALOADER, "_get_iterator", ON_CLASS, "a switch makes a new generation's iterator (no persistent reuse)"),
+    Use(_DATALOADER, "_index_sampler", OVERRIDDEN, "wrapped to follow the indices handed to the workers"),
+    Use(_DATALOADER, "check_worker_number_rationality", OVERRIDDEN, "its too-many-workers warning counts cgroups"),
+    Use(_DATALOADER, "_iterator", ON_INSTANCE, "a persistent loader's iterator: retired or replaced at a switch"),
+    Use(_BASE_ITER, "_base_seed", ON_INSTANCE, "the workers' base seed: a new generation's is seeded from it"),
+    Use(_BASE_ITER, "_sampler_iter", ON_INSTANCE, "without workers, the index stream an overlapped switch cuts"),
+    Use(_MULTI_ITER, "_workers", ON_INSTANCE, "the worker processes: pids, liveness, what killed one"),
+    Use(_MULTI_ITER, "_data_queue", ON_INSTANCE, "a new generation's first batch is waiting (its start-up)"),
+    Use(_MULTI_ITER, "_shutdown_workers", ON_CLASS, "a generation's workers stopped and reaped now"),
+    Use(_MULTI_ITER, "_try_get_data", ON_CLASS, "its default worker-liveness poll shortened to 1 s"),
+    Use("torch.utils.data._utils", "MP_STATUS_CHECK_INTERVAL", ON_CLASS, "the same poll's interval"),
+    Use("torch.distributed.distributed_c10d", "_get_default_store", ON_CLASS, "torchrun's store, to reach other ranks"),
 )
+"""What loadertop uses of torch's private API: everything, each once (checked by tests/unit/test_torch_compat.py)."""
+
+_USE = {use.name: use for use in _USES}
 
 _installed = False
 _lock = threading.Lock()
@@ -37,12 +85,42 @@ class IncompatibleTorch(RuntimeError):
     """The running torch lacks part of the DataLoader internals loadertop relies on."""
 
 
+def incompatible(*paths: str) -> IncompatibleTorch:
+    """The error for a torch without ``paths`` (full dotted names), in one line naming them and its version."""
+    return IncompatibleTorch(f"loadertop needs {', '.join(paths)}, which torch {torch.__version__} does not have: "
+                             f"use {SUPPORTED_TORCH}")
+
+
+def _applies(use: Use) -> bool:
+    """Whether this torch should have ``use`` (torch.distributed's only where torch is built with it)."""
+    return not use.owner.startswith("torch.distributed.") or torch.distributed.is_available()
+
+
+def _resolve(dotted: str) -> Any:
+    """The module or class named ``dotted`` (None where this torch has none)."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            found: Any = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for part in parts[cut:]:
+            found = getattr(found, part, None)
+            if found is None:
+                return None
+        return found
+    return None
+
+
 def missing() -> list[str]:
-    """The private names loadertop needs that this torch does not have."""
-    absent = [f"{getattr(owner, '__name__', owner)}.{name}" for owner, name in _USES if not hasattr(owner, name)]
-    multi = getattr(_dataloader, "_MultiProcessingDataLoaderIter", None)
-    if multi is not None and not hasattr(multi, "_shutdown_workers"):
-        absent.append("_MultiProcessingDataLoaderIter._shutdown_workers")
+    """The private names (full dotted) loadertop needs on torch's modules and classes that this torch lacks."""
+    absent = []
+    for use in _USES:
+        if use.kind == ON_INSTANCE or not _applies(use):
+            continue
+        owner = _resolve(use.owner)
+        if owner is None or not hasattr(owner, use.name):
+            absent.append(use.path)
     return absent
 
 
@@ -54,10 +132,7 @@ def install() -> None:
             return
         absent = missing()
         if absent:
-            raise IncompatibleTorch(
-                f"loadertop cannot instrument DataLoaders of torch {torch.__version__}: it lacks {', '.join(absent)} "
-                "(loadertop is tested with torch 2.4 to 2.14)"
-            )
+            raise incompatible(*absent)
         torch.utils.data._utils.MP_STATUS_CHECK_INTERVAL = WORKER_CHECK_INTERVAL_S
         multi = _dataloader._MultiProcessingDataLoaderIter
         if getattr(multi._try_get_data, "__defaults__", None):
@@ -65,8 +140,59 @@ def install() -> None:
         _installed = True
 
 
+def _read(obj: Any, name: str) -> Any:
+    """``obj``'s attribute ``name`` (one of ``_USES``), or ``IncompatibleTorch`` naming it where torch set none."""
+    try:
+        return getattr(obj, name)
+    except AttributeError:
+        raise incompatible(_USE[name].path) from None
+
+
+# ------------------------------------------------------------------ the loader
+
+
+def new_iterator(loader: Any) -> Any:
+    """A new torch iterator for ``loader``'s current settings (``__iter__`` would reuse a persistent one)."""
+    return loader._get_iterator()
+
+
+def index_sampler(view: Any) -> Any:
+    """Torch's index sampler (the sampler, or the batch sampler where the loader batches) of ``view``: a
+    loader, or ``super()`` in a subclass whose own ``_index_sampler`` wraps torch's."""
+    return view._index_sampler
+
+
+def persistent_iterator(loader: Any) -> Any:
+    """The iterator a persistent loader keeps across epochs (None before its first ``iter()``, or once retired)."""
+    return _read(loader, "_iterator")
+
+
+def set_persistent_iterator(loader: Any, iterator: Any) -> None:
+    """Make ``iterator`` the one the loader's next ``iter()`` goes on with (None: the next one makes a new one)."""
+    _read(loader, "_iterator")  # a torch whose loader keeps none would ignore it: fail instead
+    loader._iterator = iterator
+
+
+# ---------------------------------------------------------------- its iterators
+
+
+def worker_processes(iterator: Any) -> tuple[Any, ...]:
+    """A DataLoader iterator's worker processes (``multiprocessing`` processes; () for one without workers).
+
+    ``iterator`` is torch's, or one that passes torch's attributes on (loadertop's, for the generation delivering).
+    """
+    try:
+        return tuple(iterator._workers)
+    except AttributeError:
+        if isinstance(iterator, _dataloader._MultiProcessingDataLoaderIter):
+            raise incompatible(_USE["_workers"].path) from None
+        return ()  # no workers: torch's single-process iterator (or none yet)
+
+
 def shutdown_workers(iterator: Any) -> None:
-    """Stop a DataLoader iterator's worker processes now (and reap them), not whenever it is collected."""
+    """Stop a DataLoader iterator's worker processes now (and reap them), not whenever it is collected.
+
+    An iterator without workers has nothing to stop; loadertop's own stops every generation's."""
     shutdown = getattr(iterator, "_shutdown_workers", None)
     if shutdown is not None:
         shutdown()
@@ -79,14 +205,13 @@ def set_index_stream(iterator: Any, indices: Any) -> None:
     ``_BaseDataLoaderIter.__init__`` and ``_reset``); a loader without workers draws one as it
     makes each batch, so its stream can be cut there while it runs.
     """
-    if not hasattr(iterator, "_sampler_iter"):
-        raise IncompatibleTorch(f"torch {torch.__version__}'s DataLoader iterator has no _sampler_iter to continue")
+    _read(iterator, "_sampler_iter")
     iterator._sampler_iter = indices
 
 
-def base_seed(iterator: Any, default: int) -> int:
-    """The base seed a DataLoader iterator gave its workers (``default`` where it has none to tell)."""
-    return int(getattr(iterator, "_base_seed", default))
+def base_seed(iterator: Any) -> int:
+    """The base seed a torch DataLoader iterator gave (or would give) its workers."""
+    return int(_read(iterator, "_base_seed"))
 
 
 def draw_base_seed(generator: torch.Generator | None) -> int:
@@ -98,10 +223,10 @@ def draw_base_seed(generator: torch.Generator | None) -> int:
 def wait_for_first_batch(iterator: Any, stop: threading.Event, poll_s: float = 0.005) -> bool:
     """Block until a DataLoader iterator's workers have a batch (or a worker's error) waiting for it, without
     taking it; False once ``stop`` is set or a worker has died first (``next()`` then reports it)."""
-    data_queue = getattr(iterator, "_data_queue", None)  # the workers' (or the pin-memory thread's) output
-    workers = getattr(iterator, "_workers", ())
-    if data_queue is None:
-        return False
+    if not isinstance(iterator, _dataloader._MultiProcessingDataLoaderIter):
+        return False  # no workers: a batch is made in next()
+    data_queue = _read(iterator, "_data_queue")  # the workers' (or the pin-memory thread's) output
+    workers = worker_processes(iterator)
     while not stop.is_set():
         if not data_queue.empty():
             return True
@@ -131,24 +256,11 @@ def set_device_index(index: int) -> None:
         torch.cuda.set_device(index)
 
 
-def set_batch_size(loader: Any, batch_size: int) -> None:
-    """Give a loader that batches by itself a new batch size (torch forbids setting it after ``__init__``)."""
-    sampler = torch.utils.data.BatchSampler(loader.sampler, batch_size, loader.drop_last)
-    object.__setattr__(loader, "batch_size", batch_size)
-    object.__setattr__(loader, "batch_sampler", sampler)
-
-
-def set_persistent_workers(loader: Any, persistent: bool) -> None:
-    """Keep (or stop keeping) a loader's workers across epochs (torch forbids setting it after ``__init__``)."""
-    object.__setattr__(loader, "persistent_workers", persistent)
-
-
 def default_store() -> Any:
     """The default process group's c10d store (torchrun's rendezvous store), or None before
-    ``init_process_group`` or where torch.distributed has none (private API, so looked up here)."""
+    ``init_process_group`` or where torch is built without torch.distributed."""
     import torch.distributed as dist
 
     if not dist.is_available() or not dist.is_initialized():
         return None
-    get = getattr(dist.distributed_c10d, "_get_default_store", None)
-    return get() if get is not None else None
+    return _read(dist.distributed_c10d, "_get_default_store")()
