@@ -18,7 +18,6 @@ Needs tmux.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import subprocess
@@ -32,13 +31,13 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from loadertop.core.protocol.records import read_records
 from tests.e2e.tmux import TmuxApp, app_key_latencies_ms, percentiles_text, step_of
 
 
 def throughput(record: Path, skip: int) -> float:
     """Steady samples/s from a --record file: samples after ``skip`` batches over their wall time."""
-    rows = [json.loads(line) for line in record.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if "event" not in r]  # batches only: memory lines come with every system sample
+    rows = [r for r in read_records(record) if "event" not in r]  # batches only: memory lines come with every sample
     rows = [r for r in rows[skip:] if not r["warmup"]]
     if len(rows) < 2:
         raise RuntimeError(f"{record}: too few batches to measure")

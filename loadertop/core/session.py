@@ -7,7 +7,6 @@ Front-ends (the TUI, tests, other tools) talk to a ``Session``: they pull a
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import threading
@@ -21,7 +20,7 @@ from loadertop.core.engine import Trainer, TrainerState
 from loadertop.core.probe.publisher import Publisher
 from loadertop.core.procs import reap_children
 from loadertop.core.protocol.config import LoaderConfig
-from loadertop.core.protocol.records import BatchRecord
+from loadertop.core.protocol.records import BatchRecord, record_line
 from loadertop.core.store import refill_batches
 from loadertop.core.sweep import DEFAULT_BATCHES, Sweep
 from loadertop.core.system import SystemSampler, SystemSnapshot
@@ -32,7 +31,7 @@ QUIT_WITHIN_S = 2.5
 
 
 class JsonlRecorder:
-    """Writes each batch record as one JSON line, flushed at once (``--record``)."""
+    """Writes each batch record as one JSON line in the record schema, flushed at once (``--record``)."""
 
     def __init__(self, file: IO[str]) -> None:
         self.file = file
@@ -45,7 +44,7 @@ class JsonlRecorder:
     def write(self, line: dict[str, object]) -> None:
         """Append one JSON object (a batch, or an event such as ``{"event": "autotune", ...}``)."""
         with self._lock:
-            self.file.write(json.dumps(line) + "\n")
+            self.file.write(record_line(line))
             self.file.flush()
 
 

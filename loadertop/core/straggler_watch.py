@@ -15,7 +15,6 @@ publish on their sockets as always, and a watcher that falls behind only loses m
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import threading
 import time
@@ -24,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loadertop.core.probe.publisher import say_on_stderr
+from loadertop.core.protocol.records import record_line
 from loadertop.core.ranks import RanksSession, measured_ranks
 from loadertop.core.view import ScriptView, Straggler
 
@@ -205,7 +205,7 @@ class StragglerWatch:
         if self.record is not None:
             try:
                 with open(self.record, "a", encoding="utf-8") as file:  # one write: the ranks append to it too
-                    file.write(json.dumps(change.event()) + "\n")
+                    file.write(record_line(change.event()))
             except OSError as exc:
                 self._say(f"--record {self.record}: {exc.strerror}: the straggler's events are not recorded")
                 self.record = None

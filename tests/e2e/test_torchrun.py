@@ -15,7 +15,7 @@ from loadertop.core.protocol.config import LoaderConfig
 from loadertop.core.ranks import RanksSession, find_straggler
 from loadertop.core.view import RankInfo
 from tests.e2e.test_scripts import launched, records, run
-from tests.helpers import made_at, no_children_left, wait_for
+from tests.helpers import assert_records_follow_the_schema, made_at, no_children_left, wait_for
 
 DDP = "tests/scripts/ddp_loop.py"
 LOADER = made_at(DDP, "loader = DataLoader(")
@@ -47,7 +47,8 @@ def test_every_rank_is_switched_and_keeps_its_shard_exactly(tmp_path: Path, plai
         assert after["seen"] == before["seen"]  # the DistributedSampler's shard, in order, across the switch
         assert after["weights"] == before["weights"]
         assert f"loadertop: rank {rank}: {LOADER}: switching 0 -> 2 workers after batch 3" in watched.stderr
-    rows = [r for r in records(record) if "event" not in r]
+    rows = [r for r in assert_records_follow_the_schema(record) if "event" not in r]  # one schema, every rank's
+    assert all("step_ms" in r and "compute_ms" not in r for r in rows)
     for rank in (0, 1):  # every rank's batches, with its rank, in one file
         mine = [r for r in rows if r["rank"] == rank]
         assert [r["step"] for r in mine] == list(range(1, 25))
@@ -178,7 +179,7 @@ def test_headless_names_the_slow_rank_in_a_line_in_the_end_summary_and_in_the_re
     assert summary.startswith("loadertop: input straggler over the run: rank 1, score ")
     assert re.search(r"\(named for \d+ s of the \d+ s watched\)$", summary), summary
     assert lines.index(summary) > max(i for i, line in enumerate(lines) if " with 0 workers: 360 batches" in line)
-    rows = [r for r in records(record) if "event" not in r]  # the ranks' own lines are all there
+    rows = [r for r in assert_records_follow_the_schema(record) if "event" not in r]  # the ranks' lines, all there
     assert sorted(r["step"] for r in rows if r["rank"] == 1) == list(range(1, 361))
     assert no_children_left()
 

@@ -101,8 +101,9 @@ def test_a_finished_run_records_every_batch_and_leaves_no_process(tagged_run, tm
     ran = [r["num_workers"] for r in rows]
     assert [n for i, n in enumerate(ran) if i == 0 or ran[i - 1] != n] == [2, 1, 0]
     assert ran.index(1) >= 5 and ran.index(0) >= 25
-    for key in ("step", "epoch", "num_workers", "load_ms", "compute_ms", "loss", "accuracy", "time"):
+    for key in ("schema", "step", "epoch", "num_workers", "load_ms", "step_ms", "loss", "accuracy", "time"):
         assert key in rows[0]
+    assert "compute_ms" not in rows[0]  # the record schema's name is the monitor's: step_ms
     assert f"step {ran.index(1)}: hot restart to 1 worker" in out
     assert "epoch 2/2" in out
     table = out[out.index("workers  batches"):].splitlines()

@@ -6,6 +6,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+from loadertop.core.protocol.records import RECORD_SCHEMA
 from loadertop.core.ranks import find_straggler
 from loadertop.core.replay import load_view
 from loadertop.core.straggler_watch import NOBODY, StragglerChange, StragglerHold, StragglerWatch
@@ -95,9 +96,10 @@ def test_the_recorded_job_names_rank_1_after_three_looks_and_clears_it_in_the_li
     events = [json.loads(line) for line in record.read_text().splitlines()]
     assert events[0] == {"rank": 0, "step": 1}
     assert events[1:] == [
-        {"event": "straggler", "rank": 1, "score": round(recorded.straggler.score, 4),
+        {"schema": RECORD_SCHEMA, "event": "straggler", "rank": 1, "score": round(recorded.straggler.score, 4),
          "evidence": recorded.straggler.evidence, "was": None, "step": 481, "time": 12.0},
-        {"event": "straggler", "rank": None, "score": None, "evidence": NOBODY, "was": 1, "step": 129, "time": 16.0}]
+        {"schema": RECORD_SCHEMA, "event": "straggler", "rank": None, "score": None, "evidence": NOBODY, "was": 1,
+         "step": 129, "time": 16.0}]
     watch.finish()
     assert said[-1] == (f"input straggler over the run: rank 1, score 0.70: {recorded.straggler.evidence} "
                         "(named for 4 s of the 6 s watched; none at the end)")

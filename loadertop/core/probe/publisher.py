@@ -10,7 +10,6 @@ script publishes this way (``launched.LaunchedRun``) and so does the built-in tr
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 import threading
@@ -18,6 +17,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 from typing import IO, Any
+
+from loadertop.core.protocol.records import record_line
 
 QUEUE_LIMIT = 10_000
 """Batches waiting for the writer thread; past that they are dropped (and counted), never waited for."""
@@ -265,7 +266,7 @@ class Publisher:
                 event = {**payload.to_event(), **self._tag, "loader": name,
                          "step": self._steps.get(name, 0) if name else 0}
                 if self._record is not None:
-                    self._record.write(json.dumps(event) + "\n")
+                    self._record.write(record_line(event))
                     self._record.flush()
                 self._publish("event", **event)
                 self._say(f"{name + ': ' if name else ''}autotune: {payload.line()}")
@@ -280,7 +281,7 @@ class Publisher:
                       "step_ms": None if batch.step_s is None else round(batch.step_s * 1000, 4),
                       "switch_ms": round(batch.switch_s * 1000, 4), "time": round(batch.time, 6)}
             if self._record is not None:
-                self._record.write(json.dumps(fields) + "\n")
+                self._record.write(record_line(fields))
                 self._record.flush()
             before = workers_of.get(batch.loader)
             workers_of[batch.loader] = batch.num_workers
@@ -307,7 +308,7 @@ class Publisher:
         numbers = {k: _number(v) for k, v in values.items()}
         if self._record is not None:
             line = {"event": "log", **self._tag, "loader": loader, "step": step, **numbers}
-            self._record.write(json.dumps(line) + "\n")
+            self._record.write(record_line(line))
             self._record.flush()
         self._publish("log", loader=loader, step=step,
                       metrics={k: v for k, v in numbers.items() if isinstance(v, (int, float)) or v is None})
