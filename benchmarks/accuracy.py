@@ -20,7 +20,7 @@ import psutil
 import torch
 
 from loadertop import LoaderConfig, Trainer
-from loadertop.core.calibrated import batch_cost_s, make_sleep_workload
+from loadertop.core.train.calibrated import batch_cost_s, make_sleep_workload
 
 
 def main() -> int:

@@ -1,6 +1,6 @@
 """How reliably and how fast autotune finds the best worker count, and what it costs against knowing it in advance.
 
-On calibrated workloads (``loadertop.core.calibrated``: a known storage wait and CPU per sample,
+On calibrated workloads (``loadertop.core.train.calibrated``: a known storage wait and CPU per sample,
 a known step), for each landscape:
 
 1. the truth: ``--truth-sweeps`` sweeps of every count the tuner may try (0..4x cores),
@@ -34,11 +34,11 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from loadertop.core import calibrated
-from loadertop.core.engine import Trainer
+from loadertop.core.measure.system import usable_cores
 from loadertop.core.protocol.config import LoaderConfig
-from loadertop.core.session import Session
-from loadertop.core.system import usable_cores
+from loadertop.core.sessions.session import Session
+from loadertop.core.train import calibrated
+from loadertop.core.train.engine import Trainer
 
 BATCH = 8
 WITHIN = 0.05

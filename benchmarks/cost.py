@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from loadertop.core.system import usable_cores
+from loadertop.core.measure.system import usable_cores
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKLOADS = {

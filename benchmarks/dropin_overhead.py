@@ -22,8 +22,8 @@ import time
 import torch
 from torch.utils.data import Dataset
 
+from loadertop.core.measure.system import usable_cores
 from loadertop.core.probe.loader import DataLoader
-from loadertop.core.system import usable_cores
 
 
 class Vectors(Dataset):

@@ -6,7 +6,7 @@ the ratio. Target: under 0.02 (2% of one core) at the default 1 s interval.
 
 Memory (PSS, USS) is read from ``/proc/<pid>/smaps_rollup``, which costs about a thousand times
 a read of RSS (the kernel walks the page tables): the benchmark prints what those reads cost apart.
-``--smaps-share`` sets their CPU budget (default: ``loadertop.core.memory.SMAPS_CPU_SHARE``); a large
+``--smaps-share`` sets their CPU budget (default: ``loadertop.core.measure.memory.SMAPS_CPU_SHARE``); a large
 one (``--smaps-share 1000``) reads every process at every sample, to see what the budget saves.
 
 Usage: python benchmarks/sampler_cost.py [--seconds 20] [--interval 1.0] [--workers 2] [--smaps-share 0.01]
@@ -22,9 +22,9 @@ import time
 import psutil
 
 from loadertop import LoaderConfig, Trainer
-from loadertop.core.calibrated import make_sleep_workload
-from loadertop.core.memory import SMAPS_CPU_SHARE, MemoryReader
-from loadertop.core.system import SystemSampler, SystemSnapshot
+from loadertop.core.measure.memory import SMAPS_CPU_SHARE, MemoryReader
+from loadertop.core.measure.system import SystemSampler, SystemSnapshot
+from loadertop.core.train.calibrated import make_sleep_workload
 
 
 def main() -> int:

@@ -49,7 +49,7 @@ def rates(path: Path, first: int = SKIP_S, last: int | None = None) -> float:
 
 
 def attach_monitor(pid: int, socket_path: Path) -> subprocess.Popen[bytes]:
-    code = ("import time; from pathlib import Path; from loadertop.core.remote import RemoteSession; "
+    code = ("import time; from pathlib import Path; from loadertop.core.sessions.remote import RemoteSession; "
             f"s = RemoteSession(pid={pid}, socket_path=Path({str(socket_path)!r}), read_gpus=False); s.start(); "
             "time.sleep(3600)")
     return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)

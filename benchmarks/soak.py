@@ -17,8 +17,8 @@ import time
 import psutil
 
 from loadertop import LoaderConfig, Trainer
-from loadertop.core.calibrated import make_sleep_workload
-from loadertop.core.soak import soak
+from loadertop.core.drive.soak import soak
+from loadertop.core.train.calibrated import make_sleep_workload
 
 
 def main() -> int:

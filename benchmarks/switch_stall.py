@@ -32,8 +32,8 @@ import time
 import torch
 from torch.utils.data import Dataset
 
+from loadertop.core.measure.system import usable_cores
 from loadertop.core.probe.loader import DataLoader, LoaderBatch
-from loadertop.core.system import usable_cores
 
 AFTER_HANDOVER = 10  # batches past the handover still counted: the new workers' pipeline filling up
 BEFORE_REQUEST = 40  # steady batches before each request that define the steady state

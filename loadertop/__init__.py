@@ -10,25 +10,25 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from loadertop.core.engine import Trainer as Trainer
+    from loadertop.core.measure.store import MetricsStore as MetricsStore
     from loadertop.core.probe.launched import log as log
     from loadertop.core.probe.loader import DataLoader as DataLoader
     from loadertop.core.protocol.config import ConfigError as ConfigError
     from loadertop.core.protocol.config import LoaderConfig as LoaderConfig
     from loadertop.core.protocol.status import TrainerState as TrainerState
-    from loadertop.core.store import MetricsStore as MetricsStore
-    from loadertop.core.workload import Workload as Workload
-    from loadertop.core.workload import WorkloadError as WorkloadError
+    from loadertop.core.train.engine import Trainer as Trainer
+    from loadertop.core.train.workload import Workload as Workload
+    from loadertop.core.train.workload import WorkloadError as WorkloadError
 
 _WHERE = {
     "ConfigError": "loadertop.core.protocol.config",
     "DataLoader": "loadertop.core.probe.loader",
     "LoaderConfig": "loadertop.core.protocol.config",
-    "MetricsStore": "loadertop.core.store",
-    "Trainer": "loadertop.core.engine",
+    "MetricsStore": "loadertop.core.measure.store",
+    "Trainer": "loadertop.core.train.engine",
     "TrainerState": "loadertop.core.protocol.status",
-    "Workload": "loadertop.core.workload",
-    "WorkloadError": "loadertop.core.workload",
+    "Workload": "loadertop.core.train.workload",
+    "WorkloadError": "loadertop.core.train.workload",
     "log": "loadertop.core.probe.launched",
 }
 

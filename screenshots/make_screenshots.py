@@ -20,8 +20,8 @@ from pathlib import Path
 
 from textual.pilot import Pilot
 
-from loadertop.core.replay import ReplaySession, load_view
-from loadertop.core.session import SessionView
+from loadertop.core.sessions.replay import ReplaySession, load_view
+from loadertop.core.sessions.session import SessionView
 from loadertop.tui.app import LoaderTopApp
 
 HERE = Path(__file__).resolve().parent

@@ -15,12 +15,12 @@ import argparse
 import sys
 import time
 
-from loadertop.core.autotune import default_budget
-from loadertop.core.calibrated import storage_bound
-from loadertop.core.engine import Trainer
+from loadertop.core.policy.autotune import default_budget
 from loadertop.core.protocol.config import LoaderConfig
-from loadertop.core.replay import save_view
-from loadertop.core.session import Session
+from loadertop.core.sessions.replay import save_view
+from loadertop.core.sessions.session import Session
+from loadertop.core.train.calibrated import storage_bound
+from loadertop.core.train.engine import Trainer
 
 
 def main() -> int:

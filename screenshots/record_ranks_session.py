@@ -20,11 +20,11 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from loadertop.core.launcher import spawn
+from loadertop.core.drive.launcher import spawn
 from loadertop.core.protocol.config import LoaderConfig
-from loadertop.core.ranks import RanksSession
-from loadertop.core.replay import save_view
-from loadertop.core.view import ScriptView, SessionView
+from loadertop.core.sessions.ranks import RanksSession
+from loadertop.core.sessions.replay import save_view
+from loadertop.core.sessions.view import ScriptView, SessionView
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOWN_LOG = "/run/user/1000/loadertop/run-4711.log"  # where a user's log would be (this machine's is a temp file)

@@ -15,10 +15,10 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from loadertop.core.launcher import spawn
+from loadertop.core.drive.launcher import spawn
 from loadertop.core.protocol.config import LoaderConfig
-from loadertop.core.remote import RemoteSession
-from loadertop.core.replay import save_view
+from loadertop.core.sessions.remote import RemoteSession
+from loadertop.core.sessions.replay import save_view
 
 ROOT = Path(__file__).resolve().parent.parent
 

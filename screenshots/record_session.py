@@ -14,11 +14,11 @@ import argparse
 import sys
 import time
 
-from loadertop.core.builtin import make_workload
-from loadertop.core.engine import Trainer
 from loadertop.core.protocol.config import LoaderConfig
-from loadertop.core.replay import save_view
-from loadertop.core.session import Session
+from loadertop.core.sessions.replay import save_view
+from loadertop.core.sessions.session import Session
+from loadertop.core.train.builtin import make_workload
+from loadertop.core.train.engine import Trainer
 
 
 def main() -> int:

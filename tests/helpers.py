@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from loadertop.core.procs import child_processes
+from loadertop.core.measure.procs import child_processes
 from loadertop.core.protocol.records import SCHEMA_PATH
 
 

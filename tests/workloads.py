@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from loadertop import Workload
-from loadertop.core.calibrated import SleepDataset
+from loadertop.core.train.calibrated import SleepDataset
 
 
 class RecordingModel(nn.Module):

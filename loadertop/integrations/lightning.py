@@ -36,6 +36,7 @@ from torch.utils.data import dataloader as torch_dataloader
 
 from loadertop.core.probe import launched
 from loadertop.core.probe.publisher import say_on_stderr
+from loadertop.core.protocol.environment import ENV
 
 
 def _loaders(value: Any) -> Iterator[Any]:
@@ -62,7 +63,7 @@ def _callback_class(base: type, framework: str) -> type:
             self._converting: list[Any] = []  # the Trainer's data sources that hand out loadertop's loaders
 
         def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-            standalone = launched.ENV not in os.environ  # the script's own callback, no launcher
+            standalone = ENV not in os.environ  # the script's own callback, no launcher
             run = launched.watch_this_process() if standalone else launched.current_run()
             if run is None:
                 return

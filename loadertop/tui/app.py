@@ -14,7 +14,7 @@ from textual.widgets import Footer, Static
 
 from loadertop.core.protocol.config import LoaderConfig
 from loadertop.core.protocol.status import TrainerState
-from loadertop.core.view import SessionLike, SessionView
+from loadertop.core.sessions.view import SessionLike, SessionView
 from loadertop.tui.screens import ConfigForm, HelpScreen, SweepResult
 from loadertop.tui.widgets import (
     AutotunePanel,

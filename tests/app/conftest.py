@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from loadertop.core.replay import ReplaySession, load_view
-from loadertop.core.session import SessionView
+from loadertop.core.sessions.replay import ReplaySession, load_view
+from loadertop.core.sessions.session import SessionView
 
 RECORDED = Path(__file__).resolve().parent.parent / "data" / "session.json"
 

@@ -9,9 +9,9 @@ from textual.app import Notify
 from textual.message import Message
 
 from loadertop import LoaderConfig
-from loadertop.core.autotune import Change, TunerStatus
-from loadertop.core.replay import ReplaySession
-from loadertop.core.session import SessionView
+from loadertop.core.policy.autotune import Change, TunerStatus
+from loadertop.core.sessions.replay import ReplaySession
+from loadertop.core.sessions.session import SessionView
 from loadertop.tui.app import LoaderTopApp
 from loadertop.tui.widgets import AutotunePanel, RunHeader
 from loadertop.tui.widgets.autotune import change_rows, curve_rows, pick_counts

@@ -8,9 +8,9 @@ import pytest
 from textual.widgets import Checkbox, Input, Select
 
 from loadertop import LoaderConfig, TrainerState
-from loadertop.core.engine import TrainerError
-from loadertop.core.replay import ReplaySession
-from loadertop.core.sweep import SweepProgress
+from loadertop.core.drive.sweep import SweepProgress
+from loadertop.core.sessions.replay import ReplaySession
+from loadertop.core.train.engine import TrainerError
 from loadertop.tui.app import LoaderTopApp
 from loadertop.tui.screens import ConfigForm, HelpScreen, SweepResult
 from loadertop.tui.widgets import ComparisonTable, ErrorPanel, PendingBar, RunHeader, WorkersPanel

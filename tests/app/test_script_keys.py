@@ -6,7 +6,7 @@ import dataclasses
 
 from loadertop import LoaderConfig, TrainerState
 from loadertop.core.protocol.status import TrainerError
-from loadertop.core.replay import ReplaySession
+from loadertop.core.sessions.replay import ReplaySession
 from loadertop.tui.app import LoaderTopApp
 from loadertop.tui.screens import HelpScreen
 from loadertop.tui.widgets import LogPanel, LossChart, PendingBar, RanksPanel, RunHeader
@@ -112,8 +112,8 @@ class RankedReplay:
         return getattr(self.replay, name)
 
     def view(self):
-        from loadertop.core.ranks import find_straggler
-        from loadertop.core.view import RankInfo
+        from loadertop.core.sessions.ranks import find_straggler
+        from loadertop.core.sessions.view import RankInfo
 
         view = self.replay.view()
         ranks = (RankInfo(0, 0, 2, 4711, 1, 3.2, 27.9, 540.0, 1200), RankInfo(1, 1, 2, 4712, 1, 24.8, 6.1, 538.0, 1201))

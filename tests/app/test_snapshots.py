@@ -14,12 +14,12 @@ import pytest
 from textual.pilot import Pilot
 
 from loadertop import TrainerState
-from loadertop.core.advice import MachineFacts
-from loadertop.core.engine import TrainerError
-from loadertop.core.limits import Limits
-from loadertop.core.replay import ReplaySession, load_view
-from loadertop.core.session import SessionView
-from loadertop.core.system import GpuSample
+from loadertop.core.measure.limits import Limits
+from loadertop.core.measure.system import GpuSample
+from loadertop.core.policy.advice import MachineFacts
+from loadertop.core.sessions.replay import ReplaySession, load_view
+from loadertop.core.sessions.session import SessionView
+from loadertop.core.train.engine import TrainerError
 from loadertop.tui.app import LoaderTopApp
 
 SNAPSHOTS = Path(__file__).resolve().parent / "snapshots"

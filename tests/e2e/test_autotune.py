@@ -21,7 +21,7 @@ CHANGE = re.compile(r"^autotune: (?P<reason>.+): (?:(?P<from>\d+) -> (?P<to>\d+)
 def autotuned(workload: str, tmp_path: Path, *extra: str, batches: int = 700) -> tuple[str, list[dict]]:
     record = tmp_path / "run.jsonl"
     done = run([sys.executable, "-m", "loadertop", "run", "--headless", "--autotune", "--workload",
-                f"loadertop.core.calibrated:{workload}", "--batch-size", "8", "--max-batches", str(batches),
+                f"loadertop.core.train.calibrated:{workload}", "--batch-size", "8", "--max-batches", str(batches),
                 "--record", str(record), *extra], timeout=400)
     assert done.returncode == 0, done.stderr
     return done.stdout, records(record)

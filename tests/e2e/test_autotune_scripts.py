@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from loadertop.core.system import usable_cores_exact
+from loadertop.core.measure.system import usable_cores_exact
 from tests.e2e.test_scripts import launched, records, run
 from tests.e2e.test_torchrun import torchrun
 from tests.helpers import eventually, made_at, no_children_left

@@ -12,7 +12,7 @@ import pytest
 
 from loadertop.core.protocol.config import LoaderConfig
 from loadertop.core.protocol.runtime import live_runs
-from loadertop.core.remote import RemoteSession
+from loadertop.core.sessions.remote import RemoteSession
 from tests.e2e.test_scripts import ROOT, launched, records, run
 from tests.helpers import made_at, no_children_left, wait_for
 

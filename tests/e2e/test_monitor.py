@@ -168,7 +168,7 @@ def test_the_app_runs_spawn_workers(tmp_path: Path) -> None:
 
 
 def test_a_turns_autotune_on_and_the_panel_shows_its_changes_with_their_reasons(tmp_path: Path) -> None:
-    app = TmuxApp(["run", "--workload", "loadertop.core.calibrated:storage_bound", "--batch-size", "8"], tmp_path)
+    app = TmuxApp(["run", "--workload", "loadertop.core.train.calibrated:storage_bound", "--batch-size", "8"], tmp_path)
     try:
         app.wait_for(lambda s: step_of(s) > 3, timeout=90, what="batches")
         assert "autotune:" not in app.screen()

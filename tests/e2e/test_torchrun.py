@@ -10,10 +10,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from loadertop.core.launcher import spawn
+from loadertop.core.drive.launcher import spawn
 from loadertop.core.protocol.config import LoaderConfig
-from loadertop.core.ranks import RanksSession, find_straggler
-from loadertop.core.view import RankInfo
+from loadertop.core.sessions.ranks import RanksSession, find_straggler
+from loadertop.core.sessions.view import RankInfo
 from tests.e2e.test_scripts import launched, records, run
 from tests.helpers import assert_records_follow_the_schema, made_at, no_children_left, wait_for
 
@@ -244,7 +244,7 @@ runpy.run_path(%r, run_name="__main__")
 @pytest.mark.slow
 def test_a_rank_without_loadertop_is_shown_as_not_watched(tmp_path: Path, runtime_dir: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    import loadertop.core.ranks as ranks_module
+    import loadertop.core.sessions.ranks as ranks_module
 
     monkeypatch.setattr(ranks_module, "MIXED_AFTER_S", 2.0)
     script = tmp_path / "mixed.py"
@@ -322,7 +322,7 @@ def test_attach_takes_the_ranks_of_one_job_as_one_run(tmp_path: Path, runtime_di
     import subprocess
 
     from loadertop.core.protocol.runtime import live_runs
-    from loadertop.core.ranks import torchrun_jobs
+    from loadertop.core.sessions.ranks import torchrun_jobs
 
     job = subprocess.Popen([sys.executable, "-m", "loadertop", "run", "--headless", "--",
                             *torchrun(tmp_path / "out", "--epochs", "40")],

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from loadertop.core.calibrated import CostDataset
+from loadertop.core.train.calibrated import CostDataset
 
 
 def main():

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from loadertop import LoaderConfig, Trainer
-from loadertop.core.advice import (
+from loadertop.core.measure.store import ConfigSummary, throughput_sem
+from loadertop.core.policy.advice import (
     INPUT_BOUND_SHARE,
     MachineFacts,
     advise,
@@ -21,9 +22,8 @@ from loadertop.core.advice import (
     verdict,
 )
 from loadertop.core.protocol.records import BatchRecord
-from loadertop.core.replay import ReplaySession, load_view, save_view
-from loadertop.core.session import Session
-from loadertop.core.store import ConfigSummary, throughput_sem
+from loadertop.core.sessions.replay import ReplaySession, load_view, save_view
+from loadertop.core.sessions.session import Session
 from tests import workloads
 
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from loadertop.core.autotune import AutoTuner, Budget, Change, Observation, Reading, TuneDriver
-from loadertop.core.model import Point, fit, soft_min
+from loadertop.core.policy.autotune import AutoTuner, Budget, Change, Observation, Reading, TuneDriver
+from loadertop.core.policy.model import Point, fit, soft_min
 
 
 @dataclass

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from loadertop.core.autotune import Change
+from loadertop.core.policy.autotune import Change
 from loadertop.core.probe import server as server_module
 from loadertop.core.probe.server import RunServer
 from loadertop.core.protocol.runtime import run_socket_path
-from loadertop.core.remote import RemoteSession
+from loadertop.core.sessions.remote import RemoteSession
 from tests.unit.test_protocol import Client
 
 
@@ -88,7 +88,7 @@ def test_the_monitor_reads_the_status_and_the_changes_into_the_view() -> None:
 
 
 def test_a_torchrun_jobs_monitor_turns_autotune_on_or_off_for_the_shown_rank_only() -> None:
-    from loadertop.core.ranks import RanksSession, _Rank
+    from loadertop.core.sessions.ranks import RanksSession, _Rank
 
     asked: list[tuple[int, bool]] = []
 

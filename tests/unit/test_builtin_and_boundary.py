@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from loadertop import LoaderConfig, Trainer, TrainerState
-from loadertop.core import builtin
 from loadertop.core.protocol.records import BatchRecord
+from loadertop.core.train import builtin
 
 
 def test_images_are_generated_once_deterministically_as_png_class_folders(tmp_path: Path) -> None:
@@ -89,8 +89,8 @@ def imported_after(statement: str) -> set[str]:
 
 
 def test_the_tui_recordings_and_reports_load_no_torch() -> None:
-    loaded = imported_after("import loadertop.tui.app, loadertop.core.replay, loadertop.core.view, "
-                            "loadertop.core.report, loadertop.core.launcher, loadertop")
+    loaded = imported_after("import loadertop.tui.app, loadertop.core.sessions.replay, loadertop.core.sessions.view, "
+                            "loadertop.core.policy.report, loadertop.core.drive.launcher, loadertop")
     assert "torch" not in loaded and "textual" in loaded
 
 
@@ -99,7 +99,7 @@ def test_the_protocol_the_monitor_of_a_script_and_the_runs_server_load_no_torch(
                               "loadertop.core.protocol.runtime, loadertop.core.protocol.config, "
                               "loadertop.core.protocol.records, loadertop.core.protocol.status")
     assert not protocol & {"torch", "textual", "rich", "psutil"}  # the vocabulary and the wire only
-    loaded = imported_after("import loadertop.core.remote, loadertop.core.probe.server")
+    loaded = imported_after("import loadertop.core.sessions.remote, loadertop.core.probe.server")
     assert "torch" not in loaded and not loaded & {"textual", "rich"}
     assert "torch" not in imported_after("import os, sys, tempfile; os.environ['LOADERTOP_RUNTIME_DIR'] = "
                                          "tempfile.mkdtemp(); sys.argv = ['loadertop', 'attach', '--list']\n"

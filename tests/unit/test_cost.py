@@ -16,11 +16,11 @@ import psutil
 import pytest
 
 from loadertop import LoaderConfig, Trainer
-from loadertop.core import cost
-from loadertop.core.cost import TreeCpuClock
-from loadertop.core.procs import child_processes
-from loadertop.core.session import Session
-from loadertop.core.sweep import Sweep
+from loadertop.core.drive.sweep import Sweep
+from loadertop.core.measure import cost
+from loadertop.core.measure.cost import TreeCpuClock
+from loadertop.core.measure.procs import child_processes
+from loadertop.core.sessions.session import Session
 from tests import workloads
 from tests.helpers import wait_for
 

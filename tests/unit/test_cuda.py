@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from loadertop import LoaderConfig, Trainer, TrainerState, Workload
-from loadertop.core.calibrated import SleepDataset
+from loadertop.core.train.calibrated import SleepDataset
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 

@@ -16,8 +16,8 @@ import torch
 from torch.utils.data import DistributedSampler, IterableDataset, Sampler, WeightedRandomSampler
 
 import loadertop
-from loadertop.core.calibrated import SleepDataset
 from loadertop.core.probe.loader import DataLoader, LoaderBatch
+from loadertop.core.train.calibrated import SleepDataset
 from tests.helpers import no_children_left, wait_for
 
 SIZE = 50

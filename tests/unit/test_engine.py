@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from loadertop import LoaderConfig, Trainer, TrainerState
-from loadertop.core.calibrated import batch_cost_s
 from loadertop.core.protocol.records import BatchRecord
-from loadertop.core.sampler import epoch_permutation
+from loadertop.core.train.calibrated import batch_cost_s
+from loadertop.core.train.resumable_sampler import epoch_permutation
 from tests import workloads
 from tests.helpers import no_children_left
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from loadertop.core.builtin import ensure_images
+from loadertop.core.train.builtin import ensure_images
 from tests.unit.test_cli import run_main
 
 

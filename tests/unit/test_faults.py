@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from loadertop import LoaderConfig, Trainer, TrainerState
-from loadertop.core.engine import WorkerDied, _worker_death
-from loadertop.core.procs import child_processes
-from loadertop.core.session import Session
+from loadertop.core.measure.procs import child_processes
+from loadertop.core.sessions.session import Session
+from loadertop.core.train.engine import WorkerDied, _worker_death
 from tests import workloads
 from tests.conftest import ROOT
 from tests.helpers import no_children_left, wait_for
@@ -161,8 +161,8 @@ def test_a_killed_run_keeps_every_batch_but_the_last_in_its_record(tmp_path: Pat
 
 
 def test_ten_hot_restarts_leave_children_fds_shm_and_memory_at_their_baseline() -> None:
-    from loadertop.core.calibrated import make_sleep_workload
-    from loadertop.core.soak import soak
+    from loadertop.core.drive.soak import soak
+    from loadertop.core.train.calibrated import make_sleep_workload
 
     trainer = Trainer(make_sleep_workload(size=100_000, sleep_ms=0.5), LoaderConfig(batch_size=8), epochs=1,
                       device="cpu")

@@ -1,5 +1,7 @@
 """The import contract, read from the source: ``core`` never imports textual or rich; ``protocol`` and ``tui`` never
-import torch, neither themselves nor through a loadertop module they import at module level.
+import torch, neither themselves nor through a loadertop module they import at module level; the layers of
+``core`` (``LAYERS``, bottom first) and the front-ends above them only ever import down or within their layer,
+and no two modules import each other, by any chain (imports at any depth count for both).
 
 Every module of the package is parsed with ``ast``: ``import``/``from`` statements at any depth (in functions,
 under ``if TYPE_CHECKING``) and ``importlib.import_module("...")`` / ``__import__("...")`` with a literal name.
@@ -23,6 +25,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 TORCH = ("torch", "torchvision", "torchaudio")
 UI = ("textual", "rich")
+LAYERS = ("protocol", "measure", "policy", "probe", "train", "drive", "sessions")
+"""The layers of ``loadertop.core``, bottom first (docs/architecture.md)."""
+ABOVE_CORE = {"integrations": "probe", "tui": None, "cli": None}
+"""The packages beside ``core``: the integrations are the probe's plugins (found by name, imported by nothing in
+core), the TUI and the CLI the front-ends, above every layer."""
 
 
 @dataclass(frozen=True)
@@ -210,7 +217,7 @@ def modules() -> dict[str, Module]:
 def test_the_graph_sees_the_whole_package(modules: dict[str, Module]) -> None:
     assert {"loadertop", "loadertop.core.protocol.codec", "loadertop.tui.app", "loadertop.cli"} <= set(modules)
     assert len(modules) == sum(1 for _ in (ROOT / "loadertop").rglob("*.py"))
-    engine = {i.target for i in modules["loadertop.core.engine"].imports if i.at_load}
+    engine = {i.target for i in modules["loadertop.core.train.engine"].imports if i.at_load}
     assert "torch" in engine and "loadertop.core.protocol.config" in engine  # the reader does read imports
 
 
@@ -266,3 +273,106 @@ def test_the_contract_fails_on_an_upward_import(tmp_path: Path) -> None:
     ]  # the tui's import of lazy brings no torch: lazy's is only for the type checker (yet it is a direct import)
     assert violations(fake, ["pkg.core"], UI) == ["pkg.core.lazy imports rich.text (lazy.py:6)"]
     assert violations(fake, ["pkg.core.lazy"], TORCH) == ["pkg.core.lazy imports torch (lazy.py:3)"]
+
+
+def layer_of(name: str, package: str = "loadertop") -> float | None:
+    """Where module ``name`` stands: its layer's place in ``LAYERS`` (a plugin of the probe just above it, the
+    front-ends above them all); None for the package facade (``loadertop``, ``loadertop.core``, ``__main__``)."""
+    parts = name.split(".")[1:]
+    if parts[:1] == ["core"] and len(parts) > 1:
+        return float(LAYERS.index(parts[1])) if parts[1] in LAYERS else None
+    if parts and parts[0] in ABOVE_CORE:
+        below = ABOVE_CORE[parts[0]]
+        return LAYERS.index(below) + 0.5 if below else float(len(LAYERS))
+    return None
+
+
+def upward_imports(modules: dict[str, Module]) -> list[str]:
+    """Each import (at any depth) of a module of a higher layer than the importing one's."""
+    found = []
+    for name, module in sorted(modules.items()):
+        mine = layer_of(name)
+        if mine is None:
+            continue
+        for imported in module.imports:
+            theirs = layer_of(imported.target) if imported.target in modules else None
+            named = any(other.line == imported.line and other.target.startswith(imported.target + ".")
+                        for other in module.imports)  # ``from package import module``: said of the module
+            if theirs is not None and theirs > mine and not named:
+                found.append(f"{name} ({_where(module, imported.line)}) imports {imported.target}, a layer above")
+    return found
+
+
+def cycles(modules: dict[str, Module]) -> list[list[str]]:
+    """The groups of the package's modules that import each other by some chain (imports at any depth; a
+    package's own ``__init__`` importing its modules does not count: importing a module runs its package)."""
+    edges = {name: sorted({i.target for i in module.imports if i.target in modules and i.target != name
+                           and not name.startswith(i.target + ".") and not i.target.startswith(name + ".")})
+             for name, module in modules.items()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    groups: list[list[str]] = []
+
+    def visit(node: str) -> None:  # Tarjan's strongly connected components
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for target in edges[node]:
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    for name in sorted(edges):
+        if name not in index:
+            visit(name)
+    return sorted(groups)
+
+
+def test_every_core_module_is_in_a_layer(modules: dict[str, Module]) -> None:
+    loose = [name for name in modules if name.startswith("loadertop.core.") and layer_of(name) is None]
+    assert not loose, f"modules of core outside the layers {LAYERS}: {loose}"
+
+
+def test_imports_only_go_down_the_layers(modules: dict[str, Module]) -> None:
+    found = upward_imports(modules)
+    assert not found, "an import runs up the layers:\n  " + "\n  ".join(found)
+
+
+def test_no_modules_import_each_other(modules: dict[str, Module]) -> None:
+    assert cycles(modules) == []
+
+
+def test_the_contract_fails_on_an_upward_import_and_a_cycle(tmp_path: Path) -> None:
+    files = {
+        "loadertop/__init__.py": "",
+        "loadertop/core/__init__.py": "",
+        "loadertop/core/measure/__init__.py": "",
+        "loadertop/core/measure/store.py": "def f():\n    from loadertop.core.policy import model\n",
+        "loadertop/core/policy/__init__.py": "",
+        "loadertop/core/policy/model.py": "from loadertop.core.policy import advice\n",
+        "loadertop/core/policy/advice.py": "import importlib\nimportlib.import_module('loadertop.core.policy.model')\n",
+        "loadertop/integrations/__init__.py": "",
+        "loadertop/integrations/plugin.py": "from loadertop.core.measure import store\n",
+        "loadertop/core/probe/__init__.py": "",
+        "loadertop/core/probe/hook.py": "from loadertop.integrations import plugin\n",
+    }
+    for relative, text in files.items():
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_text(text)
+    fake = graph(tmp_path)
+    assert upward_imports(fake) == [
+        "loadertop.core.measure.store (store.py:2) imports loadertop.core.policy.model, a layer above",
+        "loadertop.core.probe.hook (hook.py:1) imports loadertop.integrations.plugin, a layer above",
+    ]
+    assert cycles(fake) == [["loadertop.core.policy.advice", "loadertop.core.policy.model"]]

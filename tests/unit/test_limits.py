@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from loadertop.core.advice import MachineFacts, advise
-from loadertop.core.limits import CgroupLimits, Limit, Limits, combine, parse_cpu_list, read_cgroups
-from loadertop.core.report import report_json
+from loadertop.core.measure.limits import CgroupLimits, Limit, Limits, combine, parse_cpu_list, read_cgroups
+from loadertop.core.policy.advice import MachineFacts, advise
+from loadertop.core.policy.report import report_json
 from loadertop.tui.widgets.header import limits_text
 
 GIB = 1024**3
@@ -415,10 +415,10 @@ def test_a_process_confined_by_real_cgroups_is_seen_so(confining_cgroups: list[P
         import json, warnings
         import torch
         from loadertop import DataLoader
-        from loadertop.core.advice import machine_facts
-        from loadertop.core.autotune import default_budget
-        from loadertop.core.limits import read_limits
-        from loadertop.core.system import usable_cores, usable_cores_exact
+        from loadertop.core.policy.advice import machine_facts
+        from loadertop.core.policy.autotune import default_budget
+        from loadertop.core.measure.limits import read_limits
+        from loadertop.core.measure.system import usable_cores, usable_cores_exact
         limits = read_limits()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -455,7 +455,7 @@ def test_a_process_confined_by_real_cgroups_is_seen_so(confining_cgroups: list[P
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
                     reason="needs 2 cores and CPU affinity")
 def test_a_changed_affinity_is_seen_at_once_not_after_the_cache() -> None:
-    from loadertop.core.limits import current_limits
+    from loadertop.core.measure.limits import current_limits
 
     before = os.sched_getaffinity(0)
     first = current_limits()

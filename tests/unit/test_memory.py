@@ -16,14 +16,14 @@ from typing import Any
 import psutil
 import pytest
 
-from loadertop.core.advice import MachineFacts, advise
-from loadertop.core.cost import TreeCpu
-from loadertop.core.memory import MemoryReader, TreeMemory, WorkerMemory, parse_smaps_rollup
-from loadertop.core.model import MEMORY_HORIZON_S, Point, fit
+from loadertop.core.measure.cost import TreeCpu
+from loadertop.core.measure.memory import MemoryReader, TreeMemory, WorkerMemory, parse_smaps_rollup
+from loadertop.core.measure.store import MetricsStore, with_extra_memory
+from loadertop.core.measure.system import SystemSampler
+from loadertop.core.policy.advice import MachineFacts, advise
+from loadertop.core.policy.model import MEMORY_HORIZON_S, Point, fit
+from loadertop.core.policy.report import csv_text, markdown_table, report_json
 from loadertop.core.protocol.config import LoaderConfig
-from loadertop.core.report import csv_text, markdown_table, report_json
-from loadertop.core.store import MetricsStore, with_extra_memory
-from loadertop.core.system import SystemSampler
 from tests.helpers import wait_for
 from tests.unit.test_advice_and_replay import summary
 
@@ -261,8 +261,8 @@ def test_the_memory_budget_counts_what_a_worker_adds_and_how_fast_it_grows() -> 
 
 @linux_only
 def test_the_tuners_reading_gives_the_workers_uss_not_their_rss(forked) -> None:
-    from loadertop.core.autotune import read_tree
-    from loadertop.core.cost import TreeCpuClock
+    from loadertop.core.measure.cost import TreeCpuClock
+    from loadertop.core.policy.autotune import read_tree
 
     held = bytearray(64 * MIB)
     held[::4096] = b"\x01" * (len(held) // 4096)

@@ -17,10 +17,10 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
-from loadertop.core.calibrated import SleepDataset
 from loadertop.core.probe import loader as loader_module
 from loadertop.core.probe import torch_compat
 from loadertop.core.probe.loader import DataLoader, LoaderBatch, overlap_batches
+from loadertop.core.train.calibrated import SleepDataset
 from tests.helpers import no_children_left, wait_for
 
 SIZE = 100  # 25 batches of 4 an epoch

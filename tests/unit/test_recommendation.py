@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 
 from loadertop import Workload
-from loadertop.core.system import usable_cores
+from loadertop.core.measure.system import usable_cores
 from tests import workloads
 from tests.unit.test_sweep import others_cpu, sweep
 

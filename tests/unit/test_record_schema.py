@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from loadertop.core.advice import recent_stats
-from loadertop.core.autotune import Change
+from loadertop.core.policy.advice import recent_stats
+from loadertop.core.policy.autotune import Change
 from loadertop.core.protocol.records import (
     RECORD_SCHEMA,
     SCHEMA_PATH,
@@ -23,9 +23,9 @@ from loadertop.core.protocol.records import (
     read_records,
     record_line,
 )
-from loadertop.core.replay import ReplaySession
-from loadertop.core.straggler_watch import StragglerChange
-from loadertop.core.view import Straggler
+from loadertop.core.sessions.replay import ReplaySession
+from loadertop.core.sessions.straggler_watch import StragglerChange
+from loadertop.core.sessions.view import Straggler
 from tests.conftest import ROOT
 from tests.helpers import assert_records_follow_the_schema, record_schema_errors
 

@@ -13,12 +13,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from loadertop.core.launcher import spawn
+from loadertop.core.drive.launcher import spawn
 from loadertop.core.protocol.config import LoaderConfig
 from loadertop.core.protocol.runtime import live_runs
 from loadertop.core.protocol.status import TrainerState
-from loadertop.core.remote import RemoteSession
-from loadertop.core.view import SessionView
+from loadertop.core.sessions.remote import RemoteSession
+from loadertop.core.sessions.view import SessionView
 from tests.conftest import ROOT
 from tests.helpers import wait_for
 
@@ -153,7 +153,7 @@ def test_training_goes_on_to_its_end_when_the_monitor_is_frozen_or_killed(runtim
                             sys.executable, SCRIPT, "--seconds", "8"], cwd=ROOT, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: live_runs(remove_stale=False), 30)
     pid = live_runs()[0].pid
-    code = ("import sys, time; from pathlib import Path; from loadertop.core.remote import RemoteSession;"
+    code = ("import sys, time; from pathlib import Path; from loadertop.core.sessions.remote import RemoteSession;"
             f"s = RemoteSession(pid={pid}, socket_path=Path({str(live_runs()[0].socket_path)!r}), read_gpus=False);"
             "s.start(); time.sleep(60)")
     monitors = [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT) for _ in range(2)]
@@ -233,7 +233,7 @@ def test_a_builtin_run_is_served_like_a_script_and_attach_only_watches_it(runtim
 
 
 def test_a_loss_logged_for_an_earlier_batch_is_given_to_that_batch() -> None:
-    from loadertop.core.remote import _LoaderTrack
+    from loadertop.core.sessions.remote import _LoaderTrack
 
     track = _LoaderTrack("train.py:9", started=0.0)
     def batch(step: int) -> dict:

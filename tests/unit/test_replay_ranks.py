@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from loadertop.core.protocol.config import LoaderConfig
-from loadertop.core.replay import ReplaySession, load_other_ranks, load_view, save_view
+from loadertop.core.sessions.replay import ReplaySession, load_other_ranks, load_view, save_view
 
 RECORDED = Path(__file__).resolve().parent.parent / "data" / "ranks_session.json"
 

@@ -8,9 +8,9 @@ import threading
 import pytest
 
 from loadertop import ConfigError, LoaderConfig, MetricsStore
+from loadertop.core.measure.store import percentile
 from loadertop.core.protocol.records import BatchRecord, StartEvent
-from loadertop.core.sampler import ResumableSampler, epoch_permutation
-from loadertop.core.store import percentile
+from loadertop.core.train.resumable_sampler import ResumableSampler, epoch_permutation
 
 
 def test_the_epoch_order_is_a_permutation_fixed_by_seed_and_epoch() -> None:

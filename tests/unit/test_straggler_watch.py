@@ -7,10 +7,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from loadertop.core.protocol.records import RECORD_SCHEMA
-from loadertop.core.ranks import find_straggler
-from loadertop.core.replay import load_view
-from loadertop.core.straggler_watch import NOBODY, StragglerChange, StragglerHold, StragglerWatch
-from loadertop.core.view import RankInfo, ScriptView, Straggler
+from loadertop.core.sessions.ranks import find_straggler
+from loadertop.core.sessions.replay import load_view
+from loadertop.core.sessions.straggler_watch import NOBODY, StragglerChange, StragglerHold, StragglerWatch
+from loadertop.core.sessions.view import RankInfo, ScriptView, Straggler
 
 RECORDED = Path(__file__).resolve().parent.parent / "data" / "ranks_session.json"
 ONE = Straggler(1, 0.7, "rank 1 is slow")

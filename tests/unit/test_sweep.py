@@ -16,10 +16,10 @@ import psutil
 import pytest
 
 from loadertop import LoaderConfig, Trainer
-from loadertop.core.headless import run_sweep_headless
-from loadertop.core.procs import child_processes
-from loadertop.core.report import ROW_FIELDS
-from loadertop.core.sweep import Sweep
+from loadertop.cli.headless import run_sweep_headless
+from loadertop.core.drive.sweep import Sweep
+from loadertop.core.measure.procs import child_processes
+from loadertop.core.policy.report import ROW_FIELDS
 from tests import workloads
 from tests.unit.test_cli import assert_usage_error, run_main
 

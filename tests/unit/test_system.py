@@ -10,7 +10,7 @@ import psutil
 import pytest
 
 from loadertop import LoaderConfig, Trainer, TrainerState
-from loadertop.core.system import NvmlReader, SystemSampler
+from loadertop.core.measure.system import NvmlReader, SystemSampler
 from tests import workloads
 from tests.helpers import wait_for
 

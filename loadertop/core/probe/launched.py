@@ -18,76 +18,22 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import importlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
 import itertools
-import json
 import os
 import re
 import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
 from loadertop.core.probe.publisher import Publisher, batch_size_of, describe_workers, say_on_stderr
-
-ENV = "LOADERTOP_PROBE"
-
-
-@dataclass(frozen=True)
-class ProbeSettings:
-    """What the launcher asks of the script's loaders (``LOADERTOP_PROBE``, JSON).
-
-    Attributes:
-        workers: every loader's worker count instead of the script's (None: the script's own).
-        switches: ``{"STEP": workers}`` switches the training loader after STEP of its batches,
-            ``{"LOADER@STEP": workers}`` the loader named LOADER; ``rankR:`` before either: rank R's only.
-        record: a JSONL file for one object per batch (None: none).
-        claim: a path the first process to import torch creates, to be the one that acts.
-        command: the command line the launcher ran (for monitors).
-        log: the file the script's output goes to (None: the terminal).
-        serve: serve monitors on a socket (``loadertop attach``).
-        autotune: tune the training loader's worker count from the start (``--autotune``).
-        cpu_budget: the tuner's cores (None: the usable cores); shared among a torchrun job's ranks on the node.
-        memory_budget_gib: the memory all workers may hold (None: half the available); shared likewise.
-    """
-
-    workers: int | None = None
-    switches: dict[str, int] = field(default_factory=dict)
-    record: str | None = None
-    claim: str | None = None
-    command: tuple[str, ...] = ()
-    log: str | None = None
-    serve: bool = True
-    autotune: bool = False
-    cpu_budget: float | None = None
-    memory_budget_gib: float | None = None
-
-    def to_environment(self) -> str:
-        """The value of ``LOADERTOP_PROBE``."""
-        return json.dumps({"workers": self.workers, "switches": dict(self.switches),
-                           "record": self.record, "claim": self.claim, "command": list(self.command),
-                           "log": self.log, "serve": self.serve, "autotune": self.autotune,
-                           "cpu_budget": self.cpu_budget, "memory_budget_gib": self.memory_budget_gib})
-
-    @classmethod
-    def from_environment(cls, text: str) -> ProbeSettings:
-        """Parse ``LOADERTOP_PROBE``."""
-        data = json.loads(text)
-        return cls(workers=data.get("workers"), switches={str(k): int(v) for k, v in data.get("switches", {}).items()},
-                   record=data.get("record"), claim=data.get("claim"), command=tuple(data.get("command") or ()),
-                   log=data.get("log"), serve=bool(data.get("serve", True)), autotune=bool(data.get("autotune")),
-                   cpu_budget=_number_or_none(data.get("cpu_budget")),
-                   memory_budget_gib=_number_or_none(data.get("memory_budget_gib")))
-
-
-def _number_or_none(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
+from loadertop.core.protocol.environment import ENV, ProbeSettings, rank_of_process
 
 _run: LaunchedRun | None = None  # the run this process acts for, once it claimed it
 
@@ -153,11 +99,13 @@ def _instrument(settings: ProbeSettings) -> None:
 TUNING_STATUS_S = 0.5
 """How often the writer looks whether the autotuner's status changed (to publish it)."""
 
-FRAMEWORKS = ("lightning.pytorch.trainer.trainer", "pytorch_lightning.trainer.trainer", "transformers.trainer",
-              "lightning.pytorch", "pytorch_lightning")
-"""The modules of the trainers the launcher gives its callback (``loadertop.integrations``): not a package
-itself, which may be still importing when torch is (``pytorch_lightning`` imports torch first); the Lightning
-packages themselves only to say, once imported, when they have no Trainer to hook into."""
+FRAMEWORKS = {"lightning.pytorch.trainer.trainer": "lightning", "pytorch_lightning.trainer.trainer": "lightning",
+              "transformers.trainer": "transformers", "lightning.pytorch": None, "pytorch_lightning": None}
+"""The modules of the trainers the launcher gives its callback, each with its plugin: the module of
+``loadertop.integrations`` found by that name, imported only once the framework is, never by this module
+itself. A trainer's module rather than its package, which may be still importing when torch is
+(``pytorch_lightning`` imports torch first); the Lightning packages themselves (no plugin) only to say,
+once imported, when they have no Trainer to hook into."""
 
 
 def _after_import(name: str, then: Callable[[ModuleType], None]) -> None:
@@ -174,47 +122,16 @@ def _framework_imported(module: ModuleType) -> None:
     A version loadertop cannot hook into is said in one line; its loaders are still watched.
     """
     try:
-        if module.__name__ in ("lightning.pytorch", "pytorch_lightning"):
+        plugin = FRAMEWORKS[module.__name__]
+        if plugin is None:
             module.Trainer  # noqa: B018 - a version without one: said below, in one line
-        elif module.__name__ in ("lightning.pytorch.trainer.trainer", "pytorch_lightning.trainer.trainer"):
-            from loadertop.integrations.lightning import inject
-
-            inject(module)
-        elif module.__name__ == "transformers.trainer":
-            from loadertop.integrations.transformers import inject as inject_trainer
-
-            inject_trainer(module)
+        else:
+            importlib.import_module(f"loadertop.integrations.{plugin}").inject(module)
     except Exception as exc:  # noqa: BLE001 - the script must run whatever the framework's version
         package = module.__name__.split(".")[0]
         version = getattr(sys.modules.get(package), "__version__", "of unknown version")
         say_on_stderr(f"cannot add loadertop's callback to {package} {version} ({type(exc).__name__}: {exc}): its "
                       "DataLoaders are still watched and switched, but not told apart nor given its loss")
-
-
-def rank_of_process() -> Rank | None:
-    """This process's place in a torch.distributed job (torchrun sets RANK, LOCAL_RANK, WORLD_SIZE), if any."""
-    try:
-        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    except (KeyError, ValueError):
-        return None
-    return Rank(rank, _env_int("LOCAL_RANK", rank), world, _env_int("LOCAL_WORLD_SIZE", world),
-                _env_int("GROUP_RANK", 0))
-
-
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name, "")
-    return int(value) if value.isdigit() else default
-
-
-@dataclass(frozen=True)
-class Rank:
-    """A process's rank, local rank (on its node), the world size, the ranks on its node and the node's number."""
-
-    rank: int
-    local_rank: int
-    world_size: int
-    local_world_size: int = 1
-    node_rank: int = 0
 
 
 def _is_distributed_launcher() -> bool:
@@ -366,7 +283,7 @@ class LaunchedRun(Publisher):
         """The run's tuner, made on first use (None where the tree's CPU cannot be read)."""
         with self._tuning_lock:
             if self.tuning is None and self._clock is not None:
-                from loadertop.core.autotune import default_budget
+                from loadertop.core.policy.autotune import default_budget
                 from loadertop.core.probe.tuning import LoaderTuning
 
                 ranks = self.rank.local_world_size if self.rank is not None else 1

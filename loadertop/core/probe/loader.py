@@ -207,7 +207,7 @@ class DataLoader(torch.utils.data.DataLoader):
         """torch's warning that this loader makes more workers than there are cores, counting the cores this
         process may use: a cgroup CPU quota (a container's ``--cpus``) too, which torch's count of the CPU
         affinity misses. The message begins as torch's does, so that filters written for it still apply."""
-        from loadertop.core.limits import current_limits, usable_cores_phrase
+        from loadertop.core.measure.limits import current_limits, usable_cores_phrase
 
         if not self.num_workers:
             return

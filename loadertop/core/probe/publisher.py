@@ -380,7 +380,7 @@ def say_on_stderr(text: str) -> None:
 def _cpu_clock() -> Any:
     """The CPU clock of this process's tree (None where psutil cannot read it: no cost shown)."""
     try:
-        from loadertop.core.cost import TreeCpuClock
+        from loadertop.core.measure.cost import TreeCpuClock
 
         return TreeCpuClock()
     except Exception:  # noqa: BLE001 - cost is optional, the run is not

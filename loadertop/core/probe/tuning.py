@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from loadertop.core.autotune import Budget, Change, Reading, TunerStatus
+    from loadertop.core.policy.autotune import Budget, Change, Reading, TunerStatus
 
 HELD_FOR_WORKERS = {"prefetch_factor": None, "persistent_workers": False, "multiprocessing_context": None,
                     "timeout": 0}
@@ -40,7 +40,7 @@ class LoaderTuning:
 
     def __init__(self, *, budget: Budget, clock: Any, on_change: Callable[[Change], None],
                  on_thread: Callable[[int], None] | None = None, interval_s: float = 0.25) -> None:
-        from loadertop.core.autotune import AutoTuner, TuneDriver
+        from loadertop.core.policy.autotune import AutoTuner, TuneDriver
 
         self.budget = budget
         self._clock = clock
@@ -93,7 +93,7 @@ class LoaderTuning:
 
     def status_fields(self) -> dict[str, Any]:
         """The status as the protocol's ``autotune`` message carries it (``messages``)."""
-        from loadertop.core.autotune import curve_fields
+        from loadertop.core.policy.autotune import curve_fields
 
         status = self.status()
         loader = self.loader
@@ -125,8 +125,8 @@ class LoaderTuning:
 
     def _read(self) -> Reading:
         """The driver's reading, after pairing the batches the loop queued into observations."""
-        from loadertop.core.autotune import Observation, read_tree
-        from loadertop.core.store import refill_batches
+        from loadertop.core.measure.store import refill_batches
+        from loadertop.core.policy.autotune import Observation, read_tree
 
         if self._restart_due:
             self._restart_due = False
@@ -150,7 +150,7 @@ def describe_budget(budget: Budget, ranks_on_node: int = 1) -> str:
     """``1 core (the node's 2 shared by 2 ranks) and 3.1 GiB of memory for its workers``; where a limit
     confines the process, what it may use and where that came from (``this process may use 1.5 of 64 cores:
     cgroup v2 quota``)."""
-    from loadertop.core.limits import current_limits
+    from loadertop.core.measure.limits import current_limits
 
     cores = f"{budget.cores:g} core{'' if budget.cores == 1 else 's'}"
     if ranks_on_node > 1:
@@ -194,10 +194,10 @@ def tune_by_itself(loader: Any) -> LoaderTuning:
 
     Its thread stops when the loader is garbage-collected, or at exit.
     """
-    from loadertop.core.autotune import default_budget
-    from loadertop.core.cost import TreeCpuClock
-    from loadertop.core.probe.launched import rank_of_process
+    from loadertop.core.measure.cost import TreeCpuClock
+    from loadertop.core.policy.autotune import default_budget
     from loadertop.core.probe.publisher import say_on_stderr
+    from loadertop.core.protocol.environment import rank_of_process
 
     rank = rank_of_process()
     ranks_on_node = rank.local_world_size if rank is not None else 1

@@ -12,7 +12,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Static
 
-from loadertop.core.advice import Advice
+from loadertop.core.policy.advice import Advice
 from loadertop.core.protocol.config import LoaderConfig
 
 

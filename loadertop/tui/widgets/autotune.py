@@ -15,8 +15,8 @@ from collections.abc import Sequence
 
 from rich.text import Text
 
-from loadertop.core.autotune import Change
-from loadertop.core.view import SessionView
+from loadertop.core.policy.autotune import Change
+from loadertop.core.sessions.view import SessionView
 from loadertop.tui.plot import meter
 from loadertop.tui.widgets.base import ViewWidget
 

@@ -8,8 +8,8 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widget import Widget
 
-from loadertop.core.system import SystemSnapshot
-from loadertop.core.view import SessionView
+from loadertop.core.measure.system import SystemSnapshot
+from loadertop.core.sessions.view import SessionView
 
 
 class ViewWidget(Widget):

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 from rich.text import Text
 
-from loadertop.core.advice import recommend, speed_cell, verdict
-from loadertop.core.report import settings_differ
-from loadertop.core.store import ConfigSummary
+from loadertop.core.measure.store import ConfigSummary
+from loadertop.core.policy.advice import recommend, speed_cell, verdict
+from loadertop.core.policy.report import settings_differ
 from loadertop.tui.widgets.base import ViewWidget
 
 

@@ -6,8 +6,8 @@ import math
 
 from rich.text import Text
 
-from loadertop.core.system import SystemSnapshot
-from loadertop.core.view import SessionView
+from loadertop.core.measure.system import SystemSnapshot
+from loadertop.core.sessions.view import SessionView
 from loadertop.tui.plot import append_runs, level, meter
 from loadertop.tui.widgets.base import SystemPanel
 

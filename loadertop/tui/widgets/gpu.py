@@ -6,8 +6,8 @@ import textwrap
 
 from rich.text import Text
 
-from loadertop.core.system import SystemSnapshot
-from loadertop.core.view import SessionView
+from loadertop.core.measure.system import SystemSnapshot
+from loadertop.core.sessions.view import SessionView
 from loadertop.tui.plot import meter
 from loadertop.tui.widgets.base import SystemPanel
 

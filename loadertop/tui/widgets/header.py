@@ -8,9 +8,9 @@ import re
 
 from rich.text import Text
 
-from loadertop.core.advice import recent_stats
-from loadertop.core.autotune import TunerStatus
-from loadertop.core.limits import Limits
+from loadertop.core.measure.limits import Limits
+from loadertop.core.policy.advice import recent_stats
+from loadertop.core.policy.autotune import TunerStatus
 from loadertop.core.protocol.status import TrainerState
 from loadertop.tui.plot import meter
 from loadertop.tui.widgets.base import ViewWidget

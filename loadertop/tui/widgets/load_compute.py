@@ -6,7 +6,7 @@ import math
 
 from rich.text import Text
 
-from loadertop.core.advice import recent_stats
+from loadertop.core.policy.advice import recent_stats
 from loadertop.tui.plot import COMPUTE_STYLE, LOAD_STYLE, load_compute_chart
 from loadertop.tui.widgets.base import ViewWidget
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.text import Text
 
-from loadertop.core.view import SessionView
+from loadertop.core.sessions.view import SessionView
 from loadertop.tui.widgets.base import ViewWidget
 
 

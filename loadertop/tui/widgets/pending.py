@@ -6,7 +6,7 @@ from rich.text import Text
 from textual.reactive import reactive
 
 from loadertop.core.protocol.config import LoaderConfig
-from loadertop.core.view import SessionView
+from loadertop.core.sessions.view import SessionView
 from loadertop.tui.plot import meter
 from loadertop.tui.widgets.base import ViewWidget
 

@@ -6,7 +6,7 @@ import math
 
 from rich.text import Text
 
-from loadertop.core.view import SessionView
+from loadertop.core.sessions.view import SessionView
 from loadertop.tui.widgets.base import ViewWidget
 
 

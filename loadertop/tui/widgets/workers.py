@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from rich.text import Text
 
-from loadertop.core.system import ProcessSample, SystemSnapshot
-from loadertop.core.view import SessionView
+from loadertop.core.measure.system import ProcessSample, SystemSnapshot
+from loadertop.core.sessions.view import SessionView
 from loadertop.tui.widgets.base import SystemPanel
 
 MIB = 1024 * 1024

@@ -41,20 +41,20 @@ from typing import Any
 
 import psutil
 
-from loadertop.core.advice import advise, machine_facts
-from loadertop.core.autotune import Change, TunerStatus, ceiling_of, curve_of
-from loadertop.core.cost import TreeCpu, TreeCpuClock
-from loadertop.core.launcher import exit_status
+from loadertop.core.drive.launcher import exit_status
+from loadertop.core.drive.sweep import DEFAULT_BATCHES
+from loadertop.core.measure.cost import TreeCpu, TreeCpuClock
+from loadertop.core.measure.store import MetricsStore
+from loadertop.core.measure.system import SystemSampler
+from loadertop.core.policy.advice import advise, machine_facts
+from loadertop.core.policy.autotune import Change, TunerStatus, ceiling_of, curve_of
 from loadertop.core.protocol.codec import LineReader, encode
 from loadertop.core.protocol.config import LoaderConfig
 from loadertop.core.protocol.messages import SERVER_TYPES
 from loadertop.core.protocol.records import BatchRecord, StartEvent
 from loadertop.core.protocol.runtime import runtime_dir
 from loadertop.core.protocol.status import TrainerError, TrainerState, TrainerStatus
-from loadertop.core.store import MetricsStore
-from loadertop.core.sweep import DEFAULT_BATCHES
-from loadertop.core.system import SystemSampler
-from loadertop.core.view import LoaderInfo, ScriptView, SessionView
+from loadertop.core.sessions.view import LoaderInfo, ScriptView, SessionView
 
 STOP_GRACE_S = 5.0
 """After SIGINT, how long the script has to stop before SIGTERM (and as long again before SIGKILL)."""

@@ -25,13 +25,13 @@ from pathlib import Path
 
 import psutil
 
-from loadertop.core.advice import recent_stats
-from loadertop.core.launcher import exit_status
+from loadertop.core.drive.launcher import exit_status
+from loadertop.core.drive.sweep import DEFAULT_BATCHES
+from loadertop.core.policy.advice import recent_stats
 from loadertop.core.protocol.config import LoaderConfig
 from loadertop.core.protocol.runtime import RunInfo, read_hello, runtime_dir
-from loadertop.core.remote import RemoteSession
-from loadertop.core.sweep import DEFAULT_BATCHES
-from loadertop.core.view import RankInfo, SessionView, Straggler
+from loadertop.core.sessions.remote import RemoteSession
+from loadertop.core.sessions.view import RankInfo, SessionView, Straggler
 
 DISCOVER_S = 0.5
 """How often torchrun's descendants are looked at for new ranks."""

@@ -12,17 +12,17 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 if TYPE_CHECKING:
-    from loadertop.core.engine import Trainer
     from loadertop.core.protocol.config import LoaderConfig
-    from loadertop.core.ranks import RanksSession
-    from loadertop.core.remote import RemoteSession
-    from loadertop.core.workload import Workload
+    from loadertop.core.sessions.ranks import RanksSession
+    from loadertop.core.sessions.remote import RemoteSession
+    from loadertop.core.train.engine import Trainer
+    from loadertop.core.train.workload import Workload
 
 EXIT_USAGE = 2
 MONITOR_EPOCHS = 100
 HEADLESS_EPOCHS = 5
 MONITOR_STALL_TIMEOUT_S = 60.0  # a hung worker ends in a message, not a frozen screen (unless --timeout)
-SWEEP_BATCHES = 100  # as loadertop.core.sweep.DEFAULT_BATCHES, without importing torch for --help
+SWEEP_BATCHES = 100  # as loadertop.core.drive.sweep.DEFAULT_BATCHES, without importing torch for --help
 SWEEP_EPOCHS = 1_000_000  # a sweep ends when its last count is measured, not by epochs
 
 
@@ -77,7 +77,7 @@ class _Switch(NamedTuple):
 
     @property
     def key(self) -> str:
-        """Its key in the probe's settings: ``[rankR:][LOADER@]STEP`` (``launched.ProbeSettings``)."""
+        """Its key in the probe's settings: ``[rankR:][LOADER@]STEP`` (``protocol.environment.ProbeSettings``)."""
         key = f"{self.loader}@{self.step}" if self.loader else str(self.step)
         return f"rank{self.rank}:{key}" if self.rank is not None else key
 
@@ -260,7 +260,7 @@ def _launch(args: argparse.Namespace, script: list[str], parser: argparse.Argume
             workers_given: bool) -> int:
     """``loadertop run [--headless] [--workers N] [--switch S:N] [--record F] [--autotune [--cpu-budget C]
     [--memory-budget G]] -- COMMAND``."""
-    from loadertop.core.launcher import LaunchError, launch, spawn
+    from loadertop.core.drive.launcher import LaunchError, launch, spawn
 
     if args.command != "run":
         raise UsageError("a command after '--' goes with loadertop run: loadertop run --headless -- python train.py")
@@ -281,11 +281,11 @@ def _launch(args: argparse.Namespace, script: list[str], parser: argparse.Argume
     workers = args.workers if workers_given else None
     try:
         if args.headless:
-            from loadertop.core.ranks import is_distributed_command
+            from loadertop.core.sessions.ranks import is_distributed_command
 
             watcher = None
             if is_distributed_command(script):  # torchrun: the input straggler named in the lines, as the monitor does
-                from loadertop.core.straggler_watch import StragglerWatch
+                from loadertop.core.sessions.straggler_watch import StragglerWatch
 
                 watcher = StragglerWatch(record=args.record)
             return launch(script, workers=workers, switches=switches, record=args.record, tuning=tuning,
@@ -294,8 +294,8 @@ def _launch(args: argparse.Namespace, script: list[str], parser: argparse.Argume
         child, log = spawn(script, workers=workers, switches=switches, record=args.record, tuning=tuning)
     except LaunchError as exc:
         raise UsageError(str(exc)) from None
-    from loadertop.core.ranks import RanksSession, is_distributed_command
-    from loadertop.core.remote import RemoteSession
+    from loadertop.core.sessions.ranks import RanksSession, is_distributed_command
+    from loadertop.core.sessions.remote import RemoteSession
 
     if is_distributed_command(script):  # torchrun: every rank, side by side
         session: RemoteSession | RanksSession = RanksSession(child=child, log_path=log, command=script,
@@ -313,8 +313,8 @@ def _need_terminal(instead: str) -> None:
 def _attach(args: argparse.Namespace) -> int:
     """``loadertop attach [PID]``: watch a script that ``loadertop run`` started."""
     from loadertop.core.protocol.runtime import RuntimeDirError, describe, live_runs
-    from loadertop.core.ranks import torchrun_jobs
-    from loadertop.core.remote import RemoteSession
+    from loadertop.core.sessions.ranks import torchrun_jobs
+    from loadertop.core.sessions.remote import RemoteSession
 
     try:
         runs = live_runs()
@@ -343,7 +343,7 @@ def _attach(args: argparse.Namespace) -> int:
     _need_terminal("loadertop attach --list")
     job = next((launcher for launcher, ranks in jobs.items() if run in ranks), None)
     if job is not None:  # a rank of a torchrun job: every rank of it, side by side
-        from loadertop.core.ranks import RanksSession
+        from loadertop.core.sessions.ranks import RanksSession
 
         return _watch_script(RanksSession(pid=job, log_path=run.log_path, command=run.command,
                                           sample_interval_s=args.sample_interval))
@@ -354,7 +354,7 @@ def _attach(args: argparse.Namespace) -> int:
 
 def _watch_script(session: RemoteSession | RanksSession) -> int:
     """The monitor on a script; afterwards its exit code (or 0 after a detach), its traceback on stderr."""
-    from loadertop.core.report import format_table
+    from loadertop.core.policy.report import format_table
     from loadertop.tui.app import LoaderTopApp
 
     app = LoaderTopApp(session)
@@ -419,7 +419,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "attach":  # the monitor of a script: no torch in this process
         return _attach(args)
     # Imported here so that --help and argument errors answer without loading torch.
-    from loadertop.core.headless import run_headless
+    from loadertop.cli.headless import run_headless
 
     if args.command == "sweep":
         return _sweep(args)
@@ -466,7 +466,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _tuning(args: argparse.Namespace) -> dict[str, Any]:
     """``autotune`` and its ``budget`` for a Session, from --autotune, --cpu-budget and --memory-budget."""
-    from loadertop.core.autotune import default_budget
+    from loadertop.core.policy.autotune import default_budget
 
     autotune = bool(getattr(args, "autotune", False))
     budget = default_budget(cores=args.cpu_budget, memory_gib=args.memory_budget) if autotune else None
@@ -474,8 +474,8 @@ def _tuning(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _config(args: argparse.Namespace, num_workers: int) -> LoaderConfig:
-    from loadertop.core.engine import resolve_device
     from loadertop.core.protocol.config import ConfigError, LoaderConfig
+    from loadertop.core.train.engine import resolve_device
 
     config = LoaderConfig(
         num_workers=num_workers,
@@ -495,7 +495,7 @@ def _config(args: argparse.Namespace, num_workers: int) -> LoaderConfig:
 
 
 def _workload(args: argparse.Namespace) -> Workload:
-    from loadertop.core.workload import WorkloadError, load_workload
+    from loadertop.core.train.workload import WorkloadError, load_workload
 
     if args.workload is not None and args.dataset is not None:
         raise UsageError("choose --workload or --dataset, not both")
@@ -507,14 +507,14 @@ def _workload(args: argparse.Namespace) -> Workload:
         except WorkloadError as exc:
             raise UsageError(str(exc)) from None
     elif args.dataset is not None:
-        from loadertop.core.datasets import make_dataset_workload
+        from loadertop.core.train.datasets import make_dataset_workload
 
         try:
             workload = make_dataset_workload(args.dataset, args.data, seed=args.seed)
         except WorkloadError as exc:
             raise UsageError(str(exc)) from None
     else:
-        from loadertop.core.builtin import MARKER, default_data_dir, make_workload
+        from loadertop.core.train.builtin import MARKER, default_data_dir, make_workload
 
         root = Path(args.data).expanduser() if args.data is not None else default_data_dir(args.seed)
         if not (root / MARKER).exists():
@@ -530,7 +530,7 @@ def _workload(args: argparse.Namespace) -> Workload:
 
 def _check_start_method(workload: Workload, config: LoaderConfig) -> None:
     """spawn/forkserver workers get a pickled dataset: refuse one that cannot be, before training."""
-    from loadertop.core.workload import WorkloadError, check_picklable
+    from loadertop.core.train.workload import WorkloadError, check_picklable
 
     if config.num_workers:
         try:
@@ -541,8 +541,8 @@ def _check_start_method(workload: Workload, config: LoaderConfig) -> None:
 
 def _trainer(args: argparse.Namespace, workload: Workload, config: LoaderConfig, *, epochs: int,
              max_batches: int | None, stall_timeout_s: float = 0.0) -> Trainer:
-    from loadertop.core.engine import Trainer
-    from loadertop.core.workload import WorkloadError
+    from loadertop.core.train.engine import Trainer
+    from loadertop.core.train.workload import WorkloadError
 
     try:
         return Trainer(workload, config, epochs=epochs, max_batches=max_batches, device=args.device, seed=args.seed,
@@ -563,10 +563,10 @@ def _open_output(path: str, option: str) -> IO[str]:
 
 def _sweep(args: argparse.Namespace) -> int:
     """``loadertop sweep``: each count in turn on one run, then the table, the advice and the files asked for."""
-    from loadertop.core.advice import default_counts, machine_facts
-    from loadertop.core.headless import run_sweep_headless
-    from loadertop.core.report import csv_text, dumps, markdown_table, report_json
-    from loadertop.core.sweep import Sweep
+    from loadertop.cli.headless import run_sweep_headless
+    from loadertop.core.drive.sweep import Sweep
+    from loadertop.core.policy.advice import default_counts, machine_facts
+    from loadertop.core.policy.report import csv_text, dumps, markdown_table, report_json
 
     machine = machine_facts()
     counts = args.counts or default_counts(machine.core_count)
@@ -608,8 +608,8 @@ def _sweep(args: argparse.Namespace) -> int:
 def _run_monitor(trainer: Trainer, record_file: IO[str] | None, sample_interval_s: float,
                  tuning: dict[str, Any]) -> int:
     """The Textual monitor; after it closes, the comparison table is printed on stdout."""
-    from loadertop.core.report import format_table
-    from loadertop.core.session import Session
+    from loadertop.core.policy.report import format_table
+    from loadertop.core.sessions.session import Session
     from loadertop.tui.app import LoaderTopApp
 
     session = Session(trainer, sample_interval_s=sample_interval_s, record_file=record_file, monitor_thread=True,

@@ -1,6 +1,6 @@
 """What a front-end sees and what it may ask: ``SessionView`` and ``SessionLike``. No torch here.
 
-A live ``loadertop.core.session.Session``, a ``loadertop.core.replay.ReplaySession`` (and later a
+A live ``loadertop.core.sessions.session.Session``, a ``loadertop.core.sessions.replay.ReplaySession`` (and later a
 remote session over the protocol) all serve these, so the TUI never needs torch.
 """
 
@@ -10,13 +10,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from loadertop.core.advice import Advice, MachineFacts
-from loadertop.core.autotune import TunerStatus
+from loadertop.core.drive.sweep import DEFAULT_BATCHES, SweepProgress
+from loadertop.core.measure.store import StoreSnapshot
+from loadertop.core.measure.system import SystemSnapshot
+from loadertop.core.policy.advice import Advice, MachineFacts
+from loadertop.core.policy.autotune import TunerStatus
 from loadertop.core.protocol.config import LoaderConfig
 from loadertop.core.protocol.status import TrainerStatus
-from loadertop.core.store import StoreSnapshot
-from loadertop.core.sweep import DEFAULT_BATCHES, SweepProgress
-from loadertop.core.system import SystemSnapshot
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from loadertop.core.builtin import SmallCNN
-from loadertop.core.workload import Workload, WorkloadError
+from loadertop.core.train.builtin import SmallCNN
+from loadertop.core.train.workload import Workload, WorkloadError
 
 DEFAULT_ROOT = "data"
 

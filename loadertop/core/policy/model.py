@@ -229,7 +229,7 @@ def soft_min(rates: Sequence[float]) -> float:
         return math.inf
     if any(r <= 0 for r in finite):
         return 0.0
-    return sum(r ** -SOFTNESS for r in finite) ** (-1.0 / SOFTNESS)
+    return float(sum(r ** -SOFTNESS for r in finite) ** (-1.0 / SOFTNESS))
 
 
 def fit(points: Sequence[Point], *, cores: float, memory_budget_bytes: float | None = None) -> Model | None:

@@ -6,7 +6,7 @@ the loader applies them (``loadertop.core.tuning.TuneDriver``). One **round** of
 1. **Measure** the running count: steady batches (the warm-up after a switch left out) until
    the throughput's noise (two standard errors, from block means as the sweep reads them) is
    under ``TARGET_NOISE``, at least ``min_batches``, at most ``max_batches``.
-2. **Model, then jump**: fit ``loadertop.core.model`` to what was measured (the workers' CPU and
+2. **Model, then jump**: fit ``loadertop.core.policy.model`` to what was measured (the workers' CPU and
    wait per batch apart from the training process's CPU and step) and go straight to the fewest
    workers predicted within ``within`` of the best prediction (under the CPU and memory budgets,
    ``/dev/shm`` never past 80%).
@@ -38,9 +38,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from loadertop.core.advice import NOISE_Z, RECOMMEND_WITHIN, ratio_with_error
-from loadertop.core.model import Model, Point, fit
-from loadertop.core.store import block_size, throughput_sem
+from loadertop.core.measure.store import block_size, throughput_sem
+from loadertop.core.policy.advice import NOISE_Z, RECOMMEND_WITHIN, ratio_with_error
+from loadertop.core.policy.model import Model, Point, fit
 
 TARGET_NOISE = 0.05
 """A count is measured until two standard errors of its samples/s are within this share (or ``max_batches``)."""
@@ -87,7 +87,7 @@ class Reading:
         time: wall-clock time (UNIX seconds).
         cpu_s: CPU-seconds of the whole training process tree so far (reaped workers included).
         workers: live worker processes of the tuned loader.
-        worker_uss_bytes: their unique memory (USS) together: what they add to the tree (``loadertop.core.memory``;
+        worker_uss_bytes: their unique memory (USS) together: what they add to the tree (``measure.memory``;
             their RSS, an upper bound, where ``smaps_rollup`` cannot be read).
         shm_share: how full ``/dev/shm`` is (None where there is none).
         main_cpu_s: of ``cpu_s``, the training process's own (NaN: not read apart).
@@ -361,6 +361,7 @@ class AutoTuner:
 
     def status(self) -> TunerStatus:
         """A frozen view."""
+        workers: int | None
         if self._waiting_for is not None:
             state, workers = "switching", self._waiting_for
         elif self._settled is not None:
@@ -697,7 +698,7 @@ def default_budget(*, cores: float | None = None, memory_gib: float | None = Non
     """The budgets: ``cores`` (default: the cores this process may use, a cgroup quota's 1.5 as 1.5, shared
     among a node's ranks), ``memory_gib`` (default: half the memory available to it, the host's or its cgroup
     limit's less what the cgroup uses, whichever is less, shared too); at most four workers a core, at least 4."""
-    from loadertop.core.limits import current_limits
+    from loadertop.core.measure.limits import current_limits
 
     limits, ranks = current_limits(), max(ranks_on_node, 1)
     share = (cores if cores is not None else limits.cores) / ranks
@@ -714,7 +715,7 @@ def read_tree(clock: Any, worker_pids: Sequence[int], memory: Any = None) -> Rea
 
     import psutil
 
-    from loadertop.core.memory import shared_reader
+    from loadertop.core.measure.memory import shared_reader
 
     reader = memory if memory is not None else shared_reader()
     cpu = clock.read()

@@ -24,8 +24,8 @@ from typing import Any
 
 from loadertop.core.probe.publisher import say_on_stderr
 from loadertop.core.protocol.records import record_line
-from loadertop.core.ranks import RanksSession, measured_ranks
-from loadertop.core.view import ScriptView, Straggler
+from loadertop.core.sessions.ranks import RanksSession, measured_ranks
+from loadertop.core.sessions.view import ScriptView, Straggler
 
 LOOK_S = 1.0
 """How often the ranks' verdict is looked at."""

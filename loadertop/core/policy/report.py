@@ -10,9 +10,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from loadertop.core.advice import Advice, MachineFacts, recommend, speed_cell, verdict
-from loadertop.core.memory import SOURCE_RSS, SOURCE_SMAPS
-from loadertop.core.store import ConfigSummary
+from loadertop.core.measure.memory import SOURCE_RSS, SOURCE_SMAPS
+from loadertop.core.measure.store import ConfigSummary
+from loadertop.core.policy.advice import Advice, MachineFacts, recommend, speed_cell, verdict
 
 # DESIGN.md's JSON row fields, in order (``rss_mb`` is kept for scripts that read it: the peak of the summed RSS),
 # then the accounted cost, the throughput's standard error and the memory as the kernel accounts it (PSS, USS).

@@ -25,10 +25,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
-from loadertop.core.probe.launched import ENV, ProbeSettings
+from loadertop.core.protocol.environment import ENV, ProbeSettings
 
-BOOTSTRAP = Path(__file__).resolve().parent / "probe" / "bootstrap"
-PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+BOOTSTRAP = Path(__file__).resolve().parents[1] / "probe" / "bootstrap"
+PACKAGE_ROOT = Path(__file__).resolve().parents[3]
 
 
 class LaunchError(Exception):

@@ -26,7 +26,7 @@ from torch import nn
 from torchvision import datasets
 from torchvision import transforms as T
 
-from loadertop.core.workload import Workload
+from loadertop.core.train.workload import Workload
 
 NUM_CLASSES = 10
 NUM_IMAGES = 1000
@@ -200,7 +200,7 @@ def make_workload(
     io_latency_ms: float = 0.0,
     num_images: int = NUM_IMAGES,
 ) -> Workload:
-    """The built-in workload (also a valid ``--workload loadertop.core.builtin:make_workload``).
+    """The built-in workload (also a valid ``--workload loadertop.core.train.builtin:make_workload``).
 
     Args:
         seed: seeds the generated images and the model's initial weights.

@@ -12,15 +12,15 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import IO, Any
 
-from loadertop.core.advice import Advice, advise, machine_facts, speed_text
-from loadertop.core.autotune import Budget, Change
-from loadertop.core.engine import Trainer, TrainerState
-from loadertop.core.limits import current_limits
+from loadertop.core.drive.sweep import Sweep
+from loadertop.core.measure.limits import current_limits
+from loadertop.core.measure.store import ConfigSummary
+from loadertop.core.policy.advice import Advice, advise, machine_facts, speed_text
+from loadertop.core.policy.autotune import Budget, Change
+from loadertop.core.policy.report import advice_lines, format_table
 from loadertop.core.protocol.records import BatchRecord
-from loadertop.core.report import advice_lines, format_table
-from loadertop.core.session import Session
-from loadertop.core.store import ConfigSummary
-from loadertop.core.sweep import Sweep
+from loadertop.core.sessions.session import Session
+from loadertop.core.train.engine import Trainer, TrainerState
 
 EXIT_OK = 0
 EXIT_FAILED = 1

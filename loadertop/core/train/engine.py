@@ -16,16 +16,16 @@ from typing import Any, NamedTuple
 
 import torch
 
-from loadertop.core.cost import TreeCpu, TreeCpuClock
-from loadertop.core.memory import TreeMemory
+from loadertop.core.measure.cost import TreeCpu, TreeCpuClock
+from loadertop.core.measure.memory import TreeMemory
+from loadertop.core.measure.store import MetricsStore
 from loadertop.core.probe import torch_compat
 from loadertop.core.probe.loader import DataLoader, LoaderBatch, batch_len
 from loadertop.core.protocol.config import LoaderConfig
 from loadertop.core.protocol.records import BatchRecord, StartEvent
 from loadertop.core.protocol.status import ExitedWorker, TrainerError, TrainerState, TrainerStatus
-from loadertop.core.sampler import ResumableSampler
-from loadertop.core.store import MetricsStore
-from loadertop.core.workload import (
+from loadertop.core.train.resumable_sampler import ResumableSampler
+from loadertop.core.train.workload import (
     IndexedDataset,
     SampleError,
     Workload,

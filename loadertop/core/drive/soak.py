@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import psutil
 
-from loadertop.core.engine import Trainer
-from loadertop.core.procs import child_processes
+from loadertop.core.measure.procs import child_processes
 from loadertop.core.protocol.config import LoaderConfig
+from loadertop.core.train.engine import Trainer
 
 CYCLE = tuple(
     LoaderConfig(num_workers=w, batch_size=8, persistent_workers=p)

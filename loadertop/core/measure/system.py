@@ -17,8 +17,8 @@ from typing import Any
 
 import psutil
 
-from loadertop.core.limits import current_limits
-from loadertop.core.memory import MemoryReader, ProcessMemory, TreeMemory, shared_reader, tree_memory
+from loadertop.core.measure.limits import current_limits
+from loadertop.core.measure.memory import MemoryReader, ProcessMemory, TreeMemory, shared_reader, tree_memory
 
 MIB = 1024 * 1024
 
@@ -33,7 +33,7 @@ class ProcessSample:
         worker_id: the DataLoader worker id (0..k-1), None for the main process.
         cpu_percent: CPU use since the previous sample, in percent of one core.
         rss_bytes: resident memory (shared pages included).
-        pss_bytes: proportional set size (``loadertop.core.memory``); None: not read (an older recording).
+        pss_bytes: proportional set size (``loadertop.core.measure.memory``); None: not read (an older recording).
         uss_bytes: unique set size: what only this process holds; None: not read.
         memory_exact: PSS and USS were read from ``smaps_rollup``; False: they are the RSS (an upper bound).
     """
@@ -109,7 +109,7 @@ def usable_cores() -> int:
 
     min(CPU affinity, cgroup cpuset, cgroup CPU quota) rounded up: a quota of 1.5 CPUs is 2, a quota of
     0.5 is 1 (a fraction of a core still runs a worker; a count of 0 cores would mean none). Budgets and
-    warnings use ``usable_cores_exact()``. ``loadertop.core.limits`` reads the limits and says where they came from.
+    warnings use ``usable_cores_exact()``. ``measure.limits`` reads the limits and says where they came from.
     """
     return current_limits().core_count
 
@@ -130,7 +130,7 @@ class NvmlReader:
         self._handles: list[Any] = []
         self.status = "no NVIDIA GPU"
         try:
-            import pynvml
+            import pynvml  # type: ignore[import-untyped]  # nvidia-ml-py ships no types
         except ImportError:
             self.status = "no NVIDIA GPU: the NVML library (nvidia-ml-py) is not installed"
             return
@@ -169,32 +169,31 @@ class NvmlReader:
         """
         if not self.available:
             return ()
-        nvml = self._nvml
         mine_pids = {os.getpid()} if pids is None else set(pids)
-        samples = []
-        for index, handle in enumerate(self._handles):
-            name = _try(lambda h=handle: nvml.nvmlDeviceGetName(h)) or f"GPU {index}"
-            if isinstance(name, bytes):
-                name = name.decode(errors="replace")
-            util = _try(lambda h=handle: float(nvml.nvmlDeviceGetUtilizationRates(h).gpu))
-            memory = _try(lambda h=handle: nvml.nvmlDeviceGetMemoryInfo(h))
-            temp = _try(lambda h=handle: float(nvml.nvmlDeviceGetTemperature(h, nvml.NVML_TEMPERATURE_GPU)))
-            power = _try(lambda h=handle: nvml.nvmlDeviceGetPowerUsage(h) / 1000.0)
-            procs = _try(lambda h=handle: nvml.nvmlDeviceGetComputeRunningProcesses(h))
-            mine = [p.usedGpuMemory for p in procs or () if p.pid in mine_pids and p.usedGpuMemory is not None]
-            samples.append(
-                GpuSample(
-                    index=index,
-                    name=str(name),
-                    utilization_percent=util,
-                    memory_used_bytes=int(memory.used) if memory is not None else None,
-                    memory_total_bytes=int(memory.total) if memory is not None else None,
-                    temperature_c=temp,
-                    power_w=power,
-                    process_memory_bytes=int(sum(mine)) if mine else (0 if procs is not None else None),
-                )
-            )
-        return tuple(samples)
+        return tuple(self._sample(index, handle, mine_pids) for index, handle in enumerate(self._handles))
+
+    def _sample(self, index: int, handle: Any, mine_pids: set[int]) -> GpuSample:
+        """GPU ``index``'s sample (``handle``: its NVML handle)."""
+        nvml = self._nvml
+        name = _try(lambda: nvml.nvmlDeviceGetName(handle)) or f"GPU {index}"
+        if isinstance(name, bytes):
+            name = name.decode(errors="replace")
+        util = _try(lambda: float(nvml.nvmlDeviceGetUtilizationRates(handle).gpu))
+        memory = _try(lambda: nvml.nvmlDeviceGetMemoryInfo(handle))
+        temp = _try(lambda: float(nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU)))
+        power = _try(lambda: nvml.nvmlDeviceGetPowerUsage(handle) / 1000.0)
+        procs = _try(lambda: nvml.nvmlDeviceGetComputeRunningProcesses(handle))
+        mine = [p.usedGpuMemory for p in procs or () if p.pid in mine_pids and p.usedGpuMemory is not None]
+        return GpuSample(
+            index=index,
+            name=str(name),
+            utilization_percent=util,
+            memory_used_bytes=int(memory.used) if memory is not None else None,
+            memory_total_bytes=int(memory.total) if memory is not None else None,
+            temperature_c=temp,
+            power_w=power,
+            process_memory_bytes=int(sum(mine)) if mine else (0 if procs is not None else None),
+        )
 
     def close(self) -> None:
         """Shut NVML down (once)."""
@@ -399,10 +398,10 @@ class SystemSampler:
         self.memory.retain(live)
         held = {m.pid: m for m in memories}
         processes = []
-        for proc, role, worker_id, cpu in followed:
+        for proc, role, number, cpu in followed:
             if role == "worker" and proc.pid not in held:
                 continue  # gone since its CPU was read
-            processes.append(_process_sample(proc.pid, role, worker_id, cpu, held.get(proc.pid)))
+            processes.append(_process_sample(proc.pid, role, number, cpu, held.get(proc.pid)))
         tree_cpu = sum(p.cpu_percent for p in processes) + sum(cpu for proc, cpu in others if proc.pid in held)
         tree_rss = sum(m.rss_bytes for m in memories)
         found_workers = [p.pid for p in processes if p.role == "worker"]

@@ -21,12 +21,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Union
 
-from loadertop.core.advice import recommend
-from loadertop.core.autotune import TunerStatus
+from loadertop.core.drive.sweep import DEFAULT_BATCHES, SweepProgress
+from loadertop.core.policy.advice import recommend
+from loadertop.core.policy.autotune import TunerStatus
 from loadertop.core.protocol.config import LoaderConfig
 from loadertop.core.protocol.status import TrainerState
-from loadertop.core.sweep import DEFAULT_BATCHES, SweepProgress
-from loadertop.core.view import SessionView
+from loadertop.core.sessions.view import SessionView
 
 FORMAT = 1
 

@@ -9,8 +9,8 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from loadertop.core.cost import TreeCpu
-from loadertop.core.memory import SOURCE_RSS, SOURCE_SMAPS, TreeMemory
+from loadertop.core.measure.cost import TreeCpu
+from loadertop.core.measure.memory import SOURCE_RSS, SOURCE_SMAPS, TreeMemory
 from loadertop.core.protocol.config import LoaderConfig
 from loadertop.core.protocol.records import BatchRecord, StartEvent
 
@@ -55,7 +55,7 @@ class ConfigSummary:
     wall time it ran, ``cpu_percent`` their ratio (100 = one core), ``cpu_s_per_sample``
     what one delivered sample cost the whole tree (loading and training together), and
     ``worker_cpu_share`` the share of ``cpu_s`` spent in child processes (the workers).
-    Memory comes from the system samples (``loadertop.core.memory``): ``pss_mb`` is THE memory figure,
+    Memory comes from the system samples (``loadertop.core.measure.memory``): ``pss_mb`` is THE memory figure,
     the tree's mean PSS (each page counted once, however many workers share it) over the samples
     taken with all the configuration's workers up, ``pss_mb_peak`` its peak over every sample;
     ``worker_uss_mb`` is the mean USS of one worker (what only it holds: what one more costs), and

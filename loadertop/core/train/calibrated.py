@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, default_collate
 
-from loadertop.core.workload import Workload
+from loadertop.core.train.workload import Workload
 
 
 class SleepDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):

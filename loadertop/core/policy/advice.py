@@ -6,12 +6,12 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
-from loadertop.core.limits import Limits, current_limits, usable_cores_phrase, whole_cores
-from loadertop.core.memory import SOURCE_RSS
-from loadertop.core.model import INPUT_BOUND_SHARE, Point, fit
+from loadertop.core.measure.limits import Limits, current_limits, usable_cores_phrase, whole_cores
+from loadertop.core.measure.memory import SOURCE_RSS
+from loadertop.core.measure.store import ConfigSummary, percentile
+from loadertop.core.measure.system import SystemSnapshot
+from loadertop.core.policy.model import INPUT_BOUND_SHARE, Point, fit
 from loadertop.core.protocol.records import BatchRecord
-from loadertop.core.store import ConfigSummary, percentile
-from loadertop.core.system import SystemSnapshot
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +163,7 @@ class MachineFacts:
 
 
 def machine_facts(system: SystemSnapshot | None = None) -> MachineFacts:
-    """This machine's facts as this process may use it (``loadertop.core.limits``); ``/dev/shm`` from ``system``."""
+    """This machine's facts as this process may use it (``measure.limits``); ``/dev/shm`` from ``system``."""
     import multiprocessing
 
     limits = current_limits()
@@ -186,7 +186,7 @@ class Advice:
         warnings: each a sentence saying what to look at and why.
         undecided: keys of the configurations the measurement cannot yet place on either side of the
             ``RECOMMEND_WITHIN`` line (the fastest among them): measuring them longer would settle it.
-        predicted: the model's samples/s per worker count (``loadertop.core.model``; the measured figure
+        predicted: the model's samples/s per worker count (``loadertop.core.policy.model``; the measured figure
             where there is one, None past the memory budget), for the fastest one's other settings.
         ceiling: the samples/s the cores allow at most (CPU per sample); inf when it is not known.
     """

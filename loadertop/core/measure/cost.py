@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 
 import psutil
 
-from loadertop.core.system import process_rss
+from loadertop.core.measure.system import process_rss
 
 
 @dataclass(frozen=True, slots=True)

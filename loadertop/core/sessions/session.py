@@ -2,7 +2,7 @@
 
 Front-ends (the TUI, tests, other tools) talk to a ``Session``: they pull a
 ``SessionView`` whenever they redraw and send commands; nothing is pushed to them.
-``loadertop.core.replay.ReplaySession`` offers the same interface over recorded data.
+``loadertop.core.sessions.replay.ReplaySession`` offers the same interface over recorded data.
 """
 
 from __future__ import annotations
@@ -14,17 +14,17 @@ import time
 from collections.abc import Callable, Sequence
 from typing import IO
 
-from loadertop.core.advice import advise, default_counts, machine_facts
-from loadertop.core.autotune import AutoTuner, Budget, Change, Observation, TuneDriver, default_budget, read_tree
-from loadertop.core.engine import Trainer, TrainerState
+from loadertop.core.drive.sweep import DEFAULT_BATCHES, Sweep
+from loadertop.core.measure.procs import reap_children
+from loadertop.core.measure.store import refill_batches
+from loadertop.core.measure.system import SystemSampler, SystemSnapshot
+from loadertop.core.policy.advice import advise, default_counts, machine_facts
+from loadertop.core.policy.autotune import AutoTuner, Budget, Change, Observation, TuneDriver, default_budget, read_tree
 from loadertop.core.probe.publisher import Publisher
-from loadertop.core.procs import reap_children
 from loadertop.core.protocol.config import LoaderConfig
 from loadertop.core.protocol.records import BatchRecord, record_line
-from loadertop.core.store import refill_batches
-from loadertop.core.sweep import DEFAULT_BATCHES, Sweep
-from loadertop.core.system import SystemSampler, SystemSnapshot
-from loadertop.core.view import SessionView
+from loadertop.core.sessions.view import SessionView
+from loadertop.core.train.engine import Trainer, TrainerState
 
 QUIT_WITHIN_S = 2.5
 """How long a stop may take, workers included, before loadertop stops waiting."""

@@ -16,14 +16,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from loadertop.core.advice import recommend
+from loadertop.core.measure.store import ConfigSummary
+from loadertop.core.policy.advice import recommend
 from loadertop.core.protocol.config import LoaderConfig
 from loadertop.core.protocol.records import BatchRecord
 from loadertop.core.protocol.status import TrainerState
-from loadertop.core.store import ConfigSummary
 
 if TYPE_CHECKING:  # the sweep drives a trainer; its progress is read by torch-free front-ends
-    from loadertop.core.engine import Trainer
+    from loadertop.core.train.engine import Trainer
 
 DEFAULT_BATCHES = 100
 """Steady batches measured per worker count unless told otherwise."""
