@@ -256,6 +256,18 @@ def set_device_index(index: int) -> None:
         torch.cuda.set_device(index)
 
 
+def set_batch_size(loader: Any, batch_size: int) -> None:
+    """Give a loader that batches by itself a new batch size (torch forbids setting it after ``__init__``)."""
+    sampler = torch.utils.data.BatchSampler(loader.sampler, batch_size, loader.drop_last)
+    object.__setattr__(loader, "batch_size", batch_size)
+    object.__setattr__(loader, "batch_sampler", sampler)
+
+
+def set_persistent_workers(loader: Any, persistent: bool) -> None:
+    """Keep (or stop keeping) a loader's workers across epochs (torch forbids setting it after ``__init__``)."""
+    object.__setattr__(loader, "persistent_workers", persistent)
+
+
 def default_store() -> Any:
     """The default process group's c10d store (torchrun's rendezvous store), or None before
     ``init_process_group`` or where torch is built without torch.distributed."""
