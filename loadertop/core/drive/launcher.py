@@ -9,11 +9,17 @@ Under the monitor (``spawn``), the monitor owns the terminal: the command runs i
 its own (a hangup of the monitor's terminal does not reach it, so ``d`` can detach), its
 stdin is /dev/null and its stdout and stderr go to a log file beside its socket, which the
 monitor's log panel shows. Either way it serves monitors on a socket (``loadertop attach``).
-Imports no torch.
+
+The command may run another interpreter than loadertop's (loadertop installed as a tool, the script in
+its own venv or conda environment): only loadertop itself goes first on its path (a directory of the
+run's holding a link to the package, not the directory loadertop is installed in, whose torch and
+numpy would shadow the script's), and loadertop's psutil goes last, after the script's
+site-packages, for an environment that has none. Imports no torch.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import signal
@@ -25,10 +31,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
+import loadertop
 from loadertop.core.protocol.environment import ENV, ProbeSettings
 
 BOOTSTRAP = Path(__file__).resolve().parents[1] / "probe" / "bootstrap"
-PACKAGE_ROOT = Path(__file__).resolve().parents[3]
+PACKAGE = Path(loadertop.__file__).resolve().parent
+FALLBACK_ENV = "LOADERTOP_FALLBACK_PATH"
+"""The directory the bootstrap appends to the end of ``sys.path`` (loadertop's psutil, see ``link_packages``)."""
 
 
 class LaunchError(Exception):
@@ -58,13 +67,42 @@ def resolve(command: Sequence[str]) -> str:
     return found
 
 
-def environment(settings: ProbeSettings, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The child's environment: the settings, and the bootstrap (and loadertop itself) first on PYTHONPATH."""
+def link_packages(run_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """Make ``run_dir/first`` (a link to loadertop's package only) and ``run_dir/fallback`` (a link to its psutil).
+
+    The first goes on the child's path before everything, the fallback after everything: a script's
+    environment that has psutil uses its own (psutil's extension is abi3: loadertop's works in any CPython 3).
+    """
+    first, fallback = Path(run_dir) / "first", Path(run_dir) / "fallback"
+    _link(first / "loadertop", PACKAGE)
+    fallback.mkdir(exist_ok=True)
+    spec = importlib.util.find_spec("psutil")
+    if spec is not None and spec.origin is not None:
+        _link(fallback / "psutil", Path(spec.origin).resolve().parent)
+    return first, fallback
+
+
+def _link(link: Path, target: Path) -> None:
+    link.parent.mkdir(exist_ok=True)
+    if not (link.is_symlink() and link.resolve() == target):
+        link.unlink(missing_ok=True)
+        link.symlink_to(target, target_is_directory=True)
+
+
+def environment(settings: ProbeSettings, base: Mapping[str, str] | None = None,
+                run_dir: str | os.PathLike[str] | None = None) -> dict[str, str]:
+    """The child's environment: the settings, the bootstrap and loadertop first on PYTHONPATH (the user's after),
+    and the fallback for the bootstrap to append (see ``link_packages``, made in ``run_dir``).
+
+    Without ``run_dir``, the links go in a new temporary directory, left behind.
+    """
     env = dict(os.environ if base is None else base)
-    paths = [str(BOOTSTRAP), str(PACKAGE_ROOT)]
+    first, fallback = link_packages(run_dir if run_dir is not None else tempfile.mkdtemp(prefix="loadertop-path-"))
+    paths = [str(BOOTSTRAP), str(first)]
     if env.get("PYTHONPATH"):
         paths.append(env["PYTHONPATH"])
     env["PYTHONPATH"] = os.pathsep.join(paths)
+    env[FALLBACK_ENV] = str(fallback)
     env[ENV] = settings.to_environment()
     return env
 
@@ -83,7 +121,7 @@ def launch(command: Sequence[str], *, workers: int | None = None, switches: Mapp
         settings = ProbeSettings(workers=workers, switches=dict(switches or {}),
                                  record=os.path.abspath(record) if record else None,
                                  claim=os.path.join(run_dir, "claimed"), command=tuple(command), **(tuning or {}))
-        child = subprocess.Popen([executable, *command[1:]], env=environment(settings))
+        child = subprocess.Popen([executable, *command[1:]], env=environment(settings, run_dir=run_dir))
         if watcher is not None:
             watcher.start(child.pid)
 
@@ -138,8 +176,11 @@ def spawn(command: Sequence[str], *, workers: int | None = None, switches: Mappi
                              record=os.path.abspath(record) if record else None,
                              claim=str(directory / f"run-{stamp}.claim"), command=tuple(command), log=str(log),
                              **(tuning or {}))
+    links = directory / f"run-{stamp}.path"  # beside the log: the command may outlive the monitor (``d``)
+    links.mkdir(mode=0o700)
     with open(log, "wb") as output:
         os.chmod(log, 0o600)
-        child = subprocess.Popen([executable, *command[1:]], env=environment(settings), stdin=subprocess.DEVNULL,
-                                 stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+        child = subprocess.Popen([executable, *command[1:]], env=environment(settings, run_dir=links),
+                                 stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
     return child, str(log)

@@ -1,7 +1,9 @@
 """Runs at the start of every Python process that ``loadertop run -- COMMAND`` starts (it is on their PYTHONPATH).
 
 It imports nothing heavy: it only arranges for torch's DataLoader to be instrumented once the
-script imports torch, then hands over to any ``sitecustomize`` the environment had before.
+script imports torch, then hands over to any ``sitecustomize`` the environment had before. It also
+appends the launcher's fallback directory (loadertop's psutil) to the end of ``sys.path``, after the
+site-packages of the script's environment, which wins where it has its own.
 """
 
 import os
@@ -21,6 +23,9 @@ def _chain_previous_sitecustomize() -> None:
         spec.loader.exec_module(module)
 
 
+_fallback = os.environ.get("LOADERTOP_FALLBACK_PATH")
+if _fallback and _fallback not in sys.path:
+    sys.path.append(_fallback)  # site-packages are on sys.path already: sitecustomize runs after them
 if os.environ.get("LOADERTOP_PROBE"):
     try:
         from loadertop.core.probe.launched import install_from_environment
