@@ -84,20 +84,17 @@ def link_packages(run_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
 
 def _link(link: Path, target: Path) -> None:
     link.parent.mkdir(exist_ok=True)
-    if not (link.is_symlink() and link.resolve() == target):
-        link.unlink(missing_ok=True)
-        link.symlink_to(target, target_is_directory=True)
+    link.symlink_to(target, target_is_directory=True)
 
 
-def environment(settings: ProbeSettings, base: Mapping[str, str] | None = None,
-                run_dir: str | os.PathLike[str] | None = None) -> dict[str, str]:
+def environment(settings: ProbeSettings, run_dir: str | os.PathLike[str],
+                base: Mapping[str, str] | None = None) -> dict[str, str]:
     """The child's environment: the settings, the bootstrap and loadertop first on PYTHONPATH (the user's after),
-    and the fallback for the bootstrap to append (see ``link_packages``, made in ``run_dir``).
-
-    Without ``run_dir``, the links go in a new temporary directory, left behind.
+    and the fallback for the bootstrap to append (see ``link_packages``, made in ``run_dir``: a new directory
+    of this run's).
     """
     env = dict(os.environ if base is None else base)
-    first, fallback = link_packages(run_dir if run_dir is not None else tempfile.mkdtemp(prefix="loadertop-path-"))
+    first, fallback = link_packages(run_dir)
     paths = [str(BOOTSTRAP), str(first)]
     if env.get("PYTHONPATH"):
         paths.append(env["PYTHONPATH"])
@@ -121,7 +118,7 @@ def launch(command: Sequence[str], *, workers: int | None = None, switches: Mapp
         settings = ProbeSettings(workers=workers, switches=dict(switches or {}),
                                  record=os.path.abspath(record) if record else None,
                                  claim=os.path.join(run_dir, "claimed"), command=tuple(command), **(tuning or {}))
-        child = subprocess.Popen([executable, *command[1:]], env=environment(settings, run_dir=run_dir))
+        child = subprocess.Popen([executable, *command[1:]], env=environment(settings, run_dir))
         if watcher is not None:
             watcher.start(child.pid)
 
@@ -180,7 +177,7 @@ def spawn(command: Sequence[str], *, workers: int | None = None, switches: Mappi
     links.mkdir(mode=0o700)
     with open(log, "wb") as output:
         os.chmod(log, 0o600)
-        child = subprocess.Popen([executable, *command[1:]], env=environment(settings, run_dir=links),
+        child = subprocess.Popen([executable, *command[1:]], env=environment(settings, links),
                                  stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
                                  start_new_session=True)
     return child, str(log)
