@@ -674,8 +674,9 @@ class Trainer:
         finally:
             if iterator is not None:
                 self._reap_workers(iterator)
-            if loader is not None and torch_compat.persistent_iterator(loader) is not None:
-                self._reap_workers(torch_compat.persistent_iterator(loader))
+            kept = torch_compat.persistent_iterator(loader) if loader is not None else None
+            if kept is not None:
+                self._reap_workers(kept)
             self._close_cost()
 
     def _consume(self, loader: DataLoader, iterator: Any, start: _Start) -> tuple[str, _Start | None]:
