@@ -10,9 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_scripts import records, run
-from tests.helpers import no_children_left
-from tests.unit.test_cli import assert_usage_error, run_main
+from tests.helpers import assert_usage_error, no_children_left, records, run, run_main
 
 CHANGE = re.compile(r"^autotune: (?P<reason>.+): (?:(?P<from>\d+) -> (?P<to>\d+) workers?|stays at (?P<stay>\d+) "
                     r"workers?)$", re.MULTILINE)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from loadertop.core.train.builtin import ensure_images
-from tests.unit.test_cli import run_main
+from tests.helpers import run_main
 
 
 @pytest.fixture(scope="module")

@@ -326,7 +326,7 @@ CONFINED = Limits(cores=1.5, cores_source="cgroup v2 quota", cores_file="/sys/fs
 
 
 def test_warnings_and_the_json_machine_block_say_where_a_limit_came_from() -> None:
-    from tests.unit.test_advice_and_replay import summary
+    from tests.helpers import summary
 
     machine = MachineFacts(usable_cores=1.5, memory_total_bytes=16 * GIB, limits=CONFINED)
     rows = [summary(0, 300), summary(2, 500, load_ms=1.0)]
