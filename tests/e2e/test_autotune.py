@@ -1,6 +1,7 @@
 """``loadertop run --headless --autotune`` on calibrated workloads: it finds a count, says why, records it, and
 tunes again when the cost per sample changes. (How close to the best it ends is measured by
-benchmarks/autotune.py; the tuner's logic is tested exactly on simulated landscapes in tests/unit/test_autotune.py.)"""
+benchmarks/autotune.py; the tuner's logic is tested exactly on simulated landscapes in
+tests/unit/policy/test_autotune.py.)"""
 
 from __future__ import annotations
 

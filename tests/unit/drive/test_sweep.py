@@ -15,6 +15,7 @@ from loadertop.core.drive.sweep import Sweep
 from loadertop.core.measure.procs import child_processes
 from loadertop.core.policy.report import ROW_FIELDS
 from tests import workloads
+from tests.conftest import ROOT
 from tests.helpers import assert_usage_error, others_cpu, run_main, sweep
 
 
@@ -101,7 +102,7 @@ def test_a_sweep_switches_only_after_its_steady_batches_and_cancel_keeps_the_run
 
 def test_sweep_files_have_every_field(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    monkeypatch.chdir(ROOT)
     paths = {kind: tmp_path / f"sweep.{kind}" for kind in ("json", "csv", "md")}
     code, out, err = run_main(["sweep", "--workload", "tests.workloads:sleepy", "--batch-size", "10",
                                "--workers", "0,2", "--batches", "12", "--sample-interval", "0.2",
@@ -131,7 +132,7 @@ def test_sweep_files_have_every_field(tmp_path: Path, capsys: pytest.CaptureFixt
 
 def test_json_to_stdout_leaves_stdout_clean(capsys: pytest.CaptureFixture[str],
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    monkeypatch.chdir(ROOT)
     code, out, err = run_main(["sweep", "--workload", "tests.workloads:sleepy", "--workers", "0,1",
                                "--batches", "10", "--json", "-"], capsys)
     assert code == 0

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import ROOT
 from tests.helpers import assert_usage_error, run_main, wait_for
 
 BAD_INPUT = [
@@ -55,7 +56,7 @@ BAD_INPUT = [
 def test_bad_input_gets_one_clear_line_and_exit_2(
     args: list[str], message: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    monkeypatch.chdir(ROOT)
     assert_usage_error(run_main(["run", "--headless", "--max-batches", "1", *args], capsys), message)
 
 
