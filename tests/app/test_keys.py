@@ -14,13 +14,7 @@ from loadertop.core.train.engine import TrainerError
 from loadertop.tui.app import LoaderTopApp
 from loadertop.tui.screens import ConfigForm, HelpScreen, SweepResult
 from loadertop.tui.widgets import ComparisonTable, ErrorPanel, PendingBar, RunHeader, WorkersPanel
-
-SIZE = (120, 36)
-
-
-def screen_text(app: LoaderTopApp, widget_type: type) -> str:
-    widget = app.query_one(widget_type)
-    return str(widget.render())
+from tests.helpers import SIZE, screen_text
 
 
 def applied(replay: ReplaySession) -> list[LoaderConfig]:

@@ -10,8 +10,8 @@ from loadertop.core.sessions.replay import ReplaySession
 from loadertop.tui.app import LoaderTopApp
 from loadertop.tui.screens import HelpScreen
 from loadertop.tui.widgets import LogPanel, LossChart, PendingBar, RanksPanel, RunHeader
-from tests.app.test_keys import SIZE
-from tests.app.test_keys import screen_text as text_of
+from tests.helpers import SIZE
+from tests.helpers import screen_text as text_of
 
 
 async def test_the_script_its_loader_and_its_output_are_shown(script_replay: ReplaySession) -> None:

@@ -1,6 +1,7 @@
 """``loadertop run --headless --autotune`` on calibrated workloads: it finds a count, says why, records it, and
 tunes again when the cost per sample changes. (How close to the best it ends is measured by
-benchmarks/autotune.py; the tuner's logic is tested exactly on simulated landscapes in tests/unit/test_autotune.py.)"""
+benchmarks/autotune.py; the tuner's logic is tested exactly on simulated landscapes in
+tests/unit/policy/test_autotune.py.)"""
 
 from __future__ import annotations
 
@@ -10,9 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_scripts import records, run
-from tests.helpers import no_children_left
-from tests.unit.test_cli import assert_usage_error, run_main
+from tests.helpers import assert_usage_error, no_children_left, records, run, run_main
 
 CHANGE = re.compile(r"^autotune: (?P<reason>.+): (?:(?P<from>\d+) -> (?P<to>\d+) workers?|stays at (?P<stay>\d+) "
                     r"workers?)$", re.MULTILINE)

@@ -14,10 +14,17 @@ import psutil
 import pytest
 
 from loadertop.core.measure.system import usable_cores_exact
-from tests.e2e.test_scripts import launched, records, run
-from tests.e2e.test_torchrun import torchrun
-from tests.helpers import eventually, made_at, no_children_left
-from tests.unit.test_cli import assert_usage_error, run_main
+from tests.helpers import (
+    assert_usage_error,
+    eventually,
+    launched,
+    made_at,
+    no_children_left,
+    records,
+    run,
+    run_main,
+    torchrun,
+)
 
 SCRIPT = "tests/scripts/tune_loop.py"
 LOADER = made_at(SCRIPT, "loader = DataLoader(")

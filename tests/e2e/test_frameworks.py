@@ -9,9 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_scripts import launched, records, run
-from tests.e2e.test_torchrun import torchrun
-from tests.helpers import made_at, no_children_left
+from tests.helpers import launched, made_at, no_children_left, records, run, torchrun
 
 lightning = pytest.importorskip("lightning", reason="the dev extra installs lightning")
 

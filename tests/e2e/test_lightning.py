@@ -13,8 +13,8 @@ import pytest
 from loadertop.core.protocol.config import LoaderConfig
 from loadertop.core.protocol.runtime import live_runs
 from loadertop.core.sessions.remote import RemoteSession
-from tests.e2e.test_scripts import ROOT, launched, records, run
-from tests.helpers import made_at, no_children_left, wait_for
+from tests.conftest import ROOT
+from tests.helpers import launched, made_at, no_children_left, records, run, wait_for
 
 pytest.importorskip("lightning", reason="the dev extra installs lightning")
 

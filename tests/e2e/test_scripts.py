@@ -4,29 +4,14 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import no_children_left
-from tests.unit.test_cli import assert_usage_error, run_main
+from tests.helpers import assert_usage_error, launched, no_children_left, records, run, run_main
 
-ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = "tests/scripts/plain_loop.py"
-
-
-def run(args: list[str], timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False)
-
-
-def launched(*options: str, command: list[str]) -> subprocess.CompletedProcess[str]:
-    return run([sys.executable, "-m", "loadertop", "run", "--headless", *options, "--", *command])
-
-
-def records(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 @pytest.mark.slow

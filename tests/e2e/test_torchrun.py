@@ -14,17 +14,19 @@ from loadertop.core.drive.launcher import spawn
 from loadertop.core.protocol.config import LoaderConfig
 from loadertop.core.sessions.ranks import RanksSession, find_straggler
 from loadertop.core.sessions.view import RankInfo
-from tests.e2e.test_scripts import launched, records, run
-from tests.helpers import assert_records_follow_the_schema, made_at, no_children_left, wait_for
+from tests.helpers import (
+    DDP,
+    assert_records_follow_the_schema,
+    launched,
+    made_at,
+    no_children_left,
+    records,
+    run,
+    torchrun,
+    wait_for,
+)
 
-DDP = "tests/scripts/ddp_loop.py"
 LOADER = made_at(DDP, "loader = DataLoader(")
-
-
-def torchrun(out: Path, *extra: str, script: str = DDP) -> list[str]:
-    """``script`` on two ranks of one node, as users start it (``torchrun`` is ``python -m torch.distributed.run``)."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", script, str(out),
-            *extra]
 
 
 @pytest.fixture(scope="module")

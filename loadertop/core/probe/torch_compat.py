@@ -2,7 +2,7 @@
 
 Every private torch name loadertop reads, calls, sets or overrides is listed in ``_USES`` and reached
 through a function here (``persistent_iterator``, ``index_sampler``, ``worker_processes``, ``base_seed``...):
-no other module of loadertop touches one (tests/unit/test_torch_compat.py checks the source).
+no other module of loadertop touches one (tests/unit/probe/test_torch_compat.py checks the source).
 
 ``install()`` runs when a loadertop loader or trainer starts (never on ``import loadertop``): it checks
 that the running torch has what ``_USES`` lists on its classes and modules, and makes one adjustment.
@@ -73,7 +73,8 @@ _USES: tuple[Use, ...] = (
     Use("torch.utils.data._utils", "MP_STATUS_CHECK_INTERVAL", ON_CLASS, "the same poll's interval"),
     Use("torch.distributed.distributed_c10d", "_get_default_store", ON_CLASS, "torchrun's store, to reach other ranks"),
 )
-"""What loadertop uses of torch's private API: everything, each once (checked by tests/unit/test_torch_compat.py)."""
+"""What loadertop uses of torch's private API: everything, each once (checked by
+tests/unit/probe/test_torch_compat.py)."""
 
 _USE = {use.name: use for use in _USES}
 

@@ -20,7 +20,7 @@ from loadertop.core.protocol.codec import MAX_LINE_BYTES, VERSION, LineReader, P
 from loadertop.core.protocol.messages import CLIENT_TYPES, SERVER_TYPES
 from loadertop.core.protocol.runtime import live_runs, read_hello, run_socket_path
 from loadertop.core.protocol.runtime import runtime_dir as find_runtime_dir
-from tests.helpers import eventually, wait_for
+from tests.helpers import Client, eventually, wait_for
 
 # ------------------------------------------------------------------ codec
 
@@ -102,39 +102,6 @@ def test_a_stale_socket_of_a_killed_run_is_found_and_removed(runtime_dir: Path) 
 
 
 # ------------------------------------------------------------ the server
-
-
-class Client:
-    """A raw monitor: a socket and a reader."""
-
-    def __init__(self, path: Path, *, control: bool | None = None) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(str(path))
-        self.sock.settimeout(5.0)
-        self.reader = LineReader(known=SERVER_TYPES)
-        self.messages: list[dict[str, Any]] = []
-        if control is not None:
-            self.send("hello", pid=os.getpid() if control else 1, control=control)
-
-    def send(self, kind: str, **fields: Any) -> None:
-        self.sock.sendall(encode(kind, **fields))
-
-    def read_until(self, predicate: Any, timeout: float = 5.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        for m in self.messages:
-            if predicate(m):
-                return m
-        while time.monotonic() < deadline:
-            data = self.sock.recv(65536)
-            assert data, "the server closed the connection"
-            for m in self.reader.feed(data):
-                self.messages.append(m)
-                if predicate(m):
-                    return m
-        raise AssertionError(f"not received; got {self.messages[-5:]}")
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.fixture

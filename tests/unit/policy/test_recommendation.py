@@ -9,7 +9,7 @@ import pytest
 from loadertop import Workload
 from loadertop.core.measure.system import usable_cores
 from tests import workloads
-from tests.unit.test_sweep import others_cpu, sweep
+from tests.helpers import others_cpu, sweep
 
 REPEATS = 3
 

@@ -17,10 +17,10 @@ from loadertop.core.measure.limits import CgroupLimits, Limit, Limits, combine, 
 from loadertop.core.policy.advice import MachineFacts, advise
 from loadertop.core.policy.report import report_json
 from loadertop.tui.widgets.header import limits_text
+from tests.conftest import ROOT
 
 GIB = 1024**3
 MIB = 1024**2
-REPO = Path(__file__).resolve().parents[2]
 
 
 def fake_root(tmp_path: Path, cgroup: str, mounts: list[tuple[str, str, str, str]], files: dict[str, str]) -> Path:
@@ -326,7 +326,7 @@ CONFINED = Limits(cores=1.5, cores_source="cgroup v2 quota", cores_file="/sys/fs
 
 
 def test_warnings_and_the_json_machine_block_say_where_a_limit_came_from() -> None:
-    from tests.unit.test_advice_and_replay import summary
+    from tests.helpers import summary
 
     machine = MachineFacts(usable_cores=1.5, memory_total_bytes=16 * GIB, limits=CONFINED)
     rows = [summary(0, 300), summary(2, 500, load_ms=1.0)]
@@ -435,8 +435,8 @@ def test_a_process_confined_by_real_cgroups_is_seen_so(confining_cgroups: list[P
     # The shell joins the cgroups, then becomes Python: the process is confined from its first instruction.
     join = 'echo $$ > "$1/cgroup.procs" && echo $$ > "$2/cgroup.procs" && shift 2 && exec "$@"'
     result = subprocess.run(["sh", "-c", join, "sh", str(cpu_dir), str(memory_dir), sys.executable,
-                             str(tmp_path / "probe.py")], capture_output=True, text=True, timeout=120, cwd=REPO,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+                             str(tmp_path / "probe.py")], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 0, result.stderr
     seen = json.loads(result.stdout.strip().splitlines()[-1])
     assert (seen["cores"], seen["source"], seen["file"]) == (0.5, "cgroup v1 quota", f"{cpu_dir}/cpu.cfs_quota_us")

@@ -11,8 +11,9 @@ from loadertop.core.sessions.ranks import find_straggler
 from loadertop.core.sessions.replay import load_view
 from loadertop.core.sessions.straggler_watch import NOBODY, StragglerChange, StragglerHold, StragglerWatch
 from loadertop.core.sessions.view import RankInfo, ScriptView, Straggler
+from tests.conftest import ROOT
 
-RECORDED = Path(__file__).resolve().parent.parent / "data" / "ranks_session.json"
+RECORDED = ROOT / "tests" / "data" / "ranks_session.json"
 ONE = Straggler(1, 0.7, "rank 1 is slow")
 ZERO = Straggler(0, 0.4, "rank 0 is slow")
 

@@ -14,8 +14,8 @@ import torch.utils.data.dataloader as torch_dataloader
 from loadertop.core.probe import torch_compat
 from loadertop.core.probe.loader import DataLoader
 from loadertop.core.probe.torch_compat import _USES, ON_CLASS, ON_INSTANCE, OVERRIDDEN, IncompatibleTorch
+from tests.conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "loadertop"
 COMPAT = PACKAGE / "core" / "probe" / "torch_compat.py"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from loadertop import LoaderConfig, Trainer
-from loadertop.core.measure.store import ConfigSummary, throughput_sem
+from loadertop.core.measure.store import throughput_sem
 from loadertop.core.policy.advice import (
     INPUT_BOUND_SHARE,
     MachineFacts,
@@ -25,6 +25,7 @@ from loadertop.core.protocol.records import BatchRecord
 from loadertop.core.sessions.replay import ReplaySession, load_view, save_view
 from loadertop.core.sessions.session import Session
 from tests import workloads
+from tests.helpers import summary
 
 
 def record(step: int, key: str, load_ms: float, compute_ms: float, warmup: bool = False) -> BatchRecord:
@@ -85,16 +86,6 @@ def test_a_file_that_is_not_a_recording_is_refused(tmp_path: Path) -> None:
     path.write_text('{"rows": []}')
     with pytest.raises(ValueError, match="not a loadertop session recording"):
         load_view(path)
-
-
-def summary(workers: int, samples_per_s: float, *, batches: int = 50, load_ms: float = 5.0, compute_ms: float = 20.0,
-            rss_mb: float = math.nan, persistent: bool = False, startup_ms: float = 100.0,
-            sem: float | None = None) -> ConfigSummary:
-    """A made-up summary; the throughput's standard error is 0.5% of it unless given."""
-    config = LoaderConfig(num_workers=workers, persistent_workers=persistent)
-    return ConfigSummary(config.key, config, batches, 1, batches * 32, load_ms, load_ms, compute_ms, compute_ms,
-                         32_000 / samples_per_s, 32_000 / samples_per_s, samples_per_s, startup_ms, 1,
-                         rss_mb=rss_mb, samples_per_s_sem=0.005 * samples_per_s if sem is None else sem)
 
 
 MACHINE = MachineFacts(usable_cores=4, memory_total_bytes=8 * 1024**3)

@@ -8,8 +8,10 @@ import pytest
 
 from loadertop.core.protocol.config import LoaderConfig
 from loadertop.core.sessions.replay import ReplaySession, load_other_ranks, load_view, save_view
+from tests.conftest import ROOT
 
-RECORDED = Path(__file__).resolve().parent.parent / "data" / "ranks_session.json"
+DATA = ROOT / "tests" / "data"
+RECORDED = DATA / "ranks_session.json"
 
 
 def workers_by_rank(session: ReplaySession) -> dict[int, int]:
@@ -55,7 +57,7 @@ def test_k_goes_through_the_recorded_ranks_and_a_switch_shows_in_every_ranks_pan
 
 
 def test_one_process_has_no_ranks_to_go_through_or_switch() -> None:
-    replay = ReplaySession(load_view(Path(__file__).resolve().parent.parent / "data" / "script_session.json"))
+    replay = ReplaySession(load_view(DATA / "script_session.json"))
     assert replay.select_next_rank() is None
     with pytest.raises(RuntimeError, match="no ranks"):
         replay.apply_all(LoaderConfig(num_workers=2))

@@ -24,8 +24,7 @@ from loadertop.core.policy.advice import MachineFacts, advise
 from loadertop.core.policy.model import MEMORY_HORIZON_S, Point, fit
 from loadertop.core.policy.report import csv_text, markdown_table, report_json
 from loadertop.core.protocol.config import LoaderConfig
-from tests.helpers import wait_for
-from tests.unit.test_advice_and_replay import summary
+from tests.helpers import summary, wait_for
 
 MIB = 1024 * 1024
 linux_only = pytest.mark.skipif(not os.path.exists(f"/proc/{os.getpid()}/smaps_rollup"),

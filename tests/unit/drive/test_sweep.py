@@ -3,35 +3,20 @@
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
-import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 import pytest
 
 from loadertop import LoaderConfig, Trainer
-from loadertop.cli.headless import run_sweep_headless
 from loadertop.core.drive.sweep import Sweep
 from loadertop.core.measure.procs import child_processes
 from loadertop.core.policy.report import ROW_FIELDS
 from tests import workloads
-from tests.unit.test_cli import assert_usage_error, run_main
-
-
-def sweep(workload, counts: tuple[int, ...], batches: int, batch_size: int = 8):
-    config = LoaderConfig(num_workers=counts[0], batch_size=batch_size)
-    trainer = Trainer(workload, config, epochs=1000, device="cpu")
-    out = io.StringIO()
-    code, rows, advice = run_sweep_headless(trainer, Sweep(trainer, counts, batches), out=out, err=out)
-    assert code == 0, out.getvalue()
-    assert not child_processes()
-    return rows, advice, out.getvalue()
+from tests.conftest import ROOT
+from tests.helpers import assert_usage_error, others_cpu, run_main, sweep
 
 
 @pytest.mark.slow
@@ -58,23 +43,6 @@ def cores() -> Iterator[Callable[[int], None]]:
 
     yield pin
     os.sched_setaffinity(0, original)
-
-
-@dataclass
-class _Others:
-    cores: float = 0.0
-
-
-@contextmanager
-def others_cpu() -> Iterator[_Others]:
-    """The CPU other processes (and the hypervisor) took meanwhile, in cores, for tests that need idle cores."""
-    result = _Others()
-    mine0, machine0, t0 = sum(os.times()[:4]), psutil.cpu_times(), time.monotonic()
-    yield result
-    mine1, machine1, t1 = sum(os.times()[:4]), psutil.cpu_times(), time.monotonic()
-    busy = sum(getattr(machine1, f) - getattr(machine0, f)
-               for f in ("user", "nice", "system", "irq", "softirq", "steal") if hasattr(machine0, f))
-    result.cores = max(0.0, busy - (mine1 - mine0)) / max(t1 - t0, 1e-9)
 
 
 @pytest.mark.slow
@@ -134,7 +102,7 @@ def test_a_sweep_switches_only_after_its_steady_batches_and_cancel_keeps_the_run
 
 def test_sweep_files_have_every_field(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    monkeypatch.chdir(ROOT)
     paths = {kind: tmp_path / f"sweep.{kind}" for kind in ("json", "csv", "md")}
     code, out, err = run_main(["sweep", "--workload", "tests.workloads:sleepy", "--batch-size", "10",
                                "--workers", "0,2", "--batches", "12", "--sample-interval", "0.2",
@@ -164,7 +132,7 @@ def test_sweep_files_have_every_field(tmp_path: Path, capsys: pytest.CaptureFixt
 
 def test_json_to_stdout_leaves_stdout_clean(capsys: pytest.CaptureFixture[str],
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    monkeypatch.chdir(ROOT)
     code, out, err = run_main(["sweep", "--workload", "tests.workloads:sleepy", "--workers", "0,1",
                                "--batches", "10", "--json", "-"], capsys)
     assert code == 0

@@ -18,8 +18,7 @@ from loadertop.core.sessions.session import Session
 from loadertop.core.train.engine import WorkerDied, _worker_death
 from tests import workloads
 from tests.conftest import ROOT
-from tests.helpers import no_children_left, wait_for
-from tests.unit.test_cli import run_main
+from tests.helpers import no_children_left, run_main, wait_for
 
 
 def test_a_killed_worker_is_reported_within_seconds_with_its_pid_and_signal_and_restart_works() -> None:

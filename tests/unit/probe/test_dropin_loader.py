@@ -1,7 +1,7 @@
 """loadertop.DataLoader: the batches a stock DataLoader delivers, in order, across worker switches; no RNG drawn.
 
 Each switch here runs both ways: overlapped (the default: new workers start while the old ones deliver)
-and stopped-then-started (``overlap=False``); tests/unit/test_overlap.py follows the overlap batch by batch.
+and stopped-then-started (``overlap=False``); tests/unit/probe/test_overlap.py follows the overlap batch by batch.
 """
 
 from __future__ import annotations
@@ -235,7 +235,7 @@ def test_load_step_and_switch_time_add_up_to_the_time_between_batches_exactly() 
     # The loop's step, the switch (old workers down, new ones up) and the wait in next() are three
     # separate figures: between two batches handed to the loop, they add up to the whole gap.
     loader = DataLoader(SleepDataset(64, sleep_s=0.0005), batch_size=4, num_workers=0)
-    loader.overlap = False  # tests/unit/test_overlap.py times the overlapped switch
+    loader.overlap = False  # tests/unit/probe/test_overlap.py times the overlapped switch
     seen: list[LoaderBatch] = []
     loader.add_observer(seen.append)
     for i, _batch in enumerate(loader):

@@ -15,7 +15,7 @@ from loadertop.core.probe import server as server_module
 from loadertop.core.probe.server import RunServer
 from loadertop.core.protocol.runtime import run_socket_path
 from loadertop.core.sessions.remote import RemoteSession
-from tests.unit.test_protocol import Client
+from tests.helpers import Client
 
 
 @pytest.fixture

@@ -9,18 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from loadertop.cli import main
-from tests.helpers import wait_for
-
-
-def run_main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        code = main(args)
-    except SystemExit as exc:  # argparse exits by itself
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
+from tests.conftest import ROOT
+from tests.helpers import assert_usage_error, run_main, wait_for
 
 BAD_INPUT = [
     (["--workers", "-1"], "--workers must be >= 0, got -1"),
@@ -66,16 +56,8 @@ BAD_INPUT = [
 def test_bad_input_gets_one_clear_line_and_exit_2(
     args: list[str], message: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    monkeypatch.chdir(ROOT)
     assert_usage_error(run_main(["run", "--headless", "--max-batches", "1", *args], capsys), message)
-
-
-def assert_usage_error(result: tuple[int, str, str], message: str) -> None:
-    """Exit 2, nothing on stdout, and one line on stderr that starts with loadertop and says ``message``."""
-    code, out, err = result
-    assert code == 2 and out == ""
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0] and lines[0].startswith("loadertop"), err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

@@ -22,9 +22,9 @@ from loadertop.core.measure.cost import TreeCpuClock
 from loadertop.core.measure.procs import child_processes
 from loadertop.core.sessions.session import Session
 from tests import workloads
+from tests.conftest import ROOT
 from tests.helpers import wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
 BURN_S = 0.002  # CPU-seconds of pure-Python work per sample (tests.workloads.BurnDataset)
 
 
