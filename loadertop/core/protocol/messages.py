@@ -418,10 +418,11 @@ class Batch(Message):
     rank: int | None = None
 
     def to_wire(self) -> dict[str, object]:
-        return _wire(self.TYPE, {
-            "rank": self.rank, "loader": self.loader, "step": self.step, "epoch": self.epoch, "batch": self.batch,
-            "num_workers": self.num_workers, "samples": self.samples, "load_ms": self.load_ms,
-            "step_ms": self.step_ms, "switch_ms": self.switch_ms, "time": self.time}, omit_none=("rank",))
+        # Built directly: one a batch, in the writer thread (no words or tuples to convert).
+        ranked: dict[str, object] = {} if self.rank is None else {"rank": self.rank}
+        return {"type": "batch", **ranked, "loader": self.loader, "step": self.step, "epoch": self.epoch,
+                "batch": self.batch, "num_workers": self.num_workers, "samples": self.samples,
+                "load_ms": self.load_ms, "step_ms": self.step_ms, "switch_ms": self.switch_ms, "time": self.time}
 
     @classmethod
     def from_wire(cls, wire: Wire) -> Batch:
