@@ -13,6 +13,7 @@ from textual.reactive import reactive
 from textual.widgets import Footer, Static
 
 from loadertop.core.protocol.config import LoaderConfig
+from loadertop.core.protocol.messages import TunerState
 from loadertop.core.protocol.status import TrainerState
 from loadertop.core.sessions.view import SessionLike, SessionView
 from loadertop.tui.screens import ConfigForm, HelpScreen, SweepResult
@@ -261,7 +262,7 @@ class LoaderTopApp(App[None]):
         except (RuntimeError, ValueError) as exc:
             self.notify(str(exc), severity="error", timeout=6)
             return
-        tuning = view.autotune is not None and view.autotune.state != "off"
+        tuning = view.autotune is not None and view.autotune.state != TunerState.OFF
         if status.state.is_done:
             self.notify(f"training again with {pending.describe()}", timeout=3)
         elif tuning and pending.num_workers != status.config.num_workers:
@@ -331,7 +332,7 @@ class LoaderTopApp(App[None]):
         """Turn autotune on (tuning from the running count) or off (the count stays)."""
         view = self.latest
         tuner = view.autotune if view is not None else None
-        on = tuner.state != "off" if tuner is not None else self._autotune_asked
+        on = tuner.state != TunerState.OFF if tuner is not None else self._autotune_asked
         set_autotune = getattr(self.session, "set_autotune", None)
         if set_autotune is None:
             self.notify("this session cannot tune its workers (a recording, or a monitor without autotune)",

@@ -41,6 +41,7 @@ from typing import Any
 from loadertop.core.measure.store import block_size, throughput_sem
 from loadertop.core.policy.advice import NOISE_Z, RECOMMEND_WITHIN, ratio_with_error
 from loadertop.core.policy.model import Model, Point, fit
+from loadertop.core.protocol.messages import ChangeKind, TunerState
 
 TARGET_NOISE = 0.05
 """A count is measured until two standard errors of its samples/s are within this share (or ``max_batches``)."""
@@ -129,7 +130,7 @@ class Change:
         ceiling: the CPU budget's samples/s limit (inf: unknown).
     """
 
-    kind: str
+    kind: ChangeKind
     from_workers: int
     to_workers: int
     reason: str
@@ -275,7 +276,7 @@ class TunerStatus:
         ceiling: the latest model's CPU ceiling in samples/s.
     """
 
-    state: str
+    state: TunerState
     workers: int | None
     changes: tuple[Change, ...]
     predicted: tuple[tuple[int, float | None], ...]
@@ -363,12 +364,12 @@ class AutoTuner:
         """A frozen view."""
         workers: int | None
         if self._waiting_for is not None:
-            state, workers = "switching", self._waiting_for
+            state, workers = TunerState.SWITCHING, self._waiting_for
         elif self._settled is not None:
-            state, workers = "settled", self._settled.num_workers
+            state, workers = TunerState.SETTLED, self._settled.num_workers
         else:
             visit = self._visit
-            state, workers = "measuring", visit.num_workers if visit is not None else None
+            state, workers = TunerState.MEASURING, visit.num_workers if visit is not None else None
         model = self._model
         return TunerStatus(state, workers, tuple(self.changes),
                            model.curve(self.counts()) if model else (), model.ceiling if model else math.inf)
@@ -395,7 +396,7 @@ class AutoTuner:
         noise = visit.noise
         return visit.batches >= self.max_batches or (math.isfinite(noise) and noise <= TARGET_NOISE)
 
-    def _switch(self, kind: str, to: int, reason: str) -> Change:
+    def _switch(self, kind: ChangeKind, to: int, reason: str) -> Change:
         current = self._visit.num_workers if self._visit else to
         model = self._model
         change = Change(kind, current, to, reason, model.curve(self.counts()) if model else (),
@@ -422,11 +423,11 @@ class AutoTuner:
         first, self._jumped = not self._jumped, True
         if pick is not None and pick not in self._round and len(self._round) < MAX_VISITS:
             if first:
-                return self._switch("jump", pick, self._jump_reason(visit, model, pick))
-            return self._switch("step", pick, self._step_reason(visit, before, model, pick))
+                return self._switch(ChangeKind.JUMP, pick, self._jump_reason(visit, model, pick))
+            return self._switch(ChangeKind.STEP, pick, self._step_reason(visit, before, model, pick))
         fill = self._fill_idle_cores(model, allowed)
         if fill is not None:
-            return self._switch("step", *fill)
+            return self._switch(ChangeKind.STEP, *fill)
         return self._settle()
 
     def _fill_idle_cores(self, model: Model, allowed: Sequence[int]) -> tuple[int, str] | None:
@@ -473,7 +474,7 @@ class AutoTuner:
         here = self._visit.num_workers if self._visit else best.num_workers
         self._settled = anchor
         self._strikes = 0
-        change = self._switch("settle", anchor.num_workers, self._settle_reason(anchor, best))
+        change = self._switch(ChangeKind.SETTLE, anchor.num_workers, self._settle_reason(anchor, best))
         if anchor.num_workers == here and self._visit is not None:
             self._visit = Visit(anchor.num_workers)  # the first hold window
         self._round_done()
@@ -494,14 +495,14 @@ class AutoTuner:
         self._strikes = self._strikes + 1 if shifted else 0
         if self._shm is not None and self._shm > SHM_LIMIT and window.num_workers > 0:
             self._settled = None
-            return self._switch("memory", window.num_workers - 1,
+            return self._switch(ChangeKind.MEMORY, window.num_workers - 1,
                                 f"/dev/shm is {self._shm * 100:.0f}% full (the limit is {SHM_LIMIT * 100:.0f}%)")
         if self._strikes < RETUNE_STRIKES:
             self._visit = Visit(window.num_workers)
             return None
         self._settled = None
         self._strikes = 0
-        change = Change("retune", window.num_workers, window.num_workers,
+        change = Change(ChangeKind.RETUNE, window.num_workers, window.num_workers,
                         f"samples/s moved {settled.samples_per_s:,.0f} -> {window.samples_per_s:,.0f} "
                         f"({(ratio - 1) * 100:+.0f}%, beyond the noise ±{max(noise, 0) * 100:.0f}% and "
                         f"{RETUNE_SHIFT * 100:.0f}%): tuning again")
@@ -626,7 +627,7 @@ class TuneDriver:
     def status(self) -> TunerStatus:
         """The tuner's status; ``state`` is ``off`` while it is turned off."""
         status = self.tuner.status()
-        return status if self.enabled else replace(status, state="off")
+        return status if self.enabled else replace(status, state=TunerState.OFF)
 
     def put(self, obs: Observation) -> None:
         """A batch the loop received (the loop's thread)."""

@@ -29,11 +29,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from types import ModuleType
 from typing import Any
 
 from loadertop.core.probe.publisher import Publisher, batch_size_of, describe_workers, say_on_stderr
 from loadertop.core.protocol.environment import ENV, ProbeSettings, rank_of_process
+from loadertop.core.protocol.messages import AutotuneStatus, Hello, MessageError, Peer, TunerState
 
 _run: LaunchedRun | None = None  # the run this process acts for, once it claimed it
 
@@ -224,12 +226,13 @@ class LaunchedRun(Publisher):
     def __init__(self, settings: ProbeSettings) -> None:
         self.settings = settings
         self.rank = rank_of_process()
-        hello = {"pid": os.getpid(), "command": list(settings.command) or list(sys.argv),
-                 "cwd": os.getcwd(), "started": time.time(), "log": settings.log}
+        hello = Hello(pid=os.getpid(), command=tuple(settings.command) or tuple(sys.argv), cwd=os.getcwd(),
+                      started=time.time(), log=settings.log)
         say = say_on_stderr
         if self.rank is not None:
-            hello.update(rank=self.rank.rank, local_rank=self.rank.local_rank, world_size=self.rank.world_size,
-                         local_world_size=self.rank.local_world_size, node_rank=self.rank.node_rank)
+            hello = replace(hello, rank=self.rank.rank, local_rank=self.rank.local_rank,
+                            world_size=self.rank.world_size, local_world_size=self.rank.local_world_size,
+                            node_rank=self.rank.node_rank)
             prefix = f"rank {self.rank.rank}: "
 
             def say(text: str) -> None:
@@ -237,6 +240,7 @@ class LaunchedRun(Publisher):
 
         self._peers: Any = None
         self._next_peer = 0.0
+        self._peer_refused = False  # said once: a summary of another node's that is not a peer message
         if self.rank is not None and self.rank.world_size > self.rank.local_world_size:  # ranks on other nodes
             from loadertop.core.probe.peers import PeerExchange
 
@@ -244,10 +248,10 @@ class LaunchedRun(Publisher):
                                        node_rank=self.rank.node_rank, world_size=self.rank.world_size)
         self.tuning: Any = None  # a LoaderTuning once autotune is first asked for (--autotune, a monitor, "auto")
         self._tuning_lock = threading.Lock()
-        self._tuning_published: dict[str, Any] | None = None
+        self._tuning_published: AutotuneStatus | None = None
         self._next_tuning = 0.0
         super().__init__(hello=hello, record=settings.record, serve=settings.serve, say=say,
-                         tag={"rank": self.rank.rank} if self.rank is not None else None)
+                         rank=self.rank.rank if self.rank is not None else None)
         if self.server is not None:
             self.server.on_autotune = self._autotune_request
         if settings.autotune:
@@ -318,16 +322,15 @@ class LaunchedRun(Publisher):
         tuning = self.tuning
         if tuning is not None:
             try:
-                fields = tuning.status_fields()
+                status = tuning.status_message()
             except Exception:  # noqa: BLE001 - read while the tuner's thread changes it: next time
                 return
         else:
             training = self.training
-            fields = {"loader": training.name if training is not None else None, "state": "off", "workers": None,
-                      "changes": 0, "predicted": {}, "ceiling": None}
-        if fields != self._tuning_published:
-            self._tuning_published = fields
-            self._publish("autotune", **fields)
+            status = AutotuneStatus(loader=training.name if training is not None else None, state=TunerState.OFF)
+        if status != self._tuning_published:
+            self._tuning_published = status
+            self._publish(status)
 
     # ---------------------------------------------------------------- hook
 
@@ -430,7 +433,12 @@ class LaunchedRun(Publisher):
         summary = self.recent_summary()
         if summary is not None:
             for peer in peers.exchange(summary):
-                self._publish("peer", **peer)
+                try:
+                    self._publish(Peer.from_wire(peer))
+                except MessageError as exc:  # another node's loadertop wrote it: it may be of another version
+                    if not self._peer_refused:
+                        self._peer_refused = True
+                        self._say(f"a rank's summary in the job's store is not one this loadertop reads ({exc})")
         if peers.failed is not None:
             self._say(f"the job's c10d store cannot carry loadertop's summaries ({peers.failed}): monitors see "
                       "only this node's ranks")

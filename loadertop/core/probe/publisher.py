@@ -18,6 +18,20 @@ from collections import deque
 from collections.abc import Callable
 from typing import IO, Any
 
+from loadertop.core.protocol.messages import (
+    AutotuneEvent,
+    Batch,
+    Cpu,
+    CpuReason,
+    ExceptionEvent,
+    ExitEvent,
+    Hello,
+    LoaderUpdate,
+    Log,
+    MessageError,
+    ServerMessage,
+    SwitchEvent,
+)
 from loadertop.core.protocol.records import record_line
 
 QUEUE_LIMIT = 10_000
@@ -38,13 +52,15 @@ class Publisher:
         serve: serve monitors on a socket (``loadertop attach``).
         say: where loadertop's own lines go (None: nowhere).
         kept_by: the process controls its loaders itself (says who): monitors watch only.
+        rank: this process's rank in a torchrun job, added to its batches, logs and autotune events (None: not one).
     """
 
-    def __init__(self, *, hello: dict[str, Any], record: str | None = None, serve: bool = True,
+    def __init__(self, *, hello: Hello, record: str | None = None, serve: bool = True,
                  say: Callable[[str], None] | None = None, kept_by: str | None = None,
-                 tag: dict[str, Any] | None = None) -> None:
+                 rank: int | None = None) -> None:
         self._kept_by = kept_by
-        self._tag = tag or {}  # added to every batch and log (a rank's ``rank``)
+        self._rank = rank
+        self._tag: dict[str, Any] = {"rank": rank} if rank is not None else {}  # in --record's lines
         self.loaders: list[Any] = []  # the training loader first, once known
         self.training: Any = None
         self.framework_marks_training = False
@@ -75,7 +91,7 @@ class Publisher:
         if self.server is not None:
             self.server.update_hello(threads=list(self._excluded))  # monitors leave them out of their readings too
 
-    def _serve(self, hello: dict[str, Any]) -> Any:
+    def _serve(self, hello: Hello) -> Any:
         """The socket monitors attach to; None (and a line) when it cannot be made: training runs unwatched."""
         from loadertop.core.probe.server import RunServer
         from loadertop.core.protocol.runtime import RuntimeDirError, run_socket_path
@@ -138,7 +154,7 @@ class Publisher:
         if self._clock is not None:  # an overlapped switch's new workers run already: their CPU so far is theirs
             with contextlib.suppress(Exception):
                 reading = self._clock.read(apart=loader.status().worker_pids).without_apart()
-                self._put(("cpu", ("boundary", loader.name, reading)))
+                self._put(("cpu", (CpuReason.BOUNDARY, loader.name, reading)))
 
     def _find(self, name: str | None) -> Any:
         if name is None:
@@ -188,9 +204,9 @@ class Publisher:
 
     # ------------------------------------------------------- writer thread
 
-    def _publish(self, kind: str, **fields: Any) -> None:
+    def _publish(self, message: ServerMessage) -> None:
         if self.server is not None:
-            self.server.publish(kind, wake=False, **fields)
+            self.server.publish(message, wake=False)
 
     def _publish_loader(self, loader: Any) -> Any:
         status = loader.status()
@@ -198,15 +214,15 @@ class Publisher:
             batches: int | None = len(loader)
         except TypeError:
             batches = None
-        self._publish("loader", name=loader.name, num_workers=status.num_workers, batch_size=batch_size_of(loader),
-                      batches_per_epoch=batches, training=loader is self.training, exact=loader.continues_exactly,
-                      pending=status.pending, epoch=status.epoch, worker_pids=list(status.worker_pids),
-                      dropped=self.dropped)
+        self._publish(LoaderUpdate(
+            name=loader.name, num_workers=status.num_workers, batch_size=batch_size_of(loader),
+            batches_per_epoch=batches, training=loader is self.training, exact=loader.continues_exactly,
+            pending=status.pending, epoch=status.epoch, worker_pids=tuple(status.worker_pids), dropped=self.dropped))
         return status
 
-    def _publish_cpu(self, reason: str, loader: str, reading: Any) -> None:
-        self._publish("cpu", reason=reason, loader=loader, time=reading.time, main_s=reading.main_s,
-                      children_s=reading.children_s, rss_bytes=reading.rss_bytes)
+    def _publish_cpu(self, reason: CpuReason, loader: str, reading: Any) -> None:
+        self._publish(Cpu(reason=reason, loader=loader, time=reading.time, main_s=reading.main_s,
+                          children_s=reading.children_s, rss_bytes=reading.rss_bytes))
 
     def _write(self) -> None:
         sums: dict[tuple[str, int], list[float]] = {}  # (loader, workers) -> [batches, load_s, step_s, samples]
@@ -246,8 +262,8 @@ class Publisher:
                 self._summary(sums)
                 if self._clock is not None and self.training is not None:
                     with contextlib.suppress(Exception):
-                        self._publish_cpu("end", self.training.name, self._clock.read())
-                self._publish("event", event="exit", dropped=self.dropped)
+                        self._publish_cpu(CpuReason.END, self.training.name, self._clock.read())
+                self._publish(ExitEvent(dropped=self.dropped))
                 return
             if kind == "cpu":
                 self._publish_cpu(*payload)
@@ -256,7 +272,7 @@ class Publisher:
                 seen[payload.name] = self._publish_loader(payload)
                 continue
             if kind == "exception":
-                self._publish("event", event="exception", traceback=payload[-8000:])
+                self._publish(ExceptionEvent(traceback=payload[-8000:]))
                 continue
             if kind == "say":
                 self._say(payload)
@@ -268,27 +284,32 @@ class Publisher:
                 if self._record is not None:
                     self._record.write(record_line(event))
                     self._record.flush()
-                self._publish("event", **event)
+                try:
+                    self._publish(AutotuneEvent.from_wire(event))  # the event is the record's line
+                except MessageError as exc:
+                    self._say(f"autotune: a change not sent to the monitors ({exc})")
                 self._say(f"{name + ': ' if name else ''}autotune: {payload.line()}")
                 continue
             if kind == "log":
                 self._write_log(*payload, epochs)
                 continue
             step, batch = payload
-            fields = {**self._tag, "loader": batch.loader, "step": step, "epoch": batch.epoch, "batch": batch.batch,
-                      "num_workers": batch.num_workers, "samples": batch.samples,
-                      "load_ms": round(batch.load_s * 1000, 4),
-                      "step_ms": None if batch.step_s is None else round(batch.step_s * 1000, 4),
-                      "switch_ms": round(batch.switch_s * 1000, 4), "time": round(batch.time, 6)}
+            message = Batch(loader=batch.loader, step=step, epoch=batch.epoch, batch=batch.batch,
+                            num_workers=batch.num_workers, samples=batch.samples,
+                            load_ms=round(batch.load_s * 1000, 4),
+                            step_ms=None if batch.step_s is None else round(batch.step_s * 1000, 4),
+                            switch_ms=round(batch.switch_s * 1000, 4), time=round(batch.time, 6), rank=self._rank)
             if self._record is not None:
+                fields = message.to_wire()
+                del fields["type"]  # the record's line is the message's fields
                 self._record.write(record_line(fields))
                 self._record.flush()
             before = workers_of.get(batch.loader)
             workers_of[batch.loader] = batch.num_workers
             if before is not None and before != batch.num_workers:
-                self._publish("event", event="switch", loader=batch.loader, after_step=step - 1,
-                              **{"from": before, "to": batch.num_workers})
-            self._publish("batch", **fields)
+                self._publish(SwitchEvent(loader=batch.loader, from_workers=before, to_workers=batch.num_workers,
+                                          after_step=step - 1))
+            self._publish(message)
             if self.training is not None and batch.loader == self.training.name and batch.step_s is not None:
                 self.recent.append((batch.load_s, batch.step_s, batch.samples, batch.num_workers, step))
             current = epochs.get(batch.loader)
@@ -310,8 +331,8 @@ class Publisher:
             line = {"event": "log", **self._tag, "loader": loader, "step": step, **numbers}
             self._record.write(record_line(line))
             self._record.flush()
-        self._publish("log", loader=loader, step=step,
-                      metrics={k: v for k, v in numbers.items() if isinstance(v, (int, float)) or v is None})
+        self._publish(Log(loader=loader, step=step,
+                          metrics={k: v for k, v in numbers.items() if isinstance(v, (int, float)) or v is None}))
         loss = numbers.get("loss")
         current = epochs.get(loader)
         if isinstance(loss, float) and current is not None:

@@ -20,12 +20,27 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
-from loadertop.core.protocol.codec import LineReader, ProtocolError, encode
-from loadertop.core.protocol.messages import CLIENT_TYPES
+from loadertop.core.protocol.codec import LineReader, ProtocolError, encode_message, newer_text
+from loadertop.core.protocol.messages import (
+    CLIENT_TYPES,
+    AutotuneEvent,
+    AutotuneRequest,
+    AutotuneStatus,
+    Control,
+    Dropped,
+    Hello,
+    HistoryEnd,
+    LoaderUpdate,
+    MessageError,
+    MonitorHello,
+    Refused,
+    ServerMessage,
+    client_message,
+)
 from loadertop.core.protocol.runtime import listen
 
 HISTORY_MESSAGES = 50_000
@@ -50,10 +65,11 @@ class _Client:
         self.pid: int | None = None
         self.monitor_id: str | None = None
         self.reader = LineReader(known=CLIENT_TYPES)
+        self.told_newer = False  # it was told, once, that it speaks a newer protocol
 
     def queue(self, line: bytes) -> None:
         if self.dropped and len(self.out) + 64 <= CLIENT_BUFFER_BYTES:
-            self.out += encode("dropped", count=self.dropped)
+            self.out += encode_message(Dropped(self.dropped))
             self.dropped = 0
         if len(self.out) + len(line) > CLIENT_BUFFER_BYTES:
             self.dropped += 1
@@ -76,7 +92,7 @@ class RunServer:
             the run cannot be tuned from a monitor; they are refused).
     """
 
-    def __init__(self, path: Path, hello: dict[str, Any], on_switch: SwitchHandler, *,
+    def __init__(self, path: Path, hello: Hello, on_switch: SwitchHandler, *,
                  kept_by: str | None = None) -> None:
         self.path = path
         self._hello = hello
@@ -105,10 +121,10 @@ class RunServer:
 
     # ------------------------------------------------------- any thread
 
-    def update_hello(self, **fields: Any) -> None:
-        """Add ``fields`` to the hello that monitors connecting from now on get."""
+    def update_hello(self, *, threads: Sequence[int]) -> None:
+        """The threads of loadertop's own (native ids) that monitors connecting from now on are told of."""
         with self._lock:
-            self._hello = {**self._hello, **fields}
+            self._hello = replace(self._hello, threads=tuple(threads))
 
     @property
     def native_id(self) -> int:
@@ -121,22 +137,22 @@ class RunServer:
         with self._lock:
             return len(self._clients)
 
-    def publish(self, kind: str, *, keep: bool = True, wake: bool = True, **fields: Any) -> None:
+    def publish(self, message: ServerMessage, *, keep: bool = True, wake: bool = True) -> None:
         """Send a message to every monitor (and keep it for later ones unless ``keep`` is False).
 
         With ``wake=False`` it waits in the buffers for ``flush`` (or the serving thread's next round).
         """
         try:
-            line = encode(kind, **fields)
+            line = encode_message(message)
         except (ProtocolError, TypeError, ValueError):
             self.rejected += 1
             return
         with self._lock:
-            if kind == "loader":
-                self._loaders[str(fields.get("name"))] = line
-            elif kind == "autotune":
+            if isinstance(message, LoaderUpdate):
+                self._loaders[message.name] = line
+            elif isinstance(message, AutotuneStatus):
                 self._tuning = line
-            elif kind == "event" and fields.get("event") == "autotune":
+            elif isinstance(message, AutotuneEvent):
                 self._changes.append(line)
             elif keep:
                 self._history.append(line)
@@ -207,7 +223,9 @@ class RunServer:
         sock.setblocking(False)
         client = _Client(sock)
         with self._lock:
-            client.out += encode("hello", **self._hello, **self._controller_fields())
+            control = self._control()
+            client.out += encode_message(replace(self._hello, controller=control.controller,
+                                                 controller_id=control.controller_id, kept_by=control.kept_by))
             for line in self._loaders.values():
                 client.out += line
             for line in self._changes:
@@ -216,19 +234,19 @@ class RunServer:
                 client.out += self._tuning
             for line in self._history:
                 client.out += line
-            client.out += encode("history_end")
+            client.out += encode_message(HistoryEnd())
             self._clients[sock.fileno()] = client
         self._selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, client)
 
     def _controller_pid(self) -> int | None:
         return self._controller.pid if self._controller is not None else None
 
-    def _controller_fields(self) -> dict[str, Any]:
+    def _control(self) -> Control:
+        """Who controls the run now."""
         controller = self._controller
         if self._kept_by is not None:
-            return {"controller": os.getpid(), "controller_id": "itself", "kept_by": self._kept_by}
-        return {"controller": controller.pid if controller else None,
-                "controller_id": controller.monitor_id if controller else None}
+            return Control(os.getpid(), "itself", self._kept_by)
+        return Control(controller.pid if controller else None, controller.monitor_id if controller else None)
 
     def _service(self, client: _Client, events: int) -> None:
         if events & selectors.EVENT_READ:
@@ -243,7 +261,9 @@ class RunServer:
                 return
             if data:
                 for message in client.reader.feed(data):
+                    self._tell_if_newer(client)  # in order: before what came after the newer line
                     self._command(client, message)
+                self._tell_if_newer(client)
         if events & selectors.EVENT_WRITE and client.out:
             with self._lock:
                 try:
@@ -255,53 +275,50 @@ class RunServer:
                 if sent > 0:
                     del client.out[:sent]
                 if client.dropped and len(client.out) < CLIENT_BUFFER_BYTES // 2:  # reading again: say what it missed
-                    client.out += encode("dropped", count=client.dropped)
+                    client.out += encode_message(Dropped(client.dropped))
                     client.dropped = 0
             if sent < 0:
                 self._drop(client)
 
-    def _command(self, client: _Client, message: dict[str, Any]) -> None:
-        if message["type"] == "hello":
-            pid, monitor_id = message.get("pid"), message.get("id")
-            client.pid = pid if isinstance(pid, int) else None
-            client.monitor_id = monitor_id if isinstance(monitor_id, str) else None
-            if message.get("control") is True:
+    def _command(self, client: _Client, wire: dict[str, object]) -> None:
+        try:
+            message = client_message(wire)
+        except MessageError as exc:  # refused with its one line (a watcher: that it may not command)
+            if wire["type"] == MonitorHello.TYPE:
+                client.reader.rejections.malformed += 1
+                return
+            self._refuse(client, self._not_controller_text() if self._controller is not client else str(exc))
+            return
+        if isinstance(message, MonitorHello):
+            client.pid, client.monitor_id = message.pid, message.id
+            if message.control:
                 with self._lock:
                     if self._controller is None and self._kept_by is None:
                         self._controller = client
                         self._broadcast_control()
                     else:
-                        client.queue(encode("refused", reason=self._owner_text()))
+                        client.queue(encode_message(Refused(self._owner_text())))
             return
-        if message["type"] == "autotune":
-            enabled = message.get("enabled")
-            if self._controller is not client:
-                reason = self._not_controller_text()
-            elif not isinstance(enabled, bool):
-                reason = f"enabled must be true or false, got {enabled!r}"
-            elif self.on_autotune is None:
-                reason = "this run cannot be tuned from a monitor"
-            else:
-                reason = self.on_autotune(enabled)
-            if reason is not None:
-                with self._lock:
-                    client.queue(encode("refused", reason=reason))
-            return
-        if message["type"] == "switch":
-            workers, name = message.get("workers"), message.get("loader")
-            if self._controller is not client:
-                reason = self._not_controller_text()
-            elif not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
-                reason = f"workers must be an integer >= 0, got {workers!r}"
-            elif name is not None and not isinstance(name, str):
-                reason = f"loader must be a name, got {name!r}"
-            else:
-                rank = message.get("rank")
-                reason = (f"rank must be an integer, got {rank!r}" if rank is not None and (
-                    not isinstance(rank, int) or isinstance(rank, bool)) else self._on_switch(name, workers, rank))
-            if reason is not None:
-                with self._lock:
-                    client.queue(encode("refused", reason=reason))
+        if self._controller is not client:
+            reason: str | None = self._not_controller_text()
+        elif isinstance(message, AutotuneRequest):
+            reason = "this run cannot be tuned from a monitor" if self.on_autotune is None else (
+                self.on_autotune(message.enabled))
+        else:
+            reason = self._on_switch(message.loader, message.workers, message.rank)
+        if reason is not None:
+            self._refuse(client, reason)
+
+    def _tell_if_newer(self, client: _Client) -> None:
+        """Once, in one line: a monitor of a newer protocol version cannot be understood (nor command)."""
+        newer = client.reader.rejections.newer
+        if newer is not None and not client.told_newer:
+            client.told_newer = True
+            self._refuse(client, newer_text(newer))
+
+    def _refuse(self, client: _Client, reason: str) -> None:
+        with self._lock:
+            client.queue(encode_message(Refused(reason)))
 
     def _not_controller_text(self) -> str:
         """Why a monitor that is not the controller may not command."""
@@ -317,7 +334,7 @@ class RunServer:
 
     def _broadcast_control(self) -> None:
         """Under the lock: tell everyone who controls the run now."""
-        line = encode("control", **self._controller_fields())
+        line = encode_message(self._control())
         for other in self._clients.values():
             other.queue(line)
 

@@ -19,6 +19,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from loadertop.core.protocol.messages import AutotuneStatus
+
 if TYPE_CHECKING:
     from loadertop.core.policy.autotune import Budget, Change, Reading, TunerStatus
 
@@ -91,18 +93,18 @@ class LoaderTuning:
         """The tuner's status (``state`` ``off`` while turned off)."""
         return self.driver.status()
 
-    def status_fields(self) -> dict[str, Any]:
-        """The status as the protocol's ``autotune`` message carries it (``messages``)."""
+    def status_message(self) -> AutotuneStatus:
+        """The status as the protocol's ``autotune`` message carries it (the curve rounded, unknowns null)."""
         from loadertop.core.policy.autotune import curve_fields
 
         status = self.status()
         loader = self.loader
-        return {"loader": loader.name if loader is not None else None, "state": status.state,
-                "workers": status.workers, "changes": len(status.changes),
-                **curve_fields(status.predicted, status.ceiling),
-                "cores": round(self.budget.cores, 3),
-                "memory_bytes": None if self.budget.memory_bytes is None else int(self.budget.memory_bytes),
-                "max_workers": self.budget.max_workers}
+        return AutotuneStatus.from_wire({
+            "loader": loader.name if loader is not None else None, "state": status.state, "workers": status.workers,
+            "changes": len(status.changes), **curve_fields(status.predicted, status.ceiling),
+            "cores": round(self.budget.cores, 3),
+            "memory_bytes": None if self.budget.memory_bytes is None else int(self.budget.memory_bytes),
+            "max_workers": self.budget.max_workers})
 
     def stop(self) -> None:
         """Stop the driver's thread (from any thread, its own included)."""

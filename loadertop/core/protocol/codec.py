@@ -2,7 +2,10 @@
 
 Every message is a JSON object with ``"v"`` (the protocol version) and ``"type"``. A reader
 rejects, and counts, a line that is longer than ``MAX_LINE_BYTES``, not JSON, not an object,
-of another version, or of a type it does not know; it never raises on what it is sent.
+of another version, or of a type it does not know; it never raises on what it is sent. A line of a
+newer version (a later loadertop on the other side) is refused with one line saying so
+(``Rejections.newer``, ``newer_text``): each side tells its user, and the server tells the monitor.
+Messages are typed (``messages``): ``encode_message`` writes one.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import json
 import math
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 VERSION = 1
 MAX_LINE_BYTES = 64 * 1024
@@ -36,6 +39,25 @@ def _finite(value: Any) -> Any:
     return value
 
 
+class WireMessage(Protocol):
+    """A typed message (``messages``): its JSON object, with its ``type``."""
+
+    def to_wire(self) -> dict[str, object]: ...
+
+
+def encode_message(message: WireMessage) -> bytes:
+    """A typed message as a line of bytes (see ``encode``)."""
+    fields = message.to_wire()
+    kind = fields.pop("type")
+    return encode(str(kind), **fields)
+
+
+def newer_text(version: int) -> str:
+    """The one line that refuses a message of a newer protocol version than this side's."""
+    return (f"the other side speaks protocol version {version}, this loadertop {VERSION}: "
+            "run the same loadertop version on both sides")
+
+
 def encode(kind: str, **fields: Any) -> bytes:
     """One message as a line of bytes: ``{"v": 1, "type": kind, ...fields}`` and a newline."""
     try:  # most messages hold no NaN: walking them for one would cost more than the encoding
@@ -57,6 +79,8 @@ class Rejections:
     wrong_version: int = 0
     unknown_type: int = 0
     last: str = ""
+    newer: int | None = None
+    """The newest protocol version refused (None: none newer than this side's seen)."""
 
     @property
     def total(self) -> int:
@@ -112,8 +136,13 @@ class LineReader:
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
             self._reject("malformed", f"not a message object: {line[:60]!r}")
             return None
-        if message.get("v") != VERSION:
-            self._reject("wrong_version", f"protocol version {message.get('v')!r}, this side speaks {VERSION}")
+        version = message.get("v")
+        if isinstance(version, bool) or version != VERSION:
+            if isinstance(version, int) and not isinstance(version, bool) and version > VERSION:
+                self.rejections.newer = max(version, self.rejections.newer or version)
+                self._reject("wrong_version", newer_text(version))
+            else:
+                self._reject("wrong_version", f"protocol version {version!r}, this side speaks {VERSION}")
             return None
         if message["type"] not in self.known:
             self._reject("unknown_type", f"unknown message type {message['type']!r}")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loadertop.core.protocol.codec import MAX_LINE_BYTES, LineReader
-from loadertop.core.protocol.messages import SERVER_TYPES
+from loadertop.core.protocol.messages import SERVER_TYPES, Hello, MessageError, MessageType
 
 HELLO_TIMEOUT_S = 2.0
 
@@ -108,14 +108,12 @@ def read_hello(path: Path, timeout_s: float = HELLO_TIMEOUT_S) -> RunInfo | None
                 return None
             received += len(data)
             for message in reader.feed(data):
-                if message["type"] == "hello":
-                    ranked = [message.get(key) for key in ("rank", "local_rank", "world_size", "local_world_size",
-                                                           "node_rank")]
-                    return RunInfo(path, int(message["pid"]), tuple(message.get("command") or ()),
-                                   float(message.get("started") or 0.0), message.get("log"),
-                                   *(int(v) if isinstance(v, int) else None for v in ranked))
+                if message["type"] == MessageType.HELLO:
+                    hello = Hello.from_wire(message)
+                    return RunInfo(path, hello.pid, hello.command, hello.started or 0.0, hello.log, hello.rank,
+                                   hello.local_rank, hello.world_size, hello.local_world_size, hello.node_rank)
         return None
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, MessageError):
         return None
     finally:
         client.close()

@@ -29,6 +29,7 @@ from loadertop.core.drive.launcher import exit_status
 from loadertop.core.drive.sweep import DEFAULT_BATCHES
 from loadertop.core.policy.advice import recent_stats
 from loadertop.core.protocol.config import LoaderConfig
+from loadertop.core.protocol.messages import Peer
 from loadertop.core.protocol.runtime import RunInfo, read_hello, runtime_dir
 from loadertop.core.sessions.remote import RemoteSession
 from loadertop.core.sessions.view import RankInfo, SessionView, Straggler
@@ -75,9 +76,9 @@ def torchrun_jobs(runs: Sequence[RunInfo]) -> dict[int, list[RunInfo]]:
     return jobs
 
 
-def _number(message: dict, key: str) -> float:
-    value = message.get(key)
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+def _measured(value: float | None) -> float:
+    """A peer's figure, NaN where it has none yet."""
+    return math.nan if value is None else value
 
 
 def is_distributed_command(command: Sequence[str]) -> bool:
@@ -331,18 +332,19 @@ class RanksSession:
     @staticmethod
     def _remote(ranks: dict[int, _Rank]) -> list[RankInfo]:
         """The ranks of other nodes, from the summaries this node's ranks relay from the job's c10d store."""
-        peers: dict[int, dict] = {}
+        peers: dict[int, Peer] = {}
         for rank in ranks.values():
             for number, peer in dict(rank.session.peers).items():  # a copy: the client thread adds to it
-                if number not in ranks and float(peer.get("time") or 0) >= float(peers.get(number, {}).get("time", 0)):
+                known = peers.get(number)
+                if number not in ranks and (known is None or (peer.time or 0.0) >= (known.time or 0.0)):
                     peers[number] = peer
         infos = []
         for number, peer in sorted(peers.items()):
-            infos.append(RankInfo(rank=number, local_rank=int(peer.get("local_rank") or 0),
-                                  world_size=next(iter(ranks.values())).world_size, pid=int(peer.get("pid") or 0),
-                                  num_workers=int(peer.get("num_workers") or 0), load_ms=_number(peer, "load_ms"),
-                                  step_ms=_number(peer, "step_ms"), samples_per_s=_number(peer, "samples_per_s"),
-                                  step=int(peer.get("step") or 0), host=str(peer.get("host") or "another node")))
+            infos.append(RankInfo(rank=number, local_rank=peer.local_rank or 0,
+                                  world_size=next(iter(ranks.values())).world_size, pid=peer.pid or 0,
+                                  num_workers=peer.num_workers or 0, load_ms=_measured(peer.load_ms),
+                                  step_ms=_measured(peer.step_ms), samples_per_s=_measured(peer.samples_per_s),
+                                  step=peer.step or 0, host=peer.host or "another node"))
         return infos
 
     def _unwatched(self, ranks: dict[int, _Rank]) -> list[RankInfo]:

@@ -12,18 +12,14 @@ grace period, as a terminal's ^C would be followed up), ``detach`` leaves it run
 ``set_autotune`` turns the script's autotuner on or off; its status and every change it made
 come back (``autotune`` and ``event`` messages) as ``SessionView.autotune``.
 
-How batches become records: the script measures, for each batch, the wait in ``next()``
-(load) and the time from the previous batch's ``next()`` returning to this call (the loop's
-work on the previous batch). So batch N's record is complete when batch N+1 arrives: its
-compute time is N+1's step time. The step after an epoch's last batch also holds the end of
-the epoch (validation, checkpoints): it is measured and shown, and kept out of the
-steady-state figures, as the warm-up batches after each (re)start are.
+What the messages say is read by a ``decoder.WireDecoder`` (no socket: see there how batches become
+records); this class keeps the socket, the client thread, the script's process and its log, feeds the
+decoder under its lock and serves the view from its state.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import re
 import select
@@ -35,7 +31,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -43,18 +39,16 @@ import psutil
 
 from loadertop.core.drive.launcher import exit_status
 from loadertop.core.drive.sweep import DEFAULT_BATCHES
-from loadertop.core.measure.cost import TreeCpu, TreeCpuClock
 from loadertop.core.measure.store import MetricsStore
 from loadertop.core.measure.system import SystemSampler
 from loadertop.core.policy.advice import advise, machine_facts
-from loadertop.core.policy.autotune import Change, TunerStatus, ceiling_of, curve_of
-from loadertop.core.protocol.codec import LineReader, encode
+from loadertop.core.protocol.codec import LineReader, encode_message, newer_text
 from loadertop.core.protocol.config import LoaderConfig
-from loadertop.core.protocol.messages import SERVER_TYPES
-from loadertop.core.protocol.records import BatchRecord, StartEvent
+from loadertop.core.protocol.messages import SERVER_TYPES, AutotuneRequest, MonitorHello, Peer, Switch
 from loadertop.core.protocol.runtime import runtime_dir
 from loadertop.core.protocol.status import TrainerError, TrainerState, TrainerStatus
-from loadertop.core.sessions.view import LoaderInfo, ScriptView, SessionView
+from loadertop.core.sessions.decoder import LoaderTrack, WireDecoder
+from loadertop.core.sessions.view import ScriptView, SessionView
 
 STOP_GRACE_S = 5.0
 """After SIGINT, how long the script has to stop before SIGTERM (and as long again before SIGKILL)."""
@@ -64,113 +58,6 @@ POLL_S = 0.25
 _TERMINAL_CODES = re.compile(
     r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b.|[\x00-\x08\x0b-\x1f\x7f]")
 """ANSI colour and cursor sequences, OSC titles and other control characters: a log line is shown as text."""
-
-
-@dataclass
-class _Pending:
-    """A batch whose compute time comes with the next batch."""
-
-    step: int
-    epoch: int
-    batch: int
-    config: LoaderConfig
-    samples: int
-    load_s: float
-    time: float
-    warmup: bool
-    loss: float = math.nan
-
-
-class _LoaderTrack:
-    """One DataLoader's records and (re)starts, built from its batch messages."""
-
-    def __init__(self, name: str, started: float) -> None:
-        self.name = name
-        self.store = MetricsStore()
-        self.started = started
-        self.boundary: TreeCpu | None = None  # the script's CPU reading where the next configuration begins
-        self.info: LoaderInfo | None = None
-        self.config: LoaderConfig | None = None
-        self.pending: _Pending | None = None
-        self.warmup_left = 0
-        self.step = 0
-        self.epoch = 0
-        self.batch_in_epoch = 0
-
-    def _config(self, num_workers: int, samples: int) -> LoaderConfig:
-        batch_size = self.info.batch_size if self.info is not None and self.info.batch_size else samples
-        return LoaderConfig(num_workers=num_workers, batch_size=max(1, batch_size))
-
-    def batch(self, m: dict[str, Any]) -> None:
-        num_workers, epoch, step = int(m["num_workers"]), int(m["epoch"]), int(m["step"])
-        if step <= self.step:  # sent again: a reconnection replays the history
-            return
-        load_s = float(m["load_ms"]) / 1000.0
-        step_s = None if m.get("step_ms") is None else float(m["step_ms"]) / 1000.0
-        returned = float(m["time"])
-        if self.pending is not None:
-            if step_s is not None:
-                self._flush(step_s, steady=True)
-            else:  # the loop's work on the epoch's last batch and the epoch's end, up to this batch's request
-                self._flush(max(returned - load_s - self.pending.time, 0.0), steady=False)
-        config = self._config(num_workers, int(m["samples"]))
-        if self.config is None or config.num_workers != self.config.num_workers:
-            self._start("start" if self.config is None else "restart", config, step, epoch, load_s, m)
-        elif epoch != self.epoch:
-            self.store.add_start(StartEvent("epoch", config, step - 1, epoch, 0, load_s, load_s))
-        warmup = self.warmup_left > 0
-        self.warmup_left -= 1
-        self.step, self.epoch, self.batch_in_epoch = step, epoch, int(m["batch"])
-        self.pending = _Pending(step, epoch, int(m["batch"]), config, int(m["samples"]), load_s, returned, warmup)
-
-    def _start(self, reason: str, config: LoaderConfig, step: int, epoch: int, load_s: float,
-               m: dict[str, Any]) -> None:
-        startup_s = load_s + float(m.get("switch_ms") or 0.0) / 1000.0
-        if self.boundary is not None:  # the training loader's: the process tree's CPU is billed to it
-            self.store.close_cost(self.boundary)
-            self.store.open_cost(config, self.boundary)
-            self.boundary = None
-        self.store.add_start(StartEvent(reason, config, step - 1, epoch, 0, startup_s, startup_s))
-        self.config = config
-        self.warmup_left = max(1, config.num_workers)
-
-    def cpu(self, m: dict[str, Any]) -> None:
-        """The script's own reading of its tree's CPU: where a configuration begins, and at its end."""
-        reading = TreeCpu(time=float(m["time"]), main_s=float(m["main_s"]), children_s=float(m["children_s"]),
-                          rss_bytes=int(m["rss_bytes"]))
-        if m.get("reason") == "boundary":
-            self.boundary = reading
-        elif m.get("reason") == "end":
-            self.store.close_cost(reading)
-        else:
-            self.store.tick_cost(reading)
-
-    def log(self, step: int, metrics: dict[str, Any]) -> None:
-        """A logged loss for batch ``step``: the latest one's, or an earlier one's (a framework that fetches
-        ahead, as accelerate does under the Hugging Face Trainer, logs a batch after the next arrived)."""
-        loss = metrics.get("loss")
-        if not isinstance(loss, (int, float)):
-            return
-        if self.pending is not None and self.pending.step == step:
-            self.pending.loss = float(loss)
-        elif self.pending is None or step < self.pending.step:
-            self.store.set_loss(step, float(loss))
-
-    def _flush(self, compute_s: float, *, steady: bool) -> None:
-        p = self.pending
-        assert p is not None
-        self.pending = None
-        record = BatchRecord(step=p.step, epoch=p.epoch, batch_in_epoch=p.batch, config_key=p.config.key,
-                             num_workers=p.config.num_workers, batch_size=p.config.batch_size, samples=p.samples,
-                             load_s=p.load_s, compute_s=compute_s, loss=p.loss, accuracy=None,
-                             time=p.time + compute_s, elapsed_s=p.time + compute_s - self.started,
-                             warmup=p.warmup or not steady)
-        self.store.add(record, p.config)
-
-    def end(self) -> None:
-        """The script is gone: its last batch is kept with the step time that was measured (none)."""
-        if self.pending is not None:
-            self._flush(0.0, steady=False)
 
 
 class RemoteSession:
@@ -197,43 +84,26 @@ class RemoteSession:
         self.child = child
         self.root_pid = child.pid if child is not None else int(pid)  # type: ignore[arg-type]
         self.socket_path = socket_path
-        self.command = tuple(command)
-        self.log_path = log_path
         self.grace_s = grace_s
         self._want_control = control
         self._lock = threading.RLock()
-        self._tracks: dict[str, _LoaderTrack] = {}
-        self._selected: str | None = None
-        self._chosen = False  # the user picked a loader: the training one no longer takes over
-        self._server_pid: int | None = pid
-        self._started = time.time()
         self._connected = False
-        self._controller: int | None = None
-        self._controller_id: str | None = None
         self.monitor_id = uuid.uuid4().hex[:16]  # several monitors may share a process (and a pid)
-        self._dropped = 0
-        self._script_dropped = 0
-        self._notice: tuple[int, str] = (0, "")
-        self._traceback: str | None = None
-        self.traceback_at = math.inf
         self._exit_code: int | None = None
         self._gone = False
         self._stopping: float | None = None  # when SIGINT was sent
         self._detached = False
-        self._builtin: str | None = None  # the workload's name when the run is loadertop's own trainer
-        self._kept_by: str | None = None  # who keeps control when no monitor can have it
-        self.peers: dict[int, dict[str, Any]] = {}  # ranks on other nodes, as the job's store tells of them
-        self._tune_status: dict[str, Any] | None = None  # the script's latest ``autotune`` message
-        self._tune_changes: list[Change] = []  # its autotuner's changes, oldest first
         self.ranks_on_node = 1
         """Training processes sharing this machine's cores (a torchrun job's ranks here): the advice's share."""
         self._closed = threading.Event()
         self._sock: socket.socket | None = None
         self._reader = LineReader(known=SERVER_TYPES)
+        self._told_newer = False  # the notice that the script speaks a newer protocol was given
+        self._wire = WireDecoder(command=command, log_path=log_path, server_pid=pid,
+                                 rejections=self._reader.rejections)
         self._log: deque[str] = deque(maxlen=LOG_LINES)
         self._log_offset = 0
         self._log_partial = ""
-        self._clock: TreeCpuClock | None = None  # the script's tree, read from here between its own readings
         self.sampler = SystemSampler(interval_s=sample_interval_s, pid=self.root_pid, worker_pids=self._worker_pids,
                                      on_sample=self._on_sample, read_gpus=read_gpus)
         self._machine = machine_facts()
@@ -249,20 +119,20 @@ class RemoteSession:
     def view(self) -> SessionView:
         """The script now."""
         with self._lock:
-            track = self._selected_track()
-            infos = tuple(t.info for t in self._tracks.values() if t.info is not None)  # in creation order
+            wire = self._wire
+            track = wire.selected_track()
             store = track.store.snapshot() if track is not None else MetricsStore().snapshot()
             status = self._status(track)
             script = ScriptView(
-                command=self.command, pid=self._server_pid, log_path=self.log_path, log_tail=tuple(self._log),
-                loaders=infos, selected=self._selected, connected=self._connected, control=self._control_text(),
-                ended=self._ended_text(), dropped=self._dropped + self._script_dropped,
-                rejected=self._reader.rejections.total, notice=self._notice, builtin=self._builtin)
+                command=wire.command, pid=wire.server_pid, log_path=wire.log_path, log_tail=tuple(self._log),
+                loaders=wire.loaders(), selected=wire.selected, connected=self._connected,
+                control=self._control_text(), ended=self._ended_text(), dropped=wire.dropped + wire.script_dropped,
+                rejected=self._reader.rejections.total, notice=wire.notice, builtin=wire.builtin)
         system = self.sampler.latest()
         machine = replace(self._machine.with_system(system), ranks_on_node=self.ranks_on_node)
         name = " ".join(self.command) or f"pid {self.root_pid}"
         with self._lock:
-            autotune = self._autotune_view()
+            autotune = self._wire.autotune_view()
         return SessionView(workload_name=name, notes=self._notes(script), status=status, store=store, system=system,
                            gpu_status=system.gpu_status if system is not None else "sampling",
                            advice=advise(store.summaries, machine), script=script, autotune=autotune,
@@ -275,15 +145,15 @@ class RemoteSession:
         (the script passes it on through the job's store).
         """
         with self._lock:
-            track = self._selected_track()
+            track = self._wire.selected_track()
             sock = self._sock
         if self._ended_text() is not None:
             raise RuntimeError("the script has ended: nothing to switch (q quits)")
         if track is None or sock is None:
             raise RuntimeError("no DataLoader yet: nothing to switch")
-        fields = {"loader": track.name} if rank is None else {"loader": None, "rank": rank}
+        switch = Switch(config.num_workers, track.name) if rank is None else Switch(config.num_workers, None, rank)
         try:
-            sock.sendall(encode("switch", workers=config.num_workers, **fields))
+            sock.sendall(encode_message(switch))
         except OSError as exc:
             raise RuntimeError(f"the script does not answer ({exc.strerror})") from None
 
@@ -297,20 +167,14 @@ class RemoteSession:
         if sock is None:
             raise RuntimeError("not connected to the script yet: nothing to tune")
         try:
-            sock.sendall(encode("autotune", enabled=bool(enabled)))
+            sock.sendall(encode_message(AutotuneRequest(bool(enabled))))
         except OSError as exc:
             raise RuntimeError(f"the script does not answer ({exc.strerror})") from None
 
     def select_next_loader(self) -> str | None:
         """Show and command the next DataLoader (in creation order); returns its name."""
         with self._lock:
-            names = list(self._tracks)  # creation order
-            if not names:
-                return None
-            index = names.index(self._selected) if self._selected in names else -1
-            self._selected = names[(index + 1) % len(names)]
-            self._chosen = True
-            return self._selected
+            return self._wire.select_next()
 
     def pause(self) -> None:
         """Scripts run their own loop: not paused from here."""
@@ -330,7 +194,7 @@ class RemoteSession:
 
         A built-in run belongs to the loadertop that trains it: leaving it only detaches.
         """
-        if self._builtin is not None:
+        if self._wire.builtin is not None:
             self.detach()
             return
         if self._stopping is None and not self._has_exited():
@@ -361,8 +225,7 @@ class RemoteSession:
             self._gone = True
         self.sampler.stop(0.5)
         with self._lock:
-            for track in self._tracks.values():
-                track.end()
+            self._wire.end()
         return []
 
     # ------------------------------------------------------------- queries
@@ -375,42 +238,41 @@ class RemoteSession:
     @property
     def traceback(self) -> str | None:
         """The script's uncaught exception, as it printed it."""
-        return self._traceback
+        return self._wire.traceback
+
+    @property
+    def traceback_at(self) -> float:
+        """When the script's exception arrived (monotonic; inf: none): which of several ranks failed first."""
+        return self._wire.traceback_at
+
+    @property
+    def peers(self) -> dict[int, Peer]:
+        """The ranks of other nodes of the same torchrun job, as the script relays them from the job's store."""
+        return self._wire.peers
+
+    @property
+    def command(self) -> tuple[str, ...]:
+        """The script's command line (given, or as its hello says)."""
+        return self._wire.command
+
+    @property
+    def log_path(self) -> str | None:
+        """The file the script's output goes to (given, or as its hello says)."""
+        return self._wire.log_path
 
     # ------------------------------------------------------------ internals
 
-    def _autotune_view(self) -> TunerStatus | None:
-        """Under the lock: the script's autotuner as it published it (None: a run that says nothing of one).
-
-        Without a status (a built-in run publishes its changes only) the state is read off the last change.
-        """
-        status, changes = self._tune_status, tuple(self._tune_changes)
-        if status is None:
-            if not changes:
-                return None
-            last = changes[-1]
-            state = "settled" if last.kind == "settle" else "switching" if last.to_workers != last.from_workers \
-                else "measuring"
-            return TunerStatus(state, last.to_workers, changes, last.predicted, last.ceiling)
-        workers = status.get("workers")
-        return TunerStatus(str(status.get("state") or "off"), workers if isinstance(workers, int) else None, changes,
-                           curve_of(status.get("predicted")), ceiling_of(status.get("ceiling")))
-
-    def _selected_track(self) -> _LoaderTrack | None:
-        """Under the lock: the loader shown and commanded."""
-        return self._tracks.get(self._selected) if self._selected is not None else None
-
     def _worker_pids(self) -> Sequence[int]:
         with self._lock:
-            track = self._selected_track()
+            track = self._wire.selected_track()
             return track.info.worker_pids if track is not None and track.info is not None else ()
 
     def _on_sample(self, snapshot: Any) -> None:
         """Each system sample: the running configuration's cost so far, from the script's CPU clock, and its
         memory (the tree's PSS and the workers' USS, read from here)."""
         with self._lock:
-            clock = self._clock
-            track = next((t for t in self._tracks.values() if t.info is not None and t.info.training), None)
+            clock = self._wire.clock
+            track = self._wire.training_track()
         if clock is None or track is None or self._gone:
             return
         with contextlib.suppress(psutil.Error):
@@ -453,7 +315,7 @@ class RemoteSession:
             if then is not None:
                 self._signal(then)
 
-    def _status(self, track: _LoaderTrack | None) -> TrainerStatus:
+    def _status(self, track: LoaderTrack | None) -> TrainerStatus:
         ended = self._ended_text()
         if ended is None:
             state = TrainerState.RUNNING if self._connected else TrainerState.STARTING
@@ -467,10 +329,10 @@ class RemoteSession:
             state = TrainerState.FINISHED
         error = None
         if state is TrainerState.ERROR:
-            last = (self._traceback or "").strip().splitlines()
+            last = (self._wire.traceback or "").strip().splitlines()
             message = last[-1] if last else ended or "the script failed"
             error = TrainerError("script", message, None, track.step if track is not None else 0,
-                                 self._traceback or "")
+                                 self._wire.traceback or "")
         info = track.info if track is not None else None
         config = track.config if track is not None and track.config is not None else LoaderConfig(
             num_workers=info.num_workers if info is not None else 0,
@@ -479,29 +341,31 @@ class RemoteSession:
         if info is not None and info.pending is not None and info.pending != config.num_workers:
             pending = config.with_workers(info.pending)
         return TrainerStatus(
-            state=state, config=config, pending=pending, device=f"pid {self._server_pid or self.root_pid}",
+            state=state, config=config, pending=pending, device=f"pid {self._wire.server_pid or self.root_pid}",
             epoch=track.epoch if track is not None else 0, epochs=0,
             batch_in_epoch=track.batch_in_epoch if track is not None else 0,
             batches_per_epoch=(info.batches_per_epoch or 0) if info is not None else 0,
             step=track.step if track is not None else 0, max_batches=None,
-            elapsed_s=time.time() - self._started,
+            elapsed_s=time.time() - self._wire.started,
             worker_pids=info.worker_pids if info is not None and ended is None else (),
             error=error)
 
     def _failed(self) -> bool:
         """It ended of itself with an exception or a non-zero code (not the ^C that ``stop`` sent)."""
+        traceback = self._wire.traceback
         if self._stopping is not None:
-            last = (self._traceback or "").strip().splitlines()[-1:] or [""]
-            return self._traceback is not None and not last[0].startswith("KeyboardInterrupt")
-        return self._traceback is not None or self._exit_code not in (None, 0)
+            last = (traceback or "").strip().splitlines()[-1:] or [""]
+            return traceback is not None and not last[0].startswith("KeyboardInterrupt")
+        return traceback is not None or self._exit_code not in (None, 0)
 
     def _control_text(self) -> str:
-        if self._kept_by is not None:
-            return f"watching only: {self._kept_by}"
-        if self._controller is None:
+        wire = self._wire
+        if wire.kept_by is not None:
+            return f"watching only: {wire.kept_by}"
+        if wire.controller is None:
             return "nobody controls this run"
-        return "this monitor controls the run" if self._controller_id == self.monitor_id else (
-            f"watching only: the monitor with pid {self._controller} controls the run")
+        return "this monitor controls the run" if wire.controller_id == self.monitor_id else (
+            f"watching only: the monitor with pid {wire.controller} controls the run")
 
     def _ended_text(self) -> str | None:
         if not self._gone:
@@ -525,9 +389,6 @@ class RemoteSession:
             notes.append(f"{script.dropped} messages dropped")
         return tuple(notes)
 
-    def _say(self, text: str) -> None:
-        self._notice = (self._notice[0] + 1, text)
-
     # --------------------------------------------------------- client thread
 
     def _run(self) -> None:
@@ -538,8 +399,7 @@ class RemoteSession:
                 self._drain()
                 self._gone = True
                 with self._lock:
-                    for track in self._tracks.values():
-                        track.end()
+                    self._wire.end()
             if self._sock is None:
                 if not self._gone and not self._detached:
                     self._connect()
@@ -567,7 +427,7 @@ class RemoteSession:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 sock.connect(str(path))
-                sock.sendall(encode("hello", pid=os.getpid(), id=self.monitor_id, control=self._want_control))
+                sock.sendall(encode_message(MonitorHello(os.getpid(), self.monitor_id, self._want_control)))
             except OSError:
                 sock.close()
                 continue
@@ -607,79 +467,18 @@ class RemoteSession:
                 self._disconnect()
                 return
             for message in self._reader.feed(data):
+                self._tell_if_newer()
                 with self._lock:
-                    self._handle(message)
+                    self._wire.feed((message,))
+            self._tell_if_newer()
 
-    def _handle(self, m: dict[str, Any]) -> None:
-        kind = m["type"]
-        try:
-            if kind == "batch":
-                track = self._tracks.get(str(m["loader"]))
-                if track is not None:
-                    track.batch(m)
-            elif kind == "loader":
-                self._loader(m)
-            elif kind == "cpu":
-                track = self._tracks.get(str(m["loader"]))
-                if track is not None:
-                    track.cpu(m)
-            elif kind == "log":
-                track = self._tracks.get(str(m["loader"]))
-                if track is not None and isinstance(m.get("metrics"), dict):
-                    track.log(int(m["step"]), m["metrics"])
-            elif kind == "hello":
-                self._server_pid = int(m["pid"])
-                self._clock = _script_clock(self._server_pid, m.get("threads") or ())
-                self._started = float(m.get("started") or self._started)
-                self._controller, self._controller_id = m.get("controller"), m.get("controller_id")
-                self._tune_changes = []  # a (re)connection sends every change again
-                self._builtin = str(m["builtin"]) if m.get("builtin") else None
-                self._kept_by = str(m["kept_by"]) if m.get("kept_by") else None
-                self.command = self.command or tuple(m.get("command") or ())
-                self.log_path = self.log_path or m.get("log")
-            elif kind == "control":
-                self._controller, self._controller_id = m.get("controller"), m.get("controller_id")
-            elif kind == "refused":
-                self._say(f"refused: {m.get('reason')}")
-            elif kind == "dropped":
-                self._dropped += int(m.get("count") or 0)
-            elif kind == "event":
-                self._event(m)
-            elif kind == "peer":
-                self.peers[int(m["rank"])] = m
-            elif kind == "autotune":
-                self._tune_status = m
-        except (KeyError, TypeError, ValueError):  # a message of the right type with wrong fields
-            self._reader.rejections.malformed += 1
-
-    def _loader(self, m: dict[str, Any]) -> None:
-        name = str(m["name"])
-        track = self._tracks.get(name)
-        if track is None:
-            track = self._tracks[name] = _LoaderTrack(name, self._started)
-        track.info = LoaderInfo(
-            name=name, num_workers=int(m["num_workers"]),
-            batch_size=m["batch_size"] if isinstance(m.get("batch_size"), int) else None,
-            batches_per_epoch=m["batches_per_epoch"] if isinstance(m.get("batches_per_epoch"), int) else None,
-            training=bool(m.get("training")), exact=bool(m.get("exact", True)),
-            pending=m["pending"] if isinstance(m.get("pending"), int) else None, epoch=int(m.get("epoch") or 0),
-            worker_pids=tuple(int(p) for p in m.get("worker_pids") or ()))
-        self._script_dropped = max(self._script_dropped, int(m.get("dropped") or 0))
-        if self._selected is None or (track.info.training and not self._chosen):
-            self._selected = name
-
-    def _event(self, m: dict[str, Any]) -> None:
-        event = m.get("event")
-        if event == "exception":
-            self._traceback = str(m.get("traceback") or "")
-            self.traceback_at = time.monotonic()  # which of several ranks failed first
-        elif event == "switch":
-            self._say(f"{m.get('loader')}: {m.get('from')} -> {m.get('to')} workers after batch {m.get('after_step')}")
-        elif event == "autotune":
-            change = Change(str(m["change"]), int(m["from"]), int(m["to"]), str(m.get("reason") or ""),
-                            curve_of(m.get("predicted")), ceiling_of(m.get("ceiling")))
-            self._tune_changes.append(change)
-            self._say(f"autotune: {change.line()}")
+    def _tell_if_newer(self) -> None:
+        """Once, in one line: the script speaks a newer protocol than this monitor reads."""
+        newer = self._reader.rejections.newer
+        if newer is not None and not self._told_newer:
+            self._told_newer = True
+            with self._lock:
+                self._wire.say(newer_text(newer))
 
     def _read_log(self) -> None:
         """New lines of the script's output file (the log panel's)."""
@@ -699,12 +498,3 @@ class RemoteSession:
         with self._lock:  # a progress bar's last state, without its colours or other terminal codes
             self._log.extend(_TERMINAL_CODES.sub("", line.rsplit("\r", 1)[-1]).expandtabs(4) for line in lines)
 
-
-def _script_clock(pid: int, threads: Sequence[int]) -> TreeCpuClock | None:
-    """The script's tree CPU clock as the script reads it (its loadertop threads left out); None if unreadable."""
-    try:
-        clock = TreeCpuClock(pid)
-    except psutil.Error:
-        return None
-    clock.exclude_threads(int(t) for t in threads)
-    return clock

@@ -25,6 +25,7 @@ from loadertop.core.drive.sweep import DEFAULT_BATCHES, SweepProgress
 from loadertop.core.policy.advice import recommend
 from loadertop.core.policy.autotune import TunerStatus
 from loadertop.core.protocol.config import LoaderConfig
+from loadertop.core.protocol.messages import TunerState
 from loadertop.core.protocol.status import TrainerState
 from loadertop.core.sessions.view import SessionView
 
@@ -210,7 +211,7 @@ class ReplaySession:
         """Log it and show the tuner on (measuring the running count; the recorded changes kept) or off."""
         self.commands.append(("set_autotune", enabled))
         workers = self._view.status.config.num_workers
-        state = "measuring" if enabled else "off"
+        state = TunerState.MEASURING if enabled else TunerState.OFF
         old = self._view.autotune
         tuner = (dataclasses.replace(old, state=state, workers=workers) if old is not None
                  else TunerStatus(state, workers, (), (), math.inf))

@@ -22,6 +22,7 @@ from loadertop.core.policy.advice import advise, default_counts, machine_facts
 from loadertop.core.policy.autotune import AutoTuner, Budget, Change, Observation, TuneDriver, default_budget, read_tree
 from loadertop.core.probe.publisher import Publisher
 from loadertop.core.protocol.config import LoaderConfig
+from loadertop.core.protocol.messages import Hello
 from loadertop.core.protocol.records import BatchRecord, record_line
 from loadertop.core.sessions.view import SessionView
 from loadertop.core.train.engine import Trainer, TrainerState
@@ -83,8 +84,8 @@ class Session:
         self.trainer = trainer
         self.publisher: Publisher | None = None
         if serve:
-            hello = {"pid": os.getpid(), "command": list(sys.argv), "cwd": os.getcwd(), "started": time.time(),
-                     "log": None, "builtin": trainer.workload.name}
+            hello = Hello(pid=os.getpid(), command=tuple(sys.argv), cwd=os.getcwd(), started=time.time(), log=None,
+                          builtin=trainer.workload.name)
             self.publisher = Publisher(hello=hello, kept_by=f"loadertop (pid {os.getpid()}) trains this workload "
                                                             "and keeps control")
             trainer.cpu_clock.exclude_threads(self.publisher.thread_ids())

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from rich.text import Text
 
 from loadertop.core.policy.autotune import Change
+from loadertop.core.protocol.messages import ChangeKind, TunerState
 from loadertop.core.sessions.view import SessionView
 from loadertop.tui.plot import meter
 from loadertop.tui.widgets.base import ViewWidget
@@ -24,8 +25,8 @@ MIN_SCREEN_WIDTH = 80
 """Narrower terminals leave the whole row to the comparison table."""
 CEILING_ON_SCALE = 1.25
 """A CPU ceiling at most this far above the best prediction is drawn on the bars' scale (``┊``)."""
-KIND_STYLES = {"jump": "bold cyan", "step": "bold", "settle": "bold green", "retune": "bold yellow",
-               "memory": "bold red"}
+KIND_STYLES = {ChangeKind.JUMP: "bold cyan", ChangeKind.STEP: "bold", ChangeKind.SETTLE: "bold green",
+               ChangeKind.RETUNE: "bold yellow", ChangeKind.MEMORY: "bold red"}
 
 Curve = tuple[tuple[int, float | None], ...]
 
@@ -33,7 +34,7 @@ Curve = tuple[tuple[int, float | None], ...]
 def tuning(view: SessionView) -> bool:
     """Whether the view's tuner is on or has changed anything (then its curve is the one shown)."""
     tuner = view.autotune
-    return tuner is not None and (tuner.state != "off" or bool(tuner.changes))
+    return tuner is not None and (tuner.state != TunerState.OFF or bool(tuner.changes))
 
 
 def shown_curve(view: SessionView) -> tuple[Curve, float]:
@@ -61,8 +62,8 @@ def change_rows(change: Change, width: int) -> list[Text]:
     if change.to_workers != change.from_workers:
         head = f"{change.from_workers} -> {_workers(change.to_workers)}"
     else:
-        head = "settled" if change.kind == "settle" else change.kind
-    body = change.reason.removeprefix("settled: ") if change.kind == "settle" else change.reason
+        head = "settled" if change.kind == ChangeKind.SETTLE else str(change.kind)
+    body = change.reason.removeprefix("settled: ") if change.kind == ChangeKind.SETTLE else change.reason
     lines = textwrap.wrap(f"{head}: {body}", max(width, 8), subsequent_indent="  ", break_on_hyphens=False)
     rows = [Text(line, no_wrap=True, overflow="crop") for line in lines]
     if rows:
@@ -171,7 +172,7 @@ class AutotunePanel(ViewWidget):
         tuner = view.autotune
         changes = tuner.changes if tuning(view) and tuner is not None else ()
         if not curve and not changes:
-            if tuner is not None and tuner.state != "off":
+            if tuner is not None and tuner.state != TunerState.OFF:
                 workers = f" {_workers(tuner.workers)}" if tuner.workers is not None else " the running count"
                 text.append("\n".join(textwrap.wrap(
                     f"autotune on: measuring{workers} first; then the model's predicted samples/s per worker "

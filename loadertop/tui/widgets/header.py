@@ -11,6 +11,7 @@ from rich.text import Text
 from loadertop.core.measure.limits import Limits
 from loadertop.core.policy.advice import recent_stats
 from loadertop.core.policy.autotune import TunerStatus
+from loadertop.core.protocol.messages import TunerState
 from loadertop.core.protocol.status import TrainerState
 from loadertop.tui.plot import meter
 from loadertop.tui.widgets.base import ViewWidget
@@ -38,14 +39,14 @@ def format_duration(seconds: float) -> str:
 
 def autotune_text(tuner: TunerStatus | None) -> str:
     """``autotune: settled at 8 workers`` (``measuring 3 workers``, ``switching to 5``); empty while it is off."""
-    if tuner is None or tuner.state == "off":
+    if tuner is None or tuner.state == TunerState.OFF:
         return ""
     workers = tuner.workers
     if workers is None:
         return f"autotune: {tuner.state}"
-    if tuner.state == "settled":
+    if tuner.state == TunerState.SETTLED:
         return f"autotune: settled at {workers} worker{'s' if workers != 1 else ''}"
-    if tuner.state == "switching":
+    if tuner.state == TunerState.SWITCHING:
         return f"autotune: switching to {workers}"
     return f"autotune: {tuner.state} {workers} worker{'s' if workers != 1 else ''}"
 

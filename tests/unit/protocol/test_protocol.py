@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from loadertop.core.probe.server import CLIENT_BUFFER_BYTES, RunServer
-from loadertop.core.protocol.codec import MAX_LINE_BYTES, VERSION, LineReader, ProtocolError, encode
-from loadertop.core.protocol.messages import CLIENT_TYPES, SERVER_TYPES
+from loadertop.core.protocol.codec import MAX_LINE_BYTES, VERSION, LineReader, ProtocolError, encode, newer_text
+from loadertop.core.protocol.messages import CLIENT_TYPES, SERVER_TYPES, Batch, Hello, LoaderUpdate, Log
 from loadertop.core.protocol.runtime import live_runs, read_hello, run_socket_path
 from loadertop.core.protocol.runtime import runtime_dir as find_runtime_dir
 from tests.helpers import Client, eventually, wait_for
@@ -51,6 +51,17 @@ def test_the_reader_accepts_split_lines_and_counts_every_kind_of_bad_one() -> No
     assert r.total == 6
 
 
+def test_a_line_of_a_newer_version_is_refused_in_one_line_that_says_so() -> None:
+    reader = LineReader(known=SERVER_TYPES)
+    newer = b'{"v": %d, "type": "batch", "step": 1}\n' % (VERSION + 1)
+    assert list(reader.feed(newer + b'{"v": true, "type": "batch"}\n' + encode("batch", step=2))) == [
+        {"v": VERSION, "type": "batch", "step": 2}]
+    assert reader.rejections.wrong_version == 2 and reader.rejections.newer == VERSION + 1
+    assert list(reader.feed(newer)) == [] and reader.rejections.last == newer_text(VERSION + 1)
+    assert reader.rejections.last == (f"the other side speaks protocol version {VERSION + 1}, this loadertop "
+                                      f"{VERSION}: run the same loadertop version on both sides")
+
+
 def test_an_oversized_line_is_dropped_whole_and_the_next_one_read() -> None:
     reader = LineReader(known=CLIENT_TYPES)
     huge = b'{"v": 1, "type": "switch", "x": "' + b"a" * (3 * MAX_LINE_BYTES) + b'"}\n'
@@ -67,7 +78,7 @@ def test_an_oversized_line_is_dropped_whole_and_the_next_one_read() -> None:
 
 
 def test_the_runtime_dir_and_sockets_are_the_users_alone(runtime_dir: Path) -> None:
-    server = RunServer(run_socket_path(), {"pid": os.getpid(), "command": ["x"], "started": 1.0}, lambda n, w, r: None)
+    server = RunServer(run_socket_path(), Hello(os.getpid(), ("x",), started=1.0), lambda n, w, r: None)
     try:
         assert find_runtime_dir() == runtime_dir
         assert stat.S_IMODE(runtime_dir.stat().st_mode) == 0o700
@@ -91,7 +102,7 @@ def test_a_stale_socket_of_a_killed_run_is_found_and_removed(runtime_dir: Path) 
     stale = runtime_dir / f"{proc.pid}.sock"
     assert stale.exists()
     # A live one that answers stays.
-    server = RunServer(run_socket_path(), {"pid": os.getpid(), "command": [], "started": 2.0}, lambda n, w, r: None)
+    server = RunServer(run_socket_path(), Hello(os.getpid(), started=2.0), lambda n, w, r: None)
     try:
         runs = live_runs()
         assert [r.pid for r in runs] == [os.getpid()]
@@ -112,22 +123,28 @@ def served(runtime_dir: Path) -> Any:
         switches.append((name, workers) if rank is None else (name, workers, rank))
         return None if name in (None, "train") else f"no DataLoader named {name!r}"
 
-    server = RunServer(run_socket_path(), {"pid": os.getpid(), "command": ["t"], "started": 0.0}, on_switch)
+    server = RunServer(run_socket_path(), Hello(os.getpid(), ("t",), started=0.0), on_switch)
     server.switches = switches  # type: ignore[attr-defined]
     yield server
     server.close()
 
 
+def batch(step: int) -> Batch:
+    """A batch of the loader ``train``."""
+    return Batch(loader="train", step=step, epoch=1, batch=step, num_workers=0, samples=8, load_ms=1.0, step_ms=2.0,
+                 time=float(step))
+
+
 def test_a_monitor_gets_the_hello_the_loaders_and_the_history_then_what_follows(served: RunServer) -> None:
-    served.publish("loader", name="train", num_workers=0)
+    served.publish(LoaderUpdate("train", 0))
     for step in range(1, 4):
-        served.publish("batch", loader="train", step=step)
-    served.publish("loader", name="train", num_workers=2)  # only the latest state of a loader is replayed
+        served.publish(batch(step))
+    served.publish(LoaderUpdate("train", 2))  # only the latest state of a loader is replayed
     client = Client(served.path)
     client.read_until(lambda m: m["type"] == "history_end")
     assert [m["type"] for m in client.messages] == ["hello", "loader", "batch", "batch", "batch", "history_end"]
     assert client.messages[1]["num_workers"] == 2
-    served.publish("batch", loader="train", step=4)
+    served.publish(batch(4))
     assert client.read_until(lambda m: m["type"] == "batch" and m["step"] == 4)
     client.close()
 
@@ -156,12 +173,27 @@ def test_only_the_first_monitor_that_asks_controls_and_the_others_are_told_who_d
     second.close()
 
 
+def test_a_monitor_of_a_newer_version_is_refused_once_in_one_line(served: RunServer) -> None:
+    newer = Client(served.path)
+    line = b'{"v": %d, "type": "switch", "workers": 2}\n' % (VERSION + 1)
+    newer.sock.sendall(line + line)
+    refused = newer.read_until(lambda m: m["type"] == "refused")
+    assert refused["reason"] == newer_text(VERSION + 1)
+    newer.send("switch", workers=1)  # one of this version after them: refused for its own reason, the newer not again
+    assert newer.read_until(lambda m: m["type"] == "refused" and m is not refused)["reason"] == (
+        "this monitor only watches")
+    assert [m["reason"] for m in newer.messages if m["type"] == "refused"] == [refused["reason"],
+                                                                              "this monitor only watches"]
+    assert served.switches == []  # type: ignore[attr-defined]
+    newer.close()
+
+
 def test_garbage_from_a_monitor_is_counted_and_the_server_goes_on(served: RunServer) -> None:
     rogue = Client(served.path)
     rogue.sock.sendall(b"\x80\x04pickle?\n" + b"{" * (MAX_LINE_BYTES + 10) + b"\n" + b'{"v":1,"type":"exec"}\n')
     fine = Client(served.path, control=True)
     assert fine.read_until(lambda m: m["type"] == "control")
-    served.publish("batch", loader="train", step=9)
+    served.publish(batch(9))
     assert fine.read_until(lambda m: m["type"] == "batch")
     rogue.close()
     fine.close()
@@ -174,7 +206,7 @@ def test_a_monitor_that_stops_reading_never_blocks_publish_and_learns_what_it_mi
     count = 3 * CLIENT_BUFFER_BYTES // 1000
     started = time.monotonic()
     for step in range(count):
-        served.publish("batch", loader="train", step=step, pad=payload)
+        served.publish(Log("train", step, {"pad": payload}))
     publish_s = time.monotonic() - started
     assert publish_s < 20  # the bound is memory, not time: nothing waited on the socket (~0.5 s here)
     assert eventually(lambda: served.monitors == 1)
@@ -182,17 +214,17 @@ def test_a_monitor_that_stops_reading_never_blocks_publish_and_learns_what_it_mi
     got: list[dict[str, Any]] = []
     while not any(m["type"] == "dropped" for m in got):
         got.extend(stalled.reader.feed(stalled.sock.recv(1 << 20)))
-    served.publish("batch", loader="train", step=-1)
+    served.publish(Log("train", -1))
     while not any(m.get("step") == -1 for m in got):
         got.extend(stalled.reader.feed(stalled.sock.recv(1 << 20)))
     dropped = sum(m["count"] for m in got if m["type"] == "dropped")
-    received = sum(1 for m in got if m["type"] == "batch" and m["step"] >= 0)
+    received = sum(1 for m in got if m["type"] == "log" and m["step"] >= 0)
     assert dropped > 0 and received + dropped == count
     stalled.close()
 
 
 def test_the_server_closes_cleanly_with_monitors_connected(runtime_dir: Path) -> None:
-    server = RunServer(run_socket_path(), {"pid": os.getpid(), "command": [], "started": 0.0}, lambda n, w, r: None)
+    server = RunServer(run_socket_path(), Hello(os.getpid(), started=0.0), lambda n, w, r: None)
     client = Client(server.path)
     client.read_until(lambda m: m["type"] == "history_end")
     server.close()

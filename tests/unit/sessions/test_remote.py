@@ -233,12 +233,13 @@ def test_a_builtin_run_is_served_like_a_script_and_attach_only_watches_it(runtim
 
 
 def test_a_loss_logged_for_an_earlier_batch_is_given_to_that_batch() -> None:
-    from loadertop.core.sessions.remote import _LoaderTrack
+    from loadertop.core.protocol.messages import Batch
+    from loadertop.core.sessions.decoder import LoaderTrack
 
-    track = _LoaderTrack("train.py:9", started=0.0)
-    def batch(step: int) -> dict:
-        return {"loader": "train.py:9", "step": step, "epoch": 1, "batch": step, "num_workers": 0, "samples": 8,
-                "load_ms": 1.0, "step_ms": None if step == 1 else 2.0, "switch_ms": 0.0, "time": 100.0 + step}
+    track = LoaderTrack("train.py:9", started=0.0)
+    def batch(step: int) -> Batch:
+        return Batch(loader="train.py:9", step=step, epoch=1, batch=step, num_workers=0, samples=8, load_ms=1.0,
+                     step_ms=None if step == 1 else 2.0, switch_ms=0.0, time=100.0 + step)
     for step in (1, 2, 3):
         track.batch(batch(step))
     track.log(2, {"loss": 0.5})  # batch 3 has arrived: batch 2's record is complete, its loss comes late
