@@ -113,7 +113,8 @@ def test_an_interrupted_run_stops_its_workers(tagged_run, tmp_path: Path, signum
     out, err = run.proc.communicate(timeout=30)
     assert run.proc.returncode == 128 + signum, err
     assert "interrupted" in err
-    assert "workers  batches" in out and "input-bound" in out  # the summary table still prints
+    # The summary table still prints, its row for the 2 workers with a verdict (which one is the machine's timing).
+    assert "workers  batches" in out and ("input-bound" in out or "compute-bound" in out), out
     wait_for(lambda: run.leftovers() == [], timeout=5)
 
 
