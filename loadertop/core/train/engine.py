@@ -25,7 +25,6 @@ from loadertop.core.protocol.records import BatchRecord
 from loadertop.core.protocol.status import TrainerError, TrainerState, TrainerStatus
 from loadertop.core.train.costs import CostBoundaries
 from loadertop.core.train.diagnosis import NonFiniteLoss, WorkerDied, describe_error
-from loadertop.core.train.diagnosis import worker_death as _worker_death  # noqa: F401 - its old name, still imported
 from loadertop.core.train.epochs import EpochLoop, Progress
 from loadertop.core.train.handover import Handover
 from loadertop.core.train.loaders import LoaderSettings, build_loader

@@ -15,7 +15,7 @@ import pytest
 from loadertop import LoaderConfig, Trainer, TrainerState
 from loadertop.core.measure.procs import child_processes
 from loadertop.core.sessions.session import Session
-from loadertop.core.train.engine import WorkerDied, _worker_death
+from loadertop.core.train.diagnosis import WorkerDied, worker_death
 from tests import workloads
 from tests.conftest import ROOT
 from tests.helpers import no_children_left, run_main, wait_for
@@ -59,26 +59,26 @@ class _FakeIterator:
         self._workers = list(workers)
 
 
-def test_a_transfer_cut_by_a_dying_worker_is_reported_as_the_worker_death() -> None:
+def test_a_transfer_cut_by_a_dying_worker_is_reported_as_theworker_death() -> None:
     # Killed while handing a batch over, a worker shows up in the main process as a
     # ConnectionResetError before its exit is reaped; the death is what the user must see.
     soon = time.monotonic() + 0.2
-    died = _worker_death(_FakeIterator(_FakeProcess(11, None), _FakeProcess(12, soon)),
+    died = worker_death(_FakeIterator(_FakeProcess(11, None), _FakeProcess(12, soon)),
                          ConnectionResetError(104, "Connection reset by peer"))
     assert died is not None and str(died).startswith("DataLoader worker 1 (pid 12) was killed by SIGKILL")
     # PyTorch's own message counts even when the exit is not seen in time.
     exited = RuntimeError("DataLoader worker (pid(s) 12) exited unexpectedly")
-    assert str(_worker_death(_FakeIterator(_FakeProcess(12, None)), exited, grace_s=0.05)) == (
+    assert str(worker_death(_FakeIterator(_FakeProcess(12, None)), exited, grace_s=0.05)) == (
         "a DataLoader worker exited unexpectedly")
 
 
 def test_errors_while_every_worker_lives_stay_what_they_are_and_are_not_waited_on() -> None:
     alive = _FakeIterator(_FakeProcess(11, None), _FakeProcess(12, None))
     started = time.monotonic()
-    assert _worker_death(alive, ValueError("bad collate")) is None
-    assert _worker_death(_FakeIterator(), ConnectionResetError(104, "reset")) is None  # 0 workers
+    assert worker_death(alive, ValueError("bad collate")) is None
+    assert worker_death(_FakeIterator(), ConnectionResetError(104, "reset")) is None  # 0 workers
     assert time.monotonic() - started < 0.1
-    assert _worker_death(alive, EOFError(), grace_s=0.1) is None
+    assert worker_death(alive, EOFError(), grace_s=0.1) is None
 
 
 def test_signals_name_their_likely_cause() -> None:
