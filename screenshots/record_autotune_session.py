@@ -15,7 +15,7 @@ import argparse
 import sys
 import time
 
-from loadertop.core.policy.autotune import default_budget
+from loadertop.core.probe.autotune_host import default_budget
 from loadertop.core.protocol.config import LoaderConfig
 from loadertop.core.sessions.replay import save_view
 from loadertop.core.sessions.session import Session

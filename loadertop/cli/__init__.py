@@ -466,7 +466,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _tuning(args: argparse.Namespace) -> dict[str, Any]:
     """``autotune`` and its ``budget`` for a Session, from --autotune, --cpu-budget and --memory-budget."""
-    from loadertop.core.policy.autotune import default_budget
+    from loadertop.core.probe.autotune_host import default_budget
 
     autotune = bool(getattr(args, "autotune", False))
     budget = default_budget(cores=args.cpu_budget, memory_gib=args.memory_budget) if autotune else None

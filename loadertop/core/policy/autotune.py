@@ -1,7 +1,8 @@
 """Live autotune: find the best worker count while training runs, hold it, and tune again when things change.
 
 ``AutoTuner`` is pure logic, fed what is measured and answering with changes; whoever runs
-the loader applies them (``loadertop.core.tuning.TuneDriver``). One **round** of tuning:
+the loader applies them (``loadertop.core.probe.autotune_host.AutotuneHost``, for the built-in run and for
+scripts alike). One **round** of tuning:
 
 1. **Measure** the running count: steady batches (the warm-up after a switch left out) until
    the throughput's noise (two standard errors, from block means as the sweep reads them) is
@@ -29,13 +30,9 @@ Every change carries its reason in words, with the figures.
 
 from __future__ import annotations
 
-import logging
 import math
-import threading
-import warnings
-from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from loadertop.core.measure.store import block_size, throughput_sem
@@ -590,148 +587,3 @@ def _finite(value: float | None) -> float | None:
     if value is None or not math.isfinite(value):
         return None
     return round(value, 3)
-
-
-class TuneDriver:
-    """Runs an ``AutoTuner`` beside a training loop.
-
-    The loop's thread only appends each batch's ``Observation`` (``put``: one deque append, no
-    lock, no wake-up); a thread of the driver's own reads the process tree ``interval_s`` apart,
-    feeds the tuner and applies its changes. So the loop never waits on the tuner's arithmetic
-    or on psutil.
-
-    Args:
-        tuner: the tuner.
-        apply: switches the loader to a worker count (any thread may call it).
-        read: a ``Reading`` of the tree now.
-        on_change: told of every change, in the driver's thread (log it, publish it).
-        interval_s: seconds between readings.
-    """
-
-    def __init__(self, tuner: AutoTuner, *, apply: Callable[[int], None], read: Callable[[], Reading],
-                 on_change: Callable[[Change], None] | None = None, interval_s: float = 0.25) -> None:
-        self.tuner = tuner
-        self._apply = apply
-        self._read = read
-        self._on_change = on_change
-        self._interval_s = interval_s
-        self._inbox: deque[Observation] = deque(maxlen=100_000)
-        self._held: list[Observation] = []  # delivered after the latest reading: for the next one
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.enabled = True
-        """False: batches are dropped and nothing changes (the ``a`` key off); True: tuning from the next batch."""
-        self.thread_id: int | None = None
-        self._started = threading.Event()
-
-    def status(self) -> TunerStatus:
-        """The tuner's status; ``state`` is ``off`` while it is turned off."""
-        status = self.tuner.status()
-        return status if self.enabled else replace(status, state=TunerState.OFF)
-
-    def put(self, obs: Observation) -> None:
-        """A batch the loop received (the loop's thread)."""
-        if self.enabled:
-            self._inbox.append(obs)
-
-    def set_enabled(self, enabled: bool) -> None:
-        """Turn tuning on (a new round from the running count) or off (the count stays)."""
-        if enabled and not self.enabled:
-            self.tuner.restart()
-        self.enabled = enabled
-
-    def start(self) -> None:
-        """Start the driver's thread; returns once its native id is known (``thread_id``).
-
-        torch's warning that a loader makes more workers than cores is silenced from here on: the tuner
-        tries such counts on purpose (workers that wait on storage need no core), under its CPU budget.
-        """
-        warnings.filterwarnings("ignore", message=r"This DataLoader will create \d+ worker processes in total",
-                                category=UserWarning)
-        self._thread = threading.Thread(target=self._run, name="loadertop-autotune", daemon=True)
-        self._thread.start()
-        self._started.wait(5.0)
-
-    def stop(self, timeout_s: float = 1.0) -> None:
-        """Stop the thread (what is queued is dropped); from the thread itself too (it then ends after this tick)."""
-        self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout_s)
-
-    def _run(self) -> None:
-        self.thread_id = threading.get_native_id()
-        self._started.set()
-        while not self._stop.wait(self._interval_s):
-            try:
-                self.tick()
-            except Exception:
-                logging.getLogger(__name__).exception("autotune failed; tuning stops, training goes on")
-                return
-
-    def tick(self) -> None:
-        """Read the tree, feed the tuner what was delivered before the reading, apply its changes."""
-        pending, self._held = self._held, []
-        if not self.enabled:
-            self._inbox.clear()
-            return
-        reading = self._read()
-        while self._inbox:
-            pending.append(self._inbox.popleft())
-        known = len(self.tuner.changes)
-        for obs in pending:
-            if obs.time > reading.time:
-                self._held.append(obs)
-                continue
-            change = self.tuner.observe(obs)
-            if change is not None and change.to_workers != change.from_workers:
-                self._apply(change.to_workers)
-        self.tuner.read(reading)
-        for change in self.tuner.changes[known:]:
-            if self._on_change is not None:
-                self._on_change(change)
-
-
-MEMORY_SHARE = 0.5
-"""The default memory budget: this share of the memory available when tuning starts."""
-
-
-def default_budget(*, cores: float | None = None, memory_gib: float | None = None, ranks_on_node: int = 1) -> Budget:
-    """The budgets: ``cores`` (default: the cores this process may use, a cgroup quota's 1.5 as 1.5, shared
-    among a node's ranks), ``memory_gib`` (default: half the memory available to it, the host's or its cgroup
-    limit's less what the cgroup uses, whichever is less, shared too); at most four workers a core, at least 4."""
-    from loadertop.core.measure.limits import current_limits
-
-    limits, ranks = current_limits(), max(ranks_on_node, 1)
-    share = (cores if cores is not None else limits.cores) / ranks
-    memory = memory_gib * 2**30 if memory_gib is not None else MEMORY_SHARE * limits.memory_available_bytes / ranks
-    return Budget(cores=share, memory_bytes=memory, max_workers=max(4, math.ceil(4 * share)))
-
-
-def read_tree(clock: Any, worker_pids: Sequence[int], memory: Any = None) -> Reading:
-    """A ``Reading`` now: the tree's CPU from ``clock`` (a ``TreeCpuClock``), the workers' USS (through ``memory``,
-    a ``MemoryReader``; default: this process's shared one, which the system sampler keeps fresh), ``/dev/shm``."""
-    import os
-    import shutil
-    import time
-
-    import psutil
-
-    from loadertop.core.measure.memory import shared_reader
-
-    reader = memory if memory is not None else shared_reader()
-    cpu = clock.read()
-    uss = 0
-    for pid in worker_pids:
-        try:
-            worker = reader.read(psutil.Process(pid))
-        except psutil.Error:
-            continue
-        uss += worker.uss_bytes if worker is not None else 0
-    shm = None
-    if os.path.isdir("/dev/shm"):
-        try:
-            usage = shutil.disk_usage("/dev/shm")
-            shm = usage.used / usage.total if usage.total else None
-        except OSError:
-            shm = None
-    return Reading(time.time(), cpu.total_s, len(worker_pids), uss, shm, main_cpu_s=cpu.main_s)

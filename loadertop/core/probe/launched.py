@@ -273,7 +273,7 @@ class LaunchedRun(Publisher):
         if enabled == tuning.enabled:
             return None
         if enabled:
-            from loadertop.core.probe.tuning import describe_budget
+            from loadertop.core.probe.autotune_host import describe_budget
 
             ranks = self.rank.local_world_size if self.rank is not None else 1
             self._say(f"autotune on ({why}): the training loader's workers are tuned within "
@@ -287,7 +287,7 @@ class LaunchedRun(Publisher):
         """The run's tuner, made on first use (None where the tree's CPU cannot be read)."""
         with self._tuning_lock:
             if self.tuning is None and self._clock is not None:
-                from loadertop.core.policy.autotune import default_budget
+                from loadertop.core.probe.autotune_host import default_budget
                 from loadertop.core.probe.tuning import LoaderTuning
 
                 ranks = self.rank.local_world_size if self.rank is not None else 1

@@ -1,61 +1,56 @@
-"""Autotune inside the training process: a ``TuneDriver`` on one loader, fed off the loop.
+"""Autotune of a drop-in loader: the one host (``autotune_host.AutotuneHost``) on one loader, fed off the loop.
 
 Two users: a launched script's run (``launched.LaunchedRun``: ``--autotune``, the monitor's
 ``a``, or a loader made with ``num_workers="auto"``) tunes its training loader, whichever
 that is at the time; a ``loadertop.DataLoader(..., num_workers="auto")`` outside ``loadertop
 run`` tunes itself (``tune_by_itself``), its lines on stderr. Either way the loop's only cost
-is one append of the ``LoaderBatch`` it already built; the driver's thread pairs each batch
+is one append of the ``LoaderBatch`` it already built; the host's thread pairs each batch
 with the next one's ``step_s`` (the loop's work on it) into an ``Observation`` (the step that
 holds an epoch's end, ``step_s`` None, is left out), reads the process tree, and switches the
-loader. The driver's thread is left out of the CPU the training is billed. The drop-in loader
+loader. The host's thread is left out of the CPU the training is billed. The drop-in loader
 imports this module: the tuner itself is imported only once a loader is tuned.
 """
 
 from __future__ import annotations
 
-import threading
 import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from loadertop.core.probe.autotune_host import AutotuneHost, default_budget, describe_budget, read_tree
 from loadertop.core.protocol.messages import AutotuneStatus
 
 if TYPE_CHECKING:
-    from loadertop.core.policy.autotune import Budget, Change, Reading, TunerStatus
+    from loadertop.core.policy.autotune import Budget, Change, Reading
 
 HELD_FOR_WORKERS = {"prefetch_factor": None, "persistent_workers": False, "multiprocessing_context": None,
                     "timeout": 0}
 """Settings torch refuses at 0 workers, and their neutral values: an ``"auto"`` loader starts without them."""
 
 
-class LoaderTuning:
-    """A ``TuneDriver`` on one loader at a time (``follow``), off until ``set_enabled(True)``.
+class LoaderTuning(AutotuneHost):
+    """The autotune host on one loader at a time (``follow``), off until ``set_enabled(True)``; its thread
+    starts once it is on and has a loader.
 
     Args:
         budget: the tuner's budgets.
         clock: a ``TreeCpuClock`` of this process's tree.
-        on_change: told of every change (in the driver's thread).
-        on_thread: told the driver thread's native id once it runs (to leave it out of the CPU).
+        on_change: told of every change (in the host's thread).
+        on_thread: told the host thread's native id once it runs (to leave it out of the CPU).
         interval_s: seconds between readings of the tree.
     """
 
     def __init__(self, *, budget: Budget, clock: Any, on_change: Callable[[Change], None],
                  on_thread: Callable[[int], None] | None = None, interval_s: float = 0.25) -> None:
-        from loadertop.core.policy.autotune import AutoTuner, TuneDriver
+        from loadertop.core.policy.autotune import AutoTuner
 
-        self.budget = budget
         self._clock = clock
-        self._on_thread = on_thread
         self._loader: weakref.ref[Any] | None = None
         self._raw: deque[Any] = deque(maxlen=100_000)  # LoaderBatches, appended by the loop (or the writer)
         self._previous: Any = None  # the batch whose step comes with the next one
-        self._restart_due = False
-        self._start_lock = threading.Lock()
-        self._started = False
-        self.driver = TuneDriver(AutoTuner(budget), apply=self._apply, read=self._read, on_change=on_change,
-                                 interval_s=interval_s)
-        self.driver.enabled = False
+        super().__init__(AutoTuner(budget), apply=self._switch_loader, read=self._read_loader_tree,
+                         on_change=(on_change,), on_thread=on_thread, interval_s=interval_s)
 
     # ---------------------------------------------------------- any thread
 
@@ -64,34 +59,23 @@ class LoaderTuning:
         """The loader tuned now (None: none yet, or it was garbage-collected)."""
         return self._loader() if self._loader is not None else None
 
-    @property
-    def enabled(self) -> bool:
-        """Whether it tunes (or will, once there is a loader)."""
-        return self.driver.enabled
-
     def follow(self, loader: Any) -> None:
         """Tune ``loader`` from now on: a new round from its running count."""
         if self.loader is loader:
             return
         self._loader = weakref.ref(loader)
-        self._restart_due = True
+        self.new_round()
         self._start_if_due()
 
     def set_enabled(self, enabled: bool) -> None:
         """On (a new round from the running count, once there is a loader) or off (the count stays)."""
-        if enabled and not self.driver.enabled:
-            self._restart_due = True
-        self.driver.enabled = enabled
+        super().set_enabled(enabled)
         self._start_if_due()
 
     def feed(self, batch: Any) -> None:
         """A ``LoaderBatch`` of the tuned loader (the loop's thread, or a writer's): one append."""
-        if self.driver.enabled:
+        if self.enabled:
             self._raw.append(batch)
-
-    def status(self) -> TunerStatus:
-        """The tuner's status (``state`` ``off`` while turned off)."""
-        return self.driver.status()
 
     def status_message(self) -> AutotuneStatus:
         """The status as the protocol's ``autotune`` message carries it (the curve rounded, unknowns null)."""
@@ -106,65 +90,39 @@ class LoaderTuning:
             "memory_bytes": None if self.budget.memory_bytes is None else int(self.budget.memory_bytes),
             "max_workers": self.budget.max_workers})
 
-    def stop(self) -> None:
-        """Stop the driver's thread (from any thread, its own included)."""
-        self.driver.stop()
-
     def _start_if_due(self) -> None:
-        with self._start_lock:
-            if self.driver.enabled and self.loader is not None and not self._started:
-                self._started = True
-                self.driver.start()
-                if self._on_thread is not None and self.driver.thread_id is not None:
-                    self._on_thread(self.driver.thread_id)
+        if self.enabled and self.loader is not None and not self.started:
+            self.start()
 
-    # ------------------------------------------------------ driver's thread
+    # -------------------------------------------------------- host's thread
 
-    def _apply(self, workers: int) -> None:
+    def _switch_loader(self, workers: int) -> None:
         loader = self.loader
         if loader is not None:
             loader.switch(workers)
 
-    def _read(self) -> Reading:
-        """The driver's reading, after pairing the batches the loop queued into observations."""
-        from loadertop.core.measure.store import refill_batches
-        from loadertop.core.policy.autotune import Observation, read_tree
+    def _read_loader_tree(self) -> Reading:
+        loader = self.loader
+        return read_tree(self._clock, loader.status().worker_pids if loader is not None else ())
 
-        if self._restart_due:
-            self._restart_due = False
-            self.driver.tuner.restart()
-            self._previous = None
-            self._raw.clear()  # batches from before (another loader's, or queued as it was turned off)
+    def _round_begins(self) -> None:
+        self._previous = None
+        self._raw.clear()  # batches from before (another loader's, or queued as it was turned off)
+
+    def _collect(self) -> None:
+        """Pair the batches the loop queued into observations."""
+        from loadertop.core.measure.store import refill_batches
+        from loadertop.core.policy.autotune import Observation
+
         raw = self._raw
         while raw:
             batch = raw.popleft()
             previous, self._previous = self._previous, batch
             if previous is None or batch.step_s is None or batch.loader != previous.loader:
                 continue  # the step after an epoch's last batch holds the epoch's end: not a steady step
-            self.driver.put(Observation(previous.num_workers, previous.samples, previous.load_s + previous.switch_s,
-                                        batch.step_s, previous.time,
-                                        refill=previous.batch <= refill_batches(previous.num_workers)))
-        loader = self.loader
-        return read_tree(self._clock, loader.status().worker_pids if loader is not None else ())
-
-
-def describe_budget(budget: Budget, ranks_on_node: int = 1) -> str:
-    """``1 core (the node's 2 shared by 2 ranks) and 3.1 GiB of memory for its workers``; where a limit
-    confines the process, what it may use and where that came from (``this process may use 1.5 of 64 cores:
-    cgroup v2 quota``)."""
-    from loadertop.core.measure.limits import current_limits
-
-    cores = f"{budget.cores:g} core{'' if budget.cores == 1 else 's'}"
-    if ranks_on_node > 1:
-        cores += f" (the node's {budget.cores * ranks_on_node:g} shared by {ranks_on_node} ranks)"
-    if budget.memory_bytes is not None:
-        cores += f" and {budget.memory_bytes / 2**30:.1f} GiB of memory for its workers"
-    limits = current_limits()
-    confined = [text for text, yes in ((limits.cores_text(), limits.cores_confined),
-                                       (limits.memory_text(), limits.memory_confined)) if yes]
-    if confined:
-        cores += f" (this process may use {' and '.join(confined)})"
-    return cores
+            self.put(Observation(previous.num_workers, previous.samples, previous.load_s + previous.switch_s,
+                                 batch.step_s, previous.time,
+                                 refill=previous.batch <= refill_batches(previous.num_workers)))
 
 
 def start_at_zero(arguments: dict[str, Any]) -> dict[str, Any]:
@@ -197,7 +155,6 @@ def tune_by_itself(loader: Any) -> LoaderTuning:
     Its thread stops when the loader is garbage-collected, or at exit.
     """
     from loadertop.core.measure.cost import TreeCpuClock
-    from loadertop.core.policy.autotune import default_budget
     from loadertop.core.probe.publisher import say_on_stderr
     from loadertop.core.protocol.environment import rank_of_process
 

@@ -19,7 +19,8 @@ from loadertop.core.measure.procs import reap_children
 from loadertop.core.measure.store import refill_batches
 from loadertop.core.measure.system import SystemSampler, SystemSnapshot
 from loadertop.core.policy.advice import advise, default_counts, machine_facts
-from loadertop.core.policy.autotune import AutoTuner, Budget, Change, Observation, TuneDriver, default_budget, read_tree
+from loadertop.core.policy.autotune import AutoTuner, Budget, Change, Observation
+from loadertop.core.probe.autotune_host import AutotuneHost, default_budget, read_tree
 from loadertop.core.probe.publisher import Publisher
 from loadertop.core.protocol.config import LoaderConfig
 from loadertop.core.protocol.messages import Hello
@@ -106,13 +107,16 @@ class Session:
         trainer.on_record = self._on_record
         self._machine = machine_facts()
         self._closed = False
-        self._on_autotune = on_autotune
         self.autotune_log: list[tuple[int, Change]] = []
         """Every autotune change with the step (batches done) when it came."""
-        self.tuner = TuneDriver(AutoTuner(budget or default_budget()), apply=self._tune_to,
-                                read=lambda: read_tree(trainer.cpu_clock, trainer.worker_pids()),
-                                on_change=self._tuned)
-        self.tuner.enabled = autotune
+        told: list[Callable[[Change], None]] = [self._log_change]  # autotune_log and --record
+        if self.publisher is not None:
+            told.append(self.publisher.autotune)  # the attached monitors
+        if on_autotune is not None:
+            told.append(on_autotune)  # whoever asked (headless lines)
+        self.tuner = AutotuneHost(AutoTuner(budget or default_budget()), apply=self._tune_to,
+                                  read=lambda: read_tree(trainer.cpu_clock, trainer.worker_pids()),
+                                  on_change=told, on_thread=self._exclude_thread, enabled=autotune)
 
     def _exclude_thread(self, thread_id: int) -> None:
         """A monitoring thread of this process (the sampler, the TUI): not what any configuration costs."""
@@ -148,8 +152,6 @@ class Session:
         """Start sampling, the autotuner's thread and training."""
         self.sampler.start()
         self.tuner.start()
-        if self.tuner.thread_id is not None:
-            self._exclude_thread(self.tuner.thread_id)
         self.trainer.start()
 
     def set_autotune(self, enabled: bool) -> None:
@@ -163,16 +165,12 @@ class Session:
         if not self.trainer.state.is_done:
             self.trainer.restart(self.trainer.config.with_workers(workers))
 
-    def _tuned(self, change: Change) -> None:
-        """A change of the tuner: to ``--record``, the attached monitors, and whoever asked (headless lines)."""
+    def _log_change(self, change: Change) -> None:
+        """A change of the tuner (its thread), with the step it came at: to ``autotune_log`` and ``--record``."""
         step = self.trainer.status().step
         self.autotune_log.append((step, change))
         if self._recorder is not None:
             self._recorder.write({**change.to_event(), "step": step})
-        if self.publisher is not None:
-            self.publisher.autotune(change)
-        if self._on_autotune is not None:
-            self._on_autotune(change)
 
     def view(self) -> SessionView:
         """The session now."""

@@ -416,7 +416,7 @@ def test_a_process_confined_by_real_cgroups_is_seen_so(confining_cgroups: list[P
         import torch
         from loadertop import DataLoader
         from loadertop.core.policy.advice import machine_facts
-        from loadertop.core.policy.autotune import default_budget
+        from loadertop.core.probe.autotune_host import default_budget
         from loadertop.core.measure.limits import read_limits
         from loadertop.core.measure.system import usable_cores, usable_cores_exact
         limits = read_limits()

@@ -261,7 +261,7 @@ def test_the_memory_budget_counts_what_a_worker_adds_and_how_fast_it_grows() -> 
 @linux_only
 def test_the_tuners_reading_gives_the_workers_uss_not_their_rss(forked) -> None:
     from loadertop.core.measure.cost import TreeCpuClock
-    from loadertop.core.policy.autotune import read_tree
+    from loadertop.core.probe.autotune_host import read_tree
 
     held = bytearray(64 * MIB)
     held[::4096] = b"\x01" * (len(held) // 4096)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass
 
 import pytest
 
-from loadertop.core.policy.autotune import AutoTuner, Budget, Change, Observation, Reading, TuneDriver
+from loadertop.core.policy.autotune import AutoTuner, Budget, Change, Observation, Reading
 from loadertop.core.policy.model import Point, fit, soft_min
 
 
@@ -285,24 +284,3 @@ def test_no_count_is_tried_that_the_model_put_more_than_5_percent_below_its_best
                         curve = {n: s for n, s in change.predicted if s is not None}
                         assert curve[change.to_workers] >= 0.95 * max(curve.values()), change.line()
     assert tried >= 12
-
-
-def test_the_driver_feeds_the_tuner_off_the_loop_and_applies_its_changes() -> None:
-    applied: list[int] = []
-    told: list[Change] = []
-    tuner = AutoTuner(Budget(cores=2, max_workers=8), min_seconds=0.0)
-    clock = {"t": 0.0, "cpu": 0.0}
-    driver = TuneDriver(tuner, apply=applied.append, read=lambda: Reading(clock["t"], clock["cpu"]),
-                        on_change=told.append)
-    for i in range(60):
-        clock["t"] += 0.024
-        clock["cpu"] += 0.006
-        driver.put(Observation(0, 8, 0.020 + (i % 3) * 1e-4, 0.004, clock["t"]))
-        if i % 10 == 9:
-            driver.tick()
-    assert told and told[0].kind == "jump" and applied == [told[0].to_workers]
-    driver.set_enabled(False)
-    driver.put(Observation(0, 8, 0.020, 0.004, clock["t"] + 1))
-    driver.tick()
-    assert len(told) == 1  # off: nothing more
-    assert not math.isnan(told[0].ceiling)
