@@ -40,6 +40,23 @@ the previous ``next()`` returning to this call (whatever the loop did with the b
 loop's path gains two clock reads and, when someone observes, a small record and a call of
 each observer (benchmarks/dropin_overhead.py measures it; benchmarks/switch_stall.py the
 stall at a switch).
+
+``DataLoader`` here is the public class; each stage is a module of ``loadertop.core.probe`` whose state is one
+object the loader holds:
+
+- ``loader_settings``: what ``reconfigure`` may change and accepts, what torch refuses at 0 workers
+  (``LoaderSettings``), the request waiting (``PendingRequest``);
+- ``index_stream``: the epoch's position across generations (``IssuedIndices``, ``IndexSampler``,
+  ``StreamHandoff``);
+- ``worker_seeds``: the base seeds each ``iter()`` and each switch draw (``WorkerSeeds``);
+- ``worker_generation``: one generation's torch iterator, made by a thread for an overlap (``WorkerGeneration``);
+- ``worker_threads``: the builder and reaper threads and the reaping lock (``WorkerThreads``);
+- ``overlap_plan``: R, from the measured start-ups and the batch interval (``StartupHistory``);
+- ``loader_hooks``: observers, boundary and retire hooks (``LoaderHooks``);
+- ``epoch_book``: epochs, switches, the loop running (``EpochBook``);
+- ``epoch_iterator``: the iterator the loop holds, which times each batch (``SwitchingIterator``), and
+  ``handover``: its switch, stop and start or overlapped;
+- ``loader_reports``: what it reports (``LoaderBatch``, ``LoaderStatus``, ``batch_len``).
 """
 
 from __future__ import annotations
