@@ -394,6 +394,8 @@ def _signature_with_name() -> inspect.Signature:
     torch_signature = inspect.signature(torch.utils.data.DataLoader.__init__)
     name = inspect.Parameter("name", inspect.Parameter.KEYWORD_ONLY, default=None, annotation="str | None")
     return torch_signature.replace(parameters=[*torch_signature.parameters.values(), name])
+
+
 _INSTALLED = (f"{os.sep}site-packages{os.sep}", f"{os.sep}dist-packages{os.sep}")
 _TORCH_SIGNATURE = inspect.signature(torch.utils.data.DataLoader.__init__)
 DataLoader.__init__.__signature__ = _signature_with_name()  # type: ignore[attr-defined]
