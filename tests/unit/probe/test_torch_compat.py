@@ -24,7 +24,8 @@ OWN_OVERRIDES = {
     ("loadertop/core/probe/loader.py", "DataLoader", "_index_sampler"): "wraps torch's to follow the indices issued",
     ("loadertop/core/probe/loader.py", "DataLoader", "check_worker_number_rationality"): "counts a cgroup's cores",
     # The loop's iterator stands for torch's: shutting it down the way one shuts torch's down ends both generations.
-    ("loadertop/core/probe/loader.py", "_SwitchingIterator", "_shutdown_workers"): "torch_compat.shutdown_workers",
+    ("loadertop/core/probe/epoch_iterator.py", "SwitchingIterator", "_shutdown_workers"):
+        "torch_compat.shutdown_workers",
 }
 """Definitions in a class body named as a ``_USES`` entry, each deliberate (the reason beside it)."""
 
