@@ -22,6 +22,7 @@ from loadertop.core.probe.peer_relay import PeerRelay
 from loadertop.core.probe.publisher import Publisher, batch_size_of, describe_workers, say_on_stderr
 from loadertop.core.probe.run_autotune import RunAutotune
 from loadertop.core.probe.switches import switch_due, unmet_switches
+from loadertop.core.protocol.config import WORKERS_ONLY
 from loadertop.core.protocol.environment import ProbeSettings, rank_of_process
 from loadertop.core.protocol.messages import Hello
 
@@ -86,8 +87,7 @@ class LaunchedRun(Publisher):
             return arguments
         arguments = dict(arguments, num_workers=workers)
         if workers == 0:
-            for name, neutral in (("prefetch_factor", None), ("persistent_workers", False),
-                                  ("multiprocessing_context", None), ("timeout", 0)):
+            for name, neutral in WORKERS_ONLY.items():
                 if name in arguments:
                     arguments[name] = neutral
         return arguments

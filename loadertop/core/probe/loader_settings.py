@@ -7,13 +7,15 @@ import threading
 from typing import Any
 
 from loadertop.core.probe import torch_compat
+from loadertop.core.protocol.config import WORKERS_ONLY
 
 SETTINGS = ("num_workers", "batch_size", "pin_memory", "persistent_workers", "prefetch_factor",
             "multiprocessing_context", "timeout")
 """What ``DataLoader.reconfigure`` may change (torch's argument names), in the order they are applied."""
 
-WORKERS_ONLY = {"multiprocessing_context": None, "timeout": 0}
-"""Settings torch refuses at 0 workers, with the value they then take."""
+KEPT_ASIDE = {key: WORKERS_ONLY[key] for key in ("multiprocessing_context", "timeout")}
+"""Of the settings torch refuses at 0 workers (``protocol.config.WORKERS_ONLY``), those the loader keeps aside
+itself while it has none, with the value they take meanwhile (the other two it sets to theirs as torch does)."""
 
 
 def check_setting(loader: Any, key: str, value: Any) -> None:
@@ -58,24 +60,24 @@ class LoaderSettings:
     __slots__ = ("with_workers",)
 
     def __init__(self, loader: Any) -> None:
-        self.with_workers = {key: current_value(loader, key) for key in WORKERS_ONLY}
-        """The settings of ``WORKERS_ONLY`` in force whenever there are workers (kept here while there are none)."""
+        self.with_workers = {key: current_value(loader, key) for key in KEPT_ASIDE}
+        """The settings of ``KEPT_ASIDE`` in force whenever there are workers (kept here while there are none)."""
 
     def changes(self, loader: Any, request: dict[str, Any]) -> dict[str, Any] | None:
         """The settings of ``request`` that differ from ``loader``'s (None if none)."""
         with_workers = self.with_workers
         changes = {key: value for key, value in request.items()
-                   if (with_workers[key] if key in WORKERS_ONLY else current_value(loader, key)) != value}
+                   if (with_workers[key] if key in KEPT_ASIDE else current_value(loader, key)) != value}
         return changes or None
 
     def apply(self, loader: Any, changes: dict[str, Any]) -> None:
         """Set ``changes`` on ``loader`` (between two worker generations)."""
         for key, value in changes.items():
-            if key in WORKERS_ONLY:
+            if key in KEPT_ASIDE:
                 self.with_workers[key] = value
         for key in SETTINGS:  # num_workers first: torch checks multiprocessing_context against it
-            if key in WORKERS_ONLY:
-                value = self.with_workers[key] if loader.num_workers > 0 else WORKERS_ONLY[key]
+            if key in KEPT_ASIDE:
+                value = self.with_workers[key] if loader.num_workers > 0 else KEPT_ASIDE[key]
                 if current_value(loader, key) != value:
                     setattr(loader, key, value)
             elif key == "batch_size" and key in changes:

@@ -19,15 +19,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from loadertop.core.probe.autotune_host import AutotuneHost, default_budget, describe_budget, read_tree
+from loadertop.core.protocol.config import WORKERS_ONLY
 from loadertop.core.protocol.messages import AutotuneStatus
 
 if TYPE_CHECKING:
     from loadertop.core.policy.autotune import Budget, Change, Reading
-
-HELD_FOR_WORKERS = {"prefetch_factor": None, "persistent_workers": False, "multiprocessing_context": None,
-                    "timeout": 0}
-"""Settings torch refuses at 0 workers, and their neutral values: an ``"auto"`` loader starts without them."""
-
 
 class LoaderTuning(AutotuneHost):
     """The autotune host on one loader at a time (``follow``), off until ``set_enabled(True)``; its thread
@@ -130,8 +126,8 @@ def start_at_zero(arguments: dict[str, Any]) -> dict[str, Any]:
     the loop then waits exactly the time to make a batch); returns the settings torch refuses at 0
     workers, taken out, for ``hold_for_workers``."""
     arguments["num_workers"] = 0
-    return {key: arguments.pop(key) for key in HELD_FOR_WORKERS
-            if key in arguments and arguments[key] != HELD_FOR_WORKERS[key]}
+    return {key: arguments.pop(key) for key in WORKERS_ONLY
+            if key in arguments and arguments[key] != WORKERS_ONLY[key]}
 
 
 def hold_for_workers(loader: Any, held: dict[str, Any]) -> None:

@@ -7,6 +7,11 @@ from typing import Any
 
 START_METHODS = ("fork", "spawn", "forkserver")
 
+WORKERS_ONLY: dict[str, Any] = {"prefetch_factor": None, "persistent_workers": False,
+                                "multiprocessing_context": None, "timeout": 0}
+"""The DataLoader settings torch refuses at 0 workers (its argument names), each with the neutral value it takes
+there: the one list of them (``LoaderConfig.validate`` says the same of the command line's flags)."""
+
 
 def available_start_methods() -> tuple[str, ...]:
     """The multiprocessing start methods this platform offers, in START_METHODS order."""
