@@ -1,5 +1,5 @@
 # make run: set up .venv and start loadertop on the built-in workload. make test: set up and run every test.
-# make lint: ruff's checks over the tree and mypy (strict where pyproject.toml says).
+# make lint: ruff's checks and its format check over the tree, and mypy (strict where pyproject.toml says).
 # make docs: the docs/ site (mkdocs-material), built strictly into site/: a broken link or anchor fails it.
 PYTHON ?= python3
 VENV := .venv
@@ -22,6 +22,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 
 docs: $(STAMP)

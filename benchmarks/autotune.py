@@ -45,8 +45,9 @@ WITHIN = 0.05
 
 
 def session(landscape: str, workers: int, *, autotune: bool = False) -> Session:
-    trainer = Trainer(getattr(calibrated, landscape)(), LoaderConfig(num_workers=workers, batch_size=BATCH),
-                      epochs=1000, device="cpu")
+    trainer = Trainer(
+        getattr(calibrated, landscape)(), LoaderConfig(num_workers=workers, batch_size=BATCH), epochs=1000, device="cpu"
+    )
     return Session(trainer, read_gpus=False, autotune=autotune)
 
 
@@ -80,8 +81,10 @@ def main() -> int:
     parser.add_argument("--landscapes", default="storage_bound,cpu_bound,compute_bound,mixed")
     args = parser.parse_args()
     cores = usable_cores()
-    print(f"machine: {platform.machine()}, {cores} usable cores, {psutil.cpu_count()} logical, "
-          f"Python {platform.python_version()}")
+    print(
+        f"machine: {platform.machine()}, {cores} usable cores, {psutil.cpu_count()} logical, "
+        f"Python {platform.python_version()}"
+    )
     sweep_batches = len(set(range(2 * cores + 1))) * (100 + 2)  # a full sweep of 0..2x cores: 100 steady + warm-up
     print(f"a full sweep over 0..{2 * cores} workers at 100 steady batches a count: about {sweep_batches} batches")
     totals = []
@@ -100,15 +103,26 @@ def main() -> int:
         speeds = {n: statistics.fmean(s[n] for s in sweeps) for n in counts}
         for i, each in enumerate(sweeps, 1):
             when = "before" if i <= before else "after"
-            print(f"\n{landscape}: sweep {i} ({when} the repeats): "
-                  + ", ".join(f"{n}: {each[n]:,.0f}" for n in sorted(each)), end="")
+            print(
+                f"\n{landscape}: sweep {i} ({when} the repeats): "
+                + ", ".join(f"{n}: {each[n]:,.0f}" for n in sorted(each)),
+                end="",
+            )
         best = max(speeds, key=lambda n: speeds[n])
         good = {n for n, s in speeds.items() if s >= (1 - WITHIN) * speeds[best]}
-        print(f"\n{landscape}: truth (mean of {args.truth_sweeps} sweeps, {args.truth_batches} batches a count): "
-              + ", ".join(f"{n}: {speeds[n]:,.0f}" for n in sorted(speeds)) + f" samples/s; best {best}, "
-              f"within 5%: {sorted(good)}", flush=True)
-        print(f"  fixed at {first_best} workers (the best of the sweeps before) for {args.seconds:.0f} s: "
-              + ", ".join(f"{n:,}" for n in fixed) + " samples", flush=True)
+        print(
+            f"\n{landscape}: truth (mean of {args.truth_sweeps} sweeps, {args.truth_batches} batches a count): "
+            + ", ".join(f"{n}: {speeds[n]:,.0f}" for n in sorted(speeds))
+            + f" samples/s; best {best}, "
+            f"within 5%: {sorted(good)}",
+            flush=True,
+        )
+        print(
+            f"  fixed at {first_best} workers (the best of the sweeps before) for {args.seconds:.0f} s: "
+            + ", ".join(f"{n:,}" for n in fixed)
+            + " samples",
+            flush=True,
+        )
         met = {"within": 0, "batches": 0, "samples": 0}
         for repeat, (tuned_samples, log) in enumerate(runs, 1):
             settles = [(step, change) for step, change in log if change.kind == "settle"]
@@ -125,18 +139,26 @@ def main() -> int:
                 if change.to_workers != path[-1]:
                     path.append(change.to_workers)
             path = " -> ".join(map(str, path))
-            print(f"  repeat {repeat:2}: settled at {first[1].to_workers if first else '-'} "
-                  f"(truth {share:.3f} of the best), batches to settle within 5% {settled_good} "
-                  f"= {batches_ratio:.2f} of a sweep, samples {tuned_samples:,} = {samples_ratio:.3f} of fixed; "
-                  f"path {path}", flush=True)
+            print(
+                f"  repeat {repeat:2}: settled at {first[1].to_workers if first else '-'} "
+                f"(truth {share:.3f} of the best), batches to settle within 5% {settled_good} "
+                f"= {batches_ratio:.2f} of a sweep, samples {tuned_samples:,} = {samples_ratio:.3f} of fixed; "
+                f"path {path}",
+                flush=True,
+            )
         totals.append((landscape, met))
-        print(f"  {landscape}: within 5% of the best in {met['within']}/{args.repeats} (goal >= 9), "
-              f"batches <= 1/3 of a sweep in {met['batches']}/{args.repeats}, "
-              f"samples >= 0.9 of fixed in {met['samples']}/{args.repeats}", flush=True)
+        print(
+            f"  {landscape}: within 5% of the best in {met['within']}/{args.repeats} (goal >= 9), "
+            f"batches <= 1/3 of a sweep in {met['batches']}/{args.repeats}, "
+            f"samples >= 0.9 of fixed in {met['samples']}/{args.repeats}",
+            flush=True,
+        )
     print("\nsummary:")
     for landscape, met in totals:
-        print(f"  {landscape:14} within 5%: {met['within']}/{args.repeats}  batches <= 1/3: "
-              f"{met['batches']}/{args.repeats}  samples >= 0.9: {met['samples']}/{args.repeats}")
+        print(
+            f"  {landscape:14} within 5%: {met['within']}/{args.repeats}  batches <= 1/3: "
+            f"{met['batches']}/{args.repeats}  samples >= 0.9: {met['samples']}/{args.repeats}"
+        )
     return 0
 
 

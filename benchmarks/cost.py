@@ -47,9 +47,23 @@ def main() -> int:
             out = Path(tmp) / "sweep.json"
             before = os_cpu_s()
             done = subprocess.run(
-                [sys.executable, "-m", "loadertop", "sweep", "--workers", args.workers, "--batches",
-                 str(args.batches), "--json", str(out), *extra],
-                cwd=ROOT, capture_output=True, text=True, check=False,
+                [
+                    sys.executable,
+                    "-m",
+                    "loadertop",
+                    "sweep",
+                    "--workers",
+                    args.workers,
+                    "--batches",
+                    str(args.batches),
+                    "--json",
+                    str(out),
+                    *extra,
+                ],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                check=False,
             )
             measured = os_cpu_s() - before
             if done.returncode != 0:
@@ -60,12 +74,16 @@ def main() -> int:
             in_configs = measured - document["cpu_s_before_first_config"]
             ratio = accounted / in_configs
             worst = max(worst, abs(ratio - 1))
-            print(f"\n{name}: accounted {accounted:.2f} CPU s / OS-measured {in_configs:.2f} CPU s = {ratio:.3f} "
-                  f"(goal 0.95-1.05; {document['cpu_accounting']})")
+            print(
+                f"\n{name}: accounted {accounted:.2f} CPU s / OS-measured {in_configs:.2f} CPU s = {ratio:.3f} "
+                f"(goal 0.95-1.05; {document['cpu_accounting']})"
+            )
             print(f"  {'workers':>7} {'samples/s':>12} {'CPU %':>6} {'CPU ms/sample':>14} {'in workers':>11}")
             for row in document["rows"]:
-                print(f"  {row['num_workers']:>7} {row['samples_per_s']:>12,.0f} {row['cpu_percent']:>6.0f} "
-                      f"{row['cpu_s_per_sample'] * 1000:>14.2f} {row['worker_cpu_share'] * 100:>10.0f}%")
+                print(
+                    f"  {row['num_workers']:>7} {row['samples_per_s']:>12,.0f} {row['cpu_percent']:>6.0f} "
+                    f"{row['cpu_s_per_sample'] * 1000:>14.2f} {row['worker_cpu_share'] * 100:>10.0f}%"
+                )
     print(f"\nworst |accounted / OS - 1| = {worst:.3f}")
     return 0 if worst <= 0.05 else 1
 

@@ -49,13 +49,14 @@ def make(cls: type, workers: int, batch_size: int):
     return iterator
 
 
-def one_round(batches: int, workers: int, batch_size: int, chunk: int = 100,
-              measured: type = DataLoader) -> dict[type, float]:
+def one_round(
+    batches: int, workers: int, batch_size: int, chunk: int = 100, measured: type = DataLoader
+) -> dict[type, float]:
     """Samples/s of stock and ``measured``, in alternating chunks so that the machine's drift hits both."""
     iterators = {cls: make(cls, workers, batch_size) for cls in (torch.utils.data.DataLoader, measured)}
     spent = dict.fromkeys(iterators, 0.0)
     for number in range(batches // chunk):
-        for cls, iterator in (iterators.items() if number % 2 else reversed(iterators.items())):
+        for cls, iterator in iterators.items() if number % 2 else reversed(iterators.items()):
             started = time.perf_counter()
             for _ in range(chunk):
                 next(iterator)
@@ -71,16 +72,20 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--control", action="store_true", help="also measure stock against stock (the noise)")
     args = parser.parse_args()
-    print(f"machine: {platform.machine()}, {usable_cores()} usable cores, torch {torch.__version__}; "
-          f"{args.workers} workers, batch {args.batch_size}, {args.batches} batches per measurement")
-    for measured, name in ((DataLoader, "loadertop"), (StockAgain, "stock again"))[:2 if args.control else 1]:
+    print(
+        f"machine: {platform.machine()}, {usable_cores()} usable cores, torch {torch.__version__}; "
+        f"{args.workers} workers, batch {args.batch_size}, {args.batches} batches per measurement"
+    )
+    for measured, name in ((DataLoader, "loadertop"), (StockAgain, "stock again"))[: 2 if args.control else 1]:
         ratios = []
         for round_ in range(args.rounds):
             speed = one_round(args.batches, args.workers, args.batch_size, measured=measured)
             ratio = speed[measured] / speed[torch.utils.data.DataLoader]
             ratios.append(ratio)
-            print(f"round {round_ + 1}: stock {speed[torch.utils.data.DataLoader]:,.0f} samples/s, "
-                  f"{name} {speed[measured]:,.0f} samples/s, ratio {ratio:.3f}")
+            print(
+                f"round {round_ + 1}: stock {speed[torch.utils.data.DataLoader]:,.0f} samples/s, "
+                f"{name} {speed[measured]:,.0f} samples/s, ratio {ratio:.3f}"
+            )
         mean = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
         print(f"{name} / stock: {mean:.3f} (geometric mean{'; goal >= 0.99' if measured is DataLoader else ''})")
     return 0

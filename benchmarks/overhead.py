@@ -47,16 +47,30 @@ def throughput(record: Path, skip: int) -> float:
 
 def run_headless(args: argparse.Namespace, record: Path) -> float:
     subprocess.run(
-        [sys.executable, "-m", "loadertop", "run", "--headless", "--workers", str(args.workers),
-         "--max-batches", str(args.batches), "--record", str(record)],
-        cwd=ROOT, check=True, stdout=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "loadertop",
+            "run",
+            "--headless",
+            "--workers",
+            str(args.workers),
+            "--max-batches",
+            str(args.batches),
+            "--record",
+            str(record),
+        ],
+        cwd=ROOT,
+        check=True,
+        stdout=subprocess.DEVNULL,
     )
     return throughput(record, args.skip)
 
 
 def run_monitor(args: argparse.Namespace, record: Path, tmp: Path) -> float:
-    app = TmuxApp(["run", "--workers", str(args.workers), "--max-batches", str(args.batches),
-                   "--record", str(record)], tmp)
+    app = TmuxApp(
+        ["run", "--workers", str(args.workers), "--max-batches", str(args.batches), "--record", str(record)], tmp
+    )
     try:
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
@@ -72,8 +86,9 @@ def run_monitor(args: argparse.Namespace, record: Path, tmp: Path) -> float:
 
 
 def key_latency(args: argparse.Namespace, tmp: Path) -> list[float]:
-    return app_key_latencies_ms(["--workers", "0"], tmp, lambda s: step_of(s) > 10, args.presses,
-                                "next: 1 worker", "next: 0 workers")
+    return app_key_latencies_ms(
+        ["--workers", "0"], tmp, lambda s: step_of(s) > 10, args.presses, "next: 1 worker", "next: 0 workers"
+    )
 
 
 def main() -> int:
@@ -101,15 +116,21 @@ def main() -> int:
         if headless:
             ratios = [m / h for m, h in zip(monitor, headless, strict=True)]
             ratio = statistics.geometric_mean(ratios)
-            print(f"per-round ratios {' '.join(f'{r:.3f}' for r in ratios)}; the machine's own noise: headless "
-                  f"runs spread {max(headless) / min(headless) - 1:.0%} (max/min)")
-            print(f"throughput, built-in workload, {args.workers} workers, {args.batches} batches: "
-                  f"monitor/headless = {ratio:.3f} (geometric mean over the rounds; target >= 0.97) "
-                  f"{'OK' if ratio >= 0.97 else 'MISSED'}")
+            print(
+                f"per-round ratios {' '.join(f'{r:.3f}' for r in ratios)}; the machine's own noise: headless "
+                f"runs spread {max(headless) / min(headless) - 1:.0%} (max/min)"
+            )
+            print(
+                f"throughput, built-in workload, {args.workers} workers, {args.batches} batches: "
+                f"monitor/headless = {ratio:.3f} (geometric mean over the rounds; target >= 0.97) "
+                f"{'OK' if ratio >= 0.97 else 'MISSED'}"
+            )
         latencies = key_latency(args, tmp)
         figures, p95 = percentiles_text(latencies)
-        print(f"key press -> screen at 0 workers (CPU-heavy training thread), {len(latencies)} presses: "
-              f"{figures} (target p95 < 100 ms) {'OK' if p95 < 100 else 'MISSED'}")
+        print(
+            f"key press -> screen at 0 workers (CPU-heavy training thread), {len(latencies)} presses: "
+            f"{figures} (target p95 < 100 ms) {'OK' if p95 < 100 else 'MISSED'}"
+        )
     return 0
 
 

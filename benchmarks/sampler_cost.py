@@ -61,18 +61,26 @@ def main() -> int:
     per_sample_ms = snapshot.sampler_cpu_fraction * args.interval * 1000
     print(f"machine: {platform.machine()}, {psutil.cpu_count()} logical cores; {snapshot.gpu_status}")
     print(f"interval {args.interval:g} s, {args.seconds:g} s, {len(snapshot.workers)} workers followed")
-    print(f"sampler CPU seconds per wall second: {snapshot.sampler_cpu_fraction:.5f} "
-          f"({snapshot.sampler_cpu_fraction * 100:.3f}% of one core; about {per_sample_ms:.2f} ms CPU per sample)")
-    print(f"CPU accounting's reading at each sample: {clock_fraction:.5f} CPU s per wall second; "
-          f"together {snapshot.sampler_cpu_fraction + clock_fraction:.5f}")
+    print(
+        f"sampler CPU seconds per wall second: {snapshot.sampler_cpu_fraction:.5f} "
+        f"({snapshot.sampler_cpu_fraction * 100:.3f}% of one core; about {per_sample_ms:.2f} ms CPU per sample)"
+    )
+    print(
+        f"CPU accounting's reading at each sample: {clock_fraction:.5f} CPU s per wall second; "
+        f"together {snapshot.sampler_cpu_fraction + clock_fraction:.5f}"
+    )
     reads = max(memory.smaps_reads, 1)
     tree = snapshot.memory
-    print(f"smaps_rollup (budget {args.smaps_share:g} CPU s per wall second): {memory.smaps_reads} reads in "
-          f"{args.seconds:g} s, {memory.smaps_cpu_s * 1000 / reads:.2f} ms CPU each, "
-          f"{memory.smaps_cpu_s / args.seconds:.5f} CPU s per wall second (included in the sampler's)")
+    print(
+        f"smaps_rollup (budget {args.smaps_share:g} CPU s per wall second): {memory.smaps_reads} reads in "
+        f"{args.seconds:g} s, {memory.smaps_cpu_s * 1000 / reads:.2f} ms CPU each, "
+        f"{memory.smaps_cpu_s / args.seconds:.5f} CPU s per wall second (included in the sampler's)"
+    )
     if tree is not None:
-        print(f"the tree at the end: PSS {tree.pss_bytes / 2**20:.0f} MB, summed RSS {tree.rss_bytes / 2**20:.0f} MB, "
-              f"workers' USS {[round(w.uss_bytes / 2**20, 1) for w in tree.workers]} MB ({tree.source})")
+        print(
+            f"the tree at the end: PSS {tree.pss_bytes / 2**20:.0f} MB, summed RSS {tree.rss_bytes / 2**20:.0f} MB, "
+            f"workers' USS {[round(w.uss_bytes / 2**20, 1) for w in tree.workers]} MB ({tree.source})"
+        )
     ok = snapshot.sampler_cpu_fraction + clock_fraction < 0.02
     print("target < 0.02:", "met" if ok else "NOT met")
     return 0 if ok else 1

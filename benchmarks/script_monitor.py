@@ -49,16 +49,34 @@ def rates(path: Path, first: int = SKIP_S, last: int | None = None) -> float:
 
 
 def attach_monitor(pid: int, socket_path: Path) -> subprocess.Popen[bytes]:
-    code = ("import time; from pathlib import Path; from loadertop.core.sessions.remote import RemoteSession; "
-            f"s = RemoteSession(pid={pid}, socket_path=Path({str(socket_path)!r}), read_gpus=False); s.start(); "
-            "time.sleep(3600)")
+    code = (
+        "import time; from pathlib import Path; from loadertop.core.sessions.remote import RemoteSession; "
+        f"s = RemoteSession(pid={pid}, socket_path=Path({str(socket_path)!r}), read_gpus=False); s.start(); "
+        "time.sleep(3600)"
+    )
     return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
 
 
 def launched(args: argparse.Namespace, out: Path, *, freeze_after_s: float | None = None) -> dict[str, float]:
     """One run under the launcher with a monitor attached (frozen for a while if asked)."""
-    run = subprocess.Popen([sys.executable, "-m", "loadertop", "run", "--headless", "--", sys.executable, SCRIPT,
-                            str(out), "--seconds", str(args.seconds), "--log"], cwd=ROOT, stderr=subprocess.DEVNULL)
+    run = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "loadertop",
+            "run",
+            "--headless",
+            "--",
+            sys.executable,
+            SCRIPT,
+            str(out),
+            "--seconds",
+            str(args.seconds),
+            "--log",
+        ],
+        cwd=ROOT,
+        stderr=subprocess.DEVNULL,
+    )
     facts: dict[str, float] = {}
     monitor = None
     try:
@@ -95,9 +113,14 @@ def plain(args: argparse.Namespace, out: Path) -> None:
 
 def key_latency(args: argparse.Namespace, tmp: Path) -> list[float]:
     command = ["run", "--", sys.executable, SCRIPT, str(tmp / "keys.txt"), "--seconds", "600", "--log"]
-    return app_key_latencies_ms(command,
-                                tmp, lambda s: "(training): 0 workers" in s and step_of(s) > 10, args.presses,
-                                "(training): 1 worker ", "(training): 0 workers")
+    return app_key_latencies_ms(
+        command,
+        tmp,
+        lambda s: "(training): 0 workers" in s and step_of(s) > 10,
+        args.presses,
+        "(training): 1 worker ",
+        "(training): 0 workers",
+    )
 
 
 def main() -> int:
@@ -126,9 +149,11 @@ def main() -> int:
                 ratios.append(rates(b) / rates(a))
                 print(f"round {i + 1}: plain {rates(a):.0f} samples/s, launched and watched {rates(b):.0f}")
             ratio = statistics.geometric_mean(ratios)
-            print(f"launcher + monitor, 0 workers, GIL-heavy loading: launched / plain = {ratio:.3f} "
-                  f"(per round {' '.join(f'{r:.3f}' for r in ratios)}; goal >= 0.99) "
-                  f"{'OK' if ratio >= 0.99 else 'MISSED'}")
+            print(
+                f"launcher + monitor, 0 workers, GIL-heavy loading: launched / plain = {ratio:.3f} "
+                f"(per round {' '.join(f'{r:.3f}' for r in ratios)}; goal >= 0.99) "
+                f"{'OK' if ratio >= 0.99 else 'MISSED'}"
+            )
         if "frozen" not in skip:
             out = tmp / "frozen.txt"
             seconds = args.seconds
@@ -140,15 +165,19 @@ def main() -> int:
             lag = 1 + round(facts["frozen_from_s"] - started) - 15
             watched = rates(out, SKIP_S, 13)
             frozen = rates(out, 16 + max(lag, 0), 14 + args.freeze)
-            print(f"monitor frozen (SIGSTOP) {args.freeze:.0f} s: {frozen:.0f} samples/s frozen, {watched:.0f} watched "
-                  f"normally: frozen / watched = {frozen / watched:.3f} (goal >= 0.99) "
-                  f"{'OK' if frozen / watched >= 0.99 else 'MISSED'}; script RSS {facts['rss_before_mb']:.0f} MB "
-                  f"-> {facts['rss_frozen_mb']:.0f} MB at the end of the freeze")
+            print(
+                f"monitor frozen (SIGSTOP) {args.freeze:.0f} s: {frozen:.0f} samples/s frozen, {watched:.0f} watched "
+                f"normally: frozen / watched = {frozen / watched:.3f} (goal >= 0.99) "
+                f"{'OK' if frozen / watched >= 0.99 else 'MISSED'}; script RSS {facts['rss_before_mb']:.0f} MB "
+                f"-> {facts['rss_frozen_mb']:.0f} MB at the end of the freeze"
+            )
         if "keys" not in skip:
             latencies = key_latency(args, tmp)
             figures, p95 = percentiles_text(latencies)
-            print(f"key press -> screen, a script at 0 workers (GIL-heavy), {len(latencies)} presses: "
-                  f"{figures} (goal p95 < 50 ms) {'OK' if p95 < 50 else 'MISSED'}")
+            print(
+                f"key press -> screen, a script at 0 workers (GIL-heavy), {len(latencies)} presses: "
+                f"{figures} (goal p95 < 50 ms) {'OK' if p95 < 50 else 'MISSED'}"
+            )
     return 0
 
 

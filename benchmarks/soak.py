@@ -26,13 +26,15 @@ def main() -> int:
     parser.add_argument("--restarts", type=int, default=100)
     args = parser.parse_args()
     print(f"machine: {platform.machine()}, {psutil.cpu_count()} logical cores, Python {platform.python_version()}")
-    trainer = Trainer(make_sleep_workload(size=100_000, sleep_ms=0.5), LoaderConfig(batch_size=8), epochs=1,
-                      device="cpu")
+    trainer = Trainer(
+        make_sleep_workload(size=100_000, sleep_ms=0.5), LoaderConfig(batch_size=8), epochs=1, device="cpu"
+    )
     trainer.start()
     started = time.monotonic()
     try:
-        base, final = soak(trainer, args.restarts,
-                           on_restart=lambda i, c: print(f"  {i} restarts ({c.key})") if i % 25 == 0 else None)
+        base, final = soak(
+            trainer, args.restarts, on_restart=lambda i, c: print(f"  {i} restarts ({c.key})") if i % 25 == 0 else None
+        )
     finally:
         trainer.close()
     took = time.monotonic() - started
@@ -43,8 +45,12 @@ def main() -> int:
     print(f"{'open fds':16}{base.fds:>10}{final.fds:>10}")
     print(f"{'/dev/shm':16}{base.shm_entries:>10}{final.shm_entries:>10}")
     print(f"{'RSS MB':16}{base.rss_mb:>10.0f}{final.rss_mb:>10.0f}   growth {growth:+.1%} (target < 10%)")
-    ok = (final.children <= base.children and final.fds <= base.fds and final.shm_entries <= base.shm_entries
-          and growth < 0.10)
+    ok = (
+        final.children <= base.children
+        and final.fds <= base.fds
+        and final.shm_entries <= base.shm_entries
+        and growth < 0.10
+    )
     print("OK" if ok else "MISSED")
     return 0
 

@@ -38,19 +38,26 @@ def main() -> int:
             started = time.perf_counter()
             done = subprocess.run(
                 [sys.executable, "-m", "loadertop", "sweep", "--batches", str(args.batches), "--json", str(out)],
-                cwd=ROOT, capture_output=True, text=True, check=True,
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                check=True,
             )
             durations.append(time.perf_counter() - started)
             document = json.loads(out.read_text())
             picks.append(document["recommended_num_workers"])
             tables.append(done.stdout)
             speeds = ", ".join(f"{r['num_workers']}w {r['samples_per_s']:.0f}" for r in document["rows"])
-            print(f"sweep {i + 1}: {durations[-1]:.1f} s, recommended {picks[-1]} workers "
-                  f"(fastest {document['fastest_num_workers']}); samples/s: {speeds}")
+            print(
+                f"sweep {i + 1}: {durations[-1]:.1f} s, recommended {picks[-1]} workers "
+                f"(fastest {document['fastest_num_workers']}); samples/s: {speeds}"
+            )
     agree = Counter(picks).most_common(1)[0]
-    print(f"default sweep ({args.batches} batches per count): median {statistics.median(durations):.1f} s; "
-          f"recommendations agree {agree[1]}/{len(picks)} (on {agree[0]} workers)")
-    print("\nthe last sweep printed:\n" + tables[-1][tables[-1].index("\n    workers") + 1:])
+    print(
+        f"default sweep ({args.batches} batches per count): median {statistics.median(durations):.1f} s; "
+        f"recommendations agree {agree[1]}/{len(picks)} (on {agree[0]} workers)"
+    )
+    print("\nthe last sweep printed:\n" + tables[-1][tables[-1].index("\n    workers") + 1 :])
     return 0
 
 

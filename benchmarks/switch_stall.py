@@ -72,10 +72,14 @@ def one_run(args: argparse.Namespace, step_ms: float, overlap: bool) -> list[dic
     # Enough batches between switches for an overlap of about the start-up (fork included), and a steady state.
     settle = args.settle or max(60, math.ceil(4 * args.startup_ms / step_ms) + BEFORE_REQUEST)
     batches = settle * (args.switches + 1) + 400
-    loader = DataLoader(CostlyDataset(batches * args.batch_size, args.sleep_ms / 1000, args.cpu_ms / 1000),
-                        batch_size=args.batch_size, num_workers=counts[0],
-                        worker_init_fn=SlowStart(args.startup_ms / 1000),
-                        multiprocessing_context=args.start_method, name="switch_stall")
+    loader = DataLoader(
+        CostlyDataset(batches * args.batch_size, args.sleep_ms / 1000, args.cpu_ms / 1000),
+        batch_size=args.batch_size,
+        num_workers=counts[0],
+        worker_init_fn=SlowStart(args.startup_ms / 1000),
+        multiprocessing_context=args.start_method,
+        name="switch_stall",
+    )
     loader.overlap = overlap
     records: list[LoaderBatch] = []
     loader.add_observer(records.append)
@@ -91,18 +95,25 @@ def one_run(args: argparse.Namespace, step_ms: float, overlap: bool) -> list[dic
     del loader
     results = []
     for asked in requests:
-        before = records[asked - BEFORE_REQUEST:asked]
+        before = records[asked - BEFORE_REQUEST : asked]
         steady_s = statistics.fmean(r.step_s + r.load_s for r in before)  # means: the stall is a sum of loads
         steady_load_s = statistics.fmean(r.load_s for r in before)
         old = records[asked - 1].generation
         handover = next(i for i in range(asked, len(records)) if records[i].generation != old)
-        window = records[asked:handover + AFTER_HANDOVER]
+        window = records[asked : handover + AFTER_HANDOVER]
         stall_s = sum(r.switch_s + r.load_s - steady_load_s for r in window)
         wall_s = window[-1].time - records[asked - 1].time - len(window) * steady_s
-        results.append({"stall": stall_s / steady_s, "stall_ms": stall_s * 1000, "steady_ms": steady_s * 1000,
-                        "wall": wall_s / steady_s,
-                        "handover_batches": handover - asked, "at_request_ms": records[asked].switch_s * 1000,
-                        "at_handover_ms": (records[handover].switch_s + records[handover].load_s) * 1000})
+        results.append(
+            {
+                "stall": stall_s / steady_s,
+                "stall_ms": stall_s * 1000,
+                "steady_ms": steady_s * 1000,
+                "wall": wall_s / steady_s,
+                "handover_batches": handover - asked,
+                "at_request_ms": records[asked].switch_s * 1000,
+                "at_handover_ms": (records[handover].switch_s + records[handover].load_s) * 1000,
+            }
+        )
     return results
 
 
@@ -119,10 +130,12 @@ def main() -> int:
     parser.add_argument("--settle", type=int, default=0, help="batches between switches (default: from the step)")
     parser.add_argument("--start-method", default=None, help="fork, spawn or forkserver (default: torch's)")
     args = parser.parse_args()
-    print(f"machine: {platform.machine()}, {usable_cores()} usable cores, torch {torch.__version__}; workers "
-          f"{args.workers}, batch {args.batch_size}, {args.sleep_ms:g} ms wait + {args.cpu_ms:g} ms CPU per sample, "
-          f"worker start-up {args.startup_ms:g} ms, start method "
-          f"{args.start_method or torch.multiprocessing.get_start_method()}")
+    print(
+        f"machine: {platform.machine()}, {usable_cores()} usable cores, torch {torch.__version__}; workers "
+        f"{args.workers}, batch {args.batch_size}, {args.sleep_ms:g} ms wait + {args.cpu_ms:g} ms CPU per sample, "
+        f"worker start-up {args.startup_ms:g} ms, start method "
+        f"{args.start_method or torch.multiprocessing.get_start_method()}"
+    )
     summary = []
     for step_ms in (float(ms) for ms in args.step_ms.split(",")):
         stalls: dict[bool, list[float]] = {True: [], False: []}
@@ -132,16 +145,20 @@ def main() -> int:
                 for i, r in enumerate(one_run(args, step_ms, overlap)):
                     stalls[overlap].append(r["stall"])
                     walls[overlap].append(r["wall"])
-                    print(f"step {step_ms:g} ms, round {round_ + 1}, {'overlapped' if overlap else 'stop-start'} "
-                          f"switch {i + 1}: stall in next() {r['stall_ms']:.1f} ms = {r['stall']:.2f} batch times "
-                          f"(steady {r['steady_ms']:.1f} ms), wall {r['wall']:.2f}; handover after "
-                          f"{r['handover_batches']} batches; {r['at_request_ms']:.1f} ms in next() at the request, "
-                          f"{r['at_handover_ms']:.1f} ms at the handover", flush=True)
+                    print(
+                        f"step {step_ms:g} ms, round {round_ + 1}, {'overlapped' if overlap else 'stop-start'} "
+                        f"switch {i + 1}: stall in next() {r['stall_ms']:.1f} ms = {r['stall']:.2f} batch times "
+                        f"(steady {r['steady_ms']:.1f} ms), wall {r['wall']:.2f}; handover after "
+                        f"{r['handover_batches']} batches; {r['at_request_ms']:.1f} ms in next() at the request, "
+                        f"{r['at_handover_ms']:.1f} ms at the handover",
+                        flush=True,
+                    )
         summary.append(
             f"step {step_ms:g} ms: stall at a switch / one batch time: "
             f"overlapped {statistics.median(stalls[True]):.2f} "
             f"(goal <= 1), stop-start {statistics.median(stalls[False]):.2f}; wall: overlapped "
-            f"{statistics.median(walls[True]):.2f}, stop-start {statistics.median(walls[False]):.2f} (medians)")
+            f"{statistics.median(walls[True]):.2f}, stop-start {statistics.median(walls[False]):.2f} (medians)"
+        )
     print("\n".join(summary))
     return 0
 

@@ -47,14 +47,16 @@ class JpegDataset(Dataset):
         rng = random.Random(seed)
         self.labels = [i % CLASSES for i in range(count)]
         self.images = [_jpeg(rng, label) for label in self.labels]
-        self.transform = transforms.Compose([
-            transforms.RandomResizedCrop(CROP, scale=(0.3, 1.0), antialias=True),
-            transforms.RandomHorizontalFlip(),
-            transforms.ColorJitter(0.3, 0.3, 0.3, 0.05),
-            transforms.GaussianBlur(5),
-            transforms.ToTensor(),
-            transforms.Normalize((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
-        ])
+        self.transform = transforms.Compose(
+            [
+                transforms.RandomResizedCrop(CROP, scale=(0.3, 1.0), antialias=True),
+                transforms.RandomHorizontalFlip(),
+                transforms.ColorJitter(0.3, 0.3, 0.3, 0.05),
+                transforms.GaussianBlur(5),
+                transforms.ToTensor(),
+                transforms.Normalize((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
+            ]
+        )
 
     def __len__(self) -> int:
         return len(self.images)
@@ -67,8 +69,13 @@ class JpegDataset(Dataset):
 def make_workload(count: int = 512) -> Workload:
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(3, 16, 5, stride=4), nn.ReLU(), nn.Conv2d(16, 32, 3, stride=2), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, CLASSES),
+        nn.Conv2d(3, 16, 5, stride=4),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, stride=2),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, CLASSES),
     )
     return Workload(
         dataset=JpegDataset(count),

@@ -27,13 +27,15 @@ def make_workload(data_dir: str | None = None) -> Workload:
     root = Path(data_dir).expanduser()
     if not root.is_dir():
         raise WorkloadError(f"--data {root}: no such folder")
-    transform = transforms.Compose([
-        transforms.RandomResizedCrop(SIZE, scale=(0.5, 1.0), antialias=True),
-        transforms.RandomHorizontalFlip(),
-        transforms.ColorJitter(0.2, 0.2, 0.2),
-        transforms.ToTensor(),
-        transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    ])
+    transform = transforms.Compose(
+        [
+            transforms.RandomResizedCrop(SIZE, scale=(0.5, 1.0), antialias=True),
+            transforms.RandomHorizontalFlip(),
+            transforms.ColorJitter(0.2, 0.2, 0.2),
+            transforms.ToTensor(),
+            transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+        ]
+    )
     try:
         dataset = datasets.ImageFolder(str(root), transform=transform)
     except FileNotFoundError as exc:  # no class folders, or no images in them

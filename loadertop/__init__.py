@@ -33,7 +33,14 @@ _WHERE = {
 }
 
 __all__ = [
-    "ConfigError", "DataLoader", "LoaderConfig", "MetricsStore", "Trainer", "TrainerState", "Workload", "WorkloadError",
+    "ConfigError",
+    "DataLoader",
+    "LoaderConfig",
+    "MetricsStore",
+    "Trainer",
+    "TrainerState",
+    "Workload",
+    "WorkloadError",
     "log",
 ]
 __version__ = "0.1.0"

@@ -28,8 +28,9 @@ HERE = Path(__file__).resolve().parent
 IMAGES = HERE.parent / "docs" / "images"
 
 
-async def shoot(view: SessionView | Path, name: str, size: tuple[int, int],
-                before: Callable[[Pilot], Awaitable[None]] | None = None) -> Path:
+async def shoot(
+    view: SessionView | Path, name: str, size: tuple[int, int], before: Callable[[Pilot], Awaitable[None]] | None = None
+) -> Path:
     """``name``.svg: the app at ``size`` on a recorded view (or a recording's file: a torchrun job's every rank)."""
     session = ReplaySession.from_file(view) if isinstance(view, Path) else ReplaySession(dataclasses.replace(view))
     app = LoaderTopApp(session)

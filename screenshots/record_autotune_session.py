@@ -31,8 +31,9 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=300.0, help="give up after this many seconds (default 300)")
     args = parser.parse_args()
 
-    trainer = Trainer(storage_bound(), LoaderConfig(num_workers=0, batch_size=args.batch_size), epochs=100,
-                      device="cpu")
+    trainer = Trainer(
+        storage_bound(), LoaderConfig(num_workers=0, batch_size=args.batch_size), epochs=100, device="cpu"
+    )
     session = Session(trainer, autotune=True, budget=default_budget())
     session.start()
     deadline = time.monotonic() + args.timeout
@@ -54,8 +55,10 @@ def main() -> int:
         session.close()
     save_view(view, args.out)
     assert view.autotune is not None
-    print(f"saved step {view.status.step}, {len(view.autotune.changes)} changes, state {view.autotune.state}, "
-          f"to {args.out}")
+    print(
+        f"saved step {view.status.step}, {len(view.autotune.changes)} changes, state {view.autotune.state}, "
+        f"to {args.out}"
+    )
     for change in view.autotune.changes:
         print(f"  {change.line()}")
     return 0

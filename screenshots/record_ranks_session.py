@@ -75,17 +75,21 @@ def main() -> int:
     shown_args = ["tests/scripts/ddp_loop.py", "/tmp/ddp", "--slow-rank", "1", "--epochs", str(args.epochs)]
     run_args = ["tests/scripts/ddp_loop.py", str(out), *shown_args[2:]]
     command = ["torchrun", "--standalone", "--nproc_per_node=2", *shown_args]
-    child, log = spawn([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        *run_args])
+    child, log = spawn([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *run_args])
     session = RanksSession(child=child, log_path=log, command=command)
     session.start()
     try:
+
         def straggling(view: SessionView) -> bool:
             script = view.script
             if script is None or script.ended:
                 raise RuntimeError(f"the job ended early: {script.ended if script else 'before any rank'}")
-            return (len(script.ranks) == 2 and min(r.step for r in script.ranks) >= args.at_step
-                    and script.straggler is not None and script.straggler.rank == 1)
+            return (
+                len(script.ranks) == 2
+                and min(r.step for r in script.ranks) >= args.at_step
+                and script.straggler is not None
+                and script.straggler.rank == 1
+            )
 
         wait(session, straggling, 300, "rank 1 named the straggler")
         before = every_rank(session, first=0)
@@ -104,8 +108,10 @@ def main() -> int:
     save_view(before[0], args.out, other_ranks=before[1:])
     save_view(after[0], args.out_switched, other_ranks=after[1:])
     for path, views in ((args.out, before), (args.out_switched, after)):
-        rows = ", ".join(f"rank {r.rank}: {r.num_workers} workers, load {r.load_ms:.1f} ms, step {r.step_ms:.1f} ms"
-                         for r in script(views[0]).ranks)
+        rows = ", ".join(
+            f"rank {r.rank}: {r.num_workers} workers, load {r.load_ms:.1f} ms, step {r.step_ms:.1f} ms"
+            for r in script(views[0]).ranks
+        )
         straggler = script(views[0]).straggler
         said = f"straggler rank {straggler.rank}, score {straggler.score:.2f}" if straggler else "no straggler"
         print(f"saved every rank's view to {path}: {rows}; {said}")

@@ -80,8 +80,10 @@ def _record_validator() -> Any:
 
 def record_schema_errors(line: dict[str, Any]) -> list[str]:
     """Why ``line`` (one ``--record`` object) does not follow ``record.schema.json``: empty when it does."""
-    return [f"{'/'.join(map(str, error.absolute_path)) or '(line)'}: {error.message}"
-            for error in _record_validator().iter_errors(line)]
+    return [
+        f"{'/'.join(map(str, error.absolute_path)) or '(line)'}: {error.message}"
+        for error in _record_validator().iter_errors(line)
+    ]
 
 
 def assert_records_follow_the_schema(path: Path) -> list[dict[str, Any]]:
@@ -119,8 +121,9 @@ def assert_usage_error(result: tuple[int, str, str], message: str) -> None:
 # ------------------------------------------------------------------ sweeps and their summaries
 
 
-def sweep(workload: Workload, counts: tuple[int, ...], batches: int,
-          batch_size: int = 8) -> tuple[tuple[ConfigSummary, ...], Advice, str]:
+def sweep(
+    workload: Workload, counts: tuple[int, ...], batches: int, batch_size: int = 8
+) -> tuple[tuple[ConfigSummary, ...], Advice, str]:
     """A headless sweep of ``counts`` on the built-in trainer: its rows, its advice and what it printed."""
     from loadertop.cli.headless import run_sweep_headless  # loads torch, as the trainer does
     from loadertop.core.drive.sweep import Sweep
@@ -147,19 +150,46 @@ def others_cpu() -> Iterator[OthersCpu]:
     mine0, machine0, t0 = sum(os.times()[:4]), psutil.cpu_times(), time.monotonic()
     yield result
     mine1, machine1, t1 = sum(os.times()[:4]), psutil.cpu_times(), time.monotonic()
-    busy = sum(getattr(machine1, f) - getattr(machine0, f)
-               for f in ("user", "nice", "system", "irq", "softirq", "steal") if hasattr(machine0, f))
+    busy = sum(
+        getattr(machine1, f) - getattr(machine0, f)
+        for f in ("user", "nice", "system", "irq", "softirq", "steal")
+        if hasattr(machine0, f)
+    )
     result.cores = max(0.0, busy - (mine1 - mine0)) / max(t1 - t0, 1e-9)
 
 
-def summary(workers: int, samples_per_s: float, *, batches: int = 50, load_ms: float = 5.0, compute_ms: float = 20.0,
-            rss_mb: float = math.nan, persistent: bool = False, startup_ms: float = 100.0,
-            sem: float | None = None) -> ConfigSummary:
+def summary(
+    workers: int,
+    samples_per_s: float,
+    *,
+    batches: int = 50,
+    load_ms: float = 5.0,
+    compute_ms: float = 20.0,
+    rss_mb: float = math.nan,
+    persistent: bool = False,
+    startup_ms: float = 100.0,
+    sem: float | None = None,
+) -> ConfigSummary:
     """A made-up summary; the throughput's standard error is 0.5% of it unless given."""
     config = LoaderConfig(num_workers=workers, persistent_workers=persistent)
-    return ConfigSummary(config.key, config, batches, 1, batches * 32, load_ms, load_ms, compute_ms, compute_ms,
-                         32_000 / samples_per_s, 32_000 / samples_per_s, samples_per_s, startup_ms, 1,
-                         rss_mb=rss_mb, samples_per_s_sem=0.005 * samples_per_s if sem is None else sem)
+    return ConfigSummary(
+        config.key,
+        config,
+        batches,
+        1,
+        batches * 32,
+        load_ms,
+        load_ms,
+        compute_ms,
+        compute_ms,
+        32_000 / samples_per_s,
+        32_000 / samples_per_s,
+        samples_per_s,
+        startup_ms,
+        1,
+        rss_mb=rss_mb,
+        samples_per_s_sem=0.005 * samples_per_s if sem is None else sem,
+    )
 
 
 # ------------------------------------------------------------------ a run's socket
@@ -220,8 +250,16 @@ def records(path: Path) -> list[dict]:
 
 def torchrun(out: Path, *extra: str, script: str = DDP) -> list[str]:
     """``script`` on two ranks of one node, as users start it (``torchrun`` is ``python -m torch.distributed.run``)."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", script, str(out),
-            *extra]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        script,
+        str(out),
+        *extra,
+    ]
 
 
 # ------------------------------------------------------------------ the app

@@ -45,6 +45,7 @@ def make(size: int = 64, sleep_s: float = 0.0, fail_at: int | None = None, lr: f
 
 # Factories for --workload in subprocess tests: no required arguments.
 
+
 def sleepy() -> Workload:
     """200 samples of 2 ms each."""
     return make(size=200, sleep_s=0.002)
@@ -169,9 +170,14 @@ def pairs_step(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.
 
 def dict_batches() -> Workload:
     """Dict batches trained through a step function (no loss_fn)."""
-    return Workload(dataset=PairsDataset(), model=nn.Linear(1, 2), loss_fn=None,
-                    optimizer=lambda params: torch.optim.SGD(params, lr=0.1), name="dict batches",
-                    step_fn=pairs_step)
+    return Workload(
+        dataset=PairsDataset(),
+        model=nn.Linear(1, 2),
+        loss_fn=None,
+        optimizer=lambda params: torch.optim.SGD(params, lr=0.1),
+        name="dict batches",
+        step_fn=pairs_step,
+    )
 
 
 def stalling() -> Workload:
@@ -208,8 +214,14 @@ class StorageDataset(BurnDataset):
 
 
 def _landscape(dataset: torch.utils.data.Dataset, step_s: float, name: str) -> Workload:
-    return Workload(dataset=dataset, model=SlowStepModel(step_s), loss_fn=nn.functional.cross_entropy,
-                    optimizer=lambda params: torch.optim.SGD(params, lr=0.01), name=name, num_threads=1)
+    return Workload(
+        dataset=dataset,
+        model=SlowStepModel(step_s),
+        loss_fn=nn.functional.cross_entropy,
+        optimizer=lambda params: torch.optim.SGD(params, lr=0.01),
+        name=name,
+        num_threads=1,
+    )
 
 
 def sleep_bound() -> Workload:

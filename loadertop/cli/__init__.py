@@ -91,7 +91,7 @@ _RANK_PREFIX = re.compile(r"rank(\d+):")
 def _switch(text: str) -> _Switch:
     """``[rankR:][LOADER@]STEP:WORKERS``; LOADER (a script's loader name, e.g. ``train.py:48``) may hold ``:``."""
     named = _RANK_PREFIX.match(text)  # one rank of a torchrun job (a STEP is a number, never "rank...")
-    rank, rest_text = (int(named.group(1)), text[named.end():]) if named else (None, text)
+    rank, rest_text = (int(named.group(1)), text[named.end() :]) if named else (None, text)
     loader, at, rest = rest_text.rpartition("@")
     step_text, sep, workers_text = rest.partition(":")
     try:
@@ -99,8 +99,9 @@ def _switch(text: str) -> _Switch:
             raise ValueError
         step, workers = int(step_text), int(workers_text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be {SWITCH_FORM} (e.g. 100:2, or rank1:100:2 for rank 1 of a "
-                                         f"torchrun job), got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"must be {SWITCH_FORM} (e.g. 100:2, or rank1:100:2 for rank 1 of a torchrun job), got {text!r}"
+        ) from None
     if step < 1 or workers < 0:
         raise argparse.ArgumentTypeError(f"needs STEP >= 1 and WORKERS >= 0, got {text!r}")
     return _Switch(rank, loader or None, step, workers)
@@ -111,7 +112,8 @@ def _count_list(text: str) -> tuple[int, ...]:
         counts = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"must be worker counts separated by commas (e.g. 0,1,2,4), got {text!r}") from None
+            f"must be worker counts separated by commas (e.g. 0,1,2,4), got {text!r}"
+        ) from None
     if not counts or any(c < 0 for c in counts):
         raise argparse.ArgumentTypeError(f"needs one or more counts >= 0 (e.g. 0,1,2,4), got {text!r}")
     if len(set(counts)) != len(counts):
@@ -124,50 +126,114 @@ def _add_common(parser: argparse.ArgumentParser, *, with_defaults: bool = True, 
 
     On a subcommand they carry no defaults, so ``loadertop --workers 2 run`` keeps the 2.
     """
+
     def d(value: object) -> object:
         return value if with_defaults else argparse.SUPPRESS
 
     g = parser.add_argument_group("training")
     if workers:
-        g.add_argument("--workers", type=_int_at_least(0, "--workers"), default=d(0), metavar="N",
-                       help="DataLoader num_workers to start with (default 0)")
-    g.add_argument("--batch-size", type=_int_at_least(1, "--batch-size"), default=d(32), metavar="N",
-                   help="samples per batch (default 32)")
-    g.add_argument("--epochs", type=_int_at_least(1, "--epochs"), default=d(None), metavar="N",
-                   help=f"epochs to train (default {MONITOR_EPOCHS} in the monitor, a few minutes of the "
-                   f"built-in workload; {HEADLESS_EPOCHS} headless)")
-    g.add_argument("--device", default=d("auto"), metavar="auto|cpu|cuda",
-                   help="where to train; auto picks CUDA when available (default auto)")
-    g.add_argument("--workload", default=d(None), metavar="MODULE:CALLABLE",
-                   help="a factory returning loadertop.Workload (default: the built-in image workload); "
-                   "one with a data_dir parameter receives --data")
-    g.add_argument("--dataset", default=d(None), metavar="NAME",
-                   help="a torchvision dataset already on disk under --data (default ./data): "
-                   "cifar10, cifar100, mnist, fashionmnist")
+        g.add_argument(
+            "--workers",
+            type=_int_at_least(0, "--workers"),
+            default=d(0),
+            metavar="N",
+            help="DataLoader num_workers to start with (default 0)",
+        )
+    g.add_argument(
+        "--batch-size",
+        type=_int_at_least(1, "--batch-size"),
+        default=d(32),
+        metavar="N",
+        help="samples per batch (default 32)",
+    )
+    g.add_argument(
+        "--epochs",
+        type=_int_at_least(1, "--epochs"),
+        default=d(None),
+        metavar="N",
+        help=f"epochs to train (default {MONITOR_EPOCHS} in the monitor, a few minutes of the "
+        f"built-in workload; {HEADLESS_EPOCHS} headless)",
+    )
+    g.add_argument(
+        "--device",
+        default=d("auto"),
+        metavar="auto|cpu|cuda",
+        help="where to train; auto picks CUDA when available (default auto)",
+    )
+    g.add_argument(
+        "--workload",
+        default=d(None),
+        metavar="MODULE:CALLABLE",
+        help="a factory returning loadertop.Workload (default: the built-in image workload); "
+        "one with a data_dir parameter receives --data",
+    )
+    g.add_argument(
+        "--dataset",
+        default=d(None),
+        metavar="NAME",
+        help="a torchvision dataset already on disk under --data (default ./data): "
+        "cifar10, cifar100, mnist, fashionmnist",
+    )
     g.add_argument("--pin-memory", action="store_true", default=d(False), help="DataLoader pin_memory (CUDA only)")
     g.add_argument("--persistent-workers", action="store_true", default=d(False), help="DataLoader persistent_workers")
-    g.add_argument("--prefetch-factor", type=_int_at_least(1, "--prefetch-factor"), default=d(None), metavar="N",
-                   help="DataLoader prefetch_factor (batches per worker loaded ahead; needs workers)")
-    g.add_argument("--start-method", choices=("fork", "spawn", "forkserver"), default=d(None),
-                   help="how DataLoader workers start (default: the platform's; spawn and forkserver need a "
-                   "picklable dataset)")
-    g.add_argument("--timeout", type=_non_negative_float, default=d(0.0), metavar="SECONDS",
-                   help="DataLoader timeout: fail when the workers deliver no batch for this long (default: "
-                   "60 in the monitor, 0 = wait forever headless; needs workers)")
-    g.add_argument("--on-nan", choices=("stop", "continue"), default=d("stop"),
-                   help="when the loss becomes NaN or infinite: stop with an error naming the step, or flag it "
-                   "and go on (default stop)")
-    g.add_argument("--threads", type=_int_at_least(1, "--threads"), default=d(None), metavar="N",
-                   help="PyTorch threads for the training step (default: the workload's choice, "
-                   "1 for the built-in one, else PyTorch's default)")
-    g.add_argument("--seed", type=_int_at_least(0, "--seed"), default=d(0), metavar="N",
-                   help="seeds the data order, the built-in images and the model (default 0)")
+    g.add_argument(
+        "--prefetch-factor",
+        type=_int_at_least(1, "--prefetch-factor"),
+        default=d(None),
+        metavar="N",
+        help="DataLoader prefetch_factor (batches per worker loaded ahead; needs workers)",
+    )
+    g.add_argument(
+        "--start-method",
+        choices=("fork", "spawn", "forkserver"),
+        default=d(None),
+        help="how DataLoader workers start (default: the platform's; spawn and forkserver need a picklable dataset)",
+    )
+    g.add_argument(
+        "--timeout",
+        type=_non_negative_float,
+        default=d(0.0),
+        metavar="SECONDS",
+        help="DataLoader timeout: fail when the workers deliver no batch for this long (default: "
+        "60 in the monitor, 0 = wait forever headless; needs workers)",
+    )
+    g.add_argument(
+        "--on-nan",
+        choices=("stop", "continue"),
+        default=d("stop"),
+        help="when the loss becomes NaN or infinite: stop with an error naming the step, or flag it "
+        "and go on (default stop)",
+    )
+    g.add_argument(
+        "--threads",
+        type=_int_at_least(1, "--threads"),
+        default=d(None),
+        metavar="N",
+        help="PyTorch threads for the training step (default: the workload's choice, "
+        "1 for the built-in one, else PyTorch's default)",
+    )
+    g.add_argument(
+        "--seed",
+        type=_int_at_least(0, "--seed"),
+        default=d(0),
+        metavar="N",
+        help="seeds the data order, the built-in images and the model (default 0)",
+    )
     b = parser.add_argument_group("data")
-    b.add_argument("--data", default=d(None), metavar="DIR",
-                   help="the data folder: for the built-in images (generated there once; default "
-                   "~/.cache/loadertop), a --dataset's root, or passed to a --workload factory as data_dir")
-    b.add_argument("--io-latency-ms", type=_non_negative_float, default=d(0.0), metavar="MS",
-                   help="simulated storage latency per sample, as on a network file system (default 0)")
+    b.add_argument(
+        "--data",
+        default=d(None),
+        metavar="DIR",
+        help="the data folder: for the built-in images (generated there once; default "
+        "~/.cache/loadertop), a --dataset's root, or passed to a --workload factory as data_dir",
+    )
+    b.add_argument(
+        "--io-latency-ms",
+        type=_non_negative_float,
+        default=d(0.0),
+        metavar="MS",
+        help="simulated storage latency per sample, as on a network file system (default 0)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -182,44 +248,105 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(run, with_defaults=False)
     h = run.add_argument_group("run")
     h.add_argument("--headless", action="store_true", help="no TUI: progress lines on stdout")
-    h.add_argument("--max-batches", type=_int_at_least(1, "--max-batches"), default=None, metavar="N",
-                   help="stop after N batches in all")
-    h.add_argument("--switch", type=_switch, action="append", default=[], metavar=SWITCH_FORM,
-                   help="hot-restart to WORKERS workers once STEP batches have run (repeatable); with a script, "
-                        "its training loader's or LOADER's (a name as loadertop lists it, e.g. train.py:48); "
-                        "under torchrun every rank's, or with rankR: rank R's only (e.g. rank1:100:2)")
-    h.add_argument("--record", default=None, metavar="FILE.jsonl",
-                   help="write one JSON object per batch (flushed as it goes)")
-    h.add_argument("--autotune", action="store_true",
-                   help="find and hold the best worker count while training runs (a toggles it in the monitor); "
-                   "every change is logged with its reason")
-    h.add_argument("--cpu-budget", type=_positive_float, default=None, metavar="CORES",
-                   help="autotune: the cores the loader and the loop may use (default: the usable cores, shared "
-                   "among a torchrun job's ranks on the node)")
-    h.add_argument("--memory-budget", type=_positive_float, default=None, metavar="GIB",
-                   help="autotune: the memory all workers together may hold (default: half the available memory)")
-    h.add_argument("--progress-interval", type=_non_negative_float, default=5.0, metavar="SECONDS",
-                   help="headless: longest gap between progress lines within an epoch (default 5)")
+    h.add_argument(
+        "--max-batches",
+        type=_int_at_least(1, "--max-batches"),
+        default=None,
+        metavar="N",
+        help="stop after N batches in all",
+    )
+    h.add_argument(
+        "--switch",
+        type=_switch,
+        action="append",
+        default=[],
+        metavar=SWITCH_FORM,
+        help="hot-restart to WORKERS workers once STEP batches have run (repeatable); with a script, "
+        "its training loader's or LOADER's (a name as loadertop lists it, e.g. train.py:48); "
+        "under torchrun every rank's, or with rankR: rank R's only (e.g. rank1:100:2)",
+    )
+    h.add_argument(
+        "--record", default=None, metavar="FILE.jsonl", help="write one JSON object per batch (flushed as it goes)"
+    )
+    h.add_argument(
+        "--autotune",
+        action="store_true",
+        help="find and hold the best worker count while training runs (a toggles it in the monitor); "
+        "every change is logged with its reason",
+    )
+    h.add_argument(
+        "--cpu-budget",
+        type=_positive_float,
+        default=None,
+        metavar="CORES",
+        help="autotune: the cores the loader and the loop may use (default: the usable cores, shared "
+        "among a torchrun job's ranks on the node)",
+    )
+    h.add_argument(
+        "--memory-budget",
+        type=_positive_float,
+        default=None,
+        metavar="GIB",
+        help="autotune: the memory all workers together may hold (default: half the available memory)",
+    )
+    h.add_argument(
+        "--progress-interval",
+        type=_non_negative_float,
+        default=5.0,
+        metavar="SECONDS",
+        help="headless: longest gap between progress lines within an epoch (default 5)",
+    )
     sweep = sub.add_parser("sweep", help="measure each worker count in turn and recommend one")
     w = sweep.add_argument_group("sweep")
-    w.add_argument("--workers", dest="counts", type=_count_list, default=None, metavar="LIST",
-                   help="worker counts to measure, in order (default 0,1,2,4,... up to twice the usable cores)")
-    w.add_argument("--batches", type=_int_at_least(1, "--batches"), default=SWEEP_BATCHES, metavar="N",
-                   help=f"steady batches measured per count, after each restart's warm-up (default {SWEEP_BATCHES})")
-    w.add_argument("--json", default=None, metavar="FILE",
-                   help="write the rows and the recommendation as JSON ('-': stdout)")
+    w.add_argument(
+        "--workers",
+        dest="counts",
+        type=_count_list,
+        default=None,
+        metavar="LIST",
+        help="worker counts to measure, in order (default 0,1,2,4,... up to twice the usable cores)",
+    )
+    w.add_argument(
+        "--batches",
+        type=_int_at_least(1, "--batches"),
+        default=SWEEP_BATCHES,
+        metavar="N",
+        help=f"steady batches measured per count, after each restart's warm-up (default {SWEEP_BATCHES})",
+    )
+    w.add_argument(
+        "--json", default=None, metavar="FILE", help="write the rows and the recommendation as JSON ('-': stdout)"
+    )
     w.add_argument("--csv", default=None, metavar="FILE", help="write the rows as CSV ('-': stdout)")
-    w.add_argument("--markdown", default=None, metavar="FILE",
-                   help="write the table as Markdown, for an issue or a notebook ('-': stdout)")
+    w.add_argument(
+        "--markdown",
+        default=None,
+        metavar="FILE",
+        help="write the table as Markdown, for an issue or a notebook ('-': stdout)",
+    )
     _add_common(sweep, with_defaults=False, workers=False)
     attach = sub.add_parser("attach", help="watch a script that loadertop run started (after d, from another terminal)")
-    attach.add_argument("pid", nargs="?", type=_int_at_least(1, "PID"), default=None, metavar="PID",
-                        help="the script's pid (needed when several runs are going)")
+    attach.add_argument(
+        "pid",
+        nargs="?",
+        type=_int_at_least(1, "PID"),
+        default=None,
+        metavar="PID",
+        help="the script's pid (needed when several runs are going)",
+    )
     attach.add_argument("--list", action="store_true", help="print the runs going now, one a line, and exit")
-    for p, default in ((parser, 1.0), (run, argparse.SUPPRESS), (sweep, argparse.SUPPRESS),
-                       (attach, argparse.SUPPRESS)):
-        p.add_argument("--sample-interval", type=_positive_float, default=default, metavar="SECONDS",
-                       help="seconds between system samples: cores, workers, memory, GPUs (default 1)")
+    for p, default in (
+        (parser, 1.0),
+        (run, argparse.SUPPRESS),
+        (sweep, argparse.SUPPRESS),
+        (attach, argparse.SUPPRESS),
+    ):
+        p.add_argument(
+            "--sample-interval",
+            type=_positive_float,
+            default=default,
+            metavar="SECONDS",
+            help="seconds between system samples: cores, workers, memory, GPUs (default 1)",
+        )
     return parser
 
 
@@ -234,13 +361,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     script = None
     if "--" in argv:  # loadertop run [options] -- COMMAND [ARGS...]: the command is not ours to parse
         split = argv.index("--")
-        argv, script = argv[:split], argv[split + 1:]
+        argv, script = argv[:split], argv[split + 1 :]
     parser = build_parser()
     args = parser.parse_args(argv)
     err = sys.stderr
     try:
         if (getattr(args, "cpu_budget", None) or getattr(args, "memory_budget", None)) and not getattr(
-                args, "autotune", False):  # a script's run or the built-in one
+            args, "autotune", False
+        ):  # a script's run or the built-in one
             raise UsageError("--cpu-budget and --memory-budget are the autotuner's budgets: add --autotune")
         if script is not None:
             workers_given = any(a == "--workers" or a.startswith("--workers=") for a in argv)
@@ -251,13 +379,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # Options that shape the built-in training; a script's loaders keep the script's own settings.
-_BUILT_IN_ONLY = ("batch_size", "epochs", "device", "workload", "dataset", "pin_memory", "persistent_workers",
-                  "prefetch_factor", "start_method", "timeout", "on_nan", "threads", "seed", "data", "io_latency_ms",
-                  "max_batches")
+_BUILT_IN_ONLY = (
+    "batch_size",
+    "epochs",
+    "device",
+    "workload",
+    "dataset",
+    "pin_memory",
+    "persistent_workers",
+    "prefetch_factor",
+    "start_method",
+    "timeout",
+    "on_nan",
+    "threads",
+    "seed",
+    "data",
+    "io_latency_ms",
+    "max_batches",
+)
 
 
-def _launch(args: argparse.Namespace, script: list[str], parser: argparse.ArgumentParser, *,
-            workers_given: bool) -> int:
+def _launch(
+    args: argparse.Namespace, script: list[str], parser: argparse.ArgumentParser, *, workers_given: bool
+) -> int:
     """``loadertop run [--headless] [--workers N] [--switch S:N] [--record F] [--autotune [--cpu-budget C]
     [--memory-budget G]] -- COMMAND``."""
     from loadertop.core.drive.launcher import LaunchError, launch, spawn
@@ -268,8 +412,10 @@ def _launch(args: argparse.Namespace, script: list[str], parser: argparse.Argume
     for name in _BUILT_IN_ONLY:
         if getattr(args, name, None) != getattr(defaults, name, None):
             option = "--" + name.replace("_", "-")
-            raise UsageError(f"{option} applies to the built-in workload; a script's loaders keep its own settings "
-                             "(--workers, --switch, --record and --autotune act on them)")
+            raise UsageError(
+                f"{option} applies to the built-in workload; a script's loaders keep its own settings "
+                "(--workers, --switch, --record and --autotune act on them)"
+            )
     switches = {switch.key: switch.workers for switch in args.switch}
     if len(switches) != len(args.switch):
         raise UsageError("--switch: each STEP may be given once (per loader and rank)")
@@ -288,8 +434,9 @@ def _launch(args: argparse.Namespace, script: list[str], parser: argparse.Argume
                 from loadertop.core.sessions.straggler_watch import StragglerWatch
 
                 watcher = StragglerWatch(record=args.record)
-            return launch(script, workers=workers, switches=switches, record=args.record, tuning=tuning,
-                          watcher=watcher)
+            return launch(
+                script, workers=workers, switches=switches, record=args.record, tuning=tuning, watcher=watcher
+            )
         _need_terminal("loadertop run --headless -- COMMAND")
         child, log = spawn(script, workers=workers, switches=switches, record=args.record, tuning=tuning)
     except LaunchError as exc:
@@ -298,8 +445,9 @@ def _launch(args: argparse.Namespace, script: list[str], parser: argparse.Argume
     from loadertop.core.sessions.remote import RemoteSession
 
     if is_distributed_command(script):  # torchrun: every rank, side by side
-        session: RemoteSession | RanksSession = RanksSession(child=child, log_path=log, command=script,
-                                                             sample_interval_s=args.sample_interval)
+        session: RemoteSession | RanksSession = RanksSession(
+            child=child, log_path=log, command=script, sample_interval_s=args.sample_interval
+        )
     else:
         session = RemoteSession(child=child, log_path=log, command=script, sample_interval_s=args.sample_interval)
     return _watch_script(session)
@@ -345,10 +493,16 @@ def _attach(args: argparse.Namespace) -> int:
     if job is not None:  # a rank of a torchrun job: every rank of it, side by side
         from loadertop.core.sessions.ranks import RanksSession
 
-        return _watch_script(RanksSession(pid=job, log_path=run.log_path, command=run.command,
-                                          sample_interval_s=args.sample_interval))
-    session = RemoteSession(pid=run.pid, socket_path=run.socket_path, log_path=run.log_path, command=run.command,
-                            sample_interval_s=args.sample_interval)
+        return _watch_script(
+            RanksSession(pid=job, log_path=run.log_path, command=run.command, sample_interval_s=args.sample_interval)
+        )
+    session = RemoteSession(
+        pid=run.pid,
+        socket_path=run.socket_path,
+        log_path=run.log_path,
+        command=run.command,
+        sample_interval_s=args.sample_interval,
+    )
     return _watch_script(session)
 
 
@@ -368,8 +522,11 @@ def _watch_script(session: RemoteSession | RanksSession) -> int:
         code = 130
     except Exception:
         session.detach()  # the monitor failed, not the training: it runs on, to be watched again
-        print(f"loadertop: the monitor failed; the script (pid {session.root_pid}) runs on: loadertop attach "
-              "watches it again", file=sys.stderr)
+        print(
+            f"loadertop: the monitor failed; the script (pid {session.root_pid}) runs on: loadertop attach "
+            "watches it again",
+            file=sys.stderr,
+        )
         raise
     finally:
         session.close()
@@ -377,8 +534,11 @@ def _watch_script(session: RemoteSession | RanksSession) -> int:
     try:
         if session.detached:
             where = f"; its output goes to {session.log_path}" if session.log_path else ""
-            print(f"loadertop: detached: pid {view.script.pid if view.script else session.root_pid} runs on"
-                  f"{where}; loadertop attach watches it again", file=sys.stderr)
+            print(
+                f"loadertop: detached: pid {view.script.pid if view.script else session.root_pid} runs on"
+                f"{where}; loadertop attach watches it again",
+                file=sys.stderr,
+            )
             return 0
         if view.store.summaries:
             print(format_table(view.store.summaries))
@@ -433,11 +593,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         args.epochs = HEADLESS_EPOCHS if headless else MONITOR_EPOCHS
     given = getattr(args, "switch", []) or []
     if any(switch.loader for switch in given):
-        raise UsageError("--switch LOADER@STEP:WORKERS names a script's DataLoader; the built-in workload has one: "
-                         "use STEP:WORKERS")
+        raise UsageError(
+            "--switch LOADER@STEP:WORKERS names a script's DataLoader; the built-in workload has one: use STEP:WORKERS"
+        )
     if any(switch.rank is not None for switch in given):
-        raise UsageError("--switch rankR:STEP:WORKERS names a rank of a torchrun job; the built-in workload is one "
-                         "process: use STEP:WORKERS")
+        raise UsageError(
+            "--switch rankR:STEP:WORKERS names a rank of a torchrun job; the built-in workload is one "
+            "process: use STEP:WORKERS"
+        )
     switches = {switch.step: switch.workers for switch in given}
     if len(switches) != len(given):
         raise UsageError("--switch: each STEP may be given once")
@@ -446,8 +609,14 @@ def _dispatch(args: argparse.Namespace) -> int:
     try:
         workload = _workload(args)
         _check_start_method(workload, config)
-        trainer = _trainer(args, workload, config, epochs=args.epochs, max_batches=getattr(args, "max_batches", None),
-                           stall_timeout_s=0.0 if headless else MONITOR_STALL_TIMEOUT_S)
+        trainer = _trainer(
+            args,
+            workload,
+            config,
+            epochs=args.epochs,
+            max_batches=getattr(args, "max_batches", None),
+            stall_timeout_s=0.0 if headless else MONITOR_STALL_TIMEOUT_S,
+        )
         tuning = _tuning(args)
         if not headless:
             return _run_monitor(trainer, record_file, args.sample_interval, tuning)
@@ -539,14 +708,29 @@ def _check_start_method(workload: Workload, config: LoaderConfig) -> None:
             raise UsageError(str(exc)) from None
 
 
-def _trainer(args: argparse.Namespace, workload: Workload, config: LoaderConfig, *, epochs: int,
-             max_batches: int | None, stall_timeout_s: float = 0.0) -> Trainer:
+def _trainer(
+    args: argparse.Namespace,
+    workload: Workload,
+    config: LoaderConfig,
+    *,
+    epochs: int,
+    max_batches: int | None,
+    stall_timeout_s: float = 0.0,
+) -> Trainer:
     from loadertop.core.train.engine import Trainer
     from loadertop.core.train.workload import WorkloadError
 
     try:
-        return Trainer(workload, config, epochs=epochs, max_batches=max_batches, device=args.device, seed=args.seed,
-                       on_nan=args.on_nan, stall_timeout_s=stall_timeout_s)
+        return Trainer(
+            workload,
+            config,
+            epochs=epochs,
+            max_batches=max_batches,
+            device=args.device,
+            seed=args.seed,
+            on_nan=args.on_nan,
+            stall_timeout_s=stall_timeout_s,
+        )
     except (WorkloadError, ValueError) as exc:
         raise UsageError(str(exc)) from None
 
@@ -572,8 +756,11 @@ def _sweep(args: argparse.Namespace) -> int:
     counts = args.counts or default_counts(machine.core_count)
     # Settings that need workers are checked against the largest count, the ones that have them.
     config = _config(args, max(counts)).with_workers(counts[0])
-    outputs = {option: path for option, path in (("--json", args.json), ("--csv", args.csv),
-                                                   ("--markdown", args.markdown)) if path}
+    outputs = {
+        option: path
+        for option, path in (("--json", args.json), ("--csv", args.csv), ("--markdown", args.markdown))
+        if path
+    }
     if list(outputs.values()).count("-") > 1:
         raise UsageError("only one of --json, --csv and --markdown can write to stdout ('-')")
     files = {option: _open_output(path, option) for option, path in outputs.items()}
@@ -584,17 +771,26 @@ def _sweep(args: argparse.Namespace) -> int:
         trainer = _trainer(args, workload, config, epochs=SWEEP_EPOCHS, max_batches=None)
         sweep = Sweep(trainer, counts, args.batches, base=config)
         # With a format on stdout, the progress and the table go to stderr.
-        code, rows, advice = run_sweep_headless(trainer, sweep, sample_interval_s=args.sample_interval,
-                                                out=sys.stderr if to_stdout else sys.stdout)
+        code, rows, advice = run_sweep_headless(
+            trainer, sweep, sample_interval_s=args.sample_interval, out=sys.stderr if to_stdout else sys.stdout
+        )
         if rows:
-            meta = {"workload": workload.name, "device": trainer.status().device,
-                    "batch_size": config.batch_size, "batches_per_count": args.batches,
-                    "counts": list(counts), "measured_longer": list(sweep.counts[sweep.planned:]),
-                    "complete": code == 0, "cpu_accounting": trainer.cpu_clock.mode,
-                    "cpu_s_before_first_config": trainer.store.cpu_before_first_config_s}
-            writers = {"--json": lambda: dumps(report_json(rows, advice, machine, **meta)),
-                       "--csv": lambda: csv_text(rows, advice),
-                       "--markdown": lambda: markdown_table(rows, advice)}
+            meta = {
+                "workload": workload.name,
+                "device": trainer.status().device,
+                "batch_size": config.batch_size,
+                "batches_per_count": args.batches,
+                "counts": list(counts),
+                "measured_longer": list(sweep.counts[sweep.planned :]),
+                "complete": code == 0,
+                "cpu_accounting": trainer.cpu_clock.mode,
+                "cpu_s_before_first_config": trainer.store.cpu_before_first_config_s,
+            }
+            writers = {
+                "--json": lambda: dumps(report_json(rows, advice, machine, **meta)),
+                "--csv": lambda: csv_text(rows, advice),
+                "--markdown": lambda: markdown_table(rows, advice),
+            }
             for option, file in files.items():
                 file.write(writers[option]())
                 file.flush()
@@ -605,15 +801,17 @@ def _sweep(args: argparse.Namespace) -> int:
                 file.close()
 
 
-def _run_monitor(trainer: Trainer, record_file: IO[str] | None, sample_interval_s: float,
-                 tuning: dict[str, Any]) -> int:
+def _run_monitor(
+    trainer: Trainer, record_file: IO[str] | None, sample_interval_s: float, tuning: dict[str, Any]
+) -> int:
     """The Textual monitor; after it closes, the comparison table is printed on stdout."""
     from loadertop.core.policy.report import format_table
     from loadertop.core.sessions.session import Session
     from loadertop.tui.app import LoaderTopApp
 
-    session = Session(trainer, sample_interval_s=sample_interval_s, record_file=record_file, monitor_thread=True,
-                      serve=True, **tuning)
+    session = Session(
+        trainer, sample_interval_s=sample_interval_s, record_file=record_file, monitor_thread=True, serve=True, **tuning
+    )
     app = LoaderTopApp(session)
     # torch, the model and the dataset are loaded: move their objects out of the garbage collector's
     # reach. A full collection over them took ~280 ms (a frozen screen, a late key press); ~35 ms after.

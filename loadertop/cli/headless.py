@@ -127,8 +127,16 @@ def run_headless(
     def tuned(change: Change) -> None:
         print(f"autotune: {change.line()}", file=out, flush=True)
 
-    session = Session(trainer, sample_interval_s=sample_interval_s, record_file=record_file, on_record=on_record,
-                      serve=True, autotune=autotune, budget=budget, on_autotune=tuned)
+    session = Session(
+        trainer,
+        sample_interval_s=sample_interval_s,
+        record_file=record_file,
+        on_record=on_record,
+        serve=True,
+        autotune=autotune,
+        budget=budget,
+        on_autotune=tuned,
+    )
     status = trainer.status()
     total = trainer.max_batches or status.batches_per_epoch * trainer.epochs
     print(f"loadertop: {trainer.workload.name}", file=out)
@@ -154,8 +162,11 @@ def run_headless(
             _follow(trainer, records, progress_interval_s, out)
         except Interrupted as exc:
             interrupted = exc.signum
-            print(f"\ninterrupted ({signal.Signals(exc.signum).name}): stopping and shutting the workers down",
-                  file=err, flush=True)
+            print(
+                f"\ninterrupted ({signal.Signals(exc.signum).name}): stopping and shutting the workers down",
+                file=err,
+                flush=True,
+            )
     finally:
         restore_signal_handlers(previous)
         leftover = session.close()
@@ -221,9 +232,12 @@ def _follow(trainer: Trainer, records: queue.SimpleQueue[BatchRecord], interval_
         for record in drained:
             if not math.isfinite(record.loss) and not warned_nonfinite:
                 warned_nonfinite = True
-                print(f"warning: the loss is {record.loss} at step {record.step} "
-                      f"({'stopping' if trainer.on_nan == 'stop' else 'going on: --on-nan continue'})",
-                      file=out, flush=True)
+                print(
+                    f"warning: the loss is {record.loss} at step {record.step} "
+                    f"({'stopping' if trainer.on_nan == 'stop' else 'going on: --on-nan continue'})",
+                    file=out,
+                    flush=True,
+                )
             if record.epoch != current_epoch:
                 _epoch_line(trainer, current_epoch, epoch_window, epoch_samples, out)
                 epoch_window, epoch_samples = _Window(), 0
@@ -306,9 +320,12 @@ def run_sweep_headless(
     print(f"loadertop sweep: {trainer.workload.name}", file=out)
     for note in trainer.workload.notes:
         print(f"  note: {note}", file=out)
-    print(f"  device {trainer.status().device} | batch {trainer.config.batch_size} | workers "
-          f"{', '.join(map(str, sweep.counts))} | {sweep.batches_per_count} steady batches each "
-          f"({total} in all, warm-up after each restart not counted)", file=out)
+    print(
+        f"  device {trainer.status().device} | batch {trainer.config.batch_size} | workers "
+        f"{', '.join(map(str, sweep.counts))} | {sweep.batches_per_count} steady batches each "
+        f"({total} in all, warm-up after each restart not counted)",
+        file=out,
+    )
     _print_machine(out)
     out.flush()
     interrupted: int | None = None
@@ -322,8 +339,11 @@ def run_sweep_headless(
                 reported = _report_counts(trainer, sweep, reported, out)
         except Interrupted as exc:
             interrupted = exc.signum
-            print(f"\ninterrupted ({signal.Signals(exc.signum).name}): stopping; the counts measured so far "
-                  "follow", file=err, flush=True)
+            print(
+                f"\ninterrupted ({signal.Signals(exc.signum).name}): stopping; the counts measured so far follow",
+                file=err,
+                flush=True,
+            )
     finally:
         restore_signal_handlers(previous)
         leftover = session.close()
@@ -350,10 +370,18 @@ def _report_counts(trainer: Trainer, sweep: Sweep, reported: int, out: IO[str]) 
         if s is None:
             continue
         if i == sweep.planned:
-            print(f"measuring {', '.join(map(str, sweep.counts[sweep.planned:]))} workers longer: the measurements "
-                  "cannot yet tell which of them are within 5% of the fastest", file=out, flush=True)
+            print(
+                f"measuring {', '.join(map(str, sweep.counts[sweep.planned :]))} workers longer: the measurements "
+                "cannot yet tell which of them are within 5% of the fastest",
+                file=out,
+                flush=True,
+            )
         where = f"{i + 1}/{sweep.planned}" if i < sweep.planned else "longer"
-        print(f"[{where}] {s.config.describe()}: load {s.load_ms_mean:.1f} ms, compute "
-              f"{s.compute_ms_mean:.1f} ms, {speed_text(s)}, start-up {s.startup_ms:,.0f} ms, "
-              f"{s.cpu_s_per_sample * 1000:.2f} CPU ms/sample", file=out, flush=True)
+        print(
+            f"[{where}] {s.config.describe()}: load {s.load_ms_mean:.1f} ms, compute "
+            f"{s.compute_ms_mean:.1f} ms, {speed_text(s)}, start-up {s.startup_ms:,.0f} ms, "
+            f"{s.cpu_s_per_sample * 1000:.2f} CPU ms/sample",
+            file=out,
+            flush=True,
+        )
     return done

@@ -81,8 +81,13 @@ def _callback_class(base: type, framework: str) -> type:
         def _convert_loaders(self, trainer: Any) -> None:
             """Each loader a data hook returns reaches Lightning as loadertop's (see the module's docstring)."""
             try:
-                loops = (trainer.fit_loop, trainer.fit_loop.epoch_loop.val_loop, trainer.validate_loop,
-                         trainer.test_loop, trainer.predict_loop)
+                loops = (
+                    trainer.fit_loop,
+                    trainer.fit_loop.epoch_loop.val_loop,
+                    trainer.validate_loop,
+                    trainer.test_loop,
+                    trainer.predict_loop,
+                )
                 for source in (loop._data_source for loop in loops):
                     if not isinstance(source.__dict__.get("dataloader"), _Converting):
                         source.dataloader = _Converting(source, framework)
@@ -91,7 +96,8 @@ def _callback_class(base: type, framework: str) -> type:
                 version = getattr(sys.modules.get(framework.split(".")[0]), "__version__", "of unknown version")
                 say_on_stderr(
                     f"cannot hand {framework} {version} loadertop's DataLoaders ({exc}): the run is published "
-                    "but its loaders are not watched; `loadertop run -- python SCRIPT` watches them")
+                    "but its loaders are not watched; `loadertop run -- python SCRIPT` watches them"
+                )
 
         def on_train_start(self, trainer: Any, pl_module: Any) -> None:
             self._follow(trainer, pl_module, first=True)

@@ -58,24 +58,53 @@ class LoaderTopApp(App[None]):
     VERTICAL_BREAKPOINTS: ClassVar[list[tuple[int, str]] | None] = [(0, "-tiny-h"), (16, "-short"), (30, "-tall")]
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("plus,equals_sign", "more_workers", "+1 worker", key_display="+", id="more",
-                tooltip="One worker more (pending until r)", group=WORKER_KEYS),
-        Binding("minus", "fewer_workers", "-1 worker", key_display="-", id="fewer",
-                tooltip="One worker fewer (pending until r)", group=WORKER_KEYS),
+        Binding(
+            "plus,equals_sign",
+            "more_workers",
+            "+1 worker",
+            key_display="+",
+            id="more",
+            tooltip="One worker more (pending until r)",
+            group=WORKER_KEYS,
+        ),
+        Binding(
+            "minus",
+            "fewer_workers",
+            "-1 worker",
+            key_display="-",
+            id="fewer",
+            tooltip="One worker fewer (pending until r)",
+            group=WORKER_KEYS,
+        ),
         *[Binding(str(n), f"set_workers({n})", f"{n} workers", show=False) for n in range(10)],
         Binding("r", "apply", "apply", id="apply", tooltip="Hot-restart with the pending settings"),
         Binding("s", "sweep", "sweep", id="sweep", tooltip="Measure each worker count in turn, then recommend"),
-        Binding("a", "autotune", "autotune", id="autotune",
-                tooltip="Autotune on/off: find and hold the best worker count while training runs"),
+        Binding(
+            "a",
+            "autotune",
+            "autotune",
+            id="autotune",
+            tooltip="Autotune on/off: find and hold the best worker count while training runs",
+        ),
         Binding("escape", "cancel_sweep", "cancel sweep", show=False),
         Binding("p", "pause", "pause", id="pause", tooltip="Pause or resume training"),
         Binding("c", "settings", "settings", id="settings", tooltip="Batch size, pin_memory, persistence, prefetch"),
-        Binding("l", "next_loader", "next loader", id="loader",
-                tooltip="A script's next DataLoader: shown, and what the keys switch"),
+        Binding(
+            "l",
+            "next_loader",
+            "next loader",
+            id="loader",
+            tooltip="A script's next DataLoader: shown, and what the keys switch",
+        ),
         Binding("k", "next_rank", "next rank", id="rank", tooltip="Show and command a torchrun job's next rank"),
         Binding("A", "apply_all", "switch all ranks", id="apply-all", tooltip="Switch every rank to the pending count"),
-        Binding("d", "detach", "detach", id="detach",
-                tooltip="Leave a script running and quit (loadertop attach watches it again)"),
+        Binding(
+            "d",
+            "detach",
+            "detach",
+            id="detach",
+            tooltip="Leave a script running and quit (loadertop attach watches it again)",
+        ),
         Binding("question_mark", "help", "help", key_display="?", id="help", tooltip="Every key"),
         Binding("q", "quit", "quit", id="quit", tooltip="Stop training and quit"),
         Binding("ctrl+c", "quit", "quit", show=False, priority=True),
@@ -266,8 +295,11 @@ class LoaderTopApp(App[None]):
         if status.state.is_done:
             self.notify(f"training again with {pending.describe()}", timeout=3)
         elif tuning and pending.num_workers != status.config.num_workers:
-            self.notify(f"hot-restart: {describe_change(status.config, pending)}; autotune starts over from "
-                        f"{pending.num_workers}", timeout=3)
+            self.notify(
+                f"hot-restart: {describe_change(status.config, pending)}; autotune starts over from "
+                f"{pending.num_workers}",
+                timeout=3,
+            )
         else:
             self.notify(f"hot-restart: {describe_change(status.config, pending)}", timeout=3)
         self.refresh_view(force=True)
@@ -335,8 +367,11 @@ class LoaderTopApp(App[None]):
         on = tuner.state != TunerState.OFF if tuner is not None else self._autotune_asked
         set_autotune = getattr(self.session, "set_autotune", None)
         if set_autotune is None:
-            self.notify("this session cannot tune its workers (a recording, or a monitor without autotune)",
-                        severity="warning", timeout=4)
+            self.notify(
+                "this session cannot tune its workers (a recording, or a monitor without autotune)",
+                severity="warning",
+                timeout=4,
+            )
             return
         try:
             set_autotune(not on)
@@ -349,8 +384,10 @@ class LoaderTopApp(App[None]):
             self.notify("autotune off" + (f": the count stays at {workers}" if workers is not None else ""), timeout=3)
         else:
             count = "the running count" if workers is None else f"{workers} worker{'s' if workers != 1 else ''}"
-            self.notify(f"autotune on: measuring {count}, then the model's pick; each change and why beside the table",
-                        timeout=4)
+            self.notify(
+                f"autotune on: measuring {count}, then the model's pick; each change and why beside the table",
+                timeout=4,
+            )
         self.refresh_view(force=True)
 
     def _sweep_done(self, view: SessionView) -> None:
@@ -369,13 +406,19 @@ class LoaderTopApp(App[None]):
 
     def action_next_loader(self) -> None:
         """Show and command a script's next DataLoader."""
-        self._show_next("select_next_loader", "one loader only: l goes through a script's DataLoaders",
-                        "showing {}: the keys now switch it")
+        self._show_next(
+            "select_next_loader",
+            "one loader only: l goes through a script's DataLoaders",
+            "showing {}: the keys now switch it",
+        )
 
     def action_next_rank(self) -> None:
         """Show and command a torchrun job's next rank."""
-        self._show_next("select_next_rank", "one process only: k goes through a torchrun job's ranks",
-                        "showing rank {}: the keys now switch it (A: every rank)")
+        self._show_next(
+            "select_next_rank",
+            "one process only: k goes through a torchrun job's ranks",
+            "showing rank {}: the keys now switch it (A: every rank)",
+        )
 
     def _show_next(self, method: str, none: str, shown: str) -> None:
         """Ask the session to show its next loader or rank; say which (or why there is no other)."""
@@ -404,8 +447,7 @@ class LoaderTopApp(App[None]):
         """Leave a watched script running and quit."""
         detach = getattr(self.session, "detach", None)
         if detach is None or not self._watching_script:
-            self.notify("the built-in workload trains in this process: q stops it (d detaches from scripts)",
-                        timeout=4)
+            self.notify("the built-in workload trains in this process: q stops it (d detaches from scripts)", timeout=4)
             return
         detach()
         self.exit()
@@ -413,8 +455,9 @@ class LoaderTopApp(App[None]):
     def action_help(self) -> None:
         """Show every key."""
         script = self.latest.script if self.latest is not None else None
-        self.push_screen(HelpScreen(log_path=script.log_path if script is not None else None,
-                                    script=script is not None))
+        self.push_screen(
+            HelpScreen(log_path=script.log_path if script is not None else None, script=script is not None)
+        )
 
     async def action_quit(self) -> None:
         """Stop training (the caller waits for the workers) and leave."""

@@ -59,12 +59,13 @@ async def test_a_turns_autotune_on_and_off_and_the_header_says_where_it_stands(r
 async def test_the_header_names_each_state_of_the_tuner(replay: ReplaySession) -> None:
     app = LoaderTopApp(replay)
     async with app.run_test(size=SIZE) as pilot:
-        for state, workers, shown in (("measuring", 3, "autotune: measuring 3 workers"),
-                                      ("measuring", 1, "autotune: measuring 1 worker"),
-                                      ("switching", 5, "autotune: switching to 5"),
-                                      ("settled", 8, "autotune: settled at 8 workers")):
-            replay.set_view(dataclasses.replace(replay.view(),
-                                                autotune=TunerStatus(state, workers, (), (), math.inf)))
+        for state, workers, shown in (
+            ("measuring", 3, "autotune: measuring 3 workers"),
+            ("measuring", 1, "autotune: measuring 1 worker"),
+            ("switching", 5, "autotune: switching to 5"),
+            ("settled", 8, "autotune: settled at 8 workers"),
+        ):
+            replay.set_view(dataclasses.replace(replay.view(), autotune=TunerStatus(state, workers, (), (), math.inf)))
             app.refresh_view()
             await pilot.pause()
             assert shown in text_of(app, RunHeader)
@@ -72,7 +73,8 @@ async def test_the_header_names_each_state_of_the_tuner(replay: ReplaySession) -
 
 
 async def test_manual_keys_still_switch_while_autotune_is_on_and_the_tuner_starts_over_from_there(
-        replay: ReplaySession) -> None:
+    replay: ReplaySession,
+) -> None:
     seen: list[Message] = []
     app = LoaderTopApp(replay)
     async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
@@ -131,7 +133,8 @@ async def test_help_names_the_a_key_and_says_the_manual_keys_still_work(replay: 
 
 
 async def test_the_panel_shows_the_recorded_changes_newest_last_and_the_predicted_curve(
-        autotune_replay: ReplaySession, autotune_view: SessionView) -> None:
+    autotune_replay: ReplaySession, autotune_view: SessionView
+) -> None:
     tuner = autotune_view.autotune
     assert tuner is not None and tuner.state == "settled" and tuner.changes
     app = LoaderTopApp(autotune_replay)
@@ -152,12 +155,12 @@ async def test_the_panel_shows_the_recorded_changes_newest_last_and_the_predicte
 
 
 async def test_the_panel_draws_the_advice_curve_when_autotune_is_off_and_hides_on_narrow_terminals(
-        replay: ReplaySession) -> None:
+    replay: ReplaySession,
+) -> None:
     view = replay.view()
     assert view.advice is not None
     curve = ((0, 195.0), (1, 220.0), (2, 304.0), (3, 331.0), (4, 336.0))
-    replay.set_view(dataclasses.replace(view, advice=dataclasses.replace(view.advice, predicted=curve,
-                                                                          ceiling=380.0)))
+    replay.set_view(dataclasses.replace(view, advice=dataclasses.replace(view.advice, predicted=curve, ceiling=380.0)))
     app = LoaderTopApp(replay)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
@@ -196,8 +199,7 @@ def test_a_change_is_its_move_first_then_its_reason_wrapped() -> None:
 
 def test_the_curve_marks_measured_running_and_the_ceiling_and_counts_past_the_memory_budget() -> None:
     curve = ((0, 250.0), (1, 500.0), (2, 900.0), (3, None), (4, math.nan))
-    rows = [row.plain for row in curve_rows(curve, 1000.0, 30, 6, running=1, measured=frozenset({0, 1}),
-                                            heading=True)]
+    rows = [row.plain for row in curve_rows(curve, 1000.0, 30, 6, running=1, measured=frozenset({0, 1}), heading=True)]
     assert rows[0].startswith("CPU ceiling ┊ 1,000")
     assert rows[1].endswith("250 ●") and rows[2].endswith("500 ▶") and rows[3].endswith("900  ")
     assert rows[4].endswith("memory  ") and rows[5].endswith("?  ")

@@ -120,8 +120,14 @@ async def test_the_settings_form_edits_the_pending_configuration(replay: ReplayS
         await pilot.click("#save")
         await pilot.pause()
         assert not isinstance(app.screen, ConfigForm)
-        expected = LoaderConfig(num_workers=3, batch_size=64, persistent_workers=True, prefetch_factor=4,
-                                start_method="spawn", timeout_s=30.0)
+        expected = LoaderConfig(
+            num_workers=3,
+            batch_size=64,
+            persistent_workers=True,
+            prefetch_factor=4,
+            start_method="spawn",
+            timeout_s=30.0,
+        )
         assert app.pending == expected
         bar = screen_text(app, PendingBar)
         assert "2 → 3 workers, batch 32 → 64" in bar and "persistent on" in bar and "prefetch 4" in bar
@@ -151,8 +157,9 @@ async def test_the_settings_form_refuses_bad_values_in_words_and_escape_cancels(
 async def test_an_error_is_shown_with_its_message_and_r_tries_again(replay: ReplaySession) -> None:
     view = replay.view()
     error = TrainerError("dataset", "ValueError: broken sample 37", 37, 300, "Traceback …")
-    replay.set_view(dataclasses.replace(view, status=dataclasses.replace(view.status, state=TrainerState.ERROR,
-                                                                         error=error)))
+    replay.set_view(
+        dataclasses.replace(view, status=dataclasses.replace(view.status, state=TrainerState.ERROR, error=error))
+    )
     app = LoaderTopApp(replay)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
@@ -212,8 +219,10 @@ async def test_s_sweeps_esc_cancels_and_the_end_offers_the_recommended_count(rep
         await pilot.pause()
         assert isinstance(app.screen, SweepResult)
         advice_text = str(app.screen.query_one("#sweep-advice").render())
-        assert "Recommended: 4 workers: the fastest measured (336 ± 75 samples/s); but the measurement cannot yet " \
-               "tell whether 2 workers (304 ± 28 samples/s)" in " ".join(advice_text.split())
+        assert (
+            "Recommended: 4 workers: the fastest measured (336 ± 75 samples/s); but the measurement cannot yet "
+            "tell whether 2 workers (304 ± 28 samples/s)" in " ".join(advice_text.split())
+        )
         assert app.pending == LoaderConfig(num_workers=4)
         await pilot.press("enter")
         await pilot.pause()
@@ -252,10 +261,15 @@ async def test_the_table_marks_the_fastest_and_the_recommended_rows(replay: Repl
 async def test_workers_that_exited_stay_dimmed_with_their_lifetime_until_replaced(replay: ReplaySession) -> None:
     view = replay.view()
     # Between two epochs: the last sample still shows the old workers, which the trainer has shut down.
-    old = tuple(dataclasses.replace(p, pid=w.pid) if p.role == "worker" else p
-                for p, w in zip(view.system.processes, (None, *view.status.exited_workers), strict=True))
-    between = dataclasses.replace(view, status=dataclasses.replace(view.status, worker_pids=()),
-                                  system=dataclasses.replace(view.system, processes=old))
+    old = tuple(
+        dataclasses.replace(p, pid=w.pid) if p.role == "worker" else p
+        for p, w in zip(view.system.processes, (None, *view.status.exited_workers), strict=True)
+    )
+    between = dataclasses.replace(
+        view,
+        status=dataclasses.replace(view.status, worker_pids=()),
+        system=dataclasses.replace(view.system, processes=old),
+    )
     replay.set_view(between)
     app = LoaderTopApp(replay)
     async with app.run_test(size=SIZE) as pilot:

@@ -7,11 +7,30 @@ from loadertop.core.protocol.records import BatchRecord, StartEvent
 from loadertop.tui.plot import BrailleCanvas, format_value, level, load_compute_chart, loss_chart, meter
 
 
-def record(step: int, *, workers: int = 0, load_ms: float = 10.0, compute_ms: float = 10.0, loss: float = 1.0,
-           accuracy: float | None = 0.5) -> BatchRecord:
-    return BatchRecord(step=step, epoch=1, batch_in_epoch=step, config_key=f"w{workers} b32", num_workers=workers,
-                       batch_size=32, samples=32, load_s=load_ms / 1000, compute_s=compute_ms / 1000, loss=loss,
-                       accuracy=accuracy, time=0.0, elapsed_s=0.0)
+def record(
+    step: int,
+    *,
+    workers: int = 0,
+    load_ms: float = 10.0,
+    compute_ms: float = 10.0,
+    loss: float = 1.0,
+    accuracy: float | None = 0.5,
+) -> BatchRecord:
+    return BatchRecord(
+        step=step,
+        epoch=1,
+        batch_in_epoch=step,
+        config_key=f"w{workers} b32",
+        num_workers=workers,
+        batch_size=32,
+        samples=32,
+        load_s=load_ms / 1000,
+        compute_s=compute_ms / 1000,
+        loss=loss,
+        accuracy=accuracy,
+        time=0.0,
+        elapsed_s=0.0,
+    )
 
 
 def start(reason: str, workers: int, after_step: int) -> StartEvent:

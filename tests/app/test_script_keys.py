@@ -29,7 +29,8 @@ async def test_the_script_its_loader_and_its_output_are_shown(script_replay: Rep
 
 
 async def test_digits_and_r_switch_the_shown_loader_and_pause_sweep_and_settings_do_nothing(
-        script_replay: ReplaySession) -> None:
+    script_replay: ReplaySession,
+) -> None:
     app = LoaderTopApp(script_replay)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("3")
@@ -68,9 +69,13 @@ async def test_d_on_the_built_in_workload_only_explains(replay: ReplaySession) -
 async def test_a_script_that_failed_shows_why_and_keeps_its_history(script_replay: ReplaySession) -> None:
     view = script_replay.view()
     error = TrainerError("script", "RuntimeError: long_loop: failing on purpose after 600 batches", None, 600, "")
-    script_replay.set_view(dataclasses.replace(
-        view, status=dataclasses.replace(view.status, state=TrainerState.ERROR, error=error),
-        script=dataclasses.replace(view.script, ended="the script exited with code 1")))
+    script_replay.set_view(
+        dataclasses.replace(
+            view,
+            status=dataclasses.replace(view.status, state=TrainerState.ERROR, error=error),
+            script=dataclasses.replace(view.script, ended="the script exited with code 1"),
+        )
+    )
     app = LoaderTopApp(script_replay)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
@@ -117,8 +122,9 @@ class RankedReplay:
 
         view = self.replay.view()
         ranks = (RankInfo(0, 0, 2, 4711, 1, 3.2, 27.9, 540.0, 1200), RankInfo(1, 1, 2, 4712, 1, 24.8, 6.1, 538.0, 1201))
-        script = dataclasses.replace(view.script, ranks=ranks, selected_rank=self.selected,
-                                     straggler=find_straggler(ranks))
+        script = dataclasses.replace(
+            view.script, ranks=ranks, selected_rank=self.selected, straggler=find_straggler(ranks)
+        )
         return dataclasses.replace(view, script=script)
 
     def select_next_rank(self) -> int:
@@ -131,7 +137,8 @@ class RankedReplay:
 
 
 async def test_a_torchrun_job_shows_its_ranks_names_the_straggler_and_k_and_a_act_on_ranks(
-        script_replay: ReplaySession) -> None:
+    script_replay: ReplaySession,
+) -> None:
     session = RankedReplay(script_replay)
     app = LoaderTopApp(session)  # type: ignore[arg-type]
     async with app.run_test(size=(120, 40)) as pilot:

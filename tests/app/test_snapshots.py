@@ -65,8 +65,9 @@ async def test_running(request: pytest.FixtureRequest, recorded_view: SessionVie
 
 
 @pytest.mark.parametrize("size", [(120, 36), (80, 24)], ids=["120x36", "80x24"])
-async def test_pending_change(request: pytest.FixtureRequest, recorded_view: SessionView,
-                              size: tuple[int, int]) -> None:
+async def test_pending_change(
+    request: pytest.FixtureRequest, recorded_view: SessionView, size: tuple[int, int]
+) -> None:
     async def press(pilot: Pilot) -> None:
         await pilot.press("plus", "plus")
 
@@ -107,14 +108,24 @@ async def test_gpus(request: pytest.FixtureRequest, recorded_view: SessionView) 
 
 
 @pytest.mark.parametrize("size", [(120, 36), (80, 24)], ids=["120x36", "80x24"])
-async def test_confined_by_a_container(request: pytest.FixtureRequest, recorded_view: SessionView,
-                                       size: tuple[int, int]) -> None:
+async def test_confined_by_a_container(
+    request: pytest.FixtureRequest, recorded_view: SessionView, size: tuple[int, int]
+) -> None:
     """The header names a cgroup's limits (made up: 0.5 of the recording machine's 2 cores, 3 GiB of its memory)."""
-    limits = Limits(cores=0.5, cores_source="cgroup v1 quota", cores_file="/sys/fs/cgroup/cpu/job/cpu.cfs_quota_us",
-                    host_cores=2, affinity_cores=2, memory_total_bytes=3 * GIB, memory_available_bytes=2 * GIB,
-                    memory_source="cgroup v1 memory limit",
-                    memory_file="/sys/fs/cgroup/memory/job/memory.limit_in_bytes",
-                    host_memory_total_bytes=24 * GIB, host_memory_available_bytes=20 * GIB, memory_usage_bytes=GIB)
+    limits = Limits(
+        cores=0.5,
+        cores_source="cgroup v1 quota",
+        cores_file="/sys/fs/cgroup/cpu/job/cpu.cfs_quota_us",
+        host_cores=2,
+        affinity_cores=2,
+        memory_total_bytes=3 * GIB,
+        memory_available_bytes=2 * GIB,
+        memory_source="cgroup v1 memory limit",
+        memory_file="/sys/fs/cgroup/memory/job/memory.limit_in_bytes",
+        host_memory_total_bytes=24 * GIB,
+        host_memory_available_bytes=20 * GIB,
+        memory_usage_bytes=GIB,
+    )
     machine = MachineFacts(usable_cores=0.5, memory_total_bytes=3 * GIB, limits=limits)
     await snapshot(request, dataclasses.replace(recorded_view, machine=machine), f"confined_{size[0]}x{size[1]}", size)
 
@@ -142,6 +153,7 @@ async def test_a_torchrun_job_with_its_input_straggler(request: pytest.FixtureRe
 
 async def test_a_torchrun_job_k_shows_the_next_rank(request: pytest.FixtureRequest) -> None:
     """k: the screen is rank 1's own (its loader, its workers, its batches), the ranks panel marks it shown."""
+
     async def press(pilot: Pilot) -> None:
         await pilot.press("k")
 
@@ -149,8 +161,9 @@ async def test_a_torchrun_job_k_shows_the_next_rank(request: pytest.FixtureReque
 
 
 @pytest.mark.parametrize("size", [(120, 36), (80, 24)], ids=["120x36", "80x24"])
-async def test_autotune_settled(request: pytest.FixtureRequest, autotune_view: SessionView,
-                                size: tuple[int, int]) -> None:
+async def test_autotune_settled(
+    request: pytest.FixtureRequest, autotune_view: SessionView, size: tuple[int, int]
+) -> None:
     """A real autotuned run (storage-bound, from 0 workers), settled: its state in the header, beside the table the
     model's predicted curve (measured, running, the CPU ceiling) and the latest change with its reason."""
     await snapshot(request, autotune_view, f"autotune_{size[0]}x{size[1]}", size)

@@ -13,15 +13,35 @@ import pytest
 
 from tests.helpers import assert_usage_error, no_children_left, records, run, run_main
 
-CHANGE = re.compile(r"^autotune: (?P<reason>.+): (?:(?P<from>\d+) -> (?P<to>\d+) workers?|stays at (?P<stay>\d+) "
-                    r"workers?)$", re.MULTILINE)
+CHANGE = re.compile(
+    r"^autotune: (?P<reason>.+): (?:(?P<from>\d+) -> (?P<to>\d+) workers?|stays at (?P<stay>\d+) "
+    r"workers?)$",
+    re.MULTILINE,
+)
 
 
 def autotuned(workload: str, tmp_path: Path, *extra: str, batches: int = 700) -> tuple[str, list[dict]]:
     record = tmp_path / "run.jsonl"
-    done = run([sys.executable, "-m", "loadertop", "run", "--headless", "--autotune", "--workload",
-                f"loadertop.core.train.calibrated:{workload}", "--batch-size", "8", "--max-batches", str(batches),
-                "--record", str(record), *extra], timeout=400)
+    done = run(
+        [
+            sys.executable,
+            "-m",
+            "loadertop",
+            "run",
+            "--headless",
+            "--autotune",
+            "--workload",
+            f"loadertop.core.train.calibrated:{workload}",
+            "--batch-size",
+            "8",
+            "--max-batches",
+            str(batches),
+            "--record",
+            str(record),
+            *extra,
+        ],
+        timeout=400,
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout, records(record)
 
@@ -34,7 +54,8 @@ def settled_count(rows: list[dict]) -> int:
 
 @pytest.mark.slow
 def test_a_storage_bound_run_is_tuned_past_the_cores_and_every_change_is_said_recorded_and_applied(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     out, rows = autotuned("storage_bound", tmp_path)
     events = [r for r in rows if r.get("event") == "autotune"]
     said = list(CHANGE.finditer(out))
@@ -70,11 +91,14 @@ def test_a_phase_change_is_tuned_again(tmp_path: Path) -> None:
     retunes = [e for e in events if e["change"] == "retune"]
     assert retunes, out
     assert re.search(r"samples/s moved [\d,]+ -> [\d,]+ \(-\d+%", retunes[0]["reason"])
-    assert any(e["change"] == "settle" for e in events[events.index(retunes[0]):])
+    assert any(e["change"] == "settle" for e in events[events.index(retunes[0]) :])
 
 
 def test_budgets_need_autotune(capsys: pytest.CaptureFixture[str]) -> None:
-    assert_usage_error(run_main(["run", "--headless", "--cpu-budget", "2"], capsys),
-                       "--cpu-budget and --memory-budget are the autotuner's budgets: add --autotune")
-    assert_usage_error(run_main(["run", "--headless", "--autotune", "--memory-budget", "0"], capsys),
-                       "must be a number > 0")
+    assert_usage_error(
+        run_main(["run", "--headless", "--cpu-budget", "2"], capsys),
+        "--cpu-budget and --memory-budget are the autotuner's budgets: add --autotune",
+    )
+    assert_usage_error(
+        run_main(["run", "--headless", "--autotune", "--memory-budget", "0"], capsys), "must be a number > 0"
+    )

@@ -63,8 +63,9 @@ def left_running(out: Path) -> list[psutil.Process]:
 
 
 @pytest.mark.slow
-def test_autotune_tunes_a_scripts_training_loader_and_it_trains_on_a_stock_runs_batches(tmp_path: Path,
-                                                                                        stock: dict) -> None:
+def test_autotune_tunes_a_scripts_training_loader_and_it_trains_on_a_stock_runs_batches(
+    tmp_path: Path, stock: dict
+) -> None:
     record = tmp_path / "run.jsonl"
     out = tmp_path / "watched.json"
     watched = launched("--autotune", "--record", str(record), command=[sys.executable, SCRIPT, str(out)])
@@ -80,9 +81,10 @@ def test_autotune_tunes_a_scripts_training_loader_and_it_trains_on_a_stock_runs_
     assert counts[0] == 0 and len(set(counts)) > 1  # the tuner moved the workers, as the script itself saw
     assert len(set(seen["workers"])) > 1
     first = events[0]  # applied as it says: the batches after it come from its count
-    assert first["from"] == 0 and first["to"] in counts[first["step"]:]
-    assert ("loadertop: autotune on (--autotune): the training loader's workers are tuned within "
-            f"{usable_cores_exact():g}") in watched.stderr
+    assert first["from"] == 0 and first["to"] in counts[first["step"] :]
+    assert (
+        f"loadertop: autotune on (--autotune): the training loader's workers are tuned within {usable_cores_exact():g}"
+    ) in watched.stderr
     assert f"loadertop: {LOADER}: autotune: {first['reason']}: 0 -> {first['to']} worker" in watched.stderr
     assert no_children_left() and not left_running(out)
 
@@ -104,8 +106,9 @@ def test_num_workers_auto_is_tuned_by_the_launchers_tuner_without_autotune(tmp_p
 
 
 @pytest.mark.slow
-def test_num_workers_auto_without_the_launcher_tunes_itself_and_leaves_nothing_behind(tmp_path: Path,
-                                                                                       stock: dict) -> None:
+def test_num_workers_auto_without_the_launcher_tunes_itself_and_leaves_nothing_behind(
+    tmp_path: Path, stock: dict
+) -> None:
     out = tmp_path / "alone.json"
     done = run([sys.executable, SCRIPT, str(out), "--auto"])
     assert done.returncode == 0, done.stderr
@@ -113,8 +116,9 @@ def test_num_workers_auto_without_the_launcher_tunes_itself_and_leaves_nothing_b
     assert seen["seen"] == stock["seen"] and seen["weights"] == stock["weights"]
     assert seen["workers"][0] == 0 and max(seen["workers"]) > 0
     said = [line for line in done.stderr.splitlines() if line.startswith("loadertop:")]
-    assert said[0].startswith(f"loadertop: autotune: {AUTO_LOADER}: num_workers='auto': from 0 workers, within "
-                              f"{usable_cores_exact():g} cores")
+    assert said[0].startswith(
+        f"loadertop: autotune: {AUTO_LOADER}: num_workers='auto': from 0 workers, within {usable_cores_exact():g} cores"
+    )
     changes = [line for line in said[1:] if re.search(r": \d+ -> \d+ workers?$", line)]
     assert changes and all(line.startswith(f"loadertop: autotune: {AUTO_LOADER}: ") for line in changes)
     assert all(FIGURES.search(line.split(": ", 3)[3].rsplit(": ", 1)[0]) for line in changes)  # reasons with figures
@@ -133,7 +137,8 @@ def stock_ranks(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.slow
 def test_autotune_under_torchrun_shares_the_cores_among_the_ranks_and_every_shard_stays_exact(
-        tmp_path: Path, stock_ranks: Path) -> None:
+    tmp_path: Path, stock_ranks: Path
+) -> None:
     record = tmp_path / "run.jsonl"
     watched = launched("--autotune", "--record", str(record), command=torchrun(tmp_path / "watched", "--epochs", "4"))
     assert watched.returncode == 0, watched.stderr
@@ -143,9 +148,10 @@ def test_autotune_under_torchrun_shares_the_cores_among_the_ranks_and_every_shar
         after = json.loads((tmp_path / f"watched.rank{rank}.json").read_text())
         assert after["seen"] == before["seen"] and after["weights"] == before["weights"]
         # Each rank's tuner has its share of the node: half the cores.
-        assert (f"loadertop: rank {rank}: autotune on (--autotune): the training loader's workers are tuned within "
-                f"{cores / 2:g} core{'' if cores / 2 == 1 else 's'} (the node's {cores:g} shared by 2 ranks)"
-                ) in watched.stderr
+        assert (
+            f"loadertop: rank {rank}: autotune on (--autotune): the training loader's workers are tuned within "
+            f"{cores / 2:g} core{'' if cores / 2 == 1 else 's'} (the node's {cores:g} shared by 2 ranks)"
+        ) in watched.stderr
     rows = records(record)
     for rank in (0, 1):
         mine = [r for r in rows if r.get("rank") == rank and "event" not in r]

@@ -27,13 +27,19 @@ LIGHTNING_RUNS = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize("options", list(LIGHTNING_RUNS.values()), ids=list(LIGHTNING_RUNS))
-def test_a_lightning_fit_is_switched_mid_epoch_and_trains_exactly_as_without(options: list[str],
-                                                                              tmp_path: Path) -> None:
+def test_a_lightning_fit_is_switched_mid_epoch_and_trains_exactly_as_without(
+    options: list[str], tmp_path: Path
+) -> None:
     plain = run([sys.executable, FIT, str(tmp_path / "plain.json"), *options])
     assert plain.returncode == 0, plain.stderr
     record = tmp_path / "run.jsonl"
-    watched = launched("--switch", "5:2", "--record", str(record),
-                       command=[sys.executable, FIT, str(tmp_path / "watched.json"), *options])
+    watched = launched(
+        "--switch",
+        "5:2",
+        "--record",
+        str(record),
+        command=[sys.executable, FIT, str(tmp_path / "watched.json"), *options],
+    )
     assert watched.returncode == 0, watched.stderr
     seen_plain = json.loads((tmp_path / "plain.json").read_text())
     seen = json.loads((tmp_path / "watched.json").read_text())
@@ -41,8 +47,11 @@ def test_a_lightning_fit_is_switched_mid_epoch_and_trains_exactly_as_without(opt
     assert seen["weights"] == seen_plain["weights"] and seen["losses"] == seen_plain["losses"]
     assert seen["callbacks"].count("LoaderTopCallback") == 1  # injected once, or the script's own kept alone
     # loadertop imports neither Lightning package unless the script does (nor the other one when it does).
-    assert seen["imported"] == seen_plain["imported"] == (
-        ["pytorch_lightning"] if "--namespace=pytorch_lightning" in options else ["lightning"])
+    assert (
+        seen["imported"]
+        == seen_plain["imported"]
+        == (["pytorch_lightning"] if "--namespace=pytorch_lightning" in options else ["lightning"])
+    )
     # The training loader is told apart from the validation loader Lightning asks for first (sanity check).
     assert f"loadertop: DataLoader {TRAIN} is the training loader" in watched.stderr
     assert f"{TRAIN}: switching 0 -> 2 workers after batch 5" in watched.stderr
@@ -72,8 +81,9 @@ def test_a_hugging_face_trainer_is_switched_inside_its_epoch_and_its_logged_loss
     plain = run([sys.executable, HF, str(tmp_path / "plain.json")])
     assert plain.returncode == 0, plain.stderr
     record = tmp_path / "run.jsonl"
-    watched = launched("--switch", "5:2", "--record", str(record),
-                       command=[sys.executable, HF, str(tmp_path / "watched.json")])
+    watched = launched(
+        "--switch", "5:2", "--record", str(record), command=[sys.executable, HF, str(tmp_path / "watched.json")]
+    )
     assert watched.returncode == 0, watched.stderr
     seen_plain = json.loads((tmp_path / "plain.json").read_text())
     seen = json.loads((tmp_path / "watched.json").read_text())
@@ -98,14 +108,16 @@ def test_a_hugging_face_trainer_is_switched_inside_its_epoch_and_its_logged_loss
 
 @pytest.mark.slow
 def test_lightning_ddp_under_torchrun_re_creates_its_loaders_and_every_rank_still_trains_exactly(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     # Lightning re-creates each loader with a DistributedSampler (reading the loader's __init__ signature):
     # the new one is recognised as the same loader, on every rank, and switched there.
     plain = run(torchrun(tmp_path / "plain.json", "--ddp", script=FIT))
     assert plain.returncode == 0, plain.stderr
     record = tmp_path / "run.jsonl"
-    watched = launched("--switch", "3:2", "--record", str(record),
-                       command=torchrun(tmp_path / "watched.json", "--ddp", script=FIT))
+    watched = launched(
+        "--switch", "3:2", "--record", str(record), command=torchrun(tmp_path / "watched.json", "--ddp", script=FIT)
+    )
     assert watched.returncode == 0, watched.stderr
     for rank in (0, 1):
         before = json.loads((tmp_path / f"plain.json.rank{rank}").read_text())
@@ -113,8 +125,9 @@ def test_lightning_ddp_under_torchrun_re_creates_its_loaders_and_every_rank_stil
         assert after["train"] == before["train"] and len(after["train"]) == 20  # this rank's shard, in order
         assert after["weights"] == before["weights"] and after["losses"] == before["losses"]
         assert f"loadertop: rank {rank}: {TRAIN}: switching 0 -> 2 workers after batch 3" in watched.stderr
-    created = [line for line in watched.stderr.splitlines()
-               if ": DataLoader " in line and "training loader" not in line]
+    created = [
+        line for line in watched.stderr.splitlines() if ": DataLoader " in line and "training loader" not in line
+    ]
     assert len(created) == 4  # train and validation on each rank: the re-created ones are not new loaders
     rows = [r for r in records(record) if "event" not in r and r["loader"] == TRAIN]
     assert sorted({(r["rank"], r["num_workers"]) for r in rows}) == [(0, 0), (0, 2), (1, 0), (1, 2)]

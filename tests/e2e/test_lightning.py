@@ -25,7 +25,8 @@ TRAIN_HOOK, VAL_HOOK = made_at(FIT, "def train_dataloader"), made_at(FIT, "def v
 @pytest.mark.slow
 @pytest.mark.parametrize("namespace", ["lightning", "pytorch_lightning"])
 def test_the_scripts_own_callback_makes_python_fit_py_a_run_that_attach_watches_and_switches_exactly(
-        namespace: str, tmp_path: Path, runtime_dir: Path) -> None:
+    namespace: str, tmp_path: Path, runtime_dir: Path
+) -> None:
     # `python fit.py` with callbacks=[LoaderTopCallback()], no launcher: its loaders become loadertop's and the
     # run publishes; a monitor attaches by pid, switches the training loader 0 -> 2 workers while the script
     # holds at its 5th step, and the script trains exactly as without loadertop.
@@ -34,8 +35,12 @@ def test_the_scripts_own_callback_makes_python_fit_py_a_run_that_attach_watches_
     assert plain.returncode == 0, plain.stderr
     release, errors = tmp_path / "release", tmp_path / "stderr.txt"
     with errors.open("w") as stderr:
-        child = subprocess.Popen([sys.executable, FIT, str(tmp_path / "watched.json"), *options, "--callback",
-                                  "--pause-at", f"5:{release}"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
+        child = subprocess.Popen(
+            [sys.executable, FIT, str(tmp_path / "watched.json"), *options, "--callback", "--pause-at", f"5:{release}"],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
     session: RemoteSession | None = None
     try:
         wait_for(lambda: any(r.pid == child.pid for r in live_runs()), 120)
@@ -46,8 +51,14 @@ def test_the_scripts_own_callback_makes_python_fit_py_a_run_that_attach_watches_
         def training() -> object:
             return next((loader for loader in session.view().script.loaders if loader.training), None)
 
-        wait_for(lambda: training() is not None and session.view().script.selected == TRAIN_HOOK
-                 and session.view().status.step >= 5, 60)
+        wait_for(
+            lambda: (
+                training() is not None
+                and session.view().script.selected == TRAIN_HOOK
+                and session.view().status.step >= 5
+            ),
+            60,
+        )
         session.apply(LoaderConfig(num_workers=2))
         wait_for(lambda: training().pending == 2, 30)  # the script has the request: let it go on
         release.touch()

@@ -157,8 +157,9 @@ def test_a_sweep_in_the_app_fills_the_table_and_offers_the_recommendation(tmp_pa
 def test_the_app_runs_spawn_workers(tmp_path: Path) -> None:
     app = TmuxApp([*ARGS, "--workers", "2", "--start-method", "spawn"], tmp_path)
     try:
-        screen = app.wait_for(lambda s: re.search(r"\bw1\s+\d+", s) and step_of(s) > 5, timeout=90,
-                              what="2 spawn workers and batches")
+        screen = app.wait_for(
+            lambda s: re.search(r"\bw1\s+\d+", s) and step_of(s) > 5, timeout=90, what="2 spawn workers and batches"
+        )
         assert "2 workers, batch 16, spawn │ RUNNING" in screen
         app.send("q")
         assert app.exit_status() == 0
@@ -173,8 +174,11 @@ def test_a_turns_autotune_on_and_the_panel_shows_its_changes_with_their_reasons(
         app.wait_for(lambda s: step_of(s) > 3, timeout=90, what="batches")
         assert "autotune:" not in app.screen()
         app.send("a")
-        screen = app.wait_for(lambda s: re.search(r"RUNNING │ autotune: (measuring|switching|settled)", s),
-                              timeout=20, what="autotune's state in the header")
+        screen = app.wait_for(
+            lambda s: re.search(r"RUNNING │ autotune: (measuring|switching|settled)", s),
+            timeout=20,
+            what="autotune's state in the header",
+        )
         assert "╭─ predicted · autotune (a) " in screen
         # The tuner measures the running count, then jumps to the model's pick: "0 -> 3 workers: load 21.5 ms > ...";
         # the panel shows the latest change at 120x36, which may be a later step or the settle ("... 809 samples/s").

@@ -34,8 +34,10 @@ def workers_of(pid: int) -> list[int]:
 def test_run_switch_detach_attach_and_stop_a_script(tmp_path: Path, runtime_dir: Path) -> None:
     (tmp_path / "first").mkdir()
     (tmp_path / "second").mkdir()
-    launched = TmuxApp(["run", "--sample-interval", "0.5", "--", sys.executable, SCRIPT, "--log", "--seconds", "300"],
-                       tmp_path / "first")
+    launched = TmuxApp(
+        ["run", "--sample-interval", "0.5", "--", sys.executable, SCRIPT, "--log", "--seconds", "300"],
+        tmp_path / "first",
+    )
     attached: TmuxApp | None = None
     try:
         screen = launched.wait_for(lambda s: step_of(s) > 10, what="the script's batches")
@@ -47,8 +49,12 @@ def test_run_switch_detach_attach_and_stop_a_script(tmp_path: Path, runtime_dir:
         launched.send("2")
         launched.wait_for(lambda s: "r: switch 0 → 2 workers" in s, timeout=5, what="the pending switch")
         launched.send("r")
-        screen = launched.wait_for(lambda s: "2 workers, batch 16 │ RUNNING" in s and re.search(r"\bw1\s+\d+", s),
-                                   timeout=30, what="2 workers in the header and the processes panel")
+        screen = launched.wait_for(
+            lambda s: "2 workers, batch 16 │ RUNNING" in s and re.search(r"\bw1\s+\d+", s),
+            timeout=30,
+            what="2 workers in the header and the processes panel",
+        )
+
         # The script's own DataLoader workers, under its pid, are the ones shown (re-spawned every epoch:
         # not persistent, so the pids are compared at one moment).
         def shown_are_the_scripts() -> bool:
@@ -62,8 +68,10 @@ def test_run_switch_detach_attach_and_stop_a_script(tmp_path: Path, runtime_dir:
         assert psutil.pid_exists(script_pid)  # detached: it runs on
 
         attached = TmuxApp(["attach"], tmp_path / "second")
-        screen = attached.wait_for(lambda s: re.search(r"^│\s+0\s+\d", s, re.MULTILINE)
-                                   and re.search(r"▶\s+2\s+\d", s), what="the history: rows for 0 and 2 workers")
+        screen = attached.wait_for(
+            lambda s: re.search(r"^│\s+0\s+\d", s, re.MULTILINE) and re.search(r"▶\s+2\s+\d", s),
+            what="the history: rows for 0 and 2 workers",
+        )
         assert "2 workers, batch 16 │ RUNNING" in screen
         assert "this monitor" not in screen  # it took control: no "watching only" warning either
         assert "watching only" not in screen
@@ -79,19 +87,22 @@ def test_run_switch_detach_attach_and_stop_a_script(tmp_path: Path, runtime_dir:
             attached.close()
 
 
-def test_attach_watches_a_builtin_run_in_the_app_and_leaving_it_keeps_the_run(tmp_path: Path,
-                                                                               runtime_dir: Path) -> None:
+def test_attach_watches_a_builtin_run_in_the_app_and_leaving_it_keeps_the_run(
+    tmp_path: Path, runtime_dir: Path
+) -> None:
     (tmp_path / "app").mkdir()
     (tmp_path / "watcher").mkdir()
-    app = TmuxApp(["--workload", "tests.workloads:sleepy", "--epochs", "1000", "--sample-interval", "0.5"],
-                  tmp_path / "app")
+    app = TmuxApp(
+        ["--workload", "tests.workloads:sleepy", "--epochs", "1000", "--sample-interval", "0.5"], tmp_path / "app"
+    )
     watcher: TmuxApp | None = None
     try:
         app.wait_for(lambda s: step_of(s) > 5, what="the built-in run's batches")
         pid = app.main_pid()
         watcher = TmuxApp(["attach", "--sample-interval", "0.5"], tmp_path / "watcher")
-        screen = watcher.wait_for(lambda s: step_of(s) > 5 and "worker counts tried" in s, timeout=30,
-                                  what="the attached monitor's batches")
+        screen = watcher.wait_for(
+            lambda s: step_of(s) > 5 and "worker counts tried" in s, timeout=30, what="the attached monitor's batches"
+        )
         assert f"pid {pid}" in screen
         # No log panel: the run prints nothing of its own (the layout follows the run's hello within a frame).
         watcher.wait_for(lambda s: "the script's output" not in s and step_of(s) > 5, timeout=5, what="no log panel")

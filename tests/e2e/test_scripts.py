@@ -16,16 +16,22 @@ SCRIPT = "tests/scripts/plain_loop.py"
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sampler", ["random", "distributed", "buckets"])
-def test_switches_mid_epoch_leave_the_scripts_batches_and_randomness_as_they_were(sampler: str,
-                                                                                   tmp_path: Path) -> None:
+def test_switches_mid_epoch_leave_the_scripts_batches_and_randomness_as_they_were(sampler: str, tmp_path: Path) -> None:
     # The same script, once with plain python and once under the launcher switching 0 -> 2 -> 1
     # workers in the middle of the first epoch: AdamW, a step LR schedule, bfloat16 autocast,
     # clipping, accumulation, a validation loader, dropout, shuffling from the global RNG.
     plain = run([sys.executable, SCRIPT, str(tmp_path / "plain.json"), "--sampler", sampler])
     assert plain.returncode == 0, plain.stderr
     record = tmp_path / "run.jsonl"
-    watched = launched("--switch", "3:2", "--switch", "9:1", "--record", str(record),
-                       command=[sys.executable, SCRIPT, str(tmp_path / "watched.json"), "--sampler", sampler])
+    watched = launched(
+        "--switch",
+        "3:2",
+        "--switch",
+        "9:1",
+        "--record",
+        str(record),
+        command=[sys.executable, SCRIPT, str(tmp_path / "watched.json"), "--sampler", sampler],
+    )
     assert watched.returncode == 0, watched.stderr
     seen_plain = json.loads((tmp_path / "plain.json").read_text())
     seen_watched = json.loads((tmp_path / "watched.json").read_text())
@@ -55,8 +61,15 @@ def test_a_persistent_loader_switched_to_no_workers_and_back_trains_as_the_plain
     plain = run([sys.executable, script, str(tmp_path / "plain.json")])
     assert plain.returncode == 0, plain.stderr
     record = tmp_path / "run.jsonl"
-    watched = launched("--switch", "12:0", "--switch", "30:1", "--record", str(record),
-                       command=[sys.executable, script, str(tmp_path / "watched.json")])
+    watched = launched(
+        "--switch",
+        "12:0",
+        "--switch",
+        "30:1",
+        "--record",
+        str(record),
+        command=[sys.executable, script, str(tmp_path / "watched.json")],
+    )
     assert watched.returncode == 0, watched.stderr
     assert json.loads((tmp_path / "watched.json").read_text()) == json.loads((tmp_path / "plain.json").read_text())
     assert watched.stdout == plain.stdout  # every epoch's validation loss, the second's included
@@ -70,23 +83,33 @@ def test_a_persistent_loader_switched_to_no_workers_and_back_trains_as_the_plain
 def test_switch_names_any_loader_and_a_name_that_never_appears_is_reported(tmp_path: Path) -> None:
     plain = run([sys.executable, SCRIPT, str(tmp_path / "plain.json")])
     record = tmp_path / "run.jsonl"
-    watched = launched("--switch", "plain_loop.py:74@1:2", "--switch", "nope.py:1@1:1", "--record", str(record),
-                       command=[sys.executable, SCRIPT, str(tmp_path / "watched.json")])
+    watched = launched(
+        "--switch",
+        "plain_loop.py:74@1:2",
+        "--switch",
+        "nope.py:1@1:1",
+        "--record",
+        str(record),
+        command=[sys.executable, SCRIPT, str(tmp_path / "watched.json")],
+    )
     assert watched.returncode == 0, watched.stderr
     assert json.loads((tmp_path / "watched.json").read_text()) == json.loads((tmp_path / "plain.json").read_text())
     val = [r["num_workers"] for r in records(record) if r["loader"] == "plain_loop.py:74"]
     train = {r["num_workers"] for r in records(record) if r["loader"] == "plain_loop.py:73"}
     assert val == [0, 2, 2, 2] and train == {0}  # the validation loader's, from its 2nd batch; training untouched
-    assert ("loadertop: --switch nope.py:1@1:1: the script created no DataLoader named 'nope.py:1' "
-            "(its loaders: plain_loop.py:73, plain_loop.py:74)") in watched.stderr
+    assert (
+        "loadertop: --switch nope.py:1@1:1: the script created no DataLoader named 'nope.py:1' "
+        "(its loaders: plain_loop.py:73, plain_loop.py:74)"
+    ) in watched.stderr
     assert plain.stdout == watched.stdout
 
 
 @pytest.mark.slow
 def test_workers_sets_every_loader_and_the_exit_code_is_the_scripts(tmp_path: Path) -> None:
     record = tmp_path / "run.jsonl"
-    watched = launched("--workers", "2", "--record", str(record),
-                       command=[sys.executable, SCRIPT, str(tmp_path / "out.json")])
+    watched = launched(
+        "--workers", "2", "--record", str(record), command=[sys.executable, SCRIPT, str(tmp_path / "out.json")]
+    )
     assert watched.returncode == 0, watched.stderr
     by_loader: dict[str, set[int]] = {}
     for r in records(record):
@@ -102,8 +125,13 @@ def test_loadertop_log_records_the_loss_of_each_training_batch_without_changing_
     plain = run([sys.executable, SCRIPT, str(tmp_path / "plain.json"), "--log"])  # a no-op without the launcher
     assert plain.returncode == 0, plain.stderr
     record = tmp_path / "run.jsonl"
-    watched = launched("--switch", "5:2", "--record", str(record),
-                       command=[sys.executable, SCRIPT, str(tmp_path / "watched.json"), "--log"])
+    watched = launched(
+        "--switch",
+        "5:2",
+        "--record",
+        str(record),
+        command=[sys.executable, SCRIPT, str(tmp_path / "watched.json"), "--log"],
+    )
     assert watched.returncode == 0, watched.stderr
     assert json.loads((tmp_path / "watched.json").read_text()) == json.loads((tmp_path / "plain.json").read_text())
     lines = records(record)
@@ -137,8 +165,13 @@ def test_loaders_made_at_one_line_get_names_of_their_own(tmp_path: Path) -> None
     assert watched.stdout == "[[0, 1], [2, 3], [4, 5], [6, 7], [0, 1], [2, 3]]\n"
     rows = records(record)
     assert [(r["loader"], r["step"], r["num_workers"]) for r in rows] == [
-        ("helper.py:5", 1, 0), ("helper.py:5", 2, 0), ("helper.py:5", 3, 0), ("helper.py:5", 4, 0),
-        ("helper.py:5#2", 1, 0), ("helper.py:5#2", 2, 1)]
+        ("helper.py:5", 1, 0),
+        ("helper.py:5", 2, 0),
+        ("helper.py:5", 3, 0),
+        ("helper.py:5", 4, 0),
+        ("helper.py:5#2", 1, 0),
+        ("helper.py:5#2", 2, 1),
+    ]
 
 
 def test_a_process_that_never_imports_torch_is_left_alone() -> None:
@@ -150,13 +183,19 @@ BAD_LAUNCHES = [
     (["run", "--headless", "--"], "give the command to run"),
     (["run", "--headless", "--", "no-such-command-xyz"], "cannot run 'no-such-command-xyz': not found on PATH"),
     (["run", "--headless", "--", "./missing/script.sh"], "cannot run './missing/script.sh': no such file"),
-    (["run", "--", sys.executable, SCRIPT], ("the monitor needs a terminal (stdin and stderr); without one use: "
-                                             "loadertop run --headless -- COMMAND")),
-    (["run", "--headless", "--batch-size", "4", "--", sys.executable, SCRIPT],
-     "--batch-size applies to the built-in workload"),
+    (
+        ["run", "--", sys.executable, SCRIPT],
+        ("the monitor needs a terminal (stdin and stderr); without one use: loadertop run --headless -- COMMAND"),
+    ),
+    (
+        ["run", "--headless", "--batch-size", "4", "--", sys.executable, SCRIPT],
+        "--batch-size applies to the built-in workload",
+    ),
     (["run", "--headless", "--record", "-", "--", sys.executable, SCRIPT], "--record needs a file with a script"),
-    (["run", "--headless", "--switch", "3:1", "--switch", "3:2", "--", sys.executable, SCRIPT],
-     "each STEP may be given once"),
+    (
+        ["run", "--headless", "--switch", "3:1", "--switch", "3:2", "--", sys.executable, SCRIPT],
+        "each STEP may be given once",
+    ),
     (["run", "--headless", "--switch", "@3:1", "--", sys.executable, SCRIPT], "must be [rankR:][LOADER@]STEP:WORKERS"),
     (["sweep", "--", sys.executable, SCRIPT], "a command after '--' goes with loadertop run"),
 ]
@@ -177,7 +216,8 @@ print([batch.tolist() for batch in DataLoader(list(range(4)), batch_size=2)])
 
 
 def test_a_framework_loadertop_cannot_hook_into_is_said_in_one_line_and_the_loaders_still_watched(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     package = tmp_path / "pytorch_lightning"
     package.mkdir()
     (package / "__init__.py").write_text("__version__ = '0.0.1'\n")  # no Trainer

@@ -25,11 +25,22 @@ import pytest
 from tests.helpers import no_children_left
 
 ROOT = Path(__file__).resolve().parents[2]
-TORCH_NEEDS = ("torch", "torchgen", "numpy", "typing_extensions", "filelock", "sympy", "mpmath", "networkx",
-               "jinja2", "markupsafe", "fsspec")
+TORCH_NEEDS = (
+    "torch",
+    "torchgen",
+    "numpy",
+    "typing_extensions",
+    "filelock",
+    "sympy",
+    "mpmath",
+    "networkx",
+    "jinja2",
+    "markupsafe",
+    "fsspec",
+)
 """What B's torch may import (the first four it imports at ``import torch``; the rest its own requirements)."""
 
-SCRIPT = '''\
+SCRIPT = """\
 import json
 import os
 import sys
@@ -64,7 +75,7 @@ if __name__ == "__main__":
             "psutil_by_probe": psutil_before is psutil, "torch": torch.__file__, "numpy": numpy.__file__}
     with open(sys.argv[1], "w") as file:
         json.dump(seen, file)
-'''
+"""
 # (Paths resolved in the script: the run's directory of links is gone once the run ends.)
 LOADER_LINE = next(number for number, line in enumerate(SCRIPT.splitlines(), 1) if "DataLoader(Squares" in line)
 
@@ -81,8 +92,12 @@ def venv(directory: Path) -> tuple[Path, Path]:
     """A new venv without pip at ``directory``: its python and its site-packages."""
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(directory)], check=True, timeout=120)
     python = directory / "bin" / "python"
-    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     return python, Path(site)
 
 
@@ -96,8 +111,24 @@ def tool(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     shutil.copytree(ROOT / "loadertop", source / "loadertop", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--no-index", "--target", str(site), str(source)], check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(site),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     assert (site / "loadertop" / "core" / "probe" / "bootstrap" / "sitecustomize.py").is_file()
     for entry in Path(sysconfig.get_path("purelib")).iterdir():  # not this environment's editable loadertop
         if not entry.name.startswith(("loadertop", "__editable__")) and not (site / entry.name).exists():
@@ -121,12 +152,21 @@ def watch(tool: tuple[Path, Path], python: Path, workdir: Path) -> tuple[subproc
     """A's ``loadertop run --headless -- B/bin/python script.py``; its result and what the script saw."""
     script = workdir / "train.py"
     script.write_text(SCRIPT)
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("PYTHONPATH", "LOADERTOP_PROBE", "LOADERTOP_FALLBACK_PATH")}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("PYTHONPATH", "LOADERTOP_PROBE", "LOADERTOP_FALLBACK_PATH")
+    }
     seen = workdir / "seen.json"
-    done = subprocess.run([str(tool[0]), "-m", "loadertop", "run", "--headless", "--",
-                           str(python), str(script), str(seen)],
-                          cwd=workdir, env=env, capture_output=True, text=True, timeout=240, check=False)
+    done = subprocess.run(
+        [str(tool[0]), "-m", "loadertop", "run", "--headless", "--", str(python), str(script), str(seen)],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     return done, json.loads(seen.read_text())
 
@@ -137,7 +177,8 @@ def under(path: str, directory: Path) -> bool:
 
 @pytest.mark.slow
 def test_a_tool_install_watches_a_script_of_another_environment_that_keeps_its_own_packages(
-        tool: tuple[Path, Path], tmp_path: Path) -> None:
+    tool: tuple[Path, Path], tmp_path: Path
+) -> None:
     python, site, packages = script_environment(tmp_path / "b", with_psutil=False)
     done, seen = watch(tool, python, tmp_path)
     assert done.stdout == "done: 0.0\n"  # the script's own output, as it wrote it

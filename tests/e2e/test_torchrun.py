@@ -60,17 +60,25 @@ def test_every_rank_is_switched_and_keeps_its_shard_exactly(tmp_path: Path, plai
         assert counts[:3] == [0] * 3 and counts == sorted(counts) and counts[12:] == [2] * 12
     # torchrun's own process trains nothing: it claims no run (no loader of its own, no third set of batches).
     created = sorted(line for line in watched.stderr.splitlines() if "DataLoader " in line)
-    assert created == [f"loadertop: rank {r}: DataLoader {LOADER}: 0 workers, batch 4 (training: --switch applies "
-                       "to it)" for r in (0, 1)]
+    assert created == [
+        f"loadertop: rank {r}: DataLoader {LOADER}: 0 workers, batch 4 (training: --switch applies to it)"
+        for r in (0, 1)
+    ]
     assert no_children_left()
 
 
 @pytest.mark.slow
-def test_a_switch_for_one_rank_switches_that_rank_only_and_every_shard_stays_exact(tmp_path: Path,
-                                                                                   plain: Path) -> None:
+def test_a_switch_for_one_rank_switches_that_rank_only_and_every_shard_stays_exact(tmp_path: Path, plain: Path) -> None:
     record = tmp_path / "run.jsonl"
-    watched = launched("--switch", "rank1:5:2", "--switch", f"rank1:{LOADER}@9:1", "--record", str(record),
-                       command=torchrun(tmp_path / "watched"))
+    watched = launched(
+        "--switch",
+        "rank1:5:2",
+        "--switch",
+        f"rank1:{LOADER}@9:1",
+        "--record",
+        str(record),
+        command=torchrun(tmp_path / "watched"),
+    )
     assert watched.returncode == 0, watched.stderr
     for rank in (0, 1):
         before = json.loads(Path(f"{plain}.rank{rank}.json").read_text())
@@ -95,8 +103,10 @@ def test_a_switch_for_one_rank_switches_that_rank_only_and_every_shard_stays_exa
 def test_a_switch_for_a_rank_the_job_does_not_have_is_named_at_the_end(tmp_path: Path) -> None:
     watched = launched("--switch", "rank5:3:2", command=torchrun(tmp_path / "watched"))
     assert watched.returncode == 0, watched.stderr
-    assert ("loadertop: rank 0: --switch rank5:3:2: the job has no rank 5 (its ranks: 0 to 1)"
-            in watched.stderr.splitlines())
+    assert (
+        "loadertop: rank 0: --switch rank5:3:2: the job has no rank 5 (its ranks: 0 to 1)"
+        in watched.stderr.splitlines()
+    )
     assert ": switching " not in watched.stderr
 
 
@@ -106,8 +116,10 @@ def test_the_straggler_rule_names_the_rank_that_waits_for_data_while_the_others_
 
     found = find_straggler([rank(0, 3.0, 28.0), rank(1, 24.0, 6.0)])
     assert found is not None and found.rank == 1 and found.score == pytest.approx(21 / 31)
-    assert found.evidence == ("rank 1 waits 24.0 ms per batch for data, the others 3.0 ms; their step takes 22.0 ms "
-                              "longer than rank 1's: they wait for it at the all-reduce")
+    assert found.evidence == (
+        "rank 1 waits 24.0 ms per batch for data, the others 3.0 ms; their step takes 22.0 ms "
+        "longer than rank 1's: they wait for it at the all-reduce"
+    )
     assert find_straggler([rank(0, 3.0, 10.0), rank(1, 3.5, 10.0)]) is None  # within noise
     assert find_straggler([rank(0, 3.0, 10.0), rank(1, 24.0, 10.0)]) is None  # nobody waits for it: not holding back
     assert find_straggler([rank(0, 3.0, 10.0)]) is None
@@ -115,7 +127,8 @@ def test_the_straggler_rule_names_the_rank_that_waits_for_data_while_the_others_
 
 @pytest.mark.slow
 def test_the_slow_rank_is_named_the_straggler_and_switching_it_lowers_its_load_and_the_others_wait(
-        tmp_path: Path, runtime_dir: Path) -> None:
+    tmp_path: Path, runtime_dir: Path
+) -> None:
     stock = run(torchrun(tmp_path / "stock", "--slow-rank", "1", "--epochs", "30"))
     assert stock.returncode == 0, stock.stderr
     command = torchrun(tmp_path / "watched", "--slow-rank", "1", "--epochs", "30")
@@ -123,6 +136,7 @@ def test_the_slow_rank_is_named_the_straggler_and_switching_it_lowers_its_load_a
     session = RanksSession(child=child, log_path=log, command=command, read_gpus=False, sample_interval_s=0.5)
     session.start()
     try:
+
         def straggler() -> object:
             script = session.view().script
             return script is not None and script.straggler is not None and script.straggler.rank == 1
@@ -149,8 +163,10 @@ def test_the_slow_rank_is_named_the_straggler_and_switching_it_lowers_its_load_a
             child.kill()
         session.close()
     for number in (0, 1):
-        assert (json.loads((tmp_path / f"watched.rank{number}.json").read_text())["seen"]
-                == json.loads((tmp_path / f"stock.rank{number}.json").read_text())["seen"])
+        assert (
+            json.loads((tmp_path / f"watched.rank{number}.json").read_text())["seen"]
+            == json.loads((tmp_path / f"stock.rank{number}.json").read_text())["seen"]
+        )
     assert no_children_left()
 
 
@@ -164,8 +180,9 @@ def straggler_events(record: Path) -> list[dict]:
 @pytest.mark.slow
 def test_headless_names_the_slow_rank_in_a_line_in_the_end_summary_and_in_the_record(tmp_path: Path) -> None:
     record = tmp_path / "run.jsonl"
-    watched = launched("--record", str(record),
-                       command=torchrun(tmp_path / "watched", "--slow-rank", "1", "--epochs", "30"))
+    watched = launched(
+        "--record", str(record), command=torchrun(tmp_path / "watched", "--slow-rank", "1", "--epochs", "30")
+    )
     assert watched.returncode == 0, watched.stderr
     lines = watched.stderr.splitlines()
     named = [found for line in lines if (found := STRAGGLER_LINE.match(line))]
@@ -193,8 +210,11 @@ def test_headless_names_nobody_when_no_rank_is_slow(tmp_path: Path) -> None:
     assert watched.returncode == 0, watched.stderr
     lines = watched.stderr.splitlines()
     assert [line for line in lines if "input straggler" in line] == [lines[-1]]
-    assert re.fullmatch(r"loadertop: input straggler: none over the run \(\d+ s watched: no rank's wait for data "
-                        r"held the others back\)", lines[-1])
+    assert re.fullmatch(
+        r"loadertop: input straggler: none over the run \(\d+ s watched: no rank's wait for data "
+        r"held the others back\)",
+        lines[-1],
+    )
     assert straggler_events(record) == []
 
 
@@ -211,15 +231,17 @@ def test_headless_keeps_the_verdict_when_the_slow_rank_crashes(tmp_path: Path) -
 
 @pytest.mark.slow
 def test_a_rank_that_crashes_is_named_with_its_exit_code_and_traceback_and_the_others_history_kept(
-        tmp_path: Path, runtime_dir: Path) -> None:
+    tmp_path: Path, runtime_dir: Path
+) -> None:
     command = torchrun(tmp_path / "out", "--epochs", "20", "--fail", "1:60")
     child, log = spawn(command)
     session = RanksSession(child=child, log_path=log, command=command, read_gpus=False, sample_interval_s=0.5)
     session.start()
     try:
         assert child.wait(120) == 1  # torchrun's own behaviour: it stops the group and exits 1
-        said = ("the script exited with code 1; rank 1 failed first (exit code 1): "
-                "RuntimeError: rank 1 fails at batch 60")
+        said = (
+            "the script exited with code 1; rank 1 failed first (exit code 1): RuntimeError: rank 1 fails at batch 60"
+        )
         wait_for(lambda: session.view().script.ended == said, 20)  # once the monitor has seen torchrun end
         view = session.view()
         ranks = {r.rank: r for r in view.script.ranks}
@@ -244,15 +266,25 @@ runpy.run_path(%r, run_name="__main__")
 
 
 @pytest.mark.slow
-def test_a_rank_without_loadertop_is_shown_as_not_watched(tmp_path: Path, runtime_dir: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_rank_without_loadertop_is_shown_as_not_watched(
+    tmp_path: Path, runtime_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import loadertop.core.sessions.ranks as ranks_module
 
     monkeypatch.setattr(ranks_module, "MIXED_AFTER_S", 2.0)
     script = tmp_path / "mixed.py"
     script.write_text(MIXED % str(Path(DDP).resolve()))
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
-               str(tmp_path / "out"), "--epochs", "40"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(script),
+        str(tmp_path / "out"),
+        "--epochs",
+        "40",
+    ]
     child, log = spawn(command)
     session = RanksSession(child=child, log_path=log, command=command, read_gpus=False, sample_interval_s=0.5)
     session.start()
@@ -271,7 +303,8 @@ def test_a_rank_without_loadertop_is_shown_as_not_watched(tmp_path: Path, runtim
 
 @pytest.mark.slow
 def test_two_nodes_on_one_machine_every_rank_in_one_monitor_through_the_jobs_store(
-        tmp_path: Path, runtime_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, runtime_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Two torchrun "nodes" with one rank each, one rendezvous endpoint. The second node's sockets are in
     # a runtime directory of its own (another machine's), so this monitor hears of its rank only through
     # the job's c10d store, relayed by the rank of its own node.
@@ -283,9 +316,23 @@ def test_two_nodes_on_one_machine_every_rank_in_one_monitor_through_the_jobs_sto
         port = probe.getsockname()[1]
 
     def node(number: int) -> list[str]:
-        return [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={number}",
-                "--nproc_per_node=1", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=lt",
-                DDP, str(tmp_path / "out"), "--epochs", "40", "--slow-rank", "1"]
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes=2",
+            f"--node_rank={number}",
+            "--nproc_per_node=1",
+            "--rdzv_backend=c10d",
+            f"--rdzv_endpoint=127.0.0.1:{port}",
+            "--rdzv_id=lt",
+            DDP,
+            str(tmp_path / "out"),
+            "--epochs",
+            "40",
+            "--slow-rank",
+            "1",
+        ]
 
     monkeypatch.setenv("LOADERTOP_RUNTIME_DIR", tempfile.mkdtemp(prefix="lt-other-"))
     other, _ = spawn(node(1))
@@ -294,6 +341,7 @@ def test_two_nodes_on_one_machine_every_rank_in_one_monitor_through_the_jobs_sto
     session = RanksSession(child=child, log_path=log, command=node(0), read_gpus=False, sample_interval_s=0.5)
     session.start()
     try:
+
         def both() -> bool:
             script = session.view().script
             return script is not None and len(script.ranks) == 2 and all(r.step > 20 for r in script.ranks)
@@ -326,10 +374,12 @@ def test_attach_takes_the_ranks_of_one_job_as_one_run(tmp_path: Path, runtime_di
     from loadertop.core.protocol.runtime import live_runs
     from loadertop.core.sessions.ranks import torchrun_jobs
 
-    job = subprocess.Popen([sys.executable, "-m", "loadertop", "run", "--headless", "--",
-                            *torchrun(tmp_path / "out", "--epochs", "40")],
-                           cwd=Path(__file__).resolve().parents[2], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
+    job = subprocess.Popen(
+        [sys.executable, "-m", "loadertop", "run", "--headless", "--", *torchrun(tmp_path / "out", "--epochs", "40")],
+        cwd=Path(__file__).resolve().parents[2],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         # (A rank busy starting, in torch's import or the process group's rendezvous, may not answer at once.)
         wait_for(lambda: sorted(r.rank for ranks in torchrun_jobs(live_runs()).values() for r in ranks) == [0, 1], 60)
@@ -340,8 +390,9 @@ def test_attach_takes_the_ranks_of_one_job_as_one_run(tmp_path: Path, runtime_di
         assert attach.returncode == 2 and "the monitor needs a terminal" in attach.stderr
         session = RanksSession(pid=next(iter(jobs)), read_gpus=False, sample_interval_s=0.5)
         session.start()
-        wait_for(lambda: len(session.view().script.ranks) == 2 and min(r.step for r in session.view().script.ranks)
-                 > 5, 60)
+        wait_for(
+            lambda: len(session.view().script.ranks) == 2 and min(r.step for r in session.view().script.ranks) > 5, 60
+        )
         # The headless launcher watches its ranks too (for the input straggler), but only watches: this monitor
         # controls them.
         wait_for(lambda: session.view().script.control == "this monitor controls the run", 10)

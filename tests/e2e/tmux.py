@@ -35,8 +35,22 @@ class TmuxApp:
         env.pop("CI", None)
         env.pop("NO_COLOR", None)
         subprocess.run(
-            ["tmux", "-L", self.socket, "-f", "/dev/null", "new-session", "-d", "-x", str(width), "-y", str(height),
-             "sh", "-c", shell],
+            [
+                "tmux",
+                "-L",
+                self.socket,
+                "-f",
+                "/dev/null",
+                "new-session",
+                "-d",
+                "-x",
+                str(width),
+                "-y",
+                str(height),
+                "sh",
+                "-c",
+                shell,
+            ],
             check=True,
             env=env,
         )
@@ -96,8 +110,9 @@ class TmuxApp:
                 pass
 
 
-def app_key_latencies_ms(args: list[str], tmp: Path, ready: Callable[[str], object], presses: int,
-                         plus_shows: str, minus_shows: str) -> list[float]:
+def app_key_latencies_ms(
+    args: list[str], tmp: Path, ready: Callable[[str], object], presses: int, plus_shows: str, minus_shows: str
+) -> list[float]:
     """Start the app with ``args``, wait until ``ready(screen)``, time ``presses`` key presses, quit."""
     app = TmuxApp(args, tmp)
     try:

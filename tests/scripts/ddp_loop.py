@@ -69,8 +69,15 @@ def main():
             loss.backward()
             optimizer.step()
     with open(f"{args.out}.rank{rank}.json", "w") as f:
-        json.dump({"seen": seen, "weights": model.module[0].weight.sum().item(),
-                   "world": dist.get_world_size(), "local_rank": int(os.environ["LOCAL_RANK"])}, f)
+        json.dump(
+            {
+                "seen": seen,
+                "weights": model.module[0].weight.sum().item(),
+                "world": dist.get_world_size(),
+                "local_rank": int(os.environ["LOCAL_RANK"]),
+            },
+            f,
+        )
     dist.destroy_process_group()
 
 

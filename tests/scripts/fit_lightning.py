@@ -145,10 +145,17 @@ def main():
 
         callbacks.append(LoaderTopCallback())
     parallel = {"strategy": "ddp", "devices": 2} if args.ddp else {"devices": 1}
-    trainer = L.Trainer(max_epochs=2, accelerator="cpu", **parallel, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False,
-                        gradient_clip_val=None if args.manual else 1.0,
-                        callbacks=callbacks)
+    trainer = L.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        **parallel,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        gradient_clip_val=None if args.manual else 1.0,
+        callbacks=callbacks,
+    )
     trainer.fit(model)
     model.seen["weights"] = model.net[0].weight.sum().item()
     model.seen["callbacks"] = sorted(type(c).__name__ for c in trainer.callbacks)

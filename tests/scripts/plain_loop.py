@@ -46,7 +46,7 @@ class Buckets(Sampler):
         order = torch.randperm(self.size).tolist()
         sizes, i, k = (3, 5, 8), 0, 0
         while i < self.size:
-            yield order[i:i + sizes[k % 3]]
+            yield order[i : i + sizes[k % 3]]
             i += sizes[k % 3]
             k += 1
 

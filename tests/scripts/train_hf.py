@@ -70,16 +70,35 @@ def main():
     keep = KeepLosses()
     with tempfile.TemporaryDirectory() as output_dir:
         training = TrainingArguments(
-            output_dir=output_dir, num_train_epochs=2, per_device_train_batch_size=8, per_device_eval_batch_size=16,
-            dataloader_num_workers=args.workers, learning_rate=1e-2, max_grad_norm=1.0, logging_steps=1,
-            eval_strategy="epoch", save_strategy="no", report_to=[], use_cpu=True, seed=0, disable_tqdm=True,
+            output_dir=output_dir,
+            num_train_epochs=2,
+            per_device_train_batch_size=8,
+            per_device_eval_batch_size=16,
+            dataloader_num_workers=args.workers,
+            learning_rate=1e-2,
+            max_grad_norm=1.0,
+            logging_steps=1,
+            eval_strategy="epoch",
+            save_strategy="no",
+            report_to=[],
+            use_cpu=True,
+            seed=0,
+            disable_tqdm=True,
         )
-        trainer = Trainer(model=model, args=training, train_dataset=Numbers(160), eval_dataset=Numbers(48),
-                          callbacks=[keep])
+        trainer = Trainer(
+            model=model, args=training, train_dataset=Numbers(160), eval_dataset=Numbers(48), callbacks=[keep]
+        )
         trainer.train()
     with open(args.out, "w") as f:
-        json.dump({"train": model.seen, "losses": keep.losses, "weights": model.net[0].weight.sum().item(),
-                   "callbacks": sorted(type(c).__name__ for c in trainer.callback_handler.callbacks)}, f)
+        json.dump(
+            {
+                "train": model.seen,
+                "losses": keep.losses,
+                "weights": model.net[0].weight.sum().item(),
+                "callbacks": sorted(type(c).__name__ for c in trainer.callback_handler.callbacks),
+            },
+            f,
+        )
 
 
 if __name__ == "__main__":

@@ -46,9 +46,22 @@ def test_the_docs_site_builds_strictly(tmp_path: Path) -> None:
             pytest.skip(f"{module} is not installed: pip install -e '.[dev]' brings mkdocs-material")
     site = tmp_path / "site"
     done = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file", str(ROOT / "mkdocs.yml"),
-         "--site-dir", str(site)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+        [
+            sys.executable,
+            "-m",
+            "mkdocs",
+            "build",
+            "--strict",
+            "--config-file",
+            str(ROOT / "mkdocs.yml"),
+            "--site-dir",
+            str(site),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
         env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
     )
     assert done.returncode == 0, done.stdout + done.stderr
@@ -73,6 +86,11 @@ def test_every_relative_link_in_the_readme_exists() -> None:
 
 
 def test_relative_links_finds_paths_and_leaves_urls_anchors_and_code() -> None:
-    lines = ["See [a](docs/a.md#x), ![b](docs/images/b.svg) and [c](https://example.com), [d](#top).",
-             "`[e](not/a/link.md)`", "```", "[f](in/a/fence.md)", "```"]
+    lines = [
+        "See [a](docs/a.md#x), ![b](docs/images/b.svg) and [c](https://example.com), [d](#top).",
+        "`[e](not/a/link.md)`",
+        "```",
+        "[f](in/a/fence.md)",
+        "```",
+    ]
     assert relative_links(lines) == ["docs/a.md#x", "docs/images/b.svg"]

@@ -19,9 +19,24 @@ def test_the_docs_factory_runs_headless(tmp_path: Path) -> None:
     code = "\n".join(line[indent:] for line in block.group(2).splitlines())
     (tmp_path / "mytrain.py").write_text(code + "\n", encoding="utf-8")
     done = subprocess.run(
-        [sys.executable, "-m", "loadertop", "run", "--headless", "--workload", "mytrain:make_workload",
-         "--workers", "1", "--max-batches", "20"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+        [
+            sys.executable,
+            "-m",
+            "loadertop",
+            "run",
+            "--headless",
+            "--workload",
+            "mytrain:make_workload",
+            "--workers",
+            "1",
+            "--max-batches",
+            "20",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     assert "loadertop: squares" in done.stdout and "workers  batches" in done.stdout

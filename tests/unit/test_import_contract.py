@@ -59,7 +59,8 @@ def module_name(path: Path, root: Path) -> str:
 
 def _is_type_checking(test: ast.expr) -> bool:
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _literal_import_call(node: ast.Call) -> str | None:
@@ -87,7 +88,7 @@ class _Collector(ast.NodeVisitor):
         if level == 0:
             return module or ""
         base = self.package.split(".")
-        base = base[:len(base) - (level - 1)] if level > 1 else base
+        base = base[: len(base) - (level - 1)] if level > 1 else base
         return ".".join([*base, module] if module else base)
 
     def visit_Import(self, node: ast.Import) -> None:
@@ -97,8 +98,9 @@ class _Collector(ast.NodeVisitor):
         base = self._resolve(node.module, node.level)
         self.found.append(Import(base, node.lineno, self._at_load))
         if base.split(".")[0] == self.package.split(".")[0]:  # ``from pkg import name``: name may be a submodule
-            self.found += [Import(f"{base}.{alias.name}", node.lineno, self._at_load) for alias in node.names
-                           if alias.name != "*"]
+            self.found += [
+                Import(f"{base}.{alias.name}", node.lineno, self._at_load) for alias in node.names if alias.name != "*"
+            ]
 
     def visit_Call(self, node: ast.Call) -> None:
         target = _literal_import_call(node)
@@ -233,15 +235,17 @@ def test_protocol_and_tui_never_import_torch(modules: dict[str, Module]) -> None
 
 def test_importing_the_protocol_and_the_app_loads_no_torch() -> None:
     # A finder first on sys.meta_path notes where torch is first asked for: the lines of loadertop that import it.
-    code = ("import sys, traceback\n"
-            "class Watch:\n"
-            "    def find_spec(self, name, path=None, target=None):\n"
-            "        if name == 'torch':\n"
-            "            print(' -> '.join(f'{f.filename}:{f.lineno}' for f in traceback.extract_stack()\n"
-            f"                             if f.filename.startswith({str(ROOT / 'loadertop')!r})))\n"
-            "sys.meta_path.insert(0, Watch())\n"
-            "import loadertop.core.protocol, loadertop.tui.app\n"
-            "print('torch' if 'torch' in sys.modules else '')\n")
+    code = (
+        "import sys, traceback\n"
+        "class Watch:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch':\n"
+        "            print(' -> '.join(f'{f.filename}:{f.lineno}' for f in traceback.extract_stack()\n"
+        f"                             if f.filename.startswith({str(ROOT / 'loadertop')!r})))\n"
+        "sys.meta_path.insert(0, Watch())\n"
+        "import loadertop.core.protocol, loadertop.tui.app\n"
+        "print('torch' if 'torch' in sys.modules else '')\n"
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env, cwd=ROOT)
     assert done.stdout.strip() == "", f"importing the protocol and the app loaded torch, from:\n{done.stdout}"
@@ -256,8 +260,10 @@ def test_the_contract_fails_on_an_upward_import(tmp_path: Path) -> None:
         "pkg/core/protocol/__init__.py": "from . import codec\n",
         "pkg/core/protocol/codec.py": "from pkg.core import heavy\n",
         "pkg/core/heavy.py": "import json\nimport torch.nn\n",
-        "pkg/core/lazy.py": ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import torch\n"
-                             "def show():\n    import importlib\n    importlib.import_module('rich.text')\n"),
+        "pkg/core/lazy.py": (
+            "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import torch\n"
+            "def show():\n    import importlib\n    importlib.import_module('rich.text')\n"
+        ),
         "pkg/tui/__init__.py": "",
         "pkg/tui/app.py": "from ..core import lazy\n",
     }
@@ -296,8 +302,10 @@ def upward_imports(modules: dict[str, Module]) -> list[str]:
             continue
         for imported in module.imports:
             theirs = layer_of(imported.target) if imported.target in modules else None
-            named = any(other.line == imported.line and other.target.startswith(imported.target + ".")
-                        for other in module.imports)  # ``from package import module``: said of the module
+            named = any(
+                other.line == imported.line and other.target.startswith(imported.target + ".")
+                for other in module.imports
+            )  # ``from package import module``: said of the module
             if theirs is not None and theirs > mine and not named:
                 found.append(f"{name} ({_where(module, imported.line)}) imports {imported.target}, a layer above")
     return found
@@ -306,9 +314,19 @@ def upward_imports(modules: dict[str, Module]) -> list[str]:
 def cycles(modules: dict[str, Module]) -> list[list[str]]:
     """The groups of the package's modules that import each other by some chain (imports at any depth; a
     package's own ``__init__`` importing its modules does not count: importing a module runs its package)."""
-    edges = {name: sorted({i.target for i in module.imports if i.target in modules and i.target != name
-                           and not name.startswith(i.target + ".") and not i.target.startswith(name + ".")})
-             for name, module in modules.items()}
+    edges = {
+        name: sorted(
+            {
+                i.target
+                for i in module.imports
+                if i.target in modules
+                and i.target != name
+                and not name.startswith(i.target + ".")
+                and not i.target.startswith(name + ".")
+            }
+        )
+        for name, module in modules.items()
+    }
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []

@@ -87,8 +87,9 @@ def _link(link: Path, target: Path) -> None:
     link.symlink_to(target, target_is_directory=True)
 
 
-def environment(settings: ProbeSettings, run_dir: str | os.PathLike[str],
-                base: Mapping[str, str] | None = None) -> dict[str, str]:
+def environment(
+    settings: ProbeSettings, run_dir: str | os.PathLike[str], base: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """The child's environment: the settings, the bootstrap and loadertop first on PYTHONPATH (the user's after),
     and the fallback for the bootstrap to append (see ``link_packages``, made in ``run_dir``: a new directory
     of this run's).
@@ -104,9 +105,15 @@ def environment(settings: ProbeSettings, run_dir: str | os.PathLike[str],
     return env
 
 
-def launch(command: Sequence[str], *, workers: int | None = None, switches: Mapping[str, int] | None = None,
-           record: str | None = None, tuning: Mapping[str, Any] | None = None,
-           watcher: Watcher | None = None) -> int:
+def launch(
+    command: Sequence[str],
+    *,
+    workers: int | None = None,
+    switches: Mapping[str, int] | None = None,
+    record: str | None = None,
+    tuning: Mapping[str, Any] | None = None,
+    watcher: Watcher | None = None,
+) -> int:
     """Run ``command`` to its end with its DataLoaders instrumented; return its exit code.
 
     ``tuning``: ``ProbeSettings``' ``autotune``, ``cpu_budget`` and ``memory_budget_gib``. ``watcher``: started
@@ -115,9 +122,14 @@ def launch(command: Sequence[str], *, workers: int | None = None, switches: Mapp
     executable = resolve(command)
     start_record(record)
     with tempfile.TemporaryDirectory(prefix="loadertop-run-") as run_dir:
-        settings = ProbeSettings(workers=workers, switches=dict(switches or {}),
-                                 record=os.path.abspath(record) if record else None,
-                                 claim=os.path.join(run_dir, "claimed"), command=tuple(command), **(tuning or {}))
+        settings = ProbeSettings(
+            workers=workers,
+            switches=dict(switches or {}),
+            record=os.path.abspath(record) if record else None,
+            claim=os.path.join(run_dir, "claimed"),
+            command=tuple(command),
+            **(tuning or {}),
+        )
         child = subprocess.Popen([executable, *command[1:]], env=environment(settings, run_dir))
         if watcher is not None:
             watcher.start(child.pid)
@@ -153,8 +165,14 @@ def exit_status(returncode: int) -> int:
     return returncode if returncode >= 0 else 128 - returncode
 
 
-def spawn(command: Sequence[str], *, workers: int | None = None, switches: Mapping[str, int] | None = None,
-          record: str | None = None, tuning: Mapping[str, Any] | None = None) -> tuple[subprocess.Popen[bytes], str]:
+def spawn(
+    command: Sequence[str],
+    *,
+    workers: int | None = None,
+    switches: Mapping[str, int] | None = None,
+    record: str | None = None,
+    tuning: Mapping[str, Any] | None = None,
+) -> tuple[subprocess.Popen[bytes], str]:
     """Start ``command`` for the monitor (see the module's docstring); returns the child and its log file.
 
     ``tuning``: as for ``launch``.
@@ -169,15 +187,25 @@ def spawn(command: Sequence[str], *, workers: int | None = None, switches: Mappi
         raise LaunchError(str(exc)) from None
     stamp = f"{os.getpid()}-{int(time.time() * 1000)}"
     log = directory / f"run-{stamp}.log"
-    settings = ProbeSettings(workers=workers, switches=dict(switches or {}),
-                             record=os.path.abspath(record) if record else None,
-                             claim=str(directory / f"run-{stamp}.claim"), command=tuple(command), log=str(log),
-                             **(tuning or {}))
+    settings = ProbeSettings(
+        workers=workers,
+        switches=dict(switches or {}),
+        record=os.path.abspath(record) if record else None,
+        claim=str(directory / f"run-{stamp}.claim"),
+        command=tuple(command),
+        log=str(log),
+        **(tuning or {}),
+    )
     links = directory / f"run-{stamp}.path"  # beside the log: the command may outlive the monitor (``d``)
     links.mkdir(mode=0o700)
     with open(log, "wb") as output:
         os.chmod(log, 0o600)
-        child = subprocess.Popen([executable, *command[1:]], env=environment(settings, links),
-                                 stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
-                                 start_new_session=True)
+        child = subprocess.Popen(
+            [executable, *command[1:]],
+            env=environment(settings, links),
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     return child, str(log)

@@ -38,8 +38,13 @@ class Resources:
         return cls(len(child_processes()), me.num_fds(), shm, me.memory_info().rss / (1024 * 1024))
 
 
-def soak(trainer: Trainer, restarts: int, *, batches_between: int = 3,
-         on_restart: Callable[[int, LoaderConfig], None] | None = None) -> tuple[Resources, Resources]:
+def soak(
+    trainer: Trainer,
+    restarts: int,
+    *,
+    batches_between: int = 3,
+    on_restart: Callable[[int, LoaderConfig], None] | None = None,
+) -> tuple[Resources, Resources]:
     """Hot-restart ``trainer`` (running) ``restarts`` times through ``CYCLE``; resources before and after.
 
     The baseline is taken after one warm-up pass through the cycle (first use of each worker

@@ -135,8 +135,9 @@ class Sweep:
     def progress(self) -> SweepProgress:
         """A frozen view of the progress."""
         with self._lock:
-            return SweepProgress(self.counts, self.batches_per_count, self._index, self._done, self._state,
-                                 self.planned)
+            return SweepProgress(
+                self.counts, self.batches_per_count, self._index, self._done, self._state, self.planned
+            )
 
     def on_record(self, record: BatchRecord) -> None:
         """Count ``record`` toward the current count and switch when it has enough (training thread)."""
@@ -183,4 +184,3 @@ class Sweep:
         by_key = {s.key: s for s in summaries}
         keys = dict.fromkeys(c.key for c in self.configs)
         return tuple(by_key[k] for k in keys if k in by_key and by_key[k].batches)
-

@@ -203,15 +203,21 @@ def read_cgroups(root: str | os.PathLike[str] = "/", pid: int | str = "self") ->
         cpuset = _guarded(_cpuset, places["cpuset"], "cpuset", "the affinity", notes)
         memory = _guarded(_memory, places["memory"], "memory limit", "the host's memory", notes)
     except Exception as exc:  # noqa: BLE001 - a monitor must not fail on a kernel's odd file: the host's figures
-        return CgroupLimits(notes=(*notes, f"reading the cgroups failed ({type(exc).__name__}: {exc}): "
-                                           "using the host's figures"))
+        return CgroupLimits(
+            notes=(*notes, f"reading the cgroups failed ({type(exc).__name__}: {exc}): using the host's figures")
+        )
     limit, headroom, usage = memory if memory is not None else (None, None, None)
-    return CgroupLimits(quota=quota, cpuset=cpuset, memory=limit, memory_headroom_bytes=headroom,
-                        memory_usage_bytes=usage, notes=tuple(notes))
+    return CgroupLimits(
+        quota=quota,
+        cpuset=cpuset,
+        memory=limit,
+        memory_headroom_bytes=headroom,
+        memory_usage_bytes=usage,
+        notes=tuple(notes),
+    )
 
 
-def _guarded(read: Callable[[_Place], T], place: _Place | None, what: str, instead: str,
-             notes: list[str]) -> T | None:
+def _guarded(read: Callable[[_Place], T], place: _Place | None, what: str, instead: str, notes: list[str]) -> T | None:
     """``read(place)``, or None with a note when a file is unreadable or odd."""
     if place is None:
         return None
@@ -265,8 +271,13 @@ def _mounts(path: Path) -> list[tuple[int, frozenset[str], str, str]]:
     return mounts
 
 
-def _place(controller: str, memberships: dict[str, str], mounts: list[tuple[int, frozenset[str], str, str]],
-           base: Path, notes: list[str]) -> _Place | None:
+def _place(
+    controller: str,
+    memberships: dict[str, str],
+    mounts: list[tuple[int, frozenset[str], str, str]],
+    base: Path,
+    notes: list[str],
+) -> _Place | None:
     """Where the process's cgroup for ``controller`` is; None where there is none to read (a note if that is odd)."""
     if controller in memberships:  # a v1 hierarchy holds it (a hybrid system's v2 one then has it not)
         version, cgroup = 1, memberships[controller]
@@ -285,13 +296,17 @@ def _place(controller: str, memberships: dict[str, str], mounts: list[tuple[int,
         if version == 2 and controller not in _v2_controllers(top):
             return None  # the controller is not on in the v2 hierarchy (a hybrid system's v1 has it, or none)
         if not directory.is_dir():
-            notes.append(f"cgroup v{version} {controller}: {directory} is gone (the process was moved to another "
-                         f"cgroup?): using the host's figures for it")
+            notes.append(
+                f"cgroup v{version} {controller}: {directory} is gone (the process was moved to another "
+                f"cgroup?): using the host's figures for it"
+            )
             return None
         return _Place(version, directory, top)
     if cgroup != "/" and (candidates or version == 1):
-        notes.append(f"cgroup v{version} {controller}: its cgroup {cgroup} is not under a mount this process sees: "
-                     "using the host's figures for it")
+        notes.append(
+            f"cgroup v{version} {controller}: its cgroup {cgroup} is not under a mount this process sees: "
+            "using the host's figures for it"
+        )
     return None
 
 
@@ -301,7 +316,7 @@ def _relative(cgroup: str, mount_root: str) -> str | None:
     root_parts = [p for p in mount_root.split("/") if p]
     if ".." in parts or parts[: len(root_parts)] != root_parts:
         return None
-    return "/".join(parts[len(root_parts):])
+    return "/".join(parts[len(root_parts) :])
 
 
 def _v2_controllers(top: Path) -> set[str]:
@@ -404,8 +419,7 @@ def parse_cpu_list(text: str) -> int:
 
 def _cpuset(place: _Place) -> Limit | None:
     """The number of CPUs of the process's cpuset (effective where the kernel says so)."""
-    names = ("cpuset.cpus.effective", "cpuset.cpus") if place.version == 2 else ("cpuset.effective_cpus",
-                                                                                 "cpuset.cpus")
+    names = ("cpuset.cpus.effective", "cpuset.cpus") if place.version == 2 else ("cpuset.effective_cpus", "cpuset.cpus")
     for level in _levels(place):
         for name in names:
             path = level / name
@@ -430,7 +444,7 @@ def _inactive_file(level: Path, version: int) -> int:
         return 0
     lines = text.splitlines()
     stats = dict(line.split(None, 1) for line in lines if " " in line)
-    for key in (("total_inactive_file", "inactive_file") if version == 1 else ("inactive_file",)):
+    for key in ("total_inactive_file", "inactive_file") if version == 1 else ("inactive_file",):
         try:
             return max(int(stats[key]), 0)
         except (KeyError, ValueError):
@@ -483,8 +497,14 @@ def _memory(place: _Place) -> tuple[Limit | None, int | None, int | None]:
 # ---------------------------------------------------------------- combining with the host
 
 
-def combine(cgroups: CgroupLimits, *, host_cores: int, affinity_cores: int, host_memory_total_bytes: int,
-            host_memory_available_bytes: int) -> Limits:
+def combine(
+    cgroups: CgroupLimits,
+    *,
+    host_cores: int,
+    affinity_cores: int,
+    host_memory_total_bytes: int,
+    host_memory_available_bytes: int,
+) -> Limits:
     """The usable cores and memory: the host's figures, tightened by each limit the cgroups set."""
     cores: float = affinity_cores
     source, file = ("host" if affinity_cores >= host_cores else "CPU affinity"), None
@@ -498,12 +518,21 @@ def combine(cgroups: CgroupLimits, *, host_cores: int, affinity_cores: int, host
         memory_source, memory_file, usage = cgroups.memory.source, cgroups.memory.file, cgroups.memory_usage_bytes
     if cgroups.memory_headroom_bytes is not None:
         available = min(available, cgroups.memory_headroom_bytes)
-    return Limits(cores=cores, cores_source=source, cores_file=file, host_cores=host_cores,
-                  affinity_cores=affinity_cores, memory_total_bytes=total, memory_available_bytes=available,
-                  memory_source=memory_source, memory_file=memory_file,
-                  host_memory_total_bytes=host_memory_total_bytes,
-                  host_memory_available_bytes=host_memory_available_bytes, memory_usage_bytes=usage,
-                  notes=cgroups.notes)
+    return Limits(
+        cores=cores,
+        cores_source=source,
+        cores_file=file,
+        host_cores=host_cores,
+        affinity_cores=affinity_cores,
+        memory_total_bytes=total,
+        memory_available_bytes=available,
+        memory_source=memory_source,
+        memory_file=memory_file,
+        host_memory_total_bytes=host_memory_total_bytes,
+        host_memory_available_bytes=host_memory_available_bytes,
+        memory_usage_bytes=usage,
+        notes=cgroups.notes,
+    )
 
 
 def affinity_cores(pid: int = 0) -> int:
@@ -520,9 +549,13 @@ def read_limits(root: str | os.PathLike[str] = "/", pid: int | None = None) -> L
 
     memory = psutil.virtual_memory()
     affinity = affinity_cores(pid or 0)
-    return combine(read_cgroups(root, pid if pid is not None else "self"), host_cores=os.cpu_count() or affinity,
-                   affinity_cores=affinity, host_memory_total_bytes=int(memory.total),
-                   host_memory_available_bytes=int(memory.available))
+    return combine(
+        read_cgroups(root, pid if pid is not None else "self"),
+        host_cores=os.cpu_count() or affinity,
+        affinity_cores=affinity,
+        host_memory_total_bytes=int(memory.total),
+        host_memory_available_bytes=int(memory.available),
+    )
 
 
 _cache: dict[int | None, tuple[float, Limits]] = {}

@@ -109,22 +109,29 @@ class TreeMemory:
     def to_event(self, num_workers: int, config: str) -> dict[str, Any]:
         """The ``--record`` line of one system sample: ``{"event": "memory", ...}`` (MB; ``config`` was running)."""
         event: dict[str, Any] = {
-            "event": "memory", "time": round(self.time, 6), "num_workers": num_workers, "config": config,
-            "pss_mb": round(self.pss_bytes / MIB, 1), "rss_mb": round(self.rss_bytes / MIB, 1),
-            "worker_uss_mb": [round(w.uss_bytes / MIB, 1) for w in self.workers], "memory_source": self.source,
+            "event": "memory",
+            "time": round(self.time, 6),
+            "num_workers": num_workers,
+            "config": config,
+            "pss_mb": round(self.pss_bytes / MIB, 1),
+            "rss_mb": round(self.rss_bytes / MIB, 1),
+            "worker_uss_mb": [round(w.uss_bytes / MIB, 1) for w in self.workers],
+            "memory_source": self.source,
         }
         if self.note:
             event["memory_note"] = self.note
         return event
 
 
-def tree_memory(processes: Sequence[ProcessMemory], worker_pids: Collection[int], *,
-                now: float | None = None) -> TreeMemory:
+def tree_memory(
+    processes: Sequence[ProcessMemory], worker_pids: Collection[int], *, now: float | None = None
+) -> TreeMemory:
     """The tree's figures from its processes' (``worker_pids`` name the DataLoader workers, in order)."""
     inexact = [p for p in processes if not p.exact]
     by_pid = {p.pid: p for p in processes}
-    workers = tuple(WorkerMemory(pid, by_pid[pid].uss_bytes, by_pid[pid].measured_at)
-                    for pid in worker_pids if pid in by_pid)
+    workers = tuple(
+        WorkerMemory(pid, by_pid[pid].uss_bytes, by_pid[pid].measured_at) for pid in worker_pids if pid in by_pid
+    )
     return TreeMemory(
         time=time.time() if now is None else now,
         rss_bytes=sum(p.rss_bytes for p in processes),

@@ -141,7 +141,7 @@ def throughput_sem(iters: Sequence[float], refill: Sequence[int], samples: int, 
     steady = [t for t, r in zip(iters, refill, strict=True) if not r]
     refills = [t for t, r in zip(iters, refill, strict=True) if r]
     total = sum(iters)
-    blocks = [sum(steady[i:i + block]) / block for i in range(0, len(steady) - block + 1, block)]
+    blocks = [sum(steady[i : i + block]) / block for i in range(0, len(steady) - block + 1, block)]
     if len(blocks) < 3 or total <= 0:
         return math.nan
     var_total = len(steady) ** 2 * _variance(blocks) / len(blocks)
@@ -150,8 +150,8 @@ def throughput_sem(iters: Sequence[float], refill: Sequence[int], samples: int, 
     if refills:
         epoch_starts = max(1, len([1 for a, b in zip((0, *refill), refill, strict=False) if b and not a]))
         extra = (sum(refills) - len(refills) * _mean(steady)) / epoch_starts
-        var_total += 0.25 * extra ** 2
-    return samples * math.sqrt(var_total) / total ** 2  # d(samples / total) = samples / total**2 * d(total)
+        var_total += 0.25 * extra**2
+    return samples * math.sqrt(var_total) / total**2  # d(samples / total) = samples / total**2 * d(total)
 
 
 class _ConfigAccumulator:
@@ -226,9 +226,22 @@ class _ConfigAccumulator:
 
     def signature(self) -> tuple[float, ...]:
         """What the summary depends on, in a few numbers: equal signatures, equal summaries."""
-        return (len(self.load_s), self.warmup_batches, self.all_samples, len(self.startup_s), self.rss_peak_bytes,
-                self.cpu_s, self.children_cpu_s, self.wall_s, self.accounted, self.pss_peak_bytes, self.pss_samples,
-                self.memory_inexact, len(self.uss_first), sum(t for t, _ in self.uss_last.values()))
+        return (
+            len(self.load_s),
+            self.warmup_batches,
+            self.all_samples,
+            len(self.startup_s),
+            self.rss_peak_bytes,
+            self.cpu_s,
+            self.children_cpu_s,
+            self.wall_s,
+            self.accounted,
+            self.pss_peak_bytes,
+            self.pss_samples,
+            self.memory_inexact,
+            len(self.uss_first),
+            sum(t for t, _ in self.uss_last.values()),
+        )
 
     def copy(self) -> _ConfigAccumulator:
         """A private copy (arrays copy as one memcpy), so summaries are computed outside the lock."""
@@ -271,8 +284,11 @@ class _ConfigAccumulator:
             samples_per_s_sem=throughput_sem(iters, self.refill, self.samples, block_size(self.config.num_workers)),
             pss_mb=self.pss_sum_bytes / self.pss_samples / MIB if self.pss_samples else math.nan,
             pss_mb_peak=self.pss_peak_bytes / MIB if self.pss_peak_bytes else math.nan,
-            worker_uss_mb=(self.uss_sum_bytes / self.pss_samples / MIB
-                           if self.pss_samples and self.config.num_workers else math.nan),
+            worker_uss_mb=(
+                self.uss_sum_bytes / self.pss_samples / MIB
+                if self.pss_samples and self.config.num_workers
+                else math.nan
+            ),
             worker_uss_growth_mb_per_min=self.uss_growth_bytes_per_s() * 60 / MIB,
             memory_source=(SOURCE_RSS if self.memory_inexact else SOURCE_SMAPS) if self.pss_peak_bytes else "",
             memory_note=self.memory_note,

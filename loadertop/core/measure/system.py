@@ -441,12 +441,14 @@ class _NoGpus(NvmlReader):
         self.status = "no NVIDIA GPU: GPU sampling is off"
 
 
-def _process_sample(pid: int, role: str, worker_id: int | None, cpu_percent: float,
-                    memory: ProcessMemory | None) -> ProcessSample:
+def _process_sample(
+    pid: int, role: str, worker_id: int | None, cpu_percent: float, memory: ProcessMemory | None
+) -> ProcessSample:
     if memory is None:  # the main process's memory could not be read: shown as 0, as before
         return ProcessSample(pid, role, worker_id, cpu_percent, 0)
-    return ProcessSample(pid, role, worker_id, cpu_percent, memory.rss_bytes, memory.pss_bytes, memory.uss_bytes,
-                         memory.exact)
+    return ProcessSample(
+        pid, role, worker_id, cpu_percent, memory.rss_bytes, memory.pss_bytes, memory.uss_bytes, memory.exact
+    )
 
 
 def process_rss(proc: psutil.Process) -> int:

@@ -151,15 +151,20 @@ class MachineFacts:
         facts = self
         if self.limits is not None:
             limits = current_limits()
-            facts = replace(self, usable_cores=limits.cores, memory_total_bytes=limits.memory_total_bytes,
-                            limits=limits)
+            facts = replace(
+                self, usable_cores=limits.cores, memory_total_bytes=limits.memory_total_bytes, limits=limits
+            )
         if system is None:
             return facts
         total = system.memory_total_bytes
         if facts.limits is not None and facts.limits.memory_confined:
             total = min(total, facts.limits.memory_total_bytes)
-        return replace(facts, memory_total_bytes=total, shm_used_bytes=system.shm_used_bytes,
-                       shm_total_bytes=system.shm_total_bytes)
+        return replace(
+            facts,
+            memory_total_bytes=total,
+            shm_used_bytes=system.shm_used_bytes,
+            shm_total_bytes=system.shm_total_bytes,
+        )
 
 
 def machine_facts(system: SystemSnapshot | None = None) -> MachineFacts:
@@ -229,8 +234,9 @@ def relative_to(summary: ConfigSummary, best: ConfigSummary) -> tuple[float, flo
     """``summary``'s throughput as a share of ``best``'s, and the standard error of that share (NaN: unknown)."""
     if summary.key == best.key:
         return 1.0, 0.0
-    return ratio_with_error(summary.samples_per_s, summary.samples_per_s_sem, best.samples_per_s,
-                            best.samples_per_s_sem)
+    return ratio_with_error(
+        summary.samples_per_s, summary.samples_per_s_sem, best.samples_per_s, best.samples_per_s_sem
+    )
 
 
 def undecided_against(summary: ConfigSummary, best: ConfigSummary, *, within: float = RECOMMEND_WITHIN) -> bool:
@@ -265,13 +271,18 @@ def recommend(summaries: Sequence[ConfigSummary], *, within: float = RECOMMEND_W
             f"{_workers(chosen.num_workers)}: {speed_text(chosen)} is within {gap * 100:.0f}% of the fastest "
             f"({_workers(best.num_workers)}, {speed_text(best)}); fewer workers cost less CPU and memory"
         )
-    unsure = [s for s in siblings if s.num_workers <= chosen.num_workers and s.key != best.key
-              and undecided_against(s, best, within=within)]
+    unsure = [
+        s
+        for s in siblings
+        if s.num_workers <= chosen.num_workers and s.key != best.key and undecided_against(s, best, within=within)
+    ]
     if unsure:
         names = ", ".join(f"{_workers(s.num_workers)} ({speed_text(s)})" for s in unsure)
-        reason += (f"; but the measurement cannot yet tell whether {names} "
-                   f"{'is' if len(unsure) == 1 else 'are'} within {within * 100:.0f}% of "
-                   f"{_workers(best.num_workers)}: measure longer (more batches) to be sure")
+        reason += (
+            f"; but the measurement cannot yet tell whether {names} "
+            f"{'is' if len(unsure) == 1 else 'are'} within {within * 100:.0f}% of "
+            f"{_workers(best.num_workers)}: measure longer (more batches) to be sure"
+        )
     undecided = tuple(s.key for s in (*unsure, best)) if unsure else ()
     return Advice(best, chosen, reason, (), undecided)
 
@@ -306,22 +317,25 @@ def _rank_warnings(advice: Advice, judged: Sequence[ConfigSummary], most: int, m
     warnings = []
     share = cores / ranks
     if most > share:
-        warnings.append(f"{_workers(most)} per rank x {ranks} ranks on {machine.cores_text()} "
-                        f"({share:.1f} a rank): workers past a rank's share compete with the other ranks for CPU")
+        warnings.append(
+            f"{_workers(most)} per rank x {ranks} ranks on {machine.cores_text()} "
+            f"({share:.1f} a rank): workers past a rank's share compete with the other ranks for CPU"
+        )
     best = advice.recommended or advice.fastest
     if best is not None and math.isfinite(best.cpu_s_per_sample) and math.isfinite(best.samples_per_s):
         needed = best.cpu_s_per_sample * best.samples_per_s * ranks
         if needed >= NODE_CPU_LIMIT * cores:
-            warnings.append(f"the {ranks} ranks on this node need about {needed:.1f} of its {round(cores, 2):g} "
-                            "cores at "
-                            f"{_workers(best.num_workers)} ({best.cpu_s_per_sample * 1000:.2f} ms of CPU a sample, "
-                            f"{best.samples_per_s:,.0f} samples/s a rank): the node's CPU is the limit, more "
-                            "workers cannot make a rank faster")
+            warnings.append(
+                f"the {ranks} ranks on this node need about {needed:.1f} of its {round(cores, 2):g} "
+                "cores at "
+                f"{_workers(best.num_workers)} ({best.cpu_s_per_sample * 1000:.2f} ms of CPU a sample, "
+                f"{best.samples_per_s:,.0f} samples/s a rank): the node's CPU is the limit, more "
+                "workers cannot make a rank faster"
+            )
     return warnings
 
 
-def advise(summaries: Sequence[ConfigSummary], machine: MachineFacts, *,
-           within: float = RECOMMEND_WITHIN) -> Advice:
+def advise(summaries: Sequence[ConfigSummary], machine: MachineFacts, *, within: float = RECOMMEND_WITHIN) -> Advice:
     """The recommendation plus warnings about cores, memory, ``/dev/shm``, input-bound runs and the start method."""
     advice = recommend(summaries, within=within)
     warnings: list[str] = []
@@ -359,8 +373,9 @@ def advise(summaries: Sequence[ConfigSummary], machine: MachineFacts, *,
                 f"(start-up {best.startup_ms:,.0f} ms); persistent_workers keeps them across epochs"
             )
     predicted, ceiling = predicted_curve(judged, advice.fastest, machine)
-    return Advice(advice.fastest, advice.recommended, advice.reason, tuple(warnings), advice.undecided,
-                  predicted, ceiling)
+    return Advice(
+        advice.fastest, advice.recommended, advice.reason, tuple(warnings), advice.undecided, predicted, ceiling
+    )
 
 
 def memory_warnings(judged: Sequence[ConfigSummary], machine: MachineFacts) -> list[str]:
@@ -372,34 +387,53 @@ def memory_warnings(judged: Sequence[ConfigSummary], machine: MachineFacts) -> l
             continue
         share = s.pss_mb_peak * MIB / total
         if share > MEMORY_WARN_SHARE:
-            each = (f"; each worker holds {s.worker_uss_mb:,.0f} MB of its own (USS)"
-                    if not math.isnan(s.worker_uss_mb) else "")
-            warnings.append(f"memory: {_workers(s.num_workers)} peaked at {s.pss_mb_peak:,.0f} MB of PSS, "
-                            f"{share * 100:.0f}% of {_memory_words(machine)}{each}")
-    growing = [s for s in judged if s.num_workers and not math.isnan(s.worker_uss_growth_mb_per_min)
-               and s.num_workers * s.worker_uss_growth_mb_per_min * 60 * MIB > MEMORY_GROWTH_WARN_SHARE * total]
+            each = (
+                f"; each worker holds {s.worker_uss_mb:,.0f} MB of its own (USS)"
+                if not math.isnan(s.worker_uss_mb)
+                else ""
+            )
+            warnings.append(
+                f"memory: {_workers(s.num_workers)} peaked at {s.pss_mb_peak:,.0f} MB of PSS, "
+                f"{share * 100:.0f}% of {_memory_words(machine)}{each}"
+            )
+    growing = [
+        s
+        for s in judged
+        if s.num_workers
+        and not math.isnan(s.worker_uss_growth_mb_per_min)
+        and s.num_workers * s.worker_uss_growth_mb_per_min * 60 * MIB > MEMORY_GROWTH_WARN_SHARE * total
+    ]
     if growing:
         s = max(growing, key=lambda g: g.worker_uss_growth_mb_per_min)
         warnings.append(
             f"memory: each worker's own memory (USS) grows {s.worker_uss_growth_mb_per_min:,.1f} MB a minute at "
             f"{_workers(s.num_workers)}: workers copy the pages of the dataset they touch (copy-on-write; a Python "
-            "list or dict of objects does, through reference counts); hold it as numpy arrays or tensors")
+            "list or dict of objects does, through reference counts); hold it as numpy arrays or tensors"
+        )
     inexact = next((s for s in judged if s.memory_source == SOURCE_RSS), None)
     if inexact is not None:
-        warnings.append(f"memory: {inexact.memory_note}: those figures are RSS, upper bounds (a page shared with "
-                        "the main process counts once per worker)")
+        warnings.append(
+            f"memory: {inexact.memory_note}: those figures are RSS, upper bounds (a page shared with "
+            "the main process counts once per worker)"
+        )
     return warnings
 
 
 def point_of(summary: ConfigSummary) -> Point:
     """What the model reads off a configuration's summary."""
-    return Point(summary.num_workers, summary.samples_per_s, summary.load_ms_mean / 1000,
-                 summary.compute_ms_mean / 1000, summary.samples / summary.batches if summary.batches else math.nan,
-                 summary.cpu_s_per_sample)
+    return Point(
+        summary.num_workers,
+        summary.samples_per_s,
+        summary.load_ms_mean / 1000,
+        summary.compute_ms_mean / 1000,
+        summary.samples / summary.batches if summary.batches else math.nan,
+        summary.cpu_s_per_sample,
+    )
 
 
-def predicted_curve(judged: Sequence[ConfigSummary], best: ConfigSummary | None,
-                    machine: MachineFacts) -> tuple[tuple[tuple[int, float | None], ...], float]:
+def predicted_curve(
+    judged: Sequence[ConfigSummary], best: ConfigSummary | None, machine: MachineFacts
+) -> tuple[tuple[tuple[int, float | None], ...], float]:
     """The model's curve over 0..twice the cores (and every measured count) and its CPU ceiling."""
     if best is None:
         return (), math.inf

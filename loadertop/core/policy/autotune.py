@@ -142,9 +142,14 @@ class Change:
 
     def to_event(self) -> dict[str, Any]:
         """The ``--record`` line: ``{"event": "autotune", ...}``."""
-        return {"event": "autotune", "change": self.kind, "from": self.from_workers, "to": self.to_workers,
-                "reason": self.reason,
-                **curve_fields(self.predicted, self.ceiling)}
+        return {
+            "event": "autotune",
+            "change": self.kind,
+            "from": self.from_workers,
+            "to": self.to_workers,
+            "reason": self.reason,
+            **curve_fields(self.predicted, self.ceiling),
+        }
 
 
 @dataclass(slots=True)
@@ -254,10 +259,18 @@ class Visit:
 
     def point(self) -> Point:
         n = self.batches
-        return Point(self.num_workers, self.samples_per_s, sum(self.loads) / n, sum(self.steps) / n,
-                     self.samples / n, self.cpu_s_per_sample, self.worker_uss_bytes, self.worker_uss_growth_bytes_per_s,
-                     main_cpu_s_per_batch=self.main_cpu_s_per_batch,
-                     worker_cpu_s_per_batch=self.worker_cpu_s_per_batch)
+        return Point(
+            self.num_workers,
+            self.samples_per_s,
+            sum(self.loads) / n,
+            sum(self.steps) / n,
+            self.samples / n,
+            self.cpu_s_per_sample,
+            self.worker_uss_bytes,
+            self.worker_uss_growth_bytes_per_s,
+            main_cpu_s_per_batch=self.main_cpu_s_per_batch,
+            worker_cpu_s_per_batch=self.worker_cpu_s_per_batch,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,8 +304,15 @@ class AutoTuner:
         min_seconds: and at least this long.
     """
 
-    def __init__(self, budget: Budget, *, within: float = RECOMMEND_WITHIN, min_batches: int = 20,
-                 max_batches: int = 60, min_seconds: float = 0.0) -> None:
+    def __init__(
+        self,
+        budget: Budget,
+        *,
+        within: float = RECOMMEND_WITHIN,
+        min_batches: int = 20,
+        max_batches: int = 60,
+        min_seconds: float = 0.0,
+    ) -> None:
         self.budget = budget
         self.within = within
         self.min_batches = min_batches
@@ -368,8 +388,13 @@ class AutoTuner:
             visit = self._visit
             state, workers = TunerState.MEASURING, visit.num_workers if visit is not None else None
         model = self._model
-        return TunerStatus(state, workers, tuple(self.changes),
-                           model.curve(self.counts()) if model else (), model.ceiling if model else math.inf)
+        return TunerStatus(
+            state,
+            workers,
+            tuple(self.changes),
+            model.curve(self.counts()) if model else (),
+            model.ceiling if model else math.inf,
+        )
 
     def counts(self) -> range:
         """The worker counts the tuner considers."""
@@ -396,8 +421,9 @@ class AutoTuner:
     def _switch(self, kind: ChangeKind, to: int, reason: str) -> Change:
         current = self._visit.num_workers if self._visit else to
         model = self._model
-        change = Change(kind, current, to, reason, model.curve(self.counts()) if model else (),
-                        model.ceiling if model else math.inf)
+        change = Change(
+            kind, current, to, reason, model.curve(self.counts()) if model else (), model.ceiling if model else math.inf
+        )
         self.changes.append(change)
         if to != current:
             self._waiting_for = to
@@ -411,8 +437,11 @@ class AutoTuner:
             self._order.remove(visit.num_workers)
         self._order.append(visit.num_workers)
         before = self._model
-        model = fit([self._round[n].point() for n in self._order], cores=self.budget.cores,
-                    memory_budget_bytes=self.budget.memory_bytes)
+        model = fit(
+            [self._round[n].point() for n in self._order],
+            cores=self.budget.cores,
+            memory_budget_bytes=self.budget.memory_bytes,
+        )
         self._model = model
         assert model is not None
         allowed = [n for n in self.counts() if self._allowed(n, visit.num_workers)]
@@ -434,13 +463,21 @@ class AutoTuner:
         best = max(self._round.values(), key=lambda v: v.samples_per_s)
         idle = self._idle_cores(best)
         target = best.num_workers + math.ceil(self.budget.cores)
-        if (best.num_workers == 0 or not model.cpu_bound(best.num_workers) or not math.isfinite(idle)
-                or idle <= IDLE_SHARE * self.budget.cores or any(n > best.num_workers for n in self._round)
-                or target not in allowed or len(self._round) >= MAX_VISITS):
+        if (
+            best.num_workers == 0
+            or not model.cpu_bound(best.num_workers)
+            or not math.isfinite(idle)
+            or idle <= IDLE_SHARE * self.budget.cores
+            or any(n > best.num_workers for n in self._round)
+            or target not in allowed
+            or len(self._round) >= MAX_VISITS
+        ):
             return None
-        return target, (f"{_workers(best.num_workers)}: {best.samples_per_s:,.0f} samples/s, the CPU the limit with "
-                        f"{idle:.1f} of {self.budget.cores:g} cores idle (workers blocked on the queues): "
-                        f"trying {target} to fill them")
+        return target, (
+            f"{_workers(best.num_workers)}: {best.samples_per_s:,.0f} samples/s, the CPU the limit with "
+            f"{idle:.1f} of {self.budget.cores:g} cores idle (workers blocked on the queues): "
+            f"trying {target} to fill them"
+        )
 
     def _allowed(self, n: int, current: int) -> bool:
         """Within the budgets: memory (predicted), ``/dev/shm`` (never more workers when it is full)."""
@@ -465,9 +502,10 @@ class AutoTuner:
         """Settle on the fewest measured workers surely within ``within`` of the fastest (see ``_tolerance``)."""
         visits = self._round
         best = max(visits.values(), key=lambda v: v.samples_per_s)
-        anchor = min((v for v in visits.values()
-                      if v.samples_per_s >= best.samples_per_s * (1 - self._tolerance(v, best))),
-                     key=lambda v: v.num_workers)
+        anchor = min(
+            (v for v in visits.values() if v.samples_per_s >= best.samples_per_s * (1 - self._tolerance(v, best))),
+            key=lambda v: v.num_workers,
+        )
         here = self._visit.num_workers if self._visit else best.num_workers
         self._settled = anchor
         self._strikes = 0
@@ -492,17 +530,24 @@ class AutoTuner:
         self._strikes = self._strikes + 1 if shifted else 0
         if self._shm is not None and self._shm > SHM_LIMIT and window.num_workers > 0:
             self._settled = None
-            return self._switch(ChangeKind.MEMORY, window.num_workers - 1,
-                                f"/dev/shm is {self._shm * 100:.0f}% full (the limit is {SHM_LIMIT * 100:.0f}%)")
+            return self._switch(
+                ChangeKind.MEMORY,
+                window.num_workers - 1,
+                f"/dev/shm is {self._shm * 100:.0f}% full (the limit is {SHM_LIMIT * 100:.0f}%)",
+            )
         if self._strikes < RETUNE_STRIKES:
             self._visit = Visit(window.num_workers)
             return None
         self._settled = None
         self._strikes = 0
-        change = Change(ChangeKind.RETUNE, window.num_workers, window.num_workers,
-                        f"samples/s moved {settled.samples_per_s:,.0f} -> {window.samples_per_s:,.0f} "
-                        f"({(ratio - 1) * 100:+.0f}%, beyond the noise ±{max(noise, 0) * 100:.0f}% and "
-                        f"{RETUNE_SHIFT * 100:.0f}%): tuning again")
+        change = Change(
+            ChangeKind.RETUNE,
+            window.num_workers,
+            window.num_workers,
+            f"samples/s moved {settled.samples_per_s:,.0f} -> {window.samples_per_s:,.0f} "
+            f"({(ratio - 1) * 100:+.0f}%, beyond the noise ±{max(noise, 0) * 100:.0f}% and "
+            f"{RETUNE_SHIFT * 100:.0f}%): tuning again",
+        )
         self.changes.append(change)
         followed = self._measured(window)  # the window is this round's first measurement
         return followed or change
@@ -513,8 +558,12 @@ class AutoTuner:
     def _jump_reason(self, visit: Visit, model: Model, target: int) -> str:
         point = visit.point()
         idle = self._idle_cores(visit)
-        said = [(f"load {point.load_s * 1000:.1f} ms "
-                f"{'>' if point.load_s > point.step_s else '<='} step {point.step_s * 1000:.1f} ms")]
+        said = [
+            (
+                f"load {point.load_s * 1000:.1f} ms "
+                f"{'>' if point.load_s > point.step_s else '<='} step {point.step_s * 1000:.1f} ms"
+            )
+        ]
         if math.isfinite(idle):
             said.append(f"{max(idle, 0):.1f} cores idle")
         return " and ".join(said) + self._model_said(model, target)
@@ -573,8 +622,9 @@ def curve_of(value: Any) -> tuple[tuple[int, float | None], ...]:
     curve = []
     for count, rate in value.items():
         if str(count).isdigit():
-            curve.append((int(count), float(rate) if isinstance(rate, (int, float)) and not isinstance(rate, bool)
-                          else None))
+            curve.append(
+                (int(count), float(rate) if isinstance(rate, (int, float)) and not isinstance(rate, bool) else None)
+            )
     return tuple(sorted(curve))
 
 

@@ -84,8 +84,11 @@ class Point:
     @property
     def split(self) -> bool:
         """Whether the workers' CPU and the main process's are known apart (a count with workers)."""
-        return (self.num_workers > 0 and math.isfinite(self.main_cpu_s_per_batch)
-                and math.isfinite(self.worker_cpu_s_per_batch))
+        return (
+            self.num_workers > 0
+            and math.isfinite(self.main_cpu_s_per_batch)
+            and math.isfinite(self.worker_cpu_s_per_batch)
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +232,7 @@ def soft_min(rates: Sequence[float]) -> float:
         return math.inf
     if any(r <= 0 for r in finite):
         return 0.0
-    return float(sum(r ** -SOFTNESS for r in finite) ** (-1.0 / SOFTNESS))
+    return float(sum(r**-SOFTNESS for r in finite) ** (-1.0 / SOFTNESS))
 
 
 def fit(points: Sequence[Point], *, cores: float, memory_budget_bytes: float | None = None) -> Model | None:

@@ -17,10 +17,27 @@ from loadertop.core.policy.advice import Advice, MachineFacts, recommend, speed_
 # DESIGN.md's JSON row fields, in order (``rss_mb`` is kept for scripts that read it: the peak of the summed RSS),
 # then the accounted cost, the throughput's standard error and the memory as the kernel accounts it (PSS, USS).
 ROW_FIELDS = (
-    "num_workers", "batches", "load_ms_mean", "load_ms_p95", "compute_ms_mean", "iter_ms_mean",
-    "samples_per_s", "startup_ms", "cpu_percent", "rss_mb",
-    "samples_per_s_sem", "wall_s", "cpu_s", "cpu_s_per_sample", "worker_cpu_share",
-    "pss_mb", "pss_mb_peak", "worker_uss_mb", "worker_uss_growth_mb_per_min", "extra_mb_per_worker", "memory_source",
+    "num_workers",
+    "batches",
+    "load_ms_mean",
+    "load_ms_p95",
+    "compute_ms_mean",
+    "iter_ms_mean",
+    "samples_per_s",
+    "startup_ms",
+    "cpu_percent",
+    "rss_mb",
+    "samples_per_s_sem",
+    "wall_s",
+    "cpu_s",
+    "cpu_s_per_sample",
+    "worker_cpu_share",
+    "pss_mb",
+    "pss_mb_peak",
+    "worker_uss_mb",
+    "worker_uss_growth_mb_per_min",
+    "extra_mb_per_worker",
+    "memory_source",
 )
 
 
@@ -57,12 +74,14 @@ COLUMNS = (
     Column("+MB/wkr", lambda s: _cell(s.extra_mb_per_worker, 0)),
     Column("sum RSS", lambda s: _cell(s.rss_mb, 0)),
 )
-LEGEND = ("* fastest (most samples/s)  + recommended  ± two standard errors  warm-up batches after each (re)start "
-          "excluded\nCPU accounted for the whole process tree (exited workers included): CPU s in all, CPU ms per "
-          "delivered sample,\nthe share in worker processes, CPU % = 100 x CPU s / wall s (100 = one core)\n"
-          "memory of the whole tree: PSS MB its mean PSS (each page once), peak its peak; USS/wkr what one worker "
-          "alone holds,\nUSS MB/min its growth (copy-on-write), +MB/wkr PSS added per worker over the fewest workers; "
-          "sum RSS the peak of the summed RSS\n(counts the pages workers share with the main process once per worker)")
+LEGEND = (
+    "* fastest (most samples/s)  + recommended  ± two standard errors  warm-up batches after each (re)start "
+    "excluded\nCPU accounted for the whole process tree (exited workers included): CPU s in all, CPU ms per "
+    "delivered sample,\nthe share in worker processes, CPU % = 100 x CPU s / wall s (100 = one core)\n"
+    "memory of the whole tree: PSS MB its mean PSS (each page once), peak its peak; USS/wkr what one worker "
+    "alone holds,\nUSS MB/min its growth (copy-on-write), +MB/wkr PSS added per worker over the fewest workers; "
+    "sum RSS the peak of the summed RSS\n(counts the pages workers share with the main process once per worker)"
+)
 
 
 def _marks(summary: ConfigSummary, advice: Advice) -> str:
@@ -86,8 +105,7 @@ def format_table(summaries: Sequence[ConfigSummary], advice: Advice | None = Non
     rows = [header]
     for s in summaries:
         v = verdict(s.load_ms_mean, s.compute_ms_mean)
-        rows.append((_marks(s, advice), _label(s, show_config), *(c.cell(s) for c in COLUMNS),
-                     v.label if v else "-"))
+        rows.append((_marks(s, advice), _label(s, show_config), *(c.cell(s) for c in COLUMNS), v.label if v else "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = []
     for row in rows:
@@ -139,8 +157,15 @@ def csv_text(summaries: Sequence[ConfigSummary], advice: Advice | None = None) -
     writer.writerow([*ROW_FIELDS, "config", "verdict", "fastest", "recommended"])
     for s in summaries:
         v = verdict(s.load_ms_mean, s.compute_ms_mean)
-        writer.writerow([*(_csv_value(getattr(s, f)) for f in ROW_FIELDS), s.key, v.label if v else "",
-                         int(advice.is_fastest(s)), int(advice.is_recommended(s))])
+        writer.writerow(
+            [
+                *(_csv_value(getattr(s, f)) for f in ROW_FIELDS),
+                s.key,
+                v.label if v else "",
+                int(advice.is_fastest(s)),
+                int(advice.is_recommended(s)),
+            ]
+        )
     return out.getvalue()
 
 
@@ -183,8 +208,10 @@ def report_json(
         "recommendation": advice.reason,
         "undecided_num_workers": [s.num_workers for s in summaries if s.key in advice.undecided],
         "warnings": list(advice.warnings),
-        "predicted": [{"num_workers": n, "samples_per_s": None if v is None or math.isnan(v) else round(v, 1)}
-                      for n, v in advice.predicted],
+        "predicted": [
+            {"num_workers": n, "samples_per_s": None if v is None or math.isnan(v) else round(v, 1)}
+            for n, v in advice.predicted
+        ],
         "ceiling_samples_per_s": round(advice.ceiling, 1) if math.isfinite(advice.ceiling) else None,
         **memory_fields(summaries),
         "machine": {

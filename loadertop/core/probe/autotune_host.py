@@ -58,9 +58,17 @@ class AutotuneHost:
         interval_s: seconds between readings.
     """
 
-    def __init__(self, tuner: AutoTuner, *, apply: Callable[[int], None], read: Callable[[], Reading],
-                 on_change: Iterable[Callable[[Change], None]] = (), on_thread: Callable[[int], None] | None = None,
-                 enabled: bool = False, interval_s: float = 0.25) -> None:
+    def __init__(
+        self,
+        tuner: AutoTuner,
+        *,
+        apply: Callable[[int], None],
+        read: Callable[[], Reading],
+        on_change: Iterable[Callable[[Change], None]] = (),
+        on_thread: Callable[[int], None] | None = None,
+        enabled: bool = False,
+        interval_s: float = 0.25,
+    ) -> None:
         self.tuner = tuner
         self._apply = apply
         self._read = read
@@ -126,8 +134,9 @@ class AutotuneHost:
         with self._start_lock:
             if self._thread is not None:
                 return
-            warnings.filterwarnings("ignore", message=r"This DataLoader will create \d+ worker processes in total",
-                                    category=UserWarning)
+            warnings.filterwarnings(
+                "ignore", message=r"This DataLoader will create \d+ worker processes in total", category=UserWarning
+            )
             self._thread = threading.Thread(target=self._run, name="loadertop-autotune", daemon=True)
             self._thread.start()
             self._running.wait(5.0)
@@ -219,8 +228,11 @@ def describe_budget(budget: Budget, ranks_on_node: int = 1) -> str:
     if budget.memory_bytes is not None:
         cores += f" and {budget.memory_bytes / 2**30:.1f} GiB of memory for its workers"
     limits = current_limits()
-    confined = [text for text, yes in ((limits.cores_text(), limits.cores_confined),
-                                       (limits.memory_text(), limits.memory_confined)) if yes]
+    confined = [
+        text
+        for text, yes in ((limits.cores_text(), limits.cores_confined), (limits.memory_text(), limits.memory_confined))
+        if yes
+    ]
     if confined:
         cores += f" (this process may use {' and '.join(confined)})"
     return cores

@@ -27,8 +27,10 @@ def is_distributed_launcher() -> bool:
     if parts[-3:] in (["torch", "distributed", "run.py"], ["torch", "distributed", "launch.py"]):
         return True
     line = list(getattr(sys, "orig_argv", ()))
-    return any(line[i] == "-m" and line[i + 1] in ("torch.distributed.run", "torch.distributed.launch")
-               for i in range(len(line) - 1))
+    return any(
+        line[i] == "-m" and line[i + 1] in ("torch.distributed.run", "torch.distributed.launch")
+        for i in range(len(line) - 1)
+    )
 
 
 def claim(path: str | None) -> bool:

@@ -65,8 +65,14 @@ class SwitchingIterator(Handover):
         self._ready_at = generation.ready_at
         self._careful = True
         # What the plain path reads, in one attribute (this class's __getattr__ makes each lookup on it slow).
-        self._plain = (self._inner, self._stream if self._tracking else None, self._loader._hooks.observers,
-                       self._workers_now, self._number, self._wall_offset)
+        self._plain = (
+            self._inner,
+            self._stream if self._tracking else None,
+            self._loader._hooks.observers,
+            self._workers_now,
+            self._number,
+            self._wall_offset,
+        )
 
     def __iter__(self) -> SwitchingIterator:
         return self
@@ -123,10 +129,21 @@ class SwitchingIterator(Handover):
         self._batch = count = self._batch + 1
         if observers:
             previous = self._returned_at
-            record = new_record(LoaderBatch, (self._loader.name, self._book.epoch, count, workers_now,
-                                              batch_len(batch), returned - asked,
-                                              None if previous is None else asked - previous,
-                                              returned + wall_offset, 0.0, number))
+            record = new_record(
+                LoaderBatch,
+                (
+                    self._loader.name,
+                    self._book.epoch,
+                    count,
+                    workers_now,
+                    batch_len(batch),
+                    returned - asked,
+                    None if previous is None else asked - previous,
+                    returned + wall_offset,
+                    0.0,
+                    number,
+                ),
+            )
             for observer in observers:
                 observer(record)
         self._returned_at = returned
@@ -187,8 +204,18 @@ class SwitchingIterator(Handover):
             self._since = (returned, self._batch)  # the batch interval is measured from here on
         observers = loader._hooks.observers
         if observers:
-            record = LoaderBatch(loader.name, self._book.epoch, self._batch, self._workers_now, batch_len(batch),
-                                 load_s, step_s, returned + self._wall_offset, called - asked, self._number)
+            record = LoaderBatch(
+                loader.name,
+                self._book.epoch,
+                self._batch,
+                self._workers_now,
+                batch_len(batch),
+                load_s,
+                step_s,
+                returned + self._wall_offset,
+                called - asked,
+                self._number,
+            )
             for observer in observers:
                 observer(record)
         self._returned_at = returned

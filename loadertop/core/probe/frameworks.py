@@ -12,8 +12,13 @@ from types import ModuleType
 
 from loadertop.core.probe.publisher import say_on_stderr
 
-FRAMEWORKS = {"lightning.pytorch.trainer.trainer": "lightning", "pytorch_lightning.trainer.trainer": "lightning",
-              "transformers.trainer": "transformers", "lightning.pytorch": None, "pytorch_lightning": None}
+FRAMEWORKS = {
+    "lightning.pytorch.trainer.trainer": "lightning",
+    "pytorch_lightning.trainer.trainer": "lightning",
+    "transformers.trainer": "transformers",
+    "lightning.pytorch": None,
+    "pytorch_lightning": None,
+}
 """The modules of the trainers the launcher gives its callback, each with its plugin: the module of
 ``loadertop.integrations`` found by that name, imported only once the framework is, never by this module
 itself. A trainer's module rather than its package, which may be still importing when torch is
@@ -35,5 +40,7 @@ def framework_imported(module: ModuleType) -> None:
     except Exception as exc:  # noqa: BLE001 - the script must run whatever the framework's version
         package = module.__name__.split(".")[0]
         version = getattr(sys.modules.get(package), "__version__", "of unknown version")
-        say_on_stderr(f"cannot add loadertop's callback to {package} {version} ({type(exc).__name__}: {exc}): its "
-                      "DataLoaders are still watched and switched, but not told apart nor given its loss")
+        say_on_stderr(
+            f"cannot add loadertop's callback to {package} {version} ({type(exc).__name__}: {exc}): its "
+            "DataLoaders are still watched and switched, but not told apart nor given its loss"
+        )

@@ -61,8 +61,9 @@ class Handover:
         stream = self._stream
         if overlap:
             in_flight = len(stream.issued) if self._tracking else 0
-            reserve = loader._overlap_batches(changes.get("num_workers", loader.num_workers), in_flight,
-                                              self._interval_s())
+            reserve = loader._overlap_batches(
+                changes.get("num_workers", loader.num_workers), in_flight, self._interval_s()
+            )
             if in_flight + reserve > 0:
                 pending = itertools.chain(stream.again, stream.source)  # not yet handed out, in order
                 ahead = list(itertools.islice(pending, reserve + 1))
@@ -86,16 +87,22 @@ class Handover:
     def _continuing(self, rest: Iterator[Any], again: tuple[Any, ...], regroup: bool) -> IssuedIndices:
         """The next generation's index stream: ``again``, then ``rest`` (regrouped by a new batch size)."""
         loader = self._loader
-        return continuing(rest, again, batch_size=loader.batch_size if regroup else None, drop_last=loader.drop_last,
-                          tracking=loader.num_workers > 0)
+        return continuing(
+            rest,
+            again,
+            batch_size=loader.batch_size if regroup else None,
+            drop_last=loader.drop_last,
+            tracking=loader.num_workers > 0,
+        )
 
     def _start_generation(self, stream: IssuedIndices, base_seed: int) -> WorkerGeneration:
         """A generation of the loader's (new) settings drawing from ``stream``; its workers start now."""
         loader = self._loader
         created = _clock()
         inner = loader._new_generation(stream, base_seed)
-        return WorkerGeneration(inner, stream, loader.num_workers, loader._book.switches, created,
-                                timed=loader.num_workers > 0)
+        return WorkerGeneration(
+            inner, stream, loader.num_workers, loader._book.switches, created, timed=loader.num_workers > 0
+        )
 
     def _switch_now(self, changes: dict[str, Any]) -> None:
         """Stop and start: the old workers are shut down, then the new ones continue what those had not delivered."""

@@ -63,8 +63,10 @@ class _ThenLoader(importlib.abc.Loader):
         try:
             self._then(module)
         except Exception as exc:  # noqa: BLE001 - the script must run even when loadertop cannot watch it
-            print(f"loadertop: cannot instrument DataLoaders ({type(exc).__name__}: {exc}); the script runs "
-                  "unwatched", file=sys.stderr)
+            print(
+                f"loadertop: cannot instrument DataLoaders ({type(exc).__name__}: {exc}); the script runs unwatched",
+                file=sys.stderr,
+            )
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._loader, name)

@@ -90,8 +90,9 @@ class IndexSampler:
         return len(self._real)
 
 
-def continuing(rest: Iterator[Any], again: tuple[Any, ...], *, batch_size: int | None, drop_last: bool,
-               tracking: bool) -> IssuedIndices:
+def continuing(
+    rest: Iterator[Any], again: tuple[Any, ...], *, batch_size: int | None, drop_last: bool, tracking: bool
+) -> IssuedIndices:
     """The next generation's index stream: ``again``, then ``rest``; regrouped into batches of ``batch_size``
     where that is given (a new batch size: the rest of the epoch, sample by sample, in batches of the new size)."""
     if batch_size is not None:

@@ -28,8 +28,16 @@ from loadertop.core.probe.launched_run import LaunchedRun
 from loadertop.core.probe.run_autotune import TUNING_STATUS_S
 from loadertop.core.protocol.environment import ENV, ProbeSettings
 
-__all__ = ["FRAMEWORKS", "TUNING_STATUS_S", "LaunchedRun", "current_run", "install_from_environment", "log",
-           "log_at", "watch_this_process"]
+__all__ = [
+    "FRAMEWORKS",
+    "TUNING_STATUS_S",
+    "LaunchedRun",
+    "current_run",
+    "install_from_environment",
+    "log",
+    "log_at",
+    "watch_this_process",
+]
 
 _run: LaunchedRun | None = None  # the run this process acts for, once it claimed it
 

@@ -33,13 +33,23 @@ class LaunchedRun(Publisher):
     def __init__(self, settings: ProbeSettings) -> None:
         self.settings = settings
         self.rank = rank_of_process()
-        hello = Hello(pid=os.getpid(), command=tuple(settings.command) or tuple(sys.argv), cwd=os.getcwd(),
-                      started=time.time(), log=settings.log)
+        hello = Hello(
+            pid=os.getpid(),
+            command=tuple(settings.command) or tuple(sys.argv),
+            cwd=os.getcwd(),
+            started=time.time(),
+            log=settings.log,
+        )
         say = say_on_stderr
         if self.rank is not None:
-            hello = replace(hello, rank=self.rank.rank, local_rank=self.rank.local_rank,
-                            world_size=self.rank.world_size, local_world_size=self.rank.local_world_size,
-                            node_rank=self.rank.node_rank)
+            hello = replace(
+                hello,
+                rank=self.rank.rank,
+                local_rank=self.rank.local_rank,
+                world_size=self.rank.world_size,
+                local_world_size=self.rank.local_world_size,
+                node_rank=self.rank.node_rank,
+            )
             prefix = f"rank {self.rank.rank}: "
 
             def say(text: str) -> None:
@@ -50,8 +60,13 @@ class LaunchedRun(Publisher):
         if self.rank is not None and self.rank.world_size > self.rank.local_world_size:  # ranks on other nodes
             self._peers = PeerRelay(self, self.rank)
         self._autotune = RunAutotune(self, settings, self.rank.local_world_size if self.rank is not None else 1)
-        super().__init__(hello=hello, record=settings.record, serve=settings.serve, say=say,
-                         rank=self.rank.rank if self.rank is not None else None)
+        super().__init__(
+            hello=hello,
+            record=settings.record,
+            serve=settings.serve,
+            say=say,
+            rank=self.rank.rank if self.rank is not None else None,
+        )
         if self.server is not None:
             self.server.on_autotune = self._autotune_request
         if settings.autotune:
@@ -101,18 +116,22 @@ class LaunchedRun(Publisher):
         else:
             taken = {known.name for known in self.loaders}
             if loader.name in taken:  # made at the same line as another (a helper that makes every loader)
-                loader.name = next(f"{loader.name}#{n}" for n in itertools.count(2)
-                                   if f"{loader.name}#{n}" not in taken)
+                loader.name = next(
+                    f"{loader.name}#{n}" for n in itertools.count(2) if f"{loader.name}#{n}" not in taken
+                )
         self.watch(loader)
         if again is not None:
             return
         role = " (training: --switch applies to it)" if loader is self.training else ""
-        self._say(f"DataLoader {loader.name}: {describe_workers(loader.num_workers)}, "
-                  f"batch {batch_size_of(loader)}{role}")
+        self._say(
+            f"DataLoader {loader.name}: {describe_workers(loader.num_workers)}, batch {batch_size_of(loader)}{role}"
+        )
         if getattr(loader, "auto_workers", False):  # num_workers="auto": the run's tuner, on the training loader
             if self.training is not None and loader is not self.training:
-                self._say(f"DataLoader {loader.name}: num_workers='auto': the run tunes its training loader, "
-                          f"{self.training.name}; this one keeps {describe_workers(loader.num_workers)}")
+                self._say(
+                    f"DataLoader {loader.name}: num_workers='auto': the run tunes its training loader, "
+                    f"{self.training.name}; this one keeps {describe_workers(loader.num_workers)}"
+                )
             else:
                 self.set_autotune(True, why=f"{loader.name}: num_workers='auto'")
 
@@ -121,8 +140,11 @@ class LaunchedRun(Publisher):
         running, by a framework (accelerate wraps the Trainer's, Lightning re-creates one to inject a
         sampler) or at the same line (a loader made every epoch)."""
         for known in reversed(self.loaders):
-            if known.dataset is loader.dataset and known._running() is None and (
-                    loader.made_by_package or known.site == loader.site):
+            if (
+                known.dataset is loader.dataset
+                and known._running() is None
+                and (loader.made_by_package or known.site == loader.site)
+            ):
                 return known
         return None
 

@@ -87,8 +87,17 @@ from loadertop.core.probe.worker_generation import WorkerGeneration
 from loadertop.core.probe.worker_seeds import WorkerSeeds
 from loadertop.core.probe.worker_threads import WorkerThreads
 
-__all__ = ["DEFAULT_STARTUP_S", "MAX_OVERLAP_BATCHES", "SETTINGS", "CreationHook", "DataLoader", "LoaderBatch",
-           "LoaderStatus", "batch_len", "overlap_batches"]
+__all__ = [
+    "DEFAULT_STARTUP_S",
+    "MAX_OVERLAP_BATCHES",
+    "SETTINGS",
+    "CreationHook",
+    "DataLoader",
+    "LoaderBatch",
+    "LoaderStatus",
+    "batch_len",
+    "overlap_batches",
+]
 
 _names = itertools.count(1)
 _clock = time.perf_counter
@@ -181,7 +190,8 @@ class DataLoader(torch.utils.data.DataLoader):
                 f"This DataLoader will create {self.num_workers} worker processes in total, more than the "
                 f"{usable_cores_phrase(limits.cores, limits)} this process may use: workers past the cores compete "
                 "for CPU and can make loading slower; lower num_workers if so (loadertop sweep measures it)",
-                stacklevel=2)
+                stacklevel=2,
+            )
 
     # -------------------------------------------------------------- public
 
@@ -270,12 +280,21 @@ class DataLoader(torch.utils.data.DataLoader):
             return LoaderStatus(self.name, self.num_workers, pending, restarts, book.epoch, book.switches, ())
         delivering, starting = active.generations()
         if starting is None:
-            return LoaderStatus(self.name, self.num_workers, pending, restarts, book.epoch, book.switches,
-                                delivering.pids())
+            return LoaderStatus(
+                self.name, self.num_workers, pending, restarts, book.epoch, book.switches, delivering.pids()
+            )
         # Mid-overlap: the loader's settings are already the starting generation's; it is pending until the handover.
         new_pids = starting.pids()
-        return LoaderStatus(self.name, delivering.num_workers, starting.num_workers if pending is None else pending,
-                            False, book.epoch, book.switches - 1, delivering.pids() + new_pids, new_pids)
+        return LoaderStatus(
+            self.name,
+            delivering.num_workers,
+            starting.num_workers if pending is None else pending,
+            False,
+            book.epoch,
+            book.switches - 1,
+            delivering.pids() + new_pids,
+            new_pids,
+        )
 
     def expected_startup_s(self, num_workers: int) -> float:
         """How long ``num_workers`` new workers are expected to take to deliver their first batch: this
@@ -308,8 +327,14 @@ class DataLoader(torch.utils.data.DataLoader):
         created = _clock()
         inner = self._seeds.epoch_iterator(self, super().__iter__)
         fresh = self.num_workers > 0 and inner is not before  # new workers (not persistent ones going on)
-        generation = WorkerGeneration(inner, self._streams.last if self.continues_exactly else None,
-                                      self.num_workers, book.switches, created, timed=fresh)
+        generation = WorkerGeneration(
+            inner,
+            self._streams.last if self.continues_exactly else None,
+            self.num_workers,
+            book.switches,
+            created,
+            timed=fresh,
+        )
         iterator = SwitchingIterator(self, generation)
         book.active = weakref.ref(iterator)
         return iterator

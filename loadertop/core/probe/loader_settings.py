@@ -9,8 +9,15 @@ from typing import Any
 from loadertop.core.probe import torch_compat
 from loadertop.core.protocol.config import WORKERS_ONLY
 
-SETTINGS = ("num_workers", "batch_size", "pin_memory", "persistent_workers", "prefetch_factor",
-            "multiprocessing_context", "timeout")
+SETTINGS = (
+    "num_workers",
+    "batch_size",
+    "pin_memory",
+    "persistent_workers",
+    "prefetch_factor",
+    "multiprocessing_context",
+    "timeout",
+)
 """What ``DataLoader.reconfigure`` may change (torch's argument names), in the order they are applied."""
 
 KEPT_ASIDE = {key: WORKERS_ONLY[key] for key in ("multiprocessing_context", "timeout")}
@@ -20,6 +27,7 @@ itself while it has none, with the value they take meanwhile (the other two it s
 
 def check_setting(loader: Any, key: str, value: Any) -> None:
     """Raise ValueError, in torch's terms, for a setting ``reconfigure`` cannot apply."""
+
     def whole(minimum: int) -> bool:
         return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
@@ -66,8 +74,11 @@ class LoaderSettings:
     def changes(self, loader: Any, request: dict[str, Any]) -> dict[str, Any] | None:
         """The settings of ``request`` that differ from ``loader``'s (None if none)."""
         with_workers = self.with_workers
-        changes = {key: value for key, value in request.items()
-                   if (with_workers[key] if key in KEPT_ASIDE else current_value(loader, key)) != value}
+        changes = {
+            key: value
+            for key, value in request.items()
+            if (with_workers[key] if key in KEPT_ASIDE else current_value(loader, key)) != value
+        }
         return changes or None
 
     def apply(self, loader: Any, changes: dict[str, Any]) -> None:

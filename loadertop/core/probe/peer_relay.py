@@ -26,8 +26,9 @@ class PeerRelay:
 
         self._run = run
         self.world_size = rank.world_size
-        self._exchange = PeerExchange(rank=rank.rank, local_rank=rank.local_rank, node_rank=rank.node_rank,
-                                      world_size=rank.world_size)
+        self._exchange = PeerExchange(
+            rank=rank.rank, local_rank=rank.local_rank, node_rank=rank.node_rank, world_size=rank.world_size
+        )
         self._next = 0.0
         self._refused = False  # said once: a summary of another node's that is not a peer message
 
@@ -54,8 +55,10 @@ class PeerRelay:
                         self._refused = True
                         run._say(f"a rank's summary in the job's store is not one this loadertop reads ({exc})")
         if exchange.failed is not None:
-            run._say(f"the job's c10d store cannot carry loadertop's summaries ({exchange.failed}): monitors see "
-                     "only this node's ranks")
+            run._say(
+                f"the job's c10d store cannot carry loadertop's summaries ({exchange.failed}): monitors see "
+                "only this node's ranks"
+            )
             return False
         return True
 

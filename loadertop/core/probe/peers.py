@@ -74,8 +74,18 @@ class PeerExchange:
             store = self._store = self._store or torch_compat.default_store()
             if store is None:  # init_process_group not called yet (or no torch.distributed)
                 return []
-            store.set(KEY.format(self.rank), json.dumps({**summary, "rank": self.rank, "local_rank": self.local_rank,
-                                                         "node_rank": self.node_rank, "host": self.host}))
+            store.set(
+                KEY.format(self.rank),
+                json.dumps(
+                    {
+                        **summary,
+                        "rank": self.rank,
+                        "local_rank": self.local_rank,
+                        "node_rank": self.node_rank,
+                        "host": self.host,
+                    }
+                ),
+            )
             if self.local_rank != 0:
                 return []
             peers = []

@@ -55,9 +55,16 @@ class Publisher:
         rank: this process's rank in a torchrun job, added to its batches, logs and autotune events (None: not one).
     """
 
-    def __init__(self, *, hello: Hello, record: str | None = None, serve: bool = True,
-                 say: Callable[[str], None] | None = None, kept_by: str | None = None,
-                 rank: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        hello: Hello,
+        record: str | None = None,
+        serve: bool = True,
+        say: Callable[[str], None] | None = None,
+        kept_by: str | None = None,
+        rank: int | None = None,
+    ) -> None:
         self._kept_by = kept_by
         self._rank = rank
         self._tag: dict[str, Any] = {"rank": rank} if rank is not None else {}  # in --record's lines
@@ -214,15 +221,33 @@ class Publisher:
             batches: int | None = len(loader)
         except TypeError:
             batches = None
-        self._publish(LoaderUpdate(
-            name=loader.name, num_workers=status.num_workers, batch_size=batch_size_of(loader),
-            batches_per_epoch=batches, training=loader is self.training, exact=loader.continues_exactly,
-            pending=status.pending, epoch=status.epoch, worker_pids=tuple(status.worker_pids), dropped=self.dropped))
+        self._publish(
+            LoaderUpdate(
+                name=loader.name,
+                num_workers=status.num_workers,
+                batch_size=batch_size_of(loader),
+                batches_per_epoch=batches,
+                training=loader is self.training,
+                exact=loader.continues_exactly,
+                pending=status.pending,
+                epoch=status.epoch,
+                worker_pids=tuple(status.worker_pids),
+                dropped=self.dropped,
+            )
+        )
         return status
 
     def _publish_cpu(self, reason: CpuReason, loader: str, reading: Any) -> None:
-        self._publish(Cpu(reason=reason, loader=loader, time=reading.time, main_s=reading.main_s,
-                          children_s=reading.children_s, rss_bytes=reading.rss_bytes))
+        self._publish(
+            Cpu(
+                reason=reason,
+                loader=loader,
+                time=reading.time,
+                main_s=reading.main_s,
+                children_s=reading.children_s,
+                rss_bytes=reading.rss_bytes,
+            )
+        )
 
     def _write(self) -> None:
         sums: dict[tuple[str, int], list[float]] = {}  # (loader, workers) -> [batches, load_s, step_s, samples]
@@ -279,8 +304,12 @@ class Publisher:
                 continue
             if kind == "autotune":
                 name = self.training.name if self.training is not None else None
-                event = {**payload.to_event(), **self._tag, "loader": name,
-                         "step": self._steps.get(name, 0) if name else 0}
+                event = {
+                    **payload.to_event(),
+                    **self._tag,
+                    "loader": name,
+                    "step": self._steps.get(name, 0) if name else 0,
+                }
                 if self._record is not None:
                     self._record.write(record_line(event))
                     self._record.flush()
@@ -294,11 +323,19 @@ class Publisher:
                 self._write_log(*payload, epochs)
                 continue
             step, batch = payload
-            message = Batch(loader=batch.loader, step=step, epoch=batch.epoch, batch=batch.batch,
-                            num_workers=batch.num_workers, samples=batch.samples,
-                            load_ms=round(batch.load_s * 1000, 4),
-                            step_ms=None if batch.step_s is None else round(batch.step_s * 1000, 4),
-                            switch_ms=round(batch.switch_s * 1000, 4), time=round(batch.time, 6), rank=self._rank)
+            message = Batch(
+                loader=batch.loader,
+                step=step,
+                epoch=batch.epoch,
+                batch=batch.batch,
+                num_workers=batch.num_workers,
+                samples=batch.samples,
+                load_ms=round(batch.load_s * 1000, 4),
+                step_ms=None if batch.step_s is None else round(batch.step_s * 1000, 4),
+                switch_ms=round(batch.switch_s * 1000, 4),
+                time=round(batch.time, 6),
+                rank=self._rank,
+            )
             if self._record is not None:
                 fields = message.to_wire()
                 del fields["type"]  # the record's line is the message's fields
@@ -307,8 +344,11 @@ class Publisher:
             before = workers_of.get(batch.loader)
             workers_of[batch.loader] = batch.num_workers
             if before is not None and before != batch.num_workers:
-                self._publish(SwitchEvent(loader=batch.loader, from_workers=before, to_workers=batch.num_workers,
-                                          after_step=step - 1))
+                self._publish(
+                    SwitchEvent(
+                        loader=batch.loader, from_workers=before, to_workers=batch.num_workers, after_step=step - 1
+                    )
+                )
             self._publish(message)
             if self.training is not None and batch.loader == self.training.name and batch.step_s is not None:
                 self.recent.append((batch.load_s, batch.step_s, batch.samples, batch.num_workers, step))
@@ -324,15 +364,21 @@ class Publisher:
                 totals[2] += batch.step_s or 0.0
                 totals[3] += batch.samples
 
-    def _write_log(self, loader: str, step: int, values: dict[str, Any],
-                   epochs: dict[str, tuple[int, list[float]]]) -> None:
+    def _write_log(
+        self, loader: str, step: int, values: dict[str, Any], epochs: dict[str, tuple[int, list[float]]]
+    ) -> None:
         numbers = {k: _number(v) for k, v in values.items()}
         if self._record is not None:
             line = {"event": "log", **self._tag, "loader": loader, "step": step, **numbers}
             self._record.write(record_line(line))
             self._record.flush()
-        self._publish(Log(loader=loader, step=step,
-                          metrics={k: v for k, v in numbers.items() if isinstance(v, (int, float)) or v is None}))
+        self._publish(
+            Log(
+                loader=loader,
+                step=step,
+                metrics={k: v for k, v in numbers.items() if isinstance(v, (int, float)) or v is None},
+            )
+        )
         loss = numbers.get("loss")
         current = epochs.get(loader)
         if isinstance(loss, float) and current is not None:
@@ -373,9 +419,15 @@ class Publisher:
         if not kept:
             return None
         load, step = sum(r[0] for r in kept), sum(r[1] for r in kept)
-        return {"pid": os.getpid(), "num_workers": kept[-1][3], "load_ms": load / len(kept) * 1000,
-                "step_ms": step / len(kept) * 1000, "step": kept[-1][4], "time": time.time(),
-                "samples_per_s": sum(r[2] for r in kept) / (load + step) if load + step > 0 else None}
+        return {
+            "pid": os.getpid(),
+            "num_workers": kept[-1][3],
+            "load_ms": load / len(kept) * 1000,
+            "step_ms": step / len(kept) * 1000,
+            "step": kept[-1][4],
+            "time": time.time(),
+            "samples_per_s": sum(r[2] for r in kept) / (load + step) if load + step > 0 else None,
+        }
 
     def _say(self, text: str) -> None:
         if self._say_to is not None:
@@ -408,13 +460,16 @@ def _cpu_clock() -> Any:
         return None
 
 
-def _describe(batches: float, load_s: float, step_s: float, samples: float, loss: float = 0.0,
-              losses: float = 0) -> str:
+def _describe(
+    batches: float, load_s: float, step_s: float, samples: float, loss: float = 0.0, losses: float = 0
+) -> str:
     busy = load_s + step_s
     speed = f", {samples / busy:,.0f} samples/s" if busy > 0 else ""
     mean_loss = f", loss {loss / losses:.4f}" if losses else ""
-    return (f"{batches:.0f} batches, load {load_s / batches * 1000:.1f} ms, step {step_s / batches * 1000:.1f} ms"
-            f"{speed}{mean_loss}")
+    return (
+        f"{batches:.0f} batches, load {load_s / batches * 1000:.1f} ms, step {step_s / batches * 1000:.1f} ms"
+        f"{speed}{mean_loss}"
+    )
 
 
 def _number(value: Any) -> Any:

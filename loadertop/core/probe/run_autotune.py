@@ -50,8 +50,10 @@ class RunAutotune:
         if enabled:
             from loadertop.core.probe.autotune_host import describe_budget
 
-            self._run._say(f"autotune on ({why}): the training loader's workers are tuned within "
-                           f"{describe_budget(tuning.budget, self._ranks_on_node)}")
+            self._run._say(
+                f"autotune on ({why}): the training loader's workers are tuned within "
+                f"{describe_budget(tuning.budget, self._ranks_on_node)}"
+            )
         else:
             self._run._say(f"autotune off ({why}): the workers stay as they are")
         tuning.set_enabled(enabled)
@@ -65,11 +67,17 @@ class RunAutotune:
                 from loadertop.core.probe.autotune_host import default_budget
                 from loadertop.core.probe.tuning import LoaderTuning
 
-                budget = default_budget(cores=self._settings.cpu_budget,
-                                        memory_gib=self._settings.memory_budget_gib,
-                                        ranks_on_node=self._ranks_on_node)
-                self.tuning = LoaderTuning(budget=budget, clock=run._clock, on_change=run.autotune,
-                                           on_thread=lambda thread_id: run.exclude_threads([thread_id]))
+                budget = default_budget(
+                    cores=self._settings.cpu_budget,
+                    memory_gib=self._settings.memory_budget_gib,
+                    ranks_on_node=self._ranks_on_node,
+                )
+                self.tuning = LoaderTuning(
+                    budget=budget,
+                    clock=run._clock,
+                    on_change=run.autotune,
+                    on_thread=lambda thread_id: run.exclude_threads([thread_id]),
+                )
                 if run.training is not None:
                     self.follow(run.training)
             return self.tuning

@@ -92,8 +92,7 @@ class RunServer:
             the run cannot be tuned from a monitor; they are refused).
     """
 
-    def __init__(self, path: Path, hello: Hello, on_switch: SwitchHandler, *,
-                 kept_by: str | None = None) -> None:
+    def __init__(self, path: Path, hello: Hello, on_switch: SwitchHandler, *, kept_by: str | None = None) -> None:
         self.path = path
         self._hello = hello
         self._on_switch = on_switch
@@ -187,8 +186,9 @@ class RunServer:
         try:
             while True:
                 self._update_interest()
-                if self._closing and (not any(c.out for c in self._clients.values())
-                                      or time.monotonic() > self._close_by):
+                if self._closing and (
+                    not any(c.out for c in self._clients.values()) or time.monotonic() > self._close_by
+                ):
                     break
                 for key, events in self._selector.select(timeout=0.5 if not self._closing else 0.1):
                     if key.data == "accept":
@@ -224,8 +224,14 @@ class RunServer:
         client = _Client(sock)
         with self._lock:
             control = self._control()
-            client.out += encode_message(replace(self._hello, controller=control.controller,
-                                                 controller_id=control.controller_id, kept_by=control.kept_by))
+            client.out += encode_message(
+                replace(
+                    self._hello,
+                    controller=control.controller,
+                    controller_id=control.controller_id,
+                    kept_by=control.kept_by,
+                )
+            )
             for line in self._loaders.values():
                 client.out += line
             for line in self._changes:
@@ -302,8 +308,11 @@ class RunServer:
         if self._controller is not client:
             reason: str | None = self._not_controller_text()
         elif isinstance(message, AutotuneRequest):
-            reason = "this run cannot be tuned from a monitor" if self.on_autotune is None else (
-                self.on_autotune(message.enabled))
+            reason = (
+                "this run cannot be tuned from a monitor"
+                if self.on_autotune is None
+                else (self.on_autotune(message.enabled))
+            )
         else:
             reason = self._on_switch(message.loader, message.workers, message.rank)
         if reason is not None:
@@ -348,4 +357,3 @@ class RunServer:
                 self._broadcast_control()
         with contextlib.suppress(OSError):
             client.sock.close()
-

@@ -32,16 +32,22 @@ def unmet_switches(switches: dict[str, int], names: set[str], rank: Rank | None)
         if named is not None:  # --switch rankR:...: one rank's
             number = int(named.group(1))
             if rank is None:
-                lines.append(f"--switch {key}:{switches[key]}: names rank {number} of a torchrun job, "
-                             "but this script runs as one process (not under torchrun)")
+                lines.append(
+                    f"--switch {key}:{switches[key]}: names rank {number} of a torchrun job, "
+                    "but this script runs as one process (not under torchrun)"
+                )
             elif number >= rank.world_size and rank.rank == 0:
-                lines.append(f"--switch {key}:{switches[key]}: the job has no rank {number} (its "
-                             f"ranks: 0 to {rank.world_size - 1})")
+                lines.append(
+                    f"--switch {key}:{switches[key]}: the job has no rank {number} (its "
+                    f"ranks: 0 to {rank.world_size - 1})"
+                )
             if rank is None or number != rank.rank:
                 continue
-        loader, _, _ = key[named.end() if named else 0:].rpartition("@")
+        loader, _, _ = key[named.end() if named else 0 :].rpartition("@")
         if loader and loader not in names:
             known = ", ".join(sorted(names)) or "none"
-            lines.append(f"--switch {key}:{switches[key]}: the script created no DataLoader named "
-                         f"{loader!r} (its loaders: {known})")
+            lines.append(
+                f"--switch {key}:{switches[key]}: the script created no DataLoader named "
+                f"{loader!r} (its loaders: {known})"
+            )
     return lines

@@ -88,8 +88,9 @@ class IncompatibleTorch(RuntimeError):
 
 def incompatible(*paths: str) -> IncompatibleTorch:
     """The error for a torch without ``paths`` (full dotted names), in one line naming them and its version."""
-    return IncompatibleTorch(f"loadertop needs {', '.join(paths)}, which torch {torch.__version__} does not have: "
-                             f"use {SUPPORTED_TORCH}")
+    return IncompatibleTorch(
+        f"loadertop needs {', '.join(paths)}, which torch {torch.__version__} does not have: use {SUPPORTED_TORCH}"
+    )
 
 
 def _applies(use: Use) -> bool:

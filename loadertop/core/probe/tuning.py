@@ -25,6 +25,7 @@ from loadertop.core.protocol.messages import AutotuneStatus
 if TYPE_CHECKING:
     from loadertop.core.policy.autotune import Budget, Change, Reading
 
+
 class LoaderTuning(AutotuneHost):
     """The autotune host on one loader at a time (``follow``), off until ``set_enabled(True)``; its thread
     starts once it is on and has a loader.
@@ -37,16 +38,29 @@ class LoaderTuning(AutotuneHost):
         interval_s: seconds between readings of the tree.
     """
 
-    def __init__(self, *, budget: Budget, clock: Any, on_change: Callable[[Change], None],
-                 on_thread: Callable[[int], None] | None = None, interval_s: float = 0.25) -> None:
+    def __init__(
+        self,
+        *,
+        budget: Budget,
+        clock: Any,
+        on_change: Callable[[Change], None],
+        on_thread: Callable[[int], None] | None = None,
+        interval_s: float = 0.25,
+    ) -> None:
         from loadertop.core.policy.autotune import AutoTuner
 
         self._clock = clock
         self._loader: weakref.ref[Any] | None = None
         self._raw: deque[Any] = deque(maxlen=100_000)  # LoaderBatches, appended by the loop (or the writer)
         self._previous: Any = None  # the batch whose step comes with the next one
-        super().__init__(AutoTuner(budget), apply=self._switch_loader, read=self._read_loader_tree,
-                         on_change=(on_change,), on_thread=on_thread, interval_s=interval_s)
+        super().__init__(
+            AutoTuner(budget),
+            apply=self._switch_loader,
+            read=self._read_loader_tree,
+            on_change=(on_change,),
+            on_thread=on_thread,
+            interval_s=interval_s,
+        )
 
     # ---------------------------------------------------------- any thread
 
@@ -79,12 +93,18 @@ class LoaderTuning(AutotuneHost):
 
         status = self.status()
         loader = self.loader
-        return AutotuneStatus.from_wire({
-            "loader": loader.name if loader is not None else None, "state": status.state, "workers": status.workers,
-            "changes": len(status.changes), **curve_fields(status.predicted, status.ceiling),
-            "cores": round(self.budget.cores, 3),
-            "memory_bytes": None if self.budget.memory_bytes is None else int(self.budget.memory_bytes),
-            "max_workers": self.budget.max_workers})
+        return AutotuneStatus.from_wire(
+            {
+                "loader": loader.name if loader is not None else None,
+                "state": status.state,
+                "workers": status.workers,
+                "changes": len(status.changes),
+                **curve_fields(status.predicted, status.ceiling),
+                "cores": round(self.budget.cores, 3),
+                "memory_bytes": None if self.budget.memory_bytes is None else int(self.budget.memory_bytes),
+                "max_workers": self.budget.max_workers,
+            }
+        )
 
     def _start_if_due(self) -> None:
         if self.enabled and self.loader is not None and not self.started:
@@ -116,9 +136,16 @@ class LoaderTuning(AutotuneHost):
             previous, self._previous = self._previous, batch
             if previous is None or batch.step_s is None or batch.loader != previous.loader:
                 continue  # the step after an epoch's last batch holds the epoch's end: not a steady step
-            self.put(Observation(previous.num_workers, previous.samples, previous.load_s + previous.switch_s,
-                                 batch.step_s, previous.time,
-                                 refill=previous.batch <= refill_batches(previous.num_workers)))
+            self.put(
+                Observation(
+                    previous.num_workers,
+                    previous.samples,
+                    previous.load_s + previous.switch_s,
+                    batch.step_s,
+                    previous.time,
+                    refill=previous.batch <= refill_batches(previous.num_workers),
+                )
+            )
 
 
 def start_at_zero(arguments: dict[str, Any]) -> dict[str, Any]:
@@ -126,8 +153,7 @@ def start_at_zero(arguments: dict[str, Any]) -> dict[str, Any]:
     the loop then waits exactly the time to make a batch); returns the settings torch refuses at 0
     workers, taken out, for ``hold_for_workers``."""
     arguments["num_workers"] = 0
-    return {key: arguments.pop(key) for key in WORKERS_ONLY
-            if key in arguments and arguments[key] != WORKERS_ONLY[key]}
+    return {key: arguments.pop(key) for key in WORKERS_ONLY if key in arguments and arguments[key] != WORKERS_ONLY[key]}
 
 
 def hold_for_workers(loader: Any, held: dict[str, Any]) -> None:
@@ -164,13 +190,18 @@ def tune_by_itself(loader: Any) -> LoaderTuning:
     def say(text: str) -> None:
         say_on_stderr(f"{prefix}autotune: {name}: {text}")
 
-    tuning = LoaderTuning(budget=budget, clock=clock, on_change=lambda change: say(change.line()),
-                          on_thread=lambda thread_id: clock.exclude_threads([thread_id]))
+    tuning = LoaderTuning(
+        budget=budget,
+        clock=clock,
+        on_change=lambda change: say(change.line()),
+        on_thread=lambda thread_id: clock.exclude_threads([thread_id]),
+    )
     loader.add_observer(tuning.feed)
-    say(f"num_workers='auto': from {loader.num_workers} workers, within {describe_budget(budget, ranks_on_node)}"
-        + ("" if loader.continues_exactly else "; an IterableDataset: changes apply at epoch boundaries"))
+    say(
+        f"num_workers='auto': from {loader.num_workers} workers, within {describe_budget(budget, ranks_on_node)}"
+        + ("" if loader.continues_exactly else "; an IterableDataset: changes apply at epoch boundaries")
+    )
     tuning.follow(loader)
     tuning.set_enabled(True)
     weakref.finalize(loader, tuning.stop)  # also at exit, while the loader lives
     return tuning
-

@@ -19,11 +19,23 @@ GO_WAIT_S = 1.0
 class WorkerGeneration:
     """One worker generation: a torch iterator over the epoch's index stream, with its settings' worker count."""
 
-    __slots__ = ("builder", "created_at", "error", "go", "inner", "num_workers", "number", "ready_at", "stop", "stream",
-                 "timed")
+    __slots__ = (
+        "builder",
+        "created_at",
+        "error",
+        "go",
+        "inner",
+        "num_workers",
+        "number",
+        "ready_at",
+        "stop",
+        "stream",
+        "timed",
+    )
 
-    def __init__(self, inner: Any, stream: IssuedIndices | None, num_workers: int, number: int,
-                 created_at: float, *, timed: bool) -> None:
+    def __init__(
+        self, inner: Any, stream: IssuedIndices | None, num_workers: int, number: int, created_at: float, *, timed: bool
+    ) -> None:
         self.inner = inner  # None while a builder thread makes it
         self.stream = stream  # None where the stream is not followed (IterableDataset, in_order=False)
         self.num_workers = num_workers
@@ -58,7 +70,8 @@ class WorkerGeneration:
                 self.error = exc
 
         self.builder = loader._threads.builder = threading.Thread(
-            target=make, name=f"loadertop-workers-{loader.name}", daemon=True)
+            target=make, name=f"loadertop-workers-{loader.name}", daemon=True
+        )
         self.builder.start()
 
     def built(self) -> Any:

@@ -32,8 +32,11 @@ class WorkerSeeds:
         workers under a persistent setting: an iterator made each epoch; workers started anew after a
         switch), the draws are the persistent setting's; the sampler is iterated each epoch either way.
         """
-        reused = (loader.persistent_workers and loader.num_workers > 0
-                  and torch_compat.persistent_iterator(loader) is not None)
+        reused = (
+            loader.persistent_workers
+            and loader.num_workers > 0
+            and torch_compat.persistent_iterator(loader) is not None
+        )
         draws = not (loader.persistent_workers and self.drawn)
         self.drawn = bool(loader.persistent_workers)
         if not draws and not reused:  # a fresh iterator, which would draw the seed: from a private generator

@@ -54,8 +54,10 @@ def encode_message(message: WireMessage) -> bytes:
 
 def newer_text(version: int) -> str:
     """The one line that refuses a message of a newer protocol version than this side's."""
-    return (f"the other side speaks protocol version {version}, this loadertop {VERSION}: "
-            "run the same loadertop version on both sides")
+    return (
+        f"the other side speaks protocol version {version}, this loadertop {VERSION}: "
+        "run the same loadertop version on both sides"
+    )
 
 
 def encode(kind: str, **fields: Any) -> bytes:
@@ -114,7 +116,7 @@ class LineReader:
                     self._buffer.clear()
                 return
             line = bytes(self._buffer[:end])
-            del self._buffer[:end + 1]
+            del self._buffer[: end + 1]
             if self._skipping:
                 self._skipping = False
                 continue

@@ -7,8 +7,12 @@ from typing import Any
 
 START_METHODS = ("fork", "spawn", "forkserver")
 
-WORKERS_ONLY: dict[str, Any] = {"prefetch_factor": None, "persistent_workers": False,
-                                "multiprocessing_context": None, "timeout": 0}
+WORKERS_ONLY: dict[str, Any] = {
+    "prefetch_factor": None,
+    "persistent_workers": False,
+    "multiprocessing_context": None,
+    "timeout": 0,
+}
 """The DataLoader settings torch refuses at 0 workers (its argument names), each with the neutral value it takes
 there: the one list of them (``LoaderConfig.validate`` says the same of the command line's flags)."""
 
@@ -64,9 +68,7 @@ class LoaderConfig:
         ):
             raise ConfigError(f"prefetch factor must be an integer >= 1, got {self.prefetch_factor!r}")
         if self.start_method is not None and self.start_method not in START_METHODS:
-            raise ConfigError(
-                f"start method must be one of {', '.join(START_METHODS)}, got {self.start_method!r}"
-            )
+            raise ConfigError(f"start method must be one of {', '.join(START_METHODS)}, got {self.start_method!r}")
         if self.start_method is not None and self.start_method not in available_start_methods():
             raise ConfigError(
                 f"start method {self.start_method!r} is not available on this platform "

@@ -42,20 +42,37 @@ class ProbeSettings:
 
     def to_environment(self) -> str:
         """The value of ``LOADERTOP_PROBE``."""
-        return json.dumps({"workers": self.workers, "switches": dict(self.switches),
-                           "record": self.record, "claim": self.claim, "command": list(self.command),
-                           "log": self.log, "serve": self.serve, "autotune": self.autotune,
-                           "cpu_budget": self.cpu_budget, "memory_budget_gib": self.memory_budget_gib})
+        return json.dumps(
+            {
+                "workers": self.workers,
+                "switches": dict(self.switches),
+                "record": self.record,
+                "claim": self.claim,
+                "command": list(self.command),
+                "log": self.log,
+                "serve": self.serve,
+                "autotune": self.autotune,
+                "cpu_budget": self.cpu_budget,
+                "memory_budget_gib": self.memory_budget_gib,
+            }
+        )
 
     @classmethod
     def from_environment(cls, text: str) -> ProbeSettings:
         """Parse ``LOADERTOP_PROBE``."""
         data = json.loads(text)
-        return cls(workers=data.get("workers"), switches={str(k): int(v) for k, v in data.get("switches", {}).items()},
-                   record=data.get("record"), claim=data.get("claim"), command=tuple(data.get("command") or ()),
-                   log=data.get("log"), serve=bool(data.get("serve", True)), autotune=bool(data.get("autotune")),
-                   cpu_budget=_number_or_none(data.get("cpu_budget")),
-                   memory_budget_gib=_number_or_none(data.get("memory_budget_gib")))
+        return cls(
+            workers=data.get("workers"),
+            switches={str(k): int(v) for k, v in data.get("switches", {}).items()},
+            record=data.get("record"),
+            claim=data.get("claim"),
+            command=tuple(data.get("command") or ()),
+            log=data.get("log"),
+            serve=bool(data.get("serve", True)),
+            autotune=bool(data.get("autotune")),
+            cpu_budget=_number_or_none(data.get("cpu_budget")),
+            memory_budget_gib=_number_or_none(data.get("memory_budget_gib")),
+        )
 
 
 def _number_or_none(value: Any) -> float | None:
@@ -68,8 +85,9 @@ def rank_of_process() -> Rank | None:
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     except (KeyError, ValueError):
         return None
-    return Rank(rank, _env_int("LOCAL_RANK", rank), world, _env_int("LOCAL_WORLD_SIZE", world),
-                _env_int("GROUP_RANK", 0))
+    return Rank(
+        rank, _env_int("LOCAL_RANK", rank), world, _env_int("LOCAL_WORLD_SIZE", world), _env_int("GROUP_RANK", 0)
+    )
 
 
 def _env_int(name: str, default: int) -> int:

@@ -142,9 +142,22 @@ class CpuReason(Word):
     END = "end"
 
 
-SERVER_TYPES = frozenset({MessageType.HELLO, MessageType.LOADER, MessageType.BATCH, MessageType.LOG, MessageType.CPU,
-                          MessageType.EVENT, MessageType.CONTROL, MessageType.REFUSED, MessageType.DROPPED,
-                          MessageType.HISTORY_END, MessageType.PEER, MessageType.AUTOTUNE})
+SERVER_TYPES = frozenset(
+    {
+        MessageType.HELLO,
+        MessageType.LOADER,
+        MessageType.BATCH,
+        MessageType.LOG,
+        MessageType.CPU,
+        MessageType.EVENT,
+        MessageType.CONTROL,
+        MessageType.REFUSED,
+        MessageType.DROPPED,
+        MessageType.HISTORY_END,
+        MessageType.PEER,
+        MessageType.AUTOTUNE,
+    }
+)
 """The types a monitor accepts."""
 CLIENT_TYPES = frozenset({MessageType.HELLO, MessageType.SWITCH, MessageType.AUTOTUNE})
 """The types the server accepts."""
@@ -346,25 +359,47 @@ class Hello(Message):
     threads: tuple[int, ...] = ()
 
     def to_wire(self) -> dict[str, object]:
-        return _wire(self.TYPE, {
-            "pid": self.pid, "command": self.command, "cwd": self.cwd, "started": self.started, "log": self.log,
-            "rank": self.rank, "local_rank": self.local_rank, "world_size": self.world_size,
-            "local_world_size": self.local_world_size, "node_rank": self.node_rank, "controller": self.controller,
-            "controller_id": self.controller_id, "kept_by": self.kept_by, "builtin": self.builtin,
-            "threads": self.threads}, omit_none=(*_RANKED, "cwd", "kept_by", "builtin"))
+        return _wire(
+            self.TYPE,
+            {
+                "pid": self.pid,
+                "command": self.command,
+                "cwd": self.cwd,
+                "started": self.started,
+                "log": self.log,
+                "rank": self.rank,
+                "local_rank": self.local_rank,
+                "world_size": self.world_size,
+                "local_world_size": self.local_world_size,
+                "node_rank": self.node_rank,
+                "controller": self.controller,
+                "controller_id": self.controller_id,
+                "kept_by": self.kept_by,
+                "builtin": self.builtin,
+                "threads": self.threads,
+            },
+            omit_none=(*_RANKED, "cwd", "kept_by", "builtin"),
+        )
 
     @classmethod
     def from_wire(cls, wire: Wire) -> Hello:
-        return cls(pid=integer(wire, "pid"), command=texts(wire, "command"), cwd=optional_text(wire, "cwd"),
-                   started=optional_number(wire, "started"), log=optional_text(wire, "log"),
-                   rank=optional_integer(wire, "rank", minimum=0),
-                   local_rank=optional_integer(wire, "local_rank", minimum=0),
-                   world_size=optional_integer(wire, "world_size", minimum=0),
-                   local_world_size=optional_integer(wire, "local_world_size", minimum=0),
-                   node_rank=optional_integer(wire, "node_rank", minimum=0),
-                   controller=optional_integer(wire, "controller"),
-                   controller_id=optional_text(wire, "controller_id"), kept_by=optional_text(wire, "kept_by"),
-                   builtin=optional_text(wire, "builtin"), threads=integers(wire, "threads"))
+        return cls(
+            pid=integer(wire, "pid"),
+            command=texts(wire, "command"),
+            cwd=optional_text(wire, "cwd"),
+            started=optional_number(wire, "started"),
+            log=optional_text(wire, "log"),
+            rank=optional_integer(wire, "rank", minimum=0),
+            local_rank=optional_integer(wire, "local_rank", minimum=0),
+            world_size=optional_integer(wire, "world_size", minimum=0),
+            local_world_size=optional_integer(wire, "local_world_size", minimum=0),
+            node_rank=optional_integer(wire, "node_rank", minimum=0),
+            controller=optional_integer(wire, "controller"),
+            controller_id=optional_text(wire, "controller_id"),
+            kept_by=optional_text(wire, "kept_by"),
+            builtin=optional_text(wire, "builtin"),
+            threads=integers(wire, "threads"),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,19 +420,36 @@ class LoaderUpdate(Message):
     """Batch records the script dropped so far (its writer could not keep up)."""
 
     def to_wire(self) -> dict[str, object]:
-        return _wire(self.TYPE, {
-            "name": self.name, "num_workers": self.num_workers, "batch_size": self.batch_size,
-            "batches_per_epoch": self.batches_per_epoch, "training": self.training, "exact": self.exact,
-            "pending": self.pending, "epoch": self.epoch, "worker_pids": self.worker_pids, "dropped": self.dropped})
+        return _wire(
+            self.TYPE,
+            {
+                "name": self.name,
+                "num_workers": self.num_workers,
+                "batch_size": self.batch_size,
+                "batches_per_epoch": self.batches_per_epoch,
+                "training": self.training,
+                "exact": self.exact,
+                "pending": self.pending,
+                "epoch": self.epoch,
+                "worker_pids": self.worker_pids,
+                "dropped": self.dropped,
+            },
+        )
 
     @classmethod
     def from_wire(cls, wire: Wire) -> LoaderUpdate:
-        return cls(name=text(wire, "name"), num_workers=integer(wire, "num_workers", minimum=0),
-                   batch_size=optional_integer(wire, "batch_size"),
-                   batches_per_epoch=optional_integer(wire, "batches_per_epoch"),
-                   training=flag(wire, "training", False), exact=flag(wire, "exact", True),
-                   pending=optional_integer(wire, "pending", minimum=0), epoch=integer(wire, "epoch", 0),
-                   worker_pids=integers(wire, "worker_pids"), dropped=integer(wire, "dropped", 0))
+        return cls(
+            name=text(wire, "name"),
+            num_workers=integer(wire, "num_workers", minimum=0),
+            batch_size=optional_integer(wire, "batch_size"),
+            batches_per_epoch=optional_integer(wire, "batches_per_epoch"),
+            training=flag(wire, "training", False),
+            exact=flag(wire, "exact", True),
+            pending=optional_integer(wire, "pending", minimum=0),
+            epoch=integer(wire, "epoch", 0),
+            worker_pids=integers(wire, "worker_pids"),
+            dropped=integer(wire, "dropped", 0),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -420,17 +472,36 @@ class Batch(Message):
     def to_wire(self) -> dict[str, object]:
         # Built directly: one a batch, in the writer thread (no words or tuples to convert).
         ranked: dict[str, object] = {} if self.rank is None else {"rank": self.rank}
-        return {"type": "batch", **ranked, "loader": self.loader, "step": self.step, "epoch": self.epoch,
-                "batch": self.batch, "num_workers": self.num_workers, "samples": self.samples,
-                "load_ms": self.load_ms, "step_ms": self.step_ms, "switch_ms": self.switch_ms, "time": self.time}
+        return {
+            "type": "batch",
+            **ranked,
+            "loader": self.loader,
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "num_workers": self.num_workers,
+            "samples": self.samples,
+            "load_ms": self.load_ms,
+            "step_ms": self.step_ms,
+            "switch_ms": self.switch_ms,
+            "time": self.time,
+        }
 
     @classmethod
     def from_wire(cls, wire: Wire) -> Batch:
-        return cls(loader=text(wire, "loader"), step=integer(wire, "step"), epoch=integer(wire, "epoch"),
-                   batch=integer(wire, "batch"), num_workers=integer(wire, "num_workers", minimum=0),
-                   samples=integer(wire, "samples"), load_ms=number(wire, "load_ms"),
-                   step_ms=optional_number(wire, "step_ms"), time=number(wire, "time"),
-                   switch_ms=number(wire, "switch_ms", 0.0), rank=optional_integer(wire, "rank"))
+        return cls(
+            loader=text(wire, "loader"),
+            step=integer(wire, "step"),
+            epoch=integer(wire, "epoch"),
+            batch=integer(wire, "batch"),
+            num_workers=integer(wire, "num_workers", minimum=0),
+            samples=integer(wire, "samples"),
+            load_ms=number(wire, "load_ms"),
+            step_ms=optional_number(wire, "step_ms"),
+            time=number(wire, "time"),
+            switch_ms=number(wire, "switch_ms", 0.0),
+            rank=optional_integer(wire, "rank"),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -444,13 +515,20 @@ class Log(Message):
     rank: int | None = None
 
     def to_wire(self) -> dict[str, object]:
-        return _wire(self.TYPE, {"rank": self.rank, "loader": self.loader, "step": self.step,
-                                 "metrics": dict(self.metrics)}, omit_none=("rank",))
+        return _wire(
+            self.TYPE,
+            {"rank": self.rank, "loader": self.loader, "step": self.step, "metrics": dict(self.metrics)},
+            omit_none=("rank",),
+        )
 
     @classmethod
     def from_wire(cls, wire: Wire) -> Log:
-        return cls(loader=text(wire, "loader"), step=integer(wire, "step"), metrics=mapping(wire, "metrics"),
-                   rank=optional_integer(wire, "rank"))
+        return cls(
+            loader=text(wire, "loader"),
+            step=integer(wire, "step"),
+            metrics=mapping(wire, "metrics"),
+            rank=optional_integer(wire, "rank"),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -466,14 +544,28 @@ class Cpu(Message):
     rss_bytes: int
 
     def to_wire(self) -> dict[str, object]:
-        return _wire(self.TYPE, {"reason": self.reason, "loader": self.loader, "time": self.time,
-                                 "main_s": self.main_s, "children_s": self.children_s, "rss_bytes": self.rss_bytes})
+        return _wire(
+            self.TYPE,
+            {
+                "reason": self.reason,
+                "loader": self.loader,
+                "time": self.time,
+                "main_s": self.main_s,
+                "children_s": self.children_s,
+                "rss_bytes": self.rss_bytes,
+            },
+        )
 
     @classmethod
     def from_wire(cls, wire: Wire) -> Cpu:
-        return cls(reason=word(wire, "reason", CpuReason), loader=text(wire, "loader"), time=number(wire, "time"),
-                   main_s=number(wire, "main_s"), children_s=number(wire, "children_s"),
-                   rss_bytes=integer(wire, "rss_bytes"))
+        return cls(
+            reason=word(wire, "reason", CpuReason),
+            loader=text(wire, "loader"),
+            time=number(wire, "time"),
+            main_s=number(wire, "main_s"),
+            children_s=number(wire, "children_s"),
+            rss_bytes=integer(wire, "rss_bytes"),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -489,14 +581,28 @@ class SwitchEvent(Message):
     by: str | None = None
 
     def to_wire(self) -> dict[str, object]:
-        return _wire(self.TYPE, {"event": self.KIND, "loader": self.loader, "after_step": self.after_step,
-                                 "from": self.from_workers, "to": self.to_workers, "by": self.by}, omit_none=("by",))
+        return _wire(
+            self.TYPE,
+            {
+                "event": self.KIND,
+                "loader": self.loader,
+                "after_step": self.after_step,
+                "from": self.from_workers,
+                "to": self.to_workers,
+                "by": self.by,
+            },
+            omit_none=("by",),
+        )
 
     @classmethod
     def from_wire(cls, wire: Wire) -> SwitchEvent:
-        return cls(loader=text(wire, "loader"), from_workers=integer(wire, "from", minimum=0),
-                   to_workers=integer(wire, "to", minimum=0), after_step=integer(wire, "after_step"),
-                   by=optional_text(wire, "by"))
+        return cls(
+            loader=text(wire, "loader"),
+            from_workers=integer(wire, "from", minimum=0),
+            to_workers=integer(wire, "to", minimum=0),
+            after_step=integer(wire, "after_step"),
+            by=optional_text(wire, "by"),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -516,18 +622,36 @@ class AutotuneEvent(Message):
     rank: int | None = None
 
     def to_wire(self) -> dict[str, object]:
-        return _wire(self.TYPE, {
-            "event": self.KIND, "change": self.change, "from": self.from_workers, "to": self.to_workers,
-            "reason": self.reason, "predicted": curve_to_wire(self.predicted), "ceiling": self.ceiling,
-            "rank": self.rank, "loader": self.loader, "step": self.step}, omit_none=("rank",))
+        return _wire(
+            self.TYPE,
+            {
+                "event": self.KIND,
+                "change": self.change,
+                "from": self.from_workers,
+                "to": self.to_workers,
+                "reason": self.reason,
+                "predicted": curve_to_wire(self.predicted),
+                "ceiling": self.ceiling,
+                "rank": self.rank,
+                "loader": self.loader,
+                "step": self.step,
+            },
+            omit_none=("rank",),
+        )
 
     @classmethod
     def from_wire(cls, wire: Wire) -> AutotuneEvent:
-        return cls(change=word(wire, "change", ChangeKind), from_workers=integer(wire, "from", minimum=0),
-                   to_workers=integer(wire, "to", minimum=0), reason=text(wire, "reason", ""),
-                   predicted=curve(wire, "predicted"), ceiling=optional_number(wire, "ceiling"),
-                   loader=optional_text(wire, "loader"), step=integer(wire, "step", 0),
-                   rank=optional_integer(wire, "rank"))
+        return cls(
+            change=word(wire, "change", ChangeKind),
+            from_workers=integer(wire, "from", minimum=0),
+            to_workers=integer(wire, "to", minimum=0),
+            reason=text(wire, "reason", ""),
+            predicted=curve(wire, "predicted"),
+            ceiling=optional_number(wire, "ceiling"),
+            loader=optional_text(wire, "loader"),
+            step=integer(wire, "step", 0),
+            rank=optional_integer(wire, "rank"),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -580,8 +704,11 @@ class OtherEvent(Message):
 
 Event = SwitchEvent | AutotuneEvent | ExceptionEvent | ExitEvent | OtherEvent
 _EVENTS: dict[str, Callable[[Wire], Event]] = {
-    EventKind.SWITCH: SwitchEvent.from_wire, EventKind.AUTOTUNE: AutotuneEvent.from_wire,
-    EventKind.EXCEPTION: ExceptionEvent.from_wire, EventKind.EXIT: ExitEvent.from_wire}
+    EventKind.SWITCH: SwitchEvent.from_wire,
+    EventKind.AUTOTUNE: AutotuneEvent.from_wire,
+    EventKind.EXCEPTION: ExceptionEvent.from_wire,
+    EventKind.EXIT: ExitEvent.from_wire,
+}
 
 
 def event_message(wire: Wire) -> Event:
@@ -600,13 +727,19 @@ class Control(Message):
     kept_by: str | None = None
 
     def to_wire(self) -> dict[str, object]:
-        return _wire(self.TYPE, {"controller": self.controller, "controller_id": self.controller_id,
-                                 "kept_by": self.kept_by}, omit_none=("kept_by",))
+        return _wire(
+            self.TYPE,
+            {"controller": self.controller, "controller_id": self.controller_id, "kept_by": self.kept_by},
+            omit_none=("kept_by",),
+        )
 
     @classmethod
     def from_wire(cls, wire: Wire) -> Control:
-        return cls(controller=optional_integer(wire, "controller"), controller_id=optional_text(wire, "controller_id"),
-                   kept_by=optional_text(wire, "kept_by"))
+        return cls(
+            controller=optional_integer(wire, "controller"),
+            controller_id=optional_text(wire, "controller_id"),
+            kept_by=optional_text(wire, "kept_by"),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -671,19 +804,38 @@ class Peer(Message):
     time: float | None = None
 
     def to_wire(self) -> dict[str, object]:
-        return _wire(self.TYPE, {
-            "rank": self.rank, "local_rank": self.local_rank, "node_rank": self.node_rank, "host": self.host,
-            "pid": self.pid, "num_workers": self.num_workers, "load_ms": self.load_ms, "step_ms": self.step_ms,
-            "samples_per_s": self.samples_per_s, "step": self.step, "time": self.time})
+        return _wire(
+            self.TYPE,
+            {
+                "rank": self.rank,
+                "local_rank": self.local_rank,
+                "node_rank": self.node_rank,
+                "host": self.host,
+                "pid": self.pid,
+                "num_workers": self.num_workers,
+                "load_ms": self.load_ms,
+                "step_ms": self.step_ms,
+                "samples_per_s": self.samples_per_s,
+                "step": self.step,
+                "time": self.time,
+            },
+        )
 
     @classmethod
     def from_wire(cls, wire: Wire) -> Peer:
-        return cls(rank=integer(wire, "rank", minimum=0), local_rank=optional_integer(wire, "local_rank", minimum=0),
-                   node_rank=optional_integer(wire, "node_rank", minimum=0), host=optional_text(wire, "host"),
-                   pid=optional_integer(wire, "pid"), num_workers=optional_integer(wire, "num_workers", minimum=0),
-                   load_ms=optional_number(wire, "load_ms"), step_ms=optional_number(wire, "step_ms"),
-                   samples_per_s=optional_number(wire, "samples_per_s"), step=optional_integer(wire, "step"),
-                   time=optional_number(wire, "time"))
+        return cls(
+            rank=integer(wire, "rank", minimum=0),
+            local_rank=optional_integer(wire, "local_rank", minimum=0),
+            node_rank=optional_integer(wire, "node_rank", minimum=0),
+            host=optional_text(wire, "host"),
+            pid=optional_integer(wire, "pid"),
+            num_workers=optional_integer(wire, "num_workers", minimum=0),
+            load_ms=optional_number(wire, "load_ms"),
+            step_ms=optional_number(wire, "step_ms"),
+            samples_per_s=optional_number(wire, "samples_per_s"),
+            step=optional_integer(wire, "step"),
+            time=optional_number(wire, "time"),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -703,30 +855,72 @@ class AutotuneStatus(Message):
     max_workers: int | None = None
 
     def to_wire(self) -> dict[str, object]:
-        budgets = {} if self.cores is None else {"cores": self.cores, "memory_bytes": self.memory_bytes,
-                                                 "max_workers": self.max_workers}
-        return _wire(self.TYPE, {"loader": self.loader, "state": self.state, "workers": self.workers,
-                                 "changes": self.changes, "predicted": curve_to_wire(self.predicted),
-                                 "ceiling": self.ceiling, **budgets})
+        budgets = (
+            {}
+            if self.cores is None
+            else {"cores": self.cores, "memory_bytes": self.memory_bytes, "max_workers": self.max_workers}
+        )
+        return _wire(
+            self.TYPE,
+            {
+                "loader": self.loader,
+                "state": self.state,
+                "workers": self.workers,
+                "changes": self.changes,
+                "predicted": curve_to_wire(self.predicted),
+                "ceiling": self.ceiling,
+                **budgets,
+            },
+        )
 
     @classmethod
     def from_wire(cls, wire: Wire) -> AutotuneStatus:
-        return cls(loader=optional_text(wire, "loader"), state=word(wire, "state", TunerState, TunerState.OFF),
-                   workers=optional_integer(wire, "workers", minimum=0), changes=integer(wire, "changes", 0),
-                   predicted=curve(wire, "predicted"), ceiling=optional_number(wire, "ceiling"),
-                   cores=optional_number(wire, "cores"), memory_bytes=optional_integer(wire, "memory_bytes"),
-                   max_workers=optional_integer(wire, "max_workers"))
+        return cls(
+            loader=optional_text(wire, "loader"),
+            state=word(wire, "state", TunerState, TunerState.OFF),
+            workers=optional_integer(wire, "workers", minimum=0),
+            changes=integer(wire, "changes", 0),
+            predicted=curve(wire, "predicted"),
+            ceiling=optional_number(wire, "ceiling"),
+            cores=optional_number(wire, "cores"),
+            memory_bytes=optional_integer(wire, "memory_bytes"),
+            max_workers=optional_integer(wire, "max_workers"),
+        )
 
 
-ServerMessage = (Hello | LoaderUpdate | Batch | Log | Cpu | SwitchEvent | AutotuneEvent | ExceptionEvent | ExitEvent
-                 | OtherEvent | Control | Refused | Dropped | HistoryEnd | Peer | AutotuneStatus)
+ServerMessage = (
+    Hello
+    | LoaderUpdate
+    | Batch
+    | Log
+    | Cpu
+    | SwitchEvent
+    | AutotuneEvent
+    | ExceptionEvent
+    | ExitEvent
+    | OtherEvent
+    | Control
+    | Refused
+    | Dropped
+    | HistoryEnd
+    | Peer
+    | AutotuneStatus
+)
 """What a training process sends its monitors."""
 _SERVER: dict[str, Callable[[Wire], ServerMessage]] = {
-    MessageType.HELLO: Hello.from_wire, MessageType.LOADER: LoaderUpdate.from_wire, MessageType.BATCH: Batch.from_wire,
-    MessageType.LOG: Log.from_wire, MessageType.CPU: Cpu.from_wire, MessageType.EVENT: event_message,
-    MessageType.CONTROL: Control.from_wire, MessageType.REFUSED: Refused.from_wire,
-    MessageType.DROPPED: Dropped.from_wire, MessageType.HISTORY_END: HistoryEnd.from_wire,
-    MessageType.PEER: Peer.from_wire, MessageType.AUTOTUNE: AutotuneStatus.from_wire}
+    MessageType.HELLO: Hello.from_wire,
+    MessageType.LOADER: LoaderUpdate.from_wire,
+    MessageType.BATCH: Batch.from_wire,
+    MessageType.LOG: Log.from_wire,
+    MessageType.CPU: Cpu.from_wire,
+    MessageType.EVENT: event_message,
+    MessageType.CONTROL: Control.from_wire,
+    MessageType.REFUSED: Refused.from_wire,
+    MessageType.DROPPED: Dropped.from_wire,
+    MessageType.HISTORY_END: HistoryEnd.from_wire,
+    MessageType.PEER: Peer.from_wire,
+    MessageType.AUTOTUNE: AutotuneStatus.from_wire,
+}
 
 
 def server_message(wire: Wire) -> ServerMessage:
@@ -755,8 +949,9 @@ class MonitorHello(Message):
 
     @classmethod
     def from_wire(cls, wire: Wire) -> MonitorHello:
-        return cls(pid=optional_integer(wire, "pid"), id=optional_text(wire, "id"),
-                   control=flag(wire, "control", False))
+        return cls(
+            pid=optional_integer(wire, "pid"), id=optional_text(wire, "id"), control=flag(wire, "control", False)
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -769,13 +964,17 @@ class Switch(Message):
     rank: int | None = None
 
     def to_wire(self) -> dict[str, object]:
-        return _wire(self.TYPE, {"workers": self.workers, "loader": self.loader, "rank": self.rank},
-                     omit_none=("rank",))
+        return _wire(
+            self.TYPE, {"workers": self.workers, "loader": self.loader, "rank": self.rank}, omit_none=("rank",)
+        )
 
     @classmethod
     def from_wire(cls, wire: Wire) -> Switch:
-        return cls(workers=integer(wire, "workers", minimum=0), loader=optional_text(wire, "loader", what="a name"),
-                   rank=optional_integer(wire, "rank"))
+        return cls(
+            workers=integer(wire, "workers", minimum=0),
+            loader=optional_text(wire, "loader", what="a name"),
+            rank=optional_integer(wire, "rank"),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -796,8 +995,10 @@ class AutotuneRequest(Message):
 ClientMessage = MonitorHello | Switch | AutotuneRequest
 """What a monitor sends the training process."""
 _CLIENT: dict[str, Callable[[Wire], ClientMessage]] = {
-    MessageType.HELLO: MonitorHello.from_wire, MessageType.SWITCH: Switch.from_wire,
-    MessageType.AUTOTUNE: AutotuneRequest.from_wire}
+    MessageType.HELLO: MonitorHello.from_wire,
+    MessageType.SWITCH: Switch.from_wire,
+    MessageType.AUTOTUNE: AutotuneRequest.from_wire,
+}
 
 
 def client_message(wire: Wire) -> ClientMessage:

@@ -45,8 +45,10 @@ def read_record(line: Mapping[str, Any]) -> dict[str, Any]:
         raise RecordError(f"a --record line of schema {version!r}: this loadertop reads schemas 1 to {RECORD_SCHEMA}")
     batch = "event" not in line and "step_ms" not in line
     # Keys keep their places: a version 1 built-in batch reads as if written today.
-    return {"schema": RECORD_SCHEMA,
-            **{("step_ms" if batch and key == "compute_ms" else key): value for key, value in line.items()}}
+    return {
+        "schema": RECORD_SCHEMA,
+        **{("step_ms" if batch and key == "compute_ms" else key): value for key, value in line.items()},
+    }
 
 
 def read_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:

@@ -110,8 +110,18 @@ def read_hello(path: Path, timeout_s: float = HELLO_TIMEOUT_S) -> RunInfo | None
             for message in reader.feed(data):
                 if message["type"] == MessageType.HELLO:
                     hello = Hello.from_wire(message)
-                    return RunInfo(path, hello.pid, hello.command, hello.started or 0.0, hello.log, hello.rank,
-                                   hello.local_rank, hello.world_size, hello.local_world_size, hello.node_rank)
+                    return RunInfo(
+                        path,
+                        hello.pid,
+                        hello.command,
+                        hello.started or 0.0,
+                        hello.log,
+                        hello.rank,
+                        hello.local_rank,
+                        hello.world_size,
+                        hello.local_world_size,
+                        hello.node_rank,
+                    )
         return None
     except (OSError, MessageError):
         return None
@@ -171,4 +181,3 @@ def describe(info: RunInfo) -> str:
 
     when = time.strftime("%H:%M:%S", time.localtime(info.started)) if info.started else "?"
     return f"pid {info.pid}: {' '.join(info.command) or '?'} (started {when})"
-

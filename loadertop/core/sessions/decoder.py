@@ -155,11 +155,22 @@ class LoaderTrack:
         p = self.pending
         assert p is not None
         self.pending = None
-        record = BatchRecord(step=p.step, epoch=p.epoch, batch_in_epoch=p.batch, config_key=p.config.key,
-                             num_workers=p.config.num_workers, batch_size=p.config.batch_size, samples=p.samples,
-                             load_s=p.load_s, compute_s=compute_s, loss=p.loss, accuracy=None,
-                             time=p.time + compute_s, elapsed_s=p.time + compute_s - self.started,
-                             warmup=p.warmup or not steady)
+        record = BatchRecord(
+            step=p.step,
+            epoch=p.epoch,
+            batch_in_epoch=p.batch,
+            config_key=p.config.key,
+            num_workers=p.config.num_workers,
+            batch_size=p.config.batch_size,
+            samples=p.samples,
+            load_s=p.load_s,
+            compute_s=compute_s,
+            loss=p.loss,
+            accuracy=None,
+            time=p.time + compute_s,
+            elapsed_s=p.time + compute_s - self.started,
+            warmup=p.warmup or not steady,
+        )
         self.store.add(record, p.config)
 
     def end(self) -> None:
@@ -181,8 +192,15 @@ class WireDecoder:
         clock_of: makes the script's CPU clock from its hello (a test passes one that reads nothing).
     """
 
-    def __init__(self, *, command: Sequence[str] = (), log_path: str | None = None, server_pid: int | None = None,
-                 rejections: Rejections | None = None, clock_of: ClockOf = script_clock) -> None:
+    def __init__(
+        self,
+        *,
+        command: Sequence[str] = (),
+        log_path: str | None = None,
+        server_pid: int | None = None,
+        rejections: Rejections | None = None,
+        clock_of: ClockOf = script_clock,
+    ) -> None:
         self.command = tuple(command)
         self.log_path = log_path
         self.server_pid = server_pid
@@ -249,8 +267,14 @@ class WireDecoder:
         elif isinstance(m, SwitchEvent):
             self.say(f"{m.loader}: {m.from_workers} -> {m.to_workers} workers after batch {m.after_step}")
         elif isinstance(m, AutotuneEvent):
-            change = Change(m.change, m.from_workers, m.to_workers, m.reason, m.predicted,
-                            math.inf if m.ceiling is None else m.ceiling)
+            change = Change(
+                m.change,
+                m.from_workers,
+                m.to_workers,
+                m.reason,
+                m.predicted,
+                math.inf if m.ceiling is None else m.ceiling,
+            )
             self.tune_changes.append(change)
             self.say(f"autotune: {change.line()}")
         elif isinstance(m, Peer):
@@ -274,9 +298,17 @@ class WireDecoder:
         track = self.tracks.get(m.name)
         if track is None:
             track = self.tracks[m.name] = LoaderTrack(m.name, self.started)
-        track.info = LoaderInfo(name=m.name, num_workers=m.num_workers, batch_size=m.batch_size,
-                                batches_per_epoch=m.batches_per_epoch, training=m.training, exact=m.exact,
-                                pending=m.pending, epoch=m.epoch, worker_pids=m.worker_pids)
+        track.info = LoaderInfo(
+            name=m.name,
+            num_workers=m.num_workers,
+            batch_size=m.batch_size,
+            batches_per_epoch=m.batches_per_epoch,
+            training=m.training,
+            exact=m.exact,
+            pending=m.pending,
+            epoch=m.epoch,
+            worker_pids=m.worker_pids,
+        )
         self.script_dropped = max(self.script_dropped, m.dropped)
         if self.selected is None or (m.training and not self.chosen):
             self.selected = m.name
@@ -324,8 +356,18 @@ class WireDecoder:
             if not changes:
                 return None
             last = changes[-1]
-            state = TunerState.SETTLED if last.kind == ChangeKind.SETTLE else TunerState.SWITCHING \
-                if last.to_workers != last.from_workers else TunerState.MEASURING
+            state = (
+                TunerState.SETTLED
+                if last.kind == ChangeKind.SETTLE
+                else TunerState.SWITCHING
+                if last.to_workers != last.from_workers
+                else TunerState.MEASURING
+            )
             return TunerStatus(state, last.to_workers, changes, last.predicted, last.ceiling)
-        return TunerStatus(status.state, status.workers, changes, status.predicted,
-                           math.inf if status.ceiling is None else status.ceiling)
+        return TunerStatus(
+            status.state,
+            status.workers,
+            changes,
+            status.predicted,
+            math.inf if status.ceiling is None else status.ceiling,
+        )

@@ -13,7 +13,8 @@ from collections import deque
 LOG_LINES = 200
 """Lines of the script's output the monitor keeps for its log panel."""
 _TERMINAL_CODES = re.compile(
-    r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b.|[\x00-\x08\x0b-\x1f\x7f]")
+    r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b.|[\x00-\x08\x0b-\x1f\x7f]"
+)
 """ANSI colour and cursor sequences, OSC titles and other control characters: a log line is shown as text."""
 READ_BYTES = 1 << 20
 """The most read from the file at a time (the rest at the next read)."""

@@ -52,7 +52,7 @@ def _root_cause(lines: Sequence[str]) -> tuple[int, int | None] | None:
         if "Root Cause" not in line:
             continue
         rank = code = None
-        for later in lines[i + 1:i + 12]:
+        for later in lines[i + 1 : i + 12]:
             if rank is None and (found := _ROOT_RANK.match(later)):
                 rank = int(found.group(1))
             elif code is None and (found := _ROOT_EXIT.match(later)):
@@ -87,8 +87,10 @@ def is_distributed_command(command: Sequence[str]) -> bool:
         return False
     if os.path.basename(command[0]) == "torchrun":
         return True
-    return any(command[i] == "-m" and command[i + 1] in ("torch.distributed.run", "torch.distributed.launch")
-               for i in range(len(command) - 1))
+    return any(
+        command[i] == "-m" and command[i + 1] in ("torch.distributed.run", "torch.distributed.launch")
+        for i in range(len(command) - 1)
+    )
 
 
 def measured_ranks(ranks: Sequence[RankInfo]) -> list[RankInfo]:
@@ -118,8 +120,10 @@ def find_straggler(ranks: Sequence[RankInfo]) -> Straggler | None:
     held = others_step - slow.step_ms  # what the others wait for it inside their step
     if extra < STRAGGLER_MIN_MS or iteration <= 0 or extra < STRAGGLER_SHARE * iteration or held < 0.5 * extra:
         return None
-    evidence = (f"rank {slow.rank} waits {slow.load_ms:.1f} ms per batch for data, the others {others_load:.1f} ms; "
-                f"their step takes {held:.1f} ms longer than rank {slow.rank}'s: they wait for it at the all-reduce")
+    evidence = (
+        f"rank {slow.rank} waits {slow.load_ms:.1f} ms per batch for data, the others {others_load:.1f} ms; "
+        f"their step takes {held:.1f} ms longer than rank {slow.rank}'s: they wait for it at the all-reduce"
+    )
     return Straggler(rank=slow.rank, score=min(extra / iteration, 1.0), evidence=evidence)
 
 
@@ -152,9 +156,17 @@ class RanksSession:
         control: ask to be each rank's controller (False: watch only, as headless ``straggler_watch`` does).
     """
 
-    def __init__(self, *, child: subprocess.Popen[bytes] | None = None, pid: int | None = None,
-                 log_path: str | None = None, command: Sequence[str] = (), sample_interval_s: float = 1.0,
-                 read_gpus: bool = True, control: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        child: subprocess.Popen[bytes] | None = None,
+        pid: int | None = None,
+        log_path: str | None = None,
+        command: Sequence[str] = (),
+        sample_interval_s: float = 1.0,
+        read_gpus: bool = True,
+        control: bool = True,
+    ) -> None:
         if child is None and pid is None:
             raise ValueError("give torchrun's process (launched) or its pid (attach)")
         self.child = child
@@ -172,9 +184,15 @@ class RanksSession:
         self._detached = False
         self._stopping = False
         # Until a rank appears, the job is watched as a launched script is (its process, the log, "no DataLoader").
-        self._job = RemoteSession(child=child, pid=None if child is not None else self.root_pid, log_path=log_path,
-                                  command=command, socket_path=Path("/nonexistent"),
-                                  sample_interval_s=sample_interval_s, read_gpus=read_gpus)
+        self._job = RemoteSession(
+            child=child,
+            pid=None if child is not None else self.root_pid,
+            log_path=log_path,
+            command=command,
+            socket_path=Path("/nonexistent"),
+            sample_interval_s=sample_interval_s,
+            read_gpus=read_gpus,
+        )
         self._thread = threading.Thread(target=self._discover, name="loadertop-ranks", daemon=True)
 
     # ------------------------------------------------------------ SessionLike
@@ -197,10 +215,20 @@ class RanksSession:
             rank.session.ranks_on_node = len(ranks)  # its advice: the ranks found share this node's cores
             view = views[number] = rank.session.view()
             stats = recent_stats(view.store.records, view.status.config.key)
-            infos.append(RankInfo(rank=number, local_rank=rank.local_rank, world_size=rank.world_size, pid=rank.pid,
-                                  num_workers=view.status.config.num_workers, load_ms=stats.load_ms_mean,
-                                  step_ms=stats.compute_ms_mean, samples_per_s=stats.samples_per_s,
-                                  step=view.status.step, ended=view.script.ended if view.script else None))
+            infos.append(
+                RankInfo(
+                    rank=number,
+                    local_rank=rank.local_rank,
+                    world_size=rank.world_size,
+                    pid=rank.pid,
+                    num_workers=view.status.config.num_workers,
+                    load_ms=stats.load_ms_mean,
+                    step_ms=stats.compute_ms_mean,
+                    samples_per_s=stats.samples_per_s,
+                    step=view.status.step,
+                    ended=view.script.ended if view.script else None,
+                )
+            )
         shown = views.get(selected) or views[min(views)]
         job = self._job.view()  # torchrun's own output (the log) and how it ended
         script = shown.script
@@ -219,9 +247,17 @@ class RanksSession:
         any_rank = next(iter(ranks.values()))
         expected = any_rank.world_size - any_rank.local_world_size if any_rank.local_world_size else 0
         other_nodes = max(expected - sum(1 for i in infos if i.host), 0)
-        script = replace(script, ranks=tuple(sorted(infos, key=lambda i: i.rank)), selected_rank=selected,
-                         straggler=straggler, log_tail=log_tail, log_path=self.log_path, ended=ended,
-                         command=self.command or script.command, other_nodes=other_nodes)
+        script = replace(
+            script,
+            ranks=tuple(sorted(infos, key=lambda i: i.rank)),
+            selected_rank=selected,
+            straggler=straggler,
+            log_tail=log_tail,
+            log_path=self.log_path,
+            ended=ended,
+            command=self.command or script.command,
+            other_nodes=other_nodes,
+        )
         name = " ".join(self.command) or shown.workload_name
         return replace(shown, script=script, workload_name=name)
 
@@ -340,11 +376,20 @@ class RanksSession:
                     peers[number] = peer
         infos = []
         for number, peer in sorted(peers.items()):
-            infos.append(RankInfo(rank=number, local_rank=peer.local_rank or 0,
-                                  world_size=next(iter(ranks.values())).world_size, pid=peer.pid or 0,
-                                  num_workers=peer.num_workers or 0, load_ms=_measured(peer.load_ms),
-                                  step_ms=_measured(peer.step_ms), samples_per_s=_measured(peer.samples_per_s),
-                                  step=peer.step or 0, host=peer.host or "another node"))
+            infos.append(
+                RankInfo(
+                    rank=number,
+                    local_rank=peer.local_rank or 0,
+                    world_size=next(iter(ranks.values())).world_size,
+                    pid=peer.pid or 0,
+                    num_workers=peer.num_workers or 0,
+                    load_ms=_measured(peer.load_ms),
+                    step_ms=_measured(peer.step_ms),
+                    samples_per_s=_measured(peer.samples_per_s),
+                    step=peer.step or 0,
+                    host=peer.host or "another node",
+                )
+            )
         return infos
 
     def _unwatched(self, ranks: dict[int, _Rank]) -> list[RankInfo]:
@@ -354,9 +399,22 @@ class RanksSession:
             return []
         base = first.node_rank * first.local_world_size
         missing = [n for n in range(base, base + first.local_world_size) if n not in ranks]
-        return [RankInfo(rank=n, local_rank=n - base, world_size=first.world_size, pid=0, num_workers=0,
-                         load_ms=math.nan, step_ms=math.nan, samples_per_s=math.nan, step=0,
-                         ended="not watched: its DataLoaders are not loadertop's", watched=False) for n in missing]
+        return [
+            RankInfo(
+                rank=n,
+                local_rank=n - base,
+                world_size=first.world_size,
+                pid=0,
+                num_workers=0,
+                load_ms=math.nan,
+                step_ms=math.nan,
+                samples_per_s=math.nan,
+                step=0,
+                ended="not watched: its DataLoaders are not loadertop's",
+                watched=False,
+            )
+            for n in missing
+        ]
 
     def _first_failure(self, log_tail: Sequence[str]) -> tuple[int, int | None, str] | None:
         """(rank, exit code, last line of its traceback) of the rank that failed first, if one did.
@@ -413,11 +471,24 @@ class RanksSession:
                 self._looked.add(pid)
                 if hello.rank is None:
                     continue
-                session = RemoteSession(pid=pid, socket_path=path, command=self.command,
-                                        sample_interval_s=self._interval,
-                                        read_gpus=self._read_gpus and hello.rank == 0, control=self._control)
+                session = RemoteSession(
+                    pid=pid,
+                    socket_path=path,
+                    command=self.command,
+                    sample_interval_s=self._interval,
+                    read_gpus=self._read_gpus and hello.rank == 0,
+                    control=self._control,
+                )
                 session.start()
                 with self._lock:
-                    self._ranks[hello.rank] = _Rank(pid, path, hello.rank, hello.local_rank or 0,
-                                                    hello.world_size or 0, hello.local_world_size or 0,
-                                                    hello.node_rank or 0, session, time.monotonic())
+                    self._ranks[hello.rank] = _Rank(
+                        pid,
+                        path,
+                        hello.rank,
+                        hello.local_rank or 0,
+                        hello.world_size or 0,
+                        hello.local_world_size or 0,
+                        hello.node_rank or 0,
+                        session,
+                        time.monotonic(),
+                    )

@@ -69,10 +69,19 @@ class RemoteSession:
         grace_s: after ``stop``'s SIGINT, seconds before SIGTERM, and again before SIGKILL.
     """
 
-    def __init__(self, *, child: subprocess.Popen[bytes] | None = None, pid: int | None = None,
-                 socket_path: Path | None = None, log_path: str | None = None, command: Sequence[str] = (),
-                 sample_interval_s: float = 1.0, read_gpus: bool = True, control: bool = True,
-                 grace_s: float = STOP_GRACE_S) -> None:
+    def __init__(
+        self,
+        *,
+        child: subprocess.Popen[bytes] | None = None,
+        pid: int | None = None,
+        socket_path: Path | None = None,
+        log_path: str | None = None,
+        command: Sequence[str] = (),
+        sample_interval_s: float = 1.0,
+        read_gpus: bool = True,
+        control: bool = True,
+        grace_s: float = STOP_GRACE_S,
+    ) -> None:
         if child is None and pid is None:
             raise ValueError("give the child process or the pid to watch")
         self._process = ScriptProcess(child=child, pid=pid, grace_s=grace_s)
@@ -86,14 +95,19 @@ class RemoteSession:
         self.ranks_on_node = 1
         """Training processes sharing this machine's cores (a torchrun job's ranks here): the advice's share."""
         self._closed = threading.Event()
-        self._connection = ScriptConnection(pid=self.root_pid, socket_path=socket_path, hello=self._hello,
-                                            on_message=self._feed, on_newer=self._say)
+        self._connection = ScriptConnection(
+            pid=self.root_pid, socket_path=socket_path, hello=self._hello, on_message=self._feed, on_newer=self._say
+        )
         self._reader = self._connection.reader
-        self._wire = WireDecoder(command=command, log_path=log_path, server_pid=pid,
-                                 rejections=self._reader.rejections)
+        self._wire = WireDecoder(command=command, log_path=log_path, server_pid=pid, rejections=self._reader.rejections)
         self._log = LogTail(LOG_LINES)
-        self.sampler = SystemSampler(interval_s=sample_interval_s, pid=self.root_pid, worker_pids=self._worker_pids,
-                                     on_sample=self._on_sample, read_gpus=read_gpus)
+        self.sampler = SystemSampler(
+            interval_s=sample_interval_s,
+            pid=self.root_pid,
+            worker_pids=self._worker_pids,
+            on_sample=self._on_sample,
+            read_gpus=read_gpus,
+        )
         self._machine = machine_facts()
         self._thread = threading.Thread(target=self._run, name="loadertop-client", daemon=True)
 
@@ -112,21 +126,37 @@ class RemoteSession:
             store = track.store.snapshot() if track is not None else MetricsStore().snapshot()
             status = self._status(track)
             script = ScriptView(
-                command=wire.command, pid=wire.server_pid, log_path=wire.log_path, log_tail=self._log.lines(),
-                loaders=wire.loaders(), selected=wire.selected, connected=self._connection.connected,
-                control=control_text(wire, self.monitor_id), ended=self._ended_text(),
-                dropped=wire.dropped + wire.script_dropped, rejected=self._reader.rejections.total,
-                notice=wire.notice, builtin=wire.builtin)
+                command=wire.command,
+                pid=wire.server_pid,
+                log_path=wire.log_path,
+                log_tail=self._log.lines(),
+                loaders=wire.loaders(),
+                selected=wire.selected,
+                connected=self._connection.connected,
+                control=control_text(wire, self.monitor_id),
+                ended=self._ended_text(),
+                dropped=wire.dropped + wire.script_dropped,
+                rejected=self._reader.rejections.total,
+                notice=wire.notice,
+                builtin=wire.builtin,
+            )
         system = self.sampler.latest()
         machine = replace(self._machine.with_system(system), ranks_on_node=self.ranks_on_node)
         name = " ".join(self.command) or f"pid {self.root_pid}"
         with self._lock:
             autotune = self._wire.autotune_view()
-        return SessionView(workload_name=name, notes=script_notes(script, gone=self._gone), status=status,
-                           store=store, system=system,
-                           gpu_status=system.gpu_status if system is not None else "sampling",
-                           advice=advise(store.summaries, machine), script=script, autotune=autotune,
-                           machine=machine)
+        return SessionView(
+            workload_name=name,
+            notes=script_notes(script, gone=self._gone),
+            status=status,
+            store=store,
+            system=system,
+            gpu_status=system.gpu_status if system is not None else "sampling",
+            advice=advise(store.summaries, machine),
+            script=script,
+            autotune=autotune,
+            machine=machine,
+        )
 
     def apply(self, config: LoaderConfig, *, rank: int | None = None) -> None:
         """Switch the selected loader to ``config.num_workers``; the script keeps its other settings.
@@ -241,8 +271,15 @@ class RemoteSession:
     # ------------------------------------------------------------ internals
 
     def _status(self, track: LoaderTrack | None) -> TrainerStatus:
-        return script_status(self._wire, track, ended=self._ended_text(), connected=self._connection.connected,
-                             stopping=self.stopping, exit_code=self._process.exit_code, pid=self.root_pid)
+        return script_status(
+            self._wire,
+            track,
+            ended=self._ended_text(),
+            connected=self._connection.connected,
+            stopping=self.stopping,
+            exit_code=self._process.exit_code,
+            pid=self.root_pid,
+        )
 
     def _ended_text(self) -> str | None:
         return ended_text(self._gone, self._process.exit_code)

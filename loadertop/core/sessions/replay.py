@@ -58,8 +58,9 @@ def from_jsonable(kind: Any, data: Any) -> Any:
         return tuple(from_jsonable(a, v) for a, v in zip(args, data, strict=True))
     if isinstance(kind, type) and dataclasses.is_dataclass(kind):
         hints = typing.get_type_hints(kind)
-        return kind(**{f.name: from_jsonable(hints[f.name], data[f.name])
-                       for f in dataclasses.fields(kind) if f.name in data})
+        return kind(
+            **{f.name: from_jsonable(hints[f.name], data[f.name]) for f in dataclasses.fields(kind) if f.name in data}
+        )
     if isinstance(kind, type) and issubclass(kind, enum.Enum):
         return kind(data)
     if kind is float and data is not None:
@@ -151,17 +152,23 @@ class ReplaySession:
         self.commands.append(("apply_all", config))
         self._status(config=config, pending=None, state=TrainerState.RUNNING, error=None)
         for number, view in self._ranks.items():
-            self._ranks[number] = dataclasses.replace(view, status=dataclasses.replace(
-                view.status, config=config, pending=None, state=TrainerState.RUNNING, error=None))
+            self._ranks[number] = dataclasses.replace(
+                view,
+                status=dataclasses.replace(
+                    view.status, config=config, pending=None, state=TrainerState.RUNNING, error=None
+                ),
+            )
         self._show_workers(set(self._ranks), config.num_workers)
 
     def _show_workers(self, numbers: set[int], workers: int) -> None:
         """The ranks panel of every rank's view shows ``workers`` for the ranks ``numbers``."""
+
         def shown(view: SessionView) -> SessionView:
             if view.script is None:
                 return view
-            rows = tuple(dataclasses.replace(r, num_workers=workers) if r.rank in numbers else r
-                         for r in view.script.ranks)
+            rows = tuple(
+                dataclasses.replace(r, num_workers=workers) if r.rank in numbers else r for r in view.script.ranks
+            )
             return dataclasses.replace(view, script=dataclasses.replace(view.script, ranks=rows))
 
         self._view = shown(self._view)
@@ -204,8 +211,7 @@ class ReplaySession:
         """Log the cancel and show the sweep cancelled."""
         self.commands.append(("cancel_sweep", None))
         if self._view.sweep is not None and self._view.sweep.state == "running":
-            self._view = dataclasses.replace(self._view, sweep=dataclasses.replace(self._view.sweep,
-                                                                                   state="cancelled"))
+            self._view = dataclasses.replace(self._view, sweep=dataclasses.replace(self._view.sweep, state="cancelled"))
 
     def set_autotune(self, enabled: bool) -> None:
         """Log it and show the tuner on (measuring the running count; the recorded changes kept) or off."""
@@ -213,8 +219,11 @@ class ReplaySession:
         workers = self._view.status.config.num_workers
         state = TunerState.MEASURING if enabled else TunerState.OFF
         old = self._view.autotune
-        tuner = (dataclasses.replace(old, state=state, workers=workers) if old is not None
-                 else TunerStatus(state, workers, (), (), math.inf))
+        tuner = (
+            dataclasses.replace(old, state=state, workers=workers)
+            if old is not None
+            else TunerStatus(state, workers, (), (), math.inf)
+        )
         self._view = dataclasses.replace(self._view, autotune=tuner)
 
     def detach(self) -> None:
@@ -237,4 +246,3 @@ class ReplaySession:
         self.commands.append(("close", None))
         self.closed = True
         return []
-

@@ -40,8 +40,15 @@ class ScriptConnection:
         on_newer: once, the line saying the script speaks a newer protocol than this monitor reads.
     """
 
-    def __init__(self, *, pid: int, socket_path: Path | None, hello: Callable[[], MonitorHello],
-                 on_message: Callable[[dict[str, Any]], None], on_newer: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        *,
+        pid: int,
+        socket_path: Path | None,
+        hello: Callable[[], MonitorHello],
+        on_message: Callable[[dict[str, Any]], None],
+        on_newer: Callable[[str], None],
+    ) -> None:
         self.pid = pid
         self.socket_path = socket_path
         self._hello = hello

@@ -31,8 +31,9 @@ class ScriptProcess:
         grace_s: after ``interrupt``'s SIGINT, seconds before SIGTERM, and again before SIGKILL.
     """
 
-    def __init__(self, *, child: subprocess.Popen[bytes] | None, pid: int | None,
-                 grace_s: float = STOP_GRACE_S) -> None:
+    def __init__(
+        self, *, child: subprocess.Popen[bytes] | None, pid: int | None, grace_s: float = STOP_GRACE_S
+    ) -> None:
         self.child = child
         self.pid = child.pid if child is not None else int(pid)  # type: ignore[arg-type]
         self.grace_s = grace_s

@@ -35,8 +35,16 @@ def failed(traceback: str | None, *, stopping: bool, exit_code: int | None) -> b
     return traceback is not None or exit_code not in (None, 0)
 
 
-def script_status(wire: WireDecoder, track: LoaderTrack | None, *, ended: str | None, connected: bool,
-                  stopping: bool, exit_code: int | None, pid: int) -> TrainerStatus:
+def script_status(
+    wire: WireDecoder,
+    track: LoaderTrack | None,
+    *,
+    ended: str | None,
+    connected: bool,
+    stopping: bool,
+    exit_code: int | None,
+    pid: int,
+) -> TrainerStatus:
     """The script's run as a trainer's status: its state, the shown loader's configuration and progress.
 
     Args:
@@ -64,21 +72,32 @@ def script_status(wire: WireDecoder, track: LoaderTrack | None, *, ended: str | 
         message = last[-1] if last else ended or "the script failed"
         error = TrainerError("script", message, None, track.step if track is not None else 0, wire.traceback or "")
     info = track.info if track is not None else None
-    config = track.config if track is not None and track.config is not None else LoaderConfig(
-        num_workers=info.num_workers if info is not None else 0,
-        batch_size=(info.batch_size or 1) if info is not None else 1)
+    config = (
+        track.config
+        if track is not None and track.config is not None
+        else LoaderConfig(
+            num_workers=info.num_workers if info is not None else 0,
+            batch_size=(info.batch_size or 1) if info is not None else 1,
+        )
+    )
     pending = None
     if info is not None and info.pending is not None and info.pending != config.num_workers:
         pending = config.with_workers(info.pending)
     return TrainerStatus(
-        state=state, config=config, pending=pending, device=f"pid {wire.server_pid or pid}",
-        epoch=track.epoch if track is not None else 0, epochs=0,
+        state=state,
+        config=config,
+        pending=pending,
+        device=f"pid {wire.server_pid or pid}",
+        epoch=track.epoch if track is not None else 0,
+        epochs=0,
         batch_in_epoch=track.batch_in_epoch if track is not None else 0,
         batches_per_epoch=(info.batches_per_epoch or 0) if info is not None else 0,
-        step=track.step if track is not None else 0, max_batches=None,
+        step=track.step if track is not None else 0,
+        max_batches=None,
         elapsed_s=time.time() - wire.started,
         worker_pids=info.worker_pids if info is not None and ended is None else (),
-        error=error)
+        error=error,
+    )
 
 
 def control_text(wire: WireDecoder, monitor_id: str) -> str:
@@ -87,8 +106,11 @@ def control_text(wire: WireDecoder, monitor_id: str) -> str:
         return f"watching only: {wire.kept_by}"
     if wire.controller is None:
         return "nobody controls this run"
-    return "this monitor controls the run" if wire.controller_id == monitor_id else (
-        f"watching only: the monitor with pid {wire.controller} controls the run")
+    return (
+        "this monitor controls the run"
+        if wire.controller_id == monitor_id
+        else (f"watching only: the monitor with pid {wire.controller} controls the run")
+    )
 
 
 def script_notes(script: ScriptView, *, gone: bool) -> tuple[str, ...]:
@@ -97,8 +119,9 @@ def script_notes(script: ScriptView, *, gone: bool) -> tuple[str, ...]:
     if not script.loaders:
         notes.append("no DataLoader yet" if not gone else "it created no DataLoader")
     elif len(script.loaders) > 1:
-        listed = ", ".join(f"{'▸' if info.name == script.selected else ''}{info.name} {info.num_workers}w"
-                           for info in script.loaders)
+        listed = ", ".join(
+            f"{'▸' if info.name == script.selected else ''}{info.name} {info.num_workers}w" for info in script.loaders
+        )
         notes.append(f"loaders: {listed}; l: next")
     if script.dropped:
         notes.append(f"{script.dropped} messages dropped")

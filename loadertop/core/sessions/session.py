@@ -85,10 +85,17 @@ class Session:
         self.trainer = trainer
         self.publisher: Publisher | None = None
         if serve:
-            hello = Hello(pid=os.getpid(), command=tuple(sys.argv), cwd=os.getcwd(), started=time.time(), log=None,
-                          builtin=trainer.workload.name)
-            self.publisher = Publisher(hello=hello, kept_by=f"loadertop (pid {os.getpid()}) trains this workload "
-                                                            "and keeps control")
+            hello = Hello(
+                pid=os.getpid(),
+                command=tuple(sys.argv),
+                cwd=os.getcwd(),
+                started=time.time(),
+                log=None,
+                builtin=trainer.workload.name,
+            )
+            self.publisher = Publisher(
+                hello=hello, kept_by=f"loadertop (pid {os.getpid()}) trains this workload and keeps control"
+            )
             trainer.cpu_clock.exclude_threads(self.publisher.thread_ids())
             trainer.on_loader = self.publisher.watch
         self.sampler = SystemSampler(
@@ -114,9 +121,14 @@ class Session:
             told.append(self.publisher.autotune)  # the attached monitors
         if on_autotune is not None:
             told.append(on_autotune)  # whoever asked (headless lines)
-        self.tuner = AutotuneHost(AutoTuner(budget or default_budget()), apply=self._tune_to,
-                                  read=lambda: read_tree(trainer.cpu_clock, trainer.worker_pids()),
-                                  on_change=told, on_thread=self._exclude_thread, enabled=autotune)
+        self.tuner = AutotuneHost(
+            AutoTuner(budget or default_budget()),
+            apply=self._tune_to,
+            read=lambda: read_tree(trainer.cpu_clock, trainer.worker_pids()),
+            on_change=told,
+            on_thread=self._exclude_thread,
+            enabled=autotune,
+        )
 
     def _exclude_thread(self, thread_id: int) -> None:
         """A monitoring thread of this process (the sampler, the TUI): not what any configuration costs."""
@@ -137,14 +149,23 @@ class Session:
         if self._recorder is not None:
             self._recorder(record)
         if self.publisher is not None:
-            self.publisher.log({"loss": record.loss} if record.accuracy is None
-                               else {"loss": record.loss, "accuracy": record.accuracy})
+            self.publisher.log(
+                {"loss": record.loss} if record.accuracy is None else {"loss": record.loss, "accuracy": record.accuracy}
+            )
         sweep = self._sweep
         if sweep is not None:
             sweep.on_record(record)
         if self.tuner.enabled:
-            self.tuner.put(Observation(record.num_workers, record.samples, record.load_s, record.compute_s,
-                                       record.time, refill=record.batch_in_epoch <= refill_batches(record.num_workers)))
+            self.tuner.put(
+                Observation(
+                    record.num_workers,
+                    record.samples,
+                    record.load_s,
+                    record.compute_s,
+                    record.time,
+                    refill=record.batch_in_epoch <= refill_batches(record.num_workers),
+                )
+            )
         if self._extra_on_record is not None:
             self._extra_on_record(record)
 
@@ -259,7 +280,6 @@ def _start_resource_tracker() -> None:
         resource_tracker.ensure_running()
     except Exception:  # noqa: BLE001, S110 - platforms without it simply do not need it
         pass
-
 
 
 def shutdown(trainer: Trainer, sampler: SystemSampler | None, *, timeout_s: float = QUIT_WITHIN_S) -> list[int]:

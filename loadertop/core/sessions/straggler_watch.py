@@ -63,10 +63,15 @@ class StragglerChange:
     def event(self) -> dict[str, Any]:
         """Its ``--record`` line: ``{"event": "straggler", "rank": ..., "score": ..., "evidence": ...}``."""
         found = self.straggler
-        return {"event": "straggler", "rank": found.rank if found else None,
-                "score": round(found.score, 4) if found else None, "evidence": found.evidence if found else NOBODY,
-                "was": self.was.rank if self.was is not None else None, "step": self.step,
-                "time": round(self.time, 6)}
+        return {
+            "event": "straggler",
+            "rank": found.rank if found else None,
+            "score": round(found.score, 4) if found else None,
+            "evidence": found.evidence if found else NOBODY,
+            "was": self.was.rank if self.was is not None else None,
+            "step": self.step,
+            "time": round(self.time, 6),
+        }
 
 
 _NO_CANDIDATE = object()
@@ -130,11 +135,15 @@ class StragglerHold:
         if not self.looks:
             return None
         if not self.latest and self.looks < self.hold_looks:  # too few to have named anyone: no verdict
-            return (f"input straggler: none named: the ranks were compared at {self.looks} look"
-                    f"{'s' if self.looks > 1 else ''} only ({self.hold_looks} in a row name one)")
+            return (
+                f"input straggler: none named: the ranks were compared at {self.looks} look"
+                f"{'s' if self.looks > 1 else ''} only ({self.hold_looks} in a row name one)"
+            )
         if not self.latest:
-            return (f"input straggler: none over the run ({self.watched_s:.0f} s watched: no rank's wait for data "
-                    "held the others back)")
+            return (
+                f"input straggler: none over the run ({self.watched_s:.0f} s watched: no rank's wait for data "
+                "held the others back)"
+            )
         rank = max(self.latest, key=lambda r: (self.named_s.get(r, 0.0), -r))  # named longest
         found = self.latest[rank]
         held = f"named for {self.named_s.get(rank, 0.0):.0f} s of the {self.watched_s:.0f} s watched"
@@ -160,9 +169,15 @@ class StragglerWatch:
         session_for: the session watching torchrun's ranks, from torchrun's pid (a ``RanksSession``, watching only).
     """
 
-    def __init__(self, *, record: str | None = None, say: Callable[[str], None] = say_on_stderr,
-                 look_s: float = LOOK_S, hold_looks: int = HOLD_LOOKS,
-                 session_for: Callable[[int], Any] = _ranks_session) -> None:
+    def __init__(
+        self,
+        *,
+        record: str | None = None,
+        say: Callable[[str], None] = say_on_stderr,
+        look_s: float = LOOK_S,
+        hold_looks: int = HOLD_LOOKS,
+        session_for: Callable[[int], Any] = _ranks_session,
+    ) -> None:
         self.record = os.path.abspath(record) if record else None
         self.hold = StragglerHold(hold_looks)
         self.frozen = False

@@ -47,8 +47,9 @@ def default_data_dir(seed: int) -> Path:
     return Path(base) / f"builtin-v{DATA_VERSION}-seed{seed}-n{NUM_IMAGES}"
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, shape: int, box: tuple[float, float, float, float],
-                color: tuple[int, ...]) -> None:
+def _draw_shape(
+    draw: ImageDraw.ImageDraw, shape: int, box: tuple[float, float, float, float], color: tuple[int, ...]
+) -> None:
     x0, y0, x1, y1 = box
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
     w = x1 - x0
@@ -113,8 +114,7 @@ def ensure_images(data_dir: Path, *, seed: int, num_images: int = NUM_IMAGES) ->
         return data_dir
     if data_dir.exists() and any(data_dir.iterdir()):
         raise ValueError(
-            f"--data {data_dir}: the folder is not empty and holds no loadertop images; "
-            "give an empty or new folder"
+            f"--data {data_dir}: the folder is not empty and holds no loadertop images; give an empty or new folder"
         )
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=data_dir.parent))

@@ -79,8 +79,9 @@ class CostDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         phase_factor: how much more a sample costs then.
     """
 
-    def __init__(self, size: int, sleep_s: float, cpu_s: float, *, phase_after_s: float | None = None,
-                 phase_factor: float = 3.0) -> None:
+    def __init__(
+        self, size: int, sleep_s: float, cpu_s: float, *, phase_after_s: float | None = None, phase_factor: float = 3.0
+    ) -> None:
         self.size = size
         self.sleep_s = sleep_s
         self.cpu_s = cpu_s
@@ -117,8 +118,16 @@ class StepModel(nn.Module):
         return self.linear(x / 1000.0)
 
 
-def make_cost_workload(*, sleep_ms: float, cpu_ms: float, step_wait_ms: float, step_cpu_ms: float = 0.0,
-                       size: int = 100_000, phase_after_s: float | None = None, name: str) -> Workload:
+def make_cost_workload(
+    *,
+    sleep_ms: float,
+    cpu_ms: float,
+    step_wait_ms: float,
+    step_cpu_ms: float = 0.0,
+    size: int = 100_000,
+    phase_after_s: float | None = None,
+    name: str,
+) -> Workload:
     """A ``CostDataset`` and a ``StepModel``: the landscape of worker counts is known from the costs."""
     return Workload(
         dataset=CostDataset(size, sleep_ms / 1000, cpu_ms / 1000, phase_after_s=phase_after_s),
@@ -147,8 +156,9 @@ def compute_bound() -> Workload:
 
 def phase_change() -> Workload:
     """As ``storage_bound`` with a 1.5 ms step, and every sample three times as costly after 12 s."""
-    return make_cost_workload(sleep_ms=1.0, cpu_ms=0.1, step_wait_ms=1.5, phase_after_s=12.0,
-                              name="calibrated: phase change after 12 s")
+    return make_cost_workload(
+        sleep_ms=1.0, cpu_ms=0.1, step_wait_ms=1.5, phase_after_s=12.0, name="calibrated: phase change after 12 s"
+    )
 
 
 def mixed() -> Workload:

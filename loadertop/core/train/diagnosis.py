@@ -15,9 +15,9 @@ from loadertop.core.train.workload import SampleError, WorkloadError, sample_ind
 
 SIGNAL_CAUSES = {
     signal.SIGKILL: "likely the kernel's out-of-memory killer (see dmesg); fewer workers or smaller batches "
-                    "need less memory",
+    "need less memory",
     signal.SIGBUS: "likely /dev/shm is full: workers hand batches over through it (in Docker raise --shm-size; "
-                   "or lower the batch size or prefetch_factor)",
+    "or lower the batch size or prefetch_factor)",
     signal.SIGSEGV: "a crash in native code the dataset called",
     signal.SIGTERM: "stopped from outside loadertop",
 }
@@ -36,8 +36,9 @@ class WorkerDied(RuntimeError):
                     name, cause = sig.name, SIGNAL_CAUSES.get(sig)
                 except ValueError:
                     name, cause = f"signal {-code}", None
-                parts.append(f"DataLoader worker {worker_id} (pid {pid}) was killed by {name}"
-                             + (f": {cause}" if cause else ""))
+                parts.append(
+                    f"DataLoader worker {worker_id} (pid {pid}) was killed by {name}" + (f": {cause}" if cause else "")
+                )
             else:
                 parts.append(f"DataLoader worker {worker_id} (pid {pid}) exited with code {code}")
         super().__init__("; ".join(parts) or "a DataLoader worker exited unexpectedly")
@@ -47,8 +48,10 @@ class NonFiniteLoss(ArithmeticError):
     """The loss became NaN or infinite (the run stops unless told to go on)."""
 
     def __init__(self, step: int, loss: float) -> None:
-        super().__init__(f"the loss is {loss} at step {step}: training diverged (a lower learning rate, gradient "
-                         "clipping or a data check may help); --on-nan continue keeps going")
+        super().__init__(
+            f"the loss is {loss} at step {step}: training diverged (a lower learning rate, gradient "
+            "clipping or a data check may help); --on-nan continue keeps going"
+        )
         self.step = step
 
 
@@ -118,7 +121,9 @@ def describe_error(
             "timeout",
             f"no batch within the {limit:g} s timeout ({config.describe()}): a worker hangs "
             "or loads far slower than that (--timeout sets the limit)",
-            None, step, detail,
+            None,
+            step,
+            detail,
         )
     if isinstance(exc, WorkloadError):
         return TrainerError("setup", str(exc), None, step, detail)

@@ -277,15 +277,22 @@ class Trainer:
         except BaseException as exc:  # noqa: BLE001 - a training thread must never die silently
             final = TrainerState.ERROR
             self._error = describe_error(
-                exc, step=self._progress.step, prepared=self._optimizer is not None, config=self._mailbox.config,
+                exc,
+                step=self._progress.step,
+                prepared=self._optimizer is not None,
+                config=self._mailbox.config,
                 stall_timeout_s=self.stall_timeout_s,
             )
         finally:
             with self._lock:
                 self._workers.pids = ()
                 # A worker that died because we were stopping is not the user's error.
-                if (self._mailbox.stop_requested and final is TrainerState.ERROR and self._error is not None
-                        and self._error.kind == "worker"):
+                if (
+                    self._mailbox.stop_requested
+                    and final is TrainerState.ERROR
+                    and self._error is not None
+                    and self._error.kind == "worker"
+                ):
                     final, self._error = TrainerState.STOPPED, None
                 self._mailbox.state = final
                 self._lock.notify_all()
@@ -317,8 +324,9 @@ class Trainer:
     def _make_loader(self, config: LoaderConfig) -> DataLoader:
         """The run's one loader: loadertop's instrumented DataLoader, reconfigured in place at each restart."""
         settings = self._settings(config)
-        loader = build_loader(self.workload, self._dataset, self._sampler, settings,
-                              seed=self.seed * 7919 + self._progress.starts)
+        loader = build_loader(
+            self.workload, self._dataset, self._sampler, settings, seed=self.seed * 7919 + self._progress.starts
+        )
         loader.overlap = self.overlap
         self._handover.attach(loader, settings)
         loader.reaping_lock = self.cpu_clock.lock

@@ -101,7 +101,7 @@ def step_fn_loss(workload: Workload, model: torch.nn.Module, batch: Any) -> tupl
     """Any other batch: the workload's ``step_fn(model, batch)`` gives the loss, or ``(loss, accuracy)``."""
     assert workload.step_fn is not None
     result = workload.step_fn(model, batch)
-    loss, accuracy = (result if isinstance(result, tuple) else (result, None))
+    loss, accuracy = result if isinstance(result, tuple) else (result, None)
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
         raise TypeError(
             f"step_fn must return the loss as a scalar tensor (or (loss, accuracy)), got {type(loss).__name__}"

@@ -123,9 +123,7 @@ class IndexedDataset(Dataset[Any]):
         try:
             return self.dataset[index]
         except Exception as exc:
-            raise SampleError(
-                f"dataset raised at sample index {index}: {type(exc).__name__}: {exc}"
-            ) from exc
+            raise SampleError(f"dataset raised at sample index {index}: {type(exc).__name__}: {exc}") from exc
 
 
 def load_workload(spec: str, *, data_dir: str | None = None) -> Workload:
@@ -140,18 +138,14 @@ def load_workload(spec: str, *, data_dir: str | None = None) -> Workload:
     """
     module_name, sep, attr_path = spec.partition(":")
     if not sep or not module_name or not attr_path:
-        raise WorkloadError(
-            f"--workload must look like MODULE:CALLABLE (e.g. mypkg.train:make_workload), got {spec!r}"
-        )
+        raise WorkloadError(f"--workload must look like MODULE:CALLABLE (e.g. mypkg.train:make_workload), got {spec!r}")
     cwd = os.getcwd()
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # ImportError, or anything the module raises at import time
-        raise WorkloadError(
-            f"cannot import workload module {module_name!r}: {type(exc).__name__}: {exc}"
-        ) from exc
+        raise WorkloadError(f"cannot import workload module {module_name!r}: {type(exc).__name__}: {exc}") from exc
     target: Any = module
     for part in attr_path.split("."):
         try:
@@ -172,9 +166,7 @@ def load_workload(spec: str, *, data_dir: str | None = None) -> Workload:
     except Exception as exc:
         raise WorkloadError(f"workload factory {spec} raised {type(exc).__name__}: {exc}") from exc
     if not isinstance(workload, Workload):
-        raise WorkloadError(
-            f"workload factory {spec} returned {type(workload).__name__}, expected loadertop.Workload"
-        )
+        raise WorkloadError(f"workload factory {spec} returned {type(workload).__name__}, expected loadertop.Workload")
     if workload.name == "workload":
         workload.name = spec
     workload.validate()

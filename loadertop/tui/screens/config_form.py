@@ -19,8 +19,15 @@ def _selected(select: Select[str]) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def parse_form(base: LoaderConfig, batch_size: str, prefetch: str, pin: bool, persistent: bool,
-               start_method: str | None = None, timeout: str = "") -> LoaderConfig:
+def parse_form(
+    base: LoaderConfig,
+    batch_size: str,
+    prefetch: str,
+    pin: bool,
+    persistent: bool,
+    start_method: str | None = None,
+    timeout: str = "",
+) -> LoaderConfig:
     """The configuration the form describes; ConfigError with a one-line reason when it cannot work."""
     try:
         batch = int(batch_size.strip())
@@ -38,9 +45,17 @@ def parse_form(base: LoaderConfig, batch_size: str, prefetch: str, pin: bool, pe
         timeout_s = float(timeout.strip()) if timeout.strip() else 0.0
     except ValueError:
         raise ConfigError(
-            f"timeout must be a number of seconds >= 0 or empty for none, got {timeout.strip()!r}") from None
-    config = replace(base, batch_size=batch, prefetch_factor=prefetch_factor, pin_memory=pin,
-                     persistent_workers=persistent, start_method=start_method, timeout_s=timeout_s)
+            f"timeout must be a number of seconds >= 0 or empty for none, got {timeout.strip()!r}"
+        ) from None
+    config = replace(
+        base,
+        batch_size=batch,
+        prefetch_factor=prefetch_factor,
+        pin_memory=pin,
+        persistent_workers=persistent,
+        start_method=start_method,
+        timeout_s=timeout_s,
+    )
     config.validate()
     return config
 
@@ -99,8 +114,9 @@ class ConfigForm(ModalScreen[LoaderConfig | None]):
                     compact=True,
                 )
             yield Checkbox("pin_memory" + self.pin_memory_note, self.base.pin_memory, id="pin-memory", compact=True)
-            yield Checkbox("persistent_workers (needs workers)", self.base.persistent_workers, id="persistent",
-                           compact=True)
+            yield Checkbox(
+                "persistent_workers (needs workers)", self.base.persistent_workers, id="persistent", compact=True
+            )
             yield Static("", id="form-error")
             with Horizontal(classes="buttons"):
                 yield Button("Cancel", id="cancel")

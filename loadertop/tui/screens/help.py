@@ -12,17 +12,29 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
-AUTOTUNE = ("autotune on / off: measure, jump to the model's pick, verify one more and one fewer, settle and hold; "
-            "each change and why beside the table. The keys above still work: a manual switch (r) makes the tuner "
-            "start over from that count")
+AUTOTUNE = (
+    "autotune on / off: measure, jump to the model's pick, verify one more and one fewer, settle and hold; "
+    "each change and why beside the table. The keys above still work: a manual switch (r) makes the tuner "
+    "start over from that count"
+)
 
 KEYS = (
     ("+ / -", "one worker more / fewer (pending; nothing restarts yet)"),
     ("0 … 9", "set the pending worker count directly"),
-    ("r", ("apply: hot-restart with the pending settings (model and epoch position kept); "
-           "after the run ended or failed, train again")),
-    ("c", ("edit the other loader settings: batch size, prefetch_factor, start method, timeout, pin_memory, "
-           "persistent_workers")),
+    (
+        "r",
+        (
+            "apply: hot-restart with the pending settings (model and epoch position kept); "
+            "after the run ended or failed, train again"
+        ),
+    ),
+    (
+        "c",
+        (
+            "edit the other loader settings: batch size, prefetch_factor, start method, timeout, pin_memory, "
+            "persistent_workers"
+        ),
+    ),
     ("s", "sweep: measure 0, 1, 2, 4, ... workers in turn (training goes on), then recommend one"),
     ("Esc", "cancel a sweep (what was measured stays)"),
     ("a", AUTOTUNE),

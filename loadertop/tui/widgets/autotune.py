@@ -25,8 +25,13 @@ MIN_SCREEN_WIDTH = 80
 """Narrower terminals leave the whole row to the comparison table."""
 CEILING_ON_SCALE = 1.25
 """A CPU ceiling at most this far above the best prediction is drawn on the bars' scale (``┊``)."""
-KIND_STYLES = {ChangeKind.JUMP: "bold cyan", ChangeKind.STEP: "bold", ChangeKind.SETTLE: "bold green",
-               ChangeKind.RETUNE: "bold yellow", ChangeKind.MEMORY: "bold red"}
+KIND_STYLES = {
+    ChangeKind.JUMP: "bold cyan",
+    ChangeKind.STEP: "bold",
+    ChangeKind.SETTLE: "bold green",
+    ChangeKind.RETUNE: "bold yellow",
+    ChangeKind.MEMORY: "bold red",
+}
 
 Curve = tuple[tuple[int, float | None], ...]
 
@@ -88,8 +93,17 @@ def pick_counts(curve: Curve, rows: int, first: Sequence[int], then: Sequence[in
     return sorted(chosen[:rows])
 
 
-def curve_rows(curve: Curve, ceiling: float, width: int, rows: int, *, running: int | None,
-               measured: frozenset[int], heading: bool, tuned: int | None = None) -> list[Text]:
+def curve_rows(
+    curve: Curve,
+    ceiling: float,
+    width: int,
+    rows: int,
+    *,
+    running: int | None,
+    measured: frozenset[int],
+    heading: bool,
+    tuned: int | None = None,
+) -> list[Text]:
     """The curve in ``rows`` rows of ``width``: an optional heading (the ceiling, the marks), then a bar a count."""
     out: list[Text] = []
     if heading:
@@ -174,21 +188,40 @@ class AutotunePanel(ViewWidget):
         if not curve and not changes:
             if tuner is not None and tuner.state != TunerState.OFF:
                 workers = f" {_workers(tuner.workers)}" if tuner.workers is not None else " the running count"
-                text.append("\n".join(textwrap.wrap(
-                    f"autotune on: measuring{workers} first; then the model's predicted samples/s per worker "
-                    "count, and every change with its reason, show here", max(width, 8))), "dim")
+                text.append(
+                    "\n".join(
+                        textwrap.wrap(
+                            f"autotune on: measuring{workers} first; then the model's predicted samples/s per worker "
+                            "count, and every change with its reason, show here",
+                            max(width, 8),
+                        )
+                    ),
+                    "dim",
+                )
             return text
         wrapped = [change_rows(change, width) for change in changes]
         budget = _change_budget(wrapped, height, 1 + len(curve) if curve else 0)
         rows: list[Text] = []
         if curve and height - budget > 0:
             config = view.status.config
-            measured = frozenset(s.num_workers for s in view.store.summaries
-                                 if s.batches and s.config.with_workers(0) == config.with_workers(0))
+            measured = frozenset(
+                s.num_workers
+                for s in view.store.summaries
+                if s.batches and s.config.with_workers(0) == config.with_workers(0)
+            )
             curve_height = height - budget
-            rows.extend(curve_rows(curve, ceiling, width, curve_height, running=config.num_workers,
-                                   measured=measured, heading=curve_height >= 3,
-                                   tuned=tuner.workers if changes and tuner is not None else None))
+            rows.extend(
+                curve_rows(
+                    curve,
+                    ceiling,
+                    width,
+                    curve_height,
+                    running=config.num_workers,
+                    measured=measured,
+                    heading=curve_height >= 3,
+                    tuned=tuner.workers if changes and tuner is not None else None,
+                )
+            )
         rows.extend(_latest(wrapped, budget, width))
         for i, row in enumerate(rows):
             if i:

@@ -38,8 +38,9 @@ COLUMNS = (
     Column("iter ms", 8, lambda s: _num(s.iter_ms_mean), 3),
     Column("samples/s", 12, speed_cell, 0),
     Column("start-up ms", 11, lambda s: _num(s.startup_ms, 0), 2),
-    Column("CPU/sample", 10, lambda s: "-" if math.isnan(s.cpu_s_per_sample) else f"{s.cpu_s_per_sample * 1000:.2f} ms",
-           1),
+    Column(
+        "CPU/sample", 10, lambda s: "-" if math.isnan(s.cpu_s_per_sample) else f"{s.cpu_s_per_sample * 1000:.2f} ms", 1
+    ),
     Column("CPU %", 6, lambda s: _num(s.cpu_percent, 0), 1),
     Column("PSS MB", 7, lambda s: _num(s.pss_mb, 0), 1),
     Column("USS/wkr", 7, lambda s: _num(s.worker_uss_mb, 0), 1),
@@ -82,8 +83,11 @@ class ComparisonTable(ViewWidget):
         if view is None:
             return text
         summaries = view.store.summaries
-        columns = fit_columns(self.content_size.width, show_config=settings_differ(summaries),
-                              pss=any(not math.isnan(s.pss_mb_peak) for s in summaries) or not summaries)
+        columns = fit_columns(
+            self.content_size.width,
+            show_config=settings_differ(summaries),
+            pss=any(not math.isnan(s.pss_mb_peak) for s in summaries) or not summaries,
+        )
         text.append(" " * MARK_WIDTH)
         text.append(" ".join(c.heading.rjust(c.width) for c in columns), "bold")
         text.append("\n")
@@ -107,9 +111,11 @@ class ComparisonTable(ViewWidget):
             text.append("\n")
         spare = room - len(ordered)
         if spare >= 1:
-            text.append("★ fastest  ◆ recommended  ▶ running  ± two standard errors  CPU: the whole process tree, "
-                        "accounted (100% = one core)  PSS: the tree's memory, each page once; USS: a worker's own",
-                        "dim")
+            text.append(
+                "★ fastest  ◆ recommended  ▶ running  ± two standard errors  CPU: the whole process tree, "
+                "accounted (100% = one core)  PSS: the tree's memory, each page once; USS: a worker's own",
+                "dim",
+            )
         if spare >= 2:
             text.append("\n◆ ", "bold yellow")
             text.append(advice.reason)

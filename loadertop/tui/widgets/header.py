@@ -132,6 +132,9 @@ class RunHeader(ViewWidget):
             line.append(f"{stats.samples_per_s:,.0f} samples/s", "bold")
         if status.nonfinite_steps:
             line.append("  │ ")
-            line.append(f"⚠ loss NaN/inf from step {status.first_nonfinite_step} "
-                        f"({status.nonfinite_steps} batch{'es' if status.nonfinite_steps != 1 else ''})", "bold red")
+            line.append(
+                f"⚠ loss NaN/inf from step {status.first_nonfinite_step} "
+                f"({status.nonfinite_steps} batch{'es' if status.nonfinite_steps != 1 else ''})",
+                "bold red",
+            )
         return line

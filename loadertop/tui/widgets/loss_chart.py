@@ -25,7 +25,10 @@ class LossChart(ViewWidget):
         if script is not None and store.records and not any(math.isfinite(r.loss) for r in store.records):
             text = Text("no loss from the script yet: add one line after the loss is computed,\n", "dim")
             text.append("    loadertop.log(loss=loss)", "bold")
-            text.append("\n(import loadertop; a tensor is fine: it is read off the training thread,\n"
-                        "without a device sync; outside loadertop run it does nothing)", "dim")
+            text.append(
+                "\n(import loadertop; a tensor is fine: it is read off the training thread,\n"
+                "without a device sync; outside loadertop run it does nothing)",
+                "dim",
+            )
             return text
         return loss_chart(store.records, store.starts, self.content_size.width, self.content_size.height)

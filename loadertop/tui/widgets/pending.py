@@ -53,12 +53,16 @@ class PendingBar(ViewWidget):
             current = sweep.current
             text.append("sweep ", "bold")
             if sweep.extending:  # the first measurements could not tell these counts apart
-                text.append(f"measuring longer {sweep.index - sweep.planned + 1}/{len(sweep.counts) - sweep.planned}: ",
-                            "bold yellow")
+                text.append(
+                    f"measuring longer {sweep.index - sweep.planned + 1}/{len(sweep.counts) - sweep.planned}: ",
+                    "bold yellow",
+                )
             else:
                 text.append(f"{sweep.index + 1}/{len(sweep.counts)}: ", "bold")
-            text.append(f"{current} worker{'s' if current != 1 else ''}, "
-                        f"{sweep.batches_done}/{sweep.batches_per_count} batches ")
+            text.append(
+                f"{current} worker{'s' if current != 1 else ''}, "
+                f"{sweep.batches_done}/{sweep.batches_per_count} batches "
+            )
             text.append("▕" + meter(sweep.fraction * 100, 12) + "▏", "cyan")
             text.append("  Esc cancels (keeps what was measured)", "dim")
             return text

@@ -24,7 +24,10 @@ class RanksPanel(ViewWidget):
         if old is None or old.script is None or view.script is None:
             return True
         return (view.script.ranks, view.script.straggler, view.script.selected_rank) != (
-            old.script.ranks, old.script.straggler, old.script.selected_rank)
+            old.script.ranks,
+            old.script.straggler,
+            old.script.selected_rank,
+        )
 
     def render(self) -> Text:
         text = Text(no_wrap=True, overflow="ellipsis")
@@ -40,19 +43,25 @@ class RanksPanel(ViewWidget):
             mark = "▶" if info.rank == script.selected_rank else " "
             flag = "!" if straggler is not None and straggler.rank == info.rank else " "
             speed = "        -" if math.isnan(info.samples_per_s) else f"{info.samples_per_s:9,.0f}"
-            row = (f"\n{mark}{flag} {info.rank:>4} {info.local_rank:>6} {info.pid:>8} {info.num_workers:>8}  "
-                   f"{_ms(info.load_ms)}   {_ms(info.step_ms)}  {speed} {info.step:>9}")
+            row = (
+                f"\n{mark}{flag} {info.rank:>4} {info.local_rank:>6} {info.pid:>8} {info.num_workers:>8}  "
+                f"{_ms(info.load_ms)}   {_ms(info.step_ms)}  {speed} {info.step:>9}"
+            )
             text.append(row, "bold red" if flag == "!" else "")
             if info.ended:
                 text.append(f"  {info.ended}", "dim")
             elif info.host:
                 text.append(f"  on {info.host} (another node)", "dim")
         if script.other_nodes:
-            text.append(f"\n{script.other_nodes} more ranks on other nodes: a monitor on their node watches them",
-                        "dim")
+            text.append(
+                f"\n{script.other_nodes} more ranks on other nodes: a monitor on their node watches them", "dim"
+            )
         if straggler is not None:
-            text.append(f"\ninput straggler: rank {straggler.rank}, score {straggler.score:.2f} (the share of "
-                        "every rank's iteration lost waiting for its data)", "bold red")
+            text.append(
+                f"\ninput straggler: rank {straggler.rank}, score {straggler.score:.2f} (the share of "
+                "every rank's iteration lost waiting for its data)",
+                "bold red",
+            )
             for part in straggler.evidence.split("; "):  # two short lines rather than one cut off
                 text.append(f"\n  {part}")
         else:

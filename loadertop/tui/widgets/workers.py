@@ -32,8 +32,9 @@ class WorkersPanel(SystemPanel):
     def wants(self, view: SessionView, tick: int) -> bool:
         """Also redraw as soon as workers exit or start, not only at the next system sample."""
         old = self.view
-        if old is not None and (view.status.worker_pids != old.status.worker_pids
-                                or view.status.exited_workers != old.status.exited_workers):
+        if old is not None and (
+            view.status.worker_pids != old.status.worker_pids or view.status.exited_workers != old.status.exited_workers
+        ):
             return True
         return super().wants(view, tick)
 
@@ -94,8 +95,9 @@ class WorkersPanel(SystemPanel):
             return f"new workers for the next epoch; {started} started"
         label = f"{up} worker{'s' if up != 1 else ''}, tree CPU {system.tree_cpu_percent:.0f}%"
         memory = system.memory
-        extras = [] if memory is None else [f"PSS {memory.pss_bytes / MIB:,.0f} MB" if memory.exact
-                                            else "PSS unreadable"]
+        extras = (
+            [] if memory is None else [f"PSS {memory.pss_bytes / MIB:,.0f} MB" if memory.exact else "PSS unreadable"]
+        )
         extras += [f"{started} started"] if started > up else []
         for extra in extras:  # what fits, the tree's memory first
             if len(label) + 2 + len(extra) <= width:

@@ -20,8 +20,13 @@ BAD_INPUT = [
     (["--prefetch-factor", "2"], "--prefetch-factor needs --workers 1 or more"),
     (["--persistent-workers"], "--persistent-workers needs --workers 1 or more"),
     (["--device", "tpu"], "--device must be auto, cpu or cuda, got 'tpu'"),
-    (["--switch", "ten:2"], ("must be [rankR:][LOADER@]STEP:WORKERS (e.g. 100:2, or rank1:100:2 for rank 1 of a "
-                             "torchrun job), got 'ten:2'")),
+    (
+        ["--switch", "ten:2"],
+        (
+            "must be [rankR:][LOADER@]STEP:WORKERS (e.g. 100:2, or rank1:100:2 for rank 1 of a "
+            "torchrun job), got 'ten:2'"
+        ),
+    ),
     (["--switch", "rank1:ten:2"], "must be [rankR:][LOADER@]STEP:WORKERS"),
     (["--switch", "rank-1:10:2"], "got 'rank-1:10:2'"),
     (["--switch", "rank:10:2"], "got 'rank:10:2'"),
@@ -29,25 +34,33 @@ BAD_INPUT = [
     (["--switch", "train.py:4@10:2"], "--switch LOADER@STEP:WORKERS names a script's DataLoader"),
     (["--switch", "10:-2"], "needs STEP >= 1 and WORKERS >= 0"),
     (["--workload", "nocolon"], "--workload must look like MODULE:CALLABLE"),
-    (["--workload", "no_such_module_xyz:make"],
-     "cannot import workload module 'no_such_module_xyz': ModuleNotFoundError"),
+    (
+        ["--workload", "no_such_module_xyz:make"],
+        "cannot import workload module 'no_such_module_xyz': ModuleNotFoundError",
+    ),
     (["--workload", "tests.workloads:missing"], "module 'tests.workloads' has no attribute 'missing'"),
     (["--workload", "tests.workloads:NOT_CALLABLE"], "is a int, not a callable that returns a Workload"),
-    (["--workload", "tests.workloads:raises"],
-     "workload factory tests.workloads:raises raised RuntimeError: cannot build the model"),
+    (
+        ["--workload", "tests.workloads:raises"],
+        "workload factory tests.workloads:raises raised RuntimeError: cannot build the model",
+    ),
     (["--workload", "tests.workloads:wrong_type"], "returned dict, expected loadertop.Workload"),
     (["--workload", "tests.workloads:sleepy", "--io-latency-ms", "3"], "--io-latency-ms applies to the built-in"),
     (["--workload", "tests.workloads:sleepy", "--data", "/tmp"], "takes no data_dir parameter to receive it"),
     (["--workload", "tests.workloads:sleepy", "--dataset", "mnist"], "choose --workload or --dataset, not both"),
     (["--dataset", "imagenet"], "unknown --dataset 'imagenet': choose one of cifar10, cifar100, mnist"),
-    (["--dataset", "cifar10", "--data", "/nonexistent-dir"],
-     "CIFAR10 not found under /nonexistent-dir (looked for /nonexistent-dir/cifar-10-batches-py)"),
+    (
+        ["--dataset", "cifar10", "--data", "/nonexistent-dir"],
+        "CIFAR10 not found under /nonexistent-dir (looked for /nonexistent-dir/cifar-10-batches-py)",
+    ),
     (["--start-method", "spawn"], "--start-method needs --workers 1 or more"),
     (["--start-method", "thread"], "invalid choice: 'thread'"),
     (["--timeout", "5"], "--timeout needs --workers 1 or more"),
     (["--timeout", "-1", "--workers", "1"], "--timeout: must be a number >= 0, got '-1'"),
-    (["--workload", "tests.workloads:unpicklable", "--workers", "1", "--start-method", "spawn"],
-     "the dataset cannot be sent to 'spawn' workers, which need a pickled copy"),
+    (
+        ["--workload", "tests.workloads:unpicklable", "--workers", "1", "--start-method", "spawn"],
+        "the dataset cannot be sent to 'spawn' workers, which need a pickled copy",
+    ),
     (["--record", "/nonexistent-dir/x.jsonl"], "cannot write --record /nonexistent-dir/x.jsonl"),
 ]
 
@@ -69,9 +82,26 @@ def test_cuda_asked_for_without_a_gpu(capsys: pytest.CaptureFixture[str]) -> Non
 
 def test_a_finished_run_records_every_batch_and_leaves_no_process(tagged_run, tmp_path: Path) -> None:
     record = tmp_path / "run.jsonl"
-    run = tagged_run(["run", "--headless", "--workload", "tests.workloads:sleepy", "--workers", "2",
-                      "--batch-size", "10", "--epochs", "2", "--switch", "5:1", "--switch", "25:0",
-                      "--record", str(record)])
+    run = tagged_run(
+        [
+            "run",
+            "--headless",
+            "--workload",
+            "tests.workloads:sleepy",
+            "--workers",
+            "2",
+            "--batch-size",
+            "10",
+            "--epochs",
+            "2",
+            "--switch",
+            "5:1",
+            "--switch",
+            "25:0",
+            "--record",
+            str(record),
+        ]
+    )
     out, err = run.proc.communicate(timeout=120)
     assert run.proc.returncode == 0, err
     lines = [json.loads(line) for line in record.read_text().splitlines()]
@@ -88,14 +118,15 @@ def test_a_finished_run_records_every_batch_and_leaves_no_process(tagged_run, tm
     assert "compute_ms" not in rows[0]  # the record schema's name is the monitor's: step_ms
     assert f"step {ran.index(1)}: hot restart to 1 worker" in out
     assert "epoch 2/2" in out
-    table = out[out.index("workers  batches"):].splitlines()
+    table = out[out.index("workers  batches") :].splitlines()
     assert [line.split()[0].strip("*+") or line.split()[1] for line in table[1:4]] == ["2", "1", "0"]
     assert run.leftovers() == []
 
 
 def test_a_failing_dataset_exits_1_with_the_sample_index(tagged_run) -> None:
-    run = tagged_run(["run", "--headless", "--workload", "tests.workloads:broken", "--workers", "2",
-                      "--batch-size", "4"])
+    run = tagged_run(
+        ["run", "--headless", "--workload", "tests.workloads:broken", "--workers", "2", "--batch-size", "4"]
+    )
     _, err = run.proc.communicate(timeout=120)
     assert run.proc.returncode == 1
     assert "(sample index 37): ValueError: broken sample 37" in err
@@ -105,8 +136,20 @@ def test_a_failing_dataset_exits_1_with_the_sample_index(tagged_run) -> None:
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_an_interrupted_run_stops_its_workers(tagged_run, tmp_path: Path, signum: int) -> None:
     record = tmp_path / "run.jsonl"
-    run = tagged_run(["run", "--headless", "--workload", "tests.workloads:sleepy", "--workers", "2",
-                      "--epochs", "100", "--record", str(record)])
+    run = tagged_run(
+        [
+            "run",
+            "--headless",
+            "--workload",
+            "tests.workloads:sleepy",
+            "--workers",
+            "2",
+            "--epochs",
+            "100",
+            "--record",
+            str(record),
+        ]
+    )
     wait_for(lambda: record.exists() and len(record.read_text().splitlines()) >= 5)
     wait_for(lambda: len(run.leftovers()) >= 3)  # the run and its two workers (between epochs they re-spawn)
     run.proc.send_signal(signum)
@@ -134,8 +177,9 @@ def test_the_monitor_without_a_terminal_says_how_to_run_headless(
     monkeypatch.setattr("sys.stdin.isatty", lambda: False)
     code, out, err = run_main(["--workers", "1"], capsys)
     assert code == 2 and out == ""
-    assert err.strip() == ("loadertop: error: the monitor needs a terminal (stdin and stderr); "
-                           "without one use: loadertop run --headless")
+    assert err.strip() == (
+        "loadertop: error: the monitor needs a terminal (stdin and stderr); without one use: loadertop run --headless"
+    )
 
 
 def test_switch_belongs_to_headless_runs(capsys: pytest.CaptureFixture[str]) -> None:
@@ -158,8 +202,9 @@ def test_switch_names_one_rank_of_a_torchrun_job_before_the_loader() -> None:
 def test_a_bad_rank_switch_for_a_script_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     result = run_main(["run", "--headless", "--switch", "rank1:x:2", "--", "python", "train.py"], capsys)
     assert_usage_error(result, "argument --switch: must be [rankR:][LOADER@]STEP:WORKERS")
-    result = run_main(["run", "--headless", "--switch", "rank1:5:2", "--switch", "rank1:5:1", "--", "python",
-                       "train.py"], capsys)
+    result = run_main(
+        ["run", "--headless", "--switch", "rank1:5:2", "--switch", "rank1:5:1", "--", "python", "train.py"], capsys
+    )
     assert_usage_error(result, "--switch: each STEP may be given once (per loader and rank)")
 
 

@@ -58,8 +58,9 @@ def test_cpu_bound_loading_on_one_core_recommends_no_workers(cores: Callable[[in
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
-                    reason="needs 2 cores and CPU affinity")
+@pytest.mark.skipif(
+    not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores and CPU affinity"
+)
 def test_cpu_bound_loading_scales_to_the_core_count_then_stops(cores: Callable[[int], None]) -> None:
     cores(2)
     with others_cpu() as others:
@@ -101,14 +102,33 @@ def test_a_sweep_switches_only_after_its_steady_batches_and_cancel_keeps_the_run
     assert cancelled.progress().state == "idle"
 
 
-def test_sweep_files_have_every_field(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sweep_files_have_every_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(ROOT)
     paths = {kind: tmp_path / f"sweep.{kind}" for kind in ("json", "csv", "md")}
-    code, out, err = run_main(["sweep", "--workload", "tests.workloads:sleepy", "--batch-size", "10",
-                               "--workers", "0,2", "--batches", "12", "--sample-interval", "0.2",
-                               "--json", str(paths["json"]), "--csv", str(paths["csv"]),
-                               "--markdown", str(paths["md"])], capsys)
+    code, out, err = run_main(
+        [
+            "sweep",
+            "--workload",
+            "tests.workloads:sleepy",
+            "--batch-size",
+            "10",
+            "--workers",
+            "0,2",
+            "--batches",
+            "12",
+            "--sample-interval",
+            "0.2",
+            "--json",
+            str(paths["json"]),
+            "--csv",
+            str(paths["csv"]),
+            "--markdown",
+            str(paths["md"]),
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert "[1/2] 0 workers, batch 10" in out and "[2/2] 2 workers, batch 10" in out
     document = json.loads(paths["json"].read_text())
@@ -131,11 +151,13 @@ def test_sweep_files_have_every_field(tmp_path: Path, capsys: pytest.CaptureFixt
     assert not child_processes()
 
 
-def test_json_to_stdout_leaves_stdout_clean(capsys: pytest.CaptureFixture[str],
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_json_to_stdout_leaves_stdout_clean(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(ROOT)
-    code, out, err = run_main(["sweep", "--workload", "tests.workloads:sleepy", "--workers", "0,1",
-                               "--batches", "10", "--json", "-"], capsys)
+    code, out, err = run_main(
+        ["sweep", "--workload", "tests.workloads:sleepy", "--workers", "0,1", "--batches", "10", "--json", "-"], capsys
+    )
     assert code == 0
     assert [row["num_workers"] for row in json.loads(out)["rows"]] == [0, 1]
     assert "recommended:" in err
@@ -153,6 +175,7 @@ BAD_SWEEPS = [
 
 
 @pytest.mark.parametrize(("args", "message"), BAD_SWEEPS, ids=[" ".join(a) for a, _ in BAD_SWEEPS])
-def test_bad_sweep_arguments_exit_2_with_one_line(args: list[str], message: str,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_sweep_arguments_exit_2_with_one_line(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert_usage_error(run_main(["sweep", "--workload", "tests.workloads:sleepy", *args], capsys), message)

@@ -38,8 +38,12 @@ def _burn(seconds: float) -> None:
 def test_short_lived_workers_are_accounted_in_full() -> None:
     # 32 samples, batch 8: an epoch is 4 batches (~70 ms of loading), far shorter than the 1 s sampling
     # interval, and workers are not persistent: each epoch's workers live and die between two samples.
-    trainer = Trainer(workloads.cpu_bound(size=32, cpu_s=BURN_S), LoaderConfig(num_workers=0, batch_size=8),
-                      epochs=10_000, device="cpu")
+    trainer = Trainer(
+        workloads.cpu_bound(size=32, cpu_s=BURN_S),
+        LoaderConfig(num_workers=0, batch_size=8),
+        epochs=10_000,
+        device="cpu",
+    )
     sweep = Sweep(trainer, (0, 1, 2), 40, extra_rounds=0, on_done=trainer.stop)
     session = Session(trainer, sample_interval_s=1.0, on_record=sweep.on_record, read_gpus=False)
     session.sampler.start()
@@ -59,8 +63,9 @@ def test_short_lived_workers_are_accounted_in_full() -> None:
 
 
 def test_a_five_batch_configuration_has_cpu_and_memory_without_any_sampler() -> None:
-    trainer = Trainer(workloads.cpu_bound(size=200), LoaderConfig(num_workers=1, batch_size=4), max_batches=5,
-                      device="cpu")
+    trainer = Trainer(
+        workloads.cpu_bound(size=200), LoaderConfig(num_workers=1, batch_size=4), max_batches=5, device="cpu"
+    )
     trainer.start()
     assert trainer.join(60)
     (summary,) = trainer.store.summaries()
@@ -69,8 +74,7 @@ def test_a_five_batch_configuration_has_cpu_and_memory_without_any_sampler() -> 
 
 
 def test_a_pause_costs_the_configuration_nothing() -> None:
-    trainer = Trainer(workloads.make(size=400, sleep_s=0.002), LoaderConfig(num_workers=0, batch_size=4),
-                      device="cpu")
+    trainer = Trainer(workloads.make(size=400, sleep_s=0.002), LoaderConfig(num_workers=0, batch_size=4), device="cpu")
     trainer.start()
     wait_for(lambda: trainer.status().step >= 5)
     trainer.pause()
@@ -88,8 +92,9 @@ def test_a_pause_costs_the_configuration_nothing() -> None:
 
 @pytest.mark.slow
 def test_a_killed_worker_keeps_its_cpu_up_to_its_death() -> None:
-    trainer = Trainer(workloads.cpu_bound(size=4000, cpu_s=0.005), LoaderConfig(num_workers=1, batch_size=4),
-                      device="cpu")
+    trainer = Trainer(
+        workloads.cpu_bound(size=4000, cpu_s=0.005), LoaderConfig(num_workers=1, batch_size=4), device="cpu"
+    )
     trainer.start()
     wait_for(lambda: trainer.status().step >= 10)
     (pid,) = trainer.worker_pids()
@@ -135,9 +140,27 @@ def test_without_reaped_children_times_the_clock_keeps_what_it_last_saw(monkeypa
 def test_accounted_cpu_of_a_whole_run_agrees_with_the_operating_system(tmp_path: Path) -> None:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = subprocess.run(
-        [sys.executable, "-m", "loadertop", "sweep", "--workload", "tests.workloads:cpu_bound", "--workers", "0,1,2",
-         "--batches", "60", "--batch-size", "8", "--json", str(tmp_path / "s.json")],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+        [
+            sys.executable,
+            "-m",
+            "loadertop",
+            "sweep",
+            "--workload",
+            "tests.workloads:cpu_bound",
+            "--workers",
+            "0,1,2",
+            "--batches",
+            "60",
+            "--batch-size",
+            "8",
+            "--json",
+            str(tmp_path / "s.json"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     assert result.returncode == 0, result.stderr

@@ -29,8 +29,10 @@ def fake_root(tmp_path: Path, cgroup: str, mounts: list[tuple[str, str, str, str
     proc = tmp_path / "proc" / "self"
     proc.mkdir(parents=True)
     (proc / "cgroup").write_text(textwrap.dedent(cgroup).lstrip())
-    lines = [f"{20 + i} 1 0:{30 + i} {root} {point} rw,relatime - {kind} {kind} {options}"
-             for i, (kind, options, root, point) in enumerate(mounts)]
+    lines = [
+        f"{20 + i} 1 0:{30 + i} {root} {point} rw,relatime - {kind} {kind} {options}"
+        for i, (kind, options, root, point) in enumerate(mounts)
+    ]
     (proc / "mountinfo").write_text("25 1 8:1 / / rw - ext4 /dev/sda1 rw\n" + "\n".join(lines) + "\n")
     for name, text in files.items():
         path = tmp_path / name.lstrip("/")
@@ -43,20 +45,30 @@ V2 = [("cgroup2", "rw", "/", "/sys/fs/cgroup")]
 
 
 def host(cgroups: CgroupLimits, cores: int = 64, affinity: int = 64) -> Limits:
-    return combine(cgroups, host_cores=cores, affinity_cores=affinity, host_memory_total_bytes=512 * GIB,
-                   host_memory_available_bytes=400 * GIB)
+    return combine(
+        cgroups,
+        host_cores=cores,
+        affinity_cores=affinity,
+        host_memory_total_bytes=512 * GIB,
+        host_memory_available_bytes=400 * GIB,
+    )
 
 
 def test_a_v2_container_with_a_fractional_quota_and_a_memory_limit(tmp_path: Path) -> None:
-    root = fake_root(tmp_path, "0::/\n", V2, {
-        "/sys/fs/cgroup/cgroup.controllers": "cpuset cpu io memory pids\n",
-        "/sys/fs/cgroup/cpu.max": "150000 100000\n",
-        "/sys/fs/cgroup/cpuset.cpus.effective": "0-63\n",
-        "/sys/fs/cgroup/memory.max": f"{3 * GIB}\n",
-        "/sys/fs/cgroup/memory.high": "max\n",
-        "/sys/fs/cgroup/memory.current": f"{GIB}\n",
-        "/sys/fs/cgroup/memory.stat": f"anon 100\nfile 200\ninactive_file {256 * MIB}\n",
-    })
+    root = fake_root(
+        tmp_path,
+        "0::/\n",
+        V2,
+        {
+            "/sys/fs/cgroup/cgroup.controllers": "cpuset cpu io memory pids\n",
+            "/sys/fs/cgroup/cpu.max": "150000 100000\n",
+            "/sys/fs/cgroup/cpuset.cpus.effective": "0-63\n",
+            "/sys/fs/cgroup/memory.max": f"{3 * GIB}\n",
+            "/sys/fs/cgroup/memory.high": "max\n",
+            "/sys/fs/cgroup/memory.current": f"{GIB}\n",
+            "/sys/fs/cgroup/memory.stat": f"anon 100\nfile 200\ninactive_file {256 * MIB}\n",
+        },
+    )
     cgroups = read_cgroups(root)
     assert cgroups.quota == Limit(1.5, "cgroup v2 quota", str(root / "sys/fs/cgroup/cpu.max"))
     assert cgroups.cpuset == Limit(64.0, "cgroup v2 cpuset", str(root / "sys/fs/cgroup/cpuset.cpus.effective"))
@@ -73,22 +85,27 @@ def test_a_v2_container_with_a_fractional_quota_and_a_memory_limit(tmp_path: Pat
 
 def test_v2_nested_levels_the_tightest_binds_and_memory_high_counts(tmp_path: Path) -> None:
     pod, ctr = "/sys/fs/cgroup/kubepods/pod1", "/sys/fs/cgroup/kubepods/pod1/ctr"
-    root = fake_root(tmp_path, "0::/kubepods/pod1/ctr\n", V2, {
-        "/sys/fs/cgroup/cgroup.controllers": "cpuset cpu memory\n",
-        "/sys/fs/cgroup/cpuset.cpus.effective": "0-15\n",
-        "/sys/fs/cgroup/kubepods/cgroup.controllers": "cpu memory\n",
-        "/sys/fs/cgroup/kubepods/cpu.max": "max 100000\n",
-        "/sys/fs/cgroup/kubepods/memory.max": "max\n",
-        f"{pod}/cgroup.controllers": "cpu memory\n",
-        f"{pod}/cpu.max": "400000 100000\n",
-        f"{pod}/memory.max": f"{16 * GIB}\n",
-        f"{pod}/memory.current": f"{12 * GIB}\n",
-        f"{ctr}/cgroup.controllers": "cpu memory\n",
-        f"{ctr}/cpu.max": "max 100000\n",
-        f"{ctr}/memory.max": "max\n",
-        f"{ctr}/memory.high": f"{8 * GIB}\n",
-        f"{ctr}/memory.current": f"{2 * GIB}\n",
-    })
+    root = fake_root(
+        tmp_path,
+        "0::/kubepods/pod1/ctr\n",
+        V2,
+        {
+            "/sys/fs/cgroup/cgroup.controllers": "cpuset cpu memory\n",
+            "/sys/fs/cgroup/cpuset.cpus.effective": "0-15\n",
+            "/sys/fs/cgroup/kubepods/cgroup.controllers": "cpu memory\n",
+            "/sys/fs/cgroup/kubepods/cpu.max": "max 100000\n",
+            "/sys/fs/cgroup/kubepods/memory.max": "max\n",
+            f"{pod}/cgroup.controllers": "cpu memory\n",
+            f"{pod}/cpu.max": "400000 100000\n",
+            f"{pod}/memory.max": f"{16 * GIB}\n",
+            f"{pod}/memory.current": f"{12 * GIB}\n",
+            f"{ctr}/cgroup.controllers": "cpu memory\n",
+            f"{ctr}/cpu.max": "max 100000\n",
+            f"{ctr}/memory.max": "max\n",
+            f"{ctr}/memory.high": f"{8 * GIB}\n",
+            f"{ctr}/memory.current": f"{2 * GIB}\n",
+        },
+    )
     cgroups = read_cgroups(root)
     assert cgroups.quota == Limit(4.0, "cgroup v2 quota", str(root / pod.lstrip("/") / "cpu.max"))
     assert cgroups.cpuset == Limit(16.0, "cgroup v2 cpuset", str(root / "sys/fs/cgroup/cpuset.cpus.effective"))
@@ -97,20 +114,29 @@ def test_v2_nested_levels_the_tightest_binds_and_memory_high_counts(tmp_path: Pa
     # The pod's 16 GiB with 12 used leaves less than the container's 8 with 2 used: the pod's headroom binds.
     assert cgroups.memory_headroom_bytes == 4 * GIB and cgroups.notes == ()
     limits = host(cgroups)
-    assert (limits.cores, limits.cores_source, limits.memory_total_bytes, limits.memory_available_bytes) == \
-        (4.0, "cgroup v2 quota", 8 * GIB, 4 * GIB)
+    assert (limits.cores, limits.cores_source, limits.memory_total_bytes, limits.memory_available_bytes) == (
+        4.0,
+        "cgroup v2 quota",
+        8 * GIB,
+        4 * GIB,
+    )
 
 
 def test_v2_max_everywhere_is_the_host(tmp_path: Path) -> None:
-    root = fake_root(tmp_path, "0::/user.slice/session-1.scope\n", V2, {
-        "/sys/fs/cgroup/cgroup.controllers": "cpu memory\n",
-        "/sys/fs/cgroup/user.slice/cpu.max": "max 100000\n",
-        "/sys/fs/cgroup/user.slice/memory.max": "max\n",
-        "/sys/fs/cgroup/user.slice/session-1.scope/cgroup.controllers": "cpu memory\n",
-        "/sys/fs/cgroup/user.slice/session-1.scope/cpu.max": "max 100000\n",
-        "/sys/fs/cgroup/user.slice/session-1.scope/memory.max": "max\n",
-        "/sys/fs/cgroup/user.slice/session-1.scope/memory.high": "max\n",
-    })
+    root = fake_root(
+        tmp_path,
+        "0::/user.slice/session-1.scope\n",
+        V2,
+        {
+            "/sys/fs/cgroup/cgroup.controllers": "cpu memory\n",
+            "/sys/fs/cgroup/user.slice/cpu.max": "max 100000\n",
+            "/sys/fs/cgroup/user.slice/memory.max": "max\n",
+            "/sys/fs/cgroup/user.slice/session-1.scope/cgroup.controllers": "cpu memory\n",
+            "/sys/fs/cgroup/user.slice/session-1.scope/cpu.max": "max 100000\n",
+            "/sys/fs/cgroup/user.slice/session-1.scope/memory.max": "max\n",
+            "/sys/fs/cgroup/user.slice/session-1.scope/memory.high": "max\n",
+        },
+    )
     cgroups = read_cgroups(root)
     assert cgroups == CgroupLimits()
     limits = host(cgroups)
@@ -120,17 +146,24 @@ def test_v2_max_everywhere_is_the_host(tmp_path: Path) -> None:
 
 
 def test_v2_a_controller_not_enabled_sets_nothing_and_says_nothing(tmp_path: Path) -> None:
-    root = fake_root(tmp_path, "0::/a\n", V2, {
-        "/sys/fs/cgroup/cgroup.controllers": "cpu memory\n",
-        "/sys/fs/cgroup/a/cgroup.controllers": "\n",  # the parent enabled nothing for it: no interface files
-    })
+    root = fake_root(
+        tmp_path,
+        "0::/a\n",
+        V2,
+        {
+            "/sys/fs/cgroup/cgroup.controllers": "cpu memory\n",
+            "/sys/fs/cgroup/a/cgroup.controllers": "\n",  # the parent enabled nothing for it: no interface files
+        },
+    )
     assert read_cgroups(root) == CgroupLimits()
 
 
-V1 = [("cgroup", "rw,cpu,cpuacct", "/", "/sys/fs/cgroup/cpu,cpuacct"),
-      ("cgroup", "rw,cpuset", "/", "/sys/fs/cgroup/cpuset"),
-      ("cgroup", "rw,memory", "/", "/sys/fs/cgroup/memory"),
-      ("cgroup2", "rw", "/", "/sys/fs/cgroup/unified")]
+V1 = [
+    ("cgroup", "rw,cpu,cpuacct", "/", "/sys/fs/cgroup/cpu,cpuacct"),
+    ("cgroup", "rw,cpuset", "/", "/sys/fs/cgroup/cpuset"),
+    ("cgroup", "rw,memory", "/", "/sys/fs/cgroup/memory"),
+    ("cgroup2", "rw", "/", "/sys/fs/cgroup/unified"),
+]
 V1_CGROUP = """\
     4:memory:/process_api/abc
     3:cpuset:/
@@ -176,8 +209,12 @@ def test_v1_nested_paths_and_a_parent_quota(tmp_path: Path) -> None:
 
 
 def test_v1_a_cpuset_that_explains_the_affinity_is_named(tmp_path: Path) -> None:
-    root = fake_root(tmp_path, V1_CGROUP, V1, v1_files(**{"cpuset__cpuset.cpus": "0-1,4\n",
-                                                         "cpu,cpuacct__jobs__cpu.cfs_quota_us": "-1\n"}))
+    root = fake_root(
+        tmp_path,
+        V1_CGROUP,
+        V1,
+        v1_files(**{"cpuset__cpuset.cpus": "0-1,4\n", "cpu,cpuacct__jobs__cpu.cfs_quota_us": "-1\n"}),
+    )
     limits = host(read_cgroups(root), cores=8, affinity=3)
     assert (limits.cores, limits.cores_source) == (3, "cgroup v1 cpuset")
     narrower = host(read_cgroups(root), cores=8, affinity=2)  # taskset inside the cpuset
@@ -186,27 +223,39 @@ def test_v1_a_cpuset_that_explains_the_affinity_is_named(tmp_path: Path) -> None
 
 def test_v1_docker_without_a_cgroup_namespace_mounts_its_own_cgroup(tmp_path: Path) -> None:
     # The container sees its cgroup as the mount's root: /proc/self/cgroup's path is the mount root itself.
-    mounts = [("cgroup", "rw,cpu,cpuacct", "/docker/abc", "/sys/fs/cgroup/cpu,cpuacct"),
-              ("cgroup", "rw,memory", "/docker/abc", "/sys/fs/cgroup/memory")]
-    root = fake_root(tmp_path, "3:memory:/docker/abc\n2:cpu,cpuacct:/docker/abc\n", mounts, {
-        "/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us": "50000\n",
-        "/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_period_us": "100000\n",
-        "/sys/fs/cgroup/memory/memory.limit_in_bytes": f"{GIB}\n",
-        "/sys/fs/cgroup/memory/memory.usage_in_bytes": f"{100 * MIB}\n",
-    })
+    mounts = [
+        ("cgroup", "rw,cpu,cpuacct", "/docker/abc", "/sys/fs/cgroup/cpu,cpuacct"),
+        ("cgroup", "rw,memory", "/docker/abc", "/sys/fs/cgroup/memory"),
+    ]
+    root = fake_root(
+        tmp_path,
+        "3:memory:/docker/abc\n2:cpu,cpuacct:/docker/abc\n",
+        mounts,
+        {
+            "/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us": "50000\n",
+            "/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_period_us": "100000\n",
+            "/sys/fs/cgroup/memory/memory.limit_in_bytes": f"{GIB}\n",
+            "/sys/fs/cgroup/memory/memory.usage_in_bytes": f"{100 * MIB}\n",
+        },
+    )
     limits = host(read_cgroups(root), cores=2, affinity=2)
     assert (limits.cores, limits.core_count, limits.memory_total_bytes) == (0.5, 1, GIB)
     assert limits.memory_available_bytes == GIB - 100 * MIB and limits.notes == ()
 
 
 def test_garbage_in_a_file_falls_back_to_the_host_with_a_note(tmp_path: Path) -> None:
-    root = fake_root(tmp_path, "0::/a\n", V2, {
-        "/sys/fs/cgroup/cgroup.controllers": "cpu memory\n",
-        "/sys/fs/cgroup/a/cgroup.controllers": "cpu memory\n",
-        "/sys/fs/cgroup/a/cpu.max": "banana\n",
-        "/sys/fs/cgroup/a/memory.max": f"{GIB}\n",
-        "/sys/fs/cgroup/a/memory.current": "lots\n",
-    })
+    root = fake_root(
+        tmp_path,
+        "0::/a\n",
+        V2,
+        {
+            "/sys/fs/cgroup/cgroup.controllers": "cpu memory\n",
+            "/sys/fs/cgroup/a/cgroup.controllers": "cpu memory\n",
+            "/sys/fs/cgroup/a/cpu.max": "banana\n",
+            "/sys/fs/cgroup/a/memory.max": f"{GIB}\n",
+            "/sys/fs/cgroup/a/memory.current": "lots\n",
+        },
+    )
     cgroups = read_cgroups(root)
     assert cgroups.quota is None and cgroups.memory is None
     assert cgroups.notes == (
@@ -219,10 +268,17 @@ def test_garbage_in_a_file_falls_back_to_the_host_with_a_note(tmp_path: Path) ->
 
 
 def test_a_file_that_cannot_be_read_is_a_note(tmp_path: Path) -> None:
-    root = fake_root(tmp_path, "0::/\n", V2, {"/sys/fs/cgroup/cgroup.controllers": "cpu memory\n",
-                                               "/sys/fs/cgroup/memory.max": "max\n",
-                                               "/sys/fs/cgroup/memory.high": f"{GIB}\n",
-                                               "/sys/fs/cgroup/memory.current": f"{GIB // 2}\n"})
+    root = fake_root(
+        tmp_path,
+        "0::/\n",
+        V2,
+        {
+            "/sys/fs/cgroup/cgroup.controllers": "cpu memory\n",
+            "/sys/fs/cgroup/memory.max": "max\n",
+            "/sys/fs/cgroup/memory.high": f"{GIB}\n",
+            "/sys/fs/cgroup/memory.current": f"{GIB // 2}\n",
+        },
+    )
     (root / "sys/fs/cgroup/cpu.max").mkdir()  # reading it fails as a permission would, also for root
     (root / "sys/fs/cgroup/memory.stat").write_bytes(b"inactive_file \xff\n")
     cgroups = read_cgroups(root)
@@ -235,8 +291,9 @@ def test_a_file_that_cannot_be_read_is_a_note(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("text", ["", "100000", "1 2 3", "-5 100000", "150000 0", "1.5 100000"])
 def test_odd_cpu_max_values_are_notes(tmp_path: Path, text: str) -> None:
-    root = fake_root(tmp_path, "0::/\n", V2, {"/sys/fs/cgroup/cgroup.controllers": "cpu\n",
-                                               "/sys/fs/cgroup/cpu.max": text})
+    root = fake_root(
+        tmp_path, "0::/\n", V2, {"/sys/fs/cgroup/cgroup.controllers": "cpu\n", "/sys/fs/cgroup/cpu.max": text}
+    )
     cgroups = read_cgroups(root)
     if text == "100000":  # a quota without a period: the kernel's default period
         assert cgroups.quota is not None and cgroups.quota.value == 1.0 and cgroups.notes == ()
@@ -263,16 +320,25 @@ def test_a_cgroup_gone_because_the_process_moved_is_a_note(tmp_path: Path) -> No
     root = fake_root(tmp_path, V1_CGROUP.replace("/process_api/abc", "/process_api/gone"), V1, v1_files())
     cgroups = read_cgroups(root)
     assert cgroups.memory is None and cgroups.quota is not None
-    assert cgroups.notes == (f"cgroup v1 memory: {root}/sys/fs/cgroup/memory/process_api/gone is gone (the process "
-                             "was moved to another cgroup?): using the host's figures for it",)
+    assert cgroups.notes == (
+        f"cgroup v1 memory: {root}/sys/fs/cgroup/memory/process_api/gone is gone (the process "
+        "was moved to another cgroup?): using the host's figures for it",
+    )
 
 
 def test_a_process_moved_to_another_cgroup_is_read_there_next_time(tmp_path: Path) -> None:
-    root = fake_root(tmp_path, "0::/a\n", V2, {
-        "/sys/fs/cgroup/cgroup.controllers": "cpu\n",
-        "/sys/fs/cgroup/a/cgroup.controllers": "cpu\n", "/sys/fs/cgroup/a/cpu.max": "100000 100000\n",
-        "/sys/fs/cgroup/b/cgroup.controllers": "cpu\n", "/sys/fs/cgroup/b/cpu.max": "250000 100000\n",
-    })
+    root = fake_root(
+        tmp_path,
+        "0::/a\n",
+        V2,
+        {
+            "/sys/fs/cgroup/cgroup.controllers": "cpu\n",
+            "/sys/fs/cgroup/a/cgroup.controllers": "cpu\n",
+            "/sys/fs/cgroup/a/cpu.max": "100000 100000\n",
+            "/sys/fs/cgroup/b/cgroup.controllers": "cpu\n",
+            "/sys/fs/cgroup/b/cpu.max": "250000 100000\n",
+        },
+    )
     first = read_cgroups(root).quota
     (root / "proc/self/cgroup").write_text("0::/b\n")
     second = read_cgroups(root).quota
@@ -284,8 +350,9 @@ def test_a_cgroup_outside_every_mount_is_a_note(tmp_path: Path) -> None:
     root = fake_root(tmp_path, "0::/../other\n", mounts, {"/sys/fs/cgroup/cgroup.controllers": "cpu memory\n"})
     cgroups = read_cgroups(root)
     assert (cgroups.quota, cgroups.memory) == (None, None)
-    assert cgroups.notes[0] == ("cgroup v2 cpu: its cgroup /../other is not under a mount this process sees: "
-                                "using the host's figures for it")
+    assert cgroups.notes[0] == (
+        "cgroup v2 cpu: its cgroup /../other is not under a mount this process sees: using the host's figures for it"
+    )
 
 
 def test_no_proc_or_garbage_in_it_is_the_host_with_a_note(tmp_path: Path) -> None:
@@ -302,8 +369,12 @@ def test_no_proc_or_garbage_in_it_is_the_host_with_a_note(tmp_path: Path) -> Non
 
 def test_a_mount_point_with_a_space_is_unescaped(tmp_path: Path) -> None:
     mounts = [("cgroup2", "rw", "/", "/sys/fs/my\\040cgroup")]
-    root = fake_root(tmp_path, "0::/\n", mounts, {"/sys/fs/my cgroup/cgroup.controllers": "cpu\n",
-                                                   "/sys/fs/my cgroup/cpu.max": "200000 100000\n"})
+    root = fake_root(
+        tmp_path,
+        "0::/\n",
+        mounts,
+        {"/sys/fs/my cgroup/cgroup.controllers": "cpu\n", "/sys/fs/my cgroup/cpu.max": "200000 100000\n"},
+    )
     quota = read_cgroups(root).quota
     assert quota is not None and quota.value == 2.0
 
@@ -318,11 +389,21 @@ def test_parse_cpu_list() -> None:
 
 # ---------------------------------------------------------------- the limits in advice, report and header
 
-CONFINED = Limits(cores=1.5, cores_source="cgroup v2 quota", cores_file="/sys/fs/cgroup/cpu.max", host_cores=64,
-                  affinity_cores=64, memory_total_bytes=16 * GIB, memory_available_bytes=10 * GIB,
-                  memory_source="cgroup v2 memory.max", memory_file="/sys/fs/cgroup/memory.max",
-                  host_memory_total_bytes=512 * GIB, host_memory_available_bytes=400 * GIB,
-                  memory_usage_bytes=6 * GIB, notes=("cpuset unknown (x): using the affinity",))
+CONFINED = Limits(
+    cores=1.5,
+    cores_source="cgroup v2 quota",
+    cores_file="/sys/fs/cgroup/cpu.max",
+    host_cores=64,
+    affinity_cores=64,
+    memory_total_bytes=16 * GIB,
+    memory_available_bytes=10 * GIB,
+    memory_source="cgroup v2 memory.max",
+    memory_file="/sys/fs/cgroup/memory.max",
+    host_memory_total_bytes=512 * GIB,
+    host_memory_available_bytes=400 * GIB,
+    memory_usage_bytes=6 * GIB,
+    notes=("cpuset unknown (x): using the affinity",),
+)
 
 
 def test_warnings_and_the_json_machine_block_say_where_a_limit_came_from() -> None:
@@ -331,19 +412,32 @@ def test_warnings_and_the_json_machine_block_say_where_a_limit_came_from() -> No
     machine = MachineFacts(usable_cores=1.5, memory_total_bytes=16 * GIB, limits=CONFINED)
     rows = [summary(0, 300), summary(2, 500, load_ms=1.0)]
     advice = advise(rows, machine)
-    assert "2 workers on 1.5 usable cores (1.5 of 64 cores: cgroup v2 quota): workers past the core count compete " \
-           "with each other and with the training step for CPU" in advice.warnings
+    assert (
+        "2 workers on 1.5 usable cores (1.5 of 64 cores: cgroup v2 quota): workers past the core count compete "
+        "with each other and with the training step for CPU" in advice.warnings
+    )
     assert "cpuset unknown (x): using the affinity" in advice.warnings
     block = report_json(rows, advice, machine)["machine"]
-    assert block == {"usable_cores": 1.5, "memory_total_mb": 16 * 1024, "start_method": "fork",
-                     "cores_source": "cgroup v2 quota", "cores_file": "/sys/fs/cgroup/cpu.max", "host_cores": 64,
-                     "affinity_cores": 64, "memory_available_mb": 10 * 1024, "memory_source": "cgroup v2 memory.max",
-                     "memory_file": "/sys/fs/cgroup/memory.max", "host_memory_total_mb": 512 * 1024,
-                     "limit_notes": ["cpuset unknown (x): using the affinity"]}
+    assert block == {
+        "usable_cores": 1.5,
+        "memory_total_mb": 16 * 1024,
+        "start_method": "fork",
+        "cores_source": "cgroup v2 quota",
+        "cores_file": "/sys/fs/cgroup/cpu.max",
+        "host_cores": 64,
+        "affinity_cores": 64,
+        "memory_available_mb": 10 * 1024,
+        "memory_source": "cgroup v2 memory.max",
+        "memory_file": "/sys/fs/cgroup/memory.max",
+        "host_memory_total_mb": 512 * 1024,
+        "limit_notes": ["cpuset unknown (x): using the affinity"],
+    }
     assert machine.core_count == 2
     unconfined = advise(rows, MachineFacts(usable_cores=1, memory_total_bytes=16 * GIB))
-    assert "2 workers on 1 usable core: workers past the core count compete with each other and with the " \
-           "training step for CPU" in unconfined.warnings
+    assert (
+        "2 workers on 1 usable core: workers past the core count compete with each other and with the "
+        "training step for CPU" in unconfined.warnings
+    )
 
 
 def test_the_header_text_fits_and_names_the_source() -> None:
@@ -434,9 +528,14 @@ def test_a_process_confined_by_real_cgroups_is_seen_so(confining_cgroups: list[P
     (tmp_path / "probe.py").write_text(probe)
     # The shell joins the cgroups, then becomes Python: the process is confined from its first instruction.
     join = 'echo $$ > "$1/cgroup.procs" && echo $$ > "$2/cgroup.procs" && shift 2 && exec "$@"'
-    result = subprocess.run(["sh", "-c", join, "sh", str(cpu_dir), str(memory_dir), sys.executable,
-                             str(tmp_path / "probe.py")], capture_output=True, text=True, timeout=120, cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    result = subprocess.run(
+        ["sh", "-c", join, "sh", str(cpu_dir), str(memory_dir), sys.executable, str(tmp_path / "probe.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert result.returncode == 0, result.stderr
     seen = json.loads(result.stdout.strip().splitlines()[-1])
     assert (seen["cores"], seen["source"], seen["file"]) == (0.5, "cgroup v1 quota", f"{cpu_dir}/cpu.cfs_quota_us")
@@ -449,11 +548,13 @@ def test_a_process_confined_by_real_cgroups_is_seen_so(confining_cgroups: list[P
     assert seen["warnings"] == [
         "This DataLoader will create 1 worker processes in total, more than the 0.5 usable cores "
         f"(0.5 of {host_cores} cores: cgroup v1 quota) this process may use: workers past the cores compete for CPU "
-        "and can make loading slower; lower num_workers if so (loadertop sweep measures it)"]
+        "and can make loading slower; lower num_workers if so (loadertop sweep measures it)"
+    ]
 
 
-@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
-                    reason="needs 2 cores and CPU affinity")
+@pytest.mark.skipif(
+    not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores and CPU affinity"
+)
 def test_a_changed_affinity_is_seen_at_once_not_after_the_cache() -> None:
     from loadertop.core.measure.limits import current_limits
 

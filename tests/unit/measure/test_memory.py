@@ -27,8 +27,9 @@ from loadertop.core.protocol.config import LoaderConfig
 from tests.helpers import summary, wait_for
 
 MIB = 1024 * 1024
-linux_only = pytest.mark.skipif(not os.path.exists(f"/proc/{os.getpid()}/smaps_rollup"),
-                                reason="needs /proc/<pid>/smaps_rollup (Linux 4.14+)")
+linux_only = pytest.mark.skipif(
+    not os.path.exists(f"/proc/{os.getpid()}/smaps_rollup"), reason="needs /proc/<pid>/smaps_rollup (Linux 4.14+)"
+)
 FORK = multiprocessing.get_context("fork") if sys.platform != "win32" else None
 
 
@@ -38,10 +39,12 @@ def fresh_reader() -> MemoryReader:
 
 
 def test_smaps_rollup_text_gives_rss_pss_and_uss_exactly() -> None:
-    text = (b"5654298cb000-7ffe77b5b000 ---p 00000000 00:00 0                          [rollup]\n"
-            b"Rss:              412176 kB\nPss:              138156 kB\nShared_Clean:       5648 kB\n"
-            b"Shared_Dirty:     404588 kB\nPrivate_Clean:        12 kB\nPrivate_Dirty:      1940 kB\n"
-            b"Private_Hugetlb:     2048 kB\nSwap:                  0 kB\n")
+    text = (
+        b"5654298cb000-7ffe77b5b000 ---p 00000000 00:00 0                          [rollup]\n"
+        b"Rss:              412176 kB\nPss:              138156 kB\nShared_Clean:       5648 kB\n"
+        b"Shared_Dirty:     404588 kB\nPrivate_Clean:        12 kB\nPrivate_Dirty:      1940 kB\n"
+        b"Private_Hugetlb:     2048 kB\nSwap:                  0 kB\n"
+    )
     assert parse_smaps_rollup(text) == (412176 * 1024, 138156 * 1024, (12 + 1940 + 2048) * 1024)
     assert parse_smaps_rollup(b"") is None  # a zombie: no memory map
 
@@ -118,8 +121,9 @@ def test_a_forked_worker_that_reads_a_python_list_grows_its_uss_not_its_rss(fork
     store = MetricsStore()
     store.open_cost(config, TreeCpu(time=0.0, main_s=0.0, children_s=0.0, rss_bytes=0))
     for reading, at in ((before, 1000.0), (after, 1003.0)):
-        store.tick_memory(TreeMemory(at, reading.rss_bytes, reading.pss_bytes,
-                                     (WorkerMemory(reading.pid, reading.uss_bytes, at),)))
+        store.tick_memory(
+            TreeMemory(at, reading.rss_bytes, reading.pss_bytes, (WorkerMemory(reading.pid, reading.uss_bytes, at),))
+        )
     [summary] = store.summaries()
     assert summary.worker_uss_growth_mb_per_min == pytest.approx(grown / MIB / 3 * 60)
     assert summary.worker_uss_mb == pytest.approx((before.uss_bytes + after.uss_bytes) / 2 / MIB)
@@ -130,8 +134,10 @@ def test_where_smaps_rollup_cannot_be_read_the_figures_are_rss_and_say_so(tmp_pa
     me = missing.read(psutil.Process())
     assert me is not None and not me.exact
     assert me.pss_bytes == me.uss_bytes == me.rss_bytes > 0
-    assert me.note == (f"PSS/USS of pid {os.getpid()} unreadable: {tmp_path}/missing/{os.getpid()}/smaps_rollup "
-                       "does not exist (a kernel older than 4.14, or not Linux)")
+    assert me.note == (
+        f"PSS/USS of pid {os.getpid()} unreadable: {tmp_path}/missing/{os.getpid()}/smaps_rollup "
+        "does not exist (a kernel older than 4.14, or not Linux)"
+    )
     (tmp_path / "odd" / str(os.getpid()) / "smaps_rollup").mkdir(parents=True)  # there, but no file to read
     odd = MemoryReader(proc_root=str(tmp_path / "odd")).read(psutil.Process())
     assert odd is not None and not odd.exact and "could not be read" in odd.note
@@ -203,14 +209,22 @@ def test_each_configuration_gets_its_mean_and_peak_pss_worker_uss_growth_and_ext
     assert t.worker_uss_growth_mb_per_min == pytest.approx(40 / 128 * 60)
     assert math.isnan(z.extra_mb_per_worker) and t.extra_mb_per_worker == (750.0 - 705.0) / 2
     unsampled = dataclasses.replace(z, pss_mb=math.nan, pss_mb_peak=math.nan, memory_source="")
-    assert report_json([unsampled], advise([unsampled], MachineFacts(2, 8 * 1024**3)), MachineFacts(2, 8 * 1024**3)
-                       )["rows"][0]["memory_source"] is None  # no memory sample: null, like every missing figure
+    assert (
+        report_json([unsampled], advise([unsampled], MachineFacts(2, 8 * 1024**3)), MachineFacts(2, 8 * 1024**3))[
+            "rows"
+        ][0]["memory_source"]
+        is None
+    )  # no memory sample: null, like every missing figure
     assert t.memory_source == z.memory_source == "smaps_rollup" and t.memory_note == ""
     # The same figures, named, in every text form.
     machine = MachineFacts(2, 8 * 1024**3)
     row = report_json([z, t], advise([z, t], machine), machine)["rows"][1]
-    assert (row["pss_mb"], row["pss_mb_peak"], row["worker_uss_mb"], row["extra_mb_per_worker"]) == (750, 760, 32.5,
-                                                                                                      22.5)
+    assert (row["pss_mb"], row["pss_mb_peak"], row["worker_uss_mb"], row["extra_mb_per_worker"]) == (
+        750,
+        760,
+        32.5,
+        22.5,
+    )
     assert row["worker_uss_growth_mb_per_min"] == pytest.approx(18.75) and row["memory_source"] == "smaps_rollup"
     assert row["rss_mb"] is None  # the summed RSS comes from the CPU clock's readings: none were taken here
     header, _, second = csv_text([z, t]).splitlines()

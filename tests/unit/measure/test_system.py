@@ -117,8 +117,9 @@ def test_each_configuration_accumulates_its_cpu_and_peak_rss() -> None:
         device="cpu",
         on_record=on_record,
     )
-    sampler = SystemSampler(interval_s=0.05, worker_pids=trainer.worker_pids,
-                            on_sample=lambda _s: trainer.sample_cost(), read_gpus=False)
+    sampler = SystemSampler(
+        interval_s=0.05, worker_pids=trainer.worker_pids, on_sample=lambda _s: trainer.sample_cost(), read_gpus=False
+    )
     sampler.start()
     trainer.start()
     assert trainer.join(120)

@@ -29,8 +29,9 @@ from tests.helpers import summary
 
 
 def record(step: int, key: str, load_ms: float, compute_ms: float, warmup: bool = False) -> BatchRecord:
-    return BatchRecord(step, 1, step, key, int(key[1]), 32, 32, load_ms / 1000, compute_ms / 1000, 1.0, None,
-                       0.0, 0.0, warmup)
+    return BatchRecord(
+        step, 1, step, key, int(key[1]), 32, 32, load_ms / 1000, compute_ms / 1000, 1.0, None, 0.0, 0.0, warmup
+    )
 
 
 def test_verdict_threshold_and_words() -> None:
@@ -57,8 +58,11 @@ def test_recent_stats_cover_only_the_running_configuration_since_it_started_with
 
 def test_fastest_and_a_recorded_session_round_trip(tmp_path: Path) -> None:
     trainer = Trainer(workloads.make(size=64), LoaderConfig(batch_size=8), epochs=3, device="cpu")
-    session = Session(trainer, sample_interval_s=0.1, on_record=lambda r: trainer.restart(
-        LoaderConfig(num_workers=1, batch_size=8)) if r.step == 8 else None)
+    session = Session(
+        trainer,
+        sample_interval_s=0.1,
+        on_record=lambda r: trainer.restart(LoaderConfig(num_workers=1, batch_size=8)) if r.step == 8 else None,
+    )
     session.start()
     assert trainer.join(60)
     view = session.view()
@@ -95,8 +99,10 @@ def test_the_recommendation_is_the_fewest_workers_within_5_percent_of_the_fastes
     rows = [summary(0, 300), summary(2, 790), summary(4, 800), summary(8, 795)]
     advice = recommend(rows)
     assert advice.fastest is rows[2] and advice.recommended is rows[1] and advice.decided
-    assert advice.reason == ("2 workers: 790 ± 8 samples/s is within 1% of the fastest (4 workers, 800 ± 8 "
-                             "samples/s); fewer workers cost less CPU and memory")
+    assert advice.reason == (
+        "2 workers: 790 ± 8 samples/s is within 1% of the fastest (4 workers, 800 ± 8 "
+        "samples/s); fewer workers cost less CPU and memory"
+    )
     two_slower = recommend([summary(2, 700), summary(4, 800)])
     assert two_slower.recommended_num_workers == 4 and two_slower.decided  # 12.5% slower
     assert two_slower.reason == "4 workers: the fastest measured (800 ± 8 samples/s)"
@@ -119,8 +125,10 @@ def test_a_measurement_that_cannot_tell_says_so_with_the_figures() -> None:
     advice = recommend(rows)
     assert advice.recommended_num_workers == 2  # as measured, within 5%
     assert advice.undecided == ("w2 b32", "w4 b32") and not advice.decided
-    assert advice.reason.endswith("; but the measurement cannot yet tell whether 2 workers (776 ± 62 samples/s) is "
-                                  "within 5% of 4 workers: measure longer (more batches) to be sure")
+    assert advice.reason.endswith(
+        "; but the measurement cannot yet tell whether 2 workers (776 ± 62 samples/s) is "
+        "within 5% of 4 workers: measure longer (more batches) to be sure"
+    )
     # 10% slower and as uncertain: not recommended, but still undecided (it might be within 5%).
     doubtful = recommend([summary(2, 720, sem=40.0), summary(4, 800, sem=40.0)])
     assert doubtful.recommended_num_workers == 4 and doubtful.undecided == ("w2 b32", "w4 b32")
@@ -150,36 +158,58 @@ def test_throughput_error_counts_epoch_refills_as_their_own_stratum() -> None:
 
 def test_warnings_name_cores_memory_shm_input_bound_and_the_start_method() -> None:
     # Summed RSS (9,000 MB) would count the main process's pages once per worker: PSS is what the tree holds.
-    rows = [dataclasses.replace(summary(0, 300, rss_mb=700), pss_mb=700, pss_mb_peak=710),
-            dataclasses.replace(summary(8, 800, rss_mb=9000, load_ms=30.0, compute_ms=20.0), pss_mb=4900,
-                                pss_mb_peak=5000, worker_uss_mb=538, worker_uss_growth_mb_per_min=5.0)]
-    machine = MachineFacts(usable_cores=4, memory_total_bytes=8 * 1024**3, shm_used_bytes=90, shm_total_bytes=100,
-                           start_method="spawn")
+    rows = [
+        dataclasses.replace(summary(0, 300, rss_mb=700), pss_mb=700, pss_mb_peak=710),
+        dataclasses.replace(
+            summary(8, 800, rss_mb=9000, load_ms=30.0, compute_ms=20.0),
+            pss_mb=4900,
+            pss_mb_peak=5000,
+            worker_uss_mb=538,
+            worker_uss_growth_mb_per_min=5.0,
+        ),
+    ]
+    machine = MachineFacts(
+        usable_cores=4, memory_total_bytes=8 * 1024**3, shm_used_bytes=90, shm_total_bytes=100, start_method="spawn"
+    )
     warnings = advise(rows, machine).warnings
     assert any(w.startswith("8 workers on 4 usable cores") for w in warnings)
-    assert ("memory: 8 workers peaked at 5,000 MB of PSS, 61% of RAM; each worker holds 538 MB of its own (USS)"
-            in warnings)
+    assert (
+        "memory: 8 workers peaked at 5,000 MB of PSS, 61% of RAM; each worker holds 538 MB of its own (USS)" in warnings
+    )
     # 8 workers x 5 MB a minute for an hour: 2,400 MB, past 10% of 8 GiB.
-    assert any(w.startswith("memory: each worker's own memory (USS) grows 5.0 MB a minute at 8 workers: workers "
-                            "copy the pages of the dataset they touch") for w in warnings)
+    assert any(
+        w.startswith(
+            "memory: each worker's own memory (USS) grows 5.0 MB a minute at 8 workers: workers "
+            "copy the pages of the dataset they touch"
+        )
+        for w in warnings
+    )
     slow = [rows[0], dataclasses.replace(rows[1], worker_uss_growth_mb_per_min=1.0)]  # 480 MB an hour: under 10%
     assert not any("grows" in w for w in advise(slow, machine).warnings)
     assert any(w.startswith("/dev/shm is 90% full") for w in warnings)
-    assert any(w.startswith("still input-bound at the fastest count (8 workers: the step waits for data 60%")
-               for w in warnings)
+    assert any(
+        w.startswith("still input-bound at the fastest count (8 workers: the step waits for data 60%") for w in warnings
+    )
     assert any("workers start with 'spawn'" in w for w in warnings)
     calm = advise([summary(0, 300), summary(2, 800, load_ms=1.0)], MACHINE)
     assert calm.warnings == () and calm.recommended_num_workers == 2
 
 
 def test_memory_that_fell_back_to_rss_is_said_to_be_an_upper_bound() -> None:
-    note = ("PSS/USS of pid 7 unreadable: /proc/7/smaps_rollup is not readable (another user's process, or a "
-            "hardened kernel)")
-    rows = [summary(0, 300), dataclasses.replace(summary(2, 800, load_ms=1.0), pss_mb=900, pss_mb_peak=950,
-                                                 memory_source="rss", memory_note=note)]
+    note = (
+        "PSS/USS of pid 7 unreadable: /proc/7/smaps_rollup is not readable (another user's process, or a "
+        "hardened kernel)"
+    )
+    rows = [
+        summary(0, 300),
+        dataclasses.replace(
+            summary(2, 800, load_ms=1.0), pss_mb=900, pss_mb_peak=950, memory_source="rss", memory_note=note
+        ),
+    ]
     assert advise(rows, MACHINE).warnings == (
         f"memory: {note}: those figures are RSS, upper bounds (a page shared with the main process counts once "
-        "per worker)",)
+        "per worker)",
+    )
 
 
 def test_default_counts_double_up_to_twice_the_cores() -> None:
@@ -192,13 +222,19 @@ def test_default_counts_double_up_to_twice_the_cores() -> None:
 def test_ranks_sharing_a_node_are_advised_on_their_share_of_its_cores_and_what_they_measured() -> None:
     # Two ranks on 4 cores: 2 cores a rank. This rank's best count costs 3 ms of CPU a sample (its tree,
     # workers included) at 700 samples/s: 2.1 cores a rank, 4.2 for both, past 90% of the node.
-    rows = [dataclasses.replace(summary(0, 400.0), cpu_s_per_sample=0.002),
-            dataclasses.replace(summary(3, 700.0), cpu_s_per_sample=0.003)]
+    rows = [
+        dataclasses.replace(summary(0, 400.0), cpu_s_per_sample=0.002),
+        dataclasses.replace(summary(3, 700.0), cpu_s_per_sample=0.003),
+    ]
     shared = dataclasses.replace(MACHINE, ranks_on_node=2)
     warnings = advise(rows, shared).warnings
-    assert ("3 workers per rank x 2 ranks on 4 usable cores (2.0 a rank): workers past a rank's share compete "
-            "with the other ranks for CPU") in warnings
-    assert ("the 2 ranks on this node need about 4.2 of its 4 cores at 3 workers (3.00 ms of CPU a sample, "
-            "700 samples/s a rank): the node's CPU is the limit, more workers cannot make a rank faster") in warnings
+    assert (
+        "3 workers per rank x 2 ranks on 4 usable cores (2.0 a rank): workers past a rank's share compete "
+        "with the other ranks for CPU"
+    ) in warnings
+    assert (
+        "the 2 ranks on this node need about 4.2 of its 4 cores at 3 workers (3.00 ms of CPU a sample, "
+        "700 samples/s a rank): the node's CPU is the limit, more workers cannot make a rank faster"
+    ) in warnings
     alone = advise(rows, MACHINE).warnings  # one process on the same 4 cores: neither applies
     assert not any("rank" in w for w in alone)

@@ -76,8 +76,9 @@ class Simulation:
         self.samples += land.batch
         self.trace.append(n)
         known = len(self.tuner.changes)
-        change = self.tuner.observe(Observation(n, land.batch, load, step, self.time,
-                                                refill=self.batches % 100 < max(1, n)))
+        change = self.tuner.observe(
+            Observation(n, land.batch, load, step, self.time, refill=self.batches % 100 < max(1, n))
+        )
         self.changes += self.tuner.changes[known:]
         self.changed_at += [self.batches] * (len(self.tuner.changes) - known)
         if change is not None and change.to_workers != n:
@@ -89,8 +90,9 @@ class Simulation:
             else:
                 self.pending = (count, left - 1)
         if self.time >= self.next_reading:
-            self.tuner.read(Reading(self.time, self.cpu, self.workers, self.workers * 50_000_000,
-                                    main_cpu_s=self.main_cpu))
+            self.tuner.read(
+                Reading(self.time, self.cpu, self.workers, self.workers * 50_000_000, main_cpu_s=self.main_cpu)
+            )
             self.next_reading = self.time + 0.25
 
     def settled_at(self) -> int | None:
@@ -147,8 +149,11 @@ def test_a_compute_bound_loop_settles_at_0_or_1_worker(start: int) -> None:
     assert sim.settled_at() in (0, 1)
 
 
-@pytest.mark.parametrize("land", [Landscape(make_s=0.020, cpu_s=0.004, step_s=0.004),
-                                  Landscape(make_s=0.030, cpu_s=0.030, step_s=0.005)], ids=["storage", "cpu"])
+@pytest.mark.parametrize(
+    "land",
+    [Landscape(make_s=0.020, cpu_s=0.004, step_s=0.004), Landscape(make_s=0.030, cpu_s=0.030, step_s=0.005)],
+    ids=["storage", "cpu"],
+)
 def test_it_settles_in_a_third_of_the_batches_of_a_full_sweep(land: Landscape) -> None:
     sim = tuned(land, batches=1000)
     settled_at = sim.changed_at[next(i for i, c in enumerate(sim.changes) if c.kind == "settle")]
@@ -194,15 +199,16 @@ def test_the_memory_budget_caps_the_count() -> None:
 
 
 def test_the_model_reads_the_time_to_make_a_batch_off_zero_workers_and_caps_at_the_cpu_ceiling() -> None:
-    zero = Point(0, samples_per_s=8 / 0.024, load_s=0.020, step_s=0.004, samples_per_batch=8,
-                 cpu_s_per_sample=0.008 / 8)
+    zero = Point(
+        0, samples_per_s=8 / 0.024, load_s=0.020, step_s=0.004, samples_per_batch=8, cpu_s_per_sample=0.008 / 8
+    )
     model = fit([zero], cores=2)
     assert model is not None and model.make_s == 0.020
     assert model.ceiling == pytest.approx(2 / 0.008 * 8)  # cores / CPU per sample
     assert model.predict(0) == zero.samples_per_s  # measured: never predicted over
     # The three limits (workers, the loop, the CPU) combine as a soft minimum.
     assert model.predict(1) == pytest.approx(8 * soft_min([1 / 0.020, 1 / 0.004, 2 / 0.008]))
-    assert soft_min([50.0, 250.0, 250.0]) == pytest.approx((50.0 ** -4 + 2 * 250.0 ** -4) ** -0.25)
+    assert soft_min([50.0, 250.0, 250.0]) == pytest.approx((50.0**-4 + 2 * 250.0**-4) ** -0.25)
     assert model.predict(5) < 8 / 0.004 == model.ceiling  # at the knee the loop still waits a little
     assert model.predict(8) > model.predict(5)  # ...and more batches in flight absorb it
     assert model.workers_to_stop_waiting() == pytest.approx(5)
@@ -213,10 +219,17 @@ def test_the_model_reads_the_time_to_make_a_batch_off_zero_workers_and_caps_at_t
 # sample, batch 32, a 4 ms step that waits): at 0 workers 347 samples/s, the loop waits 86.5 ms, the
 # tree spends 21.8 ms of CPU a batch; at 6 workers 1,894 samples/s, the loop waits 10.6 ms, the training
 # process spends 3.8 ms of CPU a batch and the workers 22.8 ms; 8 workers gave 1,940 samples/s.
-ZERO = Point(0, samples_per_s=347, load_s=0.0865, step_s=0.0057, samples_per_batch=32,
-             cpu_s_per_sample=0.0218 / 32)
-SIX = Point(6, samples_per_s=1894, load_s=0.0106, step_s=0.0063, samples_per_batch=32,
-            cpu_s_per_sample=(0.0038 + 0.0228) / 32, main_cpu_s_per_batch=0.0038, worker_cpu_s_per_batch=0.0228)
+ZERO = Point(0, samples_per_s=347, load_s=0.0865, step_s=0.0057, samples_per_batch=32, cpu_s_per_sample=0.0218 / 32)
+SIX = Point(
+    6,
+    samples_per_s=1894,
+    load_s=0.0106,
+    step_s=0.0063,
+    samples_per_batch=32,
+    cpu_s_per_sample=(0.0038 + 0.0228) / 32,
+    main_cpu_s_per_batch=0.0038,
+    worker_cpu_s_per_batch=0.0228,
+)
 
 
 def test_the_model_keeps_the_workers_cpu_and_wait_apart_from_the_training_process() -> None:
@@ -247,17 +260,36 @@ def test_the_curve_passes_through_the_measurements_and_scales_their_neighbours()
 def test_past_the_most_workers_measured_a_cpu_bound_shortfall_shrinks_as_more_workers_fill_the_idle_cores() -> None:
     # 16 ms of CPU a batch at 0 workers; 3 workers deliver 60 batches/s where 2 cores / 20 ms a batch carry 100.
     zero = Point(0, 8 / 0.018, load_s=0.016, step_s=0.002, samples_per_batch=8, cpu_s_per_sample=0.018 / 8)
-    three = Point(3, 480.0, load_s=0.0147, step_s=0.002, samples_per_batch=8,
-                  main_cpu_s_per_batch=0.003, worker_cpu_s_per_batch=0.017)
+    three = Point(
+        3,
+        480.0,
+        load_s=0.0147,
+        step_s=0.002,
+        samples_per_batch=8,
+        main_cpu_s_per_batch=0.003,
+        worker_cpu_s_per_batch=0.017,
+    )
     model = fit([zero, three], cores=2)
     assert model is not None and model.cpu_bound(3) and not model.cpu_bound(0)
-    (_, measured_efficiency), = model.efficiency
+    ((_, measured_efficiency),) = model.efficiency
     assert measured_efficiency < 1
     assert model.efficiency_at(6) == pytest.approx(1 - (1 - measured_efficiency) * 3 / 6)
     assert model.predict(6) > model.predict(4) > 480.0
     # Where the loop's step stops the most workers measured, more workers cannot fill anything: the same efficiency.
-    step_bound = fit([Point(5, 800.0, load_s=0.002, step_s=0.008, samples_per_batch=8,
-                            main_cpu_s_per_batch=0.001, worker_cpu_s_per_batch=0.001)], cores=2)
+    step_bound = fit(
+        [
+            Point(
+                5,
+                800.0,
+                load_s=0.002,
+                step_s=0.008,
+                samples_per_batch=8,
+                main_cpu_s_per_batch=0.001,
+                worker_cpu_s_per_batch=0.001,
+            )
+        ],
+        cores=2,
+    )
     assert step_bound is not None and not step_bound.cpu_bound(5)
     assert step_bound.efficiency_at(8) == dict(step_bound.efficiency)[5]
 
@@ -271,8 +303,12 @@ def test_the_jump_from_zero_goes_past_the_cores_to_the_predicted_best_on_storage
 
 
 def test_no_count_is_tried_that_the_model_put_more_than_5_percent_below_its_best() -> None:
-    lands = [Landscape(make_s=0.020, cpu_s=0.004, step_s=0.004), Landscape(make_s=0.030, cpu_s=0.030, step_s=0.005),
-             Landscape(make_s=0.001, cpu_s=0.001, step_s=0.040), Landscape(make_s=0.040, cpu_s=0.012, step_s=0.006)]
+    lands = [
+        Landscape(make_s=0.020, cpu_s=0.004, step_s=0.004),
+        Landscape(make_s=0.030, cpu_s=0.030, step_s=0.005),
+        Landscape(make_s=0.001, cpu_s=0.001, step_s=0.040),
+        Landscape(make_s=0.040, cpu_s=0.012, step_s=0.006),
+    ]
     tried = 0
     for land in lands:
         for seed in (1, 2, 3):

@@ -21,8 +21,13 @@ def fed_host(**options: Any) -> tuple[AutotuneHost, list[int], dict[str, float]]
     """A host on a 2-core budget whose readings come from ``clock``, turned on."""
     applied: list[int] = []
     clock = {"t": 0.0, "cpu": 0.0}
-    host = AutotuneHost(AutoTuner(Budget(cores=2, max_workers=8)), apply=applied.append,
-                        read=lambda: Reading(clock["t"], clock["cpu"]), enabled=True, **options)
+    host = AutotuneHost(
+        AutoTuner(Budget(cores=2, max_workers=8)),
+        apply=applied.append,
+        read=lambda: Reading(clock["t"], clock["cpu"]),
+        enabled=True,
+        **options,
+    )
     return host, applied, clock
 
 
@@ -38,8 +43,9 @@ def feed_until_it_jumps(host: AutotuneHost, clock: dict[str, float]) -> None:
 
 def test_the_host_feeds_the_tuner_off_the_loop_applies_its_changes_and_tells_each_listener_in_turn() -> None:
     heard: list[tuple[str, Change]] = []
-    host, applied, clock = fed_host(on_change=[lambda c: heard.append(("first", c)),
-                                               lambda c: heard.append(("second", c))])
+    host, applied, clock = fed_host(
+        on_change=[lambda c: heard.append(("first", c)), lambda c: heard.append(("second", c))]
+    )
     feed_until_it_jumps(host, clock)
     [jump] = host.tuner.changes
     assert jump.kind == "jump" and jump.from_workers == 0 and applied == [jump.to_workers]
@@ -83,8 +89,9 @@ def test_a_batch_delivered_after_the_reading_waits_for_the_next_one() -> None:
 
 def test_the_host_thread_starts_once_and_is_told_to_be_left_out() -> None:
     told: list[int] = []
-    host = AutotuneHost(AutoTuner(Budget(cores=2)), apply=lambda n: None, read=lambda: Reading(time.time(), 0.0),
-                        on_thread=told.append)
+    host = AutotuneHost(
+        AutoTuner(Budget(cores=2)), apply=lambda n: None, read=lambda: Reading(time.time(), 0.0), on_thread=told.append
+    )
     assert not host.started and host.thread_id is None
     host.start()
     host.start()
@@ -114,8 +121,9 @@ class FakeLoader:
 
 def loader_tuning() -> tuple[LoaderTuning, list[Observation]]:
     clock = SimpleNamespace(read=lambda: SimpleNamespace(total_s=1.0, main_s=0.5))
-    tuning = LoaderTuning(budget=Budget(cores=2), clock=clock, on_change=lambda change: None,
-                          interval_s=3600.0)  # its thread never ticks here: the test does
+    tuning = LoaderTuning(
+        budget=Budget(cores=2), clock=clock, on_change=lambda change: None, interval_s=3600.0
+    )  # its thread never ticks here: the test does
     seen: list[Observation] = []
     observe = tuning.tuner.observe
     tuning.tuner.observe = lambda obs: seen.append(obs) or observe(obs)  # type: ignore[method-assign]
@@ -132,15 +140,19 @@ def test_a_loaders_batches_are_paired_with_the_next_ones_step_and_an_epochs_end_
     try:
         assert tuning.started and tuning.loader is loader
         now = time.time() - 10
-        batches = [LoaderBatch("train", 1, 1, 2, 8, 0.010, None, now, switch_s=0.002),
-                   LoaderBatch("train", 1, 2, 2, 8, 0.020, 0.005, now + 1),
-                   LoaderBatch("train", 2, 1, 2, 8, 0.030, None, now + 2),  # an epoch's first: its step holds the end
-                   LoaderBatch("train", 2, 2, 2, 8, 0.040, 0.006, now + 3)]
+        batches = [
+            LoaderBatch("train", 1, 1, 2, 8, 0.010, None, now, switch_s=0.002),
+            LoaderBatch("train", 1, 2, 2, 8, 0.020, 0.005, now + 1),
+            LoaderBatch("train", 2, 1, 2, 8, 0.030, None, now + 2),  # an epoch's first: its step holds the end
+            LoaderBatch("train", 2, 2, 2, 8, 0.040, 0.006, now + 3),
+        ]
         for batch in batches:
             tuning.feed(batch)
         tuning.tick()
-        assert seen == [Observation(2, 8, 0.010 + 0.002, 0.005, now, refill=True),
-                        Observation(2, 8, 0.030, 0.006, now + 2, refill=True)]
+        assert seen == [
+            Observation(2, 8, 0.010 + 0.002, 0.005, now, refill=True),
+            Observation(2, 8, 0.030, 0.006, now + 2, refill=True),
+        ]
     finally:
         tuning.stop()
 

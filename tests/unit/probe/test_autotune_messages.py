@@ -22,8 +22,7 @@ from tests.helpers import Client
 @pytest.fixture
 def tuned(runtime_dir: Path) -> Any:
     asked: list[bool] = []
-    server = RunServer(run_socket_path(), Hello(os.getpid(), ("t",), started=0.0),
-                       lambda n, w, r: None)
+    server = RunServer(run_socket_path(), Hello(os.getpid(), ("t",), started=0.0), lambda n, w, r: None)
     server.on_autotune = lambda enabled: asked.append(enabled) or None
     server.asked = asked  # type: ignore[attr-defined]
     yield server
@@ -51,16 +50,46 @@ def test_only_the_controller_turns_autotune_on_or_off(tuned: RunServer) -> None:
 
 
 def test_a_late_monitor_gets_every_change_and_the_latest_status_past_the_history(
-        tuned: RunServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    event = {"event": "autotune", "change": "jump", "from": 0, "to": 3, "reason": "load 31 ms > step 18 ms",
-             "predicted": {"0": 100.0, "3": 290.5, "4": None}, "ceiling": None, "loader": "train", "step": 40}
+    tuned: RunServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    event = {
+        "event": "autotune",
+        "change": "jump",
+        "from": 0,
+        "to": 3,
+        "reason": "load 31 ms > step 18 ms",
+        "predicted": {"0": 100.0, "3": 290.5, "4": None},
+        "ceiling": None,
+        "loader": "train",
+        "step": 40,
+    }
     tuned.publish(AutotuneEvent.from_wire(event))
     tuned.publish(AutotuneStatus(loader="train", state=TunerState.MEASURING, workers=0))
-    tuned.publish(AutotuneStatus(loader="train", state=TunerState.SWITCHING, workers=3, changes=1,
-                                 predicted=((0, 100.0), (3, 290.5), (4, None)), ceiling=612.0))
+    tuned.publish(
+        AutotuneStatus(
+            loader="train",
+            state=TunerState.SWITCHING,
+            workers=3,
+            changes=1,
+            predicted=((0, 100.0), (3, 290.5), (4, None)),
+            ceiling=612.0,
+        )
+    )
     for step in range(server_module.HISTORY_MESSAGES + 5):  # the history forgets its oldest batches
-        tuned.publish(Batch(loader="train", step=step, epoch=1, batch=step, num_workers=3, samples=8, load_ms=1.0,
-                            step_ms=2.0, time=float(step)), wake=False)
+        tuned.publish(
+            Batch(
+                loader="train",
+                step=step,
+                epoch=1,
+                batch=step,
+                num_workers=3,
+                samples=8,
+                load_ms=1.0,
+                step_ms=2.0,
+                time=float(step),
+            ),
+            wake=False,
+        )
     client = Client(tuned.path)
     client.read_until(lambda m: m["type"] == "history_end", timeout=30)
     kinds = [m["type"] for m in client.messages]
@@ -73,20 +102,46 @@ def test_a_late_monitor_gets_every_change_and_the_latest_status_past_the_history
 def test_the_monitor_reads_the_status_and_the_changes_into_the_view() -> None:
     session = RemoteSession(pid=os.getpid(), socket_path=Path("/nonexistent"), read_gpus=False)
     assert session.view().autotune is None  # nothing said: this run says nothing of a tuner
-    session._wire.feed([{"type": "event", "event": "autotune", "change": "jump", "from": 0, "to": 3,
-                     "reason": "load 31 ms > step 18 ms", "predicted": {"0": 100.0, "3": 290.5, "4": None},
-                     "ceiling": None, "loader": "train", "step": 40}])
+    session._wire.feed(
+        [
+            {
+                "type": "event",
+                "event": "autotune",
+                "change": "jump",
+                "from": 0,
+                "to": 3,
+                "reason": "load 31 ms > step 18 ms",
+                "predicted": {"0": 100.0, "3": 290.5, "4": None},
+                "ceiling": None,
+                "loader": "train",
+                "step": 40,
+            }
+        ]
+    )
     view = session.view().autotune  # a built-in run publishes changes only: the state is read off the last
     assert view is not None and (view.state, view.workers) == ("switching", 3)
-    assert view.changes == (Change("jump", 0, 3, "load 31 ms > step 18 ms", ((0, 100.0), (3, 290.5), (4, None)),
-                                   math.inf),)
+    assert view.changes == (
+        Change("jump", 0, 3, "load 31 ms > step 18 ms", ((0, 100.0), (3, 290.5), (4, None)), math.inf),
+    )
     assert session.view().script.notice[1] == "autotune: load 31 ms > step 18 ms: 0 -> 3 workers"
-    session._wire.feed([{"type": "autotune", "loader": "train", "state": "settled", "workers": 3, "changes": 1,
-                         "predicted": {"0": 100.0, "3": 290.5}, "ceiling": 612.0}])
+    session._wire.feed(
+        [
+            {
+                "type": "autotune",
+                "loader": "train",
+                "state": "settled",
+                "workers": 3,
+                "changes": 1,
+                "predicted": {"0": 100.0, "3": 290.5},
+                "ceiling": 612.0,
+            }
+        ]
+    )
     view = session.view().autotune
     assert (view.state, view.workers, view.ceiling, view.predicted) == ("settled", 3, 612.0, ((0, 100.0), (3, 290.5)))
-    session._wire.feed([{"type": "autotune", "state": "off", "workers": None, "changes": 1, "predicted": {},
-                         "ceiling": None}])
+    session._wire.feed(
+        [{"type": "autotune", "state": "off", "workers": None, "changes": 1, "predicted": {}, "ceiling": None}]
+    )
     assert session.view().autotune.state == "off" and len(session.view().autotune.changes) == 1
 
 
@@ -105,8 +160,10 @@ def test_a_torchrun_jobs_monitor_turns_autotune_on_or_off_for_the_shown_rank_onl
     job = RanksSession(pid=os.getpid())
     with pytest.raises(RuntimeError, match="no rank has started yet"):
         job.set_autotune(True)
-    job._ranks = {n: _Rank(os.getpid(), Path("/nonexistent"), n, n, 2, 2, 0, Rank(n), 0.0)  # type: ignore[arg-type]
-                  for n in (0, 1)}
+    job._ranks = {
+        n: _Rank(os.getpid(), Path("/nonexistent"), n, n, 2, 2, 0, Rank(n), 0.0)  # type: ignore[arg-type]
+        for n in (0, 1)
+    }
     job.set_autotune(True)
     job._selected = 1
     job.set_autotune(False)

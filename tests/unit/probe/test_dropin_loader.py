@@ -23,8 +23,14 @@ from tests.helpers import no_children_left, wait_for
 SIZE = 50
 
 
-def run(make: Callable[..., torch.utils.data.DataLoader], switches: dict[int, int], *, epochs: int = 2,
-        limit: int | None = None, overlap: bool = True) -> tuple[list[list[int]], torch.Tensor, list[int]]:
+def run(
+    make: Callable[..., torch.utils.data.DataLoader],
+    switches: dict[int, int],
+    *,
+    epochs: int = 2,
+    limit: int | None = None,
+    overlap: bool = True,
+) -> tuple[list[list[int]], torch.Tensor, list[int]]:
     """Iterate ``epochs`` epochs (or ``limit`` batches), switching after the batches named; what was seen.
 
     Returns the sample indices of every batch, three draws of torch's global RNG afterwards (the
@@ -62,8 +68,9 @@ def with_generator(cls: type, workers: int = 0) -> torch.utils.data.DataLoader:
 
 def distributed(cls: type, workers: int = 0) -> torch.utils.data.DataLoader:
     dataset = SleepDataset(SIZE, 0.0)
-    return cls(dataset, batch_size=4, sampler=DistributedSampler(dataset, num_replicas=1, rank=0, seed=3),
-               num_workers=workers)
+    return cls(
+        dataset, batch_size=4, sampler=DistributedSampler(dataset, num_replicas=1, rank=0, seed=3), num_workers=workers
+    )
 
 
 def weighted(cls: type, workers: int = 0) -> torch.utils.data.DataLoader:
@@ -82,7 +89,7 @@ class Buckets(Sampler[list[int]]):
         sizes = [3, 5, 7]
         i = k = 0
         while i < self.size:
-            yield order[i:i + sizes[k % 3]]
+            yield order[i : i + sizes[k % 3]]
             i += sizes[k % 3]
             k += 1
 
@@ -281,11 +288,18 @@ def test_every_setting_can_change_at_a_batch_boundary() -> None:
     for batch in loader:
         seen.append(batch[0])
         if len(seen) == 2:
-            loader.reconfigure(num_workers=2, persistent_workers=True, prefetch_factor=3, timeout=30.0,
-                               multiprocessing_context="fork", pin_memory=False)
+            loader.reconfigure(
+                num_workers=2,
+                persistent_workers=True,
+                prefetch_factor=3,
+                timeout=30.0,
+                multiprocessing_context="fork",
+                pin_memory=False,
+            )
         if len(seen) in (3, 6, 9):
-            settings.append((loader.timeout, loader.multiprocessing_context, loader.persistent_workers,
-                             loader.prefetch_factor))
+            settings.append(
+                (loader.timeout, loader.multiprocessing_context, loader.persistent_workers, loader.prefetch_factor)
+            )
         if len(seen) == 5:
             loader.reconfigure(num_workers=0)
         if len(seen) == 8:

@@ -29,9 +29,14 @@ SIZE = 100  # 25 batches of 4 an epoch
 @pytest.fixture
 def fixed_overlap(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
     """Fix R for every switch to more than 0 workers (to 0 it stays 0: nothing to start)."""
+
     def fix(batches: int) -> None:
-        monkeypatch.setattr(DataLoader, "_overlap_batches",
-                            lambda self, num_workers, in_flight, interval_s: batches if num_workers else 0)
+        monkeypatch.setattr(
+            DataLoader,
+            "_overlap_batches",
+            lambda self, num_workers, in_flight, interval_s: batches if num_workers else 0,
+        )
+
     return fix
 
 
@@ -40,8 +45,13 @@ def indices(batch: object) -> list[int]:
     return x.reshape(-1).long().tolist()
 
 
-def run(make: Callable[[type], torch.utils.data.DataLoader], requests: dict[int, dict], *, epochs: int = 2,
-        on_error: Callable[[Exception], None] | None = None) -> tuple[list[list[int]], torch.Tensor, list[LoaderBatch]]:
+def run(
+    make: Callable[[type], torch.utils.data.DataLoader],
+    requests: dict[int, dict],
+    *,
+    epochs: int = 2,
+    on_error: Callable[[Exception], None] | None = None,
+) -> tuple[list[list[int]], torch.Tensor, list[LoaderBatch]]:
     """Iterate, calling ``reconfigure(**requests[n])`` after the n-th batch (counted over the epochs).
 
     Returns each batch's indices (None for a batch that raised, when ``on_error`` is given), three
@@ -81,8 +91,14 @@ def stock(make: Callable[[type], torch.utils.data.DataLoader], **kwargs) -> tupl
 
 
 def shuffled(workers: int, **extra) -> Callable[[type], torch.utils.data.DataLoader]:
-    return lambda cls: cls(SleepDataset(SIZE, 0.0), batch_size=4, shuffle=True, num_workers=workers,
-                           generator=torch.Generator().manual_seed(7), **extra)
+    return lambda cls: cls(
+        SleepDataset(SIZE, 0.0),
+        batch_size=4,
+        shuffle=True,
+        num_workers=workers,
+        generator=torch.Generator().manual_seed(7),
+        **extra,
+    )
 
 
 def test_overlapped_switches_0_2_1_0_deliver_the_stock_batches_and_hand_over_where_counted(fixed_overlap) -> None:
@@ -146,11 +162,14 @@ def test_a_distributed_sampler_keeps_each_ranks_share_in_order(fixed_overlap) ->
     assert no_children_left()
 
 
-@pytest.mark.parametrize(("after", "first_epoch"), [
-    (20, [2] * 24 + [1]),  # 4 in flight, 1 batch left: the old workers deliver theirs, the new one the last
-    (22, [2] * 22 + [1] * 3),  # the rest is all in flight: nothing for an overlap, stop and start as without
-    (25, [2] * 25),  # asked with the epoch's last batch: the next epoch starts with the new count
-])
+@pytest.mark.parametrize(
+    ("after", "first_epoch"),
+    [
+        (20, [2] * 24 + [1]),  # 4 in flight, 1 batch left: the old workers deliver theirs, the new one the last
+        (22, [2] * 22 + [1] * 3),  # the rest is all in flight: nothing for an overlap, stop and start as without
+        (25, [2] * 25),  # asked with the epoch's last batch: the next epoch starts with the new count
+    ],
+)
 def test_a_switch_in_an_epochs_last_batches(fixed_overlap, after: int, first_epoch: list[int]) -> None:
     fixed_overlap(5)
     make = shuffled(2)
@@ -356,4 +375,3 @@ def test_a_boundary_hook_written_for_switches_at_the_next_batch_keeps_them_there
             loader.reconfigure(num_workers=1, overlap=True)  # even asked for: the hook's contract wins
     assert [r.num_workers for r in records[:4]] == [2, 2, 2, 1] and boundaries == [0, 3]
     assert no_children_left()
-

@@ -129,23 +129,38 @@ def stock(script: Script) -> Seen:
 PATTERNS = {"0to2": (0, 2), "1to0": (1, 0), "1to2": (1, 2), "0to1to0": (0, 1, 0), "2to0to1": (2, 0, 1)}
 # Where each pattern's switches fall (steps: batches so far), and whether they overlap: mid-epoch both ways;
 # at an epoch's last batch (asked in the loop) or between epochs (after it) nothing is left to overlap.
-TIMINGS = {"mid-overlap": ((4, 15), "mid", True), "mid-stopstart": ((4, 15), "mid", False),
-           "lastbatch": ((10, 20), "last batch", True), "between": ((10, 20), "between", True)}
+TIMINGS = {
+    "mid-overlap": ((4, 15), "mid", True),
+    "mid-stopstart": ((4, 15), "mid", False),
+    "lastbatch": ((10, 20), "last batch", True),
+    "between": ((10, 20), "between", True),
+}
 
 
 def cases() -> Iterator[object]:
     """Every pattern x (persistent, "auto") x generator x validation; the timings in turn (a Latin square:
     each configuration meets every timing and every timing every generator/validation pair)."""
-    configurations = [(name, counts, auto, persistent) for name, counts in PATTERNS.items()
-                      for auto, persistent in itertools.product((False, True), (False, True))
-                      # "auto" starts at 0; a persistent loader configured with 0 workers does not exist
-                      if not (auto and counts[0] != 0) and not (not auto and persistent and counts[0] == 0)]
+    configurations = [
+        (name, counts, auto, persistent)
+        for name, counts in PATTERNS.items()
+        for auto, persistent in itertools.product((False, True), (False, True))
+        # "auto" starts at 0; a persistent loader configured with 0 workers does not exist
+        if not (auto and counts[0] != 0) and not (not auto and persistent and counts[0] == 0)
+    ]
     for c, (name, counts, auto, persistent) in enumerate(configurations):
         for g, (generator, validation) in enumerate(itertools.product((False, True), (False, True))):
             timing = list(TIMINGS)[(c + g) % len(TIMINGS)]
             script = Script("auto" if auto else counts[0], persistent, generator, validation)
-            label = "-".join((name, "auto" if auto else "count", "persistent" if persistent else "fresh",
-                              "generator" if generator else "global", "val" if validation else "noval", timing))
+            label = "-".join(
+                (
+                    name,
+                    "auto" if auto else "count",
+                    "persistent" if persistent else "fresh",
+                    "generator" if generator else "global",
+                    "val" if validation else "noval",
+                    timing,
+                )
+            )
             yield pytest.param(script, counts, timing, id=label)
 
 
@@ -157,7 +172,8 @@ def no_tuner(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize(("script", "counts", "timing"), list(cases()))
 def test_any_switch_leaves_the_scripts_batches_weights_and_randomness_as_the_configured_loader_makes_them(
-        no_tuner: None, script: Script, counts: tuple[int, ...], timing: str) -> None:
+    no_tuner: None, script: Script, counts: tuple[int, ...], timing: str
+) -> None:
     steps, where, overlap = TIMINGS[timing]
     switches = dict(zip(steps, counts[1:], strict=False))  # a pattern of two counts uses only the first step
     expected = stock(script)

@@ -29,14 +29,17 @@ def test_switches_that_name_a_rank_or_a_loader_the_run_lacks_are_each_said_in_on
         "--switch rank1:nope.py:1@2:1: names rank 1 of a torchrun job, but this script runs as one process (not "
         "under torchrun)",
         "--switch gone.py:2@4:1: the script created no DataLoader named 'gone.py:2' (its loaders: train.py:9, "
-        "val.py:3)"]
+        "val.py:3)",
+    ]
     assert unmet_switches(switches, names, rank(0)) == [  # rank 0 says what the job lacks
         "--switch rank5:3:2: the job has no rank 5 (its ranks: 0 to 1)",
         "--switch gone.py:2@4:1: the script created no DataLoader named 'gone.py:2' (its loaders: train.py:9, "
-        "val.py:3)"]
+        "val.py:3)",
+    ]
     assert unmet_switches(switches, names, rank(1)) == [  # each rank what it lacks of its own
         "--switch rank1:nope.py:1@2:1: the script created no DataLoader named 'nope.py:1' (its loaders: train.py:9, "
         "val.py:3)",
         "--switch gone.py:2@4:1: the script created no DataLoader named 'gone.py:2' (its loaders: train.py:9, "
-        "val.py:3)"]
+        "val.py:3)",
+    ]
     assert unmet_switches({"3": 2}, set(), None) == []

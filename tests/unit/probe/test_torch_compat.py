@@ -24,8 +24,11 @@ OWN_OVERRIDES = {
     ("loadertop/core/probe/loader.py", "DataLoader", "_index_sampler"): "wraps torch's to follow the indices issued",
     ("loadertop/core/probe/loader.py", "DataLoader", "check_worker_number_rationality"): "counts a cgroup's cores",
     # The loop's iterator stands for torch's: shutting it down the way one shuts torch's down ends both generations.
-    ("loadertop/core/probe/epoch_iterator.py", "SwitchingIterator", "_shutdown_workers"):
-        "torch_compat.shutdown_workers",
+    (
+        "loadertop/core/probe/epoch_iterator.py",
+        "SwitchingIterator",
+        "_shutdown_workers",
+    ): "torch_compat.shutdown_workers",
 }
 """Definitions in a class body named as a ``_USES`` entry, each deliberate (the reason beside it)."""
 
@@ -53,17 +56,27 @@ def private_uses(root: Path) -> list[str]:
             reached: list[tuple[ast.AST, str]] = []
             if isinstance(node, ast.Attribute):
                 reached.append((node, node.attr))
-            elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ACCESSORS
-                  and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant)):
+            elif (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id in ACCESSORS
+                and len(node.args) >= 2
+                and isinstance(node.args[1], ast.Constant)
+            ):
                 reached.append((node, str(node.args[1].value)))
             elif isinstance(node, ast.ClassDef):
-                reached += [(item, item.name) for item in node.body
-                            if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef))
-                            and (relative, node.name, item.name) not in OWN_OVERRIDES]
+                reached += [
+                    (item, item.name)
+                    for item in node.body
+                    if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef))
+                    and (relative, node.name, item.name) not in OWN_OVERRIDES
+                ]
             elif isinstance(node, (ast.Import, ast.ImportFrom)):
                 module = node.module if isinstance(node, ast.ImportFrom) else None
-                parts = [*(module.split(".") if module else ()),
-                         *(part for alias in node.names for part in alias.name.split("."))]
+                parts = [
+                    *(module.split(".") if module else ()),
+                    *(part for alias in node.names for part in alias.name.split(".")),
+                ]
                 reached += [(node, part) for part in parts]
             found += [(relative, where.lineno, where.col_offset, name) for where, name in reached if name in names]
     return [f"{relative}:{line} {name}" for relative, line, _, name in sorted(found)]
@@ -81,11 +94,16 @@ def test_the_source_check_finds_a_private_read(tmp_path: Path) -> None:
         "    def _shutdown_workers(self, it):\n"
         "        it._shutdown_workers()\n"
         "        return getattr(it, '_workers', ()), self.loader._iterator\n"
-        "from torch.utils.data._utils import MP_STATUS_CHECK_INTERVAL\n")
+        "from torch.utils.data._utils import MP_STATUS_CHECK_INTERVAL\n"
+    )
     assert private_uses(package) == [
-        "loadertop/engine.py:2 _shutdown_workers", "loadertop/engine.py:3 _shutdown_workers",
-        "loadertop/engine.py:4 _workers", "loadertop/engine.py:4 _iterator",
-        "loadertop/engine.py:5 MP_STATUS_CHECK_INTERVAL", "loadertop/engine.py:5 _utils"]
+        "loadertop/engine.py:2 _shutdown_workers",
+        "loadertop/engine.py:3 _shutdown_workers",
+        "loadertop/engine.py:4 _workers",
+        "loadertop/engine.py:4 _iterator",
+        "loadertop/engine.py:5 MP_STATUS_CHECK_INTERVAL",
+        "loadertop/engine.py:5 _utils",
+    ]
 
 
 def test_each_private_name_is_listed_once_with_a_reason() -> None:
@@ -106,8 +124,11 @@ def test_the_running_torch_sets_every_name_on_its_instances() -> None:
     single = iter(torch.utils.data.DataLoader(list(range(8)), batch_size=2))
     multi = iter(loader)
     try:
-        instances = {torch_compat._DATALOADER: [loader], torch_compat._BASE_ITER: [single, multi],
-                     torch_compat._MULTI_ITER: [multi]}
+        instances = {
+            torch_compat._DATALOADER: [loader],
+            torch_compat._BASE_ITER: [single, multi],
+            torch_compat._MULTI_ITER: [multi],
+        }
         for use in _USES:
             if use.kind == ON_INSTANCE:
                 assert all(hasattr(instance, use.name) for instance in instances[use.owner]), use.path
@@ -138,7 +159,8 @@ def test_a_torch_without_a_listed_method_is_refused_in_one_line(fresh_install, m
         torch_compat.install()
     assert str(raised.value) == (
         "loadertop needs torch.utils.data.dataloader._MultiProcessingDataLoaderIter._shutdown_workers, "
-        "which torch 2.99.0 does not have: use torch>=2.4,<2.15")
+        "which torch 2.99.0 does not have: use torch>=2.4,<2.15"
+    )
     assert torch_compat._installed is False
 
 
@@ -149,7 +171,8 @@ def test_a_torch_without_two_is_refused_naming_both(fresh_install, monkeypatch) 
         DataLoader(list(range(8)))  # a loadertop loader checks at its start
     assert str(raised.value) == (
         "loadertop needs torch.utils.data.dataloader.DataLoader._get_iterator, "
-        "torch.utils.data._utils.MP_STATUS_CHECK_INTERVAL, which torch 2.99.0 does not have: use torch>=2.4,<2.15")
+        "torch.utils.data._utils.MP_STATUS_CHECK_INTERVAL, which torch 2.99.0 does not have: use torch>=2.4,<2.15"
+    )
 
 
 def test_a_torch_without_a_listed_class_is_refused(fresh_install, monkeypatch) -> None:
@@ -157,7 +180,8 @@ def test_a_torch_without_a_listed_class_is_refused(fresh_install, monkeypatch) -
     assert torch_compat.missing() == [
         "torch.utils.data.dataloader._MultiProcessingDataLoaderIter",
         "torch.utils.data.dataloader._MultiProcessingDataLoaderIter._shutdown_workers",
-        "torch.utils.data.dataloader._MultiProcessingDataLoaderIter._try_get_data"]
+        "torch.utils.data.dataloader._MultiProcessingDataLoaderIter._try_get_data",
+    ]
 
 
 class _SeedlessIterator(torch_dataloader._SingleProcessDataLoaderIter):
@@ -172,8 +196,10 @@ def test_an_iterator_without_a_base_seed_is_refused_not_given_a_default(fresh_in
     iterator = _SeedlessIterator(torch.utils.data.DataLoader(list(range(8))))
     with pytest.raises(IncompatibleTorch) as raised:
         torch_compat.base_seed(iterator)
-    assert str(raised.value) == ("loadertop needs torch.utils.data.dataloader._BaseDataLoaderIter._base_seed, "
-                                 "which torch 2.99.0 does not have: use torch>=2.4,<2.15")
+    assert str(raised.value) == (
+        "loadertop needs torch.utils.data.dataloader._BaseDataLoaderIter._base_seed, "
+        "which torch 2.99.0 does not have: use torch>=2.4,<2.15"
+    )
 
 
 def test_a_loader_whose_iterators_have_no_base_seed_stops_at_its_first_iter(fresh_install, monkeypatch) -> None:
@@ -190,8 +216,10 @@ def test_a_worker_iterator_without_its_workers_is_refused(fresh_install) -> None
         del multi._workers
         with pytest.raises(IncompatibleTorch) as raised:
             torch_compat.worker_processes(multi)
-        assert str(raised.value) == ("loadertop needs torch.utils.data.dataloader._MultiProcessingDataLoaderIter."
-                                     "_workers, which torch 2.99.0 does not have: use torch>=2.4,<2.15")
+        assert str(raised.value) == (
+            "loadertop needs torch.utils.data.dataloader._MultiProcessingDataLoaderIter."
+            "_workers, which torch 2.99.0 does not have: use torch>=2.4,<2.15"
+        )
     finally:
         multi._workers = workers
         torch_compat.shutdown_workers(multi)

@@ -60,18 +60,62 @@ from tests.helpers import wait_for
 DATA = ROOT / "tests" / "data"
 
 SERVER_SAMPLES: list[Any] = [
-    Hello(pid=12, command=("python", "train.py"), cwd="/work", started=1.5, log="/tmp/x.log", rank=1, local_rank=1,
-          world_size=4, local_world_size=2, node_rank=0, controller=40, controller_id="abc", kept_by="itself",
-          builtin="resnet", threads=(7, 8)),
-    LoaderUpdate(name="train.py:9", num_workers=2, batch_size=16, batches_per_epoch=32, training=True, exact=False,
-                 pending=3, epoch=2, worker_pids=(101, 102), dropped=5),
-    Batch(loader="train.py:9", step=7, epoch=1, batch=7, num_workers=2, samples=16, load_ms=1.25, step_ms=None,
-          time=100.5, switch_ms=3.5, rank=1),
+    Hello(
+        pid=12,
+        command=("python", "train.py"),
+        cwd="/work",
+        started=1.5,
+        log="/tmp/x.log",
+        rank=1,
+        local_rank=1,
+        world_size=4,
+        local_world_size=2,
+        node_rank=0,
+        controller=40,
+        controller_id="abc",
+        kept_by="itself",
+        builtin="resnet",
+        threads=(7, 8),
+    ),
+    LoaderUpdate(
+        name="train.py:9",
+        num_workers=2,
+        batch_size=16,
+        batches_per_epoch=32,
+        training=True,
+        exact=False,
+        pending=3,
+        epoch=2,
+        worker_pids=(101, 102),
+        dropped=5,
+    ),
+    Batch(
+        loader="train.py:9",
+        step=7,
+        epoch=1,
+        batch=7,
+        num_workers=2,
+        samples=16,
+        load_ms=1.25,
+        step_ms=None,
+        time=100.5,
+        switch_ms=3.5,
+        rank=1,
+    ),
     Log(loader="train.py:9", step=7, metrics={"loss": 0.5, "acc": 1, "lr": None}, rank=1),
     Cpu(reason=CpuReason.BOUNDARY, loader="train.py:9", time=10.0, main_s=1.5, children_s=0.25, rss_bytes=1 << 20),
     SwitchEvent(loader="train.py:9", from_workers=0, to_workers=2, after_step=31, by="monitor"),
-    AutotuneEvent(change=ChangeKind.JUMP, from_workers=0, to_workers=3, reason="load 31 ms > step 18 ms",
-                  predicted=((0, 100.0), (3, 290.5), (4, None)), ceiling=612.25, loader="train.py:9", step=40, rank=0),
+    AutotuneEvent(
+        change=ChangeKind.JUMP,
+        from_workers=0,
+        to_workers=3,
+        reason="load 31 ms > step 18 ms",
+        predicted=((0, 100.0), (3, 290.5), (4, None)),
+        ceiling=612.25,
+        loader="train.py:9",
+        step=40,
+        rank=0,
+    ),
     ExceptionEvent(traceback="Traceback ...\nValueError: boom\n"),
     ExitEvent(dropped=2),
     OtherEvent(event="checkpoint", extra={"path": "/tmp/ckpt", "step": 9, "nested": {"a": [1, 2]}}),
@@ -79,13 +123,36 @@ SERVER_SAMPLES: list[Any] = [
     Refused(reason="watching only"),
     Dropped(count=12),
     HistoryEnd(),
-    Peer(rank=3, local_rank=1, node_rank=1, host="n2", pid=77, num_workers=4, load_ms=3.5, step_ms=20.0,
-         samples_per_s=301.5, step=12, time=5.0),
-    AutotuneStatus(loader="train.py:9", state=TunerState.SETTLED, workers=3, changes=4, predicted=((0, 100.0),),
-                   ceiling=None, cores=3.5, memory_bytes=1 << 30, max_workers=8),
+    Peer(
+        rank=3,
+        local_rank=1,
+        node_rank=1,
+        host="n2",
+        pid=77,
+        num_workers=4,
+        load_ms=3.5,
+        step_ms=20.0,
+        samples_per_s=301.5,
+        step=12,
+        time=5.0,
+    ),
+    AutotuneStatus(
+        loader="train.py:9",
+        state=TunerState.SETTLED,
+        workers=3,
+        changes=4,
+        predicted=((0, 100.0),),
+        ceiling=None,
+        cores=3.5,
+        memory_bytes=1 << 30,
+        max_workers=8,
+    ),
 ]
-CLIENT_SAMPLES: list[Any] = [MonitorHello(pid=40, id="abc", control=True), Switch(workers=2, loader="val", rank=3),
-                             AutotuneRequest(enabled=False)]
+CLIENT_SAMPLES: list[Any] = [
+    MonitorHello(pid=40, id="abc", control=True),
+    Switch(workers=2, loader="val", rank=3),
+    AutotuneRequest(enabled=False),
+]
 
 
 # -------------------------------------------------------------- round trip
@@ -112,11 +179,18 @@ def test_a_message_round_trips_through_its_wire_form_and_the_codec(message: Any)
 
 def test_defaults_read_back_and_optional_fields_only_some_runs_have_are_left_out() -> None:
     hello = Hello(pid=3)
-    assert hello.to_wire() == {"type": "hello", "pid": 3, "command": [], "started": None, "log": None,
-                               "controller": None, "controller_id": None, "threads": []}
+    assert hello.to_wire() == {
+        "type": "hello",
+        "pid": 3,
+        "command": [],
+        "started": None,
+        "log": None,
+        "controller": None,
+        "controller_id": None,
+        "threads": [],
+    }
     assert Hello.from_wire({"pid": 3}) == hello
-    batch = Batch(loader="l", step=1, epoch=1, batch=1, num_workers=0, samples=8, load_ms=1.0, step_ms=None,
-                  time=2.0)
+    batch = Batch(loader="l", step=1, epoch=1, batch=1, num_workers=0, samples=8, load_ms=1.0, step_ms=None, time=2.0)
     assert "rank" not in batch.to_wire() and batch.to_wire()["step_ms"] is None  # null: an epoch's first
     assert "cores" not in AutotuneStatus().to_wire()  # no tuner yet: no budgets
     assert AutotuneStatus(cores=2.0).to_wire()["memory_bytes"] is None  # a tuner without a memory limit
@@ -143,55 +217,134 @@ def test_unknown_fields_are_ignored_except_the_users_names_which_are_kept() -> N
 # ------------------------------------------------------------- malformed
 
 
-@pytest.mark.parametrize(("message", "error"), [
-    ({"type": "batch", "loader": "l", "step": 1, "epoch": 1, "batch": 1, "num_workers": 0, "samples": 8,
-      "step_ms": 1.0, "time": 1.0}, "load_ms is missing"),
-    ({"type": "batch", "loader": "l", "step": "1", "epoch": 1, "batch": 1, "num_workers": 0, "samples": 8,
-      "load_ms": 1.0, "step_ms": 1.0, "time": 1.0}, "step must be an integer, got '1'"),
-    ({"type": "batch", "loader": "l", "step": True, "epoch": 1, "batch": 1, "num_workers": 0, "samples": 8,
-      "load_ms": 1.0, "step_ms": 1.0, "time": 1.0}, "step must be an integer, got True"),
-    ({"type": "batch", "loader": "l", "step": 1, "epoch": 1, "batch": 1, "num_workers": 0, "samples": 8,
-      "load_ms": "fast", "step_ms": 1.0, "time": 1.0}, "load_ms must be a number, got 'fast'"),
-    ({"type": "loader", "name": "l", "num_workers": -1}, "num_workers must be an integer >= 0, got -1"),
-    ({"type": "loader", "name": 3, "num_workers": 1}, "name must be a string, got 3"),
-    ({"type": "loader", "name": "l", "num_workers": 1, "training": "yes"}, "training must be true or false, got 'yes'"),
-    ({"type": "loader", "name": "l", "num_workers": 1, "worker_pids": [1, "2"]},
-     "worker_pids must be an integer, got '2'"),
-    ({"type": "hello", "command": ["x"]}, "pid is missing"),
-    ({"type": "hello", "pid": 1, "command": "python x.py"}, "command must be a list of strings, got 'python x.py'"),
-    ({"type": "cpu", "reason": "sometime", "loader": "l", "time": 1.0, "main_s": 1.0, "children_s": 0.0,
-      "rss_bytes": 1}, "reason must be one of boundary, end, got 'sometime'"),
-    ({"type": "autotune", "state": "paused"}, "state must be one of off, measuring, switching, settled, got 'paused'"),
-    ({"type": "autotune", "predicted": [1, 2]}, "predicted must be an object, got [1, 2]"),
-    ({"type": "autotune", "predicted": {"two": 1.0}}, "predicted must be an object of worker counts, got 'two'"),
-    ({"type": "autotune", "predicted": {"2": "fast"}}, "predicted[2] must be a number, got 'fast'"),
-    ({"type": "event", "event": "autotune", "from": 0, "to": 2}, "change is missing"),
-    ({"type": "event", "event": "autotune", "change": "leap", "from": 0, "to": 2},
-     "change must be one of jump, step, settle, retune, memory, got 'leap'"),
-    ({"type": "event", "event": 5}, "event must be a string, got 5"),
-    ({"type": "log", "loader": "l", "step": 1, "metrics": [0.5]}, "metrics must be an object, got [0.5]"),
-    ({"type": "peer", "host": "n3"}, "rank is missing"),
-    ({"type": "refused"}, "reason is missing"),
-    ({"type": "pickle"}, "not a message from a run: type 'pickle'"),
-])
-def test_a_known_field_of_the_wrong_type_or_a_missing_one_raises_message_error(message: dict[str, Any],
-                                                                               error: str) -> None:
+@pytest.mark.parametrize(
+    ("message", "error"),
+    [
+        (
+            {
+                "type": "batch",
+                "loader": "l",
+                "step": 1,
+                "epoch": 1,
+                "batch": 1,
+                "num_workers": 0,
+                "samples": 8,
+                "step_ms": 1.0,
+                "time": 1.0,
+            },
+            "load_ms is missing",
+        ),
+        (
+            {
+                "type": "batch",
+                "loader": "l",
+                "step": "1",
+                "epoch": 1,
+                "batch": 1,
+                "num_workers": 0,
+                "samples": 8,
+                "load_ms": 1.0,
+                "step_ms": 1.0,
+                "time": 1.0,
+            },
+            "step must be an integer, got '1'",
+        ),
+        (
+            {
+                "type": "batch",
+                "loader": "l",
+                "step": True,
+                "epoch": 1,
+                "batch": 1,
+                "num_workers": 0,
+                "samples": 8,
+                "load_ms": 1.0,
+                "step_ms": 1.0,
+                "time": 1.0,
+            },
+            "step must be an integer, got True",
+        ),
+        (
+            {
+                "type": "batch",
+                "loader": "l",
+                "step": 1,
+                "epoch": 1,
+                "batch": 1,
+                "num_workers": 0,
+                "samples": 8,
+                "load_ms": "fast",
+                "step_ms": 1.0,
+                "time": 1.0,
+            },
+            "load_ms must be a number, got 'fast'",
+        ),
+        ({"type": "loader", "name": "l", "num_workers": -1}, "num_workers must be an integer >= 0, got -1"),
+        ({"type": "loader", "name": 3, "num_workers": 1}, "name must be a string, got 3"),
+        (
+            {"type": "loader", "name": "l", "num_workers": 1, "training": "yes"},
+            "training must be true or false, got 'yes'",
+        ),
+        (
+            {"type": "loader", "name": "l", "num_workers": 1, "worker_pids": [1, "2"]},
+            "worker_pids must be an integer, got '2'",
+        ),
+        ({"type": "hello", "command": ["x"]}, "pid is missing"),
+        ({"type": "hello", "pid": 1, "command": "python x.py"}, "command must be a list of strings, got 'python x.py'"),
+        (
+            {
+                "type": "cpu",
+                "reason": "sometime",
+                "loader": "l",
+                "time": 1.0,
+                "main_s": 1.0,
+                "children_s": 0.0,
+                "rss_bytes": 1,
+            },
+            "reason must be one of boundary, end, got 'sometime'",
+        ),
+        (
+            {"type": "autotune", "state": "paused"},
+            "state must be one of off, measuring, switching, settled, got 'paused'",
+        ),
+        ({"type": "autotune", "predicted": [1, 2]}, "predicted must be an object, got [1, 2]"),
+        ({"type": "autotune", "predicted": {"two": 1.0}}, "predicted must be an object of worker counts, got 'two'"),
+        ({"type": "autotune", "predicted": {"2": "fast"}}, "predicted[2] must be a number, got 'fast'"),
+        ({"type": "event", "event": "autotune", "from": 0, "to": 2}, "change is missing"),
+        (
+            {"type": "event", "event": "autotune", "change": "leap", "from": 0, "to": 2},
+            "change must be one of jump, step, settle, retune, memory, got 'leap'",
+        ),
+        ({"type": "event", "event": 5}, "event must be a string, got 5"),
+        ({"type": "log", "loader": "l", "step": 1, "metrics": [0.5]}, "metrics must be an object, got [0.5]"),
+        ({"type": "peer", "host": "n3"}, "rank is missing"),
+        ({"type": "refused"}, "reason is missing"),
+        ({"type": "pickle"}, "not a message from a run: type 'pickle'"),
+    ],
+)
+def test_a_known_field_of_the_wrong_type_or_a_missing_one_raises_message_error(
+    message: dict[str, Any], error: str
+) -> None:
     with pytest.raises(MessageError) as raised:
         server_message(message)
     assert str(raised.value) == error
     assert isinstance(raised.value, ValueError)
 
 
-@pytest.mark.parametrize(("message", "error"), [
-    ({"type": "switch", "workers": -1}, "workers must be an integer >= 0, got -1"),
-    ({"type": "switch", "workers": 1, "loader": 3}, "loader must be a name, got 3"),
-    ({"type": "switch", "workers": 1, "rank": "3"}, "rank must be an integer, got '3'"),
-    ({"type": "autotune", "enabled": "yes"}, "enabled must be true or false, got 'yes'"),
-    ({"type": "hello", "pid": "me"}, "pid must be an integer, got 'me'"),
-    ({"type": "batch"}, "not a message from a monitor: type 'batch'"),
-])
-def test_a_monitors_message_with_wrong_fields_raises_the_line_the_server_refuses_with(message: dict[str, Any],
-                                                                                     error: str) -> None:
+@pytest.mark.parametrize(
+    ("message", "error"),
+    [
+        ({"type": "switch", "workers": -1}, "workers must be an integer >= 0, got -1"),
+        ({"type": "switch", "workers": 1, "loader": 3}, "loader must be a name, got 3"),
+        ({"type": "switch", "workers": 1, "rank": "3"}, "rank must be an integer, got '3'"),
+        ({"type": "autotune", "enabled": "yes"}, "enabled must be true or false, got 'yes'"),
+        ({"type": "hello", "pid": "me"}, "pid must be an integer, got 'me'"),
+        ({"type": "batch"}, "not a message from a monitor: type 'batch'"),
+    ],
+)
+def test_a_monitors_message_with_wrong_fields_raises_the_line_the_server_refuses_with(
+    message: dict[str, Any], error: str
+) -> None:
     with pytest.raises(MessageError) as raised:
         client_message(message)
     assert str(raised.value) == error
@@ -247,10 +400,18 @@ def _fields(session: RemoteSession) -> dict[str, Any]:
     script = _plain(view.script)
     script.pop("log_tail")
     peers = {str(rank): peer.to_wire() for rank, peer in session.peers.items()}
-    return {"records": _plain(view.store.records), "starts": _plain(view.store.starts),
-            "summaries": _plain(view.store.summaries), "status": status, "script": script,
-            "autotune": _plain(view.autotune), "notes": list(view.notes), "workload_name": view.workload_name,
-            "peers": _plain(peers), "traceback": session.traceback}
+    return {
+        "records": _plain(view.store.records),
+        "starts": _plain(view.store.starts),
+        "summaries": _plain(view.store.summaries),
+        "status": status,
+        "script": script,
+        "autotune": _plain(view.autotune),
+        "notes": list(view.notes),
+        "workload_name": view.workload_name,
+        "peers": _plain(peers),
+        "traceback": session.traceback,
+    }
 
 
 def _recorded(name: str) -> list[dict[str, Any]]:
@@ -262,8 +423,12 @@ def test_the_decoder_makes_the_same_view_of_recorded_messages_as_before(name: st
     expected = json.loads((DATA / "wire_views.json").read_text())[name]
     session = RemoteSession(pid=os.getpid(), socket_path=Path("/nonexistent"), read_gpus=False, command=("watched",))
     session.monitor_id = "5e75f29e688b4367"  # the monitor that recorded the run (it controlled it)
-    session._wire = WireDecoder(command=("watched",), server_pid=os.getpid(), rejections=session._reader.rejections,
-                                clock_of=lambda pid, threads: None)
+    session._wire = WireDecoder(
+        command=("watched",),
+        server_pid=os.getpid(),
+        rejections=session._reader.rejections,
+        clock_of=lambda pid, threads: None,
+    )
     session._wire.feed(_recorded(name))
     session._wire.end()
     session._gone = True

@@ -39,12 +39,18 @@ def test_a_message_over_the_limit_is_not_encoded() -> None:
 def test_the_reader_accepts_split_lines_and_counts_every_kind_of_bad_one() -> None:
     reader = LineReader(known=SERVER_TYPES)
     good = encode("batch", step=1)
-    bad = [b"not json\n", b"[1, 2]\n", b'{"v": 1}\n', b'{"v": 99, "type": "batch"}\n',
-           b'{"v": 1, "type": "pickle"}\n', b"\xff\xfe\n"]
+    bad = [
+        b"not json\n",
+        b"[1, 2]\n",
+        b'{"v": 1}\n',
+        b'{"v": 99, "type": "batch"}\n',
+        b'{"v": 1, "type": "pickle"}\n',
+        b"\xff\xfe\n",
+    ]
     stream = good[:5] + good[5:] + b"".join(bad) + b"\n" + good
     messages = []
     for i in range(0, len(stream), 7):  # arbitrary chunking: lines cross reads
-        messages.extend(reader.feed(stream[i:i + 7]))
+        messages.extend(reader.feed(stream[i : i + 7]))
     assert [m["step"] for m in messages] == [1, 1]
     r = reader.rejections
     assert (r.malformed, r.wrong_version, r.unknown_type, r.oversized) == (4, 1, 1, 0)
@@ -55,11 +61,14 @@ def test_a_line_of_a_newer_version_is_refused_in_one_line_that_says_so() -> None
     reader = LineReader(known=SERVER_TYPES)
     newer = b'{"v": %d, "type": "batch", "step": 1}\n' % (VERSION + 1)
     assert list(reader.feed(newer + b'{"v": true, "type": "batch"}\n' + encode("batch", step=2))) == [
-        {"v": VERSION, "type": "batch", "step": 2}]
+        {"v": VERSION, "type": "batch", "step": 2}
+    ]
     assert reader.rejections.wrong_version == 2 and reader.rejections.newer == VERSION + 1
     assert list(reader.feed(newer)) == [] and reader.rejections.last == newer_text(VERSION + 1)
-    assert reader.rejections.last == (f"the other side speaks protocol version {VERSION + 1}, this loadertop "
-                                      f"{VERSION}: run the same loadertop version on both sides")
+    assert reader.rejections.last == (
+        f"the other side speaks protocol version {VERSION + 1}, this loadertop "
+        f"{VERSION}: run the same loadertop version on both sides"
+    )
 
 
 def test_an_oversized_line_is_dropped_whole_and_the_next_one_read() -> None:
@@ -68,7 +77,7 @@ def test_an_oversized_line_is_dropped_whole_and_the_next_one_read() -> None:
     after = encode("switch", loader=None, workers=2)
     messages = []
     for i in range(0, len(huge), 50_000):
-        messages.extend(reader.feed(huge[i:i + 50_000]))
+        messages.extend(reader.feed(huge[i : i + 50_000]))
     messages.extend(reader.feed(after))
     assert reader.rejections.oversized == 1
     assert [m["workers"] for m in messages] == [2]
@@ -93,8 +102,10 @@ def test_the_runtime_dir_and_sockets_are_the_users_alone(runtime_dir: Path) -> N
 
 def test_a_stale_socket_of_a_killed_run_is_found_and_removed(runtime_dir: Path) -> None:
     # A process that listens, then is killed with SIGKILL: its socket file stays behind.
-    code = ("import os, time; from loadertop.core.protocol.runtime import listen, run_socket_path; "
-            "s = listen(run_socket_path()); print('up', flush=True); time.sleep(60)")
+    code = (
+        "import os, time; from loadertop.core.protocol.runtime import listen, run_socket_path; "
+        "s = listen(run_socket_path()); print('up', flush=True); time.sleep(60)"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "up"
     proc.send_signal(signal.SIGKILL)
@@ -131,8 +142,17 @@ def served(runtime_dir: Path) -> Any:
 
 def batch(step: int) -> Batch:
     """A batch of the loader ``train``."""
-    return Batch(loader="train", step=step, epoch=1, batch=step, num_workers=0, samples=8, load_ms=1.0, step_ms=2.0,
-                 time=float(step))
+    return Batch(
+        loader="train",
+        step=step,
+        epoch=1,
+        batch=step,
+        num_workers=0,
+        samples=8,
+        load_ms=1.0,
+        step_ms=2.0,
+        time=float(step),
+    )
 
 
 def test_a_monitor_gets_the_hello_the_loaders_and_the_history_then_what_follows(served: RunServer) -> None:
@@ -161,12 +181,13 @@ def test_only_the_first_monitor_that_asks_controls_and_the_others_are_told_who_d
     first.send("switch", loader="val", workers=1)
     assert "no DataLoader named 'val'" in first.read_until(lambda m: m["type"] == "refused")["reason"]
     first.send("switch", loader=None, workers=-1)
-    assert "integer >= 0" in first.read_until(
-        lambda m: m["type"] == "refused" and "integer" in m["reason"])["reason"]
+    assert "integer >= 0" in first.read_until(lambda m: m["type"] == "refused" and "integer" in m["reason"])["reason"]
     first.send("switch", loader=None, workers=1, rank=3)  # a rank of another node: for the handler to pass on
     first.send("switch", loader=None, workers=1, rank="3")
-    assert "rank must be an integer, got '3'" in first.read_until(
-        lambda m: m["type"] == "refused" and "rank" in m["reason"])["reason"]
+    assert (
+        "rank must be an integer, got '3'"
+        in first.read_until(lambda m: m["type"] == "refused" and "rank" in m["reason"])["reason"]
+    )
     assert served.switches == [(None, 2), ("val", 1), (None, 1, 3)]  # type: ignore[attr-defined]
     first.close()  # control is free again: the other monitor hears it and may take it
     assert second.read_until(lambda m: m["type"] == "control" and m["controller"] is None)
@@ -181,9 +202,12 @@ def test_a_monitor_of_a_newer_version_is_refused_once_in_one_line(served: RunSer
     assert refused["reason"] == newer_text(VERSION + 1)
     newer.send("switch", workers=1)  # one of this version after them: refused for its own reason, the newer not again
     assert newer.read_until(lambda m: m["type"] == "refused" and m is not refused)["reason"] == (
-        "this monitor only watches")
-    assert [m["reason"] for m in newer.messages if m["type"] == "refused"] == [refused["reason"],
-                                                                              "this monitor only watches"]
+        "this monitor only watches"
+    )
+    assert [m["reason"] for m in newer.messages if m["type"] == "refused"] == [
+        refused["reason"],
+        "this monitor only watches",
+    ]
     assert served.switches == []  # type: ignore[attr-defined]
     newer.close()
 

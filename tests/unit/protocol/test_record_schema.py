@@ -40,8 +40,11 @@ def batches(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def as_version_1(line: dict[str, Any]) -> dict[str, Any]:
     """A line as loadertop wrote it before schema 2: no ``schema``, a built-in batch's ``step_ms`` as ``compute_ms``."""
     builtin_batch = "event" not in line and "config" in line
-    return {("compute_ms" if builtin_batch and key == "step_ms" else key): value
-            for key, value in line.items() if key != "schema"}
+    return {
+        ("compute_ms" if builtin_batch and key == "step_ms" else key): value
+        for key, value in line.items()
+        if key != "schema"
+    }
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +52,31 @@ def builtin_record(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real headless run of a --workload factory (the built-in trainer), 20 batches, memory sampled often."""
     record = tmp_path_factory.mktemp("builtin") / "run.jsonl"
     done = subprocess.run(
-        [sys.executable, "-m", "loadertop", "run", "--headless", "--workload", "tests.workloads:sleepy",
-         "--workers", "1", "--batch-size", "10", "--max-batches", "20", "--sample-interval", "0.1",
-         "--record", str(record)],
-        cwd=ROOT, capture_output=True, text=True, timeout=180, check=False)
+        [
+            sys.executable,
+            "-m",
+            "loadertop",
+            "run",
+            "--headless",
+            "--workload",
+            "tests.workloads:sleepy",
+            "--workers",
+            "1",
+            "--batch-size",
+            "10",
+            "--max-batches",
+            "20",
+            "--sample-interval",
+            "0.1",
+            "--record",
+            str(record),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     return record
 
@@ -63,9 +87,28 @@ def script_record(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("script")
     record = folder / "run.jsonl"
     done = subprocess.run(
-        [sys.executable, "-m", "loadertop", "run", "--headless", "--switch", "5:2", "--record", str(record), "--",
-         sys.executable, "tests/scripts/plain_loop.py", str(folder / "out.json"), "--log"],
-        cwd=ROOT, capture_output=True, text=True, timeout=240, check=False)
+        [
+            sys.executable,
+            "-m",
+            "loadertop",
+            "run",
+            "--headless",
+            "--switch",
+            "5:2",
+            "--record",
+            str(record),
+            "--",
+            sys.executable,
+            "tests/scripts/plain_loop.py",
+            str(folder / "out.json"),
+            "--log",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     return record
 
@@ -74,8 +117,9 @@ def test_the_schema_is_a_valid_json_schema_shipped_with_the_package() -> None:
     schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
     assert schema["properties"]["schema"] == {"const": RECORD_SCHEMA, "description": "The version of this schema."}
     assert record_schema_errors({"schema": RECORD_SCHEMA, "event": "log", "loader": "x", "step": 1}) == []
-    package_data = re.search(r"\[tool\.setuptools\.package-data\]\nloadertop = (\[.*\])\n",
-                             (ROOT / "pyproject.toml").read_text())  # tomllib is Python 3.11's
+    package_data = re.search(
+        r"\[tool\.setuptools\.package-data\]\nloadertop = (\[.*\])\n", (ROOT / "pyproject.toml").read_text()
+    )  # tomllib is Python 3.11's
     assert package_data is not None
     shipped = json.loads(package_data.group(1))
     inside = SCHEMA_PATH.relative_to(ROOT / "loadertop").as_posix()
@@ -123,14 +167,18 @@ def test_autotune_and_straggler_events_as_the_runs_write_them_follow_the_schema(
     assert record_schema_errors(json.loads(record_line(StragglerChange(None, named.straggler, 90, 2.0).event()))) == []
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    (lambda line: line.pop("step_ms"), "'step_ms' is a required property"),
-    (lambda line: line.pop("schema"), "'schema' is a required property"),
-    (lambda line: line.update(schema=1), "2 was expected"),
-    (lambda line: line.update(compute_ms=line["step_ms"]), "'compute_ms' was unexpected"),
-    (lambda line: line.update(load_ms="fast"), "'fast' is not of type 'number'"),
-    (lambda line: line.update(event="cpu"), "'cpu' is not one of"),
-], ids=["no step_ms", "no schema", "schema 1", "compute_ms", "load_ms a string", "unknown event"])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda line: line.pop("step_ms"), "'step_ms' is a required property"),
+        (lambda line: line.pop("schema"), "'schema' is a required property"),
+        (lambda line: line.update(schema=1), "2 was expected"),
+        (lambda line: line.update(compute_ms=line["step_ms"]), "'compute_ms' was unexpected"),
+        (lambda line: line.update(load_ms="fast"), "'fast' is not of type 'number'"),
+        (lambda line: line.update(event="cpu"), "'cpu' is not one of"),
+    ],
+    ids=["no step_ms", "no schema", "schema 1", "compute_ms", "load_ms a string", "unknown event"],
+)
 def test_a_line_off_the_schema_fails_validation(builtin_record: Path, change: Any, message: str) -> None:
     line = batches(assert_records_follow_the_schema(builtin_record))[0]
     change(line)
@@ -144,8 +192,9 @@ def test_a_memory_event_missing_a_field_fails_validation(builtin_record: Path) -
     assert record_schema_errors(memory) == ["(line): 'pss_mb' is a required property"]
 
 
-def test_a_version_1_recording_reads_as_schema_2_with_the_same_figures(builtin_record: Path, script_record: Path,
-                                                                       tmp_path: Path) -> None:
+def test_a_version_1_recording_reads_as_schema_2_with_the_same_figures(
+    builtin_record: Path, script_record: Path, tmp_path: Path
+) -> None:
     for record in (builtin_record, script_record):
         now = read_records(record)
         old = tmp_path / f"old-{record.parent.name}.jsonl"

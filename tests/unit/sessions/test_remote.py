@@ -32,8 +32,9 @@ def watch(runtime_dir: Path) -> Iterator[object]:
     def start(*args: str, grace_s: float = 5.0, **kwargs: object) -> RemoteSession:
         command = [sys.executable, SCRIPT, *args]
         child, log = spawn(command, **kwargs)  # type: ignore[arg-type]
-        session = RemoteSession(child=child, log_path=log, command=command, read_gpus=False, grace_s=grace_s,
-                                sample_interval_s=0.2)
+        session = RemoteSession(
+            child=child, log_path=log, command=command, read_gpus=False, grace_s=grace_s, sample_interval_s=0.2
+        )
         session.start()
         sessions.append(session)
         return session
@@ -93,8 +94,13 @@ def test_a_failing_script_shows_its_traceback_keeps_the_history_and_its_exit_cod
 
 def test_a_script_without_a_dataloader_is_watched_and_says_so(watch) -> None:
     session = watch("--no-loader", "--seconds", "30")
-    wait_for(lambda: session.view().system is not None and any(
-        line.startswith("long_loop: starting") for line in session.view().script.log_tail), 30)
+    wait_for(
+        lambda: (
+            session.view().system is not None
+            and any(line.startswith("long_loop: starting") for line in session.view().script.log_tail)
+        ),
+        30,
+    )
     view = session.view()
     assert "no DataLoader yet" in view.notes
     assert view.system.processes[0].pid == session.child.pid
@@ -116,8 +122,10 @@ def test_a_killed_script_ends_in_words_and_its_history_stays(watch) -> None:
 
 def test_stop_sends_sigint_then_sigterm_to_a_script_that_ignores_it(watch, tmp_path: Path) -> None:
     stubborn = tmp_path / "stubborn.py"
-    stubborn.write_text("import signal, time, torch\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
-                        "print('ready', flush=True)\ntime.sleep(60)\n")
+    stubborn.write_text(
+        "import signal, time, torch\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        "print('ready', flush=True)\ntime.sleep(60)\n"
+    )
     child, log = spawn([sys.executable, str(stubborn)])
     session = RemoteSession(child=child, log_path=log, read_gpus=False, grace_s=1.0)
     session.start()
@@ -149,13 +157,32 @@ def test_a_second_monitor_sees_the_history_and_only_watches(watch, runtime_dir: 
 
 def test_training_goes_on_to_its_end_when_the_monitor_is_frozen_or_killed(runtime_dir: Path, tmp_path: Path) -> None:
     record = tmp_path / "run.jsonl"
-    run = subprocess.Popen([sys.executable, "-m", "loadertop", "run", "--headless", "--record", str(record), "--",
-                            sys.executable, SCRIPT, "--seconds", "8"], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    run = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "loadertop",
+            "run",
+            "--headless",
+            "--record",
+            str(record),
+            "--",
+            sys.executable,
+            SCRIPT,
+            "--seconds",
+            "8",
+        ],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for(lambda: live_runs(remove_stale=False), 30)
     pid = live_runs()[0].pid
-    code = ("import sys, time; from pathlib import Path; from loadertop.core.sessions.remote import RemoteSession;"
-            f"s = RemoteSession(pid={pid}, socket_path=Path({str(live_runs()[0].socket_path)!r}), read_gpus=False);"
-            "s.start(); time.sleep(60)")
+    code = (
+        "import sys, time; from pathlib import Path; from loadertop.core.sessions.remote import RemoteSession;"
+        f"s = RemoteSession(pid={pid}, socket_path=Path({str(live_runs()[0].socket_path)!r}), read_gpus=False);"
+        "s.start(); time.sleep(60)"
+    )
     monitors = [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT) for _ in range(2)]
     try:
         wait_for(lambda: len(psutil.Process(pid).net_connections("unix")) >= 3, 30)  # the listener and both monitors
@@ -172,14 +199,28 @@ def test_training_goes_on_to_its_end_when_the_monitor_is_frozen_or_killed(runtim
 
 
 def test_attach_with_nothing_running_or_a_wrong_pid_exits_2_in_one_line(runtime_dir: Path) -> None:
-    for args, message in ((["attach"], "no loadertop run is running: start one with loadertop run -- python train.py"),
-                          (["attach", "12345678"], "no loadertop run with pid 12345678")):
-        done = subprocess.run([sys.executable, "-m", "loadertop", *args], cwd=ROOT, capture_output=True, text=True,
-                              timeout=60, check=False)
+    for args, message in (
+        (["attach"], "no loadertop run is running: start one with loadertop run -- python train.py"),
+        (["attach", "12345678"], "no loadertop run with pid 12345678"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "loadertop", *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert done.returncode == 2
         assert done.stderr == f"loadertop: error: {message}\n"
-    listed = subprocess.run([sys.executable, "-m", "loadertop", "attach", "--list"], cwd=ROOT, capture_output=True,
-                            text=True, timeout=60, check=False)
+    listed = subprocess.run(
+        [sys.executable, "-m", "loadertop", "attach", "--list"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert (listed.returncode, listed.stdout) == (0, "")
     assert "no loadertop run is running" in listed.stderr
 
@@ -187,9 +228,11 @@ def test_attach_with_nothing_running_or_a_wrong_pid_exits_2_in_one_line(runtime_
 def test_the_log_panel_shows_a_scripts_output_as_text(runtime_dir: Path, tmp_path: Path) -> None:
     # Colours, a window title and a progress bar redrawn with \r: the panel shows the text, the last state.
     script = tmp_path / "noisy.py"
-    script.write_text("import sys\nprint('\\x1b[31mred\\x1b[0m and\\tplain', flush=True)\n"
-                      "print('\\x1b]0;a title\\x07after the title', flush=True)\n"
-                      "sys.stderr.write('10%\\r50%\\r100%\\n')\n")
+    script.write_text(
+        "import sys\nprint('\\x1b[31mred\\x1b[0m and\\tplain', flush=True)\n"
+        "print('\\x1b]0;a title\\x07after the title', flush=True)\n"
+        "sys.stderr.write('10%\\r50%\\r100%\\n')\n"
+    )
     child, log = spawn([sys.executable, str(script)])
     session = RemoteSession(child=child, log_path=log, read_gpus=False)
     session.start()
@@ -206,9 +249,26 @@ def test_the_log_panel_shows_a_scripts_output_as_text(runtime_dir: Path, tmp_pat
 def test_a_builtin_run_is_served_like_a_script_and_attach_only_watches_it(runtime_dir: Path) -> None:
     # The built-in trainer publishes through the same protocol (one publisher, one loader): a monitor
     # that attaches sees its batches, its loss and its switch, and cannot take control from it.
-    run = subprocess.Popen([sys.executable, "-m", "loadertop", "run", "--headless", "--workload",
-                            "tests.workloads:make", "--epochs", "200", "--switch", "30:2", "--sample-interval", "0.2"],
-                           cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    run = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "loadertop",
+            "run",
+            "--headless",
+            "--workload",
+            "tests.workloads:make",
+            "--epochs",
+            "200",
+            "--switch",
+            "30:2",
+            "--sample-interval",
+            "0.2",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         wait_for(lambda: any(r.pid == run.pid for r in live_runs()), 60)
         info = next(r for r in live_runs() if r.pid == run.pid)
@@ -237,9 +297,21 @@ def test_a_loss_logged_for_an_earlier_batch_is_given_to_that_batch() -> None:
     from loadertop.core.sessions.decoder import LoaderTrack
 
     track = LoaderTrack("train.py:9", started=0.0)
+
     def batch(step: int) -> Batch:
-        return Batch(loader="train.py:9", step=step, epoch=1, batch=step, num_workers=0, samples=8, load_ms=1.0,
-                     step_ms=None if step == 1 else 2.0, switch_ms=0.0, time=100.0 + step)
+        return Batch(
+            loader="train.py:9",
+            step=step,
+            epoch=1,
+            batch=step,
+            num_workers=0,
+            samples=8,
+            load_ms=1.0,
+            step_ms=None if step == 1 else 2.0,
+            switch_ms=0.0,
+            time=100.0 + step,
+        )
+
     for step in (1, 2, 3):
         track.batch(batch(step))
     track.log(2, {"loss": 0.5})  # batch 3 has arrived: batch 2's record is complete, its loss comes late

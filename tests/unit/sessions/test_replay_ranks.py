@@ -52,8 +52,13 @@ def test_k_goes_through_the_recorded_ranks_and_a_switch_shows_in_every_ranks_pan
     replay.apply_all(LoaderConfig(num_workers=1))
     assert workers_by_rank(replay) == {0: 1, 1: 1}
     assert replay.select_next_rank() == 1 and replay.view().status.config.num_workers == 1
-    assert replay.commands == [("select_next_rank", 1), ("apply", LoaderConfig(2)), ("select_next_rank", 0),
-                               ("apply_all", LoaderConfig(1)), ("select_next_rank", 1)]
+    assert replay.commands == [
+        ("select_next_rank", 1),
+        ("apply", LoaderConfig(2)),
+        ("select_next_rank", 0),
+        ("apply_all", LoaderConfig(1)),
+        ("select_next_rank", 1),
+    ]
 
 
 def test_one_process_has_no_ranks_to_go_through_or_switch() -> None:

@@ -47,8 +47,13 @@ def test_the_log_tail_keeps_whole_lines_as_text_a_progress_bar_at_its_last_state
 
 def test_a_connection_to_no_socket_stays_unconnected_and_refuses_to_send(tmp_path: Path) -> None:
     seen: list[object] = []
-    connection = ScriptConnection(pid=1, socket_path=tmp_path / "none.sock", hello=lambda: MonitorHello(1, "m", True),
-                                  on_message=seen.append, on_newer=seen.append)
+    connection = ScriptConnection(
+        pid=1,
+        socket_path=tmp_path / "none.sock",
+        hello=lambda: MonitorHello(1, "m", True),
+        on_message=seen.append,
+        on_newer=seen.append,
+    )
     assert connection.candidates() == [tmp_path / "none.sock"]
     connection.connect()
     connection.drain(0.01)

@@ -22,8 +22,13 @@ def test_a_sessions_changes_are_logged_with_their_step_and_recorded_before_whoev
     trainer = Trainer(workloads.make(size=64), LoaderConfig(num_workers=0, batch_size=8), epochs=1, device="cpu")
     record = io.StringIO()
     told: list[tuple[Change, int]] = []
-    session = Session(trainer, read_gpus=False, record_file=record, budget=Budget(cores=2, max_workers=8),
-                      on_autotune=lambda change: told.append((change, len(session.autotune_log))))
+    session = Session(
+        trainer,
+        read_gpus=False,
+        record_file=record,
+        budget=Budget(cores=2, max_workers=8),
+        on_autotune=lambda change: told.append((change, len(session.autotune_log))),
+    )
     assert type(session.tuner) is AutotuneHost and not session.tuner.enabled
     session.start()
     try:

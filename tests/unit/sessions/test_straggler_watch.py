@@ -53,36 +53,55 @@ def test_the_end_summary_names_the_rank_named_longest_with_its_latest_score_and_
     hold = StragglerHold(hold_looks=1)
     for t, found in enumerate([ONE, ONE, ONE, ONE, ZERO, ZERO, None]):
         hold.look(found, now=2.0 * t)
-    assert hold.summary() == ("input straggler over the run: rank 1, score 0.70: rank 1 is slow "
-                              "(named for 8 s of the 12 s watched; none at the end)")
+    assert hold.summary() == (
+        "input straggler over the run: rank 1, score 0.70: rank 1 is slow "
+        "(named for 8 s of the 12 s watched; none at the end)"
+    )
     hold.look(ZERO, now=14.0)
     assert hold.summary().endswith("(named for 8 s of the 14 s watched; rank 0 at the end)")
     never = StragglerHold(hold_looks=3)
     assert never.summary() is None  # never looked: a job of one rank says nothing
     never.look(None, now=0.0)
-    assert never.summary() == ("input straggler: none named: the ranks were compared at 1 look only (3 in a row "
-                               "name one)")
+    assert never.summary() == (
+        "input straggler: none named: the ranks were compared at 1 look only (3 in a row name one)"
+    )
     never.look(None, now=5.0)
     never.look(None, now=7.0)
-    assert never.summary() == ("input straggler: none over the run (7 s watched: no rank's wait for data held the "
-                               "others back)")
+    assert never.summary() == (
+        "input straggler: none over the run (7 s watched: no rank's wait for data held the others back)"
+    )
 
 
 def test_the_lines_and_the_record_events_of_a_change() -> None:
     named = StragglerChange(ONE, None, 61, 1700000000.1234567)
     assert named.line() == "input straggler: rank 1, score 0.70: rank 1 is slow"
-    assert named.event() == {"event": "straggler", "rank": 1, "score": 0.7, "evidence": "rank 1 is slow",
-                             "was": None, "step": 61, "time": 1700000000.123457}
+    assert named.event() == {
+        "event": "straggler",
+        "rank": 1,
+        "score": 0.7,
+        "evidence": "rank 1 is slow",
+        "was": None,
+        "step": 61,
+        "time": 1700000000.123457,
+    }
     other = StragglerChange(ZERO, ONE, 80, 1.0)
     assert other.line() == "input straggler: rank 0, score 0.40 (was rank 1): rank 0 is slow"
     cleared = StragglerChange(None, ONE, 90, 2.0)
     assert cleared.line() == f"input straggler: none any more (was rank 1): {NOBODY}"
-    assert cleared.event() == {"event": "straggler", "rank": None, "score": None, "evidence": NOBODY, "was": 1,
-                               "step": 90, "time": 2.0}
+    assert cleared.event() == {
+        "event": "straggler",
+        "rank": None,
+        "score": None,
+        "evidence": NOBODY,
+        "was": 1,
+        "step": 90,
+        "time": 2.0,
+    }
 
 
 def test_the_recorded_job_names_rank_1_after_three_looks_and_clears_it_in_the_lines_and_the_record(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     said: list[str] = []
     record = tmp_path / "run.jsonl"
     record.write_text('{"rank": 0, "step": 1}\n')  # the ranks' own lines are kept: the events are appended
@@ -97,13 +116,32 @@ def test_the_recorded_job_names_rank_1_after_three_looks_and_clears_it_in_the_li
     events = [json.loads(line) for line in record.read_text().splitlines()]
     assert events[0] == {"rank": 0, "step": 1}
     assert events[1:] == [
-        {"schema": RECORD_SCHEMA, "event": "straggler", "rank": 1, "score": round(recorded.straggler.score, 4),
-         "evidence": recorded.straggler.evidence, "was": None, "step": 481, "time": 12.0},
-        {"schema": RECORD_SCHEMA, "event": "straggler", "rank": None, "score": None, "evidence": NOBODY, "was": 1,
-         "step": 129, "time": 16.0}]
+        {
+            "schema": RECORD_SCHEMA,
+            "event": "straggler",
+            "rank": 1,
+            "score": round(recorded.straggler.score, 4),
+            "evidence": recorded.straggler.evidence,
+            "was": None,
+            "step": 481,
+            "time": 12.0,
+        },
+        {
+            "schema": RECORD_SCHEMA,
+            "event": "straggler",
+            "rank": None,
+            "score": None,
+            "evidence": NOBODY,
+            "was": 1,
+            "step": 129,
+            "time": 16.0,
+        },
+    ]
     watch.finish()
-    assert said[-1] == (f"input straggler over the run: rank 1, score 0.70: {recorded.straggler.evidence} "
-                        "(named for 4 s of the 6 s watched; none at the end)")
+    assert said[-1] == (
+        f"input straggler over the run: rank 1, score 0.70: {recorded.straggler.evidence} "
+        "(named for 4 s of the 6 s watched; none at the end)"
+    )
 
 
 def test_a_job_of_one_rank_or_ranks_not_measured_yet_name_nobody_and_say_nothing() -> None:
@@ -132,8 +170,9 @@ def test_once_a_rank_has_ended_the_verdict_stands_and_the_summary_says_it() -> N
 
 
 def test_a_rank_of_this_node_that_is_not_watched_does_not_stop_the_looks() -> None:
-    unwatched = replace(rank(2, float("nan"), float("nan")), ended="not watched: its DataLoaders are not loadertop's",
-                        watched=False)
+    unwatched = replace(
+        rank(2, float("nan"), float("nan")), ended="not watched: its DataLoaders are not loadertop's", watched=False
+    )
     watch = StragglerWatch(say=[].append, hold_looks=1)
     assert watch.look(script_of(*SLOW_1, unwatched), now=0.0) is not None and not watch.frozen
 

@@ -51,8 +51,9 @@ def test_the_dataset_reads_files_back_through_torchvision(tmp_path: Path) -> Non
 @pytest.mark.slow
 def test_the_builtin_classes_are_learnable() -> None:
     workload = builtin.make_workload(seed=0)
-    trainer = Trainer(workload, LoaderConfig(num_workers=2, batch_size=32, persistent_workers=True),
-                      epochs=2, device="cpu")
+    trainer = Trainer(
+        workload, LoaderConfig(num_workers=2, batch_size=32, persistent_workers=True), epochs=2, device="cpu"
+    )
     trainer.start()
     assert trainer.join(300)
     assert trainer.state is TrainerState.FINISHED, trainer.error
@@ -89,21 +90,27 @@ def imported_after(statement: str) -> set[str]:
 
 
 def test_the_tui_recordings_and_reports_load_no_torch() -> None:
-    loaded = imported_after("import loadertop.tui.app, loadertop.core.sessions.replay, loadertop.core.sessions.view, "
-                            "loadertop.core.policy.report, loadertop.core.drive.launcher, loadertop")
+    loaded = imported_after(
+        "import loadertop.tui.app, loadertop.core.sessions.replay, loadertop.core.sessions.view, "
+        "loadertop.core.policy.report, loadertop.core.drive.launcher, loadertop"
+    )
     assert "torch" not in loaded and "textual" in loaded
 
 
 def test_the_protocol_the_monitor_of_a_script_and_the_runs_server_load_no_torch() -> None:
-    protocol = imported_after("import loadertop.core.protocol.codec, loadertop.core.protocol.messages, "
-                              "loadertop.core.protocol.runtime, loadertop.core.protocol.config, "
-                              "loadertop.core.protocol.records, loadertop.core.protocol.status")
+    protocol = imported_after(
+        "import loadertop.core.protocol.codec, loadertop.core.protocol.messages, "
+        "loadertop.core.protocol.runtime, loadertop.core.protocol.config, "
+        "loadertop.core.protocol.records, loadertop.core.protocol.status"
+    )
     assert not protocol & {"torch", "textual", "rich", "psutil"}  # the vocabulary and the wire only
     loaded = imported_after("import loadertop.core.sessions.remote, loadertop.core.probe.server")
     assert "torch" not in loaded and not loaded & {"textual", "rich"}
-    assert "torch" not in imported_after("import os, sys, tempfile; os.environ['LOADERTOP_RUNTIME_DIR'] = "
-                                         "tempfile.mkdtemp(); sys.argv = ['loadertop', 'attach', '--list']\n"
-                                         "import loadertop.cli; loadertop.cli.main()")
+    assert "torch" not in imported_after(
+        "import os, sys, tempfile; os.environ['LOADERTOP_RUNTIME_DIR'] = "
+        "tempfile.mkdtemp(); sys.argv = ['loadertop', 'attach', '--list']\n"
+        "import loadertop.cli; loadertop.cli.main()"
+    )
 
 
 def test_the_launchers_bootstrap_loads_nothing_heavy_before_the_script_imports_torch() -> None:

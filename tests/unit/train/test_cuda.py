@@ -28,8 +28,9 @@ class HeavyOnGPU(nn.Module):
 
 
 def test_auto_picks_cuda_and_compute_includes_the_kernels() -> None:
-    workload = Workload(SleepDataset(64, 0.0), HeavyOnGPU(), nn.functional.cross_entropy,
-                        lambda p: torch.optim.SGD(p, lr=0.1))
+    workload = Workload(
+        SleepDataset(64, 0.0), HeavyOnGPU(), nn.functional.cross_entropy, lambda p: torch.optim.SGD(p, lr=0.1)
+    )
     trainer = Trainer(workload, LoaderConfig(batch_size=8, pin_memory=True, num_workers=1), epochs=1, device="auto")
     assert trainer.device.type == "cuda"
     trainer.start()

@@ -57,8 +57,13 @@ def test_hot_restarts_continue_the_epoch_without_skipping_or_repeating(overlap: 
             trainer.restart(trainer.config.with_workers(switch_at[record.step]))
 
     trainer = Trainer(
-        workload, LoaderConfig(num_workers=0, batch_size=batch), epochs=2, device="cpu", seed=seed,
-        on_record=on_record, overlap=overlap,
+        workload,
+        LoaderConfig(num_workers=0, batch_size=batch),
+        epochs=2,
+        device="cpu",
+        seed=seed,
+        on_record=on_record,
+        overlap=overlap,
     )
     run_to_end(trainer)
     assert trainer.state is TrainerState.FINISHED, trainer.error
@@ -76,7 +81,8 @@ def test_hot_restarts_continue_the_epoch_without_skipping_or_repeating(overlap: 
     ran = [r.num_workers for r in records]
     assert [n for i, n in enumerate(ran) if i == 0 or ran[i - 1] != n] == [0] + [e.config.num_workers for e in restarts]
     assert [r.step for r in records if r.num_workers != (ran[r.step - 2] if r.step > 1 else 0)] == [
-        e.after_step + 1 for e in restarts]
+        e.after_step + 1 for e in restarts
+    ]
     if not overlap:  # each restart applies at the very next batch
         assert [(e.after_step, e.config.num_workers) for e in restarts] == [(3, 2), (7, 1), (16, 0), (20, 2)]
         # Epoch 1 has 13 batches (12 of 8, one of 4): steps 16 and 20 are batches 3 and 7 of epoch 2.
@@ -116,8 +122,15 @@ def test_restarts_that_change_every_setting_keep_the_epoch_order_in_one_loader()
         if record.step in configs:
             trainer.restart(configs[record.step])
 
-    trainer = Trainer(workload, LoaderConfig(num_workers=0, batch_size=8), epochs=2, device="cpu", seed=seed,
-                      on_record=on_record, overlap=False)  # exact positions: each restart at the very next batch
+    trainer = Trainer(
+        workload,
+        LoaderConfig(num_workers=0, batch_size=8),
+        epochs=2,
+        device="cpu",
+        seed=seed,
+        on_record=on_record,
+        overlap=False,
+    )  # exact positions: each restart at the very next batch
     make = trainer._make_loader
     trainer._make_loader = lambda config: built.append(config) or make(config)  # type: ignore[method-assign]
     run_to_end(trainer)
@@ -131,7 +144,11 @@ def test_restarts_that_change_every_setting_keep_the_epoch_order_in_one_loader()
     assert [r.samples for r in records[:16]] == [8, 8, 6, 6, 6, 5, 5, 5, 5, 9, 9, 9, 9, 9, 4, 4]
     assert [r.epoch for r in records[12:14]] == [1, 2]
     assert [(e.after_step, e.config.batch_size) for e in trainer.store.starts() if e.reason == "restart"] == [
-        (2, 6), (5, 5), (9, 9), (14, 4)]
+        (2, 6),
+        (5, 5),
+        (9, 9),
+        (14, 4),
+    ]
     assert no_children_left()
 
 
@@ -142,14 +159,21 @@ def test_a_restart_at_the_very_end_of_an_epoch_still_counts_its_warm_up_and_star
         if record.step == 5:
             trainer.restart(trainer.config.with_workers(2))
 
-    trainer = Trainer(workloads.make(size=20), LoaderConfig(num_workers=0, batch_size=4), epochs=3,
-                      device="cpu", on_record=on_record)
+    trainer = Trainer(
+        workloads.make(size=20), LoaderConfig(num_workers=0, batch_size=4), epochs=3, device="cpu", on_record=on_record
+    )
     run_to_end(trainer)
     records = trainer.store.snapshot().records
     assert [(r.num_workers, r.epoch, r.batch_in_epoch, r.warmup) for r in records[4:8]] == [
-        (0, 1, 5, False), (2, 2, 1, True), (2, 2, 2, True), (2, 2, 3, False)]
+        (0, 1, 5, False),
+        (2, 2, 1, True),
+        (2, 2, 2, True),
+        (2, 2, 3, False),
+    ]
     assert [(e.reason, e.config.num_workers, e.epoch) for e in trainer.store.starts()][:2] == [
-        ("start", 0, 1), ("restart", 2, 2)]
+        ("start", 0, 1),
+        ("restart", 2, 2),
+    ]
     assert no_children_left()
 
 
@@ -277,16 +301,17 @@ def test_a_worker_slower_than_the_timeout_names_the_configuration_instead_of_fre
     assert trainer.state is TrainerState.ERROR
     error = trainer.error
     assert error is not None and error.kind == "timeout"
-    assert error.message == ("no batch within the 1 s timeout (1 worker, batch 4, timeout 1 s): a worker hangs "
-                             "or loads far slower than that (--timeout sets the limit)")
+    assert error.message == (
+        "no batch within the 1 s timeout (1 worker, batch 4, timeout 1 s): a worker hangs "
+        "or loads far slower than that (--timeout sets the limit)"
+    )
     assert time.monotonic() - started < 15
     assert no_children_left(10)
 
 
 def test_spawn_workers_train_end_to_end_and_a_step_fn_handles_dict_batches() -> None:
     workload = workloads.dict_batches()
-    trainer = Trainer(workload, LoaderConfig(num_workers=2, batch_size=8, start_method="spawn"), epochs=2,
-                      device="cpu")
+    trainer = Trainer(workload, LoaderConfig(num_workers=2, batch_size=8, start_method="spawn"), epochs=2, device="cpu")
     run_to_end(trainer, timeout=120)
     assert trainer.state is TrainerState.FINISHED, trainer.error
     records = trainer.store.snapshot().records
@@ -296,8 +321,9 @@ def test_spawn_workers_train_end_to_end_and_a_step_fn_handles_dict_batches() -> 
 
 
 def test_a_dataset_that_cannot_be_pickled_for_spawn_is_refused_in_words() -> None:
-    trainer = Trainer(workloads.unpicklable(), LoaderConfig(num_workers=1, batch_size=4, start_method="spawn"),
-                      epochs=1, device="cpu")
+    trainer = Trainer(
+        workloads.unpicklable(), LoaderConfig(num_workers=1, batch_size=4, start_method="spawn"), epochs=1, device="cpu"
+    )
     run_to_end(trainer)
     assert trainer.error is not None and trainer.error.kind == "setup"
     assert trainer.error.message.startswith(

@@ -34,8 +34,9 @@ def run_example(tagged_run, args: list[str]) -> str:
 
 @pytest.mark.slow
 def test_image_folder_example_reads_any_class_folders(tagged_run, image_folder: Path) -> None:
-    out = run_example(tagged_run, ["--workload", "examples.image_folder:make_workload", "--data", str(image_folder),
-                                   "--workers", "1"])
+    out = run_example(
+        tagged_run, ["--workload", "examples.image_folder:make_workload", "--data", str(image_folder), "--workers", "1"]
+    )
     assert "ImageFolder" in out and "(40 images, 10 classes), ResNet-18" in out
     assert "workers  batches" in out
 
@@ -46,8 +47,9 @@ def test_heavy_decode_example_spends_its_time_loading() -> None:
     # is the example where num_workers matters most.
     threads = torch.get_num_threads()
     try:
-        trainer = Trainer(make_heavy_decode(count=96), LoaderConfig(num_workers=0, batch_size=8), epochs=1,
-                          device="cpu")
+        trainer = Trainer(
+            make_heavy_decode(count=96), LoaderConfig(num_workers=0, batch_size=8), epochs=1, device="cpu"
+        )
         trainer.start()
         assert trainer.join(60), "the trainer did not finish in time"
     finally:
@@ -58,13 +60,16 @@ def test_heavy_decode_example_spends_its_time_loading() -> None:
     judged = verdict(summary.load_ms_mean, summary.compute_ms_mean)
     assert judged is not None and judged.input_bound
     assert summary.load_ms_mean > 3 * summary.compute_ms_mean, (
-        f"load {summary.load_ms_mean:.1f} ms vs step {summary.compute_ms_mean:.1f} ms per batch")
+        f"load {summary.load_ms_mean:.1f} ms vs step {summary.compute_ms_mean:.1f} ms per batch"
+    )
 
 
 @pytest.mark.slow
 def test_token_sequences_example_trains_dict_batches_through_its_step_function(tagged_run) -> None:
-    out = run_example(tagged_run, ["--workload", "examples.token_sequences:make_workload", "--workers", "2",
-                                   "--start-method", "spawn"])
+    out = run_example(
+        tagged_run,
+        ["--workload", "examples.token_sequences:make_workload", "--workers", "2", "--start-method", "spawn"],
+    )
     assert "token sequences 20-200 long" in out and "acc " in out
 
 
@@ -81,14 +86,26 @@ def write_fake_mnist(root: Path, count: int = 64) -> None:
 
 def test_a_torchvision_dataset_on_disk_is_chosen_by_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write_fake_mnist(tmp_path)
-    code, out, err = run_main(["run", "--headless", "--dataset", "mnist", "--data", str(tmp_path),
-                               "--max-batches", "3", "--batch-size", "16"], capsys)
+    code, out, err = run_main(
+        [
+            "run",
+            "--headless",
+            "--dataset",
+            "mnist",
+            "--data",
+            str(tmp_path),
+            "--max-batches",
+            "3",
+            "--batch-size",
+            "16",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert f"MNIST (64 images) from {tmp_path}, small CNN" in out
 
 
-def test_a_missing_torchvision_dataset_says_where_it_looked(tmp_path: Path,
-                                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_missing_torchvision_dataset_says_where_it_looked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run_main(["run", "--headless", "--dataset", "fashionmnist", "--data", str(tmp_path)], capsys)
     assert code == 2 and out == ""
     assert f"FashionMNIST not found under {tmp_path} (looked for {tmp_path}/FashionMNIST/raw)" in err

@@ -22,8 +22,9 @@ from tests.helpers import no_children_left, run_main, wait_for
 
 
 def test_a_killed_worker_is_reported_within_seconds_with_its_pid_and_signal_and_restart_works() -> None:
-    trainer = Trainer(workloads.make(size=4000, sleep_s=0.002), LoaderConfig(num_workers=2, batch_size=8),
-                      epochs=1, device="cpu")
+    trainer = Trainer(
+        workloads.make(size=4000, sleep_s=0.002), LoaderConfig(num_workers=2, batch_size=8), epochs=1, device="cpu"
+    )
     trainer.start()
     wait_for(lambda: len(trainer.worker_pids()) == 2 and trainer.status().step >= 5)
     victim = trainer.worker_pids()[1]
@@ -33,8 +34,9 @@ def test_a_killed_worker_is_reported_within_seconds_with_its_pid_and_signal_and_
     assert time.monotonic() - killed_at < 3.0
     error = trainer.error
     assert trainer.state is TrainerState.ERROR and error is not None and error.kind == "worker"
-    assert error.message.startswith(f"DataLoader worker 1 (pid {victim}) was killed by SIGKILL: likely the kernel's "
-                                    "out-of-memory killer")
+    assert error.message.startswith(
+        f"DataLoader worker 1 (pid {victim}) was killed by SIGKILL: likely the kernel's out-of-memory killer"
+    )
     assert no_children_left()
     done = trainer.status().step
     trainer.restart(LoaderConfig(num_workers=1, batch_size=8))  # try again: the run goes on
@@ -63,13 +65,16 @@ def test_a_transfer_cut_by_a_dying_worker_is_reported_as_theworker_death() -> No
     # Killed while handing a batch over, a worker shows up in the main process as a
     # ConnectionResetError before its exit is reaped; the death is what the user must see.
     soon = time.monotonic() + 0.2
-    died = worker_death(_FakeIterator(_FakeProcess(11, None), _FakeProcess(12, soon)),
-                         ConnectionResetError(104, "Connection reset by peer"))
+    died = worker_death(
+        _FakeIterator(_FakeProcess(11, None), _FakeProcess(12, soon)),
+        ConnectionResetError(104, "Connection reset by peer"),
+    )
     assert died is not None and str(died).startswith("DataLoader worker 1 (pid 12) was killed by SIGKILL")
     # PyTorch's own message counts even when the exit is not seen in time.
     exited = RuntimeError("DataLoader worker (pid(s) 12) exited unexpectedly")
     assert str(worker_death(_FakeIterator(_FakeProcess(12, None)), exited, grace_s=0.05)) == (
-        "a DataLoader worker exited unexpectedly")
+        "a DataLoader worker exited unexpectedly"
+    )
 
 
 def test_errors_while_every_worker_lives_stay_what_they_are_and_are_not_waited_on() -> None:
@@ -103,8 +108,9 @@ def test_a_nan_loss_stops_the_run_naming_the_step_or_goes_on_when_asked() -> Non
     assert status.first_nonfinite_step == 5 and status.nonfinite_steps == 50 - 4
 
 
-def test_headless_says_where_the_loss_went_bad(capsys: pytest.CaptureFixture[str],
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_headless_says_where_the_loss_went_bad(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(ROOT)
     code, out, err = run_main(["run", "--headless", "--workload", "tests.workloads:nan_at"], capsys)
     assert code == 1
@@ -114,8 +120,7 @@ def test_headless_says_where_the_loss_went_bad(capsys: pytest.CaptureFixture[str
 
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_closing_during_a_stuck_batch_takes_under_three_seconds(num_workers: int) -> None:
-    trainer = Trainer(workloads.stalling(), LoaderConfig(num_workers=num_workers, batch_size=8), epochs=1,
-                      device="cpu")
+    trainer = Trainer(workloads.stalling(), LoaderConfig(num_workers=num_workers, batch_size=8), epochs=1, device="cpu")
     session = Session(trainer, sample_interval_s=0.5)
     session.start()
     wait_for(lambda: stalled(trainer), timeout=60)  # the batch holding sample 150 (60 s) is being made
@@ -137,9 +142,26 @@ def stalled(trainer: Trainer, quiet_s: float = 1.0) -> bool:
 def test_a_killed_run_keeps_every_batch_but_the_last_in_its_record(tmp_path: Path) -> None:
     record = tmp_path / "run.jsonl"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "loadertop", "run", "--headless", "--workload", "tests.workloads:sleepy",
-         "--workers", "1", "--batch-size", "4", "--epochs", "50", "--record", str(record)],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "loadertop",
+            "run",
+            "--headless",
+            "--workload",
+            "tests.workloads:sleepy",
+            "--workers",
+            "1",
+            "--batch-size",
+            "4",
+            "--epochs",
+            "50",
+            "--record",
+            str(record),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         wait_for(lambda: record.exists() and len(record.read_text().splitlines()) >= 30)
@@ -163,8 +185,9 @@ def test_ten_hot_restarts_leave_children_fds_shm_and_memory_at_their_baseline() 
     from loadertop.core.drive.soak import soak
     from loadertop.core.train.calibrated import make_sleep_workload
 
-    trainer = Trainer(make_sleep_workload(size=100_000, sleep_ms=0.5), LoaderConfig(batch_size=8), epochs=1,
-                      device="cpu")
+    trainer = Trainer(
+        make_sleep_workload(size=100_000, sleep_ms=0.5), LoaderConfig(batch_size=8), epochs=1, device="cpu"
+    )
     trainer.start()
     try:
         base, final = soak(trainer, 10)

@@ -32,6 +32,8 @@ if os.environ.get("LOADERTOP_PROBE"):
 
         install_from_environment()
     except Exception as exc:  # noqa: BLE001 - never break the user's script: it runs unwatched instead
-        print(f"loadertop: cannot instrument this process ({type(exc).__name__}: {exc}); it runs unwatched",
-              file=sys.stderr)
+        print(
+            f"loadertop: cannot instrument this process ({type(exc).__name__}: {exc}); it runs unwatched",
+            file=sys.stderr,
+        )
 _chain_previous_sitecustomize()
