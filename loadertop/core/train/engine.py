@@ -114,9 +114,9 @@ class Trainer:
         self._mailbox = Mailbox(config)
         self._lock = self._mailbox.lock
         self._costs = CostBoundaries(self.store, self.cpu_clock)
-        self._workers = WorkerGenerations(self._lock)
+        self._generations = WorkerGenerations(self._lock)
         self._settings = LoaderSettings(workload, cuda=self.device.type == "cuda", stall_timeout_s=stall_timeout_s)
-        self._handover = Handover(self._mailbox, self._costs, self._workers, self._settings)
+        self._handover = Handover(self._mailbox, self._costs, self._generations, self._settings)
         self._progress = Progress()  # written by the training thread only
 
     # ----------------------------------------------------------------- commands
@@ -222,7 +222,7 @@ class Trainer:
 
     def status(self) -> TrainerStatus:
         """A frozen view of progress, for displays."""
-        mailbox, progress, workers = self._mailbox, self._progress, self._workers
+        mailbox, progress, workers = self._mailbox, self._progress, self._generations
         with self._lock:
             return TrainerStatus(
                 state=mailbox.state,
@@ -249,11 +249,11 @@ class Trainer:
 
         The training thread's DataLoader then notices within a second and the thread ends.
         """
-        return self._workers.kill()
+        return self._generations.kill()
 
     def worker_pids(self) -> tuple[int, ...]:
         """Pids of the running loader's worker processes, in worker-id order."""
-        return self._workers.pids
+        return self._generations.pids
 
     def sample_cost(self, memory: TreeMemory | None = None) -> None:
         """Read the tree's CPU clock now, for the running configuration's figures so far and its peak RSS.
@@ -285,7 +285,7 @@ class Trainer:
             )
         finally:
             with self._lock:
-                self._workers.pids = ()
+                self._generations.pids = ()
                 # A worker that died because we were stopping is not the user's error.
                 if (
                     self._mailbox.stop_requested
@@ -309,7 +309,7 @@ class Trainer:
             progress=self._progress,
             mailbox=self._mailbox,
             costs=self._costs,
-            workers=self._workers,
+            workers=self._generations,
             handover=self._handover,
             sampler=self._sampler,
             store=self.store,

@@ -98,7 +98,7 @@ class EpochLoop:
         self._progress = progress
         self._mailbox = mailbox
         self._costs = costs
-        self._workers = workers
+        self._generations = workers
         self._handover = handover
         self._sampler = sampler
         self._store = store
@@ -134,7 +134,7 @@ class EpochLoop:
                 progress.starts += 1
                 t_iter = time.perf_counter()
                 iterator = iter(loader)
-                self._workers.note(iterator, t_iter)
+                self._generations.note(iterator, t_iter)
                 if start is None:  # an epoch boundary: every epoch pays for refilling the pipeline
                     start = Start("epoch", t_iter)
                 start = start._replace(iter_at=t_iter)
@@ -147,7 +147,7 @@ class EpochLoop:
                 # "empty": a (re)start at the very end of an epoch; its first batches, in the next
                 # epoch, are still its warm-up and its start-up is still measured.
                 if not mailbox.config.persistent_workers:
-                    self._workers.reap(iterator, self._costs)
+                    self._generations.reap(iterator, self._costs)
                     iterator = None
         except Stop:
             raise
@@ -158,10 +158,10 @@ class EpochLoop:
             raise
         finally:
             if iterator is not None:
-                self._workers.reap(iterator, self._costs)
+                self._generations.reap(iterator, self._costs)
             kept = torch_compat.persistent_iterator(loader) if loader is not None else None
             if kept is not None:
-                self._workers.reap(kept, self._costs)
+                self._generations.reap(kept, self._costs)
             self._costs.close()
 
     def _consume(self, loader: DataLoader, iterator: Any, start: Start) -> tuple[str, Start | None]:
@@ -208,7 +208,7 @@ class EpochLoop:
                     startup_s = t1 - start.iter_at
                 else:  # a switch inside next(): the old workers down, the new ones up, their first batch
                     startup_s = delivered.switch_s + delivered.load_s
-                    self._workers.note(iterator, t1 - startup_s)
+                    self._generations.note(iterator, t1 - startup_s)
                 event = StartEvent(
                     reason=start.reason,
                     config=config,
@@ -217,7 +217,7 @@ class EpochLoop:
                     position=progress.position,
                     startup_s=startup_s,
                     latency_s=t1 - start.requested_at,
-                    worker_pids=self._workers.pids,
+                    worker_pids=self._generations.pids,
                 )
                 self._store.add_start(event)
                 with mailbox.lock:

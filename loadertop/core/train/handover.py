@@ -34,7 +34,7 @@ class Handover:
     ) -> None:
         self._mailbox = mailbox
         self._costs = costs
-        self._workers = workers
+        self._generations = workers
         self._settings = settings
         self.applied: dict[str, Any] = {}
         """The loader's settings now (a switch asked for applies them at once, even before it hands over)."""
@@ -103,6 +103,6 @@ class Handover:
             self._mailbox.set_config(config)
             self.handed_over = asked
         if self._costs.credited is not self._mailbox.config:
-            self._workers.note_exited(time.perf_counter())
+            self._generations.note_exited(time.perf_counter())
             # The new workers of an overlapped switch are running already: their CPU so far is the new one's.
             self._costs.hand_to(self._mailbox.config, loader.status().worker_pids)
