@@ -332,13 +332,13 @@ class SystemSampler:
         Workers are re-spawned at every restart (and every epoch without persistent
         workers): psutil's first reading would be 0, hiding exactly the processes that matter.
         """
-        since_last = proc.cpu_percent()
+        since_last = float(proc.cpu_percent())
         if proc.pid not in self._new:
             return since_last
         self._new.discard(proc.pid)
         times = proc.cpu_times()
         age = max(time.time() - proc.create_time(), 1e-3)
-        return 100.0 * (times.user + times.system) / age
+        return 100.0 * float(times.user + times.system) / age
 
     def sample(self) -> SystemSnapshot:
         """Take one snapshot now (also usable without the thread)."""
