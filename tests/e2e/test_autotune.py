@@ -85,7 +85,7 @@ def test_a_compute_bound_run_stays_at_0_or_1_worker(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_a_phase_change_is_tuned_again(tmp_path: Path) -> None:
-    # Each sample costs three times as much 12 s after the dataset is made.
+    # Each sample costs five times as much 12 s after the dataset is made.
     out, rows = autotuned("phase_change", tmp_path, batches=4000)
     events = [r for r in rows if r.get("event") == "autotune"]
     retunes = [e for e in events if e["change"] == "retune"]

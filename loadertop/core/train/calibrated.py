@@ -126,11 +126,14 @@ def make_cost_workload(
     step_cpu_ms: float = 0.0,
     size: int = 100_000,
     phase_after_s: float | None = None,
+    phase_factor: float = 3.0,
     name: str,
 ) -> Workload:
     """A ``CostDataset`` and a ``StepModel``: the landscape of worker counts is known from the costs."""
     return Workload(
-        dataset=CostDataset(size, sleep_ms / 1000, cpu_ms / 1000, phase_after_s=phase_after_s),
+        dataset=CostDataset(
+            size, sleep_ms / 1000, cpu_ms / 1000, phase_after_s=phase_after_s, phase_factor=phase_factor
+        ),
         model=StepModel(step_wait_ms / 1000, step_cpu_ms / 1000),
         loss_fn=nn.functional.cross_entropy,
         optimizer=lambda params: torch.optim.SGD(params, lr=0.01),
@@ -155,9 +158,16 @@ def compute_bound() -> Workload:
 
 
 def phase_change() -> Workload:
-    """As ``storage_bound`` with a 1.5 ms step, and every sample three times as costly after 12 s."""
+    """As ``storage_bound`` with a 1.5 ms step, and every sample five times as costly after 12 s: enough that
+    even 5 workers (where the tuner may settle on 2 cores) cannot keep the throughput (at 3x, 5 workers taking
+    26 ms a batch still make ~1,500 samples/s, more than the run reached before: nothing moved)."""
     return make_cost_workload(
-        sleep_ms=1.0, cpu_ms=0.1, step_wait_ms=1.5, phase_after_s=12.0, name="calibrated: phase change after 12 s"
+        sleep_ms=1.0,
+        cpu_ms=0.1,
+        step_wait_ms=1.5,
+        phase_after_s=12.0,
+        phase_factor=5.0,
+        name="calibrated: phase change after 12 s",
     )
 
 
