@@ -85,13 +85,18 @@ def test_a_compute_bound_run_stays_at_0_or_1_worker(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_a_phase_change_is_tuned_again(tmp_path: Path) -> None:
-    # Each sample costs five times as much 12 s after the dataset is made.
+    # Each sample costs ten times as much 12 s after the dataset is made.
     out, rows = autotuned("phase_change", tmp_path, batches=4000)
     events = [r for r in rows if r.get("event") == "autotune"]
-    retunes = [e for e in events if e["change"] == "retune"]
-    assert retunes, out
-    assert re.search(r"samples/s moved [\d,]+ -> [\d,]+ \(-\d+%", retunes[0]["reason"])
-    assert any(e["change"] == "settle" for e in events[events.index(retunes[0]) :])
+    # The phase change's retune: samples/s fell. (On this 2-core VM a held window can also move up by more than
+    # its noise twice, before the change: that retune is the machine's, not the one this test is about.)
+    fell = [
+        e
+        for e in events
+        if e["change"] == "retune" and re.search(r"samples/s moved [\d,]+ -> [\d,]+ \(-\d+%", e["reason"])
+    ]
+    assert fell, out
+    assert any(e["change"] == "settle" for e in events[events.index(fell[0]) :])
 
 
 def test_budgets_need_autotune(capsys: pytest.CaptureFixture[str]) -> None:

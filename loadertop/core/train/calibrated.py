@@ -158,15 +158,15 @@ def compute_bound() -> Workload:
 
 
 def phase_change() -> Workload:
-    """As ``storage_bound`` with a 1.5 ms step, and every sample five times as costly after 12 s: enough that
-    even 5 workers (where the tuner may settle on 2 cores) cannot keep the throughput (at 3x, 5 workers taking
-    26 ms a batch still make ~1,500 samples/s, more than the run reached before: nothing moved)."""
+    """As ``storage_bound`` with a 1.5 ms step, and every sample ten times as costly after 12 s: enough that
+    even 8 workers (the most the tuner tries on 2 cores) cannot keep the throughput (at 3x, 5 workers taking
+    26 ms a batch still made ~1,500 samples/s, more than the run reached before: nothing moved)."""
     return make_cost_workload(
         sleep_ms=1.0,
         cpu_ms=0.1,
         step_wait_ms=1.5,
         phase_after_s=12.0,
-        phase_factor=5.0,
+        phase_factor=10.0,
         name="calibrated: phase change after 12 s",
     )
 
