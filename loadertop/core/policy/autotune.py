@@ -21,9 +21,14 @@ scripts alike). One **round** of tuning:
    surely within ``within`` of the fastest measured, the noise counted against them (measured
    slower by at most ``within`` less two standard errors of the ratio); where the noise cannot
    tell, the faster count is kept (never a count that may be materially slower).
-4. **Hold**: keep measuring windows at the settled count; a window whose samples/s differs from
-   the settled figure by more than its noise and ``RETUNE_SHIFT``, twice in a row (hysteresis),
-   starts a new round from the window's figures.
+4. **Hold**: keep measuring windows at the settled count against a reference: the settling
+   measurement pooled with every held window since that did not move (the settled count was the
+   fastest of its round, so its first figure is lucky more often than not: pooled, the luck washes
+   out). A window moved when its samples/s differs from the reference by more than the larger of
+   its noise, ``RETUNE_SHIFT`` and two standard deviations of the held windows' figures (a shared
+   machine's noise comes in spells longer than a window's blocks, which its own noise cannot see);
+   ``RETUNE_STRIKES`` windows in a row moved the same way start a new round from their pooled
+   figures. A window moved the other way from the one before is noise both ways: pooled in.
 
 Every change carries its reason in words, with the figures.
 """
@@ -31,6 +36,7 @@ Every change carries its reason in words, with the figures.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,7 +53,11 @@ IDLE_SHARE = 0.02
 RETUNE_SHIFT = 0.15
 """Held: samples/s must move by more than this share (and the noise) to tune again."""
 RETUNE_STRIKES = 2
-"""...in this many windows in a row."""
+"""...in this many windows in a row, the same way."""
+SPREAD_WINDOWS = 3
+"""The held windows' spread counts once this many were pooled into the reference..."""
+SPREAD_OF_LAST = 20
+"""...the spread of the latest this many (a spell of noise long past ages out)."""
 WARMUP_PER_WORKER = 3
 """Batches per worker left out after a switch: those the new workers made ahead (see ``_start_visit``)."""
 MAX_VISITS = 6
@@ -164,6 +174,16 @@ class Visit:
     samples: int = 0
     delivered: list[tuple[float, int]] = field(default_factory=list)  # (time, samples) of every batch
     readings: list[Reading] = field(default_factory=list)
+
+    def extend(self, other: Visit) -> None:
+        """Pool ``other``'s batches and readings (of the same count, measured later) into this one."""
+        self.iters += other.iters
+        self.loads += other.loads
+        self.steps += other.steps
+        self.refill += other.refill
+        self.samples += other.samples
+        self.delivered += other.delivered
+        self.readings += other.readings
 
     def add(self, obs: Observation) -> None:
         self.iters.append(obs.load_s + obs.step_s)
@@ -325,7 +345,9 @@ class AutoTuner:
         self._waiting_for: int | None = None  # a switch was asked for: its batches are not in yet
         self._warmup_left = 0
         self._settled: Visit | None = None  # the settled count's measurement (held)
-        self._strikes = 0
+        self._reference: Visit | None = None  # it, pooled with the held windows that did not move
+        self._held: list[float] = []  # the samples/s of every window pooled into the reference
+        self._struck: list[Visit] = []  # the latest windows in a row that moved, the same way
         self._model: Model | None = None
         self._shm: float | None = None
         self._jumped = False
@@ -372,7 +394,6 @@ class AutoTuner:
         self._visit = None
         self._waiting_for = None
         self._settled = None
-        self._strikes = 0
         self._round_done()
 
     # ------------------------------------------------------------------ output
@@ -508,7 +529,10 @@ class AutoTuner:
         )
         here = self._visit.num_workers if self._visit else best.num_workers
         self._settled = anchor
-        self._strikes = 0
+        self._reference = Visit(anchor.num_workers)
+        self._reference.extend(anchor)
+        self._held = []
+        self._struck = []
         change = self._switch(ChangeKind.SETTLE, anchor.num_workers, self._settle_reason(anchor, best))
         if anchor.num_workers == here and self._visit is not None:
             self._visit = Visit(anchor.num_workers)  # the first hold window
@@ -521,13 +545,10 @@ class AutoTuner:
         self._jumped = False
 
     def _hold(self, window: Visit) -> Change | None:
-        """A window at the settled count: tune again if it moved beyond its noise twice in a row."""
-        settled = self._settled
-        assert settled is not None
-        ratio, error = ratio_with_error(window.samples_per_s, window.sem, settled.samples_per_s, settled.sem)
-        noise = NOISE_Z * error if math.isfinite(error) else 0.0
-        shifted = abs(ratio - 1) > max(noise, RETUNE_SHIFT)
-        self._strikes = self._strikes + 1 if shifted else 0
+        """A window at the settled count: pooled into the reference, or a strike; tune again after
+        ``RETUNE_STRIKES`` in a row the same way (see the module's docstring)."""
+        reference = self._reference
+        assert self._settled is not None and reference is not None
         if self._shm is not None and self._shm > SHM_LIMIT and window.num_workers > 0:
             self._settled = None
             return self._switch(
@@ -535,22 +556,54 @@ class AutoTuner:
                 window.num_workers - 1,
                 f"/dev/shm is {self._shm * 100:.0f}% full (the limit is {SHM_LIMIT * 100:.0f}%)",
             )
-        if self._strikes < RETUNE_STRIKES:
+        ratio, bar = self._moved(window, reference)
+        if abs(ratio - 1) <= bar:
+            self._pool([*self._struck, window])  # a spell that did not last: the machine's noise
+            self._struck = []
             self._visit = Visit(window.num_workers)
             return None
-        self._settled = None
-        self._strikes = 0
+        if self._struck and (ratio > 1) != (self._struck[-1].samples_per_s > reference.samples_per_s):
+            self._pool(self._struck)  # moved the other way from the one before: noise both ways
+            self._struck = []
+        self._struck.append(window)
+        if len(self._struck) < RETUNE_STRIKES:
+            self._visit = Visit(window.num_workers)
+            return None
+        moved = Visit(window.num_workers)
+        for struck in self._struck:
+            moved.extend(struck)
+        ratio, bar = self._moved(moved, reference)
+        self._settled = self._reference = None
+        self._struck = []
         change = Change(
             ChangeKind.RETUNE,
             window.num_workers,
             window.num_workers,
-            f"samples/s moved {settled.samples_per_s:,.0f} -> {window.samples_per_s:,.0f} "
-            f"({(ratio - 1) * 100:+.0f}%, beyond the noise ±{max(noise, 0) * 100:.0f}% and "
-            f"{RETUNE_SHIFT * 100:.0f}%): tuning again",
+            f"samples/s moved {reference.samples_per_s:,.0f} -> {moved.samples_per_s:,.0f} "
+            f"({(ratio - 1) * 100:+.0f}% over {RETUNE_STRIKES} windows, beyond the noise "
+            f"±{bar * 100:.0f}%): tuning again",
         )
         self.changes.append(change)
-        followed = self._measured(window)  # the window is this round's first measurement
+        followed = self._measured(moved)  # the windows that moved are this round's first measurement
         return followed or change
+
+    def _moved(self, window: Visit, reference: Visit) -> tuple[float, float]:
+        """``window``'s samples/s as a share of ``reference``'s, and the bar a move must pass: the larger of
+        the ratio's noise, ``RETUNE_SHIFT`` and two standard deviations of the held windows' figures."""
+        ratio, error = ratio_with_error(window.samples_per_s, window.sem, reference.samples_per_s, reference.sem)
+        bar = max(NOISE_Z * error if math.isfinite(error) else 0.0, RETUNE_SHIFT)
+        held = self._held[-SPREAD_OF_LAST:]
+        if len(held) >= SPREAD_WINDOWS:
+            spread = NOISE_Z * statistics.stdev(held) / statistics.fmean(held)
+            bar = max(bar, spread)
+        return ratio, bar
+
+    def _pool(self, windows: Sequence[Visit]) -> None:
+        reference = self._reference
+        assert reference is not None
+        for window in windows:
+            reference.extend(window)
+            self._held.append(window.samples_per_s)
 
     def _idle_cores(self, visit: Visit) -> float:
         return self.budget.cores - visit.cores_used

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 
 import pytest
@@ -57,6 +58,7 @@ class Simulation:
         self.trace: list[int] = []
         self.changes: list[Change] = []
         self.changed_at: list[int] = []  # the batch at which each change came
+        self.slow = 1.0  # the machine's spell: every batch takes this many times as long
 
     def run(self, batches: int) -> None:
         for _ in range(batches):
@@ -66,7 +68,7 @@ class Simulation:
         land = self.land
         n = self.workers
         rate = land.rate(n)
-        iteration = self.rng.gauss(1.0, land.noise) / rate
+        iteration = self.rng.gauss(1.0, land.noise) / rate * self.slow
         step = min(land.step_s * self.rng.gauss(1.0, land.noise), iteration)
         load = max(iteration - step, 0.0)
         self.time += iteration
@@ -176,6 +178,52 @@ def test_a_phase_change_is_tuned_again_and_a_steady_run_is_not() -> None:
     second = sim.settled_at()
     assert second is not None and second > first
     assert sim.land.rate(second) >= 0.95 * sim.land.best(COUNTS)
+
+
+def held_window(sim: Simulation, slow: float) -> None:
+    """One hold window of the settled count with every batch ``slow`` times as long (a spell of the machine)."""
+    sim.slow = slow
+    window = sim.tuner._visit  # the window being measured: run until the tuner starts the next one
+    for _ in range(2000):
+        sim.step()
+        if sim.tuner._visit is not window or sim.tuner.status().state != "settled":
+            return
+    raise AssertionError("the window never ended")
+
+
+def settled_quietly() -> tuple[Simulation, int]:
+    land = Landscape(make_s=0.010, cpu_s=0.002, step_s=0.005, noise=0.0)
+    sim = tuned(land, batches=800)
+    for _ in range(3):  # the settling measurement and three held windows at its figure: the spread is 0
+        held_window(sim, 1.0)
+    settled = sim.settled_at()
+    assert settled is not None
+    return sim, len(sim.changes)
+
+
+def test_spells_of_noise_both_ways_are_not_a_change_and_a_lasting_one_is() -> None:
+    sim, before = settled_quietly()
+    for spell in [1.3, 0.75] * 6:  # each window 23-30% off, the other way from the one before
+        held_window(sim, spell)
+    assert len(sim.changes) == before, [c.line() for c in sim.changes[before:]]
+    for _ in range(2):
+        held_window(sim, 2.5)  # 60% fewer samples/s, twice: past this machine's spread (about ±50%)
+    retune = sim.changes[before]
+    assert retune.kind == "retune" and re.search(r"\(-6\d% over 2 windows", retune.reason), retune.reason
+
+
+def test_on_a_noisy_machine_the_bar_is_its_spread_between_windows() -> None:
+    sim, before = settled_quietly()
+    for spell in [1.14, 0.88, 1.12, 0.87, 1.13, 0.89, 1.14, 0.88] * 3:  # each within 15%: pooled, 2 SD 26%
+        held_window(sim, spell)
+    assert len(sim.changes) == before
+    for _ in range(2):
+        held_window(sim, 1.22)  # 18% fewer samples/s twice: past 15%, within this machine's spread
+    assert len(sim.changes) == before, [c.line() for c in sim.changes[before:]]
+    quiet, before = settled_quietly()
+    for _ in range(2):
+        held_window(quiet, 1.22)  # the same two windows where held windows never moved: a change
+    assert quiet.changes[before].kind == "retune"
 
 
 def test_every_change_says_why_with_figures_and_records_as_an_event() -> None:
