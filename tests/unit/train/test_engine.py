@@ -36,11 +36,17 @@ def test_load_time_matches_a_known_sleep_per_sample(num_workers: int) -> None:
     [summary] = trainer.store.summaries()
     assert summary.batches + summary.warmup_batches == 60
     assert summary.warmup_batches == max(1, num_workers)
-    # k workers each make a batch in batch_ms; the step waits for the rest of it.
-    expected_ms = batch_ms if num_workers == 0 else batch_ms / num_workers - summary.compute_ms_mean
-    ratio = summary.load_ms_mean / expected_ms
-    # Loose bounds: the test suite shares a noisy machine; benchmarks/accuracy.py measures the 5% target.
-    assert 0.8 < ratio < 1.25, f"load {summary.load_ms_mean:.2f} ms vs expected {expected_ms:.2f} ms"
+    # Never less than the known cost allows: k workers each make a batch in at least batch_ms,
+    # so the step waits at least for the rest of it. A busy machine only makes loading slower,
+    # so this bound holds on any machine (benchmarks/accuracy.py measures the 5% target).
+    least_ms = batch_ms if num_workers == 0 else batch_ms / num_workers - summary.compute_ms_mean
+    assert summary.load_ms_mean > 0.8 * least_ms, f"load {summary.load_ms_mean:.2f} ms, at least {least_ms:.2f} ms"
+    # Never more than was spent: a batch's load and step account for the wall time since the
+    # previous batch's step ended, up to the loop's bookkeeping (no double counting).
+    records = [r for r in trainer.store.snapshot().records if not r.warmup]
+    gaps_s = sum(after.elapsed_s - before.elapsed_s for before, after in itertools.pairwise(records))
+    spent_s = sum(r.load_s + r.compute_s for r in records[1:])
+    assert 0.9 * gaps_s < spent_s <= gaps_s, f"load + step {spent_s:.4f} s of {gaps_s:.4f} s between batches"
     assert no_children_left()
 
 
