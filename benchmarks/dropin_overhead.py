@@ -41,6 +41,7 @@ class StockAgain(torch.utils.data.DataLoader):
 def make(cls: type, workers: int, batch_size: int):
     loader = cls(Vectors(), batch_size=batch_size, num_workers=workers, persistent_workers=workers > 0)
     if isinstance(loader, DataLoader):
+        loader.time_stages = False  # the drop-in's own path; benchmarks/stages.py measures what stage timing adds
         # An observer like the launcher's: each record goes to a bounded buffer that something drains.
         loader.add_observer(collections.deque(maxlen=1000).append)
     iterator = iter(loader)

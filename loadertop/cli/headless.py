@@ -17,7 +17,7 @@ from loadertop.core.measure.limits import current_limits
 from loadertop.core.measure.store import ConfigSummary
 from loadertop.core.policy.advice import Advice, advise, machine_facts, speed_text
 from loadertop.core.policy.autotune import Budget, Change
-from loadertop.core.policy.report import advice_lines, format_table
+from loadertop.core.policy.report import advice_lines, format_stages, format_table
 from loadertop.core.protocol.records import BatchRecord
 from loadertop.core.sessions.session import Session
 from loadertop.core.train.engine import Trainer, TrainerState
@@ -179,6 +179,9 @@ def run_headless(
         print("\n" + format_table(summaries, advice), file=out)
         if len({s.num_workers for s in summaries}) > 1:
             print("\n".join(advice_lines(advice)), file=out)
+    stage_lines = format_stages(trainer.stages(), current_limits().cores)
+    if stage_lines:
+        print("\n" + "\n".join(stage_lines), file=out)
     for step in sorted(pending_switches):
         print(f"note: --switch {step}:{pending_switches[step]} was not reached", file=out)
     out.flush()
@@ -192,7 +195,8 @@ def exit_code(trainer: Trainer, err: IO[str]) -> int:
     """0 when the run ended well; 1 after printing why it failed (sample index and traceback)."""
     error = trainer.error
     if trainer.state is TrainerState.ERROR and error is not None:
-        where = f" (sample index {error.sample_index})" if error.sample_index is not None else ""
+        stage = f", in {error.stage}" if error.stage else ""
+        where = f" (sample index {error.sample_index}{stage})" if error.sample_index is not None else ""
         print(f"loadertop: run failed at step {error.step + 1}{where}: {error.message}", file=err)
         if error.detail:
             print("details:\n" + _indent(error.detail.rstrip()), file=err)

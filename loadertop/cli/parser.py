@@ -165,6 +165,12 @@ def _add_common(parser: argparse.ArgumentParser, *, with_defaults: bool = True, 
     g.add_argument("--pin-memory", action="store_true", default=d(False), help="DataLoader pin_memory (CUDA only)")
     g.add_argument("--persistent-workers", action="store_true", default=d(False), help="DataLoader persistent_workers")
     g.add_argument(
+        "--no-stages",
+        action="store_true",
+        default=d(False),
+        help="do not time each sample's stages in the workers (decode, transforms, collate): fetch exactly as torch",
+    )
+    g.add_argument(
         "--prefetch-factor",
         type=_int_at_least(1, "--prefetch-factor"),
         default=d(None),

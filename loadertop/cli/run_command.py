@@ -58,7 +58,12 @@ def launch_script(
         raise UsageError("--record needs a file with a script: its stdout is the script's")
     if args.record:
         open_output(args.record, "--record").close()  # a bad path is refused here, in one line
-    tuning = {"autotune": bool(args.autotune), "cpu_budget": args.cpu_budget, "memory_budget_gib": args.memory_budget}
+    tuning = {
+        "autotune": bool(args.autotune),
+        "cpu_budget": args.cpu_budget,
+        "memory_budget_gib": args.memory_budget,
+        "stages": not args.no_stages,
+    }
     workers = args.workers if workers_given else None
     try:
         if args.headless:

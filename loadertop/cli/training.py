@@ -99,7 +99,7 @@ def build_trainer(
     from loadertop.core.train.workload import WorkloadError
 
     try:
-        return Trainer(
+        trainer = Trainer(
             workload,
             config,
             epochs=epochs,
@@ -109,6 +109,8 @@ def build_trainer(
             on_nan=args.on_nan,
             stall_timeout_s=stall_timeout_s,
         )
+        trainer.time_stages = not getattr(args, "no_stages", False)
+        return trainer
     except (WorkloadError, ValueError) as exc:
         raise UsageError(str(exc)) from None
 

@@ -13,6 +13,9 @@ from typing import Any
 from loadertop.core.measure.memory import SOURCE_RSS, SOURCE_SMAPS
 from loadertop.core.measure.store import ConfigSummary
 from loadertop.core.policy.advice import Advice, MachineFacts, recommend, speed_cell, verdict
+from loadertop.core.policy.stages import verdict as stage_verdict
+from loadertop.core.protocol.stages import StageFigures
+from loadertop.core.protocol.stages import describe as describe_stages
 
 # DESIGN.md's JSON row fields, in order (``rss_mb`` is kept for scripts that read it: the peak of the summed RSS),
 # then the accounted cost, the throughput's standard error and the memory as the kernel accounts it (PSS, USS).
@@ -241,3 +244,16 @@ def memory_fields(summaries: Sequence[ConfigSummary]) -> dict[str, Any]:
 def dumps(document: dict[str, Any]) -> str:
     """JSON text (no NaN: missing figures are null)."""
     return json.dumps(document, indent=2, allow_nan=False) + "\n"
+
+
+def format_stages(figures: Sequence[StageFigures], cores: float) -> list[str]:
+    """Where a sample's time went, per worker count: the stages, slowest first, and the verdict (no lines: none)."""
+    timed = [f for f in figures if f.samples or f.off]
+    if not timed:
+        return []
+    lines = ["where a sample's time goes (wall per sample, CPU in brackets):"]
+    for f in timed:
+        count = f"{f.num_workers} worker{'s' if f.num_workers != 1 else ''}"
+        lines.append(f"  {count}: {describe_stages(f, top=6)}")
+        lines.append(f"    {stage_verdict(f, cores)}")
+    return lines

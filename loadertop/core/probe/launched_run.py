@@ -110,6 +110,7 @@ class LaunchedRun(Publisher):
     def created(self, loader: Any) -> None:
         """Watch ``loader``; the training loader that ``--switch`` addresses is the first one created, or
         the one a framework marks (Lightning's, from ``trainer.train_dataloader``)."""
+        loader.time_stages = self.settings.stages
         again = self._made_again(loader)
         if again is not None:  # the same loader made anew: it goes on under its name (and role)
             loader.name = again.name

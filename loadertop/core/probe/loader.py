@@ -83,9 +83,11 @@ from loadertop.core.probe.loader_hooks import LoaderHooks
 from loadertop.core.probe.loader_reports import LoaderBatch, LoaderStatus, batch_len
 from loadertop.core.probe.loader_settings import SETTINGS, LoaderSettings, PendingRequest, check_setting
 from loadertop.core.probe.overlap_plan import DEFAULT_STARTUP_S, MAX_OVERLAP_BATCHES, StartupHistory, overlap_batches
+from loadertop.core.probe.stages import LoaderStages
 from loadertop.core.probe.worker_generation import WorkerGeneration
 from loadertop.core.probe.worker_seeds import WorkerSeeds
 from loadertop.core.probe.worker_threads import WorkerThreads
+from loadertop.core.protocol.stages import StageFigures
 
 __all__ = [
     "DEFAULT_STARTUP_S",
@@ -131,6 +133,10 @@ class DataLoader(torch.utils.data.DataLoader):
     docstring); set it on a loader, or on the class, to switch by stopping and starting instead.
     A boundary hook added without ``at_handover=True`` makes the loader stop and start anyway."""
 
+    time_stages: bool = True
+    """Whether each sample's stages are timed in the workers (``loadertop.core.probe.stages``; ``stages()``);
+    set False on a loader, or on the class, before its ``iter()`` to fetch exactly as torch does."""
+
     def __init__(self, *args: Any, name: str | None = None, **kwargs: Any) -> None:
         torch_compat.install()
         hook = DataLoader.creation_hook
@@ -155,6 +161,7 @@ class DataLoader(torch.utils.data.DataLoader):
         self._startups = StartupHistory()  # measured start-ups and batch interval: how long an overlap lasts
         self._seeds = WorkerSeeds()  # where the workers' base seeds come from
         self._book = EpochBook()  # epochs, switches, the loop running
+        self._stages = LoaderStages()  # each generation's stage sheet
         tuning.hold_for_workers(self, held)
         if hook is not None:
             hook.created(self)  # under loadertop run: the run's tuner tunes an "auto" training loader
@@ -296,6 +303,11 @@ class DataLoader(torch.utils.data.DataLoader):
             new_pids,
         )
 
+    def stages(self) -> tuple[StageFigures, ...]:
+        """Where the samples' time went, per worker count run so far (callable from any thread; empty where
+        ``time_stages`` is off or nothing was fetched yet)."""
+        return self._stages.figures()
+
     def expected_startup_s(self, num_workers: int) -> float:
         """How long ``num_workers`` new workers are expected to take to deliver their first batch: this
         loader's latest measurement for that count (else for the nearest count measured, else
@@ -325,7 +337,9 @@ class DataLoader(torch.utils.data.DataLoader):
         book.epoch += 1
         before = torch_compat.persistent_iterator(self)
         created = _clock()
-        inner = self._seeds.epoch_iterator(self, super().__iter__)
+        with self._stages.creating(self) as stages:
+            inner = self._seeds.epoch_iterator(self, super().__iter__)
+        stages.attach(inner, fresh=inner is not before)
         fresh = self.num_workers > 0 and inner is not before  # new workers (not persistent ones going on)
         generation = WorkerGeneration(
             inner,
@@ -395,8 +409,9 @@ class DataLoader(torch.utils.data.DataLoader):
 
     def _new_generation(self, stream: IssuedIndices, base_seed: int) -> Any:
         """A torch iterator for the current settings that continues ``stream``; no random number drawn."""
-        with self._streams.handing_out(stream):
+        with self._streams.handing_out(stream), self._stages.creating(self) as stages:
             inner = self._seeds.generation_iterator(self, base_seed)
+        stages.attach(inner, fresh=True)
         if self.persistent_workers and self.num_workers > 0:
             torch_compat.set_persistent_iterator(self, inner)
         return inner

@@ -18,6 +18,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import IO, Any
 
+from loadertop.core.measure.limits import current_limits
+from loadertop.core.policy.stages import verdict as stage_verdict
 from loadertop.core.protocol.messages import (
     AutotuneEvent,
     Batch,
@@ -33,6 +35,7 @@ from loadertop.core.protocol.messages import (
     SwitchEvent,
 )
 from loadertop.core.protocol.records import record_line
+from loadertop.core.protocol.stages import describe as describe_stages
 
 QUEUE_LIMIT = 10_000
 """Batches waiting for the writer thread; past that they are dropped (and counted), never waited for."""
@@ -390,6 +393,31 @@ class Publisher:
             self._say(f"{name} with {describe_workers(workers)}: " + _describe(*row))
         if self.dropped:
             self._say(f"{self.dropped} batch records dropped: the writer could not keep up")
+        self._stages_summary()
+
+    def _stages_summary(self) -> None:
+        """Where each loader's samples' time went, per worker count: lines, and ``stages`` events in ``--record``."""
+        cores = current_limits().cores
+        for loader in self.loaders:
+            try:
+                all_figures = loader.stages()
+            except Exception as exc:  # noqa: BLE001 - the figures are a report: never the script's failure
+                self._say(f"{loader.name}: no stage figures ({type(exc).__name__}: {exc})")
+                continue
+            for figures in all_figures:
+                if not figures.samples and not figures.off:
+                    continue
+                judged = stage_verdict(figures, cores)
+                self._say(
+                    f"{loader.name} stages with {describe_workers(figures.num_workers)}: "
+                    f"{describe_stages(figures, top=6)}"
+                )
+                if not figures.off:
+                    self._say(f"{loader.name} with {describe_workers(figures.num_workers)}: {judged}")
+                if self._record is not None:
+                    event = {"event": "stages", **self._tag, "loader": loader.name, **figures.to_wire()}
+                    self._record.write(record_line({**event, "verdict": judged}))
+                    self._record.flush()
 
     def close(self) -> None:
         """Write what is queued and the summary, then close the socket."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import threading
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
@@ -56,6 +57,9 @@ class Use(NamedTuple):
 _DATALOADER = "torch.utils.data.dataloader.DataLoader"
 _BASE_ITER = "torch.utils.data.dataloader._BaseDataLoaderIter"
 _MULTI_ITER = "torch.utils.data.dataloader._MultiProcessingDataLoaderIter"
+_SINGLE_ITER = "torch.utils.data.dataloader._SingleProcessDataLoaderIter"
+_FETCH = "torch.utils.data._utils.fetch"
+_FETCHER = f"{_FETCH}._BaseDatasetFetcher"
 
 _USES: tuple[Use, ...] = (
     Use("torch.utils.data.dataloader", "_BaseDataLoaderIter", ON_CLASS, "the iterators' base class"),
@@ -71,6 +75,10 @@ _USES: tuple[Use, ...] = (
     Use(_MULTI_ITER, "_shutdown_workers", ON_CLASS, "a generation's workers stopped and reaped now"),
     Use(_MULTI_ITER, "_try_get_data", ON_CLASS, "its default worker-liveness poll shortened to 1 s"),
     Use("torch.utils.data._utils", "MP_STATUS_CHECK_INTERVAL", ON_CLASS, "the same poll's interval"),
+    Use(_FETCH, "_MapDatasetFetcher", ON_CLASS, "a worker's map-style fetches, timed by stage (stages.py)"),
+    Use(f"{_FETCH}._MapDatasetFetcher", "fetch", ON_CLASS, "replaced in a worker by the same fetch, timed"),
+    Use(_SINGLE_ITER, "_dataset_fetcher", ON_INSTANCE, "without workers, the fetcher wrapped to time the stages"),
+    Use(_FETCHER, "auto_collation", ON_INSTANCE, "a timed fetch batches as torch's does"),
     Use("torch.distributed.distributed_c10d", "_get_default_store", ON_CLASS, "torchrun's store, to reach other ranks"),
 )
 """What loadertop uses of torch's private API: everything, each once (checked by
@@ -236,6 +244,61 @@ def wait_for_first_batch(iterator: Any, stop: threading.Event, poll_s: float = 0
             return False
         stop.wait(poll_s)
     return False
+
+
+# ---------------------------------------------------------------- its fetchers (stage timing)
+
+
+def map_fetch(
+    fetcher: Any,
+    index: Any,
+    sample: Callable[[Any, Any], Any],
+    samples_at_once: Callable[[Callable[[Any], Any], Any], Any],
+    collate: Callable[[Callable[[Any], Any], Any], Any],
+) -> Any:
+    """What torch's ``_MapDatasetFetcher.fetch(index)`` does (the same since torch 2.0), with each
+    ``dataset[i]`` made by ``sample(dataset, i)``, a ``__getitems__`` call by ``samples_at_once(getitems,
+    indices)`` and the collate by ``collate(collate_fn, data)``."""
+    dataset = fetcher.dataset
+    if _read(fetcher, "auto_collation"):
+        if hasattr(dataset, "__getitems__") and dataset.__getitems__:
+            data = samples_at_once(dataset.__getitems__, index)
+        else:
+            data = [sample(dataset, i) for i in index]
+    else:
+        data = sample(dataset, index)
+    return collate(fetcher.collate_fn, data)
+
+
+def time_map_fetches(timed: Callable[[Callable[[Any, Any], Any]], Callable[[Any, Any], Any]]) -> None:
+    """In this process (a worker), make every map-style fetcher's ``fetch`` ``timed(torch's fetch)``, once."""
+    import torch.utils.data._utils.fetch as fetch_module
+
+    fetcher = fetch_module._MapDatasetFetcher
+    if not getattr(fetcher.fetch, "__loadertop_timed__", False):
+        replaced = timed(fetcher.fetch)
+        replaced.__loadertop_timed__ = True  # type: ignore[attr-defined]
+        fetcher.fetch = replaced  # type: ignore[method-assign]
+
+
+class _WrappedFetcher:
+    """A single-process iterator's fetcher whose fetches go through ``timed(stock, index)``; all else torch's."""
+
+    def __init__(self, stock: Any, timed: Callable[[Any, Any], Any]) -> None:
+        self._stock = stock
+        self._timed = timed
+
+    def fetch(self, index: Any) -> Any:
+        return self._timed(self._stock, index)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stock, name)
+
+
+def wrap_fetcher(iterator: Any, timed: Callable[[Any, Any], Any]) -> None:
+    """Make a 0-worker DataLoader iterator fetch through ``timed(torch's fetcher, index)``."""
+    stock = _read(iterator, "_dataset_fetcher")
+    iterator._dataset_fetcher = _WrappedFetcher(stock, timed)
 
 
 def current_device_index() -> int | None:

@@ -27,6 +27,7 @@ class ProbeSettings:
         autotune: tune the training loader's worker count from the start (``--autotune``).
         cpu_budget: the tuner's cores (None: the usable cores); shared among a torchrun job's ranks on the node.
         memory_budget_gib: the memory all workers may hold (None: half the available); shared likewise.
+        stages: time each sample's stages in the loaders' workers (``--no-stages``: False).
     """
 
     workers: int | None = None
@@ -39,6 +40,7 @@ class ProbeSettings:
     autotune: bool = False
     cpu_budget: float | None = None
     memory_budget_gib: float | None = None
+    stages: bool = True
 
     def to_environment(self) -> str:
         """The value of ``LOADERTOP_PROBE``."""
@@ -54,6 +56,7 @@ class ProbeSettings:
                 "autotune": self.autotune,
                 "cpu_budget": self.cpu_budget,
                 "memory_budget_gib": self.memory_budget_gib,
+                "stages": self.stages,
             }
         )
 
@@ -72,6 +75,7 @@ class ProbeSettings:
             autotune=bool(data.get("autotune")),
             cpu_budget=_number_or_none(data.get("cpu_budget")),
             memory_budget_gib=_number_or_none(data.get("memory_budget_gib")),
+            stages=bool(data.get("stages", True)),
         )
 
 

@@ -41,6 +41,8 @@ class TrainerError:
         sample_index: the failing sample, for dataset errors.
         step: batches done when it failed.
         detail: the full traceback text (for a worker, the worker's own traceback).
+        stage: for a dataset error, the stage of the sample that raised, where stage timing named it
+            (a transform's class, ``decode``, ``read``).
     """
 
     kind: str
@@ -48,6 +50,7 @@ class TrainerError:
     sample_index: int | None
     step: int
     detail: str
+    stage: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

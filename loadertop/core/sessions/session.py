@@ -15,11 +15,13 @@ from collections.abc import Callable, Sequence
 from typing import IO
 
 from loadertop.core.drive.sweep import DEFAULT_BATCHES, Sweep
+from loadertop.core.measure.limits import current_limits
 from loadertop.core.measure.procs import reap_children
 from loadertop.core.measure.store import refill_batches
 from loadertop.core.measure.system import SystemSampler, SystemSnapshot
 from loadertop.core.policy.advice import advise, default_counts, machine_facts
 from loadertop.core.policy.autotune import AutoTuner, Budget, Change, Observation
+from loadertop.core.policy.stages import verdict as stage_verdict
 from loadertop.core.probe.autotune_host import AutotuneHost, default_budget, read_tree
 from loadertop.core.probe.publisher import Publisher
 from loadertop.core.protocol.config import LoaderConfig
@@ -254,6 +256,10 @@ class Session:
         self._closed = True
         self.tuner.stop()
         left = shutdown(self.trainer, self.sampler, timeout_s=timeout_s)
+        if self._recorder is not None:
+            cores = current_limits().cores
+            for figures in self.trainer.stages():
+                self._recorder.write({"event": "stages", **figures.to_wire(), "verdict": stage_verdict(figures, cores)})
         if self.publisher is not None:
             error = self.trainer.error
             if error is not None:

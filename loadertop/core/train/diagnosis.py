@@ -9,6 +9,7 @@ import traceback
 from typing import Any
 
 from loadertop.core.probe import torch_compat
+from loadertop.core.probe.stages import STAGE_NOTE
 from loadertop.core.protocol.config import LoaderConfig
 from loadertop.core.protocol.status import TrainerError
 from loadertop.core.train.workload import SampleError, WorkloadError, sample_index_of
@@ -104,11 +105,16 @@ def describe_error(
     text = str(exc)
     if isinstance(exc, SampleError) or sample_index_of(text) is not None:
         index = sample_index_of(text)
-        # A worker re-raise carries the worker's traceback; the last line is the original error.
-        original = text.strip().splitlines()[-1] if text.strip() else type(exc).__name__
+        # A worker re-raise carries the worker's traceback; its last line is the original error, but for
+        # the note stage timing adds (``loadertop.core.probe.stages``).
+        lines = [line for line in text.strip().splitlines() if not line.startswith(STAGE_NOTE)]
+        original = lines[-1] if lines else type(exc).__name__
         original = original.split("SampleError: ", 1)[-1]
-        original = re.sub(r"^dataset raised at sample index -?\d+: ", "", original)
-        return TrainerError("dataset", original, index, step, detail)
+        named = re.match(r"^dataset raised at sample index -?\d+(?: in ([^:]+))?: ", original)
+        stage = named.group(1) if named else getattr(exc, "loadertop_stage", None)
+        if named:
+            original = original[named.end() :]
+        return TrainerError("dataset", original, index, step, detail, stage)
     if isinstance(exc, WorkerDied):
         return TrainerError("worker", str(exc), None, step, detail)
     if isinstance(exc, RuntimeError) and "DataLoader worker" in text and "exited unexpectedly" in text:

@@ -22,6 +22,7 @@ from loadertop.core.probe import torch_compat
 from loadertop.core.probe.loader import DataLoader
 from loadertop.core.protocol.config import LoaderConfig
 from loadertop.core.protocol.records import BatchRecord
+from loadertop.core.protocol.stages import StageFigures
 from loadertop.core.protocol.status import TrainerError, TrainerState, TrainerStatus
 from loadertop.core.train.costs import CostBoundaries
 from loadertop.core.train.diagnosis import NonFiniteLoss, WorkerDied, describe_error
@@ -81,6 +82,10 @@ class Trainer:
         if stall_timeout_s < 0:
             raise ValueError(f"stall timeout must be >= 0 s, got {stall_timeout_s}")
         self.on_nan = on_nan
+        self.time_stages = True
+        """Whether each sample's stages are timed in the workers (``loadertop.DataLoader.time_stages``); read when
+        a loader is made."""
+        self._loader: DataLoader | None = None
         self.stall_timeout_s = stall_timeout_s
         self.overlap = overlap
         """Hot restarts start the new workers while the old ones deliver (``loadertop.DataLoader.overlap``);
@@ -244,6 +249,11 @@ class Trainer:
                 exited_workers=workers.exited,
             )
 
+    def stages(self) -> tuple[StageFigures, ...]:
+        """Where the samples' time went, per worker count run (``loadertop.DataLoader.stages``)."""
+        loader = self._loader
+        return loader.stages() if loader is not None else ()
+
     def kill_workers(self) -> list[int]:
         """Terminate the running loader's workers (when a stop must not wait for their batch); their pids.
 
@@ -328,6 +338,8 @@ class Trainer:
             self.workload, self._dataset, self._sampler, settings, seed=self.seed * 7919 + self._progress.starts
         )
         loader.overlap = self.overlap
+        loader.time_stages = self.time_stages
+        self._loader = loader
         self._handover.attach(loader, settings)
         loader.reaping_lock = self.cpu_clock.lock
         if self.on_loader is not None:

@@ -123,7 +123,9 @@ class IndexedDataset(Dataset[Any]):
         try:
             return self.dataset[index]
         except Exception as exc:
-            raise SampleError(f"dataset raised at sample index {index}: {type(exc).__name__}: {exc}") from exc
+            stage = getattr(exc, "loadertop_stage", None)  # named by stage timing (loadertop.core.probe.stages)
+            where = f" in {stage}" if stage else ""
+            raise SampleError(f"dataset raised at sample index {index}{where}: {type(exc).__name__}: {exc}") from exc
 
 
 def load_workload(spec: str, *, data_dir: str | None = None) -> Workload:

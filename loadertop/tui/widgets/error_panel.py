@@ -33,7 +33,8 @@ class ErrorPanel(ViewWidget):
             return text
         text.append(f"{KIND_TITLES.get(error.kind, 'the run failed')} at step {error.step + 1}", "bold red")
         if error.sample_index is not None:
-            text.append(f" (sample index {error.sample_index})", "bold red")
+            stage = f", in {error.stage}" if error.stage else ""
+            text.append(f" (sample index {error.sample_index}{stage})", "bold red")
         text.append(f": {error.message}\n")
         text.append("The curve, the table and the records are kept. ", "dim")
         text.append("r", "bold")

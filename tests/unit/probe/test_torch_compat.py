@@ -128,6 +128,8 @@ def test_the_running_torch_sets_every_name_on_its_instances() -> None:
             torch_compat._DATALOADER: [loader],
             torch_compat._BASE_ITER: [single, multi],
             torch_compat._MULTI_ITER: [multi],
+            torch_compat._SINGLE_ITER: [single],
+            torch_compat._FETCHER: [single._dataset_fetcher],
         }
         for use in _USES:
             if use.kind == ON_INSTANCE:

@@ -1,0 +1,573 @@
+"""Stage timing: where each sample's time goes inside a loader's workers, measured without edits.
+
+The stages and what is measured of them are in ``loadertop.core.protocol.stages``. How:
+
+- In a worker (the loader's ``worker_init_fn`` is wrapped while its iterator starts the workers,
+  ``StageInit``), torch's map-style fetcher is timed (``torch_compat.time_map_fetches``): each
+  ``dataset[index]`` (or ``__getitems__``) and the ``collate_fn``; the ``Compose`` transforms of the
+  worker's copy of the dataset are given a timed subclass of their own class (``isinstance``, the
+  object and its state unchanged); PIL's and ``torchvision.io``'s decoders and file reads, as
+  the worker's modules have them, are wrapped. None of this touches the loop's process.
+- At 0 workers the loop's process fetches: its iterator's fetcher is wrapped, so a sample is timed
+  as a whole and the collate apart; transforms and decoders there are not wrapped (they are the
+  script's own objects and modules).
+- Each process adds up its figures in Python lists and writes them to its row of a small tensor
+  in shared memory after each collate (once a batch): no message per sample, no lock on the loop's
+  path. The loader reads the rows when asked (``LoaderStages.figures``).
+- Nothing here draws a random number from torch's, Python's or NumPy's global generators or the
+  loader's: which samples read the CPU clock comes from a private ``random.Random``.
+- A timer that fails (installing, or any bookkeeping) turns itself off for that worker with a reason
+  the loader reports once (``StageFigures.off``); the fetch goes on as torch's own.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import IterableDataset
+
+from loadertop.core.probe import torch_compat
+from loadertop.core.protocol.stages import COLLATE, CPU_EVERY, DECODE, READ, REST, StageFigures, StageTime
+
+_clock = time.perf_counter
+_cpu = time.thread_time
+
+FIELDS = 5
+"""Per stage in a sheet's row: calls, wall seconds, calls whose CPU was read, their wall seconds, their CPU seconds."""
+
+_OFF_CHARS = 240
+"""Bytes of a row's reason for turning off (UTF-8, NUL-padded)."""
+
+_CHAIN_DEPTH = 4
+"""How deep ``.dataset`` attributes are followed to find a ``transform`` (a Subset of a wrapper of the dataset)."""
+
+STAGE_NOTE = "loadertop: raised in the sample's "
+"""How the note stage timing adds to a sample's exception begins (the stage's name follows)."""
+
+_RECORDER: Recorder | None = None
+"""This worker process's recorder (None in the loop's process and where timing is off)."""
+
+
+# ------------------------------------------------------------------ the plan: which stages, in which order
+
+
+def composes(dataset: Any) -> list[Any]:
+    """The torchvision ``Compose`` objects of ``dataset``'s ``transform`` (or of a dataset it wraps), outermost
+    first."""
+    found: list[Any] = []
+    seen: set[int] = set()
+    node = dataset
+    for _ in range(_CHAIN_DEPTH):
+        if node is None or id(node) in seen:
+            break
+        seen.add(id(node))
+        try:
+            transform = getattr(node, "transform", None)
+        except Exception:  # noqa: BLE001 - a property that raises: nothing to time there
+            transform = None
+        if _is_compose(transform) and all(transform is not known for known in found):
+            found.append(transform)
+        try:
+            node = getattr(node, "dataset", None)
+        except Exception:  # noqa: BLE001
+            break
+    return found
+
+
+def _is_compose(obj: Any) -> bool:
+    """A torchvision ``Compose`` (v1 or v2), by its class's name and module and a list of its transforms."""
+    kind = type(obj)
+    return (
+        kind.__name__ == "Compose"
+        and kind.__module__.startswith("torchvision.transforms")
+        and isinstance(getattr(obj, "transforms", None), (list, tuple))
+    )
+
+
+def stage_names(dataset: Any) -> tuple[str, ...]:
+    """The stages of ``dataset``'s samples, in their order: read, decode, each transform, the rest, collate."""
+    names = [READ, DECODE]
+    counts: dict[str, int] = {}
+    for compose in composes(dataset):
+        for transform in compose.transforms:
+            name = type(transform).__name__
+            counts[name] = counts.get(name, 0) + 1
+            names.append(name if counts[name] == 1 else f"{name}#{counts[name]}")
+    return (*names, REST, COLLATE)
+
+
+_READ_AT, _DECODE_AT, _FIRST_TRANSFORM = 0, 1, 2
+
+
+# ------------------------------------------------------------------ the shared sheet
+
+
+class StageSheet:
+    """One worker generation's figures: a row of a small shared-memory tensor per worker (one at 0 workers)."""
+
+    def __init__(self, names: tuple[str, ...], num_workers: int) -> None:
+        self.names = names
+        self.num_workers = num_workers
+        slots = max(1, num_workers)
+        self.table = torch.zeros((slots, 2 + FIELDS * len(names)), dtype=torch.float64)
+        self.off = torch.zeros((slots, _OFF_CHARS), dtype=torch.uint8)
+        if num_workers:  # the workers write their rows; a fork shares it, a spawn receives it as shared memory
+            self.table.share_memory_()
+            self.off.share_memory_()
+
+    def row_writer(self, slot: int) -> Callable[[list[float]], None]:
+        """A function writing ``slot``'s row (samples, batches, then each stage's fields)."""
+        row = self.table[slot]
+        dtype = torch.float64
+
+        def write(values: list[float]) -> None:
+            row.copy_(torch.tensor(values, dtype=dtype))
+
+        return write
+
+    def turn_off(self, slot: int, reason: str) -> None:
+        """Record why ``slot``'s timing turned itself off."""
+        data = reason.encode("utf-8", "replace")[: _OFF_CHARS - 1]
+        self.off[slot].zero_()
+        if data:
+            self.off[slot, : len(data)] = torch.tensor(list(data), dtype=torch.uint8)
+
+    def off_reason(self) -> str | None:
+        """The first worker's reason for turning off, if one did."""
+        for slot in range(self.off.shape[0]):
+            data = bytes(self.off[slot].tolist()).rstrip(b"\0")
+            if data:
+                return data.decode("utf-8", "replace")
+        return None
+
+    def totals(self) -> tuple[int, int, list[list[float]]]:
+        """Samples, batches and each stage's fields, over the workers."""
+        summed = self.table.sum(dim=0).tolist()
+        samples, batches = int(summed[0]), int(summed[1])
+        fields = [summed[2 + FIELDS * i : 2 + FIELDS * (i + 1)] for i in range(len(self.names))]
+        return samples, batches, fields
+
+
+def figures_of(sheets: list[StageSheet]) -> StageFigures:
+    """The figures of ``sheets`` (generations with the same stages and worker count), added up.
+
+    The recorded sample stage is the whole ``__getitem__``: its rest is that less what the other
+    stages measured inside it (read, decode and transforms run only inside a sample).
+    """
+    first = sheets[0]
+    names, samples, batches = first.names, 0, 0
+    sums = [[0.0] * FIELDS for _ in names]
+    for sheet in sheets:
+        got_samples, got_batches, fields = sheet.totals()
+        samples += got_samples
+        batches += got_batches
+        for total, field in zip(sums, fields, strict=True):
+            for i in range(FIELDS):
+                total[i] += field[i]
+    rest_at = len(names) - 2
+    inner = [sums[i] for i in range(rest_at)]
+    rest = sums[rest_at]
+    rest[1] = max(0.0, rest[1] - sum(stage[1] for stage in inner))
+    # The sampled samples' rest: their whole wall and CPU less the inner stages' on those same samples.
+    rest[3] = max(0.0, rest[3] - sum(stage[3] for stage in inner))
+    rest[4] = max(0.0, rest[4] - sum(stage[4] for stage in inner))
+    stages = tuple(
+        StageTime(name, int(field[0]), field[1], int(field[2]), field[3], field[4])
+        for name, field in zip(names, sums, strict=True)
+        if field[0] > 0
+    )
+    off = next((reason for sheet in sheets if (reason := sheet.off_reason())), None)
+    return StageFigures(first.num_workers, samples, batches, stages, off)
+
+
+# ------------------------------------------------------------------ the recorder: one per fetching process
+
+
+class Recorder:
+    """Adds up one process's stage figures and writes them to its row after each collate."""
+
+    __slots__ = (
+        "active",
+        "batches",
+        "calls",
+        "cpu",
+        "cpu_calls",
+        "cpu_wall",
+        "depth",
+        "inner",
+        "inner_cpu",
+        "names",
+        "off",
+        "pick",
+        "sampled",
+        "samples",
+        "wall",
+        "write",
+    )
+
+    def __init__(self, names: tuple[str, ...], write: Callable[[list[float]], None], seed: int) -> None:
+        n = len(names)
+        self.names = names
+        self.write = write
+        self.calls = [0] * n
+        self.wall = [0.0] * n
+        self.cpu_calls = [0] * n
+        self.cpu_wall = [0.0] * n
+        self.cpu = [0.0] * n
+        self.samples = 0
+        self.batches = 0
+        self.active = False  # inside a sample
+        self.sampled = False  # this sample reads the CPU clock
+        self.depth = 0  # inside a decode or read (nested ones are part of the outer)
+        self.inner = 0.0  # wall seconds of decodes and reads inside the current sample, so far
+        self.inner_cpu = 0.0
+        self.off: Callable[[str], None] | None = None
+        self.pick = random.Random(seed).random  # a private generator: no draw from the script's
+
+    # The loop's path of a fetch: each function below is as short as it can be.
+
+    def sample(self, dataset: Any, index: Any) -> Any:
+        """``dataset[index]``, timed as the sample stage."""
+        if self.active:
+            return dataset[index]
+        return self._whole(dataset.__getitem__, index, 1)
+
+    def samples_at_once(self, getitems: Callable[[Any], Any], indices: Any) -> Any:
+        """``dataset.__getitems__(indices)``, timed as ``len(indices)`` samples."""
+        return self._whole(getitems, indices, len(indices))
+
+    def _whole(self, get: Callable[[Any], Any], index: Any, count: int) -> Any:
+        sampled = self.sampled = self.pick() * CPU_EVERY < 1.0
+        self.active = True
+        c0 = _cpu() if sampled else 0.0
+        t0 = _clock()
+        try:
+            return get(index)
+        except BaseException as exc:
+            self._name_stage(exc, None)
+            raise
+        finally:
+            dt = _clock() - t0
+            at = len(self.names) - 2
+            self.active = False
+            self.samples += count
+            self.calls[at] += count
+            self.wall[at] += dt
+            if sampled:
+                self.cpu_calls[at] += count
+                self.cpu_wall[at] += dt
+                self.cpu[at] += _cpu() - c0
+
+    def collate(self, collate_fn: Callable[[Any], Any], data: Any) -> Any:
+        """``collate_fn(data)``, timed with its CPU; then this process's row is written."""
+        c0 = _cpu()
+        t0 = _clock()
+        batch = collate_fn(data)
+        dt = _clock() - t0
+        at = len(self.names) - 1
+        self.calls[at] += 1
+        self.wall[at] += dt
+        self.cpu_calls[at] += 1
+        self.cpu_wall[at] += dt
+        self.cpu[at] += _cpu() - c0
+        self.batches += 1
+        self.flush()
+        return batch
+
+    def flush(self) -> None:
+        values: list[float] = [float(self.samples), float(self.batches)]
+        for i in range(len(self.names)):
+            values += (self.calls[i], self.wall[i], self.cpu_calls[i], self.cpu_wall[i], self.cpu[i])
+        self.write(values)
+
+    def nested(self, at: int, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """``fn(*args, **kwargs)`` (a decode or a read inside a sample), timed as stage ``at``."""
+        sampled = self.sampled
+        self.depth += 1
+        c0 = _cpu() if sampled else 0.0
+        t0 = _clock()
+        try:
+            return fn(*args, **kwargs)
+        except BaseException as exc:
+            self._name_stage(exc, at)
+            raise
+        finally:
+            dt = _clock() - t0
+            self.depth -= 1
+            self.calls[at] += 1
+            self.wall[at] += dt
+            self.inner += dt
+            if sampled:
+                cpu = _cpu() - c0
+                self.cpu_calls[at] += 1
+                self.cpu_wall[at] += dt
+                self.cpu[at] += cpu
+                self.inner_cpu += cpu
+
+    def transforms(self, transforms: Any, first: int, inputs: tuple[Any, ...]) -> Any:
+        """A ``Compose``'s loop (v1's and v2's: several inputs are passed on unpacked), each transform timed
+        as its stage less the decodes and reads inside it."""
+        wall, calls = self.wall, self.calls
+        sampled = self.sampled
+        unpack = len(inputs) > 1
+        outputs: Any = inputs[0] if inputs else None
+        at = first
+        t = _clock()
+        inner = self.inner
+        c = _cpu() if sampled else 0.0
+        inner_cpu = self.inner_cpu
+        for transform in transforms:
+            try:
+                outputs = transform(*inputs)
+            except BaseException as exc:
+                self._name_stage(exc, at)
+                raise
+            inputs = outputs if unpack else (outputs,)
+            now = _clock()
+            wall[at] += (now - t) - (self.inner - inner)
+            calls[at] += 1
+            if sampled:
+                c_now = _cpu()
+                self.cpu_calls[at] += 1
+                self.cpu_wall[at] += (now - t) - (self.inner - inner)
+                self.cpu[at] += (c_now - c) - (self.inner_cpu - inner_cpu)
+                c, inner_cpu = c_now, self.inner_cpu
+            t, inner = now, self.inner
+            at += 1
+        return outputs
+
+    def timed_fetch(self, fetcher: Any, index: Any) -> Any:
+        """Torch's map-style fetch of ``index`` by ``fetcher``, each sample and the collate timed."""
+        return torch_compat.map_fetch(fetcher, index, self.sample, self.samples_at_once, self.collate)
+
+    def _name_stage(self, exc: BaseException, at: int | None) -> None:
+        """Name the stage a sample raised in on its exception, the innermost first: ``exc.loadertop_stage``
+        and a note; an exception raised from one already named (``raise X from exc``) takes its name."""
+        if getattr(exc, "loadertop_stage", None) is not None:
+            return
+        cause = getattr(exc.__cause__, "loadertop_stage", None) or getattr(exc.__context__, "loadertop_stage", None)
+        stage = self.names[at] if at is not None else cause
+        if stage is None:  # raised by __getitem__ itself: nothing to add to what the exception says
+            return
+        try:
+            exc.loadertop_stage = stage  # type: ignore[attr-defined]
+            add_note = getattr(exc, "add_note", None)  # Python 3.11 and newer
+            if add_note is not None:
+                add_note(f"{STAGE_NOTE}{stage} stage")
+        except Exception:  # noqa: BLE001,S110 - an exception that takes no attributes: the stage goes unnamed
+            pass
+
+
+# ------------------------------------------------------------------ in a worker
+
+
+def _worker_fetch(stock: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    """The worker's fetcher ``fetch``: timed while this worker's recorder is on, else torch's own."""
+
+    @functools.wraps(stock)
+    def timed_fetch(self: Any, possibly_batched_index: Any) -> Any:
+        recorder = _RECORDER
+        if recorder is None:
+            return stock(self, possibly_batched_index)
+        return recorder.timed_fetch(self, possibly_batched_index)
+
+    return timed_fetch
+
+
+_timed_classes: dict[tuple[type, int], type] = {}
+
+
+def _timed_compose_class(kind: type, first: int) -> type:
+    """A subclass of the ``Compose`` class ``kind`` whose call times each transform (first stage ``first``)."""
+    key = (kind, first)
+    found = _timed_classes.get(key)
+    if found is not None:
+        return found
+    is_module = isinstance(kind, type) and issubclass(kind, torch.nn.Module)
+
+    if is_module:  # v2: nn.Module.__call__ (hooks) runs, then this forward
+
+        def forward(self: Any, *inputs: Any) -> Any:
+            recorder = _RECORDER
+            if recorder is None or not recorder.active:
+                return kind.forward(self, *inputs)  # type: ignore[attr-defined]
+            return recorder.transforms(self.transforms, first, inputs)
+
+        namespace: dict[str, Any] = {"__slots__": (), "forward": forward}
+    else:
+
+        def call(self: Any, *inputs: Any) -> Any:
+            recorder = _RECORDER
+            if recorder is None or not recorder.active:
+                return kind.__call__(self, *inputs)  # type: ignore[operator]
+            return recorder.transforms(self.transforms, first, inputs)
+
+        namespace = {"__slots__": (), "__call__": call}
+    namespace.update(__module__=kind.__module__, __qualname__=kind.__qualname__, __doc__=kind.__doc__)
+    timed = type(kind.__name__, (kind,), namespace)
+    _timed_classes[key] = timed
+    return timed
+
+
+def _wrap(owner: Any, name: str, at: int) -> None:
+    """Time ``owner.name`` (a function or method) as stage ``at`` inside a sample, once."""
+    original = getattr(owner, name, None)
+    if original is None or getattr(original, "__loadertop_stage__", None) is not None:
+        return
+
+    @functools.wraps(original)
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        recorder = _RECORDER
+        if recorder is None or not recorder.active or recorder.depth:
+            return original(*args, **kwargs)
+        return recorder.nested(at, original, args, kwargs)
+
+    timed.__loadertop_stage__ = at  # type: ignore[attr-defined]
+    setattr(owner, name, timed)
+
+
+def _subclasses(kind: type) -> Iterator[type]:
+    for sub in kind.__subclasses__():
+        yield sub
+        yield from _subclasses(sub)
+
+
+def _wrap_decoders() -> None:
+    """Time the image decoders and file reads this worker's modules have (PIL's, torchvision.io's)."""
+    image_file = sys.modules.get("PIL.ImageFile")
+    if image_file is not None:
+        _wrap(image_file.ImageFile, "load", _DECODE_AT)
+        for sub in _subclasses(image_file.ImageFile):
+            if "load" in vars(sub):
+                _wrap(sub, "load", _DECODE_AT)
+    pil_image = sys.modules.get("PIL.Image")
+    if pil_image is not None:
+        _wrap(pil_image, "open", _DECODE_AT)
+    for module_name in ("torchvision.io", "torchvision.io.image"):
+        module = sys.modules.get(module_name)
+        if module is None:
+            continue
+        for name in ("decode_image", "decode_jpeg", "decode_png", "decode_webp", "decode_avif", "decode_heic"):
+            _wrap(module, name, _DECODE_AT)
+        _wrap(module, "read_image", _DECODE_AT)
+        _wrap(module, "read_file", _READ_AT)
+
+
+def install_in_worker(names: tuple[str, ...], write: Callable[[list[float]], None], dataset: Any, seed: int) -> None:
+    """Time this worker's fetches, transforms and decoders into ``write`` (see the module's docstring)."""
+    global _RECORDER
+    first = _FIRST_TRANSFORM
+    found = composes(dataset)
+    if stage_names(dataset) != names:
+        raise RuntimeError("the worker's dataset has other transforms than the loader's")
+    for compose in found:
+        compose.__class__ = _timed_compose_class(type(compose), first)
+        first += len(compose.transforms)
+    _wrap_decoders()
+    torch_compat.time_map_fetches(_worker_fetch)
+    _RECORDER = Recorder(names, write, seed)
+
+
+class StageInit:
+    """A loader's ``worker_init_fn`` while stage timing is on: installs the worker's timing, then calls the script's.
+
+    Picklable (spawn and forkserver send it to each worker) where the script's ``worker_init_fn`` is.
+    """
+
+    def __init__(self, sheet: StageSheet, user_init: Callable[[int], Any] | None) -> None:
+        self.sheet = sheet
+        self.user_init = user_init
+
+    def __call__(self, worker_id: int) -> None:
+        sheet = self.sheet
+        try:
+            info = torch.utils.data.get_worker_info()
+            if info is None or isinstance(info.dataset, IterableDataset):
+                raise RuntimeError("an IterableDataset's samples are not timed")
+            install_in_worker(sheet.names, sheet.row_writer(worker_id), info.dataset, seed=worker_id)
+        except Exception as exc:  # noqa: BLE001 - timing is off for this worker; the fetch stays torch's
+            sheet.turn_off(worker_id, f"{type(exc).__name__}: {exc}")
+        if self.user_init is not None:
+            self.user_init(worker_id)
+
+
+# ------------------------------------------------------------------ in the loop's process
+
+
+class LoaderStages:
+    """A loader's stage timing: one sheet per worker generation, its figures by worker count."""
+
+    __slots__ = ("enabled", "off", "sheets")
+
+    def __init__(self) -> None:
+        self.enabled = True  # until a timer fails for the loader (its ``time_stages`` is read at each iterator)
+        self.sheets: list[StageSheet] = []
+        self.off: str | None = None  # why timing is off for the whole loader
+
+    def creating(self, loader: Any) -> _Creating:
+        """A context around making a torch iterator for ``loader``'s current settings; ``attach`` it after."""
+        return _Creating(self, loader)
+
+    def figures(self) -> tuple[StageFigures, ...]:
+        """Per worker count (in the order they first ran): where the samples' time went."""
+        if not self.sheets and self.off is not None:
+            return (StageFigures(0, 0, 0, (), self.off),)
+        by_count: dict[int, list[StageSheet]] = {}
+        for sheet in list(self.sheets):
+            by_count.setdefault(sheet.num_workers, []).append(sheet)
+        return tuple(figures_of(sheets) for sheets in by_count.values())
+
+
+class _Creating:
+    """Wraps ``worker_init_fn`` while torch starts the workers; ``attach`` times a 0-worker iterator's fetcher."""
+
+    def __init__(self, stages: LoaderStages, loader: Any) -> None:
+        self.stages = stages
+        self.loader = loader
+        self.sheet: StageSheet | None = None
+        self.user_init: Any = None
+
+    def __enter__(self) -> _Creating:
+        stages, loader = self.stages, self.loader
+        if not (stages.enabled and loader.time_stages):
+            return self
+        try:
+            if isinstance(loader.dataset, IterableDataset):
+                raise RuntimeError("an IterableDataset's samples are not timed")
+            self.sheet = StageSheet(stage_names(loader.dataset), loader.num_workers)
+        except Exception as exc:  # noqa: BLE001 - no timing for this loader; it runs as torch's
+            self._turn_off(f"{type(exc).__name__}: {exc}")
+            return self
+        if loader.num_workers:
+            self.user_init = loader.worker_init_fn
+            loader.worker_init_fn = StageInit(self.sheet, self.user_init)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.sheet is not None and self.loader.num_workers:
+            self.loader.worker_init_fn = self.user_init
+
+    def attach(self, iterator: Any, *, fresh: bool) -> None:
+        """``iterator`` was made (``fresh``: a new one, not a persistent one going on): keep its sheet."""
+        sheet = self.sheet
+        if sheet is None or not fresh:
+            return
+        if not sheet.num_workers:
+            try:
+                torch_compat.wrap_fetcher(iterator, Recorder(sheet.names, sheet.row_writer(0), seed=0).timed_fetch)
+            except Exception as exc:  # noqa: BLE001
+                self._turn_off(f"{type(exc).__name__}: {exc}")
+                return
+        self.stages.sheets.append(sheet)
+
+    def _turn_off(self, reason: str) -> None:
+        stages = self.stages
+        stages.enabled = False
+        if stages.off is None:
+            stages.off = reason

@@ -1,0 +1,170 @@
+"""Where a sample's time goes: the stage figures a loader's workers measure (``loadertop.core.probe.stages``).
+
+No torch here: the monitor, the headless lines and the recorded sessions use these types as they are.
+
+A loader's samples go through stages, in this order:
+
+- ``read``: file reads the dataset makes through ``torchvision.io.read_file`` (in workers);
+- ``decode``: image decoding (PIL's ``Image.open`` and ``ImageFile.load``, ``torchvision.io``'s ``decode_*``),
+  in workers;
+- one stage per transform of a torchvision ``Compose`` (v1 or v2) in the dataset's ``transform``, named by its
+  class (``RandomResizedCrop``...; a second of the same class ``ColorJitter#2``), in workers;
+- ``__getitem__ (rest)``: the rest of the dataset's ``__getitem__`` (``__getitems__``): its time less the stages
+  above measured inside it;
+- ``collate``: the loader's ``collate_fn``, once a batch.
+
+Each stage has its wall time on every call and the thread's CPU time on every collate and on one
+sample in ``CPU_EVERY`` (every stage of that sample): a stage's CPU per sample is the mean CPU of its
+sampled calls times its calls per sample; **waiting** (storage, sleep, locks) is wall less CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+READ = "read"
+DECODE = "decode"
+REST = "__getitem__ (rest)"
+COLLATE = "collate"
+
+CPU_EVERY = 8
+"""One sample in this many reads the thread's CPU clock at each of its stages (collates always do)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StageTime:
+    """One stage's totals over the samples of one configuration.
+
+    Attributes:
+        name: the stage (``READ``, ``DECODE``, a transform's class name, ``REST``, ``COLLATE``).
+        calls: times it ran.
+        wall_s: seconds it ran, all calls.
+        cpu_calls: calls whose CPU was read.
+        cpu_wall_s: seconds of the calls whose CPU was read.
+        cpu_s: the thread's CPU seconds over those calls.
+    """
+
+    name: str
+    calls: int
+    wall_s: float
+    cpu_calls: int
+    cpu_wall_s: float
+    cpu_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class StageFigures:
+    """A configuration's stages: where its samples' time went, per sample.
+
+    Attributes:
+        num_workers: the configuration's workers (0: the stages ran in the loop's process).
+        samples: samples fetched.
+        batches: batches collated.
+        stages: each stage, in the order of a sample's path (stages that never ran left out).
+        off: why stage timing is off for this loader (one line), or None.
+    """
+
+    num_workers: int
+    samples: int
+    batches: int
+    stages: tuple[StageTime, ...]
+    off: str | None = None
+
+    def wall_ms(self, stage: StageTime) -> float:
+        """The stage's wall milliseconds per sample."""
+        return 1000.0 * stage.wall_s / self.samples if self.samples else 0.0
+
+    def cpu_ms(self, stage: StageTime) -> float | None:
+        """The stage's CPU milliseconds per sample: its sampled calls' mean CPU times its calls per sample (at
+        most its wall per sample)."""
+        if stage.cpu_calls <= 0 or not self.samples:
+            return None
+        per_call = 1000.0 * stage.cpu_s / stage.cpu_calls
+        return min(self.wall_ms(stage), per_call * stage.calls / self.samples)
+
+    def wait_ms(self, stage: StageTime) -> float | None:
+        """The stage's waiting (wall less CPU) milliseconds per sample."""
+        cpu = self.cpu_ms(stage)
+        return None if cpu is None else self.wall_ms(stage) - cpu
+
+    @property
+    def sample_ms(self) -> float:
+        """Wall milliseconds per sample, all stages."""
+        return sum(self.wall_ms(stage) for stage in self.stages)
+
+    @property
+    def sample_cpu_ms(self) -> float | None:
+        """CPU milliseconds per sample, all stages (None where a stage's CPU was never read)."""
+        cpus = [self.cpu_ms(stage) for stage in self.stages]
+        return None if any(cpu is None for cpu in cpus) else sum(cpu for cpu in cpus if cpu is not None)
+
+    def slowest_first(self) -> tuple[StageTime, ...]:
+        """The stages, the most wall time per sample first."""
+        return tuple(sorted(self.stages, key=lambda stage: -stage.wall_s))
+
+    def share(self, stage: StageTime) -> float:
+        """The stage's share of a sample's wall time."""
+        total = self.sample_ms
+        return self.wall_ms(stage) / total if total > 0 else 0.0
+
+    def to_wire(self) -> dict[str, object]:
+        """As JSON: the figures per sample (ms) and the totals they come from."""
+        return {
+            "num_workers": self.num_workers,
+            "samples": self.samples,
+            "batches": self.batches,
+            "off": self.off,
+            "stages": [
+                {
+                    "name": s.name,
+                    "calls": s.calls,
+                    "wall_s": s.wall_s,
+                    "cpu_calls": s.cpu_calls,
+                    "cpu_wall_s": s.cpu_wall_s,
+                    "cpu_s": s.cpu_s,
+                    "wall_ms_per_sample": round(self.wall_ms(s), 4),
+                    "cpu_ms_per_sample": None if (cpu := self.cpu_ms(s)) is None else round(cpu, 4),
+                }
+                for s in self.stages
+            ],
+        }
+
+    @classmethod
+    def from_wire(cls, wire: dict[str, object]) -> StageFigures:
+        """Back from ``to_wire``'s JSON (``ValueError`` on a malformed one)."""
+        try:
+            stages = tuple(
+                StageTime(
+                    str(s["name"]),
+                    int(s["calls"]),
+                    float(s["wall_s"]),
+                    int(s["cpu_calls"]),
+                    float(s["cpu_wall_s"]),
+                    float(s["cpu_s"]),
+                )
+                for s in wire["stages"]  # type: ignore[attr-defined]
+            )
+            off = wire.get("off")
+            return cls(
+                int(wire["num_workers"]),  # type: ignore[call-overload]
+                int(wire["samples"]),  # type: ignore[call-overload]
+                int(wire["batches"]),  # type: ignore[call-overload]
+                stages,
+                None if off is None else str(off),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"malformed stage figures: {exc}") from None
+
+
+def describe(figures: StageFigures, *, top: int = 4) -> str:
+    """One line: the slowest stages per sample, wall and CPU, e.g. ``decode 9.1 ms (CPU 9.0), collate 0.4 ms``."""
+    if figures.off:
+        return f"stage timing off: {figures.off}"
+    if not figures.samples:
+        return "no samples timed yet"
+    parts = []
+    for stage in figures.slowest_first()[:top]:
+        cpu = figures.cpu_ms(stage)
+        cpu_text = "" if cpu is None else f" (CPU {cpu:.2f})"
+        parts.append(f"{stage.name} {figures.wall_ms(stage):.2f} ms{cpu_text}")
+    return f"per sample {figures.sample_ms:.2f} ms: " + ", ".join(parts)

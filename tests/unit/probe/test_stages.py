@@ -1,0 +1,332 @@
+"""Stage timing in a loader's workers: each stage's cost measured as the pipeline spends it, in its order, the
+slow one named with its kind; batches, sample order and random draws the same with it on or off; a timer that
+fails turns itself off with a reason and the loader goes on as torch's; a raising transform is named."""
+
+from __future__ import annotations
+
+import gc
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms as v1
+from torchvision.transforms import v2
+
+from loadertop import DataLoader
+from loadertop.core.policy.stages import latency_bound_workers, verdict, waiting_share
+from loadertop.core.probe import stages as stage_timing
+from loadertop.core.protocol.stages import COLLATE, DECODE, READ, REST, StageFigures
+from tests.helpers import no_children_left
+
+BUSY_S = 0.0015  # the CPU one transform computes per sample
+SLEEP_S = 0.003  # what another waits per sample
+REST_S = 0.002  # the CPU __getitem__ spends outside its transforms
+COLLATE_S = 0.004  # the CPU a collate spends per batch
+BATCH = 8
+
+
+def compute(seconds: float) -> None:
+    """Spend ``seconds`` of this thread's CPU time (a pure-Python loop: it is CPU whatever the machine's load)."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
+class Waits:
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(SLEEP_S)
+        return x
+
+
+class Computes:
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        compute(BUSY_S)
+        return x
+
+
+class Raises:
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if int(x[0]) == 13:
+            raise ValueError("sample 13 is broken")
+        return x
+
+
+class Calibrated(torch.utils.data.Dataset[torch.Tensor]):
+    """Samples whose stages cost known amounts: a transform that waits, one that computes, a cheap one."""
+
+    def __init__(self, size: int = 96, transform: object = None) -> None:
+        self.size = size
+        self.transform = transform if transform is not None else v1.Compose([Waits(), Computes(), v1.Lambda(abs)])
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        compute(REST_S)
+        return self.transform(torch.full((4,), float(index)))
+
+
+def heavy_collate(batch: list[torch.Tensor]) -> torch.Tensor:
+    compute(COLLATE_S)
+    return torch.stack(batch)
+
+
+def known_cpu_ms(repeats: int = 20) -> tuple[float, float]:
+    """The CPU milliseconds, calibrated here, of the rest of a sample (the busy part and making its tensor)
+    and of one heavy collate (the busy part and the stack)."""
+    start = time.thread_time()
+    samples = []
+    for i in range(repeats):
+        compute(REST_S)
+        samples.append(torch.full((4,), float(i)))
+    rest = (time.thread_time() - start) / repeats
+    start = time.thread_time()
+    for _ in range(repeats):
+        heavy_collate(samples[:BATCH])
+    collate = (time.thread_time() - start) / repeats
+    return 1000 * rest, 1000 * collate
+
+
+def stage(figures: StageFigures, name: str):
+    [found] = [s for s in figures.stages if s.name == name]
+    return found
+
+
+def run(loader: DataLoader, epochs: int = 1) -> list[torch.Tensor]:
+    return [batch for _ in range(epochs) for batch in loader]
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_each_stage_is_measured_as_the_pipeline_spends_it_in_its_order(context: str) -> None:
+    loader = DataLoader(
+        Calibrated(size=320), batch_size=BATCH, num_workers=2, collate_fn=heavy_collate, multiprocessing_context=context
+    )
+    run(loader)
+    [figures] = loader.stages()
+    assert (figures.num_workers, figures.samples, figures.batches) == (2, 320, 40)
+    assert [s.name for s in figures.stages] == ["Waits", "Computes", "Lambda", REST, COLLATE]
+    # CPU: what the pipeline computes, within 10% (a thread's CPU clock: the machine's load does not move it).
+    rest_ms, collate_ms = known_cpu_ms()
+    assert figures.cpu_ms(stage(figures, "Computes")) == pytest.approx(1000 * BUSY_S, rel=0.1)
+    assert figures.cpu_ms(stage(figures, REST)) == pytest.approx(rest_ms, rel=0.1)
+    assert figures.cpu_ms(stage(figures, COLLATE)) == pytest.approx(collate_ms / BATCH, rel=0.1)
+    # Waiting: the sleep's wall time is at least the sleep and almost none of it is CPU.
+    waits = stage(figures, "Waits")
+    assert figures.wall_ms(waits) >= 1000 * SLEEP_S
+    assert figures.cpu_ms(waits) < 0.1 * figures.wall_ms(waits)
+    assert figures.wall_ms(stage(figures, "Computes")) >= 1000 * BUSY_S
+    assert stage(figures, COLLATE).calls == 40 and stage(figures, REST).calls == 320
+    assert no_children_left()
+
+
+def test_without_workers_the_sample_and_the_collate_are_timed_in_the_loop_process() -> None:
+    loader = DataLoader(Calibrated(size=48), batch_size=BATCH, num_workers=0, collate_fn=heavy_collate)
+    run(loader)
+    [figures] = loader.stages()
+    assert (figures.num_workers, figures.samples, figures.batches) == (0, 48, 6)
+    assert [s.name for s in figures.stages] == [REST, COLLATE]  # transforms there are the script's own objects
+    rest_ms, _ = known_cpu_ms()
+    assert figures.cpu_ms(stage(figures, REST)) == pytest.approx(rest_ms + 1000 * BUSY_S, rel=0.1)
+    assert figures.wall_ms(stage(figures, REST)) >= 1000 * (REST_S + BUSY_S + SLEEP_S)
+
+
+def test_figures_are_per_worker_count_across_switches_and_persistent_epochs() -> None:
+    loader = DataLoader(Calibrated(size=64), batch_size=BATCH, num_workers=2, persistent_workers=True)
+    seen = 0
+    for epoch in range(2):
+        for _ in loader:
+            seen += 1
+            if epoch == 1 and seen == 10:
+                loader.switch(1)
+    by_count = {f.num_workers: f for f in loader.stages()}
+    assert set(by_count) == {1, 2}
+    assert by_count[1].samples + by_count[2].samples == 128
+    assert by_count[1].batches + by_count[2].batches == 16
+    del loader  # its persistent workers end with it
+    assert no_children_left()
+
+
+class Shuffled(torch.utils.data.Dataset[torch.Tensor]):
+    """Random transforms drawn in the workers (from their seeds), a sample order from the loader's generator."""
+
+    def __init__(self) -> None:
+        self.transform = v2.Compose([v2.RandomHorizontalFlip(), v2.RandomErasing(p=0.5, value=0)])
+
+    def __len__(self) -> int:
+        return 40
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = torch.arange(3 * 8 * 8, dtype=torch.float32).reshape(3, 8, 8) + index
+        return self.transform(image), torch.rand(2)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_batches_order_and_random_draws_are_the_same_with_stage_timing_on_and_off(num_workers: int) -> None:
+    def epochs(timed: bool) -> tuple[list[torch.Tensor], torch.Tensor, list[StageFigures]]:
+        torch.manual_seed(7)
+        loader = DataLoader(
+            Shuffled(), batch_size=4, shuffle=True, num_workers=num_workers, generator=torch.Generator().manual_seed(3)
+        )
+        loader.time_stages = timed
+        batches = [torch.cat([images.flatten(), noise.flatten()]) for images, noise in run(loader, epochs=2)]
+        return batches, torch.get_rng_state(), list(loader.stages())
+
+    timed, timed_rng, figures = epochs(True)
+    stock, stock_rng, no_figures = epochs(False)
+    assert len(timed) == len(stock) == 20
+    assert all(torch.equal(a, b) for a, b in zip(timed, stock, strict=True))
+    assert torch.equal(timed_rng, stock_rng)
+    assert figures and figures[0].samples == 80 and not no_figures
+
+
+def test_a_timer_that_fails_turns_itself_off_with_a_reason_and_the_loader_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("no clock here")
+
+    monkeypatch.setattr(stage_timing, "install_in_worker", broken)  # a fork's workers inherit it
+    loader = DataLoader(Calibrated(size=32), batch_size=BATCH, num_workers=2, multiprocessing_context="fork")
+    batches = run(loader)
+    assert torch.equal(torch.cat(batches)[:, 0], torch.arange(32.0))
+    [figures] = loader.stages()
+    assert figures.off == "RuntimeError: no clock here"
+    assert figures.samples == 0
+    assert verdict(figures, cores=2) == "stage timing is off: RuntimeError: no clock here"
+
+
+def test_an_iterable_dataset_is_fetched_as_torch_does_with_timing_off_and_the_reason() -> None:
+    class Stream(torch.utils.data.IterableDataset[int]):
+        def __iter__(self):
+            return iter(range(10))
+
+    loader = DataLoader(Stream(), batch_size=5)
+    assert [b.tolist() for b in loader] == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
+    [figures] = loader.stages()
+    assert figures.off == "RuntimeError: an IterableDataset's samples are not timed"
+
+
+def test_a_raising_transform_is_named_with_its_stage() -> None:
+    dataset = Calibrated(size=32, transform=v1.Compose([Computes(), Raises()]))
+    loader = DataLoader(dataset, batch_size=BATCH, num_workers=2)
+    try:
+        run(loader)
+    except ValueError as exc:
+        message = str(exc)
+    else:
+        pytest.fail("the broken sample did not raise")
+    assert "sample 13 is broken" in message
+    assert "loadertop: raised in the sample's Raises stage" in message  # in torch's worker traceback
+    del loader
+    gc.collect()  # the traceback's frames held the iterator in a cycle
+    assert no_children_left()
+
+
+def write_jpegs(folder: Path, count: int) -> list[Path]:
+    paths = []
+    generator = torch.Generator().manual_seed(0)
+    for i in range(count):
+        pixels = torch.randint(0, 256, (96, 128, 3), dtype=torch.uint8, generator=generator).numpy()
+        path = folder / f"{i}.jpg"
+        Image.fromarray(pixels).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+class JpegFolder(torch.utils.data.Dataset[torch.Tensor]):
+    """Real JPEG files read and decoded by PIL, then a torchvision pipeline, as ``ImageFolder`` does."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = paths
+        self.transform = v1.Compose([v1.RandomResizedCrop(64), v1.ColorJitter(0.4, 0.4, 0.4), v1.ToTensor()])
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        with open(self.paths[index], "rb") as file:
+            image = Image.open(file).convert("RGB")
+        return self.transform(image)
+
+
+def test_a_real_jpeg_pipeline_shows_decode_and_each_transform_by_name(tmp_path: Path) -> None:
+    loader = DataLoader(JpegFolder(write_jpegs(tmp_path, 48)), batch_size=BATCH, num_workers=2)
+    run(loader)
+    [figures] = loader.stages()
+    names = [s.name for s in figures.stages]
+    assert names == [DECODE, "RandomResizedCrop", "ColorJitter", "ToTensor", REST, COLLATE]
+    assert READ not in names  # PIL reads through the file it is given: its reads are part of its decode
+    decode = stage(figures, DECODE)
+    assert decode.calls >= 2 * 48  # Image.open reads the header, load() decodes (later loads return at once)
+    assert all(figures.wall_ms(s) > 0 for s in figures.stages)
+    assert figures.samples == 48 and stage(figures, "ColorJitter").calls == 48
+
+
+def figures_of(*stages: tuple[str, float, float], samples: int = 100) -> StageFigures:
+    """Figures with each stage's (name, wall ms per sample, CPU share), CPU read on every call."""
+    from loadertop.core.protocol.stages import StageTime
+
+    return StageFigures(
+        2,
+        samples,
+        samples // 10,
+        tuple(
+            StageTime(
+                name, samples, wall * samples / 1000, samples, wall * samples / 1000, share * wall * samples / 1000
+            )
+            for name, wall, share in stages
+        ),
+    )
+
+
+def test_the_verdict_names_the_dominant_stage_and_whether_it_waits_or_computes() -> None:
+    decode_bound = figures_of((DECODE, 9.1, 1.0), ("RandomResizedCrop", 2.0, 1.0), (REST, 0.5, 1.0), (COLLATE, 0.4, 1))
+    assert verdict(decode_bound, cores=8) == (
+        "decode 9.10 of 12.00 ms per sample, all CPU: more workers help up to the 8 usable cores; past that, "
+        "make decode cheaper"
+    )
+    storage_bound = figures_of((READ, 9.0, 0.05), (DECODE, 2.0, 1.0), (REST, 1.0, 1.0))
+    assert waiting_share(storage_bound) == pytest.approx(1 - (0.45 + 2 + 1) / 12)
+    assert latency_bound_workers(storage_bound, cores=2) == 7  # 2 cores x 12 ms wall / 3.45 ms CPU, rounded up
+    assert verdict(storage_bound, cores=2) == (
+        "71% of each sample is waiting, most in read: latency-bound: workers beyond the 2 usable cores still help "
+        "(about 7 workers)"
+    )
+    collate_bound = figures_of((REST, 1.0, 1.0), (COLLATE, 0.8, 1.0))
+    assert verdict(collate_bound, cores=2).startswith("collate 44% of each sample's time (0.80 of 1.80 ms)")
+
+
+class LabelledBreaks(torch.utils.data.Dataset[tuple[torch.Tensor, int]]):
+    """A training dataset whose transform raises at sample 13."""
+
+    def __init__(self) -> None:
+        self.transform = v1.Compose([v1.Lambda(abs), Raises()])
+
+    def __len__(self) -> int:
+        return 64
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.transform(torch.full((1,), float(index))), index % 2
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_the_built_in_trainer_names_the_stage_and_the_sample_that_raised(num_workers: int) -> None:
+    from loadertop import LoaderConfig, Trainer, TrainerState, Workload
+
+    workload = Workload(
+        dataset=LabelledBreaks(),
+        model=torch.nn.Linear(1, 2),
+        loss_fn=torch.nn.functional.cross_entropy,
+        optimizer=lambda params: torch.optim.SGD(params, lr=0.1),
+    )
+    trainer = Trainer(workload, LoaderConfig(num_workers=num_workers, batch_size=4), epochs=1, device="cpu", seed=0)
+    trainer.start()
+    assert trainer.join(60)
+    error = trainer.error
+    assert trainer.state is TrainerState.ERROR and error is not None
+    assert (error.kind, error.sample_index, error.message) == ("dataset", 13, "ValueError: sample 13 is broken")
+    # In the workers the transforms are timed and named; at 0 workers they are the script's own objects.
+    assert error.stage == ("Raises" if num_workers else None)
+    assert no_children_left()
