@@ -69,6 +69,10 @@ def test_a_lightning_fit_is_switched_mid_epoch_and_trains_exactly_as_without(
     assert [(r["loader"], r["step"]) for r in logged] == [(TRAIN, step) for step in range(1, 41)]
     assert [r["loss"] for r in logged] == seen_plain["losses"]
     assert [{k: v for k, v in r.items() if k.startswith("train_")} for r in logged] == seen_plain["logged"]
+    # Where the training loader's samples' time went, per worker count it ran, timed inside its fetches.
+    assert f"loadertop: {TRAIN} stages with 2 workers: per sample" in watched.stderr
+    staged = {r["num_workers"] for r in rows if r.get("event") == "stages" and r["loader"] == TRAIN}
+    assert staged == {0, 2}
     assert no_children_left()
 
 
@@ -103,6 +107,7 @@ def test_a_hugging_face_trainer_is_switched_inside_its_epoch_and_its_logged_loss
     logged = [r for r in rows if r.get("event") == "log"]
     assert [r["step"] for r in logged] == list(range(1, 41))
     assert [r["loss"] for r in logged] == seen_plain["losses"]
+    assert {r["num_workers"] for r in rows if r.get("event") == "stages" and r["loader"] == train_name} == {0, 2}
     assert no_children_left()
 
 
@@ -131,4 +136,7 @@ def test_lightning_ddp_under_torchrun_re_creates_its_loaders_and_every_rank_stil
     assert len(created) == 4  # train and validation on each rank: the re-created ones are not new loaders
     rows = [r for r in records(record) if "event" not in r and r["loader"] == TRAIN]
     assert sorted({(r["rank"], r["num_workers"]) for r in rows}) == [(0, 0), (0, 2), (1, 0), (1, 2)]
+    staged = [r for r in records(record) if r.get("event") == "stages" and r["loader"] == TRAIN]
+    assert sorted((r["rank"], r["num_workers"]) for r in staged) == [(0, 0), (0, 2), (1, 0), (1, 2)]  # per rank
+    assert f"loadertop: rank 1: {TRAIN} stages with 2 workers: per sample" in watched.stderr
     assert no_children_left()

@@ -99,6 +99,8 @@ class Reading:
             their RSS, an upper bound, where ``smaps_rollup`` cannot be read).
         shm_share: how full ``/dev/shm`` is (None where there is none).
         main_cpu_s: of ``cpu_s``, the training process's own (NaN: not read apart).
+        stage_cpu_s_per_sample: the CPU a sample's stages took (its fetch and collate: what a worker spends on
+            it), measured inside the tuned loader at the running count so far (``probe.stages``; NaN: unknown).
     """
 
     time: float
@@ -107,6 +109,7 @@ class Reading:
     worker_uss_bytes: int = 0
     shm_share: float | None = None
     main_cpu_s: float = math.nan
+    stage_cpu_s_per_sample: float = math.nan
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +280,14 @@ class Visit:
         grown = last.worker_uss_bytes / last.workers - first.worker_uss_bytes / first.workers
         return grown / (last.time - first.time)
 
+    @property
+    def stage_cpu_s_per_sample(self) -> float:
+        """The latest stage figure of this count's samples' CPU (NaN: none read)."""
+        for reading in reversed(self.readings):
+            if reading.workers == self.num_workers and math.isfinite(reading.stage_cpu_s_per_sample):
+                return reading.stage_cpu_s_per_sample
+        return math.nan
+
     def point(self) -> Point:
         n = self.batches
         return Point(
@@ -290,6 +301,7 @@ class Visit:
             self.worker_uss_growth_bytes_per_s,
             main_cpu_s_per_batch=self.main_cpu_s_per_batch,
             worker_cpu_s_per_batch=self.worker_cpu_s_per_batch,
+            stage_cpu_s_per_sample=self.stage_cpu_s_per_sample,
         )
 
 

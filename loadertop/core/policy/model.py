@@ -25,8 +25,12 @@ Where the figures come from: the workers' CPU per batch and the main process's, 
 readings of the tree (``children`` and ``main``) over a measured count with workers; a worker's
 wait per batch = its wall time per batch (``n x iteration`` where the loop waits, every worker
 then busy) minus its CPU; at 0 workers the loop waits exactly the time to make a batch, and the
-tree's CPU per batch (no split there) stands for both until a count with workers is measured.
-Measured counts are never predicted over.
+loader's stage figures (``probe.stages``: the CPU of each sample's fetch and collate, measured in the
+loop's thread) split the tree's CPU per batch into making the batch and the rest; without them the
+tree's CPU per batch stands for both until a count with workers is measured. The predictions use the
+CPU per batch in all and the wall time to make one, so the split changes what the model says of the
+costs (``describe``: waiting apart from CPU), not the counts it predicts. Measured counts are never
+predicted over.
 """
 
 from __future__ import annotations
@@ -58,6 +62,8 @@ class Point:
         worker_uss_growth_bytes_per_s: how fast that grows (copy-on-write; NaN: unknown).
         main_cpu_s_per_batch: CPU-seconds of the training process per batch (NaN: unknown).
         worker_cpu_s_per_batch: CPU-seconds of the workers per batch, all together (NaN: unknown).
+        stage_cpu_s_per_sample: CPU-seconds of a sample's stages (fetch and collate), measured inside the loader
+            (``probe.stages``; NaN: unknown): at 0 workers, what the loop spent making the batch apart from its step.
     """
 
     num_workers: int
@@ -70,6 +76,7 @@ class Point:
     worker_uss_growth_bytes_per_s: float = math.nan
     main_cpu_s_per_batch: float = math.nan
     worker_cpu_s_per_batch: float = math.nan
+    stage_cpu_s_per_sample: float = math.nan
 
     @property
     def input_bound(self) -> bool:
@@ -259,11 +266,18 @@ def fit(points: Sequence[Point], *, cores: float, memory_budget_bytes: float | N
     spb = latest.samples_per_batch
     split = [p for p in with_workers if p.split]
     worker_cpu = main_cpu = math.nan
+    zero = by_count.get(0)
     if split:
         widest = split[-1]
         worker_cpu = widest.worker_cpu_s_per_batch
         main_cpu = widest.main_cpu_s_per_batch
         cpu_per_batch = worker_cpu + main_cpu
+    elif zero is not None and _stages_split(zero):
+        # No count with workers yet, but the loader measured what making a batch cost at 0 workers: the
+        # workers' CPU a batch is that, the training process's the rest of the tree's CPU a batch.
+        cpu_per_batch = zero.cpu_s_per_sample * zero.samples_per_batch
+        worker_cpu = min(zero.stage_cpu_s_per_sample * zero.samples_per_batch, cpu_per_batch)
+        main_cpu = cpu_per_batch - worker_cpu
     else:
         cpu = [p.cpu_s_per_sample for p in reversed(usable) if math.isfinite(p.cpu_s_per_sample)]
         cpu_per_batch = cpu[0] * spb if cpu else math.nan
@@ -299,6 +313,16 @@ def fit(points: Sequence[Point], *, cores: float, memory_budget_bytes: float | N
         if math.isfinite(limit) and limit > 0:
             efficiency.append((point.num_workers, point.samples_per_s / limit))
     return replace(model, efficiency=tuple(efficiency))
+
+
+def _stages_split(zero: Point) -> bool:
+    """Whether the 0-worker point's stage figures split its CPU into making batches and the rest."""
+    return (
+        math.isfinite(zero.stage_cpu_s_per_sample)
+        and math.isfinite(zero.cpu_s_per_sample)
+        and zero.stage_cpu_s_per_sample > 0
+        and zero.cpu_s_per_sample > 0
+    )
 
 
 def _load_cpu_at_zero(zero: Point, main_cpu_with_workers: float) -> float:

@@ -254,6 +254,6 @@ def format_stages(figures: Sequence[StageFigures], cores: float) -> list[str]:
     lines = ["where a sample's time goes (wall per sample, CPU in brackets):"]
     for f in timed:
         count = f"{f.num_workers} worker{'s' if f.num_workers != 1 else ''}"
-        lines.append(f"  {count}: {describe_stages(f, top=6)}")
+        lines.append(f"  {count}: {describe_stages(f, top=12)}")
         lines.append(f"    {stage_verdict(f, cores)}")
     return lines

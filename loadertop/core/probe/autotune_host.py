@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from loadertop.core.measure.cost import TreeCpuClock
     from loadertop.core.measure.memory import MemoryReader
     from loadertop.core.policy.autotune import AutoTuner, Budget, Change, Observation, Reading, TunerStatus
+    from loadertop.core.protocol.stages import StageFigures
 
 MEMORY_SHARE = 0.5
 """The default memory budget: this share of the memory available when tuning starts."""
@@ -238,9 +239,15 @@ def describe_budget(budget: Budget, ranks_on_node: int = 1) -> str:
     return cores
 
 
-def read_tree(clock: TreeCpuClock, worker_pids: Sequence[int], memory: MemoryReader | None = None) -> Reading:
+def read_tree(
+    clock: TreeCpuClock,
+    worker_pids: Sequence[int],
+    memory: MemoryReader | None = None,
+    stages: Sequence[StageFigures] = (),
+) -> Reading:
     """A ``Reading`` now: the tree's CPU from ``clock``, the workers' USS (through ``memory``; default: this
-    process's shared reader, which the system sampler keeps fresh), ``/dev/shm``."""
+    process's shared reader, which the system sampler keeps fresh), ``/dev/shm``, and the CPU a sample's stages
+    took at the running count, from the tuned loader's ``stages``."""
     import os
     import shutil
     import time
@@ -266,4 +273,11 @@ def read_tree(clock: TreeCpuClock, worker_pids: Sequence[int], memory: MemoryRea
             shm = usage.used / usage.total if usage.total else None
         except OSError:
             shm = None
-    return Reading(time.time(), cpu.total_s, len(worker_pids), uss, shm, main_cpu_s=cpu.main_s)
+    stage_cpu = math.nan
+    for figures in stages:
+        if figures.num_workers == len(worker_pids) and figures.samples and not figures.off:
+            cpu_ms = figures.sample_cpu_ms
+            stage_cpu = cpu_ms / 1000.0 if cpu_ms is not None else math.nan
+    return Reading(
+        time.time(), cpu.total_s, len(worker_pids), uss, shm, main_cpu_s=cpu.main_s, stage_cpu_s_per_sample=stage_cpu
+    )

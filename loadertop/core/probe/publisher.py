@@ -410,7 +410,7 @@ class Publisher:
                 judged = stage_verdict(figures, cores)
                 self._say(
                     f"{loader.name} stages with {describe_workers(figures.num_workers)}: "
-                    f"{describe_stages(figures, top=6)}"
+                    f"{describe_stages(figures, top=12)}"
                 )
                 if not figures.off:
                     self._say(f"{loader.name} with {describe_workers(figures.num_workers)}: {judged}")

@@ -121,6 +121,13 @@ class StageSheet:
             self.table.share_memory_()
             self.off.share_memory_()
 
+    def freeze(self) -> None:
+        """Keep the figures in private memory: the generation's workers are gone (a shared tensor holds a file
+        descriptor and a mapping while it lives)."""
+        if self.table.is_shared():
+            self.table = self.table.clone()
+            self.off = self.off.clone()
+
     def row_writer(self, slot: int) -> Callable[[list[float]], None]:
         """A function writing ``slot``'s row (samples, batches, then each stage's fields)."""
         row = self.table[slot]
@@ -564,7 +571,11 @@ class _Creating:
             except Exception as exc:  # noqa: BLE001
                 self._turn_off(f"{type(exc).__name__}: {exc}")
                 return
-        self.stages.sheets.append(sheet)
+        sheets = self.stages.sheets
+        # A generation starts only once the one before it has handed over: all but the latest are done.
+        for done in sheets[:-1]:
+            done.freeze()
+        sheets.append(sheet)
 
     def _turn_off(self, reason: str) -> None:
         stages = self.stages

@@ -119,7 +119,9 @@ class LoaderTuning(AutotuneHost):
 
     def _read_loader_tree(self) -> Reading:
         loader = self.loader
-        return read_tree(self._clock, loader.status().worker_pids if loader is not None else ())
+        if loader is None:
+            return read_tree(self._clock, ())
+        return read_tree(self._clock, loader.status().worker_pids, stages=loader.stages())
 
     def _round_begins(self) -> None:
         self._previous = None

@@ -126,7 +126,7 @@ class Session:
         self.tuner = AutotuneHost(
             AutoTuner(budget or default_budget()),
             apply=self._tune_to,
-            read=lambda: read_tree(trainer.cpu_clock, trainer.worker_pids()),
+            read=lambda: read_tree(trainer.cpu_clock, trainer.worker_pids(), stages=trainer.stages()),
             on_change=told,
             on_thread=self._exclude_thread,
             enabled=autotune,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 
@@ -289,6 +289,19 @@ def test_the_model_keeps_the_workers_cpu_and_wait_apart_from_the_training_proces
     assert model.make_s == pytest.approx(0.0865 - (0.0218 - 0.0038) + 0.0228)
     assert model.wait_s == pytest.approx(model.make_s - 0.0228)
     assert model.describe().startswith("a worker 2.14 ms waiting + 0.71 ms CPU, the loop 0.12 ms CPU a sample")
+
+
+def test_stage_figures_at_zero_workers_split_its_cpu_and_leave_the_predictions_as_they_were() -> None:
+    # The loader measured 0.55 ms of CPU in each sample's fetch and collate (17.6 ms a batch of 32) of the
+    # tree's 21.8: the rest (4.2 ms) is the loop's step and bookkeeping.
+    staged = replace(ZERO, stage_cpu_s_per_sample=0.00055)
+    model, plain = fit([staged], cores=2), fit([ZERO], cores=2)
+    assert model is not None and plain is not None
+    assert model.worker_cpu_s == pytest.approx(0.0176) and model.main_cpu_s == pytest.approx(0.0218 - 0.0176)
+    assert model.make_s == pytest.approx(0.0865) and model.wait_s == pytest.approx(0.0865 - 0.0176)
+    assert model.describe() == "a worker 2.15 ms waiting + 0.55 ms CPU, the loop 0.13 ms CPU a sample"
+    assert plain.describe() == "2.70 ms to make a sample, 0.68 ms CPU"
+    assert model.curve(range(9)) == plain.curve(range(9))  # the limits use the totals alone
 
 
 def test_the_curve_passes_through_the_measurements_and_scales_their_neighbours() -> None:

@@ -140,6 +140,11 @@ def test_a_built_in_run_records_schema_2_with_the_monitors_names(builtin_record:
     assert all(r["step_ms"] > 0 and r["load_ms"] >= 0 and r["config"] == "w1 b10" for r in rows)
     memory = [line for line in lines if line.get("event") == "memory"]
     assert memory and all(m["num_workers"] == 1 for m in memory)  # the events follow it too
+    # Where the samples' time went, at the run's end: its worker's fetches, 200 samples and more (prefetched).
+    [stages] = [line for line in lines if line.get("event") == "stages"]
+    assert stages["num_workers"] == 1 and stages["samples"] >= 200 and stages["off"] is None
+    assert [s["name"] for s in stages["stages"]] == ["__getitem__ (rest)", "collate"]
+    assert stages["verdict"]
 
 
 def test_a_script_under_the_launcher_records_the_same_schema(script_record: Path) -> None:
@@ -154,6 +159,9 @@ def test_a_script_under_the_launcher_records_the_same_schema(script_record: Path
     assert {r["num_workers"] for r in train} == {0, 2}
     logged = [line for line in lines if line.get("event") == "log"]
     assert [line["step"] for line in logged] == list(range(1, 25))
+    staged = [line for line in lines if line.get("event") == "stages" and line["loader"] == train[0]["loader"]]
+    assert sorted(line["num_workers"] for line in staged) == [0, 2]  # per worker count, as the batches ran
+    assert all(line["samples"] > 0 and line["stages"][-1]["name"] == "collate" for line in staged)
 
 
 def test_autotune_and_straggler_events_as_the_runs_write_them_follow_the_schema(tmp_path: Path) -> None:

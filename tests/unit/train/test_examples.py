@@ -39,6 +39,9 @@ def test_image_folder_example_reads_any_class_folders(tagged_run, image_folder: 
     )
     assert "ImageFolder" in out and "(40 images, 10 classes), ResNet-18" in out
     assert "workers  batches" in out
+    # Where its samples' time went, timed in its worker: PIL's decode and each transform by class.
+    stages = out.split("where a sample's time goes", 1)[1]
+    assert "1 worker: per sample" in stages and "decode" in stages and "RandomResizedCrop" in stages, stages
 
 
 def test_heavy_decode_example_spends_its_time_loading() -> None:
