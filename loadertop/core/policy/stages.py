@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from loadertop.core.protocol.stages import COLLATE, REST, StageFigures
+from loadertop.core.protocol.stages import COLLATE, REST, StageFigures, ms
 
 COLLATE_SHARE = 0.3
 """A collate taking this share of a sample's time is the verdict, whatever else is slow."""
@@ -43,8 +43,8 @@ def verdict(figures: StageFigures, cores: float) -> str:
     collate = by_name.get(COLLATE)
     if collate is not None and figures.share(collate) >= COLLATE_SHARE:
         return (
-            f"collate {figures.share(collate):.0%} of each sample's time ({figures.wall_ms(collate):.2f} of "
-            f"{total:.2f} ms): a cheaper collate_fn, or tensors made in the dataset"
+            f"collate {figures.share(collate):.0%} of each sample's time ({ms(figures.wall_ms(collate))} of "
+            f"{ms(total)} ms): a cheaper collate_fn, or tensors made in the dataset"
         )
     waiting = waiting_share(figures)
     cores_text = f"{cores:g} usable core" + ("" if cores == 1 else "s")
@@ -61,7 +61,7 @@ def verdict(figures: StageFigures, cores: float) -> str:
     share = None if cpu is None or wall <= 0 else cpu / wall
     kind = "" if share is None else (", all CPU" if share >= 0.9 else f", {share:.0%} CPU")
     return (
-        f"{_named(slow.name)} {figures.wall_ms(slow):.2f} of {total:.2f} ms per sample{kind}: more workers help up "
+        f"{_named(slow.name)} {ms(figures.wall_ms(slow))} of {ms(total)} ms per sample{kind}: more workers help up "
         f"to the {cores_text}; past that, make {_named(slow.name)} cheaper"
     )
 

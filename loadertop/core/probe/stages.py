@@ -22,6 +22,7 @@ The stages and what is measured of them are in ``loadertop.core.protocol.stages`
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import random
 import sys
@@ -120,6 +121,8 @@ class StageSheet:
         if num_workers:  # the workers write their rows; a fork shares it, a spawn receives it as shared memory
             self.table.share_memory_()
             self.off.share_memory_()
+        self.local_row: list[float] | None = None
+        """At 0 workers, the loop's process's recorder's own row, read where it is (no write a batch)."""
 
     def freeze(self) -> None:
         """Keep the figures in private memory: the generation's workers are gone (a shared tensor holds a file
@@ -129,12 +132,14 @@ class StageSheet:
             self.off = self.off.clone()
 
     def row_writer(self, slot: int) -> Callable[[list[float]], None]:
-        """A function writing ``slot``'s row (samples, batches, then each stage's fields)."""
+        """A function writing ``slot``'s row (samples, batches, then each stage's fields): a slice assignment
+        through a ``ctypes`` view of the tensor's memory (well under a microsecond; the tensor is kept alive)."""
         row = self.table[slot]
-        dtype = torch.float64
+        view = (ctypes.c_double * row.numel()).from_address(row.data_ptr())
 
         def write(values: list[float]) -> None:
-            row.copy_(torch.tensor(values, dtype=dtype))
+            view[:] = values
+            _ = row  # the view's memory stays the tensor's
 
         return write
 
@@ -155,7 +160,8 @@ class StageSheet:
 
     def totals(self) -> tuple[int, int, list[list[float]]]:
         """Samples, batches and each stage's fields, over the workers."""
-        summed = self.table.sum(dim=0).tolist()
+        local = self.local_row
+        summed = list(local) if local is not None else self.table.sum(dim=0).tolist()
         samples, batches = int(summed[0]), int(summed[1])
         fields = [summed[2 + FIELDS * i : 2 + FIELDS * (i + 1)] for i in range(len(self.names))]
         return samples, batches, fields
@@ -197,60 +203,51 @@ def figures_of(sheets: list[StageSheet]) -> StageFigures:
 
 
 class Recorder:
-    """Adds up one process's stage figures and writes them to its row after each collate."""
+    """Adds up one process's stage figures in a flat list laid out as its sheet row, written after each collate.
+
+    ``row[0]`` samples, ``row[1]`` batches, then per stage ``FIELDS`` figures from ``2 + FIELDS * stage``: calls,
+    wall seconds, calls whose CPU was read, their wall seconds, their CPU seconds.
+    """
 
     __slots__ = (
         "active",
-        "batches",
-        "calls",
-        "cpu",
-        "cpu_calls",
-        "cpu_wall",
+        "countdown",
         "depth",
         "inner",
         "inner_cpu",
         "names",
-        "off",
         "pick",
+        "rest_at",
+        "row",
         "sampled",
-        "samples",
-        "wall",
         "write",
     )
 
-    def __init__(self, names: tuple[str, ...], write: Callable[[list[float]], None], seed: int) -> None:
-        n = len(names)
+    def __init__(self, names: tuple[str, ...], write: Callable[[list[float]], None] | None, seed: int) -> None:
         self.names = names
-        self.write = write
-        self.calls = [0] * n
-        self.wall = [0.0] * n
-        self.cpu_calls = [0] * n
-        self.cpu_wall = [0.0] * n
-        self.cpu = [0.0] * n
-        self.samples = 0
-        self.batches = 0
-        self.active = False  # inside a sample
-        self.sampled = False  # this sample reads the CPU clock
+        self.write = write  # None: the row is read where it is (the loop's own process)
+        self.row = [0.0] * (2 + FIELDS * len(names))
+        self.rest_at = 2 + FIELDS * (len(names) - 2)  # the sample stage (a fetch's samples as a whole)
+        self.active = False  # inside a fetch's samples
+        self.sampled = False  # this fetch reads the CPU clock
         self.depth = 0  # inside a decode or read (nested ones are part of the outer)
-        self.inner = 0.0  # wall seconds of decodes and reads inside the current sample, so far
+        self.inner = 0.0  # wall seconds of decodes and reads so far (a transform subtracts those inside it)
         self.inner_cpu = 0.0
-        self.off: Callable[[str], None] | None = None
         self.pick = random.Random(seed).random  # a private generator: no draw from the script's
+        self.countdown = 1 + int(self.pick() * CPU_EVERY)  # the first within CPU_EVERY fetches
 
     # The loop's path of a fetch: each function below is as short as it can be.
 
-    def sample(self, dataset: Any, index: Any) -> Any:
-        """``dataset[index]``, timed as the sample stage."""
-        if self.active:
-            return dataset[index]
-        return self._whole(dataset.__getitem__, index, 1)
-
-    def samples_at_once(self, getitems: Callable[[Any], Any], indices: Any) -> Any:
-        """``dataset.__getitems__(indices)``, timed as ``len(indices)`` samples."""
-        return self._whole(getitems, indices, len(indices))
-
-    def _whole(self, get: Callable[[Any], Any], index: Any, count: int) -> Any:
-        sampled = self.sampled = self.pick() * CPU_EVERY < 1.0
+    def fetch_samples(self, get: Callable[[Any], Any], index: Any, count: int) -> Any:
+        """``get(index)``: a fetch's ``count`` samples, timed together as the sample stage (one pair of clock
+        reads a batch, whatever its size), the stages inside them as they run; the CPU clock read, on every
+        stage and the collate, for one fetch in ``CPU_EVERY``."""
+        if self.active:  # a dataset that fetches through another timed loader's fetcher: part of this fetch
+            return get(index)
+        self.countdown -= 1
+        sampled = self.sampled = self.countdown <= 0
+        if sampled:  # the next one 1 to 2 x CPU_EVERY - 1 fetches on: one in CPU_EVERY, with no period to alias
+            self.countdown = 1 + int(self.pick() * (2 * CPU_EVERY - 1))
         self.active = True
         c0 = _cpu() if sampled else 0.0
         t0 = _clock()
@@ -261,37 +258,35 @@ class Recorder:
             raise
         finally:
             dt = _clock() - t0
-            at = len(self.names) - 2
             self.active = False
-            self.samples += count
-            self.calls[at] += count
-            self.wall[at] += dt
+            row, at = self.row, self.rest_at
+            row[0] += count
+            row[at] += count
+            row[at + 1] += dt
             if sampled:
-                self.cpu_calls[at] += count
-                self.cpu_wall[at] += dt
-                self.cpu[at] += _cpu() - c0
+                row[at + 2] += count
+                row[at + 3] += dt
+                row[at + 4] += _cpu() - c0
 
     def collate(self, collate_fn: Callable[[Any], Any], data: Any) -> Any:
-        """``collate_fn(data)``, timed with its CPU; then this process's row is written."""
-        c0 = _cpu()
+        """``collate_fn(data)``, timed (its CPU with the fetch's); then this process's row is written."""
+        sampled = self.sampled
+        c0 = _cpu() if sampled else 0.0
         t0 = _clock()
         batch = collate_fn(data)
         dt = _clock() - t0
-        at = len(self.names) - 1
-        self.calls[at] += 1
-        self.wall[at] += dt
-        self.cpu_calls[at] += 1
-        self.cpu_wall[at] += dt
-        self.cpu[at] += _cpu() - c0
-        self.batches += 1
-        self.flush()
+        row = self.row
+        at = self.rest_at + FIELDS
+        row[1] += 1
+        row[at] += 1
+        row[at + 1] += dt
+        if sampled:
+            row[at + 2] += 1
+            row[at + 3] += dt
+            row[at + 4] += _cpu() - c0
+        if self.write is not None:
+            self.write(row)
         return batch
-
-    def flush(self) -> None:
-        values: list[float] = [float(self.samples), float(self.batches)]
-        for i in range(len(self.names)):
-            values += (self.calls[i], self.wall[i], self.cpu_calls[i], self.cpu_wall[i], self.cpu[i])
-        self.write(values)
 
     def nested(self, at: int, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """``fn(*args, **kwargs)`` (a decode or a read inside a sample), timed as stage ``at``."""
@@ -307,24 +302,26 @@ class Recorder:
         finally:
             dt = _clock() - t0
             self.depth -= 1
-            self.calls[at] += 1
-            self.wall[at] += dt
+            row, base = self.row, 2 + FIELDS * at
+            row[base] += 1
+            row[base + 1] += dt
             self.inner += dt
             if sampled:
                 cpu = _cpu() - c0
-                self.cpu_calls[at] += 1
-                self.cpu_wall[at] += dt
-                self.cpu[at] += cpu
+                row[base + 2] += 1
+                row[base + 3] += dt
+                row[base + 4] += cpu
                 self.inner_cpu += cpu
 
     def transforms(self, transforms: Any, first: int, inputs: tuple[Any, ...]) -> Any:
         """A ``Compose``'s loop (v1's and v2's: several inputs are passed on unpacked), each transform timed
         as its stage less the decodes and reads inside it."""
-        wall, calls = self.wall, self.calls
+        row = self.row
         sampled = self.sampled
         unpack = len(inputs) > 1
         outputs: Any = inputs[0] if inputs else None
         at = first
+        base = 2 + FIELDS * first
         t = _clock()
         inner = self.inner
         c = _cpu() if sampled else 0.0
@@ -337,21 +334,23 @@ class Recorder:
                 raise
             inputs = outputs if unpack else (outputs,)
             now = _clock()
-            wall[at] += (now - t) - (self.inner - inner)
-            calls[at] += 1
+            spent = (now - t) - (self.inner - inner)
+            row[base] += 1
+            row[base + 1] += spent
             if sampled:
                 c_now = _cpu()
-                self.cpu_calls[at] += 1
-                self.cpu_wall[at] += (now - t) - (self.inner - inner)
-                self.cpu[at] += (c_now - c) - (self.inner_cpu - inner_cpu)
+                row[base + 2] += 1
+                row[base + 3] += spent
+                row[base + 4] += (c_now - c) - (self.inner_cpu - inner_cpu)
                 c, inner_cpu = c_now, self.inner_cpu
             t, inner = now, self.inner
             at += 1
+            base += FIELDS
         return outputs
 
     def timed_fetch(self, fetcher: Any, index: Any) -> Any:
-        """Torch's map-style fetch of ``index`` by ``fetcher``, each sample and the collate timed."""
-        return torch_compat.map_fetch(fetcher, index, self.sample, self.samples_at_once, self.collate)
+        """Torch's map-style fetch of ``index`` by ``fetcher``, its samples and its collate timed."""
+        return torch_compat.map_fetch(fetcher, index, self.fetch_samples, self.collate)
 
     def _name_stage(self, exc: BaseException, at: int | None) -> None:
         """Name the stage a sample raised in on its exception, the innermost first: ``exc.loadertop_stage``
@@ -567,7 +566,9 @@ class _Creating:
             return
         if not sheet.num_workers:
             try:
-                torch_compat.wrap_fetcher(iterator, Recorder(sheet.names, sheet.row_writer(0), seed=0).timed_fetch)
+                recorder = Recorder(sheet.names, None, seed=0)
+                sheet.local_row = recorder.row
+                torch_compat.wrap_fetcher(iterator, recorder.timed_fetch)
             except Exception as exc:  # noqa: BLE001
                 self._turn_off(f"{type(exc).__name__}: {exc}")
                 return

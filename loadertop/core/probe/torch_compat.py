@@ -12,6 +12,7 @@ torch without one gets ``IncompatibleTorch`` with one line naming it and the ver
 
 from __future__ import annotations
 
+import functools
 import importlib
 import threading
 from collections.abc import Callable
@@ -252,21 +253,20 @@ def wait_for_first_batch(iterator: Any, stop: threading.Event, poll_s: float = 0
 def map_fetch(
     fetcher: Any,
     index: Any,
-    sample: Callable[[Any, Any], Any],
-    samples_at_once: Callable[[Callable[[Any], Any], Any], Any],
+    samples: Callable[[Callable[[Any], Any], Any, int], Any],
     collate: Callable[[Callable[[Any], Any], Any], Any],
 ) -> Any:
-    """What torch's ``_MapDatasetFetcher.fetch(index)`` does (the same since torch 2.0), with each
-    ``dataset[i]`` made by ``sample(dataset, i)``, a ``__getitems__`` call by ``samples_at_once(getitems,
-    indices)`` and the collate by ``collate(collate_fn, data)``."""
+    """What torch's ``_MapDatasetFetcher.fetch(index)`` does (the same since torch 2.0), its samples made
+    through ``samples(get, index, count)`` (which returns ``get(index)``: the ``count`` samples, as torch makes
+    them) and its collate through ``collate(collate_fn, data)``."""
     dataset = fetcher.dataset
     if _read(fetcher, "auto_collation"):
         if hasattr(dataset, "__getitems__") and dataset.__getitems__:
-            data = samples_at_once(dataset.__getitems__, index)
+            data = samples(dataset.__getitems__, index, len(index))
         else:
-            data = [sample(dataset, i) for i in index]
+            data = samples(lambda indices: [dataset[i] for i in indices], index, len(index))
     else:
-        data = sample(dataset, index)
+        data = samples(lambda i: dataset[i], index, 1)
     return collate(fetcher.collate_fn, data)
 
 
@@ -282,14 +282,11 @@ def time_map_fetches(timed: Callable[[Callable[[Any, Any], Any]], Callable[[Any,
 
 
 class _WrappedFetcher:
-    """A single-process iterator's fetcher whose fetches go through ``timed(stock, index)``; all else torch's."""
+    """A single-process iterator's fetcher whose ``fetch(index)`` is ``timed(stock, index)``; all else torch's."""
 
     def __init__(self, stock: Any, timed: Callable[[Any, Any], Any]) -> None:
         self._stock = stock
-        self._timed = timed
-
-    def fetch(self, index: Any) -> Any:
-        return self._timed(self._stock, index)
+        self.fetch = functools.partial(timed, stock)  # the loop's path: one C call to ``timed``
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stock, name)

@@ -13,9 +13,10 @@ A loader's samples go through stages, in this order:
   above measured inside it;
 - ``collate``: the loader's ``collate_fn``, once a batch.
 
-Each stage has its wall time on every call and the thread's CPU time on every collate and on one
-sample in ``CPU_EVERY`` (every stage of that sample): a stage's CPU per sample is the mean CPU of its
-sampled calls times its calls per sample; **waiting** (storage, sleep, locks) is wall less CPU.
+Each stage has its wall time on every call (a batch's samples together: one pair of clock reads a
+fetch) and the thread's CPU time on every collate and on one fetch in ``CPU_EVERY`` (every stage of
+its samples): a stage's CPU per sample is the mean CPU of its sampled calls times its calls per
+sample; **waiting** (storage, sleep, locks, a queue for a core) is wall less CPU.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ REST = "__getitem__ (rest)"
 COLLATE = "collate"
 
 CPU_EVERY = 8
-"""One sample in this many reads the thread's CPU clock at each of its stages (collates always do)."""
+"""One fetch (a batch's samples) in this many reads the thread's CPU clock at each of its stages (collates
+always do)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +158,11 @@ class StageFigures:
             raise ValueError(f"malformed stage figures: {exc}") from None
 
 
+def ms(value: float) -> str:
+    """Milliseconds as the figures are read: two decimals, three significant digits below 0.1 ms."""
+    return f"{value:.2f}" if abs(value) >= 0.1 or value == 0 else f"{value:.2g}"
+
+
 def describe(figures: StageFigures, *, top: int = 4) -> str:
     """One line: the slowest stages per sample, wall and CPU, e.g. ``decode 9.1 ms (CPU 9.0), collate 0.4 ms``."""
     if figures.off:
@@ -165,6 +172,6 @@ def describe(figures: StageFigures, *, top: int = 4) -> str:
     parts = []
     for stage in figures.slowest_first()[:top]:
         cpu = figures.cpu_ms(stage)
-        cpu_text = "" if cpu is None else f" (CPU {cpu:.2f})"
-        parts.append(f"{stage.name} {figures.wall_ms(stage):.2f} ms{cpu_text}")
-    return f"per sample {figures.sample_ms:.2f} ms: " + ", ".join(parts)
+        cpu_text = "" if cpu is None else f" (CPU {ms(cpu)})"
+        parts.append(f"{stage.name} {ms(figures.wall_ms(stage))} ms{cpu_text}")
+    return f"per sample {ms(figures.sample_ms)} ms: " + ", ".join(parts)
