@@ -359,6 +359,9 @@ def run_sweep_headless(
     if rows:
         print("\n" + format_table(rows, advice), file=out)
         print("\n".join(advice_lines(advice)), file=out, flush=True)
+    stage_lines = format_stages(trainer.stages(), current_limits().cores)
+    if stage_lines:
+        print("\n" + "\n".join(stage_lines), file=out, flush=True)
     code = 128 + interrupted if interrupted is not None else exit_code(trainer, err)
     return code, rows, advice
 

@@ -54,7 +54,7 @@ def command(args: argparse.Namespace) -> int:
                 "cpu_s_before_first_config": trainer.store.cpu_before_first_config_s,
             }
             writers = {
-                "--json": lambda: dumps(report_json(rows, advice, machine, **meta)),
+                "--json": lambda: dumps(report_json(rows, advice, machine, stages=trainer.stages(), **meta)),
                 "--csv": lambda: csv_text(rows, advice),
                 "--markdown": lambda: markdown_table(rows, advice),
             }

@@ -182,9 +182,12 @@ def report_json(
     summaries: Sequence[ConfigSummary],
     advice: Advice,
     machine: MachineFacts,
+    stages: Sequence[StageFigures] = (),
     **meta: Any,
 ) -> dict[str, Any]:
-    """DESIGN.md's JSON: ``rows`` and ``recommended_num_workers``, plus the advice and the machine."""
+    """DESIGN.md's JSON: ``rows`` and ``recommended_num_workers``, plus the advice and the machine; each row has
+    its worker count's ``stages`` (``StageFigures.to_wire`` and the verdict; null where none were timed)."""
+    staged = {f.num_workers: f for f in stages if f.samples or f.off}
 
     def number(value: float | str) -> float | int | str | None:
         return None if (isinstance(value, float) and math.isnan(value)) or value == "" else value
@@ -201,6 +204,10 @@ def report_json(
             iter_ms_p95=number(s.iter_ms_p95),
             load_share=number(v.load_share) if v else None,
             verdict=v.label if v else None,
+        )
+        figures = staged.get(s.num_workers)
+        row["stages"] = (
+            None if figures is None else {**figures.to_wire(), "verdict": stage_verdict(figures, machine.usable_cores)}
         )
         rows.append(row)
     return {

@@ -140,6 +140,12 @@ def test_sweep_files_have_every_field(
         assert row["batches"] == 12 * (1 + again) and row["samples_per_s"] > 0 and row["startup_ms"] > 0
         assert row["cpu_s"] > 0 and row["wall_s"] > 0 and row["cpu_s_per_sample"] > 0
     assert document["rows"][1]["cpu_percent"] is not None and document["rows"][1]["rss_mb"] > 0
+    # Each row carries where its samples' time went (timed in its fetches: the sleep is the dataset's own).
+    for row in document["rows"]:
+        stages = row["stages"]
+        assert stages["num_workers"] == row["num_workers"] and stages["samples"] >= row["batches"] * 10
+        assert [s["name"] for s in stages["stages"]] == ["__getitem__ (rest)", "collate"] and stages["verdict"]
+    assert "where a sample's time goes" in out
     assert document["recommended_num_workers"] == 2 and document["complete"] is True
     assert document["cpu_accounting"] == "accounted" and document["cpu_s_before_first_config"] > 0
     assert document["machine"]["usable_cores"] >= 1 and document["batches_per_count"] == 12

@@ -106,7 +106,7 @@ def test_the_host_thread_starts_once_and_is_told_to_be_left_out() -> None:
 
 
 class FakeLoader:
-    """What ``LoaderTuning`` uses of a drop-in loader: its name, its status's worker pids, ``switch``."""
+    """What ``LoaderTuning`` uses of a drop-in loader: its name, its status's worker pids, ``switch``, ``stages``."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -117,6 +117,9 @@ class FakeLoader:
 
     def status(self) -> SimpleNamespace:
         return SimpleNamespace(worker_pids=[])
+
+    def stages(self) -> tuple[()]:
+        return ()  # nothing fetched through it
 
 
 def loader_tuning() -> tuple[LoaderTuning, list[Observation]]:
