@@ -22,6 +22,7 @@ The stages and what is measured of them are in ``loadertop.core.protocol.stages`
 
 from __future__ import annotations
 
+import copyreg
 import ctypes
 import functools
 import random
@@ -415,10 +416,29 @@ def _timed_compose_class(kind: type, first: int) -> type:
             return recorder.transforms(self.transforms, first, inputs)
 
         namespace = {"__slots__": (), "__call__": call}
-    namespace.update(__module__=kind.__module__, __qualname__=kind.__qualname__, __doc__=kind.__doc__)
+
+    def reduce_ex(self: Any, protocol: Any) -> Any:
+        """Pickled as the class it was (a worker that pickles its transform: the timed class has no importable name)."""
+        self.__class__ = kind
+        try:
+            reduced = kind.__reduce_ex__(self, protocol)
+        finally:
+            self.__class__ = timed
+        if isinstance(reduced, tuple) and reduced and reduced[0] is copyreg.__newobj__:
+            return (_new_object, (kind,), *reduced[2:])
+        return reduced
+
+    namespace.update(
+        __module__=kind.__module__, __qualname__=kind.__qualname__, __doc__=kind.__doc__, __reduce_ex__=reduce_ex
+    )
     timed = type(kind.__name__, (kind,), namespace)
     _timed_classes[key] = timed
     return timed
+
+
+def _new_object(kind: type) -> Any:
+    """An object of ``kind`` made as ``copyreg.__newobj__`` makes one (its state follows)."""
+    return kind.__new__(kind)
 
 
 def _wrap(owner: Any, name: str, at: int) -> None:

@@ -4,7 +4,9 @@ fails turns itself off with a reason and the loader goes on as torch's; a raisin
 
 from __future__ import annotations
 
+import copy
 import gc
+import pickle
 import time
 from pathlib import Path
 
@@ -330,3 +332,12 @@ def test_the_built_in_trainer_names_the_stage_and_the_sample_that_raised(num_wor
     # In the workers the transforms are timed and named; at 0 workers they are the script's own objects.
     assert error.stage == ("Raises" if num_workers else None)
     assert no_children_left()
+
+
+def test_a_timed_compose_is_still_its_class_to_isinstance_copy_and_pickle() -> None:
+    compose = v1.Compose([v1.Lambda(abs)])
+    compose.__class__ = stage_timing._timed_compose_class(type(compose), 2)
+    assert isinstance(compose, v1.Compose) and type(compose).__name__ == "Compose"
+    assert type(pickle.loads(pickle.dumps(compose))) is v1.Compose  # pickled as the class it was
+    assert type(compose) is not v1.Compose  # and still timed
+    assert torch.equal(copy.deepcopy(compose)(torch.tensor([-1.0])), torch.tensor([1.0]))
