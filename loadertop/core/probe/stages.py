@@ -125,12 +125,27 @@ class StageSheet:
         self.local_row: list[float] | None = None
         """At 0 workers, the loop's process's recorder's own row, read where it is (no write a batch)."""
 
+    @property
+    def frozen(self) -> bool:
+        """Its generation is done and its figures are in private memory (``freeze``)."""
+        return self.local_row is None and not self.table.is_shared()
+
     def freeze(self) -> None:
         """Keep the figures in private memory: the generation's workers are gone (a shared tensor holds a file
-        descriptor and a mapping while it lives)."""
+        descriptor and a mapping while it lives; at 0 workers the recorder's own list is copied)."""
         if self.table.is_shared():
             self.table = self.table.clone()
             self.off = self.off.clone()
+        if self.local_row is not None:
+            self.table[0] = torch.tensor(self.local_row, dtype=torch.float64)
+            self.local_row = None
+
+    def absorb(self, other: StageSheet) -> None:
+        """Add a frozen sheet of the same stages and worker count to this frozen one (one sheet a count, however
+        many generations ran it: reading the figures stays as cheap)."""
+        self.table += other.table
+        if self.off_reason() is None and (reason := other.off_reason()) is not None:
+            self.turn_off(0, reason)
 
     def row_writer(self, slot: int) -> Callable[[list[float]], None]:
         """A function writing ``slot``'s row (samples, batches, then each stage's fields): a slice assignment
@@ -592,11 +607,21 @@ class _Creating:
             except Exception as exc:  # noqa: BLE001
                 self._turn_off(f"{type(exc).__name__}: {exc}")
                 return
-        sheets = self.stages.sheets
+        stages = self.stages
         # A generation starts only once the one before it has handed over: all but the latest are done.
-        for done in sheets[:-1]:
+        for done in stages.sheets[:-1]:
             done.freeze()
-        sheets.append(sheet)
+        kept: list[StageSheet] = []
+        first_of: dict[tuple[tuple[str, ...], int], StageSheet] = {}
+        for old in stages.sheets:
+            key = (old.names, old.num_workers)
+            if old.frozen and key in first_of:
+                first_of[key].absorb(old)
+                continue
+            if old.frozen:
+                first_of[key] = old
+            kept.append(old)
+        stages.sheets = [*kept, sheet]
 
     def _turn_off(self, reason: str) -> None:
         stages = self.stages

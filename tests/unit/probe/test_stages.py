@@ -341,3 +341,14 @@ def test_a_timed_compose_is_still_its_class_to_isinstance_copy_and_pickle() -> N
     assert type(pickle.loads(pickle.dumps(compose))) is v1.Compose  # pickled as the class it was
     assert type(compose) is not v1.Compose  # and still timed
     assert torch.equal(copy.deepcopy(compose)(torch.tensor([-1.0])), torch.tensor([1.0]))
+
+
+def test_epochs_of_new_workers_add_up_in_one_sheet_a_count() -> None:
+    loader = DataLoader(Calibrated(size=16, transform=v1.Compose([v1.Lambda(abs)])), batch_size=BATCH, num_workers=2)
+    for _ in range(5):  # not persistent: new workers, and a new sheet, every epoch
+        run(loader)
+    [figures] = loader.stages()
+    assert (figures.samples, figures.batches) == (80, 10)
+    # The finished epochs' in one; the one before the latest may still be handing over, the latest runs.
+    assert len(loader._stages.sheets) == 3
+    assert no_children_left()
