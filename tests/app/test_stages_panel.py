@@ -118,3 +118,10 @@ async def test_t_hides_and_shows_the_panel_and_says_when_the_session_has_none(re
         assert not app.screen.has_class("-stages")
     said = [str(m.notification.message) for m in seen if isinstance(m, Notify)]
     assert "no stage figures in this session (a recording made before stage timing)" in said
+
+
+def test_a_long_verdict_takes_the_rows_the_table_and_bars_leave(recorded_view: SessionView) -> None:
+    whole = dataclasses.replace(recorded()[0], num_workers=2)  # a sample timed whole: the rest and the collate
+    rows = lines(with_stages(recorded_view, (whole,)), 40, 9)
+    assert [row.split()[1] for row in rows[1:3]] == ["__getitem__", "collate"] and rows[3].startswith("▶2w ▕")
+    assert len(rows[4:]) == 4 and " ".join(row.strip() for row in rows[4:]) == verdict(whole, 2.0)  # more than 3

@@ -39,7 +39,7 @@ PALETTE = (
 )
 """Each stage's colour, in the order the stages first appear (the letters alone say the same)."""
 VERDICT_LINES = 3
-"""The verdict wraps to at most this many lines (the last cut short with ``…``)."""
+"""The verdict wraps to at most this many lines (the last cut short with ``…``), more where the rest leaves room."""
 MIN_NAME = 12
 """Columns go (waiting, then CPU) before a stage's name gets fewer characters than this."""
 MIN_BAR = 8
@@ -115,10 +115,10 @@ def _crop(text: str, width: int) -> str:
     return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
 
 
-def _verdict_lines(line: str, width: int) -> list[str]:
+def _verdict_lines(line: str, width: int, limit: int) -> list[str]:
     lines = textwrap.wrap(line, max(width, 8), subsequent_indent="  ", break_on_hyphens=False)
-    if len(lines) > VERDICT_LINES:
-        lines = lines[:VERDICT_LINES]
+    if len(lines) > limit:
+        lines = lines[: max(limit, 1)]
         lines[-1] = lines[-1][: max(width - 1, 0)].rstrip() + "…"
     return lines
 
@@ -154,7 +154,8 @@ def stages_text(view: SessionView | None, width: int, height: int) -> Text:
     letters = stage_letters([s.name for f in (figures, *measured) for s in f.stages])
     machine = view.machine
     judged = verdict(figures, machine.usable_cores) if machine is not None else describe(figures)
-    verdict_lines = _verdict_lines(judged, width)[: max(height, 1)]
+    spare = height - (1 + len(figures.stages) + len(measured))  # rows the verdict may have beyond its three
+    verdict_lines = _verdict_lines(judged, width, min(max(VERDICT_LINES, spare), max(height, 1)))
     left = height - len(verdict_lines)
 
     columns = list(COLUMNS)
