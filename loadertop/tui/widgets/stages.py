@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from rich.text import Text
 
 from loadertop.core.policy.stages import verdict
-from loadertop.core.protocol.stages import COLLATE, DECODE, READ, REST, StageFigures, StageTime, describe
+from loadertop.core.protocol.stages import COLLATE, DECODE, READ, REST, StageFigures, StageTime, describe, ms
 from loadertop.core.sessions.view import SessionView
 from loadertop.tui.widgets.base import ViewWidget
 
@@ -56,7 +56,7 @@ class Column:
 
 
 def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
+    return "-" if value is None else ms(value)
 
 
 COLUMNS = (
@@ -198,7 +198,7 @@ def stages_text(view: SessionView | None, width: int, height: int) -> Text:
         line.append("".join(" " + c.cell(figures, stage).rjust(c.width) for c in columns))
         lines.append(line)
     if hidden:
-        more = " · ".join(f"{letters[s.name]} {s.name} {figures.wall_ms(s):.2f}" for s in hidden)
+        more = " · ".join(f"{letters[s.name]} {s.name} {ms(figures.wall_ms(s))}" for s in hidden)
         lines.append(Text(_crop(f"+{len(hidden)} more: {more}", width), "dim"))
     for line in lines:
         text.append_text(line)
@@ -224,7 +224,7 @@ def _draw_bars(
         return
     ranked = sorted(measured, key=lambda f: (f is not running, -f.samples))[:rows]
     label_w = max(len(str(f.num_workers)) for f in measured) + 1
-    ms_w = max(len(f"{f.sample_ms:.2f} ms") for f in measured)
+    ms_w = max(len(f"{ms(f.sample_ms)} ms") for f in measured)
     bar_w = width - 1 - label_w - len(" ▕") - len("▏ ") - ms_w  # "▶2w ▕ddRRGG▏ 4.31 ms"
     if bar_w < MIN_BAR:
         return
@@ -241,7 +241,7 @@ def _draw_bars(
             style = PALETTE[names.index(stage.name) % len(PALETTE)] if stage.name in letters else ""
             text.append(letter * cells, style)
         text.append("▏ ")
-        text.append(f"{figures.sample_ms:.2f} ms".rjust(ms_w))
+        text.append(f"{ms(figures.sample_ms)} ms".rjust(ms_w))
         text.append("\n")
 
 
