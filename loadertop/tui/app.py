@@ -29,6 +29,7 @@ from loadertop.tui.widgets import (
     PendingBar,
     RanksPanel,
     RunHeader,
+    StagesPanel,
     ViewWidget,
     WorkersPanel,
 )
@@ -40,6 +41,9 @@ MAX_WORKERS = 64
 WORKER_KEYS = Binding.Group("±1 worker", compact=True)
 """+ and - share one place in the footer: room for every key at 80 columns."""
 QUIT_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+STAGES_MIN_WIDTH = 110
+"""From this many columns the stage panel is beside the charts unless t hides it; narrower, t shows it in the loss
+chart's place."""
 
 
 class LoaderTopApp(App[None]):
@@ -87,6 +91,14 @@ class LoaderTopApp(App[None]):
             tooltip="Autotune on/off: find and hold the best worker count while training runs",
         ),
         Binding("escape", "cancel_sweep", "cancel sweep", show=False),
+        Binding(
+            "t",
+            "stages",
+            "stages",
+            id="stages",
+            show=False,
+            tooltip="Where a sample's time goes: show or hide the stage panel",
+        ),
         Binding("p", "pause", "pause", id="pause", tooltip="Pause or resume training"),
         Binding("c", "settings", "settings", id="settings", tooltip="Batch size, pin_memory, persistence, prefetch"),
         Binding(
@@ -125,6 +137,7 @@ class LoaderTopApp(App[None]):
         self._watching_script = False
         self._ranks_shown = False
         self._autotune_asked = False  # what a asked last, for sessions whose view cannot say
+        self._stages_wanted: bool | None = None  # what t asked last (None: shown where there is room)
 
     def compose(self) -> ComposeResult:
         # Held by reference: queries go to the active screen, which may be the help or the form.
@@ -136,6 +149,7 @@ class LoaderTopApp(App[None]):
             self._pending_bar,
             self._panel(LossChart(id="loss"), "loss & accuracy"),
             self._panel(LoadComputePanel(id="load"), "load vs compute (ms per batch)"),
+            self._panel(StagesPanel(id="stages"), "where a sample's time goes (t)"),
             self._error_panel,
             self._panel(CoreMeters(id="cpu"), "CPU"),
             self._panel(GpuPanel(id="gpu"), "GPU"),
@@ -145,13 +159,14 @@ class LoaderTopApp(App[None]):
             self._panel(LogPanel(id="log"), "the script's output"),
             self._panel(RanksPanel(id="ranks"), "ranks (k: next rank, A: switch all)"),
         ]
-        header, pending, loss, load, error, cpu, gpu, workers, table, autotune, log, ranks = self._views
+        header, pending, loss, load, stages, error, cpu, gpu, workers, table, autotune, log, ranks = self._views
         with Vertical(id="main"):
             yield header
             yield pending
             with Horizontal(id="charts"):
                 yield loss
                 yield load
+                yield stages
             yield error
             with Horizontal(id="system"):
                 yield cpu
@@ -223,6 +238,9 @@ class LoaderTopApp(App[None]):
             self._ranks_shown = ranks_shown
             self.screen_stack[0].set_class(ranks_shown, "-ranks")
             self.refresh_bindings()
+        stages_shown = self._stages_shown(view)  # narrower than STAGES_MIN_WIDTH, in the loss chart's place
+        self.screen_stack[0].set_class(stages_shown, "-stages")
+        self.screen_stack[0].set_class(stages_shown and self.size.width < STAGES_MIN_WIDTH, "-stages-in-place")
         for widget in self._views:
             if force or widget.wants(view, self._tick):
                 widget.view = view
@@ -237,6 +255,12 @@ class LoaderTopApp(App[None]):
             if sweep_state == "done" and self._sweep_state == "running":
                 self._sweep_done(view)
             self._sweep_state = sweep_state
+
+    def _stages_shown(self, view: SessionView) -> bool:
+        """The stage panel: where the session has figures, beside the charts where there is room, or as t says."""
+        if view.stages is None:
+            return False
+        return self._stages_wanted if self._stages_wanted is not None else self.size.width >= STAGES_MIN_WIDTH
 
     SCRIPT_ONLY: ClassVar[frozenset[str]] = frozenset({"next_loader", "detach"})
     BUILT_IN_ONLY: ClassVar[frozenset[str]] = frozenset({"sweep", "pause", "settings"})
@@ -388,6 +412,15 @@ class LoaderTopApp(App[None]):
                 f"autotune on: measuring {count}, then the model's pick; each change and why beside the table",
                 timeout=4,
             )
+        self.refresh_view(force=True)
+
+    def action_stages(self) -> None:
+        """Show or hide the stage panel (narrower than ``STAGES_MIN_WIDTH``, it takes the loss chart's place)."""
+        view = self.latest
+        if view is None or view.stages is None:
+            self.notify("no stage figures in this session (a recording made before stage timing)", timeout=3)
+            return
+        self._stages_wanted = not self._stages_shown(view)
         self.refresh_view(force=True)
 
     def _sweep_done(self, view: SessionView) -> None:

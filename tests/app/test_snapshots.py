@@ -7,6 +7,7 @@ On a mismatch the new SVG is written beside the expected one as ``*.actual.svg``
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from loadertop import TrainerState
 from loadertop.core.measure.limits import Limits
 from loadertop.core.measure.system import GpuSample
 from loadertop.core.policy.advice import MachineFacts
+from loadertop.core.protocol.stages import StageFigures
 from loadertop.core.sessions.replay import ReplaySession, load_view
 from loadertop.core.sessions.session import SessionView
 from loadertop.core.train.engine import TrainerError
@@ -177,3 +179,29 @@ async def test_memory_as_the_kernel_accounts_it(request: pytest.FixtureRequest, 
     """A recording with PSS and USS (``screenshots/record_session.py``): each process's USS (RSS beside it where
     there is room), the tree's PSS, and the table's PSS, USS a worker, its growth and the PSS added per worker."""
     await snapshot(request, load_view(MEMORY_RECORDED), f"memory_{size[0]}x{size[1]}", size)
+
+
+STAGES_RECORDED = Path(__file__).resolve().parent.parent / "data" / "stages_builtin.json"
+
+
+def with_stages(view: SessionView) -> SessionView:
+    """``view`` with the built-in workload's stage figures at 0, 2 and 1 workers, from a real run's ``--record``
+    (``loadertop run --headless --workers 0 --switch 40:2 --switch 110:1 --max-batches 170``, 2 usable cores)."""
+    figures = tuple(StageFigures.from_wire(wire) for wire in json.loads(STAGES_RECORDED.read_text()))
+    return dataclasses.replace(
+        view, stages=figures, machine=MachineFacts(usable_cores=2.0, memory_total_bytes=24 * GIB)
+    )
+
+
+async def test_where_a_samples_time_goes(request: pytest.FixtureRequest, recorded_view: SessionView) -> None:
+    """Beside the charts at 120 columns: the running count's stages slowest first, a bar per count, the verdict."""
+    await snapshot(request, with_stages(recorded_view), "stages_120x36", (120, 36))
+
+
+async def test_t_shows_the_stages_in_the_loss_charts_place_on_a_small_screen(
+    request: pytest.FixtureRequest, recorded_view: SessionView
+) -> None:
+    async def press(pilot: Pilot) -> None:
+        await pilot.press("t")
+
+    await snapshot(request, with_stages(recorded_view), "stages_t_80x24", (80, 24), press)

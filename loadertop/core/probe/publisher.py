@@ -32,15 +32,22 @@ from loadertop.core.protocol.messages import (
     Log,
     MessageError,
     ServerMessage,
+    StagesUpdate,
     SwitchEvent,
 )
 from loadertop.core.protocol.records import record_line
+from loadertop.core.protocol.stages import TURNED_OFF, StageFigures
 from loadertop.core.protocol.stages import describe as describe_stages
 
 QUEUE_LIMIT = 10_000
 """Batches waiting for the writer thread; past that they are dropped (and counted), never waited for."""
 STATUS_INTERVAL_S = 0.25
 """How often the writer looks for changed loader states (worker pids, pending requests) to publish."""
+STAGES_INTERVAL_S = 1.0
+"""How often the writer reads each loader's stage figures and sends the monitors those that changed."""
+STAGE_FIGURES_SENT = 16
+"""The most worker counts of a loader's figures in one ``stages`` message (the running count's always among them):
+a message stays far below the codec's line limit."""
 WRITER_PERIOD_S = 0.1
 """The writer thread's shortest period: what the loop queued meanwhile is written and published at once
 (10 bursts a second: monitors draw 4 times a second, and each wake-up takes the GIL from the loop)."""
@@ -90,6 +97,7 @@ class Publisher:
         self._writer = threading.Thread(target=self._write, name="loadertop-writer", daemon=True)
         self._writer.start()
         self._excluded: list[int] = []
+        self._stages_failed: set[str] = set()  # loaders whose figures could not be read (said once)
         if self.server is not None:
             self.exclude_threads(self.thread_ids())
 
@@ -258,6 +266,8 @@ class Publisher:
         seen: dict[str, Any] = {}  # loader -> the status last published
         workers_of: dict[str, int] = {}  # loader -> workers of its latest batch
         next_status = 0.0
+        stages_sent: dict[str, tuple[StageFigures, ...]] = {}  # loader -> the stage figures last sent
+        next_stages = 0.0
         waiting: deque[tuple[str, Any]] = deque()
         while True:
             if not waiting:
@@ -282,12 +292,16 @@ class Publisher:
                 for loader in list(self.loaders):
                     if loader.status() != seen.get(loader.name):
                         seen[loader.name] = self._publish_loader(loader)
+            if now >= next_stages:
+                next_stages = now + STAGES_INTERVAL_S
+                self._publish_stages(stages_sent)
             if kind == "idle":
                 continue
             if kind == "close":
                 for name, (number, totals) in epochs.items():  # the last epoch of each loader
                     self._say(f"{name} epoch {number}: " + _describe(*totals))
                 self._summary(sums)
+                self._publish_stages(stages_sent)  # the figures at the end, for the monitors still watching
                 if self._clock is not None and self.training is not None:
                     with contextlib.suppress(Exception):
                         self._publish_cpu(CpuReason.END, self.training.name, self._clock.read())
@@ -366,6 +380,43 @@ class Publisher:
                 totals[1] += batch.load_s
                 totals[2] += batch.step_s or 0.0
                 totals[3] += batch.samples
+
+    def _publish_stages(self, sent: dict[str, tuple[StageFigures, ...]]) -> None:
+        """Each loader's stage figures, to the monitors where they changed since ``sent`` (the writer's thread).
+
+        Read only while a monitor is connected (the server keeps the latest for one that connects later). A report:
+        a loader whose figures cannot be read is said once and never fails the script.
+        """
+        if self.server is None or not self.server.monitors:
+            return
+        for loader in list(self.loaders):
+            try:
+                figures = self._stage_figures(loader)
+            except Exception as exc:  # noqa: BLE001 - the figures are a report: never the script's failure
+                if loader.name not in self._stages_failed:
+                    self._stages_failed.add(loader.name)
+                    self._say(f"{loader.name}: no stage figures for the monitors ({type(exc).__name__}: {exc})")
+                continue
+            if figures is not None and sent.get(loader.name) != figures:
+                sent[loader.name] = figures
+                self._publish(StagesUpdate(loader.name, figures))
+
+    @staticmethod
+    def _stage_figures(loader: Any) -> tuple[StageFigures, ...] | None:
+        """``loader.stages()`` as sent: said to be off where the user turned timing off; the running count's and the
+        most sampled others' where there are more than ``STAGE_FIGURES_SENT`` (None: a loader that has none)."""
+        stages = getattr(loader, "stages", None)
+        if stages is None:
+            return None
+        figures = tuple(stages())
+        if not figures and not getattr(loader, "time_stages", True):
+            return (StageFigures(loader.status().num_workers, 0, 0, (), TURNED_OFF),)
+        if len(figures) > STAGE_FIGURES_SENT:
+            running = loader.status().num_workers
+            ranked = sorted(figures, key=lambda f: (f.num_workers != running, -f.samples))
+            kept = {id(f) for f in ranked[:STAGE_FIGURES_SENT]}
+            figures = tuple(f for f in figures if id(f) in kept)
+        return figures
 
     def _write_log(
         self, loader: str, step: int, values: dict[str, Any], epochs: dict[str, tuple[int, list[float]]]

@@ -7,8 +7,9 @@ socket accepts. A monitor that stops reading (SIGSTOPped, stalled over SSH) lets
 fill to ``CLIENT_BUFFER_BYTES``; past that its messages are dropped and counted, and it is
 told how many when it reads again. Commands (a ``switch``, ``autotune`` on or off) come only from
 the controller: the first monitor that asked for control; the others are told who has it. The
-autotuner's latest status and its changes are kept apart from the bounded history, so that a
-monitor attaching late still learns every change. Imports no torch.
+autotuner's latest status and its changes, and each loader's latest stage figures, are kept apart
+from the bounded history, so that a monitor attaching late still learns every change and the
+figures. Imports no torch.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from loadertop.core.protocol.messages import (
     MonitorHello,
     Refused,
     ServerMessage,
+    StagesUpdate,
     client_message,
 )
 from loadertop.core.protocol.runtime import listen
@@ -100,6 +102,7 @@ class RunServer:
         self._lock = threading.Lock()
         self._history: deque[bytes] = deque(maxlen=HISTORY_MESSAGES)
         self._loaders: dict[str, bytes] = {}  # name -> its latest ``loader`` message
+        self._stages: dict[str, bytes] = {}  # loader name -> its latest ``stages`` message
         self._tuning: bytes | None = None  # the latest ``autotune`` status
         self._changes: deque[bytes] = deque(maxlen=AUTOTUNE_CHANGES_KEPT)  # ``event`` autotune, oldest first
         self.on_autotune: AutotuneHandler | None = None
@@ -151,6 +154,8 @@ class RunServer:
                 self._loaders[message.name] = line
             elif isinstance(message, AutotuneStatus):
                 self._tuning = line
+            elif isinstance(message, StagesUpdate):
+                self._stages[message.loader] = line
             elif isinstance(message, AutotuneEvent):
                 self._changes.append(line)
             elif keep:
@@ -233,6 +238,8 @@ class RunServer:
                 )
             )
             for line in self._loaders.values():
+                client.out += line
+            for line in self._stages.values():
                 client.out += line
             for line in self._changes:
                 client.out += line

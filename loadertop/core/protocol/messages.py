@@ -38,6 +38,11 @@ From the training process (a launched script) to each monitor:
 - ``peer``: a rank of the same torchrun job on another node, from the job's c10d store
   (``probe.peers``): ``rank``, ``local_rank``, ``node_rank``, ``host``, ``pid``, ``num_workers``,
   ``load_ms``, ``step_ms``, ``samples_per_s``, ``step``, ``time`` (its clock when it wrote it).
+- ``stages``: where a loader's samples' time goes (``protocol.stages``), sent about once a second when its
+  figures changed (the latest per loader is kept for monitors that attach later): ``loader``, ``figures`` (one
+  per worker count run, in the order they first ran, each as ``StageFigures.to_wire`` has it: ``num_workers``,
+  ``samples``, ``batches``, ``off`` (why timing is off, or null), ``stages`` (each ``name``, ``calls``,
+  ``wall_s``, ``cpu_calls``, ``cpu_wall_s``, ``cpu_s``; the per-sample figures beside them are for readers)).
 
 From a monitor: ``hello`` (``pid``, ``id``: its own, ``control``: whether it wants to give commands),
 ``switch`` (``loader``: a name or null for the training loader, ``workers``) and ``autotune``
@@ -65,6 +70,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import ClassVar, Final, TypeVar
+
+from loadertop.core.protocol.stages import StageFigures, StageTime
 
 Wire = Mapping[str, object]
 """A message as JSON gives it (or as ``to_wire`` makes it)."""
@@ -104,6 +111,7 @@ class MessageType(Word):
     HISTORY_END = "history_end"
     PEER = "peer"
     AUTOTUNE = "autotune"
+    STAGES = "stages"
     SWITCH = "switch"
 
 
@@ -156,6 +164,7 @@ SERVER_TYPES = frozenset(
         MessageType.HISTORY_END,
         MessageType.PEER,
         MessageType.AUTOTUNE,
+        MessageType.STAGES,
     }
 )
 """The types a monitor accepts."""
@@ -308,6 +317,54 @@ def curve(wire: Wire, key: str) -> Curve:
 def curve_to_wire(points: Curve) -> dict[str, float | None]:
     """A ``Curve`` as the wire has it: ``{"count": samples/s or null}``."""
     return {str(count): rate for count, rate in points}
+
+
+def _objects(value: object, key: str) -> list[Mapping[str, object]]:
+    """``value``, a list of objects (null: empty), else ``MessageError``."""
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)) or not all(isinstance(item, Mapping) for item in value):
+        raise _wrong(key, "a list of objects", value)
+    return list(value)
+
+
+def stage_figures(wire: Wire, key: str) -> tuple[StageFigures, ...]:
+    """``wire[key]``, a list of ``StageFigures.to_wire`` objects, as figures (missing or null: empty).
+
+    Read field by field with this module's parsers (a count is a JSON integer >= 0); a bad field names its place,
+    e.g. ``figures[0].stages[1].calls must be an integer >= 0, got 'x'``.
+    """
+    figures = []
+    for i, item in enumerate(_objects(wire.get(key), key)):
+        where = f"{key}[{i}]"
+        try:
+            stages = []
+            for j, stage in enumerate(_objects(item.get("stages"), "stages")):
+                try:
+                    stages.append(
+                        StageTime(
+                            name=text(stage, "name"),
+                            calls=integer(stage, "calls", minimum=0),
+                            wall_s=number(stage, "wall_s"),
+                            cpu_calls=integer(stage, "cpu_calls", minimum=0),
+                            cpu_wall_s=number(stage, "cpu_wall_s"),
+                            cpu_s=number(stage, "cpu_s"),
+                        )
+                    )
+                except MessageError as exc:
+                    raise MessageError(f"stages[{j}].{exc}") from None
+            figures.append(
+                StageFigures(
+                    num_workers=integer(item, "num_workers", minimum=0),
+                    samples=integer(item, "samples", minimum=0),
+                    batches=integer(item, "batches", minimum=0),
+                    stages=tuple(stages),
+                    off=optional_text(item, "off"),
+                )
+            )
+        except MessageError as exc:
+            raise MessageError(f"{where}.{exc}") from None
+    return tuple(figures)
 
 
 def _wire(kind: MessageType, fields: Mapping[str, object], *, omit_none: tuple[str, ...] = ()) -> dict[str, object]:
@@ -888,6 +945,22 @@ class AutotuneStatus(Message):
         )
 
 
+@dataclass(frozen=True, slots=True)
+class StagesUpdate(Message):
+    """``stages``: where ``loader``'s samples' time goes, one ``StageFigures`` per worker count run."""
+
+    TYPE: ClassVar[MessageType] = MessageType.STAGES
+    loader: str
+    figures: tuple[StageFigures, ...] = ()
+
+    def to_wire(self) -> dict[str, object]:
+        return _wire(self.TYPE, {"loader": self.loader, "figures": [f.to_wire() for f in self.figures]})
+
+    @classmethod
+    def from_wire(cls, wire: Wire) -> StagesUpdate:
+        return cls(loader=text(wire, "loader"), figures=stage_figures(wire, "figures"))
+
+
 ServerMessage = (
     Hello
     | LoaderUpdate
@@ -905,6 +978,7 @@ ServerMessage = (
     | HistoryEnd
     | Peer
     | AutotuneStatus
+    | StagesUpdate
 )
 """What a training process sends its monitors."""
 _SERVER: dict[str, Callable[[Wire], ServerMessage]] = {
@@ -920,6 +994,7 @@ _SERVER: dict[str, Callable[[Wire], ServerMessage]] = {
     MessageType.HISTORY_END: HistoryEnd.from_wire,
     MessageType.PEER: Peer.from_wire,
     MessageType.AUTOTUNE: AutotuneStatus.from_wire,
+    MessageType.STAGES: StagesUpdate.from_wire,
 }
 
 

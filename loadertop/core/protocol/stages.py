@@ -32,6 +32,9 @@ CPU_EVERY = 8
 """One fetch (a batch's samples) in this many reads the thread's CPU clock at each of its stages (collates
 always do)."""
 
+TURNED_OFF = "turned off (--no-stages, or the loader's time_stages = False)"
+"""``StageFigures.off`` where the user turned stage timing off (the loader then has no figures to say so)."""
+
 
 @dataclass(frozen=True, slots=True)
 class StageTime:

@@ -2,9 +2,10 @@
 
 ``WireDecoder`` is fed the messages a training process sent (dicts, as the codec accepts them) and
 keeps what they say: one ``LoaderTrack`` (a ``MetricsStore`` and the loader's state) per DataLoader,
-the loader shown, who controls the run, the autotuner's status and changes, the ranks of other nodes,
-the script's exception, the latest notice. It has no socket, thread or process of its own (tests feed
-it lists of messages); ``RemoteSession`` owns those, feeds it under its lock and reads its state.
+the loader shown, who controls the run, the autotuner's status and changes, each loader's latest stage
+figures, the ranks of other nodes, the script's exception, the latest notice. It has no socket, thread
+or process of its own (tests feed it lists of messages); ``RemoteSession`` owns those, feeds it under
+its lock and reads its state.
 
 How batches become records: the script measures, for each batch, the wait in ``next()``
 (load) and the time from the previous batch's ``next()`` returning to this call (the loop's
@@ -45,11 +46,13 @@ from loadertop.core.protocol.messages import (
     Peer,
     Refused,
     ServerMessage,
+    StagesUpdate,
     SwitchEvent,
     TunerState,
     server_message,
 )
 from loadertop.core.protocol.records import BatchRecord, StartEvent
+from loadertop.core.protocol.stages import StageFigures
 from loadertop.core.sessions.view import LoaderInfo
 
 ClockOf = Callable[[int, Sequence[int]], TreeCpuClock | None]
@@ -224,6 +227,7 @@ class WireDecoder:
         self.tune_status: AutotuneStatus | None = None  # the script's latest ``autotune`` message
         self.tune_changes: list[Change] = []  # its autotuner's changes, oldest first
         self.clock: TreeCpuClock | None = None  # the script's tree, read from here between its own readings
+        self.stages: dict[str, tuple[StageFigures, ...]] = {}  # loader -> its latest stage figures, per worker count
 
     # ------------------------------------------------------------ feeding
 
@@ -281,6 +285,8 @@ class WireDecoder:
             self.peers[m.rank] = m
         elif isinstance(m, AutotuneStatus):
             self.tune_status = m
+        elif isinstance(m, StagesUpdate):
+            self.stages[m.loader] = m.figures
         # history_end, the exit event and events of other kinds change nothing shown
 
     def _hello(self, m: Hello) -> None:
@@ -331,6 +337,10 @@ class WireDecoder:
     def training_track(self) -> LoaderTrack | None:
         """The training loader (its tree's CPU and memory are billed to it)."""
         return next((t for t in self.tracks.values() if t.info is not None and t.info.training), None)
+
+    def selected_stages(self) -> tuple[StageFigures, ...] | None:
+        """The shown loader's latest stage figures (None: it has sent none, e.g. a script of an older loadertop)."""
+        return self.stages.get(self.selected) if self.selected is not None else None
 
     def loaders(self) -> tuple[LoaderInfo, ...]:
         """Every loader that has reported itself, in creation order."""

@@ -10,7 +10,8 @@ monitor reads the same clock from outside at each system sample (the running fig
 Commands go back as ``switch`` messages; ``stop`` sends the script SIGINT (then SIGTERM after a
 grace period, as a terminal's ^C would be followed up), ``detach`` leaves it running.
 ``set_autotune`` turns the script's autotuner on or off; its status and every change it made
-come back (``autotune`` and ``event`` messages) as ``SessionView.autotune``.
+come back (``autotune`` and ``event`` messages) as ``SessionView.autotune``. Each loader's stage
+figures come as ``stages`` messages; the view has the shown loader's (``SessionView.stages``).
 
 The class wires small parts, each of one job: the socket client (``script_connection.ScriptConnection``),
 what the messages say (``decoder.WireDecoder``, no socket: see there how batches become records), the script's
@@ -145,6 +146,7 @@ class RemoteSession:
         name = " ".join(self.command) or f"pid {self.root_pid}"
         with self._lock:
             autotune = self._wire.autotune_view()
+            stages = self._wire.selected_stages()
         return SessionView(
             workload_name=name,
             notes=script_notes(script, gone=self._gone),
@@ -156,6 +158,7 @@ class RemoteSession:
             script=script,
             autotune=autotune,
             machine=machine,
+            stages=stages,
         )
 
     def apply(self, config: LoaderConfig, *, rank: int | None = None) -> None:

@@ -7,6 +7,7 @@ Front-ends (the TUI, tests, other tools) talk to a ``Session``: they pull a
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
@@ -27,11 +28,14 @@ from loadertop.core.probe.publisher import Publisher
 from loadertop.core.protocol.config import LoaderConfig
 from loadertop.core.protocol.messages import Hello
 from loadertop.core.protocol.records import BatchRecord, record_line
+from loadertop.core.protocol.stages import TURNED_OFF, StageFigures
 from loadertop.core.sessions.view import SessionView
 from loadertop.core.train.engine import Trainer, TrainerState
 
 QUIT_WITHIN_S = 2.5
 """How long a stop may take, workers included, before loadertop stops waiting."""
+STAGES_EVERY_S = 1.0
+"""How often ``view`` reads the loader's stage figures again (its workers write them once a batch)."""
 
 
 class JsonlRecorder:
@@ -115,6 +119,8 @@ class Session:
         self._extra_on_record = on_record
         trainer.on_record = self._on_record
         self._machine = machine_facts()
+        self._stages: tuple[StageFigures, ...] = ()
+        self._stages_read_at = -math.inf
         self._closed = False
         self.autotune_log: list[tuple[int, Change]] = []
         """Every autotune change with the step (batches done) when it came."""
@@ -213,7 +219,23 @@ class Session:
             sweep=sweep.progress() if sweep is not None else None,
             autotune=self.tuner.status(),
             machine=machine,
+            stages=self._stage_figures(),
         )
+
+    def _stage_figures(self) -> tuple[StageFigures, ...]:
+        """The training loader's stage figures, read again at most every ``STAGES_EVERY_S`` (a few small tensors)."""
+        now = time.monotonic()
+        if now - self._stages_read_at < STAGES_EVERY_S:
+            return self._stages
+        self._stages_read_at = now
+        if not self.trainer.time_stages:
+            self._stages = (StageFigures(self.trainer.config.num_workers, 0, 0, (), TURNED_OFF),)
+            return self._stages
+        try:
+            self._stages = self.trainer.stages()
+        except Exception:  # noqa: BLE001, S110 - a report: the last figures stay, the monitor goes on
+            pass
+        return self._stages
 
     def start_sweep(self, counts: Sequence[int] | None = None, batches: int = DEFAULT_BATCHES) -> None:
         """Measure each worker count in turn (default 0, 1, 2, 4, ... up to twice the usable cores).

@@ -16,6 +16,7 @@ from loadertop.core.measure.system import SystemSnapshot
 from loadertop.core.policy.advice import Advice, MachineFacts
 from loadertop.core.policy.autotune import TunerStatus
 from loadertop.core.protocol.config import LoaderConfig
+from loadertop.core.protocol.stages import StageFigures
 from loadertop.core.protocol.status import TrainerStatus
 
 
@@ -150,6 +151,9 @@ class SessionView:
         script: the watched script, its loaders and its output (None for the built-in workload).
         autotune: the autotuner's state, its changes and its model's curve (None: this session cannot tune).
         machine: the cores and memory the training may use and where their limits came from (None in replays).
+        stages: where the shown loader's samples' time goes, one ``StageFigures`` per worker count run, in the order
+            they first ran (empty: none timed yet; None: this session does not say, e.g. an older recording). The
+            verdict on them takes ``machine.usable_cores``.
     """
 
     workload_name: str
@@ -163,6 +167,7 @@ class SessionView:
     script: ScriptView | None = None
     autotune: TunerStatus | None = None
     machine: MachineFacts | None = None
+    stages: tuple[StageFigures, ...] | None = None
 
 
 class SessionLike(Protocol):

@@ -18,6 +18,8 @@ AUTOTUNE = (
     "start over from that count"
 )
 
+STAGES = "show / hide where a sample's time goes (the stage panel)"
+
 KEYS = (
     ("+ / -", "one worker more / fewer (pending; nothing restarts yet)"),
     ("0 … 9", "set the pending worker count directly"),
@@ -38,6 +40,7 @@ KEYS = (
     ("s", "sweep: measure 0, 1, 2, 4, ... workers in turn (training goes on), then recommend one"),
     ("Esc", "cancel a sweep (what was measured stays)"),
     ("a", AUTOTUNE),
+    ("t", STAGES),
     ("p", "pause / resume training"),
     ("?", "this help"),
     ("q, Ctrl+C", "quit: stops training and shuts the workers down"),
@@ -50,6 +53,7 @@ SCRIPT_KEYS = (
     ("k", "a torchrun job's next rank (this node's or another's): shown, and what r switches"),
     ("A", "switch every rank of a torchrun job to the pending count"),
     ("a", AUTOTUNE),
+    ("t", STAGES),
     ("d", "detach: quit and leave the script running; loadertop attach watches it again"),
     ("?", "this help"),
     ("q, Ctrl+C", "stop the script as ^C would (SIGINT, then SIGTERM after 5 s) and quit"),

@@ -12,6 +12,7 @@ from loadertop.tui.widgets.log_panel import LogPanel
 from loadertop.tui.widgets.loss_chart import LossChart
 from loadertop.tui.widgets.pending import PendingBar
 from loadertop.tui.widgets.ranks import RanksPanel
+from loadertop.tui.widgets.stages import StagesPanel
 from loadertop.tui.widgets.workers import WorkersPanel
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "PendingBar",
     "RanksPanel",
     "RunHeader",
+    "StagesPanel",
     "SystemPanel",
     "ViewWidget",
     "WorkersPanel",

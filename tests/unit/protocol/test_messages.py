@@ -46,12 +46,14 @@ from loadertop.core.protocol.messages import (
     OtherEvent,
     Peer,
     Refused,
+    StagesUpdate,
     Switch,
     SwitchEvent,
     TunerState,
     client_message,
     server_message,
 )
+from loadertop.core.protocol.stages import DECODE, REST, StageFigures, StageTime
 from loadertop.core.sessions.decoder import WireDecoder
 from loadertop.core.sessions.remote import RemoteSession
 from tests.conftest import ROOT
@@ -146,6 +148,22 @@ SERVER_SAMPLES: list[Any] = [
         cores=3.5,
         memory_bytes=1 << 30,
         max_workers=8,
+    ),
+    StagesUpdate(
+        loader="train.py:9",
+        figures=(
+            StageFigures(0, 64, 4, (StageTime(REST, 64, 0.25, 8, 0.03125, 0.0300),)),
+            StageFigures(
+                2,
+                128,
+                8,
+                (
+                    StageTime(DECODE, 384, 0.125, 48, 0.015625, 0.0125),
+                    StageTime("RandomResizedCrop", 128, 0.5, 0, 0.0, 0.0),
+                ),
+            ),
+            StageFigures(4, 0, 0, (), "TypeError: a timer failed"),
+        ),
     ),
 ]
 CLIENT_SAMPLES: list[Any] = [
@@ -318,6 +336,49 @@ def test_unknown_fields_are_ignored_except_the_users_names_which_are_kept() -> N
         ({"type": "event", "event": 5}, "event must be a string, got 5"),
         ({"type": "log", "loader": "l", "step": 1, "metrics": [0.5]}, "metrics must be an object, got [0.5]"),
         ({"type": "peer", "host": "n3"}, "rank is missing"),
+        ({"type": "stages", "figures": []}, "loader is missing"),
+        ({"type": "stages", "loader": "l", "figures": {"0": {}}}, "figures must be a list of objects, got {'0': {}}"),
+        (
+            {"type": "stages", "loader": "l", "figures": [{"samples": 1, "batches": 1}]},
+            "figures[0].num_workers is missing",
+        ),
+        (
+            {"type": "stages", "loader": "l", "figures": [{"num_workers": 1, "samples": -1, "batches": 1}]},
+            "figures[0].samples must be an integer >= 0, got -1",
+        ),
+        (
+            {"type": "stages", "loader": "l", "figures": [{"num_workers": 1, "samples": 1, "batches": 1, "stages": 3}]},
+            "figures[0].stages must be a list of objects, got 3",
+        ),
+        (
+            {
+                "type": "stages",
+                "loader": "l",
+                "figures": [
+                    {
+                        "num_workers": 1,
+                        "samples": 1,
+                        "batches": 1,
+                        "stages": [
+                            {"name": "decode", "calls": 1, "wall_s": 0.1, "cpu_calls": 0, "cpu_wall_s": 0, "cpu_s": 0},
+                            {
+                                "name": "collate",
+                                "calls": "1",
+                                "wall_s": 0.1,
+                                "cpu_calls": 0,
+                                "cpu_wall_s": 0,
+                                "cpu_s": 0,
+                            },
+                        ],
+                    }
+                ],
+            },
+            "figures[0].stages[1].calls must be an integer >= 0, got '1'",
+        ),
+        (
+            {"type": "stages", "loader": "l", "figures": [{"num_workers": 1, "samples": 1, "batches": 1, "off": 5}]},
+            "figures[0].off must be a string, got 5",
+        ),
         ({"type": "refused"}, "reason is missing"),
         ({"type": "pickle"}, "not a message from a run: type 'pickle'"),
     ],
