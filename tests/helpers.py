@@ -248,6 +248,11 @@ def records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def batch_records(path: Path) -> list[dict]:
+    """The batch lines of ``path`` (its events left out: ``stages`` at the end of a run, ``log``, ...)."""
+    return [line for line in records(path) if "event" not in line]
+
+
 def torchrun(out: Path, *extra: str, script: str = DDP) -> list[str]:
     """``script`` on two ranks of one node, as users start it (``torchrun`` is ``python -m torch.distributed.run``)."""
     return [

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import assert_usage_error, launched, no_children_left, records, run, run_main
+from tests.helpers import assert_usage_error, batch_records, launched, no_children_left, records, run, run_main
 
 SCRIPT = "tests/scripts/plain_loop.py"
 
@@ -43,7 +43,7 @@ def test_switches_mid_epoch_leave_the_scripts_batches_and_randomness_as_they_wer
     assert "loadertop: DataLoader plain_loop.py:" in watched.stderr
     assert "switching 0 -> 2 workers after batch 3" in watched.stderr
     assert "2 -> 1 worker after batch 9" in watched.stderr
-    train = [r for r in records(record) if r["loader"] == records(record)[0]["loader"]]
+    train = [r for r in batch_records(record) if r["loader"] == batch_records(record)[0]["loader"]]
     # Overlapped switches: the old workers deliver what they were given, then the new ones go on, in order.
     ran = [r["num_workers"] for r in train]
     assert [n for i, n in enumerate(ran) if i == 0 or ran[i - 1] != n] == [0, 2, 1]
@@ -73,7 +73,7 @@ def test_a_persistent_loader_switched_to_no_workers_and_back_trains_as_the_plain
     assert watched.returncode == 0, watched.stderr
     assert json.loads((tmp_path / "watched.json").read_text()) == json.loads((tmp_path / "plain.json").read_text())
     assert watched.stdout == plain.stdout  # every epoch's validation loss, the second's included
-    train = [r["num_workers"] for r in records(record) if r["loader"] == records(record)[0]["loader"]]
+    train = [r["num_workers"] for r in batch_records(record) if r["loader"] == batch_records(record)[0]["loader"]]
     assert train[:12] == [1] * 12 and train[12:24] == [0] * 12  # the switch at the epoch's end applies at the next
     assert [n for i, n in enumerate(train) if i == 0 or train[i - 1] != n] == [1, 0, 1] and len(train) == 36
     assert no_children_left()
@@ -94,8 +94,8 @@ def test_switch_names_any_loader_and_a_name_that_never_appears_is_reported(tmp_p
     )
     assert watched.returncode == 0, watched.stderr
     assert json.loads((tmp_path / "watched.json").read_text()) == json.loads((tmp_path / "plain.json").read_text())
-    val = [r["num_workers"] for r in records(record) if r["loader"] == "plain_loop.py:74"]
-    train = {r["num_workers"] for r in records(record) if r["loader"] == "plain_loop.py:73"}
+    val = [r["num_workers"] for r in batch_records(record) if r["loader"] == "plain_loop.py:74"]
+    train = {r["num_workers"] for r in batch_records(record) if r["loader"] == "plain_loop.py:73"}
     assert val == [0, 2, 2, 2] and train == {0}  # the validation loader's, from its 2nd batch; training untouched
     assert (
         "loadertop: --switch nope.py:1@1:1: the script created no DataLoader named 'nope.py:1' "
@@ -112,7 +112,7 @@ def test_workers_sets_every_loader_and_the_exit_code_is_the_scripts(tmp_path: Pa
     )
     assert watched.returncode == 0, watched.stderr
     by_loader: dict[str, set[int]] = {}
-    for r in records(record):
+    for r in batch_records(record):
         by_loader.setdefault(r["loader"], set()).add(r["num_workers"])
     assert list(by_loader.values()) == [{2}, {2}]  # training and validation loaders alike
     failed = launched(command=[sys.executable, "-c", "import torch; raise ValueError('boom')"])
@@ -163,7 +163,7 @@ def test_loaders_made_at_one_line_get_names_of_their_own(tmp_path: Path) -> None
     watched = launched("--switch", "helper.py:5#2@1:1", "--record", str(record), command=[sys.executable, str(script)])
     assert watched.returncode == 0, watched.stderr
     assert watched.stdout == "[[0, 1], [2, 3], [4, 5], [6, 7], [0, 1], [2, 3]]\n"
-    rows = records(record)
+    rows = batch_records(record)
     assert [(r["loader"], r["step"], r["num_workers"]) for r in rows] == [
         ("helper.py:5", 1, 0),
         ("helper.py:5", 2, 0),
@@ -231,4 +231,4 @@ def test_a_framework_loadertop_cannot_hook_into_is_said_in_one_line_and_the_load
     assert line.startswith("loadertop: cannot add loadertop's callback to pytorch_lightning 0.0.1 (AttributeError: ")
     assert "has no attribute 'Trainer'" in line
     assert line.endswith("its DataLoaders are still watched and switched, but not told apart nor given its loss")
-    assert [r["step"] for r in records(record)] == [1, 2]
+    assert [r["step"] for r in batch_records(record)] == [1, 2]

@@ -250,7 +250,9 @@ class Recorder:
         self.inner = 0.0  # wall seconds of decodes and reads so far (a transform subtracts those inside it)
         self.inner_cpu = 0.0
         self.pick = random.Random(seed).random  # a private generator: no draw from the script's
-        self.countdown = 1 + int(self.pick() * CPU_EVERY)  # the first within CPU_EVERY fetches
+        # The first between the 2nd fetch and the CPU_EVERY + 1st: a process's first fetch pays its first calls
+        # (imports, lazy set-up; in a spawned worker tens of ms) that no later sample costs.
+        self.countdown = 2 + int(self.pick() * CPU_EVERY)
 
     # The loop's path of a fetch: each function below is as short as it can be.
 
