@@ -11,13 +11,14 @@ The stages and what is measured of them are in ``loadertop.core.protocol.stages`
 - At 0 workers the loop's process fetches: its iterator's fetcher is wrapped, so a sample is timed
   as a whole and the collate apart; transforms and decoders there are not wrapped (they are the
   script's own objects and modules).
-- Each process adds up its figures in Python lists and writes them to its row of a small tensor
-  in shared memory after each collate (once a batch): no message per sample, no lock on the loop's
-  path. The loader reads the rows when asked (``LoaderStages.figures``).
+- Each process adds up its figures in one flat list and writes it to its row of a small tensor in
+  shared memory after each collate (once a batch; at 0 workers the list is read where it is): no
+  message per sample, no lock on the loop's path. The loader reads the rows when asked
+  (``LoaderStages.figures``).
 - Nothing here draws a random number from torch's, Python's or NumPy's global generators or the
-  loader's: which samples read the CPU clock comes from a private ``random.Random``.
-- A timer that fails (installing, or any bookkeeping) turns itself off for that worker with a reason
-  the loader reports once (``StageFigures.off``); the fetch goes on as torch's own.
+  loader's: which fetches read the CPU clock comes from a private ``random.Random``.
+- A timer that fails to install turns itself off for that worker with a reason the loader reports
+  (``StageFigures.off``); the fetch goes on as torch's own.
 """
 
 from __future__ import annotations
@@ -184,35 +185,37 @@ class StageSheet:
 
 
 def figures_of(sheets: list[StageSheet]) -> StageFigures:
-    """The figures of ``sheets`` (generations with the same stages and worker count), added up.
+    """The figures of ``sheets`` (generations with the same worker count), added up stage by stage, by name: a
+    dataset whose transforms changed between epochs has the stages of both, in the order they first ran.
 
-    The recorded sample stage is the whole ``__getitem__``: its rest is that less what the other
-    stages measured inside it (read, decode and transforms run only inside a sample).
+    The recorded sample stage is a fetch's samples as a whole: its rest is that less what the other stages
+    measured inside it (read, decode and transforms run only inside the samples).
     """
-    first = sheets[0]
-    names, samples, batches = first.names, 0, 0
-    sums = [[0.0] * FIELDS for _ in names]
+    samples = batches = 0
+    sums: dict[str, list[float]] = {}  # insertion order: the order the stages first ran
     for sheet in sheets:
         got_samples, got_batches, fields = sheet.totals()
         samples += got_samples
         batches += got_batches
-        for total, field in zip(sums, fields, strict=True):
+        for name, field in zip(sheet.names, fields, strict=True):
+            total = sums.setdefault(name, [0.0] * FIELDS)
             for i in range(FIELDS):
                 total[i] += field[i]
-    rest_at = len(names) - 2
-    inner = [sums[i] for i in range(rest_at)]
-    rest = sums[rest_at]
+    inner = [field for name, field in sums.items() if name not in (REST, COLLATE)]
+    names = [*(name for name in sums if name not in (REST, COLLATE)), REST, COLLATE]
+    rest = sums.setdefault(REST, [0.0] * FIELDS)
+    sums.setdefault(COLLATE, [0.0] * FIELDS)
     rest[1] = max(0.0, rest[1] - sum(stage[1] for stage in inner))
     # The sampled samples' rest: their whole wall and CPU less the inner stages' on those same samples.
     rest[3] = max(0.0, rest[3] - sum(stage[3] for stage in inner))
     rest[4] = max(0.0, rest[4] - sum(stage[4] for stage in inner))
     stages = tuple(
         StageTime(name, int(field[0]), field[1], int(field[2]), field[3], field[4])
-        for name, field in zip(names, sums, strict=True)
-        if field[0] > 0
+        for name in names
+        if (field := sums[name])[0] > 0
     )
     off = next((reason for sheet in sheets if (reason := sheet.off_reason())), None)
-    return StageFigures(first.num_workers, samples, batches, stages, off)
+    return StageFigures(sheets[0].num_workers, samples, batches, stages, off)
 
 
 # ------------------------------------------------------------------ the recorder: one per fetching process

@@ -352,3 +352,15 @@ def test_epochs_of_new_workers_add_up_in_one_sheet_a_count() -> None:
     # The finished epochs' in one; the one before the latest may still be handing over, the latest runs.
     assert len(loader._stages.sheets) == 3
     assert no_children_left()
+
+
+def test_transforms_changed_between_epochs_give_one_count_the_stages_of_both() -> None:
+    dataset = Calibrated(size=16, transform=v1.Compose([Computes()]))
+    loader = DataLoader(dataset, batch_size=BATCH, num_workers=2)
+    run(loader)
+    dataset.transform = v1.Compose([v1.Lambda(abs), Computes()])  # a new pipeline from the next epoch on
+    run(loader)
+    [figures] = loader.stages()
+    assert [s.name for s in figures.stages] == ["Computes", "Lambda", REST, COLLATE]
+    assert (figures.samples, stage(figures, "Computes").calls, stage(figures, "Lambda").calls) == (32, 32, 16)
+    assert no_children_left()
