@@ -13,7 +13,9 @@ from typing import Any
 from loadertop.core.measure.memory import SOURCE_RSS, SOURCE_SMAPS
 from loadertop.core.measure.store import ConfigSummary
 from loadertop.core.policy.advice import Advice, MachineFacts, recommend, speed_cell, verdict
+from loadertop.core.policy.stages import to_wire as stages_to_wire
 from loadertop.core.policy.stages import verdict as stage_verdict
+from loadertop.core.protocol.config import describe_workers
 from loadertop.core.protocol.stages import StageFigures
 from loadertop.core.protocol.stages import describe as describe_stages
 
@@ -206,9 +208,7 @@ def report_json(
             verdict=v.label if v else None,
         )
         figures = staged.get(s.num_workers)
-        row["stages"] = (
-            None if figures is None else {**figures.to_wire(), "verdict": stage_verdict(figures, machine.usable_cores)}
-        )
+        row["stages"] = None if figures is None else stages_to_wire(figures, machine.usable_cores)
         rows.append(row)
     return {
         **meta,
@@ -260,7 +260,6 @@ def format_stages(figures: Sequence[StageFigures], cores: float) -> list[str]:
         return []
     lines = ["where a sample's time goes (wall per sample, CPU in brackets):"]
     for f in timed:
-        count = f"{f.num_workers} worker{'s' if f.num_workers != 1 else ''}"
-        lines.append(f"  {count}: {describe_stages(f, top=12)}")
+        lines.append(f"  {describe_workers(f.num_workers)}: {describe_stages(f, top=12)}")
         lines.append(f"    {stage_verdict(f, cores)}")
     return lines

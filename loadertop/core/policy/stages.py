@@ -66,5 +66,10 @@ def verdict(figures: StageFigures, cores: float) -> str:
     )
 
 
+def to_wire(figures: StageFigures, cores: float) -> dict[str, object]:
+    """The figures as JSON with their verdict (``--record``'s ``stages`` event, a sweep row's ``stages``)."""
+    return {**figures.to_wire(), "verdict": verdict(figures, cores)}
+
+
 def _named(stage: str) -> str:
     return "the rest of __getitem__" if stage == REST else stage

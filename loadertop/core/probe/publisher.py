@@ -19,7 +19,8 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from loadertop.core.measure.limits import current_limits
-from loadertop.core.policy.stages import verdict as stage_verdict
+from loadertop.core.policy.stages import to_wire as stages_to_wire
+from loadertop.core.protocol.config import describe_workers
 from loadertop.core.protocol.messages import (
     AutotuneEvent,
     Batch,
@@ -458,16 +459,15 @@ class Publisher:
             for figures in all_figures:
                 if not figures.samples and not figures.off:
                     continue
-                judged = stage_verdict(figures, cores)
+                wire = stages_to_wire(figures, cores)
                 self._say(
                     f"{loader.name} stages with {describe_workers(figures.num_workers)}: "
                     f"{describe_stages(figures, top=12)}"
                 )
                 if not figures.off:
-                    self._say(f"{loader.name} with {describe_workers(figures.num_workers)}: {judged}")
+                    self._say(f"{loader.name} with {describe_workers(figures.num_workers)}: {wire['verdict']}")
                 if self._record is not None:
-                    event = {"event": "stages", **self._tag, "loader": loader.name, **figures.to_wire()}
-                    self._record.write(record_line({**event, "verdict": judged}))
+                    self._record.write(record_line({"event": "stages", **self._tag, "loader": loader.name, **wire}))
                     self._record.flush()
 
     def close(self) -> None:
@@ -559,8 +559,3 @@ def _number(value: Any) -> Any:
         except (RuntimeError, ValueError):
             return None
     return value if isinstance(value, (int, float, str, bool)) or value is None else str(value)
-
-
-def describe_workers(n: int) -> str:
-    """``1 worker``, ``N workers``."""
-    return "1 worker" if n == 1 else f"{n} workers"

@@ -44,6 +44,12 @@ _cpu = time.thread_time
 FIELDS = 5
 """Per stage in a sheet's row: calls, wall seconds, calls whose CPU was read, their wall seconds, their CPU seconds."""
 
+
+def field_at(stage: int) -> int:
+    """Where stage number ``stage``'s fields begin in a row: after the row's samples and batches."""
+    return 2 + FIELDS * stage
+
+
 _OFF_CHARS = 240
 """Bytes of a row's reason for turning off (UTF-8, NUL-padded)."""
 
@@ -118,7 +124,7 @@ class StageSheet:
         self.names = names
         self.num_workers = num_workers
         slots = max(1, num_workers)
-        self.table = torch.zeros((slots, 2 + FIELDS * len(names)), dtype=torch.float64)
+        self.table = torch.zeros((slots, field_at(len(names))), dtype=torch.float64)
         self.off = torch.zeros((slots, _OFF_CHARS), dtype=torch.uint8)
         if num_workers:  # the workers write their rows; a fork shares it, a spawn receives it as shared memory
             self.table.share_memory_()
@@ -180,7 +186,7 @@ class StageSheet:
         local = self.local_row
         summed = list(local) if local is not None else self.table.sum(dim=0).tolist()
         samples, batches = int(summed[0]), int(summed[1])
-        fields = [summed[2 + FIELDS * i : 2 + FIELDS * (i + 1)] for i in range(len(self.names))]
+        fields = [summed[field_at(i) : field_at(i + 1)] for i in range(len(self.names))]
         return samples, batches, fields
 
 
@@ -224,7 +230,7 @@ def figures_of(sheets: list[StageSheet]) -> StageFigures:
 class Recorder:
     """Adds up one process's stage figures in a flat list laid out as its sheet row, written after each collate.
 
-    ``row[0]`` samples, ``row[1]`` batches, then per stage ``FIELDS`` figures from ``2 + FIELDS * stage``: calls,
+    ``row[0]`` samples, ``row[1]`` batches, then per stage ``FIELDS`` figures from ``field_at(stage)``: calls,
     wall seconds, calls whose CPU was read, their wall seconds, their CPU seconds.
     """
 
@@ -245,8 +251,8 @@ class Recorder:
     def __init__(self, names: tuple[str, ...], write: Callable[[list[float]], None] | None, seed: int) -> None:
         self.names = names
         self.write = write  # None: the row is read where it is (the loop's own process)
-        self.row = [0.0] * (2 + FIELDS * len(names))
-        self.rest_at = 2 + FIELDS * (len(names) - 2)  # the sample stage (a fetch's samples as a whole)
+        self.row = [0.0] * field_at(len(names))
+        self.rest_at = field_at(len(names) - 2)  # the sample stage (a fetch's samples as a whole)
         self.active = False  # inside a fetch's samples
         self.sampled = False  # this fetch reads the CPU clock
         self.depth = 0  # inside a decode or read (nested ones are part of the outer)
@@ -323,7 +329,7 @@ class Recorder:
         finally:
             dt = _clock() - t0
             self.depth -= 1
-            row, base = self.row, 2 + FIELDS * at
+            row, base = self.row, field_at(at)
             row[base] += 1
             row[base + 1] += dt
             self.inner += dt
@@ -342,7 +348,7 @@ class Recorder:
         unpack = len(inputs) > 1
         outputs: Any = inputs[0] if inputs else None
         at = first
-        base = 2 + FIELDS * first
+        base = field_at(first)
         t = _clock()
         inner = self.inner
         c = _cpu() if sampled else 0.0

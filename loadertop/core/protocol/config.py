@@ -120,8 +120,10 @@ class LoaderConfig:
 
     def _labels(self) -> list[tuple[str, str]]:
         """(short, long) labels of every setting that is in effect."""
-        workers = "1 worker" if self.num_workers == 1 else f"{self.num_workers} workers"
-        labels = [(f"w{self.num_workers}", workers), (f"b{self.batch_size}", f"batch {self.batch_size}")]
+        labels = [
+            (f"w{self.num_workers}", describe_workers(self.num_workers)),
+            (f"b{self.batch_size}", f"batch {self.batch_size}"),
+        ]
         if self.pin_memory:
             labels.append(("pin", "pin_memory"))
         if self.persistent_workers and self.num_workers > 0:
@@ -142,3 +144,8 @@ class LoaderConfig:
     def describe(self) -> str:
         """A readable one-line description, e.g. ``2 workers, batch 32``."""
         return ", ".join(long for _, long in self._labels())
+
+
+def describe_workers(n: int) -> str:
+    """``1 worker``, ``N workers``."""
+    return "1 worker" if n == 1 else f"{n} workers"

@@ -22,7 +22,7 @@ from loadertop.core.measure.store import refill_batches
 from loadertop.core.measure.system import SystemSampler, SystemSnapshot
 from loadertop.core.policy.advice import advise, default_counts, machine_facts
 from loadertop.core.policy.autotune import AutoTuner, Budget, Change, Observation
-from loadertop.core.policy.stages import verdict as stage_verdict
+from loadertop.core.policy.stages import to_wire as stages_to_wire
 from loadertop.core.probe.autotune_host import AutotuneHost, default_budget, read_tree
 from loadertop.core.probe.publisher import Publisher
 from loadertop.core.protocol.config import LoaderConfig
@@ -281,7 +281,7 @@ class Session:
         if self._recorder is not None:
             cores = current_limits().cores
             for figures in self.trainer.stages():
-                self._recorder.write({"event": "stages", **figures.to_wire(), "verdict": stage_verdict(figures, cores)})
+                self._recorder.write({"event": "stages", **stages_to_wire(figures, cores)})
         if self.publisher is not None:
             error = self.trainer.error
             if error is not None:

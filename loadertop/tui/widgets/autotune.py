@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from rich.text import Text
 
 from loadertop.core.policy.autotune import Change
+from loadertop.core.protocol.config import describe_workers
 from loadertop.core.protocol.messages import ChangeKind, TunerState
 from loadertop.core.sessions.view import SessionView
 from loadertop.tui.plot import meter
@@ -58,14 +59,10 @@ def has_content(view: SessionView) -> bool:
     return tuning(view) or bool(shown_curve(view)[0])
 
 
-def _workers(n: int) -> str:
-    return "1 worker" if n == 1 else f"{n} workers"
-
-
 def change_rows(change: Change, width: int) -> list[Text]:
     """``0 -> 3 workers: load 22.3 ms > step 7.8 ms ...``: the move first (never cropped), the reason wrapped."""
     if change.to_workers != change.from_workers:
-        head = f"{change.from_workers} -> {_workers(change.to_workers)}"
+        head = f"{change.from_workers} -> {describe_workers(change.to_workers)}"
     else:
         head = "settled" if change.kind == ChangeKind.SETTLE else str(change.kind)
     body = change.reason.removeprefix("settled: ") if change.kind == ChangeKind.SETTLE else change.reason
@@ -187,7 +184,7 @@ class AutotunePanel(ViewWidget):
         changes = tuner.changes if tuning(view) and tuner is not None else ()
         if not curve and not changes:
             if tuner is not None and tuner.state != TunerState.OFF:
-                workers = f" {_workers(tuner.workers)}" if tuner.workers is not None else " the running count"
+                workers = f" {describe_workers(tuner.workers)}" if tuner.workers is not None else " the running count"
                 text.append(
                     "\n".join(
                         textwrap.wrap(

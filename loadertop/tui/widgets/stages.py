@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from rich.text import Text
 
 from loadertop.core.policy.stages import verdict
+from loadertop.core.protocol.config import describe_workers
 from loadertop.core.protocol.stages import COLLATE, DECODE, READ, REST, StageFigures, StageTime, describe, ms
 from loadertop.core.sessions.view import SessionView
 from loadertop.tui.widgets.base import ViewWidget
@@ -100,10 +101,6 @@ def bar_runs(figures: StageFigures, width: int) -> list[tuple[StageTime, int]]:
     return [(stage, n) for (stage, _), n in zip(exact, cells, strict=True) if n > 0]
 
 
-def _workers(n: int) -> str:
-    return "1 worker" if n == 1 else f"{n} workers"
-
-
 def shown_figures(view: SessionView) -> StageFigures | None:
     """The running worker count's figures (else the latest count's), None before any."""
     all_figures = view.stages or ()
@@ -138,7 +135,7 @@ def stages_text(view: SessionView | None, width: int, height: int) -> Text:
         return text
     measured = sorted((f for f in view.stages if f.samples and not f.off), key=lambda f: f.num_workers)
     if figures is None or not figures.samples:
-        count = f"{_workers(view.status.config.num_workers)}: " if measured else ""
+        count = f"{describe_workers(view.status.config.num_workers)}: " if measured else ""
         text.append(f"{count}no samples timed yet", "dim")
         if height >= 2 and not measured:
             text.append(
