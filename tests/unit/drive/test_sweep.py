@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,8 +31,14 @@ def test_io_bound_loading_recommends_the_fewest_workers_that_keep_up_with_the_st
     speed = {r.num_workers: r.samples_per_s for r in rows}
     # 1.6x and 1.6x on a quiet machine; 1.66 and 1.23 measured with other work beside it.
     assert speed[1] > 1.2 * speed[0] and speed[2] > 1.15 * speed[1]
-    assert advice.recommended_num_workers == 2, out
-    assert "recommended: 2 workers" in out
+    # 2 workers keep up and 4 cannot do better: the advice is 2, unless noise made 4 measure faster and the
+    # sweep says it cannot tell the two apart (then it names the fastest and says to measure longer).
+    two = next(r for r in rows if r.num_workers == 2)
+    if advice.recommended_num_workers == 4:
+        assert two.key in advice.undecided and "cannot yet tell whether 2 workers" in out, out
+    else:
+        assert advice.recommended_num_workers == 2, out
+        assert "recommended: 2 workers" in out
 
 
 @pytest.fixture
@@ -75,9 +82,11 @@ def test_cpu_bound_loading_scales_to_the_core_count_then_stops(cores: Callable[[
     # Past the cores there is no new CPU: four workers do not load more per CPU-second than two.
     assert speed[4] / cpu[4] < 1.1 * speed[2] / cpu[2], out
     if cpu[2] >= 150:  # two workers had the two cores (another busy process lets four take more of them)
-        # More workers then only win back the share the training process took (here up to ~8%,
-        # which can tip the 5% rule toward 4).
-        assert speed[4] < 1.15 * speed[2], out
+        # More workers then only win back the share the training process took (here up to ~8%, which can
+        # tip the 5% rule toward 4; 17% once on a busy CI machine, within the two rows' own error bars):
+        # four workers are not measurably more than 15% faster than two.
+        sem = {r.num_workers: r.samples_per_s_sem for r in rows}
+        assert speed[4] - 1.15 * speed[2] < 2 * math.hypot(sem[4], sem[2]), out
 
 
 def test_a_sweep_switches_only_after_its_steady_batches_and_cancel_keeps_the_run_going() -> None:
