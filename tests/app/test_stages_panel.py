@@ -125,3 +125,16 @@ def test_a_long_verdict_takes_the_rows_the_table_and_bars_leave(recorded_view: S
     rows = lines(with_stages(recorded_view, (whole,)), 40, 9)
     assert [row.split()[1] for row in rows[1:3]] == ["__getitem__", "collate"] and rows[3].startswith("▶2w ▕")
     assert len(rows[4:]) == 4 and " ".join(row.strip() for row in rows[4:]) == verdict(whole, 2.0)  # more than 3
+
+
+def test_the_bytes_a_sample_reads_and_a_workers_rate_have_a_line_above_the_verdict(
+    recorded_view: SessionView,
+) -> None:
+    zero, two, one = recorded()
+    # 2 workers' bytes as a real run of the built-in workload read them (``--record``'s stages event).
+    two = dataclasses.replace(two, io_samples=two.samples, storage_bytes=0, read_bytes=2_450 * two.samples)
+    rows = lines(with_stages(recorded_view, (zero, two, one)), 60, 20)
+    verdict_at = len(rows) - 3
+    assert rows[verdict_at - 1] == f"I/O 2.45 KB a sample (storage 0 B) · {2.45 / two.sample_ms:.3g} MB/s a worker"
+    assert rows[verdict_at - 2].startswith("▶2w ▕")  # below the bars (the running count last, by workers)
+    assert not any(row.startswith("I/O") for row in lines(with_stages(recorded_view, (zero, one)), 60, 20))

@@ -16,7 +16,7 @@ from loadertop.core.policy.advice import Advice, MachineFacts, recommend, speed_
 from loadertop.core.policy.stages import to_wire as stages_to_wire
 from loadertop.core.policy.stages import verdict as stage_verdict
 from loadertop.core.protocol.config import describe_workers
-from loadertop.core.protocol.stages import StageFigures
+from loadertop.core.protocol.stages import StageFigures, describe_io
 from loadertop.core.protocol.stages import describe as describe_stages
 
 # DESIGN.md's JSON row fields, in order (``rss_mb`` is kept for scripts that read it: the peak of the summed RSS),
@@ -261,5 +261,7 @@ def format_stages(figures: Sequence[StageFigures], cores: float) -> list[str]:
     lines = ["where a sample's time goes (wall per sample, CPU in brackets):"]
     for f in timed:
         lines.append(f"  {describe_workers(f.num_workers)}: {describe_stages(f, top=12)}")
+        if (io := describe_io(f)) is not None:
+            lines.append(f"    {io}")
         lines.append(f"    {stage_verdict(f, cores)}")
     return lines

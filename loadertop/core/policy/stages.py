@@ -52,9 +52,11 @@ def verdict(figures: StageFigures, cores: float) -> str:
         slow = max(figures.stages, key=lambda stage: figures.wait_ms(stage) or 0.0)
         workers = latency_bound_workers(figures, cores)
         model = f" (about {workers} workers)" if workers is not None else ""
+        storage = figures.mb_per_s(figures.storage_kb_per_sample) if figures.storage_bytes else None
+        storage_text = f" (storage: {storage:.3g} MB/s a worker)" if storage else ""
         return (
-            f"{waiting:.0%} of each sample is waiting, most in {_named(slow.name)}: latency-bound: workers beyond "
-            f"the {cores_text} still help{model}"
+            f"{waiting:.0%} of each sample is waiting{storage_text}, most in {_named(slow.name)}: latency-bound: "
+            f"workers beyond the {cores_text} still help{model}"
         )
     slow = figures.slowest_first()[0]
     cpu, wall = figures.cpu_ms(slow), figures.wall_ms(slow)

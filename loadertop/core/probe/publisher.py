@@ -37,7 +37,7 @@ from loadertop.core.protocol.messages import (
     SwitchEvent,
 )
 from loadertop.core.protocol.records import record_line
-from loadertop.core.protocol.stages import TURNED_OFF, StageFigures
+from loadertop.core.protocol.stages import TURNED_OFF, StageFigures, describe_io
 from loadertop.core.protocol.stages import describe as describe_stages
 
 QUEUE_LIMIT = 10_000
@@ -464,6 +464,8 @@ class Publisher:
                     f"{loader.name} stages with {describe_workers(figures.num_workers)}: "
                     f"{describe_stages(figures, top=12)}"
                 )
+                if (io := describe_io(figures)) is not None:
+                    self._say(f"{loader.name} with {describe_workers(figures.num_workers)}: {io}")
                 if not figures.off:
                     self._say(f"{loader.name} with {describe_workers(figures.num_workers)}: {wire['verdict']}")
                 if self._record is not None:

@@ -26,8 +26,10 @@ from __future__ import annotations
 import copyreg
 import ctypes
 import functools
+import os
 import random
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -45,9 +47,54 @@ FIELDS = 5
 """Per stage in a sheet's row: calls, wall seconds, calls whose CPU was read, their wall seconds, their CPU seconds."""
 
 
+HEADER = 5
+"""A row's first fields: samples, batches, then the samples its storage figures cover, the bytes read from storage
+and the bytes read in all (``/proc``'s ``read_bytes`` and ``rchar``)."""
+
+
 def field_at(stage: int) -> int:
-    """Where stage number ``stage``'s fields begin in a row: after the row's samples and batches."""
-    return 2 + FIELDS * stage
+    """Where stage number ``stage``'s fields begin in a row: after the row's ``HEADER``."""
+    return HEADER + FIELDS * stage
+
+
+class IoCounter:
+    """Bytes a process (``/proc/self/io``) or a thread (``/proc/thread-self/io``) has read: from storage
+    (``read_bytes``: what came from the block device, so not a page-cache hit) and in all (``rchar``: every
+    ``read`` and ``pread``, the cache's included). One ``pread`` of a file kept open: about 2 us.
+
+    The counter's own reads of the file are left out of ``rchar`` (the kernel counts them: ~110 bytes each).
+    ``read()`` is None where the file cannot be opened (not Linux, a locked-down ``/proc``).
+    """
+
+    __slots__ = ("fd", "own")
+
+    def __init__(self, path: str) -> None:
+        self.own = 0  # bytes this counter's reads returned so far
+        try:
+            self.fd: int | None = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            self.fd = None
+
+    def read(self) -> tuple[int, int] | None:
+        """``(read_bytes, rchar)`` now, less this counter's own reads, or None."""
+        if self.fd is None:
+            return None
+        try:
+            data = os.pread(self.fd, 512, 0)
+            fields = data.split()
+            counts = int(fields[fields.index(b"read_bytes:") + 1]), int(fields[1]) - self.own
+        except (OSError, ValueError, IndexError):
+            return None
+        self.own += len(data)
+        return counts
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def __del__(self) -> None:  # the loader went away with its latest generation's counter open
+        self.close()
 
 
 _OFF_CHARS = 240
@@ -131,6 +178,8 @@ class StageSheet:
             self.off.share_memory_()
         self.local_row: list[float] | None = None
         """At 0 workers, the loop's process's recorder's own row, read where it is (no write a batch)."""
+        self.local_recorder: Recorder | None = None
+        """At 0 workers, that recorder (its bytes-read counter is closed when the generation is done)."""
 
     @property
     def frozen(self) -> bool:
@@ -146,6 +195,9 @@ class StageSheet:
         if self.local_row is not None:
             self.table[0] = torch.tensor(self.local_row, dtype=torch.float64)
             self.local_row = None
+        if self.local_recorder is not None:
+            self.local_recorder.close()
+            self.local_recorder = None
 
     def absorb(self, other: StageSheet) -> None:
         """Add a frozen sheet of the same stages and worker count to this frozen one (one sheet a count, however
@@ -181,13 +233,12 @@ class StageSheet:
                 return data.decode("utf-8", "replace")
         return None
 
-    def totals(self) -> tuple[int, int, list[list[float]]]:
-        """Samples, batches and each stage's fields, over the workers."""
+    def totals(self) -> tuple[list[float], list[list[float]]]:
+        """The ``HEADER`` fields and each stage's fields, over the workers."""
         local = self.local_row
         summed = list(local) if local is not None else self.table.sum(dim=0).tolist()
-        samples, batches = int(summed[0]), int(summed[1])
         fields = [summed[field_at(i) : field_at(i + 1)] for i in range(len(self.names))]
-        return samples, batches, fields
+        return summed[:HEADER], fields
 
 
 def figures_of(sheets: list[StageSheet]) -> StageFigures:
@@ -197,12 +248,11 @@ def figures_of(sheets: list[StageSheet]) -> StageFigures:
     The recorded sample stage is a fetch's samples as a whole: its rest is that less what the other stages
     measured inside it (read, decode and transforms run only inside the samples).
     """
-    samples = batches = 0
+    header = [0.0] * HEADER
     sums: dict[str, list[float]] = {}  # insertion order: the order the stages first ran
     for sheet in sheets:
-        got_samples, got_batches, fields = sheet.totals()
-        samples += got_samples
-        batches += got_batches
+        got, fields = sheet.totals()
+        header = [a + b for a, b in zip(header, got, strict=True)]
         for name, field in zip(sheet.names, fields, strict=True):
             total = sums.setdefault(name, [0.0] * FIELDS)
             for i in range(FIELDS):
@@ -221,7 +271,8 @@ def figures_of(sheets: list[StageSheet]) -> StageFigures:
         if (field := sums[name])[0] > 0
     )
     off = next((reason for sheet in sheets if (reason := sheet.off_reason())), None)
-    return StageFigures(sheets[0].num_workers, samples, batches, stages, off)
+    samples, batches, io_samples, storage, read = (int(x) for x in header)
+    return StageFigures(sheets[0].num_workers, samples, batches, stages, off, io_samples, storage, read)
 
 
 # ------------------------------------------------------------------ the recorder: one per fetching process
@@ -230,8 +281,13 @@ def figures_of(sheets: list[StageSheet]) -> StageFigures:
 class Recorder:
     """Adds up one process's stage figures in a flat list laid out as its sheet row, written after each collate.
 
-    ``row[0]`` samples, ``row[1]`` batches, then per stage ``FIELDS`` figures from ``field_at(stage)``: calls,
-    wall seconds, calls whose CPU was read, their wall seconds, their CPU seconds.
+    ``row[0]`` samples, ``row[1]`` batches, ``row[2:5]`` the bytes read (``HEADER``), then per stage ``FIELDS``
+    figures from ``field_at(stage)``: calls, wall seconds, calls whose CPU was read, their wall seconds, their CPU
+    seconds.
+
+    Bytes read: in a worker (``whole_process``) everything the process read since its recorder started, read at
+    each collate (a worker does nothing but fetch); in the loop's process the fetching thread's reads during
+    the fetches that read the CPU clock (the rest of the thread's reads are the training's).
     """
 
     __slots__ = (
@@ -240,6 +296,9 @@ class Recorder:
         "depth",
         "inner",
         "inner_cpu",
+        "io",
+        "io_base",
+        "io_thread",
         "names",
         "pick",
         "rest_at",
@@ -248,7 +307,9 @@ class Recorder:
         "write",
     )
 
-    def __init__(self, names: tuple[str, ...], write: Callable[[list[float]], None] | None, seed: int) -> None:
+    def __init__(
+        self, names: tuple[str, ...], write: Callable[[list[float]], None] | None, seed: int, *, whole_process: bool
+    ) -> None:
         self.names = names
         self.write = write  # None: the row is read where it is (the loop's own process)
         self.row = [0.0] * field_at(len(names))
@@ -262,6 +323,23 @@ class Recorder:
         # The first between the 2nd fetch and the CPU_EVERY + 1st: a process's first fetch pays its first calls
         # (imports, lazy set-up; in a spawned worker tens of ms) that no later sample costs.
         self.countdown = 2 + int(self.pick() * CPU_EVERY)
+        self.io: IoCounter | None = IoCounter("/proc/self/io") if whole_process else None
+        self.io_base = self.io.read() if self.io is not None else None
+        self.io_thread = 0  # at 0 workers: the thread whose counter ``io`` is (opened by the fetching thread)
+
+    def thread_io(self) -> tuple[int, int] | None:
+        """The fetching thread's bytes read so far (its counter opened by it, once)."""
+        ident = threading.get_ident()
+        if ident != self.io_thread:
+            if self.io is not None:
+                self.io.close()
+            self.io, self.io_thread = IoCounter("/proc/thread-self/io"), ident
+        return self.io.read() if self.io is not None else None
+
+    def close(self) -> None:
+        """Close the bytes-read counter (the generation is done)."""
+        if self.io is not None:
+            self.io.close()
 
     # The loop's path of a fetch: each function below is as short as it can be.
 
@@ -276,6 +354,7 @@ class Recorder:
         if sampled:  # the next one 1 to 2 x CPU_EVERY - 1 fetches on: one in CPU_EVERY, with no period to alias
             self.countdown = 1 + int(self.pick() * (2 * CPU_EVERY - 1))
         self.active = True
+        io0 = self.thread_io() if sampled and self.write is None else None
         c0 = _cpu() if sampled else 0.0
         t0 = _clock()
         try:
@@ -294,6 +373,10 @@ class Recorder:
                 row[at + 2] += count
                 row[at + 3] += dt
                 row[at + 4] += _cpu() - c0
+                if io0 is not None and (io1 := self.thread_io()) is not None:
+                    row[2] += count
+                    row[3] += io1[0] - io0[0]
+                    row[4] += io1[1] - io0[1]
 
     def collate(self, collate_fn: Callable[[Any], Any], data: Any) -> Any:
         """``collate_fn(data)``, timed (its CPU with the fetch's); then this process's row is written."""
@@ -312,6 +395,11 @@ class Recorder:
             row[at + 3] += dt
             row[at + 4] += _cpu() - c0
         if self.write is not None:
+            base = self.io_base
+            if base is not None and self.io is not None and (now := self.io.read()) is not None:
+                row[2] = row[0]
+                row[3] = now[0] - base[0]
+                row[4] = now[1] - base[1]
             self.write(row)
         return batch
 
@@ -523,7 +611,7 @@ def install_in_worker(names: tuple[str, ...], write: Callable[[list[float]], Non
         first += len(compose.transforms)
     _wrap_decoders()
     torch_compat.time_map_fetches(_worker_fetch)
-    _RECORDER = Recorder(names, write, seed)
+    _RECORDER = Recorder(names, write, seed, whole_process=True)
 
 
 class StageInit:
@@ -612,8 +700,8 @@ class _Creating:
             return
         if not sheet.num_workers:
             try:
-                recorder = Recorder(sheet.names, None, seed=0)
-                sheet.local_row = recorder.row
+                recorder = Recorder(sheet.names, None, seed=0, whole_process=False)
+                sheet.local_row, sheet.local_recorder = recorder.row, recorder
                 torch_compat.wrap_fetcher(iterator, recorder.timed_fetch)
             except Exception as exc:  # noqa: BLE001
                 self._turn_off(f"{type(exc).__name__}: {exc}")

@@ -17,6 +17,12 @@ Each stage has its wall time on every call (a batch's samples together: one pair
 fetch) and the thread's CPU time on every collate and on one fetch in ``CPU_EVERY`` (every stage of
 its samples): a stage's CPU per sample is the mean CPU of its sampled calls times its calls per
 sample; **waiting** (storage, sleep, locks, a queue for a core) is wall less CPU.
+
+And the bytes read, from Linux's per-process counters (``/proc/PID/io``): **from storage** (``read_bytes``: what
+came from the block device, so a file in the page cache adds nothing) and **in all** (``rchar``: every ``read``,
+the cache's included). In a worker, everything it read since it started fetching (the script's
+``worker_init_fn`` included); at 0 workers, the fetching thread's reads during the fetches that read the CPU
+clock. The rate is a worker's while it fetches: its bytes over its samples' wall time.
 """
 
 from __future__ import annotations
@@ -67,6 +73,9 @@ class StageFigures:
         batches: batches collated.
         stages: each stage, in the order of a sample's path (stages that never ran left out).
         off: why stage timing is off for this loader (one line), or None.
+        io_samples: the samples the bytes read cover (0: not read, e.g. no ``/proc``).
+        storage_bytes: bytes those samples read from storage (``read_bytes``).
+        read_bytes: bytes they read in all, page cache included (``rchar``).
     """
 
     num_workers: int
@@ -74,6 +83,25 @@ class StageFigures:
     batches: int
     stages: tuple[StageTime, ...]
     off: str | None = None
+    io_samples: int = 0
+    storage_bytes: int = 0
+    read_bytes: int = 0
+
+    @property
+    def storage_kb_per_sample(self) -> float | None:
+        """KB (1000 bytes) a sample read from storage; None where the bytes were not read."""
+        return self.storage_bytes / self.io_samples / 1000.0 if self.io_samples else None
+
+    @property
+    def read_kb_per_sample(self) -> float | None:
+        """KB (1000 bytes) a sample read in all, page cache included; None where the bytes were not read."""
+        return self.read_bytes / self.io_samples / 1000.0 if self.io_samples else None
+
+    def mb_per_s(self, kb_per_sample: float | None) -> float | None:
+        """A worker's rate while it fetches (MB/s, 10^6 bytes): ``kb_per_sample`` over a sample's wall time."""
+        if kb_per_sample is None or self.sample_ms <= 0:
+            return None
+        return kb_per_sample / self.sample_ms
 
     def wall_ms(self, stage: StageTime) -> float:
         """The stage's wall milliseconds per sample."""
@@ -119,6 +147,9 @@ class StageFigures:
             "samples": self.samples,
             "batches": self.batches,
             "off": self.off,
+            "io_samples": self.io_samples,
+            "storage_bytes": self.storage_bytes,
+            "read_bytes": self.read_bytes,
             "stages": [
                 {
                     "name": s.name,
@@ -156,6 +187,9 @@ class StageFigures:
                 int(wire["batches"]),  # type: ignore[call-overload]
                 stages,
                 None if off is None else str(off),
+                int(wire.get("io_samples", 0)),  # type: ignore[call-overload]  # absent in an older recording
+                int(wire.get("storage_bytes", 0)),  # type: ignore[call-overload]
+                int(wire.get("read_bytes", 0)),  # type: ignore[call-overload]
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"malformed stage figures: {exc}") from None
@@ -178,3 +212,23 @@ def describe(figures: StageFigures, *, top: int = 4) -> str:
         cpu_text = "" if cpu is None else f" (CPU {ms(cpu)})"
         parts.append(f"{stage.name} {ms(figures.wall_ms(stage))} ms{cpu_text}")
     return f"per sample {ms(figures.sample_ms)} ms: " + ", ".join(parts)
+
+
+def kb(value: float) -> str:
+    """Kilobytes (1000 bytes) as a figure is read: bytes below 1 KB, MB from 1000 KB."""
+    if value < 1:
+        return f"{value * 1000:.0f} B"
+    return f"{value / 1000:.3g} MB" if value >= 1000 else f"{value:.3g} KB"
+
+
+def describe_io(figures: StageFigures) -> str | None:
+    """One line on the bytes a sample read, e.g. ``reads 110 KB a sample, 0 B from storage (the rest: the page
+    cache); 8.2 MB/s a worker while fetching``; None where they were not read."""
+    read, storage = figures.read_kb_per_sample, figures.storage_kb_per_sample
+    if read is None or storage is None or figures.off:
+        return None
+    rate = figures.mb_per_s(read)
+    cached = " (the rest: the page cache)" if storage < 0.9 * read else ""
+    rate_text = "" if rate is None else f"; {rate:.3g} MB/s a worker while fetching"
+    where = "a sample" if figures.num_workers else "a sample (the fetches whose CPU was read)"
+    return f"reads {kb(read)} {where}, {kb(storage)} from storage{cached}{rate_text}"

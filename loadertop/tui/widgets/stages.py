@@ -18,7 +18,7 @@ from rich.text import Text
 
 from loadertop.core.policy.stages import verdict
 from loadertop.core.protocol.config import describe_workers
-from loadertop.core.protocol.stages import COLLATE, DECODE, READ, REST, StageFigures, StageTime, describe, ms
+from loadertop.core.protocol.stages import COLLATE, DECODE, READ, REST, StageFigures, StageTime, describe, kb, ms
 from loadertop.core.sessions.view import SessionView
 from loadertop.tui.widgets.base import ViewWidget
 
@@ -175,6 +175,9 @@ def stages_text(view: SessionView | None, width: int, height: int) -> Text:
     left -= stage_rows
     bars = min(len(measured), left)
     left -= bars
+    io_line = io_text(figures)
+    io_rows = 1 if io_line is not None and left >= 1 else 0
+    left -= io_rows
     stage_rows += min(len(rows) - stage_rows, left)
     hidden: list[StageTime] = []
     if stage_rows < len(rows) and stage_rows >= 3:  # the last row names the stages left out (the bars have them)
@@ -201,11 +204,25 @@ def stages_text(view: SessionView | None, width: int, height: int) -> Text:
         text.append_text(line)
         text.append("\n")
     _draw_bars(text, measured, figures, letters, width, bars)
+    if io_rows and io_line is not None:
+        text.append(_crop(io_line, width), "dim")
+        text.append("\n")
     for row in verdict_lines:
         text.append(row, "bold")
         text.append("\n")
     text.rstrip()
     return text
+
+
+def io_text(figures: StageFigures) -> str | None:
+    """The panel's line on the bytes a sample read and a worker's rate, e.g. ``I/O 110 KB a sample (storage 0 KB)
+    · 8.2 MB/s a worker``; None where they were not read."""
+    read, storage = figures.read_kb_per_sample, figures.storage_kb_per_sample
+    if read is None or storage is None:
+        return None
+    rate = figures.mb_per_s(read)
+    rate_text = "" if rate is None else f" · {rate:.3g} MB/s a worker"
+    return f"I/O {kb(read)} a sample (storage {kb(storage)}){rate_text}"
 
 
 def _draw_bars(

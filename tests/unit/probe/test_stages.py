@@ -5,7 +5,9 @@ fails turns itself off with a reason and the loader goes on as torch's; a raisin
 from __future__ import annotations
 
 import copy
+import dataclasses
 import gc
+import os
 import pickle
 import time
 from pathlib import Path
@@ -296,6 +298,12 @@ def test_the_verdict_names_the_dominant_stage_and_whether_it_waits_or_computes()
         "71% of each sample is waiting, most in read: latency-bound: workers beyond the 2 usable cores still help "
         "(about 7 workers)"
     )
+    # With the bytes read: 456 KB a sample from storage in 12 ms of a sample is 38 MB/s a worker.
+    read_from_storage = dataclasses.replace(storage_bound, io_samples=100, storage_bytes=45_600_000)
+    assert verdict(read_from_storage, cores=2) == (
+        "71% of each sample is waiting (storage: 38 MB/s a worker), most in read: latency-bound: workers beyond the "
+        "2 usable cores still help (about 7 workers)"
+    )
     collate_bound = figures_of((REST, 1.0, 1.0), (COLLATE, 0.8, 1.0))
     assert verdict(collate_bound, cores=2).startswith("collate 44% of each sample's time (0.80 of 1.80 ms)")
 
@@ -364,3 +372,98 @@ def test_transforms_changed_between_epochs_give_one_count_the_stages_of_both() -
     assert [s.name for s in figures.stages] == ["Computes", "Lambda", REST, COLLATE]
     assert (figures.samples, stage(figures, "Computes").calls, stage(figures, "Lambda").calls) == (32, 32, 16)
     assert no_children_left()
+
+
+FILE_BYTES = 150_001  # not a whole number of pages
+PAGE_ROUND = 64 * 1024  # a file system reads whole blocks: the most it can add to a cold file's bytes
+
+
+class ReadsFiles(torch.utils.data.Dataset[torch.Tensor]):
+    """Each sample reads one file of ``FILE_BYTES`` bytes whole; ``cold``: its pages dropped from the page cache
+    first, so the read comes from storage."""
+
+    def __init__(self, paths: list[Path], *, cold: bool) -> None:
+        self.paths = paths
+        self.cold = cold
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        fd = os.open(self.paths[index], os.O_RDONLY)
+        try:
+            if self.cold:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            data = os.read(fd, 2 * FILE_BYTES)
+        finally:
+            os.close(fd)
+        return torch.tensor(len(data))
+
+
+def write_files(directory: Path, count: int) -> list[Path]:
+    paths = []
+    for i in range(count):
+        path = directory / f"{i}.bin"
+        with open(path, "wb") as file:
+            file.write(os.urandom(FILE_BYTES))
+            file.flush()
+            os.fsync(file.fileno())  # written to storage: dropping its pages then makes the next read a real one
+        paths.append(path)
+    return paths
+
+
+needs_proc_io = pytest.mark.skipif(
+    not os.path.exists("/proc/thread-self/io") or not hasattr(os, "posix_fadvise"), reason="needs Linux's /proc io"
+)
+
+
+@needs_proc_io
+def test_without_workers_the_bytes_a_sample_reads_are_counted_exactly(tmp_path: Path) -> None:
+    paths = write_files(tmp_path, 64)
+    warm = DataLoader(ReadsFiles(paths, cold=False), batch_size=4, num_workers=0)
+    assert all(int(x) == FILE_BYTES for batch in warm for x in batch)
+    [figures] = warm.stages()
+    # The fetches whose CPU was read (about one in 8) count their thread's reads: exactly the files' bytes.
+    assert 0 < figures.io_samples < 64 and figures.io_samples % 4 == 0
+    assert figures.read_bytes == FILE_BYTES * figures.io_samples
+    assert figures.storage_bytes == 0  # just written: every page in the cache
+    assert figures.read_kb_per_sample == pytest.approx(FILE_BYTES / 1000)
+    cold = DataLoader(ReadsFiles(paths, cold=True), batch_size=4, num_workers=0)
+    run(cold, epochs=2)
+    [figures] = cold.stages()
+    assert figures.read_bytes == FILE_BYTES * figures.io_samples
+    per_sample = figures.storage_bytes / figures.io_samples
+    assert FILE_BYTES <= per_sample <= FILE_BYTES + PAGE_ROUND
+
+
+@needs_proc_io
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_each_worker_counts_the_bytes_its_samples_read(tmp_path: Path, context: str) -> None:
+    paths = write_files(tmp_path, 48)
+    loader = DataLoader(ReadsFiles(paths, cold=True), batch_size=4, num_workers=2, multiprocessing_context=context)
+    run(loader)
+    [figures] = loader.stages()
+    assert figures.io_samples == 48  # a worker counts every sample: its process does nothing else
+    # In all: the files, and the worker's reads of its index queue (a pipe: a few hundred bytes a batch).
+    assert FILE_BYTES * 48 <= figures.read_bytes <= FILE_BYTES * 48 + 1024 * figures.batches
+    assert FILE_BYTES * 48 <= figures.storage_bytes <= (FILE_BYTES + PAGE_ROUND) * 48
+    rate = figures.mb_per_s(figures.read_kb_per_sample)
+    assert rate is not None and rate == pytest.approx(figures.read_bytes / 48 / 1000 / figures.sample_ms)
+    assert no_children_left()
+
+
+def test_bytes_read_are_described_with_the_page_cache_and_the_rate() -> None:
+    from loadertop.core.protocol.stages import StageTime, describe_io
+
+    timed = StageFigures(2, 100, 10, (StageTime(REST, 100, 1.0, 12, 0.12, 0.01),), None, 100, 0, 15_000_000)
+    assert describe_io(timed) == (
+        "reads 150 KB a sample, 0 B from storage (the rest: the page cache); 15 MB/s a worker while fetching"
+    )
+    cold = StageFigures(0, 100, 10, timed.stages, None, 16, 16 * 4096, 16 * 700)
+    assert describe_io(cold) == (
+        "reads 700 B a sample (the fetches whose CPU was read), 4.1 KB from storage; 0.07 MB/s a worker while fetching"
+    )
+    assert describe_io(StageFigures(2, 100, 10, timed.stages)) is None  # not read: nothing said
+    assert StageFigures.from_wire(timed.to_wire()) == timed
+    older = {k: v for k, v in timed.to_wire().items() if k not in ("io_samples", "storage_bytes", "read_bytes")}
+    assert StageFigures.from_wire(older).io_samples == 0
