@@ -83,7 +83,7 @@ from loadertop.core.probe.loader_hooks import LoaderHooks
 from loadertop.core.probe.loader_reports import LoaderBatch, LoaderStatus, batch_len
 from loadertop.core.probe.loader_settings import SETTINGS, LoaderSettings, PendingRequest, check_setting
 from loadertop.core.probe.overlap_plan import DEFAULT_STARTUP_S, MAX_OVERLAP_BATCHES, StartupHistory, overlap_batches
-from loadertop.core.probe.stages import LoaderStages
+from loadertop.core.probe.stages import BatchTimer, LoaderStages
 from loadertop.core.probe.worker_generation import WorkerGeneration
 from loadertop.core.probe.worker_seeds import WorkerSeeds
 from loadertop.core.probe.worker_threads import WorkerThreads
@@ -307,6 +307,11 @@ class DataLoader(torch.utils.data.DataLoader):
         """Where the samples' time went, per worker count run so far (callable from any thread; empty where
         ``time_stages`` is off or nothing was fetched yet)."""
         return self._stages.figures()
+
+    def batch_timer(self, name: str) -> BatchTimer | None:
+        """The running generation's timer of a stage once a batch in this process (``TO_DEVICE``: the built-in
+        trainer times its copy to the device into it), None where stage timing is off."""
+        return self._stages.batch_timer(name)
 
     def expected_startup_s(self, num_workers: int) -> float:
         """How long ``num_workers`` new workers are expected to take to deliver their first batch: this

@@ -38,7 +38,17 @@ import torch
 from torch.utils.data import IterableDataset
 
 from loadertop.core.probe import torch_compat
-from loadertop.core.protocol.stages import COLLATE, CPU_EVERY, DECODE, READ, REST, StageFigures, StageTime
+from loadertop.core.protocol.stages import (
+    BATCH_STAGES,
+    COLLATE,
+    CPU_EVERY,
+    DECODE,
+    PIN,
+    READ,
+    REST,
+    StageFigures,
+    StageTime,
+)
 
 _clock = time.perf_counter
 _cpu = time.thread_time
@@ -109,6 +119,19 @@ STAGE_NOTE = "loadertop: raised in the sample's "
 _RECORDER: Recorder | None = None
 """This worker process's recorder (None in the loop's process and where timing is off)."""
 
+_PINNING: dict[int, tuple[threading.Thread, BatchTimer, bool]] = {}
+"""In the loop's process, by thread ident: the thread, the pin-memory stage's timer of the loader it pins for
+and whether for its next pinning only (a pin-memory thread: its generation's, while it lives; a 0-worker loop's
+thread: the batch it just fetched)."""
+
+
+def _pin_for(thread: threading.Thread, timer: BatchTimer, *, once: bool) -> None:
+    """Time ``thread``'s pinning into ``timer`` (``once``: its next only); threads that ended are forgotten."""
+    for ident in [ident for ident, (other, _, _) in _PINNING.items() if not other.is_alive()]:
+        _PINNING.pop(ident, None)
+    if thread.ident is not None:
+        _PINNING[thread.ident] = (thread, timer, once)
+
 
 # ------------------------------------------------------------------ the plan: which stages, in which order
 
@@ -164,8 +187,72 @@ _READ_AT, _DECODE_AT, _FIRST_TRANSFORM = 0, 1, 2
 # ------------------------------------------------------------------ the shared sheet
 
 
+class BatchTimer:
+    """A stage once a batch in the loop's process (``BATCH_STAGES``): every call's wall and thread CPU, in
+    ``FIELDS`` figures as a sheet row has them. A call inside a call (torch's ``pin_memory`` pins a batch's
+    parts through itself) is part of the outer one."""
+
+    __slots__ = ("active", "fields")
+
+    def __init__(self) -> None:
+        self.fields = [0.0] * FIELDS
+        self.active = False
+
+    def add(self, wall_s: float, cpu_s: float) -> None:
+        """One call of ``wall_s`` seconds and ``cpu_s`` of the thread's CPU."""
+        fields = self.fields
+        fields[0] += 1
+        fields[1] += wall_s
+        fields[2] += 1
+        fields[3] += wall_s
+        fields[4] += cpu_s
+
+    def time(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)``, timed as one call."""
+        if self.active:
+            return fn(*args)
+        self.active = True
+        c0 = _cpu()
+        t0 = _clock()
+        try:
+            return fn(*args)
+        finally:
+            self.add(_clock() - t0, _cpu() - c0)
+            self.active = False
+
+
+def _timed_pin(stock: Callable[..., Any]) -> Callable[..., Any]:
+    """Torch's ``pin_memory``, timed for the loader the calling thread pins for (else torch's own)."""
+
+    @functools.wraps(stock)
+    def pin_memory(data: Any, device: Any = None) -> Any:
+        entry = _PINNING.get(threading.get_ident())
+        if entry is None:
+            return stock(data, device)
+        thread, timer, once = entry
+        if thread is not threading.current_thread():  # a thread that ended had this ident
+            return stock(data, device)
+        if once and not timer.active:
+            _PINNING.pop(thread.ident or 0, None)
+        return timer.time(stock, data, device)
+
+    return pin_memory
+
+
+def _pinning_for(fetch: Callable[[Any, Any], Any], timer: BatchTimer) -> Callable[[Any, Any], Any]:
+    """A 0-worker loop's timed ``fetch``, after which the fetching thread's pinning counts for ``timer``."""
+
+    def fetch_then_pin(fetcher: Any, index: Any) -> Any:
+        batch = fetch(fetcher, index)
+        _PINNING[threading.get_ident()] = (threading.current_thread(), timer, True)
+        return batch
+
+    return fetch_then_pin
+
+
 class StageSheet:
-    """One worker generation's figures: a row of a small shared-memory tensor per worker (one at 0 workers)."""
+    """One worker generation's figures: a row of a small shared-memory tensor per worker (one at 0 workers), and
+    the loop's process's once-a-batch stages (``batch``)."""
 
     def __init__(self, names: tuple[str, ...], num_workers: int) -> None:
         self.names = names
@@ -180,6 +267,8 @@ class StageSheet:
         """At 0 workers, the loop's process's recorder's own row, read where it is (no write a batch)."""
         self.local_recorder: Recorder | None = None
         """At 0 workers, that recorder (its bytes-read counter is closed when the generation is done)."""
+        self.batch = {name: BatchTimer() for name in BATCH_STAGES}
+        """The stages once a batch in the loop's process: pinning, the copy to the device."""
 
     @property
     def frozen(self) -> bool:
@@ -198,11 +287,17 @@ class StageSheet:
         if self.local_recorder is not None:
             self.local_recorder.close()
             self.local_recorder = None
+        pin = self.batch[PIN]
+        for ident in [ident for ident, (_, timer, _) in _PINNING.items() if timer is pin]:  # its pinning is done
+            _PINNING.pop(ident, None)
 
     def absorb(self, other: StageSheet) -> None:
         """Add a frozen sheet of the same stages and worker count to this frozen one (one sheet a count, however
         many generations ran it: reading the figures stays as cheap)."""
         self.table += other.table
+        for name, timer in other.batch.items():
+            mine = self.batch[name].fields
+            mine[:] = [a + b for a, b in zip(mine, timer.fields, strict=True)]
         if self.off_reason() is None and (reason := other.off_reason()) is not None:
             self.turn_off(0, reason)
 
@@ -233,11 +328,14 @@ class StageSheet:
                 return data.decode("utf-8", "replace")
         return None
 
-    def totals(self) -> tuple[list[float], list[list[float]]]:
-        """The ``HEADER`` fields and each stage's fields, over the workers."""
+    def totals(self) -> tuple[list[float], dict[str, list[float]]]:
+        """The ``HEADER`` fields and each stage's fields by name, over the workers (then the loop process's
+        once-a-batch stages)."""
         local = self.local_row
         summed = list(local) if local is not None else self.table.sum(dim=0).tolist()
-        fields = [summed[field_at(i) : field_at(i + 1)] for i in range(len(self.names))]
+        fields = {name: summed[field_at(i) : field_at(i + 1)] for i, name in enumerate(self.names)}
+        for name, timer in self.batch.items():
+            fields[name] = list(timer.fields)
         return summed[:HEADER], fields
 
 
@@ -253,14 +351,16 @@ def figures_of(sheets: list[StageSheet]) -> StageFigures:
     for sheet in sheets:
         got, fields = sheet.totals()
         header = [a + b for a, b in zip(header, got, strict=True)]
-        for name, field in zip(sheet.names, fields, strict=True):
+        for name, field in fields.items():
             total = sums.setdefault(name, [0.0] * FIELDS)
             for i in range(FIELDS):
                 total[i] += field[i]
-    inner = [field for name, field in sums.items() if name not in (REST, COLLATE)]
-    names = [*(name for name in sums if name not in (REST, COLLATE)), REST, COLLATE]
+    outer = (REST, COLLATE, *BATCH_STAGES)  # the stages not inside a sample, in their order
+    inner = [field for name, field in sums.items() if name not in outer]
+    names = [*(name for name in sums if name not in outer), *outer]
     rest = sums.setdefault(REST, [0.0] * FIELDS)
-    sums.setdefault(COLLATE, [0.0] * FIELDS)
+    for name in outer:
+        sums.setdefault(name, [0.0] * FIELDS)
     rest[1] = max(0.0, rest[1] - sum(stage[1] for stage in inner))
     # The sampled samples' rest: their whole wall and CPU less the inner stages' on those same samples.
     rest[3] = max(0.0, rest[3] - sum(stage[3] for stage in inner))
@@ -654,6 +754,12 @@ class LoaderStages:
         """A context around making a torch iterator for ``loader``'s current settings; ``attach`` it after."""
         return _Creating(self, loader)
 
+    def batch_timer(self, name: str) -> BatchTimer | None:
+        """The running generation's timer of ``name`` (one of ``BATCH_STAGES``), None where timing is off."""
+        if not self.enabled or not self.sheets:
+            return None
+        return self.sheets[-1].batch[name]
+
     def figures(self) -> tuple[StageFigures, ...]:
         """Per worker count (in the order they first ran): where the samples' time went."""
         if not self.sheets and self.off is not None:
@@ -698,14 +804,22 @@ class _Creating:
         sheet = self.sheet
         if sheet is None or not fresh:
             return
-        if not sheet.num_workers:
-            try:
+        pin = sheet.batch[PIN]
+        try:
+            if not sheet.num_workers:
                 recorder = Recorder(sheet.names, None, seed=0, whole_process=False)
                 sheet.local_row, sheet.local_recorder = recorder.row, recorder
-                torch_compat.wrap_fetcher(iterator, recorder.timed_fetch)
-            except Exception as exc:  # noqa: BLE001
-                self._turn_off(f"{type(exc).__name__}: {exc}")
-                return
+                fetch = recorder.timed_fetch
+                if torch_compat.pins(iterator):  # the loop's thread pins what it fetched, at once
+                    torch_compat.time_pinning(_timed_pin)
+                    fetch = _pinning_for(fetch, pin)
+                torch_compat.wrap_fetcher(iterator, fetch)
+            elif (thread := torch_compat.pin_thread(iterator)) is not None and thread.ident is not None:
+                torch_compat.time_pinning(_timed_pin)
+                _pin_for(thread, pin, once=False)
+        except Exception as exc:  # noqa: BLE001
+            self._turn_off(f"{type(exc).__name__}: {exc}")
+            return
         stages = self.stages
         # A generation starts only once the one before it has handed over: all but the latest are done.
         for done in stages.sheets[:-1]:

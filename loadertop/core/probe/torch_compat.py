@@ -61,6 +61,7 @@ _MULTI_ITER = "torch.utils.data.dataloader._MultiProcessingDataLoaderIter"
 _SINGLE_ITER = "torch.utils.data.dataloader._SingleProcessDataLoaderIter"
 _FETCH = "torch.utils.data._utils.fetch"
 _FETCHER = f"{_FETCH}._BaseDatasetFetcher"
+_PIN = "torch.utils.data._utils.pin_memory"
 
 _USES: tuple[Use, ...] = (
     Use("torch.utils.data.dataloader", "_BaseDataLoaderIter", ON_CLASS, "the iterators' base class"),
@@ -80,6 +81,9 @@ _USES: tuple[Use, ...] = (
     Use(f"{_FETCH}._MapDatasetFetcher", "fetch", ON_CLASS, "replaced in a worker by the same fetch, timed"),
     Use(_SINGLE_ITER, "_dataset_fetcher", ON_INSTANCE, "without workers, the fetcher wrapped to time the stages"),
     Use(_FETCHER, "auto_collation", ON_INSTANCE, "a timed fetch batches as torch's does"),
+    Use(_PIN, "pin_memory", ON_CLASS, "pinning a batch (the pin-memory thread's and a 0-worker loop's), timed"),
+    Use(_BASE_ITER, "_pin_memory", ON_INSTANCE, "whether an iterator pins its batches (an accelerator is present)"),
+    Use(_MULTI_ITER, "_pin_memory_thread", ON_INSTANCE, "the thread that pins a worker generation's batches"),
     Use("torch.distributed.distributed_c10d", "_get_default_store", ON_CLASS, "torchrun's store, to reach other ranks"),
 )
 """What loadertop uses of torch's private API: everything, each once (checked by
@@ -296,6 +300,33 @@ def wrap_fetcher(iterator: Any, timed: Callable[[Any, Any], Any]) -> None:
     """Make a 0-worker DataLoader iterator fetch through ``timed(torch's fetcher, index)``."""
     stock = _read(iterator, "_dataset_fetcher")
     iterator._dataset_fetcher = _WrappedFetcher(stock, timed)
+
+
+def time_pinning(timed: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
+    """In this process, make torch's ``pin_memory(data, device)`` (what the pin-memory thread and a 0-worker
+    iterator call, and what it calls for each part of a batch) ``timed(torch's)``, once."""
+    import torch.utils.data._utils.pin_memory as pin_module
+
+    if not getattr(pin_module.pin_memory, "__loadertop_timed__", False):
+        replaced = timed(pin_module.pin_memory)
+        replaced.__loadertop_timed__ = True  # type: ignore[attr-defined]
+        pin_module.pin_memory = replaced
+
+
+def pin_thread(iterator: Any) -> threading.Thread | None:
+    """The thread that pins ``iterator``'s batches: its pin-memory thread with workers, None where it pins none
+    (no accelerator, ``pin_memory`` off) or pins in the loop's thread (0 workers)."""
+    if not _read(iterator, "_pin_memory"):
+        return None
+    if isinstance(iterator, _dataloader._MultiProcessingDataLoaderIter):
+        thread = _read(iterator, "_pin_memory_thread")
+        return thread if isinstance(thread, threading.Thread) else None
+    return None
+
+
+def pins(iterator: Any) -> bool:
+    """Whether ``iterator`` pins its batches."""
+    return bool(_read(iterator, "_pin_memory"))
 
 
 def current_device_index() -> int | None:

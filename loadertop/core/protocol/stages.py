@@ -11,7 +11,11 @@ A loader's samples go through stages, in this order:
   class (``RandomResizedCrop``...; a second of the same class ``ColorJitter#2``), in workers;
 - ``__getitem__ (rest)``: the rest of the dataset's ``__getitem__`` (``__getitems__``): its time less the stages
   above measured inside it;
-- ``collate``: the loader's ``collate_fn``, once a batch.
+- ``collate``: the loader's ``collate_fn``, once a batch;
+- ``pin memory``: pinning the batch in the loop's process (the pin-memory thread with workers, the loop's
+  thread at 0 workers), once a batch, where the loader pins (``pin_memory=True`` and an accelerator);
+- ``to device``: the built-in trainer's copy of the batch to the GPU, once a batch, timed on the GPU (CUDA
+  events around the copy, read after the step's synchronise: no extra wait), its CPU the loop thread's.
 
 Each stage has its wall time on every call (a batch's samples together: one pair of clock reads a
 fetch) and the thread's CPU time on every collate and on one fetch in ``CPU_EVERY`` (every stage of
@@ -33,6 +37,10 @@ READ = "read"
 DECODE = "decode"
 REST = "__getitem__ (rest)"
 COLLATE = "collate"
+PIN = "pin memory"
+TO_DEVICE = "to device"
+BATCH_STAGES = (PIN, TO_DEVICE)
+"""The stages once a batch in the loop's process, after the collate (every call's wall and CPU read)."""
 
 CPU_EVERY = 8
 """One fetch (a batch's samples) in this many reads the thread's CPU clock at each of its stages (collates

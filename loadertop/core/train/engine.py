@@ -22,7 +22,7 @@ from loadertop.core.probe import torch_compat
 from loadertop.core.probe.loader import DataLoader
 from loadertop.core.protocol.config import LoaderConfig
 from loadertop.core.protocol.records import BatchRecord
-from loadertop.core.protocol.stages import StageFigures
+from loadertop.core.protocol.stages import TO_DEVICE, StageFigures
 from loadertop.core.protocol.status import TrainerError, TrainerState, TrainerStatus
 from loadertop.core.train.costs import CostBoundaries
 from loadertop.core.train.diagnosis import NonFiniteLoss, WorkerDied, describe_error
@@ -349,7 +349,11 @@ class Trainer:
     def _train_step(self, batch: Any, config: LoaderConfig) -> tuple[float, float | None, int]:
         optimizer = self._optimizer
         assert optimizer is not None
-        return train_step(self.workload, optimizer, batch, self.device, pin_memory=config.pin_memory)
+        loader = self._loader
+        copy_timer = loader.batch_timer(TO_DEVICE) if loader is not None and self.device.type == "cuda" else None
+        return train_step(
+            self.workload, optimizer, batch, self.device, pin_memory=config.pin_memory, copy_timer=copy_timer
+        )
 
     def _report(self, record: BatchRecord) -> None:
         if self.on_record is not None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
 
 from loadertop.core.probe.loader import batch_len
+from loadertop.core.probe.stages import BatchTimer
 from loadertop.core.train.workload import Workload
 
 
@@ -49,15 +51,33 @@ def prepare_model(workload: Workload, device: torch.device, seed: int) -> torch.
 
 
 def train_step(
-    workload: Workload, optimizer: torch.optim.Optimizer, batch: Any, device: torch.device, *, pin_memory: bool
+    workload: Workload,
+    optimizer: torch.optim.Optimizer,
+    batch: Any,
+    device: torch.device,
+    *,
+    pin_memory: bool,
+    copy_timer: BatchTimer | None = None,
 ) -> tuple[float, float | None, int]:
     """Forward, backward and optimizer step; synchronised so the clock includes GPU work.
+
+    ``copy_timer`` (on CUDA) gets the copy of the batch to the device: its GPU time from CUDA events around it,
+    read after the step's synchronise (no wait added), and the thread's CPU while it was issued.
 
     Returns:
         The loss, the accuracy (None when the workload has none) and the samples in the batch.
     """
     non_blocking = pin_memory and device.type == "cuda"
-    batch = to_device(batch, device, non_blocking)
+    copied: tuple[Any, Any, float] | None = None
+    if copy_timer is not None and device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        cpu0 = time.thread_time()
+        start.record()
+        batch = to_device(batch, device, non_blocking)
+        end.record()
+        copied = (start, end, time.thread_time() - cpu0)
+    else:
+        batch = to_device(batch, device, non_blocking)
     model = workload.model
     model.train()
     optimizer.zero_grad(set_to_none=True)
@@ -69,6 +89,9 @@ def train_step(
     optimizer.step()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    if copied is not None and copy_timer is not None:
+        start, end, cpu_s = copied
+        copy_timer.add(start.elapsed_time(end) / 1000.0, cpu_s)  # elapsed_time: milliseconds
     if isinstance(accuracy, torch.Tensor):
         accuracy = accuracy.item()
     return float(loss.item()), (float(accuracy) if accuracy is not None else None), samples

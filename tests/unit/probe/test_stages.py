@@ -21,7 +21,7 @@ from torchvision.transforms import v2
 from loadertop import DataLoader
 from loadertop.core.policy.stages import latency_bound_workers, verdict, waiting_share
 from loadertop.core.probe import stages as stage_timing
-from loadertop.core.protocol.stages import COLLATE, DECODE, READ, REST, StageFigures
+from loadertop.core.protocol.stages import COLLATE, DECODE, PIN, READ, REST, StageFigures
 from tests.helpers import no_children_left
 
 BUSY_S = 0.0015  # the CPU one transform computes per sample
@@ -467,3 +467,49 @@ def test_bytes_read_are_described_with_the_page_cache_and_the_rate() -> None:
     assert StageFigures.from_wire(timed.to_wire()) == timed
     older = {k: v for k, v in timed.to_wire().items() if k not in ("io_samples", "storage_bytes", "read_bytes")}
     assert StageFigures.from_wire(older).io_samples == 0
+
+
+PIN_S = 0.001  # the CPU pinning a batch costs here
+
+
+@pytest.fixture
+def fake_accelerator(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An accelerator torch's loader believes in, whose pinning computes ``PIN_S`` of CPU (no GPU here: torch
+    pins only where one is present). torch's own loader code runs: its pin-memory thread, its ``pin_memory``."""
+
+    class Accelerator:
+        type = "cuda"
+
+    def pin(tensor: torch.Tensor) -> torch.Tensor:
+        compute(PIN_S)
+        return tensor
+
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: True)
+    monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda *args: Accelerator())
+    monkeypatch.setattr(torch.accelerator, "current_device_index", lambda: 0)
+    monkeypatch.setattr(torch.accelerator, "set_device_index", lambda index: None)
+    monkeypatch.setattr(torch.Tensor, "pin_memory", pin)
+
+
+@pytest.mark.usefixtures("fake_accelerator")
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_pinning_is_a_stage_once_a_batch_in_the_pin_thread_or_the_loop(num_workers: int) -> None:
+    loader = DataLoader(Calibrated(size=96), batch_size=BATCH, num_workers=num_workers, pin_memory=True)
+    run(loader)
+    [figures] = loader.stages()
+    assert [s.name for s in figures.stages][-2:] == [COLLATE, PIN]
+    pinned = stage(figures, PIN)
+    assert pinned.calls == pinned.cpu_calls == 12  # once a batch, every call's CPU read
+    assert figures.cpu_ms(pinned) == pytest.approx(1000 * PIN_S / BATCH, rel=0.1)
+    # The rest of __getitem__ is what it was: pinning is outside the samples.
+    rest_ms, _ = known_cpu_ms()
+    extra = 1000 * BUSY_S if num_workers == 0 else 0.0  # at 0 workers the transforms are part of the rest
+    assert figures.cpu_ms(stage(figures, REST)) == pytest.approx(rest_ms + extra, rel=0.1)
+    # Pinning for no loader (the script's own, in a thread no loader pins for now) is not counted.
+    torch.utils.data._utils.pin_memory.pin_memory(torch.zeros(4))
+    assert stage(loader.stages()[0], PIN).calls == 12
+    unpinned = DataLoader(Calibrated(size=16), batch_size=BATCH, num_workers=num_workers)
+    run(unpinned)
+    assert PIN not in [s.name for s in unpinned.stages()[0].stages]
+    del loader
+    assert no_children_left()

@@ -34,10 +34,15 @@ OWN_OVERRIDES = {
 
 ACCESSORS = ("getattr", "hasattr", "setattr", "delattr")
 
+COMMON_NAMES = {
+    "pin_memory": "also the DataLoader's public argument and a Tensor method: its module, _utils, is the private part",
+}
+"""``_USES`` names also public elsewhere, left to their owner's private part (checked as any other)."""
+
 
 def private_names() -> set[str]:
     """The names a module outside torch_compat must not reach: those ``_USES`` lists, and its owners' private parts."""
-    names = {use.name for use in _USES}
+    names = {use.name for use in _USES} - set(COMMON_NAMES)
     names |= {part for use in _USES for part in use.owner.split(".") if part.startswith("_")}
     return names
 
@@ -119,11 +124,19 @@ def test_the_running_torch_has_every_name_on_its_classes() -> None:
             assert hasattr(torch_compat._resolve(use.owner), use.name), use.path
 
 
-def test_the_running_torch_sets_every_name_on_its_instances() -> None:
+def test_the_running_torch_sets_every_name_on_its_instances(monkeypatch: pytest.MonkeyPatch) -> None:
     loader = torch.utils.data.DataLoader(list(range(8)), batch_size=2, num_workers=1)
     single = iter(torch.utils.data.DataLoader(list(range(8)), batch_size=2))
     multi = iter(loader)
+    # A pinning iterator (what torch sets only where it pins): torch is told an accelerator is there (none is).
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: True)
+    monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda *args: torch.device("cuda"))
+    monkeypatch.setattr(torch.accelerator, "current_device_index", lambda: 0)
+    monkeypatch.setattr(torch.accelerator, "set_device_index", lambda index: None)
+    pinning = iter(torch.utils.data.DataLoader(list(range(8)), batch_size=2, num_workers=1, pin_memory=True))
     try:
+        assert torch_compat.pins(pinning) and torch_compat.pin_thread(pinning) is not None
+        assert not torch_compat.pins(multi) and torch_compat.pin_thread(multi) is None
         instances = {
             torch_compat._DATALOADER: [loader],
             torch_compat._BASE_ITER: [single, multi],
@@ -133,13 +146,17 @@ def test_the_running_torch_sets_every_name_on_its_instances() -> None:
         }
         for use in _USES:
             if use.kind == ON_INSTANCE:
-                assert all(hasattr(instance, use.name) for instance in instances[use.owner]), use.path
+                owners = {**instances, torch_compat._MULTI_ITER: [multi, pinning]}
+                if use.name == "_pin_memory_thread":  # set only where the iterator pins
+                    owners[use.owner] = [pinning]
+                assert all(hasattr(instance, use.name) for instance in owners[use.owner]), use.path
         assert isinstance(torch_compat.base_seed(multi), int)
         assert [p.pid for p in torch_compat.worker_processes(multi)] == [w.pid for w in multi._workers]
         assert torch_compat.worker_processes(single) == ()
         assert torch_compat.persistent_iterator(loader) is None  # kept only with persistent_workers
     finally:
         torch_compat.shutdown_workers(multi)
+        torch_compat.shutdown_workers(pinning)
 
 
 def test_the_overridden_names_are_overridden() -> None:
