@@ -18,6 +18,7 @@ from loadertop.core.measure.store import ConfigSummary
 from loadertop.core.policy.advice import Advice, advise, machine_facts, speed_text
 from loadertop.core.policy.autotune import Budget, Change
 from loadertop.core.policy.report import advice_lines, format_stages, format_table
+from loadertop.core.probe.remembering import RunMemory
 from loadertop.core.protocol.records import BatchRecord
 from loadertop.core.sessions.session import Session
 from loadertop.core.train.engine import Trainer, TrainerState
@@ -97,6 +98,7 @@ def run_headless(
     err: IO[str] | None = None,
     autotune: bool = False,
     budget: Budget | None = None,
+    memory: RunMemory | None = None,
 ) -> int:
     """Run ``trainer`` to the end, printing progress; return the process exit code.
 
@@ -109,6 +111,7 @@ def run_headless(
         out: where progress goes (stdout by default); errors go to ``err`` (stderr).
         autotune: tune the worker count while it trains (a line for each change, with its reason).
         budget: the autotuner's budgets (default: the usable cores, half the available memory).
+        memory: the run history the run is written to (autotune starts from it: ``Session``).
 
     Returns:
         0 when training finished, 1 when it failed, 128 + signal number when interrupted.
@@ -136,6 +139,7 @@ def run_headless(
         autotune=autotune,
         budget=budget,
         on_autotune=tuned,
+        memory=memory,
     )
     status = trainer.status()
     total = trainer.max_batches or status.batches_per_epoch * trainer.epochs

@@ -97,6 +97,8 @@ def run_monitor(trainer: Trainer, record_file: IO[str] | None, sample_interval_s
             print(format_table(summaries))
         if leftover:
             print(f"loadertop: terminated left-over worker processes {leftover}", file=sys.stderr)
+        for line in session.memory.untold if session.memory is not None else ():
+            print(f"loadertop: {line}", file=sys.stderr)  # the run history's, held while the monitor drew
         error = trainer.error
         if error is not None and code == 0:
             where = f" (sample index {error.sample_index})" if error.sample_index is not None else ""

@@ -284,6 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="autotune: the memory all workers together may hold (default: half the available memory)",
     )
     h.add_argument(
+        "--forget",
+        action="store_true",
+        help="autotune: do not start where this loader settled last on this machine (the run is still "
+        "remembered; loadertop history lists what is)",
+    )
+    h.add_argument(
         "--progress-interval",
         type=_non_negative_float,
         default=5.0,
@@ -318,6 +324,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the table as Markdown, for an issue or a notebook ('-': stdout)",
     )
     _add_common(sweep, with_defaults=False, workers=False)
+    history = sub.add_parser(
+        "history",
+        help="past runs, newest first, with their best worker counts (the store: $LOADERTOP_HOME, else "
+        "~/.local/share/loadertop)",
+    )
+    history.add_argument("--loader", default=None, metavar="NAME", help="one loader's runs, compared")
+    history.add_argument("--json", action="store_true", help="the runs as JSON on stdout")
+    history.add_argument(
+        "--limit", type=_int_at_least(1, "--limit"), default=50, metavar="N", help="the newest N (default 50)"
+    )
     attach = sub.add_parser("attach", help="watch a script that loadertop run started (after d, from another terminal)")
     attach.add_argument(
         "pid",

@@ -4,11 +4,15 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any
 
 from loadertop.cli.monitor import need_terminal, run_monitor, watch_script
 from loadertop.cli.parser import HEADLESS_EPOCHS, MONITOR_EPOCHS, UsageError
 from loadertop.cli.training import build_trainer, check_start_method, chosen_workload, loader_config, open_output
+
+if TYPE_CHECKING:
+    from loadertop.core.protocol.config import LoaderConfig
 
 MONITOR_STALL_TIMEOUT_S = 60.0  # a hung worker ends in a message, not a frozen screen (unless --timeout)
 
@@ -132,7 +136,7 @@ def command(args: argparse.Namespace) -> int:
             max_batches=getattr(args, "max_batches", None),
             stall_timeout_s=0.0 if headless else MONITOR_STALL_TIMEOUT_S,
         )
-        tuning = _tuning(args)
+        tuning = _tuning(args, config, headless=headless)
         if not headless:
             return run_monitor(trainer, record_file, args.sample_interval, tuning)
         return run_headless(
@@ -148,10 +152,20 @@ def command(args: argparse.Namespace) -> int:
             record_file.close()
 
 
-def _tuning(args: argparse.Namespace) -> dict[str, Any]:
-    """``autotune`` and its ``budget`` for a Session, from --autotune, --cpu-budget and --memory-budget."""
+def _tuning(args: argparse.Namespace, config: LoaderConfig, *, headless: bool) -> dict[str, Any]:
+    """``autotune``, its ``budget`` and the run's ``memory`` for a Session, from --autotune, --cpu-budget,
+    --memory-budget, --workload and --forget."""
     from loadertop.core.probe.autotune_host import default_budget
+    from loadertop.core.probe.remembering import RunMemory, this_machine
 
     autotune = bool(getattr(args, "autotune", False))
     budget = default_budget(cores=args.cpu_budget, memory_gib=args.memory_budget) if autotune else None
-    return {"autotune": autotune, "budget": budget}
+    workload = getattr(args, "workload", None)
+    memory = RunMemory(
+        workload or "built-in",
+        "workload" if workload else "built-in",
+        this_machine(config.start_method),
+        forget=bool(getattr(args, "forget", False)),
+        say=(lambda line: print(f"loadertop: {line}", file=sys.stderr, flush=True)) if headless else None,
+    )
+    return {"autotune": autotune, "budget": budget, "memory": memory}

@@ -38,7 +38,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from loadertop.core.measure.store import block_size, throughput_sem
@@ -364,6 +364,19 @@ class AutoTuner:
         self._shm: float | None = None
         self._jumped = False
         self._reads = False  # readings come (a driver reads the tree): the first count waits for two
+        self._remembered: tuple[int, float, str] | None = None  # a count a past run settled on, to verify first
+
+    def start_at(self, workers: int, samples_per_s: float, reason: str) -> None:
+        """Begin at ``workers``, where a past run of the same loader on this machine settled at ``samples_per_s``
+        (``reason`` says so): the first round goes there at once and, where it measures as fast (within
+        ``within`` and its noise), settles without searching; slower, the round searches from there as ever."""
+        self._remembered = (workers, samples_per_s, reason) if 0 <= workers <= self.budget.max_workers else None
+
+    @property
+    def settled_samples_per_s(self) -> float | None:
+        """The settled count's samples/s (its reference's: the settling measurement and the held windows pooled)."""
+        reference = self._reference if self._reference is not None else self._settled
+        return reference.samples_per_s if reference is not None and self._settled is not None else None
 
     # ------------------------------------------------------------------ input
 
@@ -382,6 +395,11 @@ class AutoTuner:
             self._start_visit(obs.num_workers, warmup=True)
         if self._visit is None:
             self._start_visit(obs.num_workers, warmup=False)
+            remembered = self._remembered
+            if remembered is not None and remembered[0] != obs.num_workers:
+                return self._switch(
+                    ChangeKind.JUMP, remembered[0], f"starting at {_workers(remembered[0])}: {remembered[2]}"
+                )
         visit = self._visit
         assert visit is not None
         if obs.num_workers != visit.num_workers:  # switched by someone else: measure the new count afresh
@@ -446,7 +464,8 @@ class AutoTuner:
         need = max(self.min_batches, 3 * block_size(visit.num_workers))  # three blocks: the least that tells noise
         if visit.batches < need or visit.seconds < self.min_seconds:
             return False
-        if self._reads and not self._round and len(visit.readings) < 2:
+        verifying = self._remembered is not None and self._remembered[0] == visit.num_workers
+        if self._reads and not self._round and len(visit.readings) < 2 and not verifying:
             return False  # a round's first count (or a held window): its CPU per sample gives the model its ceiling
         noise = visit.noise
         return visit.batches >= self.max_batches or (math.isfinite(noise) and noise <= TARGET_NOISE)
@@ -464,7 +483,23 @@ class AutoTuner:
         return change
 
     def _measured(self, visit: Visit) -> Change | None:
-        """A count of this round is measured: go to the model's pick if it is not measured yet, else settle."""
+        """A count of this round is measured: go to the model's pick if it is not measured yet, else settle (at
+        once where it is the remembered count and measures as fast as it did)."""
+        remembered, self._remembered = self._remembered, None
+        if remembered is not None and remembered[0] == visit.num_workers:
+            noise = visit.noise if math.isfinite(visit.noise) else 0.0
+            if visit.samples_per_s >= remembered[1] * (1 - self.within - noise):
+                self._round[visit.num_workers] = visit
+                self._order.append(visit.num_workers)
+                change = self._settle()
+                verified = (
+                    f"verified: {_workers(visit.num_workers)} at {visit.samples_per_s:,.0f} samples/s, as fast as "
+                    f"remembered: {remembered[2]}"
+                )
+                self.changes[-1] = change = replace(change, reason=verified)
+                return change
+            if self._reads and len(visit.readings) < 2:
+                return None  # slower than remembered: a search from here, once its CPU per sample is read
         self._round[visit.num_workers] = visit
         if visit.num_workers in self._order:
             self._order.remove(visit.num_workers)

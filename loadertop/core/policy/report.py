@@ -189,6 +189,32 @@ def report_json(
 ) -> dict[str, Any]:
     """DESIGN.md's JSON: ``rows`` and ``recommended_num_workers``, plus the advice and the machine; each row has
     its worker count's ``stages`` (``StageFigures.to_wire`` and the verdict; null where none were timed)."""
+    return {
+        **meta,
+        "rows": rows_json(summaries, stages, machine.usable_cores),
+        "recommended_num_workers": advice.recommended_num_workers,
+        "fastest_num_workers": advice.fastest.num_workers if advice.fastest is not None else None,
+        "recommendation": advice.reason,
+        "undecided_num_workers": [s.num_workers for s in summaries if s.key in advice.undecided],
+        "warnings": list(advice.warnings),
+        "predicted": [
+            {"num_workers": n, "samples_per_s": None if v is None or math.isnan(v) else round(v, 1)}
+            for n, v in advice.predicted
+        ],
+        "ceiling_samples_per_s": round(advice.ceiling, 1) if math.isfinite(advice.ceiling) else None,
+        **memory_fields(summaries),
+        "machine": {
+            "usable_cores": _cores_number(machine.usable_cores),
+            "memory_total_mb": round(machine.memory_total_bytes / (1024 * 1024)),
+            "start_method": machine.start_method,
+            **(machine.limits.to_json() if machine.limits is not None else {}),
+        },
+    }
+
+
+def rows_json(summaries: Sequence[ConfigSummary], stages: Sequence[StageFigures], cores: float) -> list[dict[str, Any]]:
+    """The comparison's rows as JSON (``report_json``'s ``rows``, the run history's), each with its worker count's
+    ``stages`` (null where none were timed)."""
     staged = {f.num_workers: f for f in stages if f.samples or f.off}
 
     def number(value: float | str) -> float | int | str | None:
@@ -208,29 +234,9 @@ def report_json(
             verdict=v.label if v else None,
         )
         figures = staged.get(s.num_workers)
-        row["stages"] = None if figures is None else stages_to_wire(figures, machine.usable_cores)
+        row["stages"] = None if figures is None else stages_to_wire(figures, cores)
         rows.append(row)
-    return {
-        **meta,
-        "rows": rows,
-        "recommended_num_workers": advice.recommended_num_workers,
-        "fastest_num_workers": advice.fastest.num_workers if advice.fastest is not None else None,
-        "recommendation": advice.reason,
-        "undecided_num_workers": [s.num_workers for s in summaries if s.key in advice.undecided],
-        "warnings": list(advice.warnings),
-        "predicted": [
-            {"num_workers": n, "samples_per_s": None if v is None or math.isnan(v) else round(v, 1)}
-            for n, v in advice.predicted
-        ],
-        "ceiling_samples_per_s": round(advice.ceiling, 1) if math.isfinite(advice.ceiling) else None,
-        **memory_fields(summaries),
-        "machine": {
-            "usable_cores": _cores_number(machine.usable_cores),
-            "memory_total_mb": round(machine.memory_total_bytes / (1024 * 1024)),
-            "start_method": machine.start_method,
-            **(machine.limits.to_json() if machine.limits is not None else {}),
-        },
-    }
+    return rows
 
 
 def _cores_number(cores: float) -> float | int:

@@ -16,15 +16,18 @@ from collections.abc import Callable, Sequence
 from typing import IO
 
 from loadertop.core.drive.sweep import DEFAULT_BATCHES, Sweep
+from loadertop.core.measure.history import LoaderSignature, loader_signature
 from loadertop.core.measure.limits import current_limits
 from loadertop.core.measure.procs import reap_children
 from loadertop.core.measure.store import refill_batches
 from loadertop.core.measure.system import SystemSampler, SystemSnapshot
 from loadertop.core.policy.advice import advise, default_counts, machine_facts
 from loadertop.core.policy.autotune import AutoTuner, Budget, Change, Observation
+from loadertop.core.policy.report import rows_json
 from loadertop.core.policy.stages import to_wire as stages_to_wire
 from loadertop.core.probe.autotune_host import AutotuneHost, default_budget, read_tree
 from loadertop.core.probe.publisher import Publisher
+from loadertop.core.probe.remembering import RunMemory
 from loadertop.core.protocol.config import LoaderConfig
 from loadertop.core.protocol.messages import Hello
 from loadertop.core.protocol.records import BatchRecord, record_line
@@ -72,6 +75,8 @@ class Session:
         autotune: tune the worker count from the start (``set_autotune`` turns it on and off later).
         budget: the autotuner's CPU and memory budgets (default: the usable cores, half the available memory).
         on_autotune: also told of every autotune change (in the tuner's thread).
+        memory: the run history this run is written to (each settle, and the rows when it closes); autotune
+            starts where the same loader settled last on this machine unless it was told to forget.
     """
 
     def __init__(
@@ -87,6 +92,7 @@ class Session:
         autotune: bool = False,
         budget: Budget | None = None,
         on_autotune: Callable[[Change], None] | None = None,
+        memory: RunMemory | None = None,
     ) -> None:
         self.trainer = trainer
         self.publisher: Publisher | None = None
@@ -129,8 +135,17 @@ class Session:
             told.append(self.publisher.autotune)  # the attached monitors
         if on_autotune is not None:
             told.append(on_autotune)  # whoever asked (headless lines)
+        tuner = AutoTuner(budget or default_budget())
+        self.memory = memory
+        self.signature: LoaderSignature | None = None
+        if memory is not None:
+            self.signature = loader_signature(
+                memory.program, "train", trainer.workload.dataset, trainer.config.batch_size
+            )
+            memory.remember(tuner, self.signature)
+            told.append(memory.listener(self.signature, tuner))
         self.tuner = AutotuneHost(
-            AutoTuner(budget or default_budget()),
+            tuner,
             apply=self._tune_to,
             read=lambda: read_tree(trainer.cpu_clock, trainer.worker_pids(), stages=trainer.stages()),
             on_change=told,
@@ -278,10 +293,14 @@ class Session:
         self._closed = True
         self.tuner.stop()
         left = shutdown(self.trainer, self.sampler, timeout_s=timeout_s)
+        cores = current_limits().cores
         if self._recorder is not None:
-            cores = current_limits().cores
             for figures in self.trainer.stages():
                 self._recorder.write({"event": "stages", **stages_to_wire(figures, cores)})
+        if self.memory is not None and self.signature is not None:
+            stages = self.trainer.stages()
+            rows = rows_json(self.trainer.store.summaries(), stages, cores)
+            self.memory.finished([(self.signature, rows, [stages_to_wire(f, cores) for f in stages])])
         if self.publisher is not None:
             error = self.trainer.error
             if error is not None:

@@ -381,3 +381,49 @@ def test_no_count_is_tried_that_the_model_put_more_than_5_percent_below_its_best
                         curve = {n: s for n, s in change.predicted if s is not None}
                         assert curve[change.to_workers] >= 0.95 * max(curve.values()), change.line()
     assert tried >= 12
+
+
+STORAGE = Landscape(make_s=0.020, cpu_s=0.004, step_s=0.004)  # best above the cores (see the first test)
+
+
+def remembered_run(land: Landscape, *, at: int, samples_per_s: float, seed: int = 1) -> Simulation:
+    tuner = AutoTuner(Budget(cores=land.cores, max_workers=8))
+    tuner.start_at(at, samples_per_s, "settled there on 2026-11-30 for this loader on this machine")
+    sim = Simulation(land, tuner, workers=0, seed=seed)
+    sim.run(1500)
+    return sim
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_remembered_count_is_gone_to_at_once_and_verified_in_fewer_batches_than_a_search(seed: int) -> None:
+    searched = tuned(STORAGE, seed=seed)
+    best = searched.settled_at()
+    assert best is not None
+    settle_of = [
+        at for change, at in zip(searched.changes, searched.changed_at, strict=True) if change.kind == "settle"
+    ]
+    sim = remembered_run(STORAGE, at=best, samples_per_s=STORAGE.rate(best) * STORAGE.batch, seed=seed)
+    first = sim.changes[0]
+    assert (first.kind, first.from_workers, first.to_workers) == ("jump", 0, best)
+    assert first.reason == f"starting at {best} workers: settled there on 2026-11-30 for this loader on this machine"
+    settle = sim.changes[1]
+    assert settle.kind == "settle" and settle.to_workers == best and settle.reason.startswith(f"verified: {best} ")
+    assert sim.changed_at[1] < settle_of[0]  # one count measured, not a search
+    assert sim.settled_at() == best
+
+
+def test_a_remembered_count_that_measures_slower_now_is_searched_from() -> None:
+    # Remembered at 2 workers twice as fast as 2 workers run now (the machine or the data changed): search.
+    sim = remembered_run(STORAGE, at=2, samples_per_s=2 * STORAGE.rate(2) * STORAGE.batch)
+    assert [c.kind for c in sim.changes[:2]] == ["jump", "jump"]  # to 2, then the model's pick from there
+    settled = sim.settled_at()
+    assert settled is not None and STORAGE.rate(settled) >= 0.95 * STORAGE.best(COUNTS)
+    assert not any(c.reason.startswith("verified") for c in sim.changes)
+
+
+def test_a_remembered_count_past_the_budget_is_ignored() -> None:
+    tuner = AutoTuner(Budget(cores=2, max_workers=4))
+    tuner.start_at(9, 1000.0, "settled there on a bigger machine")
+    sim = Simulation(STORAGE, tuner, workers=0)
+    sim.run(400)
+    assert not any("starting at" in c.reason for c in sim.changes)
