@@ -17,16 +17,21 @@ from tests.helpers import ROOT
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Built-in images go to a temporary cache and the run history to a temporary home, never the user's."""
-    old = {name: os.environ.get(name) for name in ("LOADERTOP_CACHE", "LOADERTOP_HOME")}
+    """Built-in images go to a temporary cache, never the user's."""
+    old = os.environ.get("LOADERTOP_CACHE")
     os.environ["LOADERTOP_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    os.environ["LOADERTOP_HOME"] = str(tmp_path_factory.mktemp("home"))
     yield
-    for name, value in old.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
+    if old is None:
+        os.environ.pop("LOADERTOP_CACHE", None)
+    else:
+        os.environ["LOADERTOP_CACHE"] = old
+
+
+@pytest.fixture(autouse=True)
+def _isolated_history(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's runs (and the scripts it launches) remember into a run history of its own: never the user's,
+    and no test starts from what another one's runs settled on."""
+    monkeypatch.setenv("LOADERTOP_HOME", str(tmp_path_factory.mktemp("home")))
 
 
 def tagged_processes(tag: str) -> list[psutil.Process]:

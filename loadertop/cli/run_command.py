@@ -67,6 +67,7 @@ def launch_script(
         "cpu_budget": args.cpu_budget,
         "memory_budget_gib": args.memory_budget,
         "stages": not args.no_stages,
+        "forget": bool(args.forget),
     }
     workers = args.workers if workers_given else None
     try:

@@ -165,3 +165,41 @@ def test_autotune_under_torchrun_shares_the_cores_among_the_ranks_and_every_shar
 def test_budgets_without_autotune_are_refused_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     done = run_main(["run", "--headless", "--cpu-budget", "1", "--", sys.executable, SCRIPT, "out.json"], capsys)
     assert_usage_error(done, "--cpu-budget and --memory-budget are the autotuner's budgets: add --autotune")
+
+
+@pytest.mark.slow
+def test_a_scripts_second_autotuned_run_starts_where_the_first_settled_and_both_are_remembered(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def tuned(name: str, *extra: str) -> list[dict]:
+        record = tmp_path / f"{name}.jsonl"
+        out = tmp_path / f"{name}.json"
+        done = launched(
+            "--autotune", *extra, "--record", str(record), command=[sys.executable, SCRIPT, str(out), "--epochs", "6"]
+        )
+        assert done.returncode == 0, done.stderr
+        return tuned_events(records(record))
+
+    first = tuned("first")
+    settles = [e for e in first if e["change"] == "settle"]
+    assert settles, first
+    count = settles[0]["to"]
+    second = tuned("second")
+    assert (second[0]["change"], second[0]["from"], second[0]["to"]) == ("jump", 0, count)
+    assert second[0]["reason"].startswith(f"starting at {count} workers: settled there on ")
+    assert second[1]["change"] == "settle" and second[1]["reason"].startswith(f"verified: {count} workers at ")
+    assert second[1]["step"] < settles[0]["step"]
+
+    code, out, err = run_main(["history", "--json"], capsys)
+    assert code == 0, err
+    remembered = json.loads(out)
+    assert [r["loader"] for r in remembered] == [LOADER, LOADER]
+    assert [r["settled_workers"] for r in remembered] == [count, count]
+    assert remembered[0]["program"] == str(Path(SCRIPT).resolve()) and remembered[0]["kind"] == "script"
+    # The rows at the end: every count the run trained at, with its batches.
+    for run_seen in remembered:
+        assert sum(row["batches"] for row in run_seen["rows"]) == 6 * 640 // 8
+        assert {row["num_workers"] for row in run_seen["rows"]} >= {0, count}
+
+    forgot = tuned("forgot", "--forget")
+    assert not forgot[0]["reason"].startswith("starting at")

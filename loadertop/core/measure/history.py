@@ -325,15 +325,23 @@ class History:
 
     # ------------------------------------------------------------------ writing
 
-    def begin_run(self, program: str, kind: str, machine: MachineSignature) -> int | None:
-        """A new run of ``program`` (``kind``: ``built-in``, ``workload``, ``script``); its id, or None where
-        nothing can be remembered."""
+    def begin_run(
+        self, program: str, kind: str, machine: MachineSignature, *, started: float | None = None
+    ) -> int | None:
+        """A new run of ``program`` (``kind``: ``built-in``, ``workload``, ``script``) that began at ``started``
+        (default: now); its id, or None where nothing can be remembered."""
         with self._connect(write=True) as db:
             if db is None:
                 return None
             cursor = db.execute(
                 "INSERT INTO runs (program, kind, started, machine_key, machine) VALUES (?, ?, ?, ?, ?)",
-                (program, kind, time.time(), machine.key, json.dumps(asdict(machine))),
+                (
+                    program,
+                    kind,
+                    started if started is not None else time.time(),
+                    machine.key,
+                    json.dumps(asdict(machine)),
+                ),
             )
             return int(cursor.lastrowid or 0)
         return None

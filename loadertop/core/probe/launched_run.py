@@ -60,6 +60,8 @@ class LaunchedRun(Publisher):
         if self.rank is not None and self.rank.world_size > self.rank.local_world_size:  # ranks on other nodes
             self._peers = PeerRelay(self, self.rank)
         self._autotune = RunAutotune(self, settings, self.rank.local_world_size if self.rank is not None else 1)
+        self._memory: Any = None  # the run history's RunMemory, made on first use
+        self._started_at = time.time()
         super().__init__(
             hello=hello,
             record=settings.record,
@@ -200,6 +202,45 @@ class LaunchedRun(Publisher):
         super()._summary(sums)
         for line in unmet_switches(self.settings.switches, {loader.name for loader in self.loaders}, self.rank):
             self._say(line)
+        try:
+            self._remember(sums)
+        except Exception as exc:  # noqa: BLE001 - the history is a help, never the script's failure
+            self._say(f"nothing was remembered of this run ({type(exc).__name__}: {exc})")
+
+    def run_memory(self) -> Any:
+        """This script's run in the run history, made on first use (``--forget``: autotune searches anew)."""
+        if self._memory is None:
+            from loadertop.core.probe.remembering import script_memory
+
+            self._memory = script_memory(forget=self.settings.forget, say=self._say, started=self._started_at)
+        return self._memory
+
+    def _remember(self, sums: dict[tuple[str, int], list[float]]) -> None:
+        """Each loader's batches per worker count, and its stage figures, to the run history (the run's end)."""
+        from loadertop.core.measure.limits import current_limits
+        from loadertop.core.policy.stages import to_wire
+        from loadertop.core.probe.remembering import script_loader
+
+        memory = self.run_memory()
+        cores = current_limits().cores
+        loaders = []
+        for loader in self.loaders:
+            rows = [
+                {
+                    "num_workers": workers,
+                    "batches": int(batches),
+                    "load_ms_mean": load_s / batches * 1000,
+                    "compute_ms_mean": step_s / batches * 1000,
+                    "samples_per_s": samples / (load_s + step_s) if load_s + step_s > 0 else None,
+                }
+                for (name, workers), (batches, load_s, step_s, samples, *_) in sums.items()
+                if name == loader.name and batches
+            ]
+            if not rows:
+                continue
+            stages = [to_wire(figures, cores) for figures in loader.stages() if figures.samples or figures.off]
+            loaders.append((script_loader(memory.program, loader, self.own_rank()), rows, stages))
+        memory.finished(loaders)
 
     # ----------------------------------------------------------------- end
 

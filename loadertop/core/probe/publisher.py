@@ -490,6 +490,10 @@ class Publisher:
         """This process's rank in a torchrun job (None: not one)."""
         return None
 
+    def run_memory(self) -> Any:
+        """The run history this process's loaders are written to (a ``RunMemory``; None: the run has its own)."""
+        return None
+
     def _relay_switch(self, rank: int, name: str | None, workers: int) -> str | None:
         """A switch for a rank of another node: passed on through the job's store, where there is one."""
         return f"rank {rank} is not one of this run's: no store reaches it from here"

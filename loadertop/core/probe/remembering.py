@@ -11,10 +11,17 @@ written says so once (``say``) and is left alone.
 from __future__ import annotations
 
 import multiprocessing
+import os
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from loadertop.core.measure.history import History, LoaderSignature, MachineSignature, machine_signature
+from loadertop.core.measure.history import (
+    History,
+    LoaderSignature,
+    MachineSignature,
+    loader_signature,
+    machine_signature,
+)
 from loadertop.core.protocol.messages import ChangeKind
 
 if TYPE_CHECKING:
@@ -46,6 +53,21 @@ def gpu_names() -> tuple[str, ...]:
             pass
 
 
+def script_loader(program: str, loader: Any, rank: int | None) -> LoaderSignature:
+    """A script's loader's signature: its name (and rank, under torchrun), dataset and batch size."""
+    size = loader.batch_size if loader.batch_size is not None else getattr(loader.batch_sampler, "batch_size", None)
+    name = loader.name if rank is None else f"{loader.name} rank {rank}"
+    return loader_signature(program, name, loader.dataset, size)
+
+
+def script_memory(*, forget: bool, say: Callable[[str], None] | None, started: float | None = None) -> RunMemory:
+    """The run memory of this script's process (its program: the script's path, absolute)."""
+    import sys
+
+    program = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] not in ("", "-c") else "<python -c>"
+    return RunMemory(program, "script", this_machine(None), forget=forget, say=say, started=started)
+
+
 def this_machine(start_method: str | None) -> MachineSignature:
     """This machine's signature, for loaders whose workers start by ``start_method`` (None: the default)."""
     import torch
@@ -65,6 +87,7 @@ class RunMemory:
         say: told each line on the store as it comes (nothing remembered, a store moved aside); None: they
             wait in ``untold`` (a monitor has the terminal: they are printed once it closes).
         history: the store (default: the user's, ``History()``).
+        started: when the run began (default: now).
     """
 
     def __init__(
@@ -76,6 +99,7 @@ class RunMemory:
         forget: bool = False,
         say: Callable[[str], None] | None = None,
         history: History | None = None,
+        started: float | None = None,
     ) -> None:
         self.say = say
         self.untold: list[str] = []
@@ -83,7 +107,7 @@ class RunMemory:
         self.program = program
         self.machine = machine
         self.forget = forget
-        self.run_id = self.history.begin_run(program, kind, machine)
+        self.run_id = self.history.begin_run(program, kind, machine, started=started)
         self.started_at: dict[str, int] = {}
         """The loaders started from a remembered count: their name and that count."""
 
@@ -105,15 +129,15 @@ class RunMemory:
 
     def listener(self, loader: LoaderSignature, tuner: AutoTuner) -> Callable[[Change], None]:
         """A change listener writing each settle of ``tuner`` (on ``loader``)."""
+        return lambda change: self.changed(loader, tuner, change)
 
-        def on_change(change: Change) -> None:
-            if change.kind != ChangeKind.SETTLE:
-                return
-            measured = tuner.settled_samples_per_s
-            if measured is not None:
-                self.history.settled(self.run_id, loader, self.machine, change.to_workers, measured)
-
-        return on_change
+    def changed(self, loader: LoaderSignature, tuner: AutoTuner, change: Change) -> None:
+        """``tuner`` (on ``loader``) made ``change``: a settle is written now."""
+        if change.kind != ChangeKind.SETTLE:
+            return
+        measured = tuner.settled_samples_per_s
+        if measured is not None:
+            self.history.settled(self.run_id, loader, self.machine, change.to_workers, measured)
 
     def finished(
         self, loaders: Sequence[tuple[LoaderSignature, Sequence[dict[str, Any]], Sequence[dict[str, Any]]]]

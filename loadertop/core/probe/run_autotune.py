@@ -77,6 +77,8 @@ class RunAutotune:
                     clock=run._clock,
                     on_change=run.autotune,
                     on_thread=lambda thread_id: run.exclude_threads([thread_id]),
+                    memory=run.run_memory(),
+                    rank=run.own_rank(),
                 )
                 if run.training is not None:
                     self.follow(run.training)

@@ -13,6 +13,7 @@ imports this module: the tuner itself is imported only once a loader is tuned.
 
 from __future__ import annotations
 
+import os
 import weakref
 from collections import deque
 from collections.abc import Callable
@@ -23,7 +24,9 @@ from loadertop.core.protocol.config import WORKERS_ONLY
 from loadertop.core.protocol.messages import AutotuneStatus
 
 if TYPE_CHECKING:
+    from loadertop.core.measure.history import LoaderSignature
     from loadertop.core.policy.autotune import Budget, Change, Reading
+    from loadertop.core.probe.remembering import RunMemory
 
 
 class LoaderTuning(AutotuneHost):
@@ -46,9 +49,14 @@ class LoaderTuning(AutotuneHost):
         on_change: Callable[[Change], None],
         on_thread: Callable[[int], None] | None = None,
         interval_s: float = 0.25,
+        memory: RunMemory | None = None,
+        rank: int | None = None,
     ) -> None:
         from loadertop.core.policy.autotune import AutoTuner
 
+        self._memory = memory
+        self._rank = rank
+        self._signature: LoaderSignature | None = None  # the followed loader's, where there is a memory
         self._clock = clock
         self._loader: weakref.ref[Any] | None = None
         self._raw: deque[Any] = deque(maxlen=100_000)  # LoaderBatches, appended by the loop (or the writer)
@@ -57,7 +65,7 @@ class LoaderTuning(AutotuneHost):
             AutoTuner(budget),
             apply=self._switch_loader,
             read=self._read_loader_tree,
-            on_change=(on_change,),
+            on_change=(on_change, self._remember),
             on_thread=on_thread,
             interval_s=interval_s,
         )
@@ -75,7 +83,19 @@ class LoaderTuning(AutotuneHost):
             return
         self._loader = weakref.ref(loader)
         self.new_round()
+        memory = self._memory
+        if memory is not None:  # it starts where this loader settled last on this machine (unless told to forget)
+            from loadertop.core.probe.remembering import script_loader
+
+            signature = self._signature = script_loader(memory.program, loader, self._rank)
+            with self._lock:
+                memory.remember(self.tuner, signature)
         self._start_if_due()
+
+    def _remember(self, change: Change) -> None:
+        """Each change, in the host's thread: a settle is written to the run history."""
+        if self._memory is not None and self._signature is not None:
+            self._memory.changed(self._signature, self.tuner, change)
 
     def set_enabled(self, enabled: bool) -> None:
         """On (a new round from the running count, once there is a loader) or off (the count stays)."""
@@ -192,11 +212,20 @@ def tune_by_itself(loader: Any) -> LoaderTuning:
     def say(text: str) -> None:
         say_on_stderr(f"{prefix}autotune: {name}: {text}")
 
+    memory = None
+    try:
+        from loadertop.core.probe.remembering import script_memory
+
+        memory = script_memory(forget=os.environ.get("LOADERTOP_FORGET", "") not in ("", "0"), say=say)
+    except Exception as exc:  # noqa: BLE001 - the history is a help, never the script's failure
+        say(f"nothing is remembered of this run ({type(exc).__name__}: {exc})")
     tuning = LoaderTuning(
         budget=budget,
         clock=clock,
         on_change=lambda change: say(change.line()),
         on_thread=lambda thread_id: clock.exclude_threads([thread_id]),
+        memory=memory,
+        rank=rank.rank if rank is not None else None,
     )
     loader.add_observer(tuning.feed)
     say(

@@ -28,6 +28,7 @@ class ProbeSettings:
         cpu_budget: the tuner's cores (None: the usable cores); shared among a torchrun job's ranks on the node.
         memory_budget_gib: the memory all workers may hold (None: half the available); shared likewise.
         stages: time each sample's stages in the loaders' workers (``--no-stages``: False).
+        forget: autotune does not start where a loader settled last on this machine (``--forget``).
     """
 
     workers: int | None = None
@@ -41,6 +42,7 @@ class ProbeSettings:
     cpu_budget: float | None = None
     memory_budget_gib: float | None = None
     stages: bool = True
+    forget: bool = False
 
     def to_environment(self) -> str:
         """The value of ``LOADERTOP_PROBE``."""
@@ -57,6 +59,7 @@ class ProbeSettings:
                 "cpu_budget": self.cpu_budget,
                 "memory_budget_gib": self.memory_budget_gib,
                 "stages": self.stages,
+                "forget": self.forget,
             }
         )
 
@@ -76,6 +79,7 @@ class ProbeSettings:
             cpu_budget=_number_or_none(data.get("cpu_budget")),
             memory_budget_gib=_number_or_none(data.get("memory_budget_gib")),
             stages=bool(data.get("stages", True)),
+            forget=bool(data.get("forget", False)),
         )
 
 
