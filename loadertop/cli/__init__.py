@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import IO, NoReturn
 
-from loadertop.cli import attach, history, run_command, sweep
+from loadertop.cli import attach, history, report, run_command, sweep
 from loadertop.cli.parser import EXIT_USAGE, UsageError, build_parser
 from loadertop.cli.parser import _switch as _switch  # tests read the --switch grammar here
 
@@ -73,6 +73,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return sweep.command(args)
     if args.command == "history":  # the store only: no torch
         return history.command(args)
+    if args.command == "report":
+        return report.command(args)
     return run_command.command(args)
 
 

@@ -334,6 +334,16 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument(
         "--limit", type=_int_at_least(1, "--limit"), default=50, metavar="N", help="the newest N (default 50)"
     )
+    report = sub.add_parser(
+        "report", help="an HTML page (and --png a picture) of a run: a --record file or a run of loadertop history"
+    )
+    report.add_argument(
+        "run", metavar="RUN", help="a --record FILE.jsonl, or a run number that loadertop history lists"
+    )
+    report.add_argument(
+        "--out", default=None, metavar="FILE.html", help="where the page goes (default: RUN's name .html)"
+    )
+    report.add_argument("--png", default=None, metavar="FILE.png", help="also draw the plots as one PNG")
     attach = sub.add_parser("attach", help="watch a script that loadertop run started (after d, from another terminal)")
     attach.add_argument(
         "pid",

@@ -27,9 +27,9 @@ TORCH = ("torch", "torchvision", "torchaudio")
 UI = ("textual", "rich")
 LAYERS = ("protocol", "measure", "policy", "probe", "train", "drive", "sessions")
 """The layers of ``loadertop.core``, bottom first (docs/architecture.md)."""
-ABOVE_CORE = {"integrations": "probe", "tui": None, "cli": None}
+ABOVE_CORE = {"integrations": "probe", "tui": None, "cli": None, "report": None}
 """The packages beside ``core``: the integrations are the probe's plugins (found by name, imported by nothing in
-core), the TUI and the CLI the front-ends, above every layer."""
+core), the TUI, the CLI and the report the front-ends, above every layer."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,141 @@
+"""``loadertop report``: a real run's record drawn as one self-contained page that a real headless browser
+renders with every plot; the PNG has the plots' pixels; a cut-off or foreign line is named and the rest drawn;
+a file that is not a record exits 2 with one line."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.helpers import assert_usage_error, run_main
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+PLOTS = {"loss", "load_vs_step", "throughput", "memory", "stages"}
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real run of the built-in workload: 0 workers, then 1 from batch 20 (its record)."""
+    from loadertop.cli import main
+
+    record = tmp_path_factory.mktemp("run") / "run.jsonl"
+    args = ["run", "--headless", "--max-batches", "40", "--switch", "20:1", "--sample-interval", "0.2"]
+    assert main([*args, "--record", str(record)]) == 0
+    return record
+
+
+class Plots(HTMLParser):
+    """The page's figures (``data-plot``) and, in each, how many drawn shapes (SVG paths) it holds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.paths: dict[str, int] = {}
+        self._in: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        if tag == "figure" and values.get("data-plot"):
+            self._in = str(values["data-plot"])
+            self.paths[self._in] = 0
+        elif tag in ("path", "use") and self._in is not None:
+            self.paths[self._in] += 1
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "figure":
+            self._in = None
+
+
+def rendered_dom(page: Path, tmp_path: Path) -> str:
+    """The DOM a headless Chromium made of ``page`` (no network: the page needs none)."""
+    assert CHROMIUM is not None
+    done = subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'chromium'}",
+            "--dump-dom",
+            page.resolve().as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (Debian's chromium package; .ci/run installs it)")
+def test_a_real_runs_report_renders_every_plot_in_a_headless_browser(
+    recorded: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    page, picture = tmp_path / "report.html", tmp_path / "report.png"
+    code, _out, err = run_main(["report", str(recorded), "--out", str(page), "--png", str(picture)], capsys)
+    assert code == 0, err
+    text = page.read_text()
+    assert "<script" not in text and "http" not in text.split("<svg", 1)[0]  # nothing fetched at view time
+    plots = Plots()
+    plots.feed(rendered_dom(page, tmp_path))
+    assert set(plots.paths) == PLOTS
+    assert all(count >= 5 for count in plots.paths.values()), plots.paths  # axes, ticks and the data drawn
+    with Image.open(picture) as image:
+        assert image.width == 800 and image.height >= 5 * 300
+        pixels = np.asarray(image.convert("RGB")).astype(int)
+        colored = (pixels.max(axis=2) - pixels.min(axis=2) > 40).sum()  # the data's colours, not black ink or white
+        assert colored > 0.01 * image.width * image.height
+
+
+def test_a_cut_off_line_and_a_foreign_line_are_named_and_the_rest_drawn(
+    recorded: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = recorded.read_text().splitlines()
+    broken = tmp_path / "killed.jsonl"
+    broken.write_text("\n".join([lines[0], '{"not": "ours"}', *lines[1:30], lines[30][:25]]))
+    page = tmp_path / "killed.html"
+    code, _out, err = run_main(["report", str(broken), "--out", str(page)], capsys)
+    assert code == 0, err
+    said = [line for line in err.splitlines() if "left out" in line]
+    assert said == [
+        f'loadertop: report: {broken}: line 2: not a loadertop record line (no "schema": 2): left out',
+        f"loadertop: report: {broken}: line 32: cut off (a run that was killed?): left out",
+    ]
+    text = page.read_text()
+    assert "line 32: cut off" in text and text.count("data-plot=") >= 3
+
+
+def test_a_file_that_is_not_a_record_or_a_missing_run_exits_2_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = tmp_path / "notes.txt"
+    other.write_text("hello\nworld\n")
+    assert_usage_error(run_main(["report", str(other)], capsys), f"{other}: not a loadertop --record file")
+    assert_usage_error(run_main(["report", "7"], capsys), "run 7: not in the run history")
+    assert_usage_error(run_main(["report", str(tmp_path / "none.jsonl")], capsys), "No such file or directory")
+
+
+@pytest.mark.slow
+def test_a_run_of_the_history_is_drawn_from_its_rows_and_stages(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _out, err = run_main(["run", "--headless", "--max-batches", "30", "--switch", "15:1"], capsys)
+    assert code == 0, err
+    page = tmp_path / "one.html"
+    code, _out, err = run_main(["report", "1", "--out", str(page)], capsys)
+    assert code == 0, err
+    plots = Plots()
+    plots.feed(page.read_text())
+    assert set(plots.paths) == {"throughput", "memory", "stages"}  # the history keeps the table, not the batches
+    assert "<td>0</td>" in page.read_text() and "<td>1</td>" in page.read_text()  # a row per worker count
