@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import builtins
 import math
+import os
+import sys
 import time
 
 import psutil
 import pytest
 
 from loadertop import LoaderConfig, Trainer, TrainerState
+from loadertop.core.measure.gpu_idle import GpuSamples, UtilSample
 from loadertop.core.measure.system import NvmlReader, SystemSampler
 from tests import workloads
-from tests.helpers import wait_for
+from tests.helpers import FakeNvml, wait_for
 
 
 def test_the_sampler_follows_the_workers_across_a_restart() -> None:
@@ -76,6 +79,103 @@ def test_without_nvml_the_snapshot_says_so_in_words(monkeypatch: pytest.MonkeyPa
     assert reader.status == "no NVIDIA GPU: the NVML library (nvidia-ml-py) is not installed"
     assert reader.read() == ()
     reader.close()
+
+
+def _fake_nvml(monkeypatch: pytest.MonkeyPatch, **kwargs: object) -> FakeNvml:
+    pytest.importorskip("pynvml", reason="the fake hands out nvidia-ml-py's own sample structs")
+    fake = FakeNvml(**kwargs)  # type: ignore[arg-type]
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    return fake
+
+
+def test_utilisation_samples_are_read_since_the_newest_seen_on_unix_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    t0 = int(time.time()) - 10  # whole seconds: every figure below is exact
+    us = 1_000_000
+    buffer = [(t0 * us, 10), (t0 * us + us // 2, 60), ((t0 + 1) * us, 0)]
+    fake = _fake_nvml(monkeypatch, pids=(os.getpid(),), samples=buffer)
+    reader = NvmlReader()
+    try:
+        assert reader.status == "1 NVIDIA GPU"
+        # The whole buffer first: its oldest sample only opens the next period.
+        assert reader.utilization_samples(0) == GpuSamples(
+            0, (UtilSample(t0, t0 + 0.5, 60.0), UtilSample(t0 + 0.5, t0 + 1.0, 0.0)), None
+        )
+        assert reader.utilization_samples(0) == GpuSamples(0, (), None)  # NVML's Not Found: nothing new
+        fake.samples.append(((t0 + 2) * us, 100))  # two seconds later: the period is capped at one
+        assert reader.utilization_samples(0) == GpuSamples(0, (UtilSample(t0 + 1.0, t0 + 2.0, 100.0),), None)
+        assert fake.asked == [0, (t0 + 1) * us, (t0 + 1) * us]
+        [gpu] = reader.read()
+        assert gpu.used_by_tree and gpu.utilization_percent == 37.0
+        assert reader.utilization_samples(5).note == "no NVIDIA GPU"  # an index NVML does not have
+    finally:
+        reader.close()
+    assert fake.shut_down and reader.utilization_samples(0) == GpuSamples(None, (), "no NVIDIA GPU")
+
+
+def test_a_gpu_without_utilisation_samples_says_so_once_and_is_not_asked_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake = _fake_nvml(monkeypatch, pids=(os.getpid(),))
+    fake.samples_error = FakeNvml.NVML_ERROR_NOT_SUPPORTED
+    reader = NvmlReader()
+    try:
+        note = "GPU 0 keeps no utilisation samples (NVML: Not Supported)"
+        assert reader.utilization_samples(0) == reader.utilization_samples(0) == GpuSamples(0, (), note)
+        assert len(fake.asked) == 1
+        [gpu] = reader.read()  # the rest of the GPU's figures as before
+        assert gpu.name == "Fake GPU" and gpu.utilization_percent == 37.0
+    finally:
+        reader.close()
+
+
+def test_another_nvml_error_is_said_and_the_next_read_tries_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = _fake_nvml(monkeypatch, pids=(os.getpid(),))
+    fake.samples_error = FakeNvml.NVML_ERROR_UNKNOWN
+    reader = NvmlReader()
+    try:
+        assert reader.utilization_samples(0) == GpuSamples(
+            0, (), "GPU 0's utilisation samples could not be read: NVML error: NVML error 999"
+        )
+        fake.samples_error = None
+        assert reader.utilization_samples(0) == GpuSamples(0, (), None) and len(fake.asked) == 2
+    finally:
+        reader.close()
+
+
+def test_samples_on_a_clock_not_known_give_no_figure(monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_nvml(monkeypatch, pids=(os.getpid(),), samples=[(1000, 50), (2000, 50)])  # 1 ms after some epoch
+    reader = NvmlReader()
+    try:
+        assert reader.utilization_samples(0) == GpuSamples(
+            0, (), "GPU 0's sample times are on a clock loadertop does not know"
+        )
+    finally:
+        reader.close()
+
+
+def test_the_sampler_reads_the_samples_of_the_gpu_the_training_process_holds(monkeypatch: pytest.MonkeyPatch) -> None:
+    now_us = int(time.time() * 1_000_000)
+    fake = _fake_nvml(monkeypatch, pids=(os.getpid(),), samples=[(now_us - 200_000, 50), (now_us - 100_000, 50)])
+    sampler = SystemSampler()
+    try:
+        snapshot = sampler.sample()
+        assert snapshot.gpu_status == "1 NVIDIA GPU" and snapshot.gpus[0].used_by_tree
+        assert snapshot.gpu_samples is not None and snapshot.gpu_samples.gpu == 0
+        assert [s.percent for s in snapshot.gpu_samples.samples] == [50.0]
+        fake.pids = (os.getpid() + 1_000_000,)  # another process's GPU: not the training's
+        snapshot = sampler.sample()
+        assert snapshot.gpu_samples == GpuSamples(None, (), "the training process holds no context on a GPU NVML sees")
+    finally:
+        sampler.stop()
+
+
+def test_without_a_gpu_the_snapshot_has_no_samples_and_no_note() -> None:
+    sampler = SystemSampler(read_gpus=False)
+    try:
+        snapshot = sampler.sample()
+        assert snapshot.gpu_samples is None and snapshot.gpus == ()
+    finally:
+        sampler.stop()
 
 
 def test_the_gpu_status_here_is_words_or_real_gpus() -> None:
