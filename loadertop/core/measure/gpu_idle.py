@@ -38,6 +38,8 @@ MAX_PERIOD_S = 1.0
 """The longest period one sample is taken to cover (NVML: a sample period is between 1/6 s and 1 s)."""
 PENDING_BATCHES = 20_000
 """Batches kept waiting for the samples that cover them (older ones are dropped: samples stopped coming)."""
+BEFORE_SAMPLES = 1_000
+"""Batches kept before the first samples come (the sampler's first read may come after the loop's first batches)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,15 +191,21 @@ class GpuIdleBook:
         self._samples: list[UtilSample] = []
         self._totals: dict[int, IdleTotals] = {}
         self._gpu = 0
-        self._sampling = False  # no batch is kept before samples come (no GPU: nothing piles up)
+        self._sampling: bool | None = None  # None: not known yet (a few batches kept); False: no GPU, none kept
         self.note: str | None = None
         """Why there are no figures where NVML has a GPU (e.g. samples not supported); None otherwise."""
 
     def add_batch(self, num_workers: int, start: float, load_end: float, end: float) -> None:
         """A batch: the loop asked for it at ``start``, had it at ``load_end``, ended its step at ``end`` (UNIX s)."""
         with self._lock:
-            if self._sampling:
+            if self._sampling or (self._sampling is None and len(self._pending) < BEFORE_SAMPLES):
                 self._pending.append(_Batch(num_workers, start, load_end, end))
+
+    def no_gpu(self) -> None:
+        """There is no GPU to sample: batches are no longer kept (those waiting are dropped)."""
+        with self._lock:
+            self._sampling = False
+            self._pending.clear()
 
     def add_samples(self, samples: Sequence[UtilSample], gpu: int = 0) -> None:
         """New samples of GPU ``gpu`` (in time order, after the ones before); settles the batches they cover."""
@@ -217,6 +225,11 @@ class GpuIdleBook:
             oldest = self._pending[0].start if self._pending else newest
             keep = bisect.bisect_left([s.end for s in self._samples], oldest)
             del self._samples[:keep]
+
+    def pending(self) -> int:
+        """Batches added that no sample has reached yet."""
+        with self._lock:
+            return len(self._pending)
 
     def figures(self) -> tuple[GpuIdle, ...]:
         """One ``GpuIdle`` per worker count with batches settled, in the order the counts first ran."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from loadertop.core.measure.gpu_idle import (
+    BEFORE_SAMPLES,
     MAX_PERIOD_S,
     GpuIdleBook,
     IdleTotals,
@@ -70,9 +71,9 @@ def test_nvml_timestamps_are_anchored_to_the_clock_they_lie_just_behind() -> Non
 
 def test_the_book_settles_each_batch_once_samples_reach_its_end_and_sums_per_worker_count() -> None:
     book = GpuIdleBook()
-    book.add_batch(2, 1000.0, 1000.5, 1001.0)  # before any sampling: not kept (no GPU: nothing piles up)
+    book.add_batch(2, 1010.25, 1010.75, 1011.75)  # before the first read: kept
     book.add_samples([], gpu=1)
-    book.add_batch(2, 1010.25, 1010.75, 1011.75)
+    assert book.pending() == 1
     book.add_batch(0, 1011.75, 1011.9, 1012.5)  # ends after the newest sample: pending
     book.add_samples(periods(), gpu=1)
     assert book.figures() == (GpuIdle(2, 1.5, 0.7, 0.5, 0.375, gpu=1),)
@@ -83,3 +84,13 @@ def test_the_book_settles_each_batch_once_samples_reach_its_end_and_sums_per_wor
     assert (zero.covered_s, zero.idle_s) == (0.75, 0.25 * 0.8 + 0.5 * 0.4)
     assert abs(zero.waiting_s - 0.15) < 1e-9 and abs(zero.idle_waiting_s - 0.15 * 0.8) < 1e-9
     assert two.line() == "GPU 1 idle 47% of the time, 25% while waiting for data"
+
+
+def test_without_a_gpu_the_book_keeps_no_batch() -> None:
+    book = GpuIdleBook()
+    for i in range(BEFORE_SAMPLES + 5):  # before the sampler's first read: a bounded few
+        book.add_batch(0, i, i + 0.5, i + 1.0)
+    assert book.pending() == BEFORE_SAMPLES
+    book.no_gpu()
+    book.add_batch(0, 1.0, 1.5, 2.0)
+    assert book.pending() == 0 and book.figures() == ()
