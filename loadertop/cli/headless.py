@@ -17,7 +17,7 @@ from loadertop.core.measure.limits import current_limits
 from loadertop.core.measure.store import ConfigSummary
 from loadertop.core.policy.advice import Advice, advise, machine_facts, speed_text
 from loadertop.core.policy.autotune import Budget, Change
-from loadertop.core.policy.report import advice_lines, format_stages, format_table
+from loadertop.core.policy.report import advice_lines, format_gpu_idle, format_stages, format_table
 from loadertop.core.protocol.records import BatchRecord
 from loadertop.core.sessions.session import Session
 from loadertop.core.train.engine import Trainer, TrainerState
@@ -182,6 +182,9 @@ def run_headless(
     stage_lines = format_stages(trainer.stages(), current_limits().cores)
     if stage_lines:
         print("\n" + "\n".join(stage_lines), file=out)
+    idle_lines = format_gpu_idle(session.gpu_idle.figures(), session.gpu_idle.note)
+    if idle_lines:
+        print("\n".join(idle_lines), file=out)
     for step in sorted(pending_switches):
         print(f"note: --switch {step}:{pending_switches[step]} was not reached", file=out)
     out.flush()

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import IO
 
 from loadertop.core.drive.sweep import DEFAULT_BATCHES, Sweep
+from loadertop.core.measure.gpu_idle import GpuIdleBook
 from loadertop.core.measure.limits import current_limits
 from loadertop.core.measure.procs import reap_children
 from loadertop.core.measure.store import refill_batches
@@ -121,6 +122,8 @@ class Session:
         self._machine = machine_facts()
         self._stages: tuple[StageFigures, ...] = ()
         self._stages_read_at = -math.inf
+        self.gpu_idle = GpuIdleBook()
+        """The training GPU's idle time per worker count, from the sampler's NVML samples and the batches."""
         self._closed = False
         self.autotune_log: list[tuple[int, Change]] = []
         """Every autotune change with the step (batches done) when it came."""
@@ -148,6 +151,13 @@ class Session:
         """Each system sample (the sampler's thread): the running configuration's cost and memory; ``--record``'s
         ``{"event": "memory", ...}`` line."""
         self.trainer.sample_cost(snapshot.memory)
+        read = snapshot.gpu_samples
+        if read is None:
+            self.gpu_idle.no_gpu()
+        else:
+            self.gpu_idle.note = read.note
+            if read.gpu is not None:
+                self.gpu_idle.add_samples(read.samples, read.gpu)
         if self._recorder is not None and snapshot.memory is not None:
             config = self.trainer.config
             self._recorder.write(snapshot.memory.to_event(config.num_workers, config.key))
@@ -156,6 +166,9 @@ class Session:
         """The training thread's callback: the record file, the monitors, then the sweep."""
         if self._recorder is not None:
             self._recorder(record)
+        if not record.warmup:  # as the steady-state figures: worker start-up is billed apart
+            load_end = record.time - record.compute_s
+            self.gpu_idle.add_batch(record.num_workers, load_end - record.load_s, load_end, record.time)
         if self.publisher is not None:
             self.publisher.log(
                 {"loss": record.loss} if record.accuracy is None else {"loss": record.loss, "accuracy": record.accuracy}
@@ -220,6 +233,8 @@ class Session:
             autotune=self.tuner.status(),
             machine=machine,
             stages=self._stage_figures(),
+            gpu_idle=self.gpu_idle.figures(),
+            gpu_idle_note=self.gpu_idle.note,
         )
 
     def _stage_figures(self) -> tuple[StageFigures, ...]:
@@ -282,6 +297,8 @@ class Session:
             cores = current_limits().cores
             for figures in self.trainer.stages():
                 self._recorder.write({"event": "stages", **stages_to_wire(figures, cores)})
+            for idle in self.gpu_idle.figures():
+                self._recorder.write({"event": "gpu_idle", **idle.to_wire()})
         if self.publisher is not None:
             error = self.trainer.error
             if error is not None:

@@ -1,0 +1,93 @@
+"""The built-in run's GPU idle figures, from a fake NVML whose GPU is busy a known 25% of every sample period."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import sys
+import time
+from typing import Any
+
+import pytest
+
+from loadertop.core.policy.report import format_gpu_idle
+from loadertop.core.protocol.config import LoaderConfig
+from loadertop.core.protocol.gpu_idle import GpuIdle
+from loadertop.core.sessions.session import Session
+from loadertop.core.train.engine import Trainer
+from tests import workloads
+from tests.helpers import FakeNvml, record_schema_errors, wait_for
+
+STEP_US = 100_000
+
+
+class LiveNvml(FakeNvml):
+    """A GPU whose driver keeps a sample every 100 ms from the start, each 25% busy."""
+
+    def __init__(self) -> None:
+        super().__init__(pids=(os.getpid(),))
+        self.t0_us = int(time.time() * 1e6)
+
+    def nvmlDeviceGetSamples(self, handle: str, kind: int, timestamp: int) -> tuple[int, list[Any]]:
+        now = int(time.time() * 1e6)
+        self.samples = [(t, 25) for t in range(self.t0_us, now, STEP_US)]
+        return super().nvmlDeviceGetSamples(handle, kind, timestamp)
+
+
+def test_a_built_in_run_sums_its_gpus_idle_time_per_worker_count_into_the_view_and_the_record(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pytest.importorskip("pynvml", reason="the fake hands out nvidia-ml-py's own sample structs")
+    monkeypatch.setitem(sys.modules, "pynvml", LiveNvml())
+    trainer = Trainer(
+        workloads.make(size=160, sleep_s=0.002), LoaderConfig(num_workers=0, batch_size=8), epochs=1, device="cpu"
+    )
+    kept = []
+    record = io.StringIO()
+    session = Session(trainer, sample_interval_s=0.05, record_file=record, on_record=kept.append)
+    session.start()
+    try:
+        assert trainer.join(60.0)
+        wait_for(lambda: session.gpu_idle.pending() == 0, timeout=10.0)  # samples reach the last batch
+        view = session.view()
+    finally:
+        session.close()
+    steady = [r for r in kept if not r.warmup]
+    [idle] = view.gpu_idle
+    assert view.gpu_idle_note is None and idle.num_workers == 0 and idle.gpu == 0
+    # Samples every 100 ms cover every batch: the whole of each iteration, the whole of each wait (to the
+    # precision of UNIX seconds as floats, ~0.2 µs a batch).
+    assert math.isclose(idle.covered_s, sum(r.iter_s for r in steady), abs_tol=1e-5)
+    assert math.isclose(idle.waiting_s, sum(r.load_s for r in steady), abs_tol=1e-5)
+    assert math.isclose(idle.idle_share or 0, 0.75) and math.isclose(idle.idle_waiting_s, 0.75 * idle.waiting_s)
+    [event] = [line for line in map(json.loads, record.getvalue().splitlines()) if line.get("event") == "gpu_idle"]
+    assert record_schema_errors(event) == []
+    assert GpuIdle.from_wire(event).num_workers == 0 and event["idle_share"] == 0.75
+
+
+def test_the_end_summary_has_a_line_per_count_or_why_there_is_none() -> None:
+    figures = [GpuIdle(0, 10.0, 4.1, 5.0, 3.8), GpuIdle(2, 8.0, 0.8, 0.4, 0.24), GpuIdle(4, 0.0, 0.0, 0.0, 0.0)]
+    assert format_gpu_idle(figures) == [
+        "GPU idle (NVML's utilisation samples over the batches' wall time):",
+        "  0 workers: GPU 0 idle 41% of the time, 38% while waiting for data",
+        "  2 workers: GPU 0 idle 10% of the time, 3% while waiting for data",
+    ]
+    note = "GPU 0 keeps no utilisation samples (NVML: Not Supported)"
+    assert format_gpu_idle([], note) == [f"GPU idle: not measured: {note}"]
+    assert format_gpu_idle([]) == []  # no GPU: nothing said here (the machine line says it)
+
+
+def test_without_a_gpu_the_session_has_no_figures_and_nothing_piles_up() -> None:
+    trainer = Trainer(workloads.make(size=64), LoaderConfig(num_workers=0, batch_size=8), epochs=1, device="cpu")
+    record = io.StringIO()
+    session = Session(trainer, read_gpus=False, sample_interval_s=0.05, record_file=record)
+    session.start()
+    try:
+        assert trainer.join(60.0)
+        view = session.view()
+    finally:
+        session.close()
+    assert view.gpu_idle == () and view.gpu_idle_note is None and session.gpu_idle.pending() == 0
+    assert '"gpu_idle"' not in record.getvalue()
