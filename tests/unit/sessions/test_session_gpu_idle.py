@@ -1,4 +1,5 @@
-"""The built-in run's GPU idle figures, from a fake NVML whose GPU is busy a known 25% of every sample period."""
+"""GPU idle figures of a built-in run (a fake NVML whose GPU is busy a known 25% of each sample period) and of a
+script's loader (recorded batch messages and samples), and the end summary's lines."""
 
 from __future__ import annotations
 
@@ -8,13 +9,17 @@ import math
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from loadertop.core.measure.gpu_idle import GpuSamples, UtilSample
 from loadertop.core.policy.report import format_gpu_idle
 from loadertop.core.protocol.config import LoaderConfig
 from loadertop.core.protocol.gpu_idle import GpuIdle
+from loadertop.core.protocol.messages import Batch, LoaderUpdate
+from loadertop.core.sessions.remote import RemoteSession
 from loadertop.core.sessions.session import Session
 from loadertop.core.train.engine import Trainer
 from tests import workloads
@@ -91,3 +96,29 @@ def test_without_a_gpu_the_session_has_no_figures_and_nothing_piles_up() -> None
         session.close()
     assert view.gpu_idle == () and view.gpu_idle_note is None and session.gpu_idle.pending() == 0
     assert '"gpu_idle"' not in record.getvalue()
+
+
+def test_a_scripts_loader_gets_the_idle_time_of_its_own_waits_from_the_samples_the_monitor_reads() -> None:
+    session = RemoteSession(pid=os.getpid(), socket_path=Path("/nonexistent"), read_gpus=False)
+    # A script's batch: handed to the loop at ``time`` after ``load_ms`` in next(); its step comes with the next.
+    batches = [(1000.5, 500.0, None), (1001.0, 250.0, 250.0), (1001.5, 250.0, 250.0), (1002.0, 250.0, 250.0)]
+    batches.append((1002.5, 250.0, 250.0))
+    session._wire.feed(
+        [
+            LoaderUpdate(name="train.py:9", num_workers=2, training=True).to_wire(),
+            *(
+                Batch("train.py:9", step, 1, step, 2, 8, load_ms, step_ms, at).to_wire()
+                for step, (at, load_ms, step_ms) in enumerate(batches, 1)
+            ),
+        ]
+    )
+    session._sample_gpu(GpuSamples(0, (UtilSample(1001.0, 1002.0, 50.0), UtilSample(1002.0, 1003.0, 0.0))))
+    # The first two batches are the start's warm-up; the third and fourth are whole (the fifth's step is not in):
+    # 1001.25-1001.75 half busy, its wait 1001.25-1001.5; 1001.75-1002.25 half then not busy, its wait the first half.
+    view = session.view()
+    assert view.gpu_idle == (GpuIdle(2, covered_s=1.0, idle_s=0.625, waiting_s=0.5, idle_waiting_s=0.25),)
+    assert view.gpu_idle_note is None
+    session._sample_gpu(GpuSamples(0, (), "GPU 0 keeps no utilisation samples (NVML: Not Supported)"))
+    assert session.view().gpu_idle_note == "GPU 0 keeps no utilisation samples (NVML: Not Supported)"
+    session._sample_gpu(None)  # no GPU: the figures made stay, no batch is kept any more
+    assert session.view().gpu_idle_note is None and session._wire.tracks["train.py:9"].gpu_idle.pending() == 0
