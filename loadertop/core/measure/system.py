@@ -211,8 +211,9 @@ class NvmlReader:
 
         The first call reads the driver's whole buffer (its newest sample anchors NVML's clock to UNIX time,
         ``gpu_idle.clock_offset_s``); later calls pass the newest timestamp seen. ``NVMLError_NotFound`` is
-        "no sample since then" (nothing new); ``NVMLError_NotSupported`` (an older GPU or driver, a vGPU) is
-        remembered and said in ``note``: ``nvmlDeviceGetUtilizationRates`` alone cannot be attributed.
+        "no sample since then" (nothing new); ``NVMLError_NotSupported`` (an older GPU or driver, a vGPU) and
+        ``NVMLError_FunctionNotFound`` (a driver without the function) are remembered and said in ``note``:
+        ``nvmlDeviceGetUtilizationRates`` alone cannot be attributed.
         """
         if not self.available or not 0 <= index < len(self._handles):
             return GpuSamples(None, (), "no NVIDIA GPU")
@@ -230,6 +231,9 @@ class NvmlReader:
                 return GpuSamples(index, (), None)
             if code == getattr(nvml, "NVML_ERROR_NOT_SUPPORTED", 3):
                 self._no_samples[index] = f"GPU {index} keeps no utilisation samples (NVML: Not Supported)"
+                return GpuSamples(index, (), self._no_samples[index])
+            if code == getattr(nvml, "NVML_ERROR_FUNCTION_NOT_FOUND", 13):  # a driver older than the function
+                self._no_samples[index] = f"GPU {index}: this NVIDIA driver has no nvmlDeviceGetSamples"
                 return GpuSamples(index, (), self._no_samples[index])
             return GpuSamples(index, (), f"GPU {index}'s utilisation samples could not be read: {_nvml_reason(exc)}")
         pairs = [(int(s.timeStamp), float(_sample_value(value_type, s))) for s in raw or ()]

@@ -112,14 +112,21 @@ def test_utilisation_samples_are_read_since_the_newest_seen_on_unix_time(monkeyp
     assert fake.shut_down and reader.utilization_samples(0) == GpuSamples(None, (), "no NVIDIA GPU")
 
 
+@pytest.mark.parametrize(
+    ("error", "note"),
+    [
+        (FakeNvml.NVML_ERROR_NOT_SUPPORTED, "GPU 0 keeps no utilisation samples (NVML: Not Supported)"),
+        (FakeNvml.NVML_ERROR_FUNCTION_NOT_FOUND, "GPU 0: this NVIDIA driver has no nvmlDeviceGetSamples"),
+    ],
+    ids=["not supported", "function not found"],
+)
 def test_a_gpu_without_utilisation_samples_says_so_once_and_is_not_asked_again(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, error: int, note: str
 ) -> None:
     fake = _fake_nvml(monkeypatch, pids=(os.getpid(),))
-    fake.samples_error = FakeNvml.NVML_ERROR_NOT_SUPPORTED
+    fake.samples_error = error
     reader = NvmlReader()
     try:
-        note = "GPU 0 keeps no utilisation samples (NVML: Not Supported)"
         assert reader.utilization_samples(0) == reader.utilization_samples(0) == GpuSamples(0, (), note)
         assert len(fake.asked) == 1
         [gpu] = reader.read()  # the rest of the GPU's figures as before
