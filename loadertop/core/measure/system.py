@@ -379,6 +379,16 @@ class SystemSampler:
         """The most recent snapshot (None before the first)."""
         return self._latest
 
+    def gpu_samples_now(self) -> GpuSamples | None:
+        """The training GPU's utilisation samples since the last read, read now (at a run's end: its last batches'
+        samples); None: no GPU found by the samples so far, or sampling stopped."""
+        with self._lock:
+            latest = self._latest
+            read = latest.gpu_samples if latest is not None else None
+            if read is None or read.gpu is None or self._nvml is None:
+                return None
+            return self._nvml.utilization_samples(read.gpu)
+
     def _run(self) -> None:
         if self._on_thread_start is not None:
             self._on_thread_start(threading.get_native_id())

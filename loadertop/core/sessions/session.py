@@ -292,6 +292,12 @@ class Session:
             return []
         self._closed = True
         self.tuner.stop()
+        try:  # the samples since the last read: the run's last batches get theirs
+            read = self.sampler.gpu_samples_now()
+            if read is not None and read.gpu is not None:
+                self.gpu_idle.add_samples(read.samples, read.gpu)
+        except Exception:  # noqa: BLE001, S110 - a figure: closing must go on
+            pass
         left = shutdown(self.trainer, self.sampler, timeout_s=timeout_s)
         if self._recorder is not None:
             cores = current_limits().cores

@@ -7,6 +7,7 @@ import io
 import json
 import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from loadertop.cli.headless import run_headless
 from loadertop.core.measure.gpu_idle import GpuSamples, UtilSample
 from loadertop.core.policy.report import format_gpu_idle
 from loadertop.core.protocol.config import LoaderConfig
@@ -70,6 +72,23 @@ def test_a_built_in_run_sums_its_gpus_idle_time_per_worker_count_into_the_view_a
     [event] = [line for line in map(json.loads, record.getvalue().splitlines()) if line.get("event") == "gpu_idle"]
     assert record_schema_errors(event) == []
     assert GpuIdle.from_wire(event).num_workers == 0 and event["idle_share"] == 0.75
+
+
+def test_a_headless_run_ends_with_its_gpus_idle_time_its_last_batches_included(
+    monkeypatch: pytest.MonkeyPatch, runtime_dir: Path
+) -> None:
+    pytest.importorskip("pynvml", reason="the fake hands out nvidia-ml-py's own sample structs")
+    monkeypatch.setitem(sys.modules, "pynvml", LiveNvml())
+    trainer = Trainer(
+        workloads.make(size=160, sleep_s=0.002), LoaderConfig(num_workers=0, batch_size=8), epochs=1, device="cpu"
+    )
+    out, err = io.StringIO(), io.StringIO()
+    # One system sample at the start, none after: the figure comes from the samples read as the run closes.
+    code = run_headless(trainer, out=out, err=err, sample_interval_s=60.0, progress_interval_s=60.0)
+    assert code == 0, err.getvalue()
+    lines = out.getvalue().splitlines()
+    heading = lines.index("GPU idle (NVML's utilisation samples over the batches' wall time):")
+    assert re.fullmatch(r"  0 workers: GPU 0 idle 75% of the time, \d+% while waiting for data", lines[heading + 1])
 
 
 def test_the_end_summary_has_a_line_per_count_or_why_there_is_none() -> None:
