@@ -209,8 +209,10 @@ class NvmlReader:
     def utilization_samples(self, index: int) -> GpuSamples:
         """GPU ``index``'s utilisation samples since the last call (``nvmlDeviceGetSamples``), periods known.
 
-        The first call reads the driver's whole buffer (its newest sample anchors NVML's clock to UNIX time,
-        ``gpu_idle.clock_offset_s``); later calls pass the newest timestamp seen. ``NVMLError_NotFound`` is
+        The first call reads the driver's whole buffer; later calls pass the newest timestamp seen. The first
+        samples taken a moment ago anchor NVML's clock to UNIX time (``gpu_idle.clock_offset_s``): the buffer's
+        newest may be minutes old (a driver keeps none while the GPU sits idle), so only a later read's new
+        samples that fit no clock say so. ``NVMLError_NotFound`` is
         "no sample since then" (nothing new); ``NVMLError_NotSupported`` (an older GPU or driver, a vGPU) and
         ``NVMLError_FunctionNotFound`` (a driver without the function) are remembered and said in ``note``:
         ``nvmlDeviceGetUtilizationRates`` alone cannot be attributed.
@@ -240,11 +242,13 @@ class NvmlReader:
         if not pairs:
             return GpuSamples(index, (), None)
         newest = max(stamp for stamp, _ in pairs)
+        self._last_us[index] = max(newest, previous or 0)
         if self._offset_s is None:
             self._offset_s = clock_offset_s(newest, _clocks())
+            if self._offset_s is None and previous is None:  # the buffer's newest may be old (idle): judge new ones
+                return GpuSamples(index, (), None)
             if self._offset_s is None:
                 return GpuSamples(index, (), f"GPU {index}'s sample times are on a clock loadertop does not know")
-        self._last_us[index] = max(newest, previous or 0)
         # The first read has no sample before its oldest: that one only opens the next period.
         samples: tuple[UtilSample, ...] = samples_from_nvml(pairs, offset_s=self._offset_s, previous_us=previous)
         return GpuSamples(index, samples, None)

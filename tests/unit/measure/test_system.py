@@ -15,7 +15,7 @@ from loadertop import LoaderConfig, Trainer, TrainerState
 from loadertop.core.measure.gpu_idle import GpuSamples, UtilSample
 from loadertop.core.measure.system import NvmlReader, SystemSampler
 from tests import workloads
-from tests.helpers import FakeNvml, wait_for
+from tests.helpers import FakeNvml, eventually, wait_for
 
 
 def test_the_sampler_follows_the_workers_across_a_restart() -> None:
@@ -149,13 +149,29 @@ def test_another_nvml_error_is_said_and_the_next_read_tries_again(monkeypatch: p
         reader.close()
 
 
-def test_samples_on_a_clock_not_known_give_no_figure(monkeypatch: pytest.MonkeyPatch) -> None:
-    _fake_nvml(monkeypatch, pids=(os.getpid(),), samples=[(1000, 50), (2000, 50)])  # 1 ms after some epoch
+def test_new_samples_on_a_clock_not_known_give_no_figure(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = _fake_nvml(monkeypatch, pids=(os.getpid(),), samples=[(1000, 50), (2000, 50)])  # 1 ms after some epoch
     reader = NvmlReader()
     try:
+        assert reader.utilization_samples(0) == GpuSamples(0, (), None)  # the buffer's newest may just be old
+        fake.samples.append((3000, 50))  # new since the last read, and still on no clock known
         assert reader.utilization_samples(0) == GpuSamples(
             0, (), "GPU 0's sample times are on a clock loadertop does not know"
         )
+        assert fake.asked == [0, 2000]
+    finally:
+        reader.close()
+
+
+def test_an_old_buffer_waits_for_new_samples_to_anchor_the_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    t0 = int(time.time()) - 3600  # the driver's newest sample an hour old: an idle GPU's
+    fake = _fake_nvml(monkeypatch, pids=(os.getpid(),), samples=[(t0 * 1_000_000, 0)])
+    reader = NvmlReader()
+    try:
+        assert reader.utilization_samples(0) == GpuSamples(0, (), None)
+        now = int(time.time())
+        fake.samples += [(now * 1_000_000, 30)]
+        assert reader.utilization_samples(0) == GpuSamples(0, (UtilSample(now - 1.0, now, 30.0),), None)
     finally:
         reader.close()
 
@@ -205,6 +221,32 @@ def test_nvml_reads_every_gpu() -> None:
         assert gpus and all(g.name for g in gpus)
         assert all(g.memory_total_bytes and g.memory_total_bytes > 0 for g in gpus)
         assert all(g.utilization_percent is None or 0 <= g.utilization_percent <= 100 for g in gpus)
+    finally:
+        reader.close()
+
+
+@pytest.mark.gpu
+def test_a_real_gpus_utilisation_samples_are_on_unix_time_or_it_says_why() -> None:
+    reader = NvmlReader()
+    if not reader.available:
+        pytest.skip(reader.status)
+    try:
+        reads: list[GpuSamples] = []
+
+        def read() -> bool:
+            reads.append(reader.utilization_samples(0))
+            return bool(reads[-1].samples or reads[-1].note)
+
+        if not eventually(read, timeout=5.0, poll_s=0.25):
+            pytest.skip("the driver kept no utilisation samples for 5 s (some do not while the GPU is idle)")
+        got = reads[-1]
+        if got.note:
+            assert got.note.startswith("GPU 0") and not got.samples  # not supported here: said, never a figure
+            return
+        now = time.time()
+        assert all(now - 600 < s.start < s.end <= now + 1 and 0 <= s.percent <= 100 for s in got.samples)
+        assert all(s.end - s.start <= 1.0 for s in got.samples)
+        assert all(a.end <= b.start + 1e-6 for a, b in zip(got.samples, got.samples[1:], strict=False))
     finally:
         reader.close()
 
