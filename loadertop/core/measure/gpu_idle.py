@@ -190,6 +190,7 @@ class GpuIdleBook:
         self._pending: deque[_Batch] = deque(maxlen=PENDING_BATCHES)
         self._samples: list[UtilSample] = []
         self._totals: dict[int, IdleTotals] = {}
+        self._wall: dict[int, float] = {}  # the settled batches' wall time, covered or not
         self._gpu = 0
         self._sampling: bool | None = None  # None: not known yet (a few batches kept); False: no GPU, none kept
         self.note: str | None = None
@@ -222,6 +223,7 @@ class GpuIdleBook:
                 batch = self._pending.popleft()
                 got = idle_over(self._samples, batch.start, batch.end, [(batch.start, batch.load_end)])
                 self._totals[batch.num_workers] = self._totals.get(batch.num_workers, IdleTotals()) + got
+                self._wall[batch.num_workers] = self._wall.get(batch.num_workers, 0.0) + (batch.end - batch.start)
             oldest = self._pending[0].start if self._pending else newest
             keep = bisect.bisect_left([s.end for s in self._samples], oldest)
             del self._samples[:keep]
@@ -235,6 +237,6 @@ class GpuIdleBook:
         """One ``GpuIdle`` per worker count with batches settled, in the order the counts first ran."""
         with self._lock:
             return tuple(
-                GpuIdle(workers, t.covered_s, t.idle_s, t.waiting_s, t.idle_waiting_s, gpu=self._gpu)
+                GpuIdle(workers, t.covered_s, t.idle_s, t.waiting_s, t.idle_waiting_s, self._gpu, self._wall[workers])
                 for workers, t in self._totals.items()
             )

@@ -76,10 +76,10 @@ def test_the_book_settles_each_batch_once_samples_reach_its_end_and_sums_per_wor
     assert book.pending() == 1
     book.add_batch(0, 1011.75, 1011.9, 1012.5)  # ends after the newest sample: pending
     book.add_samples(periods(), gpu=1)
-    assert book.figures() == (GpuIdle(2, 1.5, 0.7, 0.5, 0.375, gpu=1),)
+    assert book.figures() == (GpuIdle(2, 1.5, 0.7, 0.5, 0.375, gpu=1, wall_s=1.5),)
     book.add_samples(samples_from_nvml([(int(12.5 * S), 60)], offset_s=OFFSET, previous_us=12 * S), gpu=1)
     [two, zero] = book.figures()
-    assert two == GpuIdle(2, 1.5, 0.7, 0.5, 0.375, gpu=1)
+    assert two == GpuIdle(2, 1.5, 0.7, 0.5, 0.375, gpu=1, wall_s=1.5)
     # 1011.75-1012: 20% busy; 1012-1012.5: 60% busy; waiting 1011.75-1011.9 in the 20% period
     assert (zero.covered_s, zero.idle_s) == (0.75, 0.25 * 0.8 + 0.5 * 0.4)
     assert abs(zero.waiting_s - 0.15) < 1e-9 and abs(zero.idle_waiting_s - 0.15 * 0.8) < 1e-9
@@ -94,3 +94,12 @@ def test_without_a_gpu_the_book_keeps_no_batch() -> None:
     book.no_gpu()
     book.add_batch(0, 1.0, 1.5, 2.0)
     assert book.pending() == 0 and book.figures() == ()
+
+
+def test_a_batch_the_samples_cover_in_part_says_how_much() -> None:
+    book = GpuIdleBook()
+    book.add_batch(1, 1009.0, 1010.0, 1012.0)  # 3 s; the samples cover 1010-1012 only
+    book.add_samples(periods())
+    [idle] = book.figures()
+    assert (idle.covered_s, idle.wall_s, idle.waiting_s, idle.coverage) == (2.0, 3.0, 0.0, 2 / 3)
+    assert idle.line() == "GPU 0 idle 57% of the time, 0% while waiting for data (samples cover 67% of it)"

@@ -25,10 +25,14 @@ def test_the_wire_form_reads_back_the_same_figures() -> None:
         "idle_s": 2.25,
         "waiting_s": 6.0,
         "idle_waiting_s": 1.5,
+        "wall_s": 0.0,
         "idle_share": 0.18,
         "idle_waiting_share": 0.12,
     }
     assert GpuIdle.from_wire(wire) == idle
+    covered = GpuIdle(1, 9.0, 0.9, 1.0, 0.5, wall_s=10.0)
+    assert GpuIdle.from_wire(covered.to_wire()) == covered and covered.coverage == 0.9
+    assert covered.line() == "GPU 0 idle 10% of the time, 6% while waiting for data"  # 90%: not said
 
 
 @pytest.mark.parametrize(

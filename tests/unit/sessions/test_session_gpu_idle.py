@@ -68,6 +68,7 @@ def test_a_built_in_run_sums_its_gpus_idle_time_per_worker_count_into_the_view_a
     # precision of UNIX seconds as floats, ~0.2 µs a batch).
     assert math.isclose(idle.covered_s, sum(r.iter_s for r in steady), abs_tol=1e-5)
     assert math.isclose(idle.waiting_s, sum(r.load_s for r in steady), abs_tol=1e-5)
+    assert math.isclose(idle.wall_s, idle.covered_s, abs_tol=1e-6)
     assert math.isclose(idle.idle_share or 0, 0.75) and math.isclose(idle.idle_waiting_s, 0.75 * idle.waiting_s)
     [event] = [line for line in map(json.loads, record.getvalue().splitlines()) if line.get("event") == "gpu_idle"]
     assert record_schema_errors(event) == []
@@ -135,7 +136,7 @@ def test_a_scripts_loader_gets_the_idle_time_of_its_own_waits_from_the_samples_t
     # The first two batches are the start's warm-up; the third and fourth are whole (the fifth's step is not in):
     # 1001.25-1001.75 half busy, its wait 1001.25-1001.5; 1001.75-1002.25 half then not busy, its wait the first half.
     view = session.view()
-    assert view.gpu_idle == (GpuIdle(2, covered_s=1.0, idle_s=0.625, waiting_s=0.5, idle_waiting_s=0.25),)
+    assert view.gpu_idle == (GpuIdle(2, covered_s=1.0, idle_s=0.625, waiting_s=0.5, idle_waiting_s=0.25, wall_s=1.0),)
     assert view.gpu_idle_note is None
     session._sample_gpu(GpuSamples(0, (), "GPU 0 keeps no utilisation samples (NVML: Not Supported)"))
     assert session.view().gpu_idle_note == "GPU 0 keeps no utilisation samples (NVML: Not Supported)"
