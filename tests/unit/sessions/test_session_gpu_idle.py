@@ -3,6 +3,7 @@ script's loader (recorded batch messages and samples), and the end summary's lin
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -22,6 +23,7 @@ from loadertop.core.protocol.config import LoaderConfig
 from loadertop.core.protocol.gpu_idle import GpuIdle
 from loadertop.core.protocol.messages import Batch, LoaderUpdate
 from loadertop.core.sessions.remote import RemoteSession
+from loadertop.core.sessions.replay import load_view, save_view
 from loadertop.core.sessions.session import Session
 from loadertop.core.train.engine import Trainer
 from tests import workloads
@@ -142,3 +144,20 @@ def test_a_scripts_loader_gets_the_idle_time_of_its_own_waits_from_the_samples_t
     assert session.view().gpu_idle_note == "GPU 0 keeps no utilisation samples (NVML: Not Supported)"
     session._sample_gpu(None)  # no GPU: the figures made stay, no batch is kept any more
     assert session.view().gpu_idle_note is None and session._wire.tracks["train.py:9"].gpu_idle.pending() == 0
+
+
+def test_a_saved_view_keeps_its_gpu_idle_figures_and_samples(tmp_path: Path) -> None:
+    recorded = load_view(Path(__file__).resolve().parents[2] / "data" / "session.json")
+    assert recorded.gpu_idle == () and recorded.gpu_idle_note is None  # a recording from before: nothing
+    assert recorded.system is not None and recorded.system.gpu_samples is None
+    read = GpuSamples(0, (UtilSample(1010.0, 1010.5, 40.0),), None)
+    view = dataclasses.replace(
+        recorded,
+        system=dataclasses.replace(recorded.system, gpu_samples=read),
+        gpu_idle=(GpuIdle(2, 10.0, 4.1, 5.0, 3.8, gpu=1, wall_s=10.0),),
+        gpu_idle_note="a note",
+    )
+    save_view(view, tmp_path / "view.json")
+    loaded = load_view(tmp_path / "view.json")  # (the summaries' NaN memory figures compare unequal: these fields only)
+    assert (loaded.gpu_idle, loaded.gpu_idle_note) == (view.gpu_idle, "a note")
+    assert loaded.system is not None and loaded.system.gpu_samples == read
