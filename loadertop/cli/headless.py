@@ -182,9 +182,7 @@ def run_headless(
     stage_lines = format_stages(trainer.stages(), current_limits().cores)
     if stage_lines:
         print("\n" + "\n".join(stage_lines), file=out)
-    idle_lines = format_gpu_idle(session.gpu_idle.figures(), session.gpu_idle.note)
-    if idle_lines:
-        print("\n".join(idle_lines), file=out)
+    _print_gpu_idle(session, out)
     for step in sorted(pending_switches):
         print(f"note: --switch {step}:{pending_switches[step]} was not reached", file=out)
     out.flush()
@@ -192,6 +190,13 @@ def run_headless(
     if interrupted is not None:
         return 128 + interrupted
     return exit_code(trainer, err)
+
+
+def _print_gpu_idle(session: Session, out: IO[str]) -> None:
+    """The training GPU's idle time per worker count, after the stages (nothing without a GPU)."""
+    lines = format_gpu_idle(session.gpu_idle.figures(), session.gpu_idle.note)
+    if lines:
+        print("\n".join(lines), file=out, flush=True)
 
 
 def exit_code(trainer: Trainer, err: IO[str]) -> int:
@@ -365,6 +370,7 @@ def run_sweep_headless(
     stage_lines = format_stages(trainer.stages(), current_limits().cores)
     if stage_lines:
         print("\n" + "\n".join(stage_lines), file=out, flush=True)
+    _print_gpu_idle(session, out)
     code = 128 + interrupted if interrupted is not None else exit_code(trainer, err)
     return code, rows, advice
 

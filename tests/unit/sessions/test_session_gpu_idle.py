@@ -27,7 +27,7 @@ from loadertop.core.sessions.replay import load_view, save_view
 from loadertop.core.sessions.session import Session
 from loadertop.core.train.engine import Trainer
 from tests import workloads
-from tests.helpers import FakeNvml, record_schema_errors, wait_for
+from tests.helpers import FakeNvml, record_schema_errors, sweep, wait_for
 
 STEP_US = 100_000
 
@@ -92,6 +92,16 @@ def test_a_headless_run_ends_with_its_gpus_idle_time_its_last_batches_included(
     lines = out.getvalue().splitlines()
     heading = lines.index("GPU idle (NVML's utilisation samples over the batches' wall time):")
     assert re.fullmatch(r"  0 workers: GPU 0 idle 75% of the time, \d+% while waiting for data", lines[heading + 1])
+
+
+def test_a_sweep_ends_with_the_gpus_idle_time_at_each_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("pynvml", reason="the fake hands out nvidia-ml-py's own sample structs")
+    monkeypatch.setitem(sys.modules, "pynvml", LiveNvml())
+    *_, printed = sweep(workloads.make(size=4000, sleep_s=0.001), (0, 1), batches=12)
+    lines = printed.splitlines()
+    heading = lines.index("GPU idle (NVML's utilisation samples over the batches' wall time):")
+    for count, line in zip(("0 workers", "1 worker"), lines[heading + 1 : heading + 3], strict=True):
+        assert re.fullmatch(rf"  {count}: GPU 0 idle 75% of the time, \d+% while waiting for data", line), line
 
 
 def test_the_end_summary_has_a_line_per_count_or_why_there_is_none() -> None:
