@@ -206,6 +206,20 @@ class NvmlReader:
             used_by_tree=used,
         )
 
+    def gpu_of(self, pids: Collection[int]) -> int | None:
+        """The lowest-index GPU on which one of ``pids`` holds a compute context (one NVML call a GPU); None: none."""
+        if not self.available:
+            return None
+        wanted = set(pids)
+        for index, handle in enumerate(self._handles):
+            try:
+                procs = self._nvml.nvmlDeviceGetComputeRunningProcesses(handle)
+            except Exception:  # noqa: BLE001 - a GPU that cannot say is not the one
+                continue
+            if any(p.pid in wanted for p in procs or ()):
+                return index
+        return None
+
     def utilization_samples(self, index: int) -> GpuSamples:
         """GPU ``index``'s utilisation samples since the last call (``nvmlDeviceGetSamples``), periods known.
 
