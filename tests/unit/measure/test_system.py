@@ -192,6 +192,18 @@ def test_the_sampler_reads_the_samples_of_the_gpu_the_training_process_holds(mon
         sampler.stop()
 
 
+def test_the_gpu_a_process_holds_is_found_by_its_pid(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = _fake_nvml(monkeypatch, pids=(os.getpid(),))
+    reader = NvmlReader()
+    try:
+        assert reader.gpu_of({os.getpid()}) == 0
+        fake.pids = ()
+        assert reader.gpu_of({os.getpid()}) is None
+    finally:
+        reader.close()
+    assert reader.gpu_of({os.getpid()}) is None  # closed: nothing asked
+
+
 def test_without_a_gpu_the_snapshot_has_no_samples_and_no_note() -> None:
     sampler = SystemSampler(read_gpus=False)
     try:
