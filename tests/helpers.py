@@ -277,3 +277,83 @@ def screen_text(app: LoaderTopApp, widget_type: type) -> str:
     """What the one ``widget_type`` on the app's screen shows, as plain text."""
     widget = app.query_one(widget_type)
     return str(widget.render())
+
+
+class FakeNvml:
+    """A stand-in for the ``pynvml`` module (put in ``sys.modules``): one GPU, the real library's sample structs.
+
+    ``samples`` is what ``nvmlDeviceGetSamples`` has in its buffer as ``(timeStamp µs, percent)``; a call returns
+    those after the timestamp asked for, or raises ``NVMLError(NVML_ERROR_NOT_FOUND)`` when there are none, as the
+    driver does. ``samples_error``: the error code every call raises instead (``NVML_ERROR_NOT_SUPPORTED``, ...).
+    ``pids``: the processes with a compute context on the GPU.
+    """
+
+    NVML_ERROR_NOT_SUPPORTED = 3
+    NVML_ERROR_NOT_FOUND = 6
+    NVML_ERROR_FUNCTION_NOT_FOUND = 13
+    NVML_ERROR_UNKNOWN = 999
+    NVML_GPU_UTILIZATION_SAMPLES = 1
+    NVML_TEMPERATURE_GPU = 0
+    NVML_VALUE_TYPE_UNSIGNED_INT = 1
+
+    class NVMLError(Exception):
+        def __init__(self, value: int) -> None:
+            super().__init__(f"NVML error {value}")
+            self.value = value
+
+    def __init__(self, pids: tuple[int, ...] = (), samples: list[tuple[int, int]] | None = None) -> None:
+        self.pids = pids
+        self.samples = samples or []
+        self.samples_error: int | None = None
+        self.asked: list[int] = []
+        """The ``timeStamp`` of every ``nvmlDeviceGetSamples`` call."""
+        self.shut_down = False
+        import pynvml  # the real library's ctypes struct, as nvmlDeviceGetSamples returns it (before the swap)
+
+        self._sample_struct = pynvml.c_nvmlSample_t
+
+    def nvmlInit(self) -> None:
+        pass
+
+    def nvmlShutdown(self) -> None:
+        self.shut_down = True
+
+    def nvmlDeviceGetCount(self) -> int:
+        return 1
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> str:
+        return f"handle{index}"
+
+    def nvmlDeviceGetName(self, handle: str) -> str:
+        return "Fake GPU"
+
+    def nvmlDeviceGetUtilizationRates(self, handle: str) -> Any:
+        return type("Utilization", (), {"gpu": 37, "memory": 5})()
+
+    def nvmlDeviceGetMemoryInfo(self, handle: str) -> Any:
+        return type("Memory", (), {"used": 1 << 30, "total": 16 << 30})()
+
+    def nvmlDeviceGetTemperature(self, handle: str, sensor: int) -> int:
+        return 40
+
+    def nvmlDeviceGetPowerUsage(self, handle: str) -> int:
+        return 70_000
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: str) -> list[Any]:
+        return [type("Process", (), {"pid": pid, "usedGpuMemory": 1 << 20})() for pid in self.pids]
+
+    def nvmlDeviceGetSamples(self, handle: str, kind: int, timestamp: int) -> tuple[int, list[Any]]:
+        assert kind == self.NVML_GPU_UTILIZATION_SAMPLES
+        self.asked.append(timestamp)
+        if self.samples_error is not None:
+            raise self.NVMLError(self.samples_error)
+        out = []
+        for stamp, value in self.samples:
+            if stamp > timestamp:
+                sample = self._sample_struct()
+                sample.timeStamp = stamp
+                sample.sampleValue.uiVal = value
+                out.append(sample)
+        if not out:
+            raise self.NVMLError(self.NVML_ERROR_NOT_FOUND)
+        return self.NVML_VALUE_TYPE_UNSIGNED_INT, out

@@ -17,7 +17,7 @@ from loadertop.core.measure.limits import current_limits
 from loadertop.core.measure.store import ConfigSummary
 from loadertop.core.policy.advice import Advice, advise, machine_facts, speed_text
 from loadertop.core.policy.autotune import Budget, Change
-from loadertop.core.policy.report import advice_lines, format_stages, format_table
+from loadertop.core.policy.report import advice_lines, format_gpu_idle, format_stages, format_table
 from loadertop.core.probe.remembering import RunMemory
 from loadertop.core.protocol.records import BatchRecord
 from loadertop.core.sessions.session import Session
@@ -186,6 +186,7 @@ def run_headless(
     stage_lines = format_stages(trainer.stages(), current_limits().cores)
     if stage_lines:
         print("\n" + "\n".join(stage_lines), file=out)
+    _print_gpu_idle(session, out)
     for step in sorted(pending_switches):
         print(f"note: --switch {step}:{pending_switches[step]} was not reached", file=out)
     out.flush()
@@ -193,6 +194,13 @@ def run_headless(
     if interrupted is not None:
         return 128 + interrupted
     return exit_code(trainer, err)
+
+
+def _print_gpu_idle(session: Session, out: IO[str]) -> None:
+    """The training GPU's idle time per worker count, after the stages (nothing without a GPU)."""
+    lines = format_gpu_idle(session.gpu_idle.figures(), session.gpu_idle.note)
+    if lines:
+        print("\n".join(lines), file=out, flush=True)
 
 
 def exit_code(trainer: Trainer, err: IO[str]) -> int:
@@ -366,6 +374,7 @@ def run_sweep_headless(
     stage_lines = format_stages(trainer.stages(), current_limits().cores)
     if stage_lines:
         print("\n" + "\n".join(stage_lines), file=out, flush=True)
+    _print_gpu_idle(session, out)
     code = 128 + interrupted if interrupted is not None else exit_code(trainer, err)
     return code, rows, advice
 

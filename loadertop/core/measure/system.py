@@ -17,6 +17,7 @@ from typing import Any
 
 import psutil
 
+from loadertop.core.measure.gpu_idle import GpuSamples, UtilSample, clock_offset_s, samples_from_nvml
 from loadertop.core.measure.limits import current_limits
 from loadertop.core.measure.memory import MemoryReader, ProcessMemory, TreeMemory, shared_reader, tree_memory
 
@@ -50,7 +51,8 @@ class ProcessSample:
 
 @dataclass(frozen=True, slots=True)
 class GpuSample:
-    """One NVIDIA GPU as NVML reports it; a field NVML cannot read is None."""
+    """One NVIDIA GPU as NVML reports it; a field NVML cannot read is None (``used_by_tree``: a process of the
+    training tree holds a compute context on it)."""
 
     index: int
     name: str
@@ -60,6 +62,7 @@ class GpuSample:
     temperature_c: float | None
     power_w: float | None
     process_memory_bytes: int | None
+    used_by_tree: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +83,8 @@ class SystemSnapshot:
         gpu_status: ``"1 NVIDIA GPU"`` or ``"no NVIDIA GPU: <reason>"``.
         sampler_cpu_fraction: the sampler's own CPU seconds per wall second so far.
         memory: the tree's PSS and the workers' USS (None: not read, as in an older recording).
+        gpu_samples: NVML's utilisation samples of the training process's GPU since the sample before
+            (``NvmlReader.utilization_samples``; None: no GPU, or GPU sampling off).
     """
 
     time: float
@@ -97,6 +102,7 @@ class SystemSnapshot:
     gpu_status: str
     sampler_cpu_fraction: float
     memory: TreeMemory | None = None
+    gpu_samples: GpuSamples | None = None
 
     @property
     def workers(self) -> tuple[ProcessSample, ...]:
@@ -129,6 +135,9 @@ class NvmlReader:
         self._nvml: Any = None
         self._handles: list[Any] = []
         self.status = "no NVIDIA GPU"
+        self._last_us: dict[int, int] = {}
+        self._no_samples: dict[int, str] = {}
+        self._offset_s: float | None = None
         try:
             import pynvml  # type: ignore[import-untyped]  # nvidia-ml-py ships no types
         except ImportError:
@@ -184,6 +193,7 @@ class NvmlReader:
         power = _try(lambda: nvml.nvmlDeviceGetPowerUsage(handle) / 1000.0)
         procs = _try(lambda: nvml.nvmlDeviceGetComputeRunningProcesses(handle))
         mine = [p.usedGpuMemory for p in procs or () if p.pid in mine_pids and p.usedGpuMemory is not None]
+        used = any(p.pid in mine_pids for p in procs or ())
         return GpuSample(
             index=index,
             name=str(name),
@@ -193,7 +203,69 @@ class NvmlReader:
             temperature_c=temp,
             power_w=power,
             process_memory_bytes=int(sum(mine)) if mine else (0 if procs is not None else None),
+            used_by_tree=used,
         )
+
+    def gpu_of(self, pids: Collection[int]) -> int | None:
+        """The lowest-index GPU on which one of ``pids`` holds a compute context (one NVML call a GPU); None: none."""
+        if not self.available:
+            return None
+        wanted = set(pids)
+        for index, handle in enumerate(self._handles):
+            try:
+                procs = self._nvml.nvmlDeviceGetComputeRunningProcesses(handle)
+            except Exception:  # noqa: BLE001 - a GPU that cannot say is not the one
+                continue
+            if any(p.pid in wanted for p in procs or ()):
+                return index
+        return None
+
+    def utilization_samples(self, index: int) -> GpuSamples:
+        """GPU ``index``'s utilisation samples since the last call (``nvmlDeviceGetSamples``), periods known.
+
+        The first call reads the driver's whole buffer; later calls pass the newest timestamp seen. The first
+        samples taken a moment ago anchor NVML's clock to UNIX time (``gpu_idle.clock_offset_s``): the buffer's
+        newest may be minutes old (a driver keeps none while the GPU sits idle), so only a later read's new
+        samples that fit no clock say so. ``NVMLError_NotFound`` is
+        "no sample since then" (nothing new); ``NVMLError_NotSupported`` (an older GPU or driver, a vGPU) and
+        ``NVMLError_FunctionNotFound`` (a driver without the function) are remembered and said in ``note``:
+        ``nvmlDeviceGetUtilizationRates`` alone cannot be attributed.
+        """
+        if not self.available or not 0 <= index < len(self._handles):
+            return GpuSamples(None, (), "no NVIDIA GPU")
+        if index in self._no_samples:
+            return GpuSamples(index, (), self._no_samples[index])
+        nvml = self._nvml
+        previous = self._last_us.get(index)
+        try:
+            value_type, raw = nvml.nvmlDeviceGetSamples(
+                self._handles[index], nvml.NVML_GPU_UTILIZATION_SAMPLES, previous or 0
+            )
+        except nvml.NVMLError as exc:
+            code = getattr(exc, "value", None)
+            if code == getattr(nvml, "NVML_ERROR_NOT_FOUND", 6):
+                return GpuSamples(index, (), None)
+            if code == getattr(nvml, "NVML_ERROR_NOT_SUPPORTED", 3):
+                self._no_samples[index] = f"GPU {index} keeps no utilisation samples (NVML: Not Supported)"
+                return GpuSamples(index, (), self._no_samples[index])
+            if code == getattr(nvml, "NVML_ERROR_FUNCTION_NOT_FOUND", 13):  # a driver older than the function
+                self._no_samples[index] = f"GPU {index}: this NVIDIA driver has no nvmlDeviceGetSamples"
+                return GpuSamples(index, (), self._no_samples[index])
+            return GpuSamples(index, (), f"GPU {index}'s utilisation samples could not be read: {_nvml_reason(exc)}")
+        pairs = [(int(s.timeStamp), float(_sample_value(value_type, s))) for s in raw or ()]
+        if not pairs:
+            return GpuSamples(index, (), None)
+        newest = max(stamp for stamp, _ in pairs)
+        self._last_us[index] = max(newest, previous or 0)
+        if self._offset_s is None:
+            self._offset_s = clock_offset_s(newest, _clocks())
+            if self._offset_s is None and previous is None:  # the buffer's newest may be old (idle): judge new ones
+                return GpuSamples(index, (), None)
+            if self._offset_s is None:
+                return GpuSamples(index, (), f"GPU {index}'s sample times are on a clock loadertop does not know")
+        # The first read has no sample before its oldest: that one only opens the next period.
+        samples: tuple[UtilSample, ...] = samples_from_nvml(pairs, offset_s=self._offset_s, previous_us=previous)
+        return GpuSamples(index, samples, None)
 
     def close(self) -> None:
         """Shut NVML down (once)."""
@@ -215,6 +287,29 @@ def _nvml_reason(exc: Exception) -> str:
     if "Insufficient Permissions" in text or "No permission" in text:
         return "no permission to read NVML"
     return f"NVML error: {text}"
+
+
+_VALUE_FIELDS = ("dVal", "uiVal", "ulVal", "ullVal", "sllVal", "siVal", "usVal")
+"""``c_nvmlValue_t``'s members by ``NVML_VALUE_TYPE_*`` (0 double, 1 unsigned int, ...): utilisation is unsigned int."""
+
+
+def _sample_value(value_type: int, sample: Any) -> float:
+    """A ``c_nvmlSample_t``'s value read as its ``value_type`` says (-1, dropped later, for a type not known)."""
+    if not 0 <= value_type < len(_VALUE_FIELDS):
+        return -1.0
+    return float(getattr(sample.sampleValue, _VALUE_FIELDS[value_type]))
+
+
+def _clocks() -> list[tuple[float, float]]:
+    """The clocks NVML's timestamps may be on, each as (now on it, its offset to UNIX time)."""
+    unix = time.time()
+    clocks = [(unix, 0.0)]
+    for name in ("CLOCK_BOOTTIME", "CLOCK_MONOTONIC"):
+        clock = getattr(time, name, None)
+        if clock is not None:
+            now = time.clock_gettime(clock)
+            clocks.append((now, unix - now))
+    return clocks
 
 
 def _try(read: Callable[[], Any]) -> Any:
@@ -301,6 +396,16 @@ class SystemSampler:
     def latest(self) -> SystemSnapshot | None:
         """The most recent snapshot (None before the first)."""
         return self._latest
+
+    def gpu_samples_now(self) -> GpuSamples | None:
+        """The training GPU's utilisation samples since the last read, read now (at a run's end: its last batches'
+        samples); None: no GPU found by the samples so far, or sampling stopped."""
+        with self._lock:
+            latest = self._latest
+            read = latest.gpu_samples if latest is not None else None
+            if read is None or read.gpu is None or self._nvml is None:
+                return None
+            return self._nvml.utilization_samples(read.gpu)
 
     def _run(self) -> None:
         if self._on_thread_start is not None:
@@ -415,6 +520,15 @@ class SystemSampler:
                 pass
 
         gpus = self._gpus()
+        gpu_list = gpus.read(live)
+        gpu_samples = None
+        if gpu_list:
+            training_gpu = next((g.index for g in gpu_list if g.used_by_tree), None)
+            gpu_samples = (
+                gpus.utilization_samples(training_gpu)
+                if training_gpu is not None
+                else GpuSamples(None, (), "the training process holds no context on a GPU NVML sees")
+            )
         return SystemSnapshot(
             time=time.time(),
             cpu_percent_per_core=per_core,
@@ -427,10 +541,11 @@ class SystemSampler:
             tree_rss_bytes=tree_rss,
             shm_used_bytes=shm_used,
             shm_total_bytes=shm_total,
-            gpus=gpus.read(live),
+            gpus=gpu_list,
             gpu_status=gpus.status,
             sampler_cpu_fraction=0.0,
             memory=tree_memory(memories, found_workers) if memories else None,
+            gpu_samples=gpu_samples,
         )
 
 
@@ -438,6 +553,9 @@ class _NoGpus(NvmlReader):
     def __init__(self) -> None:
         self._nvml = None
         self._handles = []
+        self._last_us = {}
+        self._no_samples = {}
+        self._offset_s = None
         self.status = "no NVIDIA GPU: GPU sampling is off"
 
 

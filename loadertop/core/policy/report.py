@@ -16,6 +16,7 @@ from loadertop.core.policy.advice import Advice, MachineFacts, recommend, speed_
 from loadertop.core.policy.stages import to_wire as stages_to_wire
 from loadertop.core.policy.stages import verdict as stage_verdict
 from loadertop.core.protocol.config import describe_workers
+from loadertop.core.protocol.gpu_idle import GpuIdle
 from loadertop.core.protocol.stages import StageFigures, describe_io
 from loadertop.core.protocol.stages import describe as describe_stages
 
@@ -271,3 +272,11 @@ def format_stages(figures: Sequence[StageFigures], cores: float) -> list[str]:
             lines.append(f"    {io}")
         lines.append(f"    {stage_verdict(f, cores)}")
     return lines
+
+
+def format_gpu_idle(figures: Sequence[GpuIdle], note: str | None = None) -> list[str]:
+    """The training GPU's idle time per worker count, both shares of the wall time (no lines: no figure, no note)."""
+    lines = [f"  {describe_workers(f.num_workers)}: {f.line()}" for f in figures if f.covered_s > 0]
+    if lines:
+        return ["GPU idle (NVML's utilisation samples over the batches' wall time):", *lines]
+    return [f"GPU idle: not measured: {note}"] if note else []

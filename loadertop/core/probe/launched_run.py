@@ -68,6 +68,7 @@ class LaunchedRun(Publisher):
             serve=settings.serve,
             say=say,
             rank=self.rank.rank if self.rank is not None else None,
+            watch_gpu=True,
         )
         if self.server is not None:
             self.server.on_autotune = self._autotune_request

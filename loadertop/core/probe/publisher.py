@@ -20,6 +20,7 @@ from typing import IO, Any
 
 from loadertop.core.measure.limits import current_limits
 from loadertop.core.policy.stages import to_wire as stages_to_wire
+from loadertop.core.probe.gpu_watch import GpuWatch
 from loadertop.core.protocol.config import describe_workers
 from loadertop.core.protocol.messages import (
     AutotuneEvent,
@@ -64,6 +65,8 @@ class Publisher:
         say: where loadertop's own lines go (None: nowhere).
         kept_by: the process controls its loaders itself (says who): monitors watch only.
         rank: this process's rank in a torchrun job, added to its batches, logs and autotune events (None: not one).
+        watch_gpu: set each loader's waits against this process's GPU's idle time (``gpu_watch``: a launched
+            script's; the built-in run's session does it with its own sampler).
     """
 
     def __init__(
@@ -75,8 +78,11 @@ class Publisher:
         say: Callable[[str], None] | None = None,
         kept_by: str | None = None,
         rank: int | None = None,
+        watch_gpu: bool = False,
     ) -> None:
         self._kept_by = kept_by
+        self.gpu = GpuWatch() if watch_gpu else None
+        """Each loader's GPU idle figures (None: not watched here)."""
         self._rank = rank
         self._tag: dict[str, Any] = {"rank": rank} if rank is not None else {}  # in --record's lines
         self.loaders: list[Any] = []  # the training loader first, once known
@@ -296,6 +302,8 @@ class Publisher:
             if now >= next_stages:
                 next_stages = now + STAGES_INTERVAL_S
                 self._publish_stages(stages_sent)
+            if self.gpu is not None and kind == "batch":
+                self._watch_gpu(now)
             if kind == "idle":
                 continue
             if kind == "close":
@@ -354,6 +362,8 @@ class Publisher:
                 time=round(batch.time, 6),
                 rank=self._rank,
             )
+            if self.gpu is not None:
+                self.gpu.batch(batch.loader, batch.num_workers, batch.load_s, batch.step_s, batch.time)
             if self._record is not None:
                 fields = message.to_wire()
                 del fields["type"]  # the record's line is the message's fields
@@ -446,6 +456,35 @@ class Publisher:
         if self.dropped:
             self._say(f"{self.dropped} batch records dropped: the writer could not keep up")
         self._stages_summary()
+        self._gpu_summary()
+
+    def _watch_gpu(self, now: float) -> None:
+        """NVML once a second while batches come (the writer thread); anything it raises turns it off."""
+        assert self.gpu is not None
+        try:
+            self.gpu.tick(now=now)
+        except Exception as exc:  # noqa: BLE001 - a figure: never the script's failure
+            self._say(f"GPU idle not measured ({type(exc).__name__}: {exc})")
+            self.gpu.stop()
+
+    def _gpu_summary(self) -> None:
+        """Each loader's GPU idle time per worker count: lines, and ``gpu_idle`` events in ``--record``."""
+        if self.gpu is None:
+            return
+        try:
+            self.gpu.tick(force=True)  # the last batches' samples
+        except Exception:  # noqa: BLE001, S110 - the figures so far stand
+            pass
+        for name, figures in self.gpu.figures().items():
+            for idle in figures:
+                self._say(f"{name} with {describe_workers(idle.num_workers)}: {idle.line()}")
+                if self._record is not None:
+                    event = {"event": "gpu_idle", **self._tag, "loader": name, **idle.to_wire()}
+                    self._record.write(record_line(event))
+                    self._record.flush()
+        if not self.gpu.figures() and self.gpu.note:
+            self._say(f"GPU idle not measured: {self.gpu.note}")
+        self.gpu.stop()
 
     def _stages_summary(self) -> None:
         """Where each loader's samples' time went, per worker count: lines, and ``stages`` events in ``--record``."""

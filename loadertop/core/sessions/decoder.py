@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import psutil
 
 from loadertop.core.measure.cost import TreeCpu, TreeCpuClock
+from loadertop.core.measure.gpu_idle import GpuIdleBook
 from loadertop.core.measure.store import MetricsStore
 from loadertop.core.policy.autotune import Change, TunerStatus
 from loadertop.core.protocol.codec import Rejections
@@ -90,6 +91,8 @@ class LoaderTrack:
     def __init__(self, name: str, started: float) -> None:
         self.name = name
         self.store = MetricsStore()
+        self.gpu_idle = GpuIdleBook()
+        """This loader's waits against the GPU's idle time (the monitor feeds it the samples it reads)."""
         self.started = started
         self.boundary: TreeCpu | None = None  # the script's CPU reading where the next configuration begins
         self.info: LoaderInfo | None = None
@@ -175,6 +178,9 @@ class LoaderTrack:
             warmup=p.warmup or not steady,
         )
         self.store.add(record, p.config)
+        if not record.warmup:
+            load_end = record.time - record.compute_s
+            self.gpu_idle.add_batch(record.num_workers, load_end - record.load_s, load_end, record.time)
 
     def end(self) -> None:
         """The script is gone: its last batch is kept with the step time that was measured (none)."""

@@ -11,7 +11,9 @@ Commands go back as ``switch`` messages; ``stop`` sends the script SIGINT (then 
 grace period, as a terminal's ^C would be followed up), ``detach`` leaves it running.
 ``set_autotune`` turns the script's autotuner on or off; its status and every change it made
 come back (``autotune`` and ``event`` messages) as ``SessionView.autotune``. Each loader's stage
-figures come as ``stages`` messages; the view has the shown loader's (``SessionView.stages``).
+figures come as ``stages`` messages; the view has the shown loader's (``SessionView.stages``). The GPU's
+idle time against each loader's waits is made here, from the NVML samples this monitor reads of the
+script's GPU and the loader's batches (``SessionView.gpu_idle``: the shown loader's).
 
 The class wires small parts, each of one job: the socket client (``script_connection.ScriptConnection``),
 what the messages say (``decoder.WireDecoder``, no socket: see there how batches become records), the script's
@@ -35,6 +37,7 @@ from typing import Any
 import psutil
 
 from loadertop.core.drive.sweep import DEFAULT_BATCHES
+from loadertop.core.measure.gpu_idle import GpuSamples
 from loadertop.core.measure.store import MetricsStore
 from loadertop.core.measure.system import SystemSampler
 from loadertop.core.policy.advice import advise, machine_facts
@@ -110,6 +113,7 @@ class RemoteSession:
             read_gpus=read_gpus,
         )
         self._machine = machine_facts()
+        self._gpu_idle_note: str | None = None
         self._thread = threading.Thread(target=self._run, name="loadertop-client", daemon=True)
 
     # ------------------------------------------------------------ SessionLike
@@ -147,6 +151,8 @@ class RemoteSession:
         with self._lock:
             autotune = self._wire.autotune_view()
             stages = self._wire.selected_stages()
+            gpu_idle = track.gpu_idle.figures() if track is not None else ()
+            gpu_idle_note = self._gpu_idle_note
         return SessionView(
             workload_name=name,
             notes=script_notes(script, gone=self._gone),
@@ -159,6 +165,8 @@ class RemoteSession:
             autotune=autotune,
             machine=machine,
             stages=stages,
+            gpu_idle=gpu_idle,
+            gpu_idle_note=gpu_idle_note,
         )
 
     def apply(self, config: LoaderConfig, *, rank: int | None = None) -> None:
@@ -312,6 +320,7 @@ class RemoteSession:
     def _on_sample(self, snapshot: Any) -> None:
         """Each system sample: the running configuration's cost so far, from the script's CPU clock, and its
         memory (the tree's PSS and the workers' USS, read from here)."""
+        self._sample_gpu(snapshot.gpu_samples)
         with self._lock:
             clock = self._wire.clock
             track = self._wire.training_track()
@@ -323,6 +332,17 @@ class RemoteSession:
                 track.store.tick_cost(reading)
                 if snapshot.memory is not None:
                     track.store.tick_memory(snapshot.memory)
+
+    def _sample_gpu(self, read: GpuSamples | None) -> None:
+        """The script's GPU's new utilisation samples, to every loader's book (its waits against them)."""
+        with self._lock:
+            books = [track.gpu_idle for track in self._wire.tracks.values()]
+            self._gpu_idle_note = read.note if read is not None else None
+        for book in books:
+            if read is None:
+                book.no_gpu()
+            elif read.gpu is not None:
+                book.add_samples(read.samples, read.gpu)
 
     # --------------------------------------------------------- client thread
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import IO
 
 from loadertop.core.drive.sweep import DEFAULT_BATCHES, Sweep
+from loadertop.core.measure.gpu_idle import GpuIdleBook
 from loadertop.core.measure.history import LoaderSignature, loader_signature
 from loadertop.core.measure.limits import current_limits
 from loadertop.core.measure.procs import reap_children
@@ -127,6 +128,8 @@ class Session:
         self._machine = machine_facts()
         self._stages: tuple[StageFigures, ...] = ()
         self._stages_read_at = -math.inf
+        self.gpu_idle = GpuIdleBook()
+        """The training GPU's idle time per worker count, from the sampler's NVML samples and the batches."""
         self._closed = False
         self.autotune_log: list[tuple[int, Change]] = []
         """Every autotune change with the step (batches done) when it came."""
@@ -163,6 +166,13 @@ class Session:
         """Each system sample (the sampler's thread): the running configuration's cost and memory; ``--record``'s
         ``{"event": "memory", ...}`` line."""
         self.trainer.sample_cost(snapshot.memory)
+        read = snapshot.gpu_samples
+        if read is None:
+            self.gpu_idle.no_gpu()
+        else:
+            self.gpu_idle.note = read.note
+            if read.gpu is not None:
+                self.gpu_idle.add_samples(read.samples, read.gpu)
         if self._recorder is not None and snapshot.memory is not None:
             config = self.trainer.config
             self._recorder.write(snapshot.memory.to_event(config.num_workers, config.key))
@@ -171,6 +181,9 @@ class Session:
         """The training thread's callback: the record file, the monitors, then the sweep."""
         if self._recorder is not None:
             self._recorder(record)
+        if not record.warmup:  # as the steady-state figures: worker start-up is billed apart
+            load_end = record.time - record.compute_s
+            self.gpu_idle.add_batch(record.num_workers, load_end - record.load_s, load_end, record.time)
         if self.publisher is not None:
             self.publisher.log(
                 {"loss": record.loss} if record.accuracy is None else {"loss": record.loss, "accuracy": record.accuracy}
@@ -235,6 +248,8 @@ class Session:
             autotune=self.tuner.status(),
             machine=machine,
             stages=self._stage_figures(),
+            gpu_idle=self.gpu_idle.figures(),
+            gpu_idle_note=self.gpu_idle.note,
         )
 
     def _stage_figures(self) -> tuple[StageFigures, ...]:
@@ -292,11 +307,19 @@ class Session:
             return []
         self._closed = True
         self.tuner.stop()
+        try:  # the samples since the last read: the run's last batches get theirs
+            read = self.sampler.gpu_samples_now()
+            if read is not None and read.gpu is not None:
+                self.gpu_idle.add_samples(read.samples, read.gpu)
+        except Exception:  # noqa: BLE001, S110 - a figure: closing must go on
+            pass
         left = shutdown(self.trainer, self.sampler, timeout_s=timeout_s)
         cores = current_limits().cores
         if self._recorder is not None:
             for figures in self.trainer.stages():
                 self._recorder.write({"event": "stages", **stages_to_wire(figures, cores)})
+            for idle in self.gpu_idle.figures():
+                self._recorder.write({"event": "gpu_idle", **idle.to_wire()})
         if self.memory is not None and self.signature is not None:
             stages = self.trainer.stages()
             rows = rows_json(self.trainer.store.summaries(), stages, cores)

@@ -16,6 +16,7 @@ from loadertop.core.measure.system import SystemSnapshot
 from loadertop.core.policy.advice import Advice, MachineFacts
 from loadertop.core.policy.autotune import TunerStatus
 from loadertop.core.protocol.config import LoaderConfig
+from loadertop.core.protocol.gpu_idle import GpuIdle
 from loadertop.core.protocol.stages import StageFigures
 from loadertop.core.protocol.status import TrainerStatus
 
@@ -154,6 +155,9 @@ class SessionView:
         stages: where the shown loader's samples' time goes, one ``StageFigures`` per worker count run, in the order
             they first ran (empty: none timed yet; None: this session does not say, e.g. an older recording). The
             verdict on them takes ``machine.usable_cores``.
+        gpu_idle: the training GPU's idle time per worker count (``protocol.gpu_idle``), in the order the counts
+            first ran; empty: no GPU, not measured, or not yet.
+        gpu_idle_note: why there is no idle figure where NVML has a GPU (e.g. it keeps no samples); None otherwise.
     """
 
     workload_name: str
@@ -168,6 +172,8 @@ class SessionView:
     autotune: TunerStatus | None = None
     machine: MachineFacts | None = None
     stages: tuple[StageFigures, ...] | None = None
+    gpu_idle: tuple[GpuIdle, ...] = ()
+    gpu_idle_note: str | None = None
 
 
 class SessionLike(Protocol):

@@ -225,6 +225,32 @@ def io_text(figures: StageFigures) -> str | None:
     return f"I/O {kb(read)} a sample (storage {kb(storage)}){rate_text}"
 
 
+def gpu_idle_line(view: SessionView | None, width: int) -> Text | None:
+    """The line below the verdict: the running count's GPU idle time (``view.gpu_idle``), or why there is none
+    where NVML has a GPU (``view.gpu_idle_note``); None: nothing to say (no GPU, or no figure yet)."""
+    if view is None:
+        return None
+    running = view.status.config.num_workers
+    idle = next((f for f in view.gpu_idle if f.num_workers == running and f.covered_s > 0), None)
+    if idle is not None:
+        return Text(_crop(idle.line(), width), "bold")
+    if view.gpu_idle_note:
+        return Text(_crop(f"GPU idle: {view.gpu_idle_note}", width), "dim")
+    return None
+
+
+def panel_text(view: SessionView | None, width: int, height: int) -> Text:
+    """``stages_text`` with the GPU idle line (``gpu_idle_line``) below it where there is one and room."""
+    idle = gpu_idle_line(view, width)
+    if idle is None or height < 2:
+        return stages_text(view, width, height)
+    text = stages_text(view, width, height - 1)
+    if text.plain:
+        text.append("\n")
+    text.append_text(idle)
+    return text
+
+
 def _draw_bars(
     text: Text,
     measured: Sequence[StageFigures],
@@ -274,7 +300,8 @@ class StagesPanel(ViewWidget):
             return False
         cores = view.machine.usable_cores if view.machine is not None else None
         old_cores = old.machine.usable_cores if old.machine is not None else None
-        return view.stages != old.stages or cores != old_cores
+        new_idle = view.gpu_idle != old.gpu_idle or view.gpu_idle_note != old.gpu_idle_note
+        return view.stages != old.stages or cores != old_cores or new_idle
 
     def render(self) -> Text:
-        return stages_text(self.view, self.content_size.width, self.content_size.height)
+        return panel_text(self.view, self.content_size.width, self.content_size.height)

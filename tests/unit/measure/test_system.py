@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import builtins
 import math
+import os
+import sys
 import time
 
 import psutil
 import pytest
 
 from loadertop import LoaderConfig, Trainer, TrainerState
+from loadertop.core.measure.gpu_idle import GpuSamples, UtilSample
 from loadertop.core.measure.system import NvmlReader, SystemSampler
 from tests import workloads
-from tests.helpers import wait_for
+from tests.helpers import FakeNvml, eventually, wait_for
 
 
 def test_the_sampler_follows_the_workers_across_a_restart() -> None:
@@ -78,6 +81,138 @@ def test_without_nvml_the_snapshot_says_so_in_words(monkeypatch: pytest.MonkeyPa
     reader.close()
 
 
+def _fake_nvml(monkeypatch: pytest.MonkeyPatch, **kwargs: object) -> FakeNvml:
+    pytest.importorskip("pynvml", reason="the fake hands out nvidia-ml-py's own sample structs")
+    fake = FakeNvml(**kwargs)  # type: ignore[arg-type]
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    return fake
+
+
+def test_utilisation_samples_are_read_since_the_newest_seen_on_unix_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    t0 = int(time.time()) - 10  # whole seconds: every figure below is exact
+    us = 1_000_000
+    buffer = [(t0 * us, 10), (t0 * us + us // 2, 60), ((t0 + 1) * us, 0)]
+    fake = _fake_nvml(monkeypatch, pids=(os.getpid(),), samples=buffer)
+    reader = NvmlReader()
+    try:
+        assert reader.status == "1 NVIDIA GPU"
+        # The whole buffer first: its oldest sample only opens the next period.
+        assert reader.utilization_samples(0) == GpuSamples(
+            0, (UtilSample(t0, t0 + 0.5, 60.0), UtilSample(t0 + 0.5, t0 + 1.0, 0.0)), None
+        )
+        assert reader.utilization_samples(0) == GpuSamples(0, (), None)  # NVML's Not Found: nothing new
+        fake.samples.append(((t0 + 2) * us, 100))  # two seconds later: the period is capped at one
+        assert reader.utilization_samples(0) == GpuSamples(0, (UtilSample(t0 + 1.0, t0 + 2.0, 100.0),), None)
+        assert fake.asked == [0, (t0 + 1) * us, (t0 + 1) * us]
+        [gpu] = reader.read()
+        assert gpu.used_by_tree and gpu.utilization_percent == 37.0
+        assert reader.utilization_samples(5).note == "no NVIDIA GPU"  # an index NVML does not have
+    finally:
+        reader.close()
+    assert fake.shut_down and reader.utilization_samples(0) == GpuSamples(None, (), "no NVIDIA GPU")
+
+
+@pytest.mark.parametrize(
+    ("error", "note"),
+    [
+        (FakeNvml.NVML_ERROR_NOT_SUPPORTED, "GPU 0 keeps no utilisation samples (NVML: Not Supported)"),
+        (FakeNvml.NVML_ERROR_FUNCTION_NOT_FOUND, "GPU 0: this NVIDIA driver has no nvmlDeviceGetSamples"),
+    ],
+    ids=["not supported", "function not found"],
+)
+def test_a_gpu_without_utilisation_samples_says_so_once_and_is_not_asked_again(
+    monkeypatch: pytest.MonkeyPatch, error: int, note: str
+) -> None:
+    fake = _fake_nvml(monkeypatch, pids=(os.getpid(),))
+    fake.samples_error = error
+    reader = NvmlReader()
+    try:
+        assert reader.utilization_samples(0) == reader.utilization_samples(0) == GpuSamples(0, (), note)
+        assert len(fake.asked) == 1
+        [gpu] = reader.read()  # the rest of the GPU's figures as before
+        assert gpu.name == "Fake GPU" and gpu.utilization_percent == 37.0
+    finally:
+        reader.close()
+
+
+def test_another_nvml_error_is_said_and_the_next_read_tries_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = _fake_nvml(monkeypatch, pids=(os.getpid(),))
+    fake.samples_error = FakeNvml.NVML_ERROR_UNKNOWN
+    reader = NvmlReader()
+    try:
+        assert reader.utilization_samples(0) == GpuSamples(
+            0, (), "GPU 0's utilisation samples could not be read: NVML error: NVML error 999"
+        )
+        fake.samples_error = None
+        assert reader.utilization_samples(0) == GpuSamples(0, (), None) and len(fake.asked) == 2
+    finally:
+        reader.close()
+
+
+def test_new_samples_on_a_clock_not_known_give_no_figure(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = _fake_nvml(monkeypatch, pids=(os.getpid(),), samples=[(1000, 50), (2000, 50)])  # 1 ms after some epoch
+    reader = NvmlReader()
+    try:
+        assert reader.utilization_samples(0) == GpuSamples(0, (), None)  # the buffer's newest may just be old
+        fake.samples.append((3000, 50))  # new since the last read, and still on no clock known
+        assert reader.utilization_samples(0) == GpuSamples(
+            0, (), "GPU 0's sample times are on a clock loadertop does not know"
+        )
+        assert fake.asked == [0, 2000]
+    finally:
+        reader.close()
+
+
+def test_an_old_buffer_waits_for_new_samples_to_anchor_the_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    t0 = int(time.time()) - 3600  # the driver's newest sample an hour old: an idle GPU's
+    fake = _fake_nvml(monkeypatch, pids=(os.getpid(),), samples=[(t0 * 1_000_000, 0)])
+    reader = NvmlReader()
+    try:
+        assert reader.utilization_samples(0) == GpuSamples(0, (), None)
+        now = int(time.time())
+        fake.samples += [(now * 1_000_000, 30)]
+        assert reader.utilization_samples(0) == GpuSamples(0, (UtilSample(now - 1.0, now, 30.0),), None)
+    finally:
+        reader.close()
+
+
+def test_the_sampler_reads_the_samples_of_the_gpu_the_training_process_holds(monkeypatch: pytest.MonkeyPatch) -> None:
+    now_us = int(time.time() * 1_000_000)
+    fake = _fake_nvml(monkeypatch, pids=(os.getpid(),), samples=[(now_us - 200_000, 50), (now_us - 100_000, 50)])
+    sampler = SystemSampler()
+    try:
+        snapshot = sampler.sample()
+        assert snapshot.gpu_status == "1 NVIDIA GPU" and snapshot.gpus[0].used_by_tree
+        assert snapshot.gpu_samples is not None and snapshot.gpu_samples.gpu == 0
+        assert [s.percent for s in snapshot.gpu_samples.samples] == [50.0]
+        fake.pids = (os.getpid() + 1_000_000,)  # another process's GPU: not the training's
+        snapshot = sampler.sample()
+        assert snapshot.gpu_samples == GpuSamples(None, (), "the training process holds no context on a GPU NVML sees")
+    finally:
+        sampler.stop()
+
+
+def test_the_gpu_a_process_holds_is_found_by_its_pid(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = _fake_nvml(monkeypatch, pids=(os.getpid(),))
+    reader = NvmlReader()
+    try:
+        assert reader.gpu_of({os.getpid()}) == 0
+        fake.pids = ()
+        assert reader.gpu_of({os.getpid()}) is None
+    finally:
+        reader.close()
+    assert reader.gpu_of({os.getpid()}) is None  # closed: nothing asked
+
+
+def test_without_a_gpu_the_snapshot_has_no_samples_and_no_note() -> None:
+    sampler = SystemSampler(read_gpus=False)
+    try:
+        snapshot = sampler.sample()
+        assert snapshot.gpu_samples is None and snapshot.gpus == ()
+    finally:
+        sampler.stop()
+
+
 def test_the_gpu_status_here_is_words_or_real_gpus() -> None:
     sampler = SystemSampler()
     snapshot = sampler.sample()
@@ -98,6 +233,32 @@ def test_nvml_reads_every_gpu() -> None:
         assert gpus and all(g.name for g in gpus)
         assert all(g.memory_total_bytes and g.memory_total_bytes > 0 for g in gpus)
         assert all(g.utilization_percent is None or 0 <= g.utilization_percent <= 100 for g in gpus)
+    finally:
+        reader.close()
+
+
+@pytest.mark.gpu
+def test_a_real_gpus_utilisation_samples_are_on_unix_time_or_it_says_why() -> None:
+    reader = NvmlReader()
+    if not reader.available:
+        pytest.skip(reader.status)
+    try:
+        reads: list[GpuSamples] = []
+
+        def read() -> bool:
+            reads.append(reader.utilization_samples(0))
+            return bool(reads[-1].samples or reads[-1].note)
+
+        if not eventually(read, timeout=5.0, poll_s=0.25):
+            pytest.skip("the driver kept no utilisation samples for 5 s (some do not while the GPU is idle)")
+        got = reads[-1]
+        if got.note:
+            assert got.note.startswith("GPU 0") and not got.samples  # not supported here: said, never a figure
+            return
+        now = time.time()
+        assert all(now - 600 < s.start < s.end <= now + 1 and 0 <= s.percent <= 100 for s in got.samples)
+        assert all(s.end - s.start <= 1.0 for s in got.samples)
+        assert all(a.end <= b.start + 1e-6 for a, b in zip(got.samples, got.samples[1:], strict=False))
     finally:
         reader.close()
 
