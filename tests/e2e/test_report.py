@@ -4,6 +4,7 @@ a file that is not a record exits 2 with one line."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -139,3 +140,39 @@ def test_a_run_of_the_history_is_drawn_from_its_rows_and_stages(
     plots.feed(page.read_text())
     assert set(plots.paths) == {"throughput", "memory", "stages"}  # the history keeps the table, not the batches
     assert "<td>0</td>" in page.read_text() and "<td>1</td>" in page.read_text()  # a row per worker count
+
+
+def test_each_rank_and_loader_of_a_record_is_a_part_of_its_own(tmp_path: Path) -> None:
+    from loadertop.report.read import read_record
+
+    lines = []
+    for rank in (0, 1):
+        for step in range(1, 31):
+            workers = 0 if step <= 15 else 2
+            lines.append(
+                {
+                    "schema": 2,
+                    "rank": rank,
+                    "loader": "train.py:40",
+                    "step": step,
+                    "epoch": 1,
+                    "batch": step,
+                    "num_workers": workers,
+                    "samples": 8,
+                    "load_ms": 10.0 + rank - 4 * (workers > 0),
+                    "step_ms": 5.0,
+                    "time": 1000.0 + step,
+                }
+            )
+    lines.append({"schema": 2, "event": "log", "rank": 0, "loader": "train.py:40", "step": 3, "loss": 0.5})
+    record = tmp_path / "ranks.jsonl"
+    record.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    run = read_record(record)
+    assert [part.title for part in run.parts] == ["rank 0: train.py:40", "rank 1: train.py:40"]
+    zero, one = run.parts
+    assert zero.switches() == [(16, 0, 2)] and zero.logged == [(3, 0.5)] and one.logged == []
+    # 15 batches of 8 samples at 15 ms and 15 at 11 ms (rank 0): exactly the samples over the time.
+    assert [(r.num_workers, r.batches) for r in zero.rows] == [(0, 15), (2, 15)]
+    assert zero.rows[0].samples_per_s == pytest.approx(8 / 0.015) and one.rows[1].samples_per_s == pytest.approx(
+        8 / 0.012
+    )

@@ -119,6 +119,10 @@ STAGE_NOTE = "loadertop: raised in the sample's "
 _RECORDER: Recorder | None = None
 """This worker process's recorder (None in the loop's process and where timing is off)."""
 
+IO_EVERY = 4
+"""At 0 workers, one fetch in this many of those that read the CPU clock also reads the thread's bytes (two
+``pread`` of ``/proc/thread-self/io``, ~2 us each: the cost a loop without workers pays for the figure)."""
+
 _PINNING: dict[int, tuple[threading.Thread, BatchTimer, bool]] = {}
 """In the loop's process, by thread ident: the thread, the pin-memory stage's timer of the loader it pins for
 and whether for its next pinning only (a pin-memory thread: its generation's, while it lives; a 0-worker loop's
@@ -387,7 +391,7 @@ class Recorder:
 
     Bytes read: in a worker (``whole_process``) everything the process read since its recorder started, read at
     each collate (a worker does nothing but fetch); in the loop's process the fetching thread's reads during
-    the fetches that read the CPU clock (the rest of the thread's reads are the training's).
+    one in ``IO_EVERY`` of the fetches that read the CPU clock (the rest of the thread's reads are the training's).
     """
 
     __slots__ = (
@@ -398,8 +402,10 @@ class Recorder:
         "inner_cpu",
         "io",
         "io_base",
+        "io_left",
         "io_thread",
         "names",
+        "parts",
         "pick",
         "rest_at",
         "row",
@@ -426,6 +432,8 @@ class Recorder:
         self.io: IoCounter | None = IoCounter("/proc/self/io") if whole_process else None
         self.io_base = self.io.read() if self.io is not None else None
         self.io_thread = 0  # at 0 workers: the thread whose counter ``io`` is (opened by the fetching thread)
+        self.io_left = 1  # at 0 workers: sampled fetches until the next one that reads the thread's bytes
+        self.parts: tuple[Any, ...] | None = None  # (fetcher, get, collate_fn, single) of the fetcher seen last
 
     def thread_io(self) -> tuple[int, int] | None:
         """The fetching thread's bytes read so far (its counter opened by it, once)."""
@@ -454,7 +462,12 @@ class Recorder:
         if sampled:  # the next one 1 to 2 x CPU_EVERY - 1 fetches on: one in CPU_EVERY, with no period to alias
             self.countdown = 1 + int(self.pick() * (2 * CPU_EVERY - 1))
         self.active = True
-        io0 = self.thread_io() if sampled and self.write is None else None
+        io0 = None
+        if sampled and self.write is None:  # the loop's thread: its bytes on one sampled fetch in IO_EVERY
+            self.io_left -= 1
+            if self.io_left <= 0:
+                self.io_left = IO_EVERY
+                io0 = self.thread_io()
         c0 = _cpu() if sampled else 0.0
         t0 = _clock()
         try:
@@ -495,13 +508,18 @@ class Recorder:
             row[at + 3] += dt
             row[at + 4] += _cpu() - c0
         if self.write is not None:
-            base = self.io_base
-            if base is not None and self.io is not None and (now := self.io.read()) is not None:
-                row[2] = row[0]
-                row[3] = now[0] - base[0]
-                row[4] = now[1] - base[1]
-            self.write(row)
+            self.write_row(row)
         return batch
+
+    def write_row(self, row: list[float]) -> None:
+        """Write this worker's row (after a collate), with the bytes its process read so far."""
+        base = self.io_base
+        if base is not None and self.io is not None and (now := self.io.read()) is not None:
+            row[2] = row[0]
+            row[3] = now[0] - base[0]
+            row[4] = now[1] - base[1]
+        if self.write is not None:
+            self.write(row)
 
     def nested(self, at: int, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """``fn(*args, **kwargs)`` (a decode or a read inside a sample), timed as stage ``at``."""
@@ -564,8 +582,43 @@ class Recorder:
         return outputs
 
     def timed_fetch(self, fetcher: Any, index: Any) -> Any:
-        """Torch's map-style fetch of ``index`` by ``fetcher``, its samples and its collate timed."""
-        return torch_compat.map_fetch(fetcher, index, self.fetch_samples, self.collate)
+        """Torch's map-style fetch of ``index`` by ``fetcher``, its samples and its collate timed.
+
+        A fetch that reads the CPU clock (or one inside another's) goes through ``fetch_samples`` and ``collate``;
+        every other one, the common case, is done here with three clock reads and no call more than torch's
+        fetch makes (its ``get`` and ``collate_fn`` found once a fetcher, ``torch_compat.fetch_parts``)."""
+        if self.active or self.countdown <= 1:
+            return torch_compat.map_fetch(fetcher, index, self.fetch_samples, self.collate)
+        self.countdown -= 1
+        parts = self.parts
+        if parts is None or parts[0] is not fetcher:
+            parts = self.parts = (fetcher, *torch_compat.fetch_parts(fetcher))
+        _, get, collate_fn, single = parts
+        count = 1 if single else len(index)
+        self.sampled = False
+        self.active = True
+        t0 = _clock()
+        try:
+            data = get(index)
+        except BaseException as exc:
+            self._name_stage(exc, None)
+            raise
+        finally:
+            self.active = False
+        t1 = _clock()
+        batch = collate_fn(data)
+        t2 = _clock()
+        row = self.row
+        at = self.rest_at
+        row[0] += count
+        row[1] += 1
+        row[at] += count
+        row[at + 1] += t1 - t0
+        row[at + FIELDS] += 1
+        row[at + FIELDS + 1] += t2 - t1
+        if self.write is not None:
+            self.write_row(row)
+        return batch
 
     def _name_stage(self, exc: BaseException, at: int | None) -> None:
         """Name the stage a sample raised in on its exception, the innermost first: ``exc.loadertop_stage``

@@ -263,15 +263,19 @@ def map_fetch(
     """What torch's ``_MapDatasetFetcher.fetch(index)`` does (the same since torch 2.0), its samples made
     through ``samples(get, index, count)`` (which returns ``get(index)``: the ``count`` samples, as torch makes
     them) and its collate through ``collate(collate_fn, data)``."""
+    get, collate_fn, single = fetch_parts(fetcher)
+    return collate(collate_fn, samples(get, index, 1 if single else len(index)))
+
+
+def fetch_parts(fetcher: Any) -> tuple[Callable[[Any], Any], Callable[[Any], Any], bool]:
+    """``(get, collate_fn, single)``: what ``map_fetch`` calls for ``fetcher``'s fetches, found once: ``get(index)``
+    makes a fetch's samples as torch does, ``collate_fn`` batches them; ``single``: a fetch is one sample."""
     dataset = fetcher.dataset
     if _read(fetcher, "auto_collation"):
         if hasattr(dataset, "__getitems__") and dataset.__getitems__:
-            data = samples(dataset.__getitems__, index, len(index))
-        else:
-            data = samples(lambda indices: [dataset[i] for i in indices], index, len(index))
-    else:
-        data = samples(lambda i: dataset[i], index, 1)
-    return collate(fetcher.collate_fn, data)
+            return dataset.__getitems__, fetcher.collate_fn, False
+        return (lambda indices: [dataset[i] for i in indices]), fetcher.collate_fn, False
+    return (lambda i: dataset[i]), fetcher.collate_fn, True
 
 
 def time_map_fetches(timed: Callable[[Callable[[Any, Any], Any]], Callable[[Any, Any], Any]]) -> None:

@@ -25,8 +25,9 @@ sample; **waiting** (storage, sleep, locks, a queue for a core) is wall less CPU
 And the bytes read, from Linux's per-process counters (``/proc/PID/io``): **from storage** (``read_bytes``: what
 came from the block device, so a file in the page cache adds nothing) and **in all** (``rchar``: every ``read``,
 the cache's included). In a worker, everything it read since it started fetching (the script's
-``worker_init_fn`` included); at 0 workers, the fetching thread's reads during the fetches that read the CPU
-clock. The rate is a worker's while it fetches: its bytes over its samples' wall time.
+``worker_init_fn`` included); at 0 workers, the fetching thread's reads during one fetch in 32 (one in 4 of
+those that read the CPU clock: two ``pread`` of ``/proc`` a time). The rate is a worker's while it fetches: its
+bytes over its samples' wall time.
 """
 
 from __future__ import annotations
@@ -238,5 +239,5 @@ def describe_io(figures: StageFigures) -> str | None:
     rate = figures.mb_per_s(read)
     cached = " (the rest: the page cache)" if storage < 0.9 * read else ""
     rate_text = "" if rate is None else f"; {rate:.3g} MB/s a worker while fetching"
-    where = "a sample" if figures.num_workers else "a sample (the fetches whose CPU was read)"
+    where = "a sample" if figures.num_workers else "a sample (one fetch in 32)"
     return f"reads {kb(read)} {where}, {kb(storage)} from storage{cached}{rate_text}"

@@ -423,7 +423,7 @@ def test_without_workers_the_bytes_a_sample_reads_are_counted_exactly(tmp_path: 
     warm = DataLoader(ReadsFiles(paths, cold=False), batch_size=4, num_workers=0)
     assert all(int(x) == FILE_BYTES for batch in warm for x in batch)
     [figures] = warm.stages()
-    # The fetches whose CPU was read (about one in 8) count their thread's reads: exactly the files' bytes.
+    # One fetch in 4 of those whose CPU was read (one in 8) counts its thread's reads: exactly the files' bytes.
     assert 0 < figures.io_samples < 64 and figures.io_samples % 4 == 0
     assert figures.read_bytes == FILE_BYTES * figures.io_samples
     assert figures.storage_bytes == 0  # just written: every page in the cache
@@ -461,7 +461,7 @@ def test_bytes_read_are_described_with_the_page_cache_and_the_rate() -> None:
     )
     cold = StageFigures(0, 100, 10, timed.stages, None, 16, 16 * 4096, 16 * 700)
     assert describe_io(cold) == (
-        "reads 700 B a sample (the fetches whose CPU was read), 4.1 KB from storage; 0.07 MB/s a worker while fetching"
+        "reads 700 B a sample (one fetch in 32), 4.1 KB from storage; 0.07 MB/s a worker while fetching"
     )
     assert describe_io(StageFigures(2, 100, 10, timed.stages)) is None  # not read: nothing said
     assert StageFigures.from_wire(timed.to_wire()) == timed
