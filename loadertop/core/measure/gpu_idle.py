@@ -94,16 +94,6 @@ class IdleTotals:
             self.idle_waiting_s + other.idle_waiting_s,
         )
 
-    @property
-    def idle_share(self) -> float | None:
-        """Idle seconds over covered seconds (None: nothing covered)."""
-        return self.idle_s / self.covered_s if self.covered_s > 0 else None
-
-    @property
-    def idle_waiting_share(self) -> float | None:
-        """Idle-while-waiting seconds over covered seconds (None: nothing covered)."""
-        return self.idle_waiting_s / self.covered_s if self.covered_s > 0 else None
-
 
 def samples_from_nvml(
     raw: Iterable[tuple[int, float]], *, offset_s: float, previous_us: int | None = None

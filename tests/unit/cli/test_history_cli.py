@@ -37,7 +37,7 @@ def test_a_second_run_starts_where_the_first_settled_and_settles_in_fewer_batche
     first = autotuned(tmp_path, capsys, "first")
     settles = [c for c in first if c["change"] == "settle"]
     assert settles, first
-    count, first_step = settles[0]["to"], settles[0]["step"]
+    count = settles[0]["to"]
     second = autotuned(tmp_path, capsys, "second")
     start = second[0]
     assert (start["change"], start["from"], start["to"]) == ("jump", 0, count)
@@ -45,7 +45,12 @@ def test_a_second_run_starts_where_the_first_settled_and_settles_in_fewer_batche
     verified = second[1]
     assert verified["change"] == "settle" and verified["to"] == count, second
     assert str(verified["reason"]).startswith(f"verified: {count} workers at ")
-    assert int(verified["step"]) < int(first_step), (verified, settles[0])  # type: ignore[call-overload]
+    # Fewer batches, counted where they are exact: the first run measured 0 workers before it jumped (20 steady
+    # batches at the least), the second jumped at its first batch and measured one count only. (How many batches
+    # each took to settle in all, over repeats: benchmarks/history.py.)
+    first_jump = next(c for c in first if c["change"] == "jump")
+    assert first_jump["from"] == 0 and int(first_jump["step"]) >= 20  # type: ignore[call-overload]
+    assert int(start["step"]) < int(first_jump["step"]) and [c["change"] for c in second[:2]] == ["jump", "settle"]
 
     code, out, err = run_main(["history"], capsys)
     assert code == 0, err
@@ -82,3 +87,16 @@ def test_history_with_nothing_remembered_and_an_unknown_loader(home: Path, capsy
     )
     code, out, _ = run_main(["history", "--loader", "x.py:3"], capsys)
     assert code == 0 and "x.py:3" in out
+
+
+def test_a_run_whose_history_cannot_be_written_goes_on_and_says_so_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")  # the history's folder cannot be made (as on a read-only disk)
+    monkeypatch.setenv("LOADERTOP_HOME", str(blocker / "loadertop"))
+    code, out, err = run_main(["run", "--headless", "--max-batches", "20", "--autotune"], capsys)
+    assert code == 0, err
+    said = [line for line in err.splitlines() if "nothing was remembered" in line]
+    assert len(said) == 1 and said[0].startswith(f"loadertop: nothing was remembered: {blocker}"), err
+    assert "epoch 1" in out or "batches" in out  # the run itself went on as ever

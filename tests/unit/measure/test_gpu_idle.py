@@ -47,7 +47,6 @@ def test_a_gap_longer_than_a_sample_period_is_left_uncovered() -> None:
     assert samples == (UtilSample(1011.0, 1012.0, 0.0), UtilSample(1015.0 - MAX_PERIOD_S, 1015.0, 0.0))
     totals = idle_over(samples, 1011.0, 1015.0)
     assert totals == IdleTotals(covered_s=2.0, idle_s=2.0)  # 1012-1014 is in neither the idle nor the whole
-    assert totals.idle_share == 1.0
 
 
 def test_idle_time_is_spread_evenly_over_a_period_and_attributed_to_the_waits_it_overlaps() -> None:
@@ -56,9 +55,7 @@ def test_idle_time_is_spread_evenly_over_a_period_and_attributed_to_the_waits_it
     # covered: 1.5 s; idle: 0.25 x 1 + 0.5 x 0.5 + 0.5 x 0 + 0.25 x 0.8 = 0.7 s
     # waiting: 0.25 (period 1) + 0.25 (period 2) + 0.25 (period 3); idle then: 0.25 x 1 + 0.25 x 0.5 + 0.25 x 0
     assert totals == IdleTotals(covered_s=1.5, idle_s=0.7, waiting_s=0.75, idle_waiting_s=0.375)
-    assert totals.idle_waiting_share == 0.25
     assert idle_over(periods(), 1013.0, 1014.0, [(1013.0, 1014.0)]) == IdleTotals()  # no sample: nothing
-    assert IdleTotals().idle_share is None
 
 
 def test_nvml_timestamps_are_anchored_to_the_clock_they_lie_just_behind() -> None:

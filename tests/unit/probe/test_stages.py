@@ -105,11 +105,13 @@ def run(loader: DataLoader, epochs: int = 1) -> list[torch.Tensor]:
 @pytest.mark.parametrize("context", ["fork", "spawn"])
 def test_each_stage_is_measured_as_the_pipeline_spends_it_in_its_order(context: str) -> None:
     loader = DataLoader(
-        Calibrated(size=320), batch_size=BATCH, num_workers=2, collate_fn=heavy_collate, multiprocessing_context=context
+        Calibrated(size=960), batch_size=BATCH, num_workers=2, collate_fn=heavy_collate, multiprocessing_context=context
     )
     run(loader)
     [figures] = loader.stages()
-    assert (figures.num_workers, figures.samples, figures.batches) == (2, 320, 40)
+    # 60 fetches a worker, about 7 of them reading the CPU clock: one slow fetch (a forked worker's first
+    # copy-on-write faults land in its CPU time) weighs a seventh, not a third, of the figure.
+    assert (figures.num_workers, figures.samples, figures.batches) == (2, 960, 120)
     assert [s.name for s in figures.stages] == ["Waits", "Computes", "Lambda", REST, COLLATE]
     # CPU: what the pipeline computes, within 10% (a thread's CPU clock: the machine's load does not move it).
     rest_ms, collate_ms = known_cpu_ms()
@@ -121,7 +123,7 @@ def test_each_stage_is_measured_as_the_pipeline_spends_it_in_its_order(context: 
     assert figures.wall_ms(waits) >= 1000 * SLEEP_S
     assert figures.cpu_ms(waits) < 0.1 * figures.wall_ms(waits)
     assert figures.wall_ms(stage(figures, "Computes")) >= 1000 * BUSY_S
-    assert stage(figures, COLLATE).calls == 40 and stage(figures, REST).calls == 320
+    assert stage(figures, COLLATE).calls == 120 and stage(figures, REST).calls == 960
     assert no_children_left()
 
 
