@@ -102,6 +102,26 @@ def plot_throughput(ax: Any, part: Part) -> bool:
     return True
 
 
+def plot_cpu(ax: Any, part: Part) -> bool:
+    rows = sorted((r for r in part.rows if r.cpu_percent is not None), key=lambda r: r.num_workers)
+    if not rows:
+        return False
+    counts = [r.num_workers for r in rows]
+    bars = ax.bar(counts, [r.cpu_percent or 0.0 for r in rows], width=0.6, color="#9467bd")
+    for bar, row in zip(bars, rows, strict=True):
+        if row.cpu_ms_per_sample is not None:
+            ax.annotate(
+                f"{row.cpu_ms_per_sample:.2f} ms/sample",
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                ha="center",
+                va="bottom",
+                fontsize=7,
+            )
+    ax.set(title="CPU per worker count (the process tree; 100% = one core)", xlabel="num_workers", ylabel="CPU %")
+    _integer_ticks(ax)
+    return True
+
+
 def plot_memory(ax: Any, part: Part) -> bool:
     rows = sorted((r for r in part.rows if r.pss_mb is not None), key=lambda r: r.num_workers)
     if not rows:
@@ -144,7 +164,7 @@ def plot_stages(ax: Any, part: Part) -> bool:
     return True
 
 
-PLOTS = (plot_loss, plot_load_vs_step, plot_throughput, plot_memory, plot_stages)
+PLOTS = (plot_loss, plot_load_vs_step, plot_throughput, plot_cpu, plot_memory, plot_stages)
 
 
 def _integer_ticks(ax: Any) -> None:
@@ -202,15 +222,16 @@ def _rows_table(part: Part) -> str:
     cells = []
     for r in sorted(part.rows, key=lambda r: r.num_workers):
         error = "" if math.isnan(r.error) else f" ± {r.error:,.0f}"
+        cpu = "" if r.cpu_percent is None else f"{r.cpu_percent:.0f}"
         memory = "" if r.pss_mb is None else f"{r.pss_mb:,.0f}"
         uss = "" if r.worker_uss_mb is None else f"{r.worker_uss_mb:,.0f}"
         cells.append(
             f"<tr><td>{r.num_workers}</td><td>{r.batches}</td><td>{r.samples_per_s:,.0f}{error}</td>"
-            f"<td>{r.load_ms:.1f}</td><td>{r.step_ms:.1f}</td><td>{memory}</td><td>{uss}</td></tr>"
+            f"<td>{r.load_ms:.1f}</td><td>{r.step_ms:.1f}</td><td>{cpu}</td><td>{memory}</td><td>{uss}</td></tr>"
         )
     return (
         "<table class='rows'><tr><th>workers</th><th>batches</th><th>samples/s</th><th>load ms</th>"
-        f"<th>step ms</th><th>PSS MB</th><th>USS/worker MB</th></tr>{''.join(cells)}</table>"
+        f"<th>step ms</th><th>CPU %</th><th>PSS MB</th><th>USS/worker MB</th></tr>{''.join(cells)}</table>"
     )
 
 

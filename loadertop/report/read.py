@@ -52,6 +52,8 @@ class CountFigures:
     step_ms: float
     pss_mb: float | None
     worker_uss_mb: float | None
+    cpu_percent: float | None = None  # the tree's CPU over the count's wall time (100 = one core)
+    cpu_ms_per_sample: float | None = None
 
 
 @dataclass
@@ -65,6 +67,7 @@ class Part:
     memory: list[dict[str, Any]] = field(default_factory=list)
     stages: list[dict[str, Any]] = field(default_factory=list)
     logged: list[tuple[int, float]] = field(default_factory=list)  # a script's loadertop.log(loss=...) by step
+    summaries: list[dict[str, Any]] = field(default_factory=list)  # the built-in run's table, at its end
     rows: list[CountFigures] = field(default_factory=list)
 
     @property
@@ -167,6 +170,8 @@ def _take(parts: dict[tuple[int | None, str], Part], item: dict[str, Any]) -> No
         part.memory.append(item)
     elif event == "stages":
         part.stages.append(item)
+    elif event == "summary":
+        part.summaries.append(item)
     elif event == "log" and (loss := _finite(item.get("loss"))) is not None:
         part.logged.append((int(item["step"]), loss))
 
@@ -192,6 +197,8 @@ def count_figures(part: Part) -> list[CountFigures]:
         sem = throughput_sem(iters, [int(b.refill) for b in batches], samples, block_size(count))
         memory = [m for m in part.memory if m.get("num_workers") == count]
         uss = [sum(m["worker_uss_mb"]) / len(m["worker_uss_mb"]) for m in memory if m.get("worker_uss_mb")]
+        summary = next((s for s in part.summaries if s.get("num_workers") == count), {})
+        per_sample = _finite(summary.get("cpu_s_per_sample"))
         rows.append(
             CountFigures(
                 count,
@@ -202,6 +209,8 @@ def count_figures(part: Part) -> list[CountFigures]:
                 sum(b.step_ms or 0.0 for b in batches) / len(batches),
                 sum(float(m["pss_mb"]) for m in memory) / len(memory) if memory else None,
                 sum(uss) / len(uss) if uss else None,
+                _finite(summary.get("cpu_percent")),
+                None if per_sample is None else 1000 * per_sample,
             )
         )
     return rows
@@ -229,6 +238,8 @@ def _history_part(run: LoaderRun) -> Part:
             float(row.get("compute_ms_mean") or 0.0),
             _finite(row.get("pss_mb")),
             _finite(row.get("worker_uss_mb")),
+            _finite(row.get("cpu_percent")),
+            None if (cpu := _finite(row.get("cpu_s_per_sample"))) is None else 1000 * cpu,
         )
         for row in run.rows
         if isinstance(row.get("samples_per_s"), (int, float))

@@ -17,7 +17,7 @@ from PIL import Image
 from tests.helpers import assert_usage_error, run_main
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-PLOTS = {"loss", "load_vs_step", "throughput", "memory", "stages"}
+PLOTS = {"loss", "load_vs_step", "throughput", "cpu", "memory", "stages"}
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,7 @@ def test_a_real_runs_report_renders_every_plot_in_a_headless_browser(
     assert set(plots.paths) == PLOTS
     assert all(count >= 5 for count in plots.paths.values()), plots.paths  # axes, ticks and the data drawn
     with Image.open(picture) as image:
-        assert image.width == 800 and image.height >= 5 * 300
+        assert image.width == 800 and image.height >= 6 * 300
         pixels = np.asarray(image.convert("RGB")).astype(int)
         colored = (pixels.max(axis=2) - pixels.min(axis=2) > 40).sum()  # the data's colours, not black ink or white
         assert colored > 0.01 * image.width * image.height
@@ -138,7 +138,7 @@ def test_a_run_of_the_history_is_drawn_from_its_rows_and_stages(
     assert code == 0, err
     plots = Plots()
     plots.feed(page.read_text())
-    assert set(plots.paths) == {"throughput", "memory", "stages"}  # the history keeps the table, not the batches
+    assert set(plots.paths) == {"throughput", "cpu", "memory", "stages"}  # the history keeps the table, not batches
     assert "<td>0</td>" in page.read_text() and "<td>1</td>" in page.read_text()  # a row per worker count
 
 

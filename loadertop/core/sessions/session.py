@@ -60,6 +60,22 @@ class JsonlRecorder:
             self.file.flush()
 
 
+SUMMARY_FIELDS = (
+    "num_workers",
+    "config",
+    "batches",
+    "samples_per_s",
+    "samples_per_s_sem",
+    "load_ms_mean",
+    "compute_ms_mean",
+    "cpu_percent",
+    "cpu_s_per_sample",
+    "pss_mb",
+    "worker_uss_mb",
+)
+"""A configuration's row in ``--record``'s ``summary`` event at the end of a run (``record.schema.json``)."""
+
+
 class Session:
     """Runs ``trainer`` with a ``SystemSampler`` that follows its workers and bills their cost.
 
@@ -315,14 +331,16 @@ class Session:
             pass
         left = shutdown(self.trainer, self.sampler, timeout_s=timeout_s)
         cores = current_limits().cores
+        stages = self.trainer.stages()
+        rows = rows_json(self.trainer.store.summaries(), stages, cores)
         if self._recorder is not None:
-            for figures in self.trainer.stages():
+            for figures in stages:
                 self._recorder.write({"event": "stages", **stages_to_wire(figures, cores)})
             for idle in self.gpu_idle.figures():
                 self._recorder.write({"event": "gpu_idle", **idle.to_wire()})
+            for row in rows:  # the table's rows: the CPU and memory a report draws per configuration
+                self._recorder.write({"event": "summary", **{k: row.get(k) for k in SUMMARY_FIELDS}})
         if self.memory is not None and self.signature is not None:
-            stages = self.trainer.stages()
-            rows = rows_json(self.trainer.store.summaries(), stages, cores)
             self.memory.finished([(self.signature, rows, [stages_to_wire(f, cores) for f in stages])])
         if self.publisher is not None:
             error = self.trainer.error

@@ -145,6 +145,10 @@ def test_a_built_in_run_records_schema_2_with_the_monitors_names(builtin_record:
     assert stages["num_workers"] == 1 and stages["samples"] >= 200 and stages["off"] is None
     assert [s["name"] for s in stages["stages"]] == ["__getitem__ (rest)", "collate"]
     assert stages["verdict"]
+    # And the table's row of each configuration: its CPU and memory, as loadertop report draws them.
+    [summary] = [line for line in lines if line.get("event") == "summary"]
+    assert (summary["num_workers"], summary["config"], summary["batches"]) == (1, "w1 b10", 19)
+    assert summary["cpu_percent"] > 0 and summary["samples_per_s"] > 0
 
 
 def test_a_script_under_the_launcher_records_the_same_schema(script_record: Path) -> None:
