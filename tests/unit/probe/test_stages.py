@@ -471,7 +471,7 @@ def test_bytes_read_are_described_with_the_page_cache_and_the_rate() -> None:
     assert StageFigures.from_wire(older).io_samples == 0
 
 
-PIN_S = 0.001  # the CPU pinning a batch costs here
+PIN_S = 0.003  # the CPU pinning a batch costs here
 
 
 @pytest.fixture
@@ -502,7 +502,9 @@ def test_pinning_is_a_stage_once_a_batch_in_the_pin_thread_or_the_loop(num_worke
     assert [s.name for s in figures.stages][-2:] == [COLLATE, PIN]
     pinned = stage(figures, PIN)
     assert pinned.calls == pinned.cpu_calls == 12  # once a batch, every call's CPU read
-    assert figures.cpu_ms(pinned) == pytest.approx(1000 * PIN_S / BATCH, rel=0.1)
+    # At least what the pinning computes (its busy loop runs on the thread's own CPU clock), and not much more:
+    # what torch's pin_memory adds around it (0.28 ms a call once, on a busy VM, beside the whole suite).
+    assert 1000 * PIN_S / BATCH <= figures.cpu_ms(pinned) <= 1.15 * 1000 * PIN_S / BATCH
     # The rest of __getitem__ is what it was: pinning is outside the samples.
     rest_ms, _ = known_cpu_ms()
     extra = 1000 * BUSY_S if num_workers == 0 else 0.0  # at 0 workers the transforms are part of the rest
