@@ -68,6 +68,7 @@ class Part:
     stages: list[dict[str, Any]] = field(default_factory=list)
     logged: list[tuple[int, float]] = field(default_factory=list)  # a script's loadertop.log(loss=...) by step
     summaries: list[dict[str, Any]] = field(default_factory=list)  # the built-in run's table, at its end
+    model: dict[str, Any] = field(default_factory=dict)  # the built-in run's model curve, at its end
     rows: list[CountFigures] = field(default_factory=list)
 
     @property
@@ -83,9 +84,10 @@ class Part:
         return found
 
     def predicted(self) -> list[tuple[int, float]]:
-        """The autotuner's latest curve: ``(count, samples/s)`` (empty where it never ran)."""
-        for change in reversed(self.autotune):
-            curve = change.get("predicted") or {}
+        """The model's curve, ``(count, samples/s)``: the one through the whole run (its end's ``model`` event),
+        else the autotuner's latest; empty where there is neither."""
+        for source in (self.model, *reversed(self.autotune)):
+            curve = source.get("predicted") or {}
             points = [(int(n), float(v)) for n, v in curve.items() if isinstance(v, (int, float))]
             if points:
                 return sorted(points)
@@ -172,6 +174,8 @@ def _take(parts: dict[tuple[int | None, str], Part], item: dict[str, Any]) -> No
         part.stages.append(item)
     elif event == "summary":
         part.summaries.append(item)
+    elif event == "model":
+        part.model = item
     elif event == "log" and (loss := _finite(item.get("loss"))) is not None:
         part.logged.append((int(item["step"]), loss))
 

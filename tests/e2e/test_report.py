@@ -83,6 +83,10 @@ def rendered_dom(page: Path, tmp_path: Path) -> str:
 def test_a_real_runs_report_renders_every_plot_in_a_headless_browser(
     recorded: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from loadertop.report.read import read_record
+
+    [part] = read_record(recorded).parts
+    assert [n for n, _ in part.predicted()][:3] == [0, 1, 2]  # the model's curve, drawn with the measurements
     page, picture = tmp_path / "report.html", tmp_path / "report.png"
     code, _out, err = run_main(["report", str(recorded), "--out", str(page), "--png", str(picture)], capsys)
     assert code == 0, err

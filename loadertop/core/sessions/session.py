@@ -23,7 +23,7 @@ from loadertop.core.measure.procs import reap_children
 from loadertop.core.measure.store import refill_batches
 from loadertop.core.measure.system import SystemSampler, SystemSnapshot
 from loadertop.core.policy.advice import advise, default_counts, machine_facts
-from loadertop.core.policy.autotune import AutoTuner, Budget, Change, Observation
+from loadertop.core.policy.autotune import AutoTuner, Budget, Change, Observation, curve_fields
 from loadertop.core.policy.report import rows_json
 from loadertop.core.policy.stages import to_wire as stages_to_wire
 from loadertop.core.probe.autotune_host import AutotuneHost, default_budget, read_tree
@@ -340,6 +340,10 @@ class Session:
                 self._recorder.write({"event": "gpu_idle", **idle.to_wire()})
             for row in rows:  # the table's rows: the CPU and memory a report draws per configuration
                 self._recorder.write({"event": "summary", **{k: row.get(k) for k in SUMMARY_FIELDS}})
+            summaries = self.trainer.store.summaries()
+            if summaries:  # the model's curve through what was measured, as the table's advice has it
+                advice = advise(summaries, self._machine)
+                self._recorder.write({"event": "model", **curve_fields(advice.predicted, advice.ceiling)})
         if self.memory is not None and self.signature is not None:
             self.memory.finished([(self.signature, rows, [stages_to_wire(f, cores) for f in stages])])
         if self.publisher is not None:

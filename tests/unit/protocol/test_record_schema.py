@@ -149,6 +149,8 @@ def test_a_built_in_run_records_schema_2_with_the_monitors_names(builtin_record:
     [summary] = [line for line in lines if line.get("event") == "summary"]
     assert (summary["num_workers"], summary["config"], summary["batches"]) == (1, "w1 b10", 19)
     assert summary["cpu_percent"] > 0 and summary["samples_per_s"] > 0
+    [model] = [line for line in lines if line.get("event") == "model"]  # the curve through the measured count
+    assert model["predicted"]["1"] is not None and set(model["predicted"]) >= {"0", "1", "2"}
 
 
 def test_a_script_under_the_launcher_records_the_same_schema(script_record: Path) -> None:
