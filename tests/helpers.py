@@ -12,6 +12,7 @@ import io
 import json
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -357,3 +358,18 @@ class FakeNvml:
         if not out:
             raise self.NVMLError(self.NVML_ERROR_NOT_FOUND)
         return self.NVML_VALUE_TYPE_UNSIGNED_INT, out
+
+
+def verified_unless_slower(lines: list[dict], start: dict, settle: dict, count: int) -> None:
+    """The change after a run started at a remembered count (``start``, the jump): a settle that says it verified
+    that count; or else the count measured slower than remembered (its steady batches in ``lines``, a record),
+    the only reason the tuner searches from there instead (a shared machine slower than on the first run)."""
+    assert settle["change"] in ("settle", "jump", "step"), settle
+    if settle["change"] == "settle" and str(settle["reason"]).startswith(f"verified: {count} workers at "):
+        return
+    found = re.search(r"\(([\d,.]+) samples/s\)$", str(start["reason"]))
+    assert found is not None, start
+    remembered = float(found.group(1).replace(",", ""))
+    steady = [b for b in lines if "event" not in b and b["num_workers"] == count and b.get("step_ms") is not None]
+    measured = sum(b["samples"] for b in steady) / sum((b["load_ms"] + b["step_ms"]) / 1000 for b in steady)
+    assert measured < remembered, (measured, remembered, settle)

@@ -24,6 +24,7 @@ from tests.helpers import (
     run,
     run_main,
     torchrun,
+    verified_unless_slower,
 )
 
 SCRIPT = "tests/scripts/tune_loop.py"
@@ -171,6 +172,8 @@ def test_budgets_without_autotune_are_refused_in_one_line(capsys: pytest.Capture
 def test_a_scripts_second_autotuned_run_starts_where_the_first_settled_and_both_are_remembered(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    lines: dict[str, list[dict]] = {}
+
     def tuned(name: str, *extra: str) -> list[dict]:
         record = tmp_path / f"{name}.jsonl"
         out = tmp_path / f"{name}.json"
@@ -178,7 +181,8 @@ def test_a_scripts_second_autotuned_run_starts_where_the_first_settled_and_both_
             "--autotune", *extra, "--record", str(record), command=[sys.executable, SCRIPT, str(out), "--epochs", "6"]
         )
         assert done.returncode == 0, done.stderr
-        return tuned_events(records(record))
+        lines[name] = records(record)
+        return tuned_events(lines[name])
 
     first = tuned("first")
     settles = [e for e in first if e["change"] == "settle"]
@@ -187,7 +191,7 @@ def test_a_scripts_second_autotuned_run_starts_where_the_first_settled_and_both_
     second = tuned("second")
     assert (second[0]["change"], second[0]["from"], second[0]["to"]) == ("jump", 0, count)
     assert second[0]["reason"].startswith(f"starting at {count} workers: settled there on ")
-    assert second[1]["change"] == "settle" and second[1]["reason"].startswith(f"verified: {count} workers at ")
+    verified_unless_slower(lines["second"], second[0], second[1], count)
     # Fewer batches where they are exact: the first run measured 0 workers before it jumped, the second jumped at once.
     first_jump = next(e for e in first if e["change"] == "jump")
     assert first_jump["from"] == 0 and second[0]["step"] < first_jump["step"]
@@ -196,7 +200,8 @@ def test_a_scripts_second_autotuned_run_starts_where_the_first_settled_and_both_
     assert code == 0, err
     remembered = json.loads(out)
     assert [r["loader"] for r in remembered] == [LOADER, LOADER]
-    assert [r["settled_workers"] for r in remembered] == [count, count]
+    latest = [[e["to"] for e in events if e["change"] == "settle"][-1] for events in (second, first)]  # newest first
+    assert [r["settled_workers"] for r in remembered] == latest  # each run's latest settle (it may tune again)
     assert remembered[0]["program"] == str(Path(SCRIPT).resolve()) and remembered[0]["kind"] == "script"
     # The rows at the end: every count the run trained at, with its batches.
     for run_seen in remembered:

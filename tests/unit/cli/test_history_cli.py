@@ -9,17 +9,21 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import assert_usage_error, run_main
+from tests.helpers import assert_usage_error, run_main, verified_unless_slower
 
 WORKLOAD = "loadertop.core.train.calibrated:storage_bound"
 
 
 def autotuned(tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, *extra: str) -> list[dict[str, object]]:
+    """The record of an autotuned headless run (its lines)."""
     record = tmp_path / f"{name}.jsonl"
     args = ["run", "--headless", "--autotune", "--max-batches", "240", "--workload", WORKLOAD, "--record", str(record)]
     code, _out, err = run_main([*args, *extra], capsys)
     assert code == 0, err
-    lines = [json.loads(line) for line in record.read_text().splitlines()]
+    return [json.loads(line) for line in record.read_text().splitlines()]
+
+
+def changes(lines: list[dict[str, object]]) -> list[dict[str, object]]:
     return [line for line in lines if line.get("event") == "autotune"]
 
 
@@ -34,32 +38,33 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_a_second_run_starts_where_the_first_settled_and_settles_in_fewer_batches(
     home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    first = autotuned(tmp_path, capsys, "first")
+    first = changes(first_lines := autotuned(tmp_path, capsys, "first"))
     settles = [c for c in first if c["change"] == "settle"]
     assert settles, first
     count = settles[0]["to"]
-    second = autotuned(tmp_path, capsys, "second")
+    second = changes(second_lines := autotuned(tmp_path, capsys, "second"))
     start = second[0]
     assert (start["change"], start["from"], start["to"]) == ("jump", 0, count)
     assert str(start["reason"]).startswith(f"starting at {count} workers: settled there on ")
-    verified = second[1]
-    assert verified["change"] == "settle" and verified["to"] == count, second
-    assert str(verified["reason"]).startswith(f"verified: {count} workers at ")
+    verified_unless_slower(second_lines, start, second[1], int(count))  # type: ignore[call-overload]
     # Fewer batches, counted where they are exact: the first run measured 0 workers before it jumped (20 steady
     # batches at the least), the second jumped at its first batch and measured one count only. (How many batches
     # each took to settle in all, over repeats: benchmarks/history.py.)
     first_jump = next(c for c in first if c["change"] == "jump")
     assert first_jump["from"] == 0 and int(first_jump["step"]) >= 20  # type: ignore[call-overload]
-    assert int(start["step"]) < int(first_jump["step"]) and [c["change"] for c in second[:2]] == ["jump", "settle"]
+    assert int(start["step"]) < int(first_jump["step"])
 
     code, out, err = run_main(["history"], capsys)
     assert code == 0, err
     rows = [line.split() for line in out.splitlines()[2:]]
     assert [row[2] for row in rows] == ["2", "1"]  # the runs, newest first
-    assert all(row[3] == "train" and row[-2] == str(count) and row[-1] == WORKLOAD for row in rows)
+    # Each run's latest settle (a run may tune again later), newest first.
+    latest = [[c["to"] for c in changes(lines) if c["change"] == "settle"][-1] for lines in (second_lines, first_lines)]
+    assert all(row[3] == "train" and row[-1] == WORKLOAD for row in rows)
+    assert [int(row[-2]) for row in rows] == latest
     code, out, _ = run_main(["history", "--json"], capsys)
     runs = json.loads(out)
-    assert [r["settled_workers"] for r in runs] == [count, count] and all(r["rows"] for r in runs)
+    assert [r["settled_workers"] for r in runs] == latest and all(r["rows"] for r in runs)
     assert runs[0]["signature"] == {
         "program": WORKLOAD,
         "name": "train",
@@ -68,7 +73,7 @@ def test_a_second_run_starts_where_the_first_settled_and_settles_in_fewer_batche
         "batch_size": 32,
     }
 
-    forgot = autotuned(tmp_path, capsys, "forgot", "--forget")
+    forgot = changes(autotuned(tmp_path, capsys, "forgot", "--forget"))
     assert not str(forgot[0]["reason"]).startswith("starting at")
 
 
