@@ -108,8 +108,6 @@ class RunMemory:
         self.machine = machine
         self.forget = forget
         self.run_id = self.history.begin_run(program, kind, machine, started=started)
-        self.started_at: dict[str, int] = {}
-        """The loaders started from a remembered count: their name and that count."""
 
     def _tell(self, line: str) -> None:
         if self.say is not None:
@@ -125,7 +123,6 @@ class RunMemory:
         if found is None:
             return
         tuner.start_at(found.workers, found.samples_per_s, found.reason())
-        self.started_at[loader.name] = found.workers
 
     def listener(self, loader: LoaderSignature, tuner: AutoTuner) -> Callable[[Change], None]:
         """A change listener writing each settle of ``tuner`` (on ``loader``)."""

@@ -332,7 +332,8 @@ class Session:
         left = shutdown(self.trainer, self.sampler, timeout_s=timeout_s)
         cores = current_limits().cores
         stages = self.trainer.stages()
-        rows = rows_json(self.trainer.store.summaries(), stages, cores)
+        summaries = self.trainer.store.summaries()
+        rows = rows_json(summaries, stages, cores)
         if self._recorder is not None:
             for figures in stages:
                 self._recorder.write({"event": "stages", **stages_to_wire(figures, cores)})
@@ -340,7 +341,6 @@ class Session:
                 self._recorder.write({"event": "gpu_idle", **idle.to_wire()})
             for row in rows:  # the table's rows: the CPU and memory a report draws per configuration
                 self._recorder.write({"event": "summary", **{k: row.get(k) for k in SUMMARY_FIELDS}})
-            summaries = self.trainer.store.summaries()
             if summaries:  # the model's curve through what was measured, as the table's advice has it
                 advice = advise(summaries, self._machine)
                 self._recorder.write({"event": "model", **curve_fields(advice.predicted, advice.ceiling)})
