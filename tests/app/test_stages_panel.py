@@ -11,7 +11,7 @@ from textual.message import Message
 
 from loadertop.core.policy.advice import MachineFacts
 from loadertop.core.policy.stages import verdict
-from loadertop.core.protocol.stages import REST, TURNED_OFF, StageFigures, StageTime
+from loadertop.core.protocol.stages import HIST_BUCKETS, REST, TURNED_OFF, StageFigures, StageTime, bucket_of, ms
 from loadertop.core.sessions.replay import ReplaySession
 from loadertop.core.sessions.view import SessionView
 from loadertop.tui.app import LoaderTopApp
@@ -138,3 +138,21 @@ def test_the_bytes_a_sample_reads_and_a_workers_rate_have_a_line_above_the_verdi
     assert rows[verdict_at - 1] == f"I/O 2.45 KB a sample (storage 0 B) · {2.45 / two.sample_ms:.3g} MB/s a worker"
     assert rows[verdict_at - 2].startswith("▶2w ▕")  # below the bars (the running count last, by workers)
     assert not any(row.startswith("I/O") for row in lines(with_stages(recorded_view, (zero, one)), 60, 20))
+
+
+def test_a_stage_whose_calls_stall_now_and_then_has_a_line_above_the_verdict(recorded_view: SessionView) -> None:
+    zero, two, one = recorded()
+    # The recorded decode stage as a cold disk makes it: most calls as recorded, 2% of them 65 ms or more.
+    decode = next(s for s in two.stages if s.name == "decode")
+    counts = [0] * HIST_BUCKETS
+    counts[bucket_of(decode.wall_s / decode.calls)] = 98
+    counts[bucket_of(0.07)] = 2
+    stalled = dataclasses.replace(
+        two, stages=tuple(dataclasses.replace(s, hist=tuple(counts)) if s is decode else s for s in two.stages)
+    )
+    rows = lines(with_stages(recorded_view, (zero, stalled, one)), 100, 20)
+    verdict_at = len(rows) - 2
+    mean = 1000 * decode.wall_s / decode.calls
+    assert rows[verdict_at - 1] == f"slow calls: decode 1% of calls 65.5 ms or more (mean {ms(mean)} ms)"
+    assert rows[verdict_at - 2].startswith("▶2w ▕")
+    assert not any(row.startswith("slow calls") for row in lines(with_stages(recorded_view, (zero, two, one)), 100, 20))

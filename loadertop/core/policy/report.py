@@ -17,7 +17,7 @@ from loadertop.core.policy.stages import to_wire as stages_to_wire
 from loadertop.core.policy.stages import verdict as stage_verdict
 from loadertop.core.protocol.config import describe_workers
 from loadertop.core.protocol.gpu_idle import GpuIdle
-from loadertop.core.protocol.stages import StageFigures, describe_io
+from loadertop.core.protocol.stages import StageFigures, describe_io, describe_tails
 from loadertop.core.protocol.stages import describe as describe_stages
 
 # DESIGN.md's JSON row fields, in order (``rss_mb`` is kept for scripts that read it: the peak of the summed RSS),
@@ -270,6 +270,8 @@ def format_stages(figures: Sequence[StageFigures], cores: float) -> list[str]:
         lines.append(f"  {describe_workers(f.num_workers)}: {describe_stages(f, top=12)}")
         if (io := describe_io(f)) is not None:
             lines.append(f"    {io}")
+        if (tails := describe_tails(f)) is not None:
+            lines.append(f"    {tails}")
         lines.append(f"    {stage_verdict(f, cores)}")
     return lines
 

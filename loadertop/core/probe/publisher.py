@@ -38,7 +38,7 @@ from loadertop.core.protocol.messages import (
     SwitchEvent,
 )
 from loadertop.core.protocol.records import record_line
-from loadertop.core.protocol.stages import TURNED_OFF, StageFigures, describe_io
+from loadertop.core.protocol.stages import TURNED_OFF, StageFigures, describe_io, describe_tails
 from loadertop.core.protocol.stages import describe as describe_stages
 
 QUEUE_LIMIT = 10_000
@@ -503,8 +503,9 @@ class Publisher:
                     f"{loader.name} stages with {describe_workers(figures.num_workers)}: "
                     f"{describe_stages(figures, top=12)}"
                 )
-                if (io := describe_io(figures)) is not None:
-                    self._say(f"{loader.name} with {describe_workers(figures.num_workers)}: {io}")
+                for line in (describe_io(figures), describe_tails(figures)):
+                    if line is not None:
+                        self._say(f"{loader.name} with {describe_workers(figures.num_workers)}: {line}")
                 if not figures.off:
                     self._say(f"{loader.name} with {describe_workers(figures.num_workers)}: {wire['verdict']}")
                 if self._record is not None:

@@ -43,6 +43,7 @@ from loadertop.core.protocol.stages import (
     COLLATE,
     CPU_EVERY,
     DECODE,
+    HIST_BUCKETS,
     PIN,
     READ,
     REST,
@@ -59,7 +60,13 @@ FIELDS = 5
 
 HEADER = 5
 """A row's first fields: samples, batches, then the samples its storage figures cover, the bytes read from storage
-and the bytes read in all (``/proc``'s ``read_bytes`` and ``rchar``)."""
+and the bytes read in all (``/proc``'s ``read_bytes`` and ``rchar``). A recorder leaves the first two at 0: they
+are the sample stage's calls and the collate's, read from there (``StageSheet.totals``): two additions fewer a
+fetch."""
+
+
+_TOP = HIST_BUCKETS - 1
+"""The last histogram bucket (``protocol.stages.bucket_of`` inline: ``min(_TOP, int(seconds * 1e6).bit_length())``)."""
 
 
 def field_at(stage: int) -> int:
@@ -119,9 +126,19 @@ STAGE_NOTE = "loadertop: raised in the sample's "
 _RECORDER: Recorder | None = None
 """This worker process's recorder (None in the loop's process and where timing is off)."""
 
-IO_EVERY = 4
-"""At 0 workers, one fetch in this many of those that read the CPU clock also reads the thread's bytes (two
-``pread`` of ``/proc/thread-self/io``, ~2 us each: the cost a loop without workers pays for the figure)."""
+IO_GAP_S = 0.02
+"""At 0 workers, a fetch that reads the CPU clock reads the thread's bytes too where this long has passed since the
+last one that did (two ``pread`` of ``/proc/thread-self/io``: 2 us each when called in a row, 10-20 us each
+between a loop's batches, its kernel paths gone cold): at most 50 such fetches a second, whatever the batch rate."""
+
+LOOP_CPU_GAP_S = 0.002
+"""At 0 workers, the fetches that read the CPU clock are one in ``CPU_EVERY``, or fewer where a fetch is shorter
+than this over ``CPU_EVERY``: one in about this long over a fetch's wall (the loop's first such fetch's), at most
+``LOOP_EVERY_MAX``. Set once, so that every fetch of the loop is as likely to be read (no bias to slow periods).
+A fetch that reads it costs the loop three ``thread_time`` calls (system calls, ~0.5 us each between a loop's
+batches, and as much again in the cold caches after them): on a 50 us fetch of trivial samples one in 8 cost 4%."""
+
+LOOP_EVERY_MAX = 64
 
 _PINNING: dict[int, tuple[threading.Thread, BatchTimer, bool]] = {}
 """In the loop's process, by thread ident: the thread, the pin-memory stage's timer of the loader it pins for
@@ -196,10 +213,11 @@ class BatchTimer:
     ``FIELDS`` figures as a sheet row has them. A call inside a call (torch's ``pin_memory`` pins a batch's
     parts through itself) is part of the outer one."""
 
-    __slots__ = ("active", "fields")
+    __slots__ = ("active", "fields", "hist")
 
     def __init__(self) -> None:
         self.fields = [0.0] * FIELDS
+        self.hist = [0] * HIST_BUCKETS
         self.active = False
 
     def add(self, wall_s: float, cpu_s: float) -> None:
@@ -210,6 +228,7 @@ class BatchTimer:
         fields[2] += 1
         fields[3] += wall_s
         fields[4] += cpu_s
+        self.hist[min(_TOP, int(wall_s * 1e6).bit_length())] += 1
 
     def time(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)``, timed as one call."""
@@ -243,15 +262,26 @@ def _timed_pin(stock: Callable[..., Any]) -> Callable[..., Any]:
     return pin_memory
 
 
-def _pinning_for(fetch: Callable[[Any, Any], Any], timer: BatchTimer) -> Callable[[Any, Any], Any]:
+def _pinning_for(fetch: Callable[[Any], Any], timer: BatchTimer) -> Callable[[Any], Any]:
     """A 0-worker loop's timed ``fetch``, after which the fetching thread's pinning counts for ``timer``."""
 
-    def fetch_then_pin(fetcher: Any, index: Any) -> Any:
-        batch = fetch(fetcher, index)
+    def fetch_then_pin(index: Any) -> Any:
+        batch = fetch(index)
         _PINNING[threading.get_ident()] = (threading.current_thread(), timer, True)
         return batch
 
     return fetch_then_pin
+
+
+def _writer(row: torch.Tensor, kind: Any) -> Callable[[list[Any]], None]:
+    """A function writing a list into ``row`` (a tensor of ``kind``'s C type) through a ``ctypes`` view."""
+    view = (kind * row.numel()).from_address(row.data_ptr())
+
+    def write(values: list[Any]) -> None:
+        view[:] = values
+        _ = row  # the view's memory stays the tensor's
+
+    return write
 
 
 class StageSheet:
@@ -263,12 +293,18 @@ class StageSheet:
         self.num_workers = num_workers
         slots = max(1, num_workers)
         self.table = torch.zeros((slots, field_at(len(names))), dtype=torch.float64)
+        self.hists = torch.zeros((slots, HIST_BUCKETS * len(names)), dtype=torch.int64)
+        """Each worker's histograms: ``HIST_BUCKETS`` a stage, in the stages' order (written on the fetches whose
+        CPU was read, the calls they count)."""
         self.off = torch.zeros((slots, _OFF_CHARS), dtype=torch.uint8)
         if num_workers:  # the workers write their rows; a fork shares it, a spawn receives it as shared memory
             self.table.share_memory_()
+            self.hists.share_memory_()
             self.off.share_memory_()
         self.local_row: list[float] | None = None
         """At 0 workers, the loop's process's recorder's own row, read where it is (no write a batch)."""
+        self.local_hist: list[int] | None = None
+        """At 0 workers, that recorder's histograms."""
         self.local_recorder: Recorder | None = None
         """At 0 workers, that recorder (its bytes-read counter is closed when the generation is done)."""
         self.batch = {name: BatchTimer() for name in BATCH_STAGES}
@@ -284,10 +320,14 @@ class StageSheet:
         descriptor and a mapping while it lives; at 0 workers the recorder's own list is copied)."""
         if self.table.is_shared():
             self.table = self.table.clone()
+            self.hists = self.hists.clone()
             self.off = self.off.clone()
         if self.local_row is not None:
             self.table[0] = torch.tensor(self.local_row, dtype=torch.float64)
             self.local_row = None
+        if self.local_hist is not None:
+            self.hists[0] = torch.tensor(self.local_hist, dtype=torch.int64)
+            self.local_hist = None
         if self.local_recorder is not None:
             self.local_recorder.close()
             self.local_recorder = None
@@ -299,23 +339,31 @@ class StageSheet:
         """Add a frozen sheet of the same stages and worker count to this frozen one (one sheet a count, however
         many generations ran it: reading the figures stays as cheap)."""
         self.table += other.table
+        self.hists += other.hists
         for name, timer in other.batch.items():
-            mine = self.batch[name].fields
-            mine[:] = [a + b for a, b in zip(mine, timer.fields, strict=True)]
+            mine = self.batch[name]
+            mine.fields[:] = [a + b for a, b in zip(mine.fields, timer.fields, strict=True)]
+            mine.hist[:] = [a + b for a, b in zip(mine.hist, timer.hist, strict=True)]
         if self.off_reason() is None and (reason := other.off_reason()) is not None:
             self.turn_off(0, reason)
 
     def row_writer(self, slot: int) -> Callable[[list[float]], None]:
-        """A function writing ``slot``'s row (samples, batches, then each stage's fields): a slice assignment
-        through a ``ctypes`` view of the tensor's memory (well under a microsecond; the tensor is kept alive)."""
-        row = self.table[slot]
-        view = (ctypes.c_double * row.numel()).from_address(row.data_ptr())
+        """A function writing ``slot``'s row (``HEADER``, then each stage's fields): a slice assignment through a
+        ``ctypes`` view of the tensor's memory (well under a microsecond; the tensor is kept alive)."""
+        return _writer(self.table[slot], ctypes.c_double)
 
-        def write(values: list[float]) -> None:
-            view[:] = values
-            _ = row  # the view's memory stays the tensor's
+    def hist_writer(self, slot: int) -> Callable[[list[int]], None]:
+        """A function writing ``slot``'s histograms, as ``row_writer`` writes its row."""
+        return _writer(self.hists[slot], ctypes.c_int64)
 
-        return write
+    def hist_totals(self) -> dict[str, list[int]]:
+        """Each stage's histogram by name, over the workers (then the loop process's once-a-batch stages)."""
+        local = self.local_hist
+        summed = list(local) if local is not None else self.hists.sum(dim=0).tolist()
+        hists = {name: summed[HIST_BUCKETS * i : HIST_BUCKETS * (i + 1)] for i, name in enumerate(self.names)}
+        for name, timer in self.batch.items():
+            hists[name] = list(timer.hist)
+        return hists
 
     def turn_off(self, slot: int, reason: str) -> None:
         """Record why ``slot``'s timing turned itself off."""
@@ -338,6 +386,8 @@ class StageSheet:
         local = self.local_row
         summed = list(local) if local is not None else self.table.sum(dim=0).tolist()
         fields = {name: summed[field_at(i) : field_at(i + 1)] for i, name in enumerate(self.names)}
+        summed[0] = fields[self.names[-2]][0]  # the samples: the sample stage's calls
+        summed[1] = fields[self.names[-1]][0]  # the batches: the collate's
         for name, timer in self.batch.items():
             fields[name] = list(timer.fields)
         return summed[:HEADER], fields
@@ -352,6 +402,7 @@ def figures_of(sheets: list[StageSheet]) -> StageFigures:
     """
     header = [0.0] * HEADER
     sums: dict[str, list[float]] = {}  # insertion order: the order the stages first ran
+    hists: dict[str, list[int]] = {}
     for sheet in sheets:
         got, fields = sheet.totals()
         header = [a + b for a, b in zip(header, got, strict=True)]
@@ -359,6 +410,9 @@ def figures_of(sheets: list[StageSheet]) -> StageFigures:
             total = sums.setdefault(name, [0.0] * FIELDS)
             for i in range(FIELDS):
                 total[i] += field[i]
+        for name, hist in sheet.hist_totals().items():
+            counted = hists.setdefault(name, [0] * HIST_BUCKETS)
+            counted[:] = [a + b for a, b in zip(counted, hist, strict=True)]
     outer = (REST, COLLATE, *BATCH_STAGES)  # the stages not inside a sample, in their order
     inner = [field for name, field in sums.items() if name not in outer]
     names = [*(name for name in sums if name not in outer), *outer]
@@ -370,7 +424,7 @@ def figures_of(sheets: list[StageSheet]) -> StageFigures:
     rest[3] = max(0.0, rest[3] - sum(stage[3] for stage in inner))
     rest[4] = max(0.0, rest[4] - sum(stage[4] for stage in inner))
     stages = tuple(
-        StageTime(name, int(field[0]), field[1], int(field[2]), field[3], field[4])
+        StageTime(name, int(field[0]), field[1], int(field[2]), field[3], field[4], _trimmed(hists.get(name)))
         for name in names
         if (field := sums[name])[0] > 0
     )
@@ -379,30 +433,38 @@ def figures_of(sheets: list[StageSheet]) -> StageFigures:
     return StageFigures(sheets[0].num_workers, samples, batches, stages, off, io_samples, storage, read)
 
 
+def _trimmed(hist: list[int] | None) -> tuple[int, ...]:
+    """A histogram as ``StageTime.hist`` has it: () where nothing was counted."""
+    return tuple(int(count) for count in hist) if hist and any(hist) else ()
+
+
 # ------------------------------------------------------------------ the recorder: one per fetching process
 
 
 class Recorder:
     """Adds up one process's stage figures in a flat list laid out as its sheet row, written after each collate.
 
-    ``row[0]`` samples, ``row[1]`` batches, ``row[2:5]`` the bytes read (``HEADER``), then per stage ``FIELDS``
+    ``row[2:5]`` the bytes read (``HEADER``; the samples and batches are the stages' calls), then per stage ``FIELDS``
     figures from ``field_at(stage)``: calls, wall seconds, calls whose CPU was read, their wall seconds, their CPU
     seconds.
 
     Bytes read: in a worker (``whole_process``) everything the process read since its recorder started, read at
     each collate (a worker does nothing but fetch); in the loop's process the fetching thread's reads during
-    one in ``IO_EVERY`` of the fetches that read the CPU clock (the rest of the thread's reads are the training's).
+    the fetches that read the CPU clock, ``IO_GAP_S`` apart or more (the rest of the thread's reads are the
+    training's).
     """
 
     __slots__ = (
         "active",
         "countdown",
         "depth",
+        "every",
+        "hist",
         "inner",
         "inner_cpu",
         "io",
         "io_base",
-        "io_left",
+        "io_next",
         "io_thread",
         "names",
         "parts",
@@ -411,14 +473,23 @@ class Recorder:
         "row",
         "sampled",
         "write",
+        "write_hist",
     )
 
     def __init__(
-        self, names: tuple[str, ...], write: Callable[[list[float]], None] | None, seed: int, *, whole_process: bool
+        self,
+        names: tuple[str, ...],
+        write: Callable[[list[float]], None] | None,
+        seed: int,
+        *,
+        whole_process: bool,
+        write_hist: Callable[[list[int]], None] | None = None,
     ) -> None:
         self.names = names
         self.write = write  # None: the row is read where it is (the loop's own process)
+        self.write_hist = write_hist  # with ``write``: the histograms' (written after a fetch that counts them)
         self.row = [0.0] * field_at(len(names))
+        self.hist = [0] * (HIST_BUCKETS * len(names))  # each stage's, from HIST_BUCKETS * its number
         self.rest_at = field_at(len(names) - 2)  # the sample stage (a fetch's samples as a whole)
         self.active = False  # inside a fetch's samples
         self.sampled = False  # this fetch reads the CPU clock
@@ -429,10 +500,11 @@ class Recorder:
         # The first between the 2nd fetch and the CPU_EVERY + 1st: a process's first fetch pays its first calls
         # (imports, lazy set-up; in a spawned worker tens of ms) that no later sample costs.
         self.countdown = 2 + int(self.pick() * CPU_EVERY)
+        self.every = CPU_EVERY if whole_process else 0  # one fetch in this many is sampled (0: LOOP_CPU_GAP_S's)
         self.io: IoCounter | None = IoCounter("/proc/self/io") if whole_process else None
         self.io_base = self.io.read() if self.io is not None else None
         self.io_thread = 0  # at 0 workers: the thread whose counter ``io`` is (opened by the fetching thread)
-        self.io_left = 1  # at 0 workers: sampled fetches until the next one that reads the thread's bytes
+        self.io_next = 0.0  # at 0 workers: the clock from which a sampled fetch reads the thread's bytes
         self.parts: tuple[Any, ...] | None = None  # (fetcher, get, collate_fn, single) of the fetcher seen last
 
     def thread_io(self) -> tuple[int, int] | None:
@@ -451,71 +523,151 @@ class Recorder:
 
     # The loop's path of a fetch: each function below is as short as it can be.
 
-    def fetch_samples(self, get: Callable[[Any], Any], index: Any, count: int) -> Any:
-        """``get(index)``: a fetch's ``count`` samples, timed together as the sample stage (one pair of clock
-        reads a batch, whatever its size), the stages inside them as they run; the CPU clock read, on every
-        stage and the collate, for one fetch in ``CPU_EVERY``."""
-        if self.active:  # a dataset that fetches through another timed loader's fetcher: part of this fetch
-            return get(index)
-        self.countdown -= 1
-        sampled = self.sampled = self.countdown <= 0
-        if sampled:  # the next one 1 to 2 x CPU_EVERY - 1 fetches on: one in CPU_EVERY, with no period to alias
-            self.countdown = 1 + int(self.pick() * (2 * CPU_EVERY - 1))
+    def timed_fetch(self, fetcher: Any, index: Any) -> Any:
+        """Torch's map-style fetch of ``index`` by ``fetcher``, its samples (a fetch's samples together, as the
+        sample stage: one pair of clock reads a batch, whatever its size) and its collate timed.
+
+        The common case is done here with three clock reads and no call more than torch's fetch makes (its ``get``
+        and ``collate_fn`` found once a fetcher, ``torch_compat.fetch_parts``); one fetch in ``CPU_EVERY``, and one
+        inside another's, goes through ``sampled_fetch``."""
+        countdown = self.countdown - 1
+        if countdown <= 0 or self.active:
+            return self.sampled_fetch(fetcher, index)
+        self.countdown = countdown
+        parts = self.parts
+        if parts is None or parts[0] is not fetcher:
+            parts = self.parts_of(fetcher)
+        _, get, collate_fn, single = parts
         self.active = True
-        io0 = None
-        if sampled and self.write is None:  # the loop's thread: its bytes on one sampled fetch in IO_EVERY
-            self.io_left -= 1
-            if self.io_left <= 0:
-                self.io_left = IO_EVERY
-                io0 = self.thread_io()
-        c0 = _cpu() if sampled else 0.0
         t0 = _clock()
         try:
-            return get(index)
+            data = get(index)
         except BaseException as exc:
             self._name_stage(exc, None)
             raise
         finally:
-            dt = _clock() - t0
             self.active = False
-            row, at = self.row, self.rest_at
-            row[0] += count
-            row[at] += count
-            row[at + 1] += dt
-            if sampled:
-                row[at + 2] += count
-                row[at + 3] += dt
-                row[at + 4] += _cpu() - c0
-                if io0 is not None and (io1 := self.thread_io()) is not None:
-                    row[2] += count
-                    row[3] += io1[0] - io0[0]
-                    row[4] += io1[1] - io0[1]
-
-    def collate(self, collate_fn: Callable[[Any], Any], data: Any) -> Any:
-        """``collate_fn(data)``, timed (its CPU with the fetch's); then this process's row is written."""
-        sampled = self.sampled
-        c0 = _cpu() if sampled else 0.0
-        t0 = _clock()
+        t1 = _clock()
         batch = collate_fn(data)
-        dt = _clock() - t0
+        t2 = _clock()
         row = self.row
-        at = self.rest_at + FIELDS
-        row[1] += 1
-        row[at] += 1
-        row[at + 1] += dt
-        if sampled:
-            row[at + 2] += 1
-            row[at + 3] += dt
-            row[at + 4] += _cpu() - c0
+        at = self.rest_at
+        row[at] += 1 if single else len(index)
+        row[at + 1] += t1 - t0
+        row[at + FIELDS] += 1
+        row[at + FIELDS + 1] += t2 - t1
         if self.write is not None:
             self.write_row(row)
         return batch
+
+    def loop_fetch(self, fetcher: Any) -> Callable[[Any], Any]:
+        """At 0 workers, ``fetcher.fetch`` timed as ``timed_fetch`` times it, as a closure over what it reads: the
+        loop's path with no attribute read. (No fetch is inside another's there: this fetcher's dataset cannot
+        fetch through it; a fetch of another loader's is timed by that one's recorder.)"""
+        _, get, collate_fn, single = self.parts_of(fetcher)
+        row = self.row
+        at = self.rest_at
+        collate_at = at + FIELDS
+        countdown = self.countdown
+        sampled_fetch, name_stage = self.sampled_fetch, self._name_stage
+
+        def fetch(index: Any) -> Any:
+            nonlocal countdown
+            countdown -= 1
+            if countdown <= 0:
+                batch = sampled_fetch(fetcher, index)
+                countdown = self.countdown
+                return batch
+            t0 = _clock()
+            try:
+                data = get(index)
+            except BaseException as exc:
+                name_stage(exc, None)
+                raise
+            t1 = _clock()
+            batch = collate_fn(data)
+            t2 = _clock()
+            row[at] += 1 if single else len(index)
+            row[at + 1] += t1 - t0
+            row[collate_at] += 1
+            row[collate_at + 1] += t2 - t1
+            return batch
+
+        return fetch
+
+    def sampled_fetch(self, fetcher: Any, index: Any) -> Any:
+        """A fetch that reads the CPU clock too, at its samples (each stage inside them reads it as it runs,
+        ``self.sampled``) and its collate; at 0 workers, ``IO_GAP_S`` apart or more, the thread's bytes read.
+        A fetch inside another's (a dataset that fetches through a timed fetcher) is part of that one: untimed."""
+        parts = self.parts
+        if parts is None or parts[0] is not fetcher:
+            parts = self.parts_of(fetcher)
+        _, get, collate_fn, single = parts
+        if self.active:
+            return collate_fn(get(index))
+        io0 = None
+        if self.write is None and (now := _clock()) >= self.io_next:  # the loop's thread: its bytes (IO_GAP_S)
+            self.io_next = now + IO_GAP_S
+            io0 = self.thread_io()
+        self.sampled = self.active = True
+        c0 = _cpu()
+        t0 = _clock()
+        try:
+            data = get(index)
+        except BaseException as exc:
+            self._name_stage(exc, None)
+            raise
+        finally:
+            self.active = False
+        t1 = _clock()
+        c1 = _cpu()
+        batch = collate_fn(data)
+        t2 = _clock()
+        c2 = _cpu()
+        self.sampled = False
+        every = self.every
+        if not every:  # the loop's first: one in CPU_EVERY, or fewer where fetches are short (LOOP_CPU_GAP_S)
+            every = self.every = min(LOOP_EVERY_MAX, max(CPU_EVERY, round(LOOP_CPU_GAP_S / max(t2 - t0, 1e-9))))
+        # The next one 1 to 2 x every - 1 fetches on: one in ``every``, with no period to alias.
+        self.countdown = 1 + int(self.pick() * (2 * every - 1))
+        count = 1 if single else len(index)
+        row, at = self.row, self.rest_at
+        row[at] += count
+        row[at + 1] += t1 - t0
+        row[at + 2] += count
+        row[at + 3] += t1 - t0
+        row[at + 4] += c1 - c0
+        at += FIELDS
+        row[at] += 1
+        row[at + 1] += t2 - t1
+        row[at + 2] += 1
+        row[at + 3] += t2 - t1
+        row[at + 4] += c2 - c1
+        hist = self.hist
+        samples_at = HIST_BUCKETS * (len(self.names) - 2)  # each sample at its fetch's mean
+        hist[samples_at + min(_TOP, int((t1 - t0) / max(count, 1) * 1e6).bit_length())] += count
+        hist[samples_at + HIST_BUCKETS + min(_TOP, int((t2 - t1) * 1e6).bit_length())] += 1
+        if io0 is not None and (io1 := self.thread_io()) is not None:
+            row[2] += count
+            row[3] += io1[0] - io0[0]
+            row[4] += io1[1] - io0[1]
+        if self.write is not None:
+            self.write_row(row)
+            if self.write_hist is not None:
+                self.write_hist(hist)
+        return batch
+
+    def parts_of(self, fetcher: Any) -> tuple[Any, ...]:
+        """``(fetcher, get, collate_fn, single)`` for ``fetcher`` (``torch_compat.fetch_parts``), kept for its next
+        fetches."""
+        parts = self.parts = (fetcher, *torch_compat.fetch_parts(fetcher))
+        return parts
 
     def write_row(self, row: list[float]) -> None:
         """Write this worker's row (after a collate), with the bytes its process read so far."""
         base = self.io_base
         if base is not None and self.io is not None and (now := self.io.read()) is not None:
-            row[2] = row[0]
+            row[2] = row[self.rest_at]
             row[3] = now[0] - base[0]
             row[4] = now[1] - base[1]
         if self.write is not None:
@@ -545,6 +697,7 @@ class Recorder:
                 row[base + 3] += dt
                 row[base + 4] += cpu
                 self.inner_cpu += cpu
+                self.hist[HIST_BUCKETS * at + min(_TOP, int(dt * 1e6).bit_length())] += 1
 
     def transforms(self, transforms: Any, first: int, inputs: tuple[Any, ...]) -> Any:
         """A ``Compose``'s loop (v1's and v2's: several inputs are passed on unpacked), each transform timed
@@ -576,49 +729,11 @@ class Recorder:
                 row[base + 3] += spent
                 row[base + 4] += (c_now - c) - (self.inner_cpu - inner_cpu)
                 c, inner_cpu = c_now, self.inner_cpu
+                self.hist[HIST_BUCKETS * at + min(_TOP, int(spent * 1e6).bit_length())] += 1
             t, inner = now, self.inner
             at += 1
             base += FIELDS
         return outputs
-
-    def timed_fetch(self, fetcher: Any, index: Any) -> Any:
-        """Torch's map-style fetch of ``index`` by ``fetcher``, its samples and its collate timed.
-
-        A fetch that reads the CPU clock (or one inside another's) goes through ``fetch_samples`` and ``collate``;
-        every other one, the common case, is done here with three clock reads and no call more than torch's
-        fetch makes (its ``get`` and ``collate_fn`` found once a fetcher, ``torch_compat.fetch_parts``)."""
-        if self.active or self.countdown <= 1:
-            return torch_compat.map_fetch(fetcher, index, self.fetch_samples, self.collate)
-        self.countdown -= 1
-        parts = self.parts
-        if parts is None or parts[0] is not fetcher:
-            parts = self.parts = (fetcher, *torch_compat.fetch_parts(fetcher))
-        _, get, collate_fn, single = parts
-        count = 1 if single else len(index)
-        self.sampled = False
-        self.active = True
-        t0 = _clock()
-        try:
-            data = get(index)
-        except BaseException as exc:
-            self._name_stage(exc, None)
-            raise
-        finally:
-            self.active = False
-        t1 = _clock()
-        batch = collate_fn(data)
-        t2 = _clock()
-        row = self.row
-        at = self.rest_at
-        row[0] += count
-        row[1] += 1
-        row[at] += count
-        row[at + 1] += t1 - t0
-        row[at + FIELDS] += 1
-        row[at + FIELDS + 1] += t2 - t1
-        if self.write is not None:
-            self.write_row(row)
-        return batch
 
     def _name_stage(self, exc: BaseException, at: int | None) -> None:
         """Name the stage a sample raised in on its exception, the innermost first: ``exc.loadertop_stage``
@@ -752,7 +867,13 @@ def _wrap_decoders() -> None:
         _wrap(module, "read_file", _READ_AT)
 
 
-def install_in_worker(names: tuple[str, ...], write: Callable[[list[float]], None], dataset: Any, seed: int) -> None:
+def install_in_worker(
+    names: tuple[str, ...],
+    write: Callable[[list[float]], None],
+    dataset: Any,
+    seed: int,
+    write_hist: Callable[[list[int]], None] | None = None,
+) -> None:
     """Time this worker's fetches, transforms and decoders into ``write`` (see the module's docstring)."""
     global _RECORDER
     first = _FIRST_TRANSFORM
@@ -764,7 +885,7 @@ def install_in_worker(names: tuple[str, ...], write: Callable[[list[float]], Non
         first += len(compose.transforms)
     _wrap_decoders()
     torch_compat.time_map_fetches(_worker_fetch)
-    _RECORDER = Recorder(names, write, seed, whole_process=True)
+    _RECORDER = Recorder(names, write, seed, whole_process=True, write_hist=write_hist)
 
 
 class StageInit:
@@ -783,7 +904,9 @@ class StageInit:
             info = torch.utils.data.get_worker_info()
             if info is None or isinstance(info.dataset, IterableDataset):
                 raise RuntimeError("an IterableDataset's samples are not timed")
-            install_in_worker(sheet.names, sheet.row_writer(worker_id), info.dataset, seed=worker_id)
+            install_in_worker(
+                sheet.names, sheet.row_writer(worker_id), info.dataset, worker_id, sheet.hist_writer(worker_id)
+            )
         except Exception as exc:  # noqa: BLE001 - timing is off for this worker; the fetch stays torch's
             sheet.turn_off(worker_id, f"{type(exc).__name__}: {exc}")
         if self.user_init is not None:
@@ -861,12 +984,16 @@ class _Creating:
         try:
             if not sheet.num_workers:
                 recorder = Recorder(sheet.names, None, seed=0, whole_process=False)
-                sheet.local_row, sheet.local_recorder = recorder.row, recorder
-                fetch = recorder.timed_fetch
-                if torch_compat.pins(iterator):  # the loop's thread pins what it fetched, at once
+                sheet.local_row, sheet.local_hist, sheet.local_recorder = recorder.row, recorder.hist, recorder
+                pinned = torch_compat.pins(iterator)
+                if pinned:  # the loop's thread pins what it fetched, at once
                     torch_compat.time_pinning(_timed_pin)
-                    fetch = _pinning_for(fetch, pin)
-                torch_compat.wrap_fetcher(iterator, fetch)
+
+                def timed(stock: Any) -> Callable[[Any], Any]:
+                    fetch = recorder.loop_fetch(stock)
+                    return _pinning_for(fetch, pin) if pinned else fetch
+
+                torch_compat.wrap_fetcher(iterator, timed)
             elif (thread := torch_compat.pin_thread(iterator)) is not None and thread.ident is not None:
                 torch_compat.time_pinning(_timed_pin)
                 _pin_for(thread, pin, once=False)

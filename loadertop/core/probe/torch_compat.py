@@ -12,7 +12,6 @@ torch without one gets ``IncompatibleTorch`` with one line naming it and the ver
 
 from __future__ import annotations
 
-import functools
 import importlib
 import threading
 from collections.abc import Callable
@@ -254,22 +253,10 @@ def wait_for_first_batch(iterator: Any, stop: threading.Event, poll_s: float = 0
 # ---------------------------------------------------------------- its fetchers (stage timing)
 
 
-def map_fetch(
-    fetcher: Any,
-    index: Any,
-    samples: Callable[[Callable[[Any], Any], Any, int], Any],
-    collate: Callable[[Callable[[Any], Any], Any], Any],
-) -> Any:
-    """What torch's ``_MapDatasetFetcher.fetch(index)`` does (the same since torch 2.0), its samples made
-    through ``samples(get, index, count)`` (which returns ``get(index)``: the ``count`` samples, as torch makes
-    them) and its collate through ``collate(collate_fn, data)``."""
-    get, collate_fn, single = fetch_parts(fetcher)
-    return collate(collate_fn, samples(get, index, 1 if single else len(index)))
-
-
 def fetch_parts(fetcher: Any) -> tuple[Callable[[Any], Any], Callable[[Any], Any], bool]:
-    """``(get, collate_fn, single)``: what ``map_fetch`` calls for ``fetcher``'s fetches, found once: ``get(index)``
-    makes a fetch's samples as torch does, ``collate_fn`` batches them; ``single``: a fetch is one sample."""
+    """``(get, collate_fn, single)``: what torch's ``_MapDatasetFetcher.fetch(index)`` does (the same since torch
+    2.0) is ``collate_fn(get(index))``, found once for ``fetcher``'s fetches: ``get(index)`` makes a fetch's samples
+    as torch does, ``collate_fn`` batches them; ``single``: a fetch is one sample."""
     dataset = fetcher.dataset
     if _read(fetcher, "auto_collation"):
         if hasattr(dataset, "__getitems__") and dataset.__getitems__:
@@ -290,20 +277,20 @@ def time_map_fetches(timed: Callable[[Callable[[Any, Any], Any]], Callable[[Any,
 
 
 class _WrappedFetcher:
-    """A single-process iterator's fetcher whose ``fetch(index)`` is ``timed(stock, index)``; all else torch's."""
+    """A single-process iterator's fetcher whose ``fetch(index)`` is ``timed(index)``; all else torch's."""
 
-    def __init__(self, stock: Any, timed: Callable[[Any, Any], Any]) -> None:
+    def __init__(self, stock: Any, timed: Callable[[Any], Any]) -> None:
         self._stock = stock
-        self.fetch = functools.partial(timed, stock)  # the loop's path: one C call to ``timed``
+        self.fetch = timed  # the loop's path: one call to ``timed``
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stock, name)
 
 
-def wrap_fetcher(iterator: Any, timed: Callable[[Any, Any], Any]) -> None:
-    """Make a 0-worker DataLoader iterator fetch through ``timed(torch's fetcher, index)``."""
+def wrap_fetcher(iterator: Any, timed: Callable[[Any], Callable[[Any], Any]]) -> None:
+    """Make a 0-worker DataLoader iterator fetch through ``timed(torch's fetcher)``: a function of the index."""
     stock = _read(iterator, "_dataset_fetcher")
-    iterator._dataset_fetcher = _WrappedFetcher(stock, timed)
+    iterator._dataset_fetcher = _WrappedFetcher(stock, timed(stock))
 
 
 def time_pinning(timed: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:

@@ -71,7 +71,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import ClassVar, Final, TypeVar
 
-from loadertop.core.protocol.stages import StageFigures, StageTime
+from loadertop.core.protocol.stages import HIST_BUCKETS, StageFigures, StageTime
 
 Wire = Mapping[str, object]
 """A message as JSON gives it (or as ``to_wire`` makes it)."""
@@ -273,6 +273,14 @@ def integers(wire: Wire, key: str) -> tuple[int, ...]:
     return tuple(as_int(item, key) for item in value)
 
 
+def _histogram(wire: Wire, key: str) -> tuple[int, ...]:
+    """``wire[key]``, a stage's histogram (``StageTime.hist``): at most ``HIST_BUCKETS`` counts >= 0 (missing: ())."""
+    counts = integers(wire, key)
+    if len(counts) > HIST_BUCKETS or any(count < 0 for count in counts):
+        raise MessageError(f"{key} must be at most {HIST_BUCKETS} integers >= 0, got {list(counts)[:30]!r}")
+    return counts
+
+
 def texts(wire: Wire, key: str) -> tuple[str, ...]:
     """``wire[key]``, a list of strings, as a tuple (missing or null: empty)."""
     value = wire.get(key)
@@ -349,6 +357,7 @@ def stage_figures(wire: Wire, key: str) -> tuple[StageFigures, ...]:
                             cpu_calls=integer(stage, "cpu_calls", minimum=0),
                             cpu_wall_s=number(stage, "cpu_wall_s"),
                             cpu_s=number(stage, "cpu_s"),
+                            hist=_histogram(stage, "hist"),
                         )
                     )
                 except MessageError as exc:
@@ -360,6 +369,9 @@ def stage_figures(wire: Wire, key: str) -> tuple[StageFigures, ...]:
                     batches=integer(item, "batches", minimum=0),
                     stages=tuple(stages),
                     off=optional_text(item, "off"),
+                    io_samples=integer(item, "io_samples", 0, minimum=0),
+                    storage_bytes=integer(item, "storage_bytes", 0, minimum=0),
+                    read_bytes=integer(item, "read_bytes", 0, minimum=0),
                 )
             )
         except MessageError as exc:

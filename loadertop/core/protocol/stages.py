@@ -18,16 +18,21 @@ A loader's samples go through stages, in this order:
   events around the copy, read after the step's synchronise: no extra wait), its CPU the loop thread's.
 
 Each stage has its wall time on every call (a batch's samples together: one pair of clock reads a
-fetch) and the thread's CPU time on every collate and on one fetch in ``CPU_EVERY`` (every stage of
-its samples): a stage's CPU per sample is the mean CPU of its sampled calls times its calls per
-sample; **waiting** (storage, sleep, locks, a queue for a core) is wall less CPU.
+fetch) and the thread's CPU time on one fetch in ``CPU_EVERY`` (every stage of its samples, and its collate; at
+0 workers fewer where fetches are short, one in about 2 ms of fetching): a stage's CPU per sample is the mean CPU
+of its sampled calls times its calls per sample; **waiting** (storage, sleep, locks, a queue for a core) is wall
+less CPU.
 
 And the bytes read, from Linux's per-process counters (``/proc/PID/io``): **from storage** (``read_bytes``: what
 came from the block device, so a file in the page cache adds nothing) and **in all** (``rchar``: every ``read``,
 the cache's included). In a worker, everything it read since it started fetching (the script's
-``worker_init_fn`` included); at 0 workers, the fetching thread's reads during one fetch in 32 (one in 4 of
-those that read the CPU clock: two ``pread`` of ``/proc`` a time). The rate is a worker's while it fetches: its
+``worker_init_fn`` included); at 0 workers, the fetching thread's reads during the fetches that read the CPU
+clock, 20 ms apart or more (two ``pread`` of ``/proc`` a time). The rate is a worker's while it fetches: its
 bytes over its samples' wall time.
+
+And how the calls' wall times spread (``StageTime.hist``): the calls whose CPU was read counted by octave of
+their wall time, so that a stage whose mean is small but one call in a hundred stalls (a cold file, a lock) shows
+it (``StageFigures.at_most_ms``: the time that a share of the calls took at most, to an octave).
 """
 
 from __future__ import annotations
@@ -47,6 +52,35 @@ CPU_EVERY = 8
 """One fetch (a batch's samples) in this many reads the thread's CPU clock at each of its stages (collates
 always do)."""
 
+HIST_BUCKETS = 24
+"""Octaves of a stage's histogram (``StageTime.hist``): bucket 0 holds calls under 1 us, bucket k calls of
+2^(k-1) to 2^k us, the last every call from 2^22 us (4.2 s) on."""
+
+
+def bucket_of(seconds: float) -> int:
+    """The histogram bucket of a call of ``seconds`` (``HIST_BUCKETS``): the recorders compute it inline as
+    ``min(HIST_BUCKETS - 1, int(seconds * 1e6).bit_length())``."""
+    return min(HIST_BUCKETS - 1, int(max(0.0, seconds) * 1e6).bit_length())
+
+
+def reached_bucket(hist: tuple[int, ...], share: float) -> int | None:
+    """The first bucket of ``hist`` through which ``share`` of its calls are counted (None: no call counted)."""
+    total = sum(hist)
+    if total <= 0:
+        return None
+    reached = 0
+    for bucket, count in enumerate(hist):
+        reached += count
+        if reached >= share * total:
+            return bucket
+    return len(hist) - 1
+
+
+def bucket_top_ms(bucket: int) -> float:
+    """The wall time every call of ``bucket`` took less than (ms; the last bucket's has no top: infinity)."""
+    return float("inf") if bucket >= HIST_BUCKETS - 1 else (2**bucket) / 1000.0
+
+
 TURNED_OFF = "turned off (--no-stages, or the loader's time_stages = False)"
 """``StageFigures.off`` where the user turned stage timing off (the loader then has no figures to say so)."""
 
@@ -62,6 +96,9 @@ class StageTime:
         cpu_calls: calls whose CPU was read.
         cpu_wall_s: seconds of the calls whose CPU was read.
         cpu_s: the thread's CPU seconds over those calls.
+        hist: those calls by their wall time, per octave (``HIST_BUCKETS``; () where none was counted, as in a
+            recording older than the histograms). The samples' stage (a fetch's samples timed together) counts
+            each sample at its fetch's mean.
     """
 
     name: str
@@ -70,6 +107,7 @@ class StageTime:
     cpu_calls: int
     cpu_wall_s: float
     cpu_s: float
+    hist: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +167,13 @@ class StageFigures:
         cpu = self.cpu_ms(stage)
         return None if cpu is None else self.wall_ms(stage) - cpu
 
+    def at_most_ms(self, stage: StageTime, share: float) -> float | None:
+        """The wall time ``share`` (0.99: 99%) of the stage's counted calls took at most, to an octave (the top
+        of the bucket the share reaches: a bound, not an estimate; infinity in the last); None where none was
+        counted."""
+        bucket = reached_bucket(stage.hist, share)
+        return None if bucket is None else bucket_top_ms(bucket)
+
     @property
     def sample_ms(self) -> float:
         """Wall milliseconds per sample, all stages."""
@@ -167,6 +212,7 @@ class StageFigures:
                     "cpu_calls": s.cpu_calls,
                     "cpu_wall_s": s.cpu_wall_s,
                     "cpu_s": s.cpu_s,
+                    "hist": list(s.hist),
                     "wall_ms_per_sample": round(self.wall_ms(s), 4),
                     "cpu_ms_per_sample": None if (cpu := self.cpu_ms(s)) is None else round(cpu, 4),
                 }
@@ -186,6 +232,7 @@ class StageFigures:
                     int(s["cpu_calls"]),
                     float(s["cpu_wall_s"]),
                     float(s["cpu_s"]),
+                    tuple(int(count) for count in s.get("hist", ())),  # absent in an older recording
                 )
                 for s in wire["stages"]  # type: ignore[attr-defined]
             )
@@ -239,5 +286,32 @@ def describe_io(figures: StageFigures) -> str | None:
     rate = figures.mb_per_s(read)
     cached = " (the rest: the page cache)" if storage < 0.9 * read else ""
     rate_text = "" if rate is None else f"; {rate:.3g} MB/s a worker while fetching"
-    where = "a sample" if figures.num_workers else "a sample (one fetch in 32)"
+    where = "a sample" if figures.num_workers else "a sample (sampled fetches)"
     return f"reads {kb(read)} {where}, {kb(storage)} from storage{cached}{rate_text}"
+
+
+def describe_tails(figures: StageFigures, *, share: float = 0.99, over: float = 4.0) -> str | None:
+    """One line on the stages whose slow calls stand out: more than ``1 - share`` of the counted calls took over
+    ``over`` times the stage's mean call and as long as a whole sample's mean or longer, to an octave, e.g.
+    ``slow calls: read 1% of calls 32.8 ms or more (mean 0.61 ms)``; None where no stage's do (or nothing was
+    counted). A call that waited a few ms for a core (a worker descheduled on a busy machine) is not named where
+    that is less than a sample's time. The samples' stage where stages ran inside it is left out (its histogram is
+    the whole ``__getitem__``'s, its figures the rest's)."""
+    if figures.off:
+        return None
+    parts = []
+    for stage in figures.slowest_first():
+        bucket = reached_bucket(stage.hist, share)
+        if not bucket or stage.calls <= 0 or (stage.name == REST and _has_inner(figures)):
+            continue
+        mean = 1000.0 * stage.wall_s / stage.calls
+        floor = bucket_top_ms(bucket - 1)  # more than 1 - share of the calls took this long or longer
+        if floor > over * mean and floor >= figures.sample_ms:
+            parts.append(f"{stage.name} {100 * (1 - share):.0f}% of calls {floor:.3g} ms or more (mean {ms(mean)} ms)")
+    return "slow calls: " + ", ".join(parts) if parts else None
+
+
+def _has_inner(figures: StageFigures) -> bool:
+    """Whether stages ran inside the samples (then the samples' histogram is ``__getitem__``'s as a whole, not
+    its rest's)."""
+    return any(stage.name not in (REST, COLLATE, *BATCH_STAGES) and stage.calls for stage in figures.stages)

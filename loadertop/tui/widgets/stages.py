@@ -3,7 +3,8 @@
 For the running worker count, a table of its stages, slowest first: each stage's wall, CPU and waiting
 milliseconds per sample and its share of a sample's time, each marked with its letter. Below it one stacked bar
 per worker count measured: each stage's share of a sample as a run of its letter, in the order of a sample's
-path, and the sample's wall time. Last, the verdict (``policy.stages.verdict``): which stage dominates,
+path, and the sample's wall time. Then the bytes a sample read and the stages whose slow calls stand out (their
+histograms). Last, the verdict (``policy.stages.verdict``): which stage dominates,
 computing or waiting, and what would help. Where rows are few, the verdict and the slowest stages come first;
 where columns are few, the waiting column goes, then the CPU one. Every figure reads without colour.
 """
@@ -18,7 +19,18 @@ from rich.text import Text
 
 from loadertop.core.policy.stages import verdict
 from loadertop.core.protocol.config import describe_workers
-from loadertop.core.protocol.stages import COLLATE, DECODE, READ, REST, StageFigures, StageTime, describe, kb, ms
+from loadertop.core.protocol.stages import (
+    COLLATE,
+    DECODE,
+    READ,
+    REST,
+    StageFigures,
+    StageTime,
+    describe,
+    describe_tails,
+    kb,
+    ms,
+)
 from loadertop.core.sessions.view import SessionView
 from loadertop.tui.widgets.base import ViewWidget
 
@@ -175,8 +187,8 @@ def stages_text(view: SessionView | None, width: int, height: int) -> Text:
     left -= stage_rows
     bars = min(len(measured), left)
     left -= bars
-    io_line = io_text(figures)
-    io_rows = 1 if io_line is not None and left >= 1 else 0
+    notes = [line for line in (io_text(figures), describe_tails(figures)) if line is not None]
+    io_rows = min(len(notes), max(left, 0))  # the I/O line first, then the slow calls
     left -= io_rows
     stage_rows += min(len(rows) - stage_rows, left)
     hidden: list[StageTime] = []
@@ -204,8 +216,8 @@ def stages_text(view: SessionView | None, width: int, height: int) -> Text:
         text.append_text(line)
         text.append("\n")
     _draw_bars(text, measured, figures, letters, width, bars)
-    if io_rows and io_line is not None:
-        text.append(_crop(io_line, width), "dim")
+    for note in notes[:io_rows]:
+        text.append(_crop(note, width), "dim")
         text.append("\n")
     for row in verdict_lines:
         text.append(row, "bold")

@@ -21,7 +21,17 @@ from torchvision.transforms import v2
 from loadertop import DataLoader
 from loadertop.core.policy.stages import latency_bound_workers, verdict, waiting_share
 from loadertop.core.probe import stages as stage_timing
-from loadertop.core.protocol.stages import COLLATE, DECODE, PIN, READ, REST, StageFigures
+from loadertop.core.protocol.stages import (
+    COLLATE,
+    DECODE,
+    PIN,
+    READ,
+    REST,
+    StageFigures,
+    bucket_of,
+    bucket_top_ms,
+    describe_tails,
+)
 from tests.helpers import no_children_left
 
 BUSY_S = 0.0015  # the CPU one transform computes per sample
@@ -124,6 +134,9 @@ def test_each_stage_is_measured_as_the_pipeline_spends_it_in_its_order(context: 
     assert figures.cpu_ms(waits) < 0.1 * figures.wall_ms(waits)
     assert figures.wall_ms(stage(figures, "Computes")) >= 1000 * BUSY_S
     assert stage(figures, COLLATE).calls == 120 and stage(figures, REST).calls == 960
+    # The histograms count the calls whose CPU was read, each in the octave of its wall time.
+    assert all(sum(s.hist) == s.cpu_calls > 0 for s in figures.stages)
+    assert sum(stage(figures, "Waits").hist[: bucket_of(SLEEP_S)]) == 0  # a 3 ms sleep is never under 2 ms
     assert no_children_left()
 
 
@@ -136,6 +149,9 @@ def test_without_workers_the_sample_and_the_collate_are_timed_in_the_loop_proces
     rest_ms, _ = known_cpu_ms()
     assert figures.cpu_ms(stage(figures, REST)) == pytest.approx(rest_ms + 1000 * BUSY_S, rel=0.1)
     assert figures.wall_ms(stage(figures, REST)) >= 1000 * (REST_S + BUSY_S + SLEEP_S)
+    # Each sample counted at its fetch's mean; each collate once.
+    assert all(sum(s.hist) == s.cpu_calls > 0 for s in figures.stages)
+    assert sum(stage(figures, REST).hist[: bucket_of(REST_S + BUSY_S + SLEEP_S)]) == 0
 
 
 def test_figures_are_per_worker_count_across_switches_and_persistent_epochs() -> None:
@@ -151,6 +167,34 @@ def test_figures_are_per_worker_count_across_switches_and_persistent_epochs() ->
     assert by_count[1].samples + by_count[2].samples == 128
     assert by_count[1].batches + by_count[2].batches == 16
     del loader  # its persistent workers end with it
+    assert no_children_left()
+
+
+STALL_S = 0.045  # what one sample in 8 waits (a cold file, a lock)
+QUICK_S = 0.001  # what the others wait
+
+
+class Stalls:
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(STALL_S if int(x[0]) % 8 == 0 else QUICK_S)
+        return x
+
+
+def test_a_stage_whose_calls_stall_now_and_then_shows_them_apart_from_its_mean() -> None:
+    dataset = Calibrated(size=640, transform=v1.Compose([Stalls()]))
+    loader = DataLoader(dataset, batch_size=1, num_workers=2, multiprocessing_context="fork")
+    run(loader)
+    [figures] = loader.stages()
+    stalls = stage(figures, "Stalls")
+    assert sum(stalls.hist) == stalls.cpu_calls
+    quick, stalled = bucket_of(QUICK_S), bucket_of(STALL_S)
+    # No counted call under its sleep's octave; of about 80 counted, some stalls in theirs (or over) and most
+    # calls in the quick ones' octave or the next (a busy machine wakes a sleeper late now and then).
+    assert sum(stalls.hist[:quick]) == 0
+    assert 0 < sum(stalls.hist[stalled:]) < sum(stalls.hist[quick : quick + 2])
+    tails = describe_tails(figures)
+    assert tails is not None and tails.startswith("slow calls: Stalls 1% of calls ")
+    assert figures.at_most_ms(stalls, 0.5) in (bucket_top_ms(quick), bucket_top_ms(quick + 1))  # the mean's 6.5 ms
     assert no_children_left()
 
 
@@ -359,6 +403,7 @@ def test_epochs_of_new_workers_add_up_in_one_sheet_a_count() -> None:
         run(loader)
     [figures] = loader.stages()
     assert (figures.samples, figures.batches) == (80, 10)
+    assert all(sum(s.hist) == s.cpu_calls for s in figures.stages)  # the frozen epochs' histograms added up too
     # The finished epochs' in one; the one before the latest may still be handing over, the latest runs.
     assert len(loader._stages.sheets) == 3
     assert no_children_left()
@@ -425,7 +470,7 @@ def test_without_workers_the_bytes_a_sample_reads_are_counted_exactly(tmp_path: 
     warm = DataLoader(ReadsFiles(paths, cold=False), batch_size=4, num_workers=0)
     assert all(int(x) == FILE_BYTES for batch in warm for x in batch)
     [figures] = warm.stages()
-    # One fetch in 4 of those whose CPU was read (one in 8) counts its thread's reads: exactly the files' bytes.
+    # Fetches whose CPU was read (one in 8), 20 ms apart or more, count their thread's reads: exactly the files' bytes.
     assert 0 < figures.io_samples < 64 and figures.io_samples % 4 == 0
     assert figures.read_bytes == FILE_BYTES * figures.io_samples
     assert figures.storage_bytes == 0  # just written: every page in the cache
@@ -463,7 +508,7 @@ def test_bytes_read_are_described_with_the_page_cache_and_the_rate() -> None:
     )
     cold = StageFigures(0, 100, 10, timed.stages, None, 16, 16 * 4096, 16 * 700)
     assert describe_io(cold) == (
-        "reads 700 B a sample (one fetch in 32), 4.1 KB from storage; 0.07 MB/s a worker while fetching"
+        "reads 700 B a sample (sampled fetches), 4.1 KB from storage; 0.07 MB/s a worker while fetching"
     )
     assert describe_io(StageFigures(2, 100, 10, timed.stages)) is None  # not read: nothing said
     assert StageFigures.from_wire(timed.to_wire()) == timed
@@ -501,7 +546,7 @@ def test_pinning_is_a_stage_once_a_batch_in_the_pin_thread_or_the_loop(num_worke
     [figures] = loader.stages()
     assert [s.name for s in figures.stages][-2:] == [COLLATE, PIN]
     pinned = stage(figures, PIN)
-    assert pinned.calls == pinned.cpu_calls == 12  # once a batch, every call's CPU read
+    assert pinned.calls == pinned.cpu_calls == sum(pinned.hist) == 12  # once a batch, every call's CPU read
     # At least what the pinning computes (its busy loop runs on the thread's own CPU clock), and not much more:
     # what torch's pin_memory adds around it (0.28 ms a call once, on a busy VM, beside the whole suite).
     assert 1000 * PIN_S / BATCH <= figures.cpu_ms(pinned) <= 1.15 * 1000 * PIN_S / BATCH
