@@ -126,19 +126,24 @@ STAGE_NOTE = "loadertop: raised in the sample's "
 _RECORDER: Recorder | None = None
 """This worker process's recorder (None in the loop's process and where timing is off)."""
 
-IO_GAP_S = 0.02
+IO_GAP_S = 0.05
 """At 0 workers, a fetch that reads the CPU clock reads the thread's bytes too where this long has passed since the
 last one that did (two ``pread`` of ``/proc/thread-self/io``: 2 us each when called in a row, 10-20 us each
-between a loop's batches, its kernel paths gone cold): at most 50 such fetches a second, whatever the batch rate."""
+between a loop's batches, its kernel paths gone cold): at most 20 such fetches a second, whatever the batch rate."""
 
-LOOP_CPU_GAP_S = 0.002
+LOOP_CPU_GAP_S = 0.004
 """At 0 workers, the fetches that read the CPU clock are one in ``CPU_EVERY``, or fewer where a fetch is shorter
-than this over ``CPU_EVERY``: one in about this long over a fetch's wall (the loop's first such fetch's), at most
-``LOOP_EVERY_MAX``. Set once, so that every fetch of the loop is as likely to be read (no bias to slow periods).
+than this over ``CPU_EVERY``: one in about this long over a fetch's wall (the mean of the loop's first
+``LOOP_CALIBRATION``), at most ``LOOP_EVERY_MAX``. Set once, so that every later fetch of the loop is as likely to
+be read (no bias to slow periods).
 A fetch that reads it costs the loop three ``thread_time`` calls (system calls, ~0.5 us each between a loop's
 batches, and as much again in the cold caches after them): on a 50 us fetch of trivial samples one in 8 cost 4%."""
 
 LOOP_EVERY_MAX = 64
+
+LOOP_CALIBRATION = 32
+"""The fetches a loop makes, one in ``CPU_EVERY`` of them read, before its gap is set from their mean wall time (a
+loop's first fetches are its slowest: cold caches, lazy set-up)."""
 
 _PINNING: dict[int, tuple[threading.Thread, BatchTimer, bool]] = {}
 """In the loop's process, by thread ident: the thread, the pin-memory stage's timer of the loader it pins for
@@ -323,7 +328,7 @@ class StageSheet:
             self.hists = self.hists.clone()
             self.off = self.off.clone()
         if self.local_row is not None:
-            self.table[0] = torch.tensor(self.local_row, dtype=torch.float64)
+            self.table[0] = torch.tensor(self.local_values(), dtype=torch.float64)
             self.local_row = None
         if self.local_hist is not None:
             self.hists[0] = torch.tensor(self.local_hist, dtype=torch.int64)
@@ -356,6 +361,13 @@ class StageSheet:
         """A function writing ``slot``'s histograms, as ``row_writer`` writes its row."""
         return _writer(self.hists[slot], ctypes.c_int64)
 
+    def local_values(self) -> list[float]:
+        """At 0 workers, the loop's process's row as it stands (its recorder's ``loop_row``)."""
+        recorder = self.local_recorder
+        if recorder is not None:
+            return recorder.loop_row()
+        return list(self.local_row or ())
+
     def hist_totals(self) -> dict[str, list[int]]:
         """Each stage's histogram by name, over the workers (then the loop process's once-a-batch stages)."""
         local = self.local_hist
@@ -383,8 +395,7 @@ class StageSheet:
     def totals(self) -> tuple[list[float], dict[str, list[float]]]:
         """The ``HEADER`` fields and each stage's fields by name, over the workers (then the loop process's
         once-a-batch stages)."""
-        local = self.local_row
-        summed = list(local) if local is not None else self.table.sum(dim=0).tolist()
+        summed = self.local_values() if self.local_row is not None else self.table.sum(dim=0).tolist()
         fields = {name: summed[field_at(i) : field_at(i + 1)] for i, name in enumerate(self.names)}
         summed[0] = fields[self.names[-2]][0]  # the samples: the sample stage's calls
         summed[1] = fields[self.names[-1]][0]  # the batches: the collate's
@@ -466,6 +477,7 @@ class Recorder:
         "io_base",
         "io_next",
         "io_thread",
+        "loop_totals",
         "names",
         "parts",
         "pick",
@@ -506,6 +518,7 @@ class Recorder:
         self.io_thread = 0  # at 0 workers: the thread whose counter ``io`` is (opened by the fetching thread)
         self.io_next = 0.0  # at 0 workers: the clock from which a sampled fetch reads the thread's bytes
         self.parts: tuple[Any, ...] | None = None  # (fetcher, get, collate_fn, single) of the fetcher seen last
+        self.loop_totals: Callable[[], tuple[int, float, int, float]] | None = None  # at 0 workers (loop_fetch)
 
     def thread_io(self) -> tuple[int, int] | None:
         """The fetching thread's bytes read so far (its counter opened by it, once)."""
@@ -561,22 +574,25 @@ class Recorder:
         return batch
 
     def loop_fetch(self, fetcher: Any) -> Callable[[Any], Any]:
-        """At 0 workers, ``fetcher.fetch`` timed as ``timed_fetch`` times it, as a closure over what it reads: the
-        loop's path with no attribute read. (No fetch is inside another's there: this fetcher's dataset cannot
-        fetch through it; a fetch of another loader's is timed by that one's recorder.)"""
+        """At 0 workers, ``fetcher.fetch`` timed as ``timed_fetch`` times it, as a closure over what it reads and
+        adds up: the loop's path with no attribute read and no list written (its totals are read through
+        ``loop_totals``; a fetch that reads the CPU clock adds to the row). No fetch is inside another's there:
+        this fetcher's dataset cannot fetch through it; a fetch of another loader's is timed by that one's
+        recorder."""
         _, get, collate_fn, single = self.parts_of(fetcher)
-        row = self.row
-        at = self.rest_at
-        collate_at = at + FIELDS
         countdown = self.countdown
+        samples = fetches = 0
+        sample_s = collate_s = 0.0
         sampled_fetch, name_stage = self.sampled_fetch, self._name_stage
 
         def fetch(index: Any) -> Any:
-            nonlocal countdown
+            nonlocal countdown, samples, fetches, sample_s, collate_s
             countdown -= 1
             if countdown <= 0:
                 batch = sampled_fetch(fetcher, index)
                 countdown = self.countdown
+                if not self.every and fetches >= LOOP_CALIBRATION:  # once: from the loop's mean fetch so far
+                    countdown = self.calibrate((sample_s + collate_s) / fetches)
                 return batch
             t0 = _clock()
             try:
@@ -587,13 +603,37 @@ class Recorder:
             t1 = _clock()
             batch = collate_fn(data)
             t2 = _clock()
-            row[at] += 1 if single else len(index)
-            row[at + 1] += t1 - t0
-            row[collate_at] += 1
-            row[collate_at + 1] += t2 - t1
+            samples += 1 if single else len(index)
+            fetches += 1
+            sample_s += t1 - t0
+            collate_s += t2 - t1
             return batch
 
+        def totals() -> tuple[int, float, int, float]:
+            return samples, sample_s, fetches, collate_s
+
+        self.loop_totals = totals
         return fetch
+
+    def calibrate(self, mean_fetch_s: float) -> int:
+        """Set a loop's gap between fetches that read the CPU clock (``LOOP_CPU_GAP_S``) from its mean fetch; the
+        countdown to the next."""
+        every = self.every = min(LOOP_EVERY_MAX, max(CPU_EVERY, round(LOOP_CPU_GAP_S / max(mean_fetch_s, 1e-9))))
+        self.countdown = 1 + int(self.pick() * (2 * every - 1))
+        return self.countdown
+
+    def loop_row(self) -> list[float]:
+        """At 0 workers, this recorder's row as a sheet has it: the sampled fetches' figures and the loop's
+        other fetches' totals (``loop_fetch``)."""
+        row = list(self.row)
+        if self.loop_totals is not None:
+            samples, sample_s, fetches, collate_s = self.loop_totals()
+            at = self.rest_at
+            row[at] += samples
+            row[at + 1] += sample_s
+            row[at + FIELDS] += fetches
+            row[at + FIELDS + 1] += collate_s
+        return row
 
     def sampled_fetch(self, fetcher: Any, index: Any) -> Any:
         """A fetch that reads the CPU clock too, at its samples (each stage inside them reads it as it runs,
@@ -625,11 +665,6 @@ class Recorder:
         t2 = _clock()
         c2 = _cpu()
         self.sampled = False
-        every = self.every
-        if not every:  # the loop's first: one in CPU_EVERY, or fewer where fetches are short (LOOP_CPU_GAP_S)
-            every = self.every = min(LOOP_EVERY_MAX, max(CPU_EVERY, round(LOOP_CPU_GAP_S / max(t2 - t0, 1e-9))))
-        # The next one 1 to 2 x every - 1 fetches on: one in ``every``, with no period to alias.
-        self.countdown = 1 + int(self.pick() * (2 * every - 1))
         count = 1 if single else len(index)
         row, at = self.row, self.rest_at
         row[at] += count
@@ -647,6 +682,8 @@ class Recorder:
         samples_at = HIST_BUCKETS * (len(self.names) - 2)  # each sample at its fetch's mean
         hist[samples_at + min(_TOP, int((t1 - t0) / max(count, 1) * 1e6).bit_length())] += count
         hist[samples_at + HIST_BUCKETS + min(_TOP, int((t2 - t1) * 1e6).bit_length())] += 1
+        # The next one 1 to 2 x every - 1 fetches on: one in ``every``, with no period to alias.
+        self.countdown = 1 + int(self.pick() * (2 * (self.every or CPU_EVERY) - 1))
         if io0 is not None and (io1 := self.thread_io()) is not None:
             row[2] += count
             row[3] += io1[0] - io0[0]

@@ -19,7 +19,7 @@ A loader's samples go through stages, in this order:
 
 Each stage has its wall time on every call (a batch's samples together: one pair of clock reads a
 fetch) and the thread's CPU time on one fetch in ``CPU_EVERY`` (every stage of its samples, and its collate; at
-0 workers fewer where fetches are short, one in about 2 ms of fetching): a stage's CPU per sample is the mean CPU
+0 workers fewer where fetches are short, one in about 4 ms of fetching): a stage's CPU per sample is the mean CPU
 of its sampled calls times its calls per sample; **waiting** (storage, sleep, locks, a queue for a core) is wall
 less CPU.
 
@@ -27,7 +27,7 @@ And the bytes read, from Linux's per-process counters (``/proc/PID/io``): **from
 came from the block device, so a file in the page cache adds nothing) and **in all** (``rchar``: every ``read``,
 the cache's included). In a worker, everything it read since it started fetching (the script's
 ``worker_init_fn`` included); at 0 workers, the fetching thread's reads during the fetches that read the CPU
-clock, 20 ms apart or more (two ``pread`` of ``/proc`` a time). The rate is a worker's while it fetches: its
+clock, 50 ms apart or more (two ``pread`` of ``/proc`` a time). The rate is a worker's while it fetches: its
 bytes over its samples' wall time.
 
 And how the calls' wall times spread (``StageTime.hist``): the calls whose CPU was read counted by octave of

@@ -154,6 +154,29 @@ def test_without_workers_the_sample_and_the_collate_are_timed_in_the_loop_proces
     assert sum(stage(figures, REST).hist[: bucket_of(REST_S + BUSY_S + SLEEP_S)]) == 0
 
 
+class Tiny(torch.utils.data.Dataset[torch.Tensor]):
+    def __len__(self) -> int:
+        return 8000
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return torch.full((4,), float(index))
+
+
+def test_without_workers_short_fetches_read_the_cpu_clock_less_often_and_slow_ones_one_in_8() -> None:
+    # Each read of the thread's CPU clock is a system call the loop pays: fetches of microseconds read it one
+    # in up to 64 (about every 4 ms of fetching), set once after the loop's first 32 fetches.
+    quick = DataLoader(Tiny(), batch_size=4, num_workers=0)
+    run(quick)
+    [figures] = quick.stages()
+    collate = stage(figures, COLLATE)
+    assert collate.calls == 2000 and sum(collate.hist) == collate.cpu_calls
+    assert 32 // 15 <= collate.cpu_calls < 32 + (2000 - 32) // 12  # one in 8 for the first 32, then far fewer
+    assert figures.cpu_ms(stage(figures, REST)) is not None
+    slow = DataLoader(Calibrated(size=400), batch_size=1, num_workers=0)  # 400 fetches of ~6.5 ms: one in 8
+    run(slow)
+    assert 400 // 12 <= stage(slow.stages()[0], COLLATE).cpu_calls <= 400 // 5
+
+
 def test_figures_are_per_worker_count_across_switches_and_persistent_epochs() -> None:
     loader = DataLoader(Calibrated(size=64), batch_size=BATCH, num_workers=2, persistent_workers=True)
     seen = 0
@@ -470,7 +493,7 @@ def test_without_workers_the_bytes_a_sample_reads_are_counted_exactly(tmp_path: 
     warm = DataLoader(ReadsFiles(paths, cold=False), batch_size=4, num_workers=0)
     assert all(int(x) == FILE_BYTES for batch in warm for x in batch)
     [figures] = warm.stages()
-    # Fetches whose CPU was read (one in 8), 20 ms apart or more, count their thread's reads: exactly the files' bytes.
+    # Fetches whose CPU was read (one in 8), 50 ms apart or more, count their thread's reads: exactly the files' bytes.
     assert 0 < figures.io_samples < 64 and figures.io_samples % 4 == 0
     assert figures.read_bytes == FILE_BYTES * figures.io_samples
     assert figures.storage_bytes == 0  # just written: every page in the cache
