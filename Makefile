@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/cost.py
 	$(PY) benchmarks/dropin_overhead.py
 	$(PY) benchmarks/stages.py
+	$(PY) benchmarks/first_jump.py
 	$(PY) benchmarks/history.py
 	$(PY) benchmarks/script_monitor.py
 	$(PY) benchmarks/switch_stall.py

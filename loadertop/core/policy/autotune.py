@@ -101,6 +101,8 @@ class Reading:
         main_cpu_s: of ``cpu_s``, the training process's own (NaN: not read apart).
         stage_cpu_s_per_sample: the CPU a sample's stages took (its fetch and collate: what a worker spends on
             it), measured inside the tuned loader at the running count so far (``probe.stages``; NaN: unknown).
+        stage_wall_s_per_sample: the wall time of those stages a sample (what a worker takes to make it, its
+            waiting included), measured the same way (NaN: unknown).
     """
 
     time: float
@@ -110,6 +112,7 @@ class Reading:
     shm_share: float | None = None
     main_cpu_s: float = math.nan
     stage_cpu_s_per_sample: float = math.nan
+    stage_wall_s_per_sample: float = math.nan
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,9 +286,18 @@ class Visit:
     @property
     def stage_cpu_s_per_sample(self) -> float:
         """The latest stage figure of this count's samples' CPU (NaN: none read)."""
+        return self._latest_stage_figure("stage_cpu_s_per_sample")
+
+    @property
+    def stage_wall_s_per_sample(self) -> float:
+        """The latest stage figure of this count's samples' wall time (NaN: none read)."""
+        return self._latest_stage_figure("stage_wall_s_per_sample")
+
+    def _latest_stage_figure(self, name: str) -> float:
         for reading in reversed(self.readings):
-            if reading.workers == self.num_workers and math.isfinite(reading.stage_cpu_s_per_sample):
-                return reading.stage_cpu_s_per_sample
+            value = getattr(reading, name)
+            if reading.workers == self.num_workers and math.isfinite(value):
+                return float(value)
         return math.nan
 
     def point(self) -> Point:
@@ -302,6 +314,7 @@ class Visit:
             main_cpu_s_per_batch=self.main_cpu_s_per_batch,
             worker_cpu_s_per_batch=self.worker_cpu_s_per_batch,
             stage_cpu_s_per_sample=self.stage_cpu_s_per_sample,
+            stage_wall_s_per_sample=self.stage_wall_s_per_sample,
         )
 
 

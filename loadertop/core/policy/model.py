@@ -64,6 +64,8 @@ class Point:
         worker_cpu_s_per_batch: CPU-seconds of the workers per batch, all together (NaN: unknown).
         stage_cpu_s_per_sample: CPU-seconds of a sample's stages (fetch and collate), measured inside the loader
             (``probe.stages``; NaN: unknown): at 0 workers, what the loop spent making the batch apart from its step.
+        stage_wall_s_per_sample: the wall time of those stages a sample (NaN: unknown): with workers, what a worker
+            took to make it, its waiting included, whether or not the loop waited for it.
     """
 
     num_workers: int
@@ -77,6 +79,7 @@ class Point:
     main_cpu_s_per_batch: float = math.nan
     worker_cpu_s_per_batch: float = math.nan
     stage_cpu_s_per_sample: float = math.nan
+    stage_wall_s_per_sample: float = math.nan
 
     @property
     def input_bound(self) -> bool:
@@ -250,8 +253,9 @@ def fit(points: Sequence[Point], *, cores: float, memory_budget_bytes: float | N
       of handing batches over grows with them); without one, the tree's CPU per batch of the latest point.
     - A worker's wall time per batch: at 0 workers the loop's wait (one batch made, uncontended; its CPU
       there replaced by a worker's); else the input-bound count with the fewest workers (``n x iteration``:
-      the least contended); where no count waits for data, a worker's CPU per batch (the least it can be:
-      so fewer workers are tried), or without the split the fewest workers' ``n x iteration`` (the most).
+      the least contended); where no count waits for data, the wall time the stages measured a batch in the
+      fewest workers that measured it, else a worker's CPU per batch (the least it can be: so fewer workers are
+      tried), or without the split the fewest workers' ``n x iteration`` (the most).
       The wait = that minus a worker's CPU.
     """
     usable = [p for p in points if math.isfinite(p.samples_per_s) and p.samples_per_s > 0]
@@ -287,6 +291,10 @@ def fit(points: Sequence[Point], *, cores: float, memory_budget_bytes: float | N
             make_s = max(make_s - _load_cpu_at_zero(by_count[0], main_cpu), 0.0) + worker_cpu
     elif bound := [p for p in with_workers if p.input_bound]:
         make_s = bound[0].num_workers / bound[0].batches_per_s  # every worker busy: n batches an n-th as often
+    elif staged := [p for p in with_workers if math.isfinite(p.stage_wall_s_per_sample)]:
+        # No count waits for data, but the workers timed how long making a batch took them (its waiting too):
+        # how many the loop needs follows from that, not from a bound.
+        make_s = staged[0].stage_wall_s_per_sample * staged[0].samples_per_batch
     elif math.isfinite(worker_cpu):
         make_s = worker_cpu  # no count waits for data: a worker needs at least its CPU (fewer may be as fast)
     else:

@@ -26,6 +26,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from loadertop.core.protocol.messages import TunerState
+from loadertop.core.protocol.stages import BATCH_STAGES
 
 if TYPE_CHECKING:
     from loadertop.core.measure.cost import TreeCpuClock
@@ -273,11 +274,21 @@ def read_tree(
             shm = usage.used / usage.total if usage.total else None
         except OSError:
             shm = None
-    stage_cpu = math.nan
+    stage_cpu = stage_wall = math.nan
     for figures in stages:
         if figures.num_workers == len(worker_pids) and figures.samples and not figures.off:
-            cpu_ms = figures.sample_cpu_ms
-            stage_cpu = cpu_ms / 1000.0 if cpu_ms is not None else math.nan
+            # The fetch and the collate: what a worker does (pinning and the copy to the device are the loop's).
+            made = [stage for stage in figures.stages if stage.name not in BATCH_STAGES]
+            cpus = [figures.cpu_ms(stage) for stage in made]
+            stage_cpu = math.nan if any(c is None for c in cpus) else sum(c or 0.0 for c in cpus) / 1000.0
+            stage_wall = sum(figures.wall_ms(stage) for stage in made) / 1000.0
     return Reading(
-        time.time(), cpu.total_s, len(worker_pids), uss, shm, main_cpu_s=cpu.main_s, stage_cpu_s_per_sample=stage_cpu
+        time.time(),
+        cpu.total_s,
+        len(worker_pids),
+        uss,
+        shm,
+        main_cpu_s=cpu.main_s,
+        stage_cpu_s_per_sample=stage_cpu,
+        stage_wall_s_per_sample=stage_wall,
     )

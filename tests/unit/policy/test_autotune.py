@@ -43,8 +43,11 @@ class Landscape:
 class Simulation:
     """Runs a tuner against a landscape batch by batch, with a CPU clock and readings every 0.25 s."""
 
-    def __init__(self, land: Landscape, tuner: AutoTuner, workers: int = 0, seed: int = 1) -> None:
+    def __init__(
+        self, land: Landscape, tuner: AutoTuner, workers: int = 0, seed: int = 1, *, staged: bool = False
+    ) -> None:
         self.land = land
+        self.staged = staged  # the readings carry the loader's stage figures (what a worker takes a sample)
         self.tuner = tuner
         self.workers = workers
         self.rng = random.Random(seed)
@@ -92,9 +95,14 @@ class Simulation:
             else:
                 self.pending = (count, left - 1)
         if self.time >= self.next_reading:
-            self.tuner.read(
-                Reading(self.time, self.cpu, self.workers, self.workers * 50_000_000, main_cpu_s=self.main_cpu)
-            )
+            reading = Reading(self.time, self.cpu, self.workers, self.workers * 50_000_000, main_cpu_s=self.main_cpu)
+            if self.staged:
+                reading = replace(
+                    reading,
+                    stage_wall_s_per_sample=land.make_s / land.batch,
+                    stage_cpu_s_per_sample=land.cpu_s / land.batch,
+                )
+            self.tuner.read(reading)
             self.next_reading = self.time + 0.25
 
     def settled_at(self) -> int | None:
@@ -105,8 +113,8 @@ class Simulation:
 COUNTS = range(9)
 
 
-def tuned(land: Landscape, *, start: int = 0, batches: int = 1500, seed: int = 1) -> Simulation:
-    sim = Simulation(land, AutoTuner(Budget(cores=land.cores, max_workers=8)), workers=start, seed=seed)
+def tuned(land: Landscape, *, start: int = 0, batches: int = 1500, seed: int = 1, staged: bool = False) -> Simulation:
+    sim = Simulation(land, AutoTuner(Budget(cores=land.cores, max_workers=8)), workers=start, seed=seed, staged=staged)
     sim.run(batches)
     return sim
 
@@ -427,3 +435,34 @@ def test_a_remembered_count_past_the_budget_is_ignored() -> None:
     sim = Simulation(STORAGE, tuner, workers=0)
     sim.run(400)
     assert not any("starting at" in c.reason for c in sim.changes)
+
+
+LATENCY_BOUND = [
+    Landscape(make_s=0.040, cpu_s=0.004, step_s=0.010),  # a worker waits 36 ms a batch: 4 keep up with the step
+    Landscape(make_s=0.060, cpu_s=0.003, step_s=0.008, cores=4),  # 8 keep up
+]
+
+
+@pytest.mark.parametrize("land", LATENCY_BOUND)
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_stage_figures_let_a_start_above_the_need_jump_to_a_count_near_the_best_at_once(
+    land: Landscape, seed: int
+) -> None:
+    # Started at 8 workers (a script's own count, or one remembered) where the loop does not wait for data: the
+    # workers' stage figures say how long making a batch takes them, waiting included, so the first jump goes
+    # where enough workers keep up; a worker's CPU alone (without them) is the least it can take.
+    sim = tuned(land, start=8, seed=seed, staged=True, batches=600)
+    best = land.best(COUNTS)
+    assert sim.changes and land.rate(sim.changes[0].to_workers) >= 0.95 * best
+    settled = sim.settled_at()
+    assert settled is not None and land.rate(settled) >= 0.95 * best
+
+
+def test_the_stage_wall_time_is_a_workers_time_to_make_a_batch_where_no_count_waits_for_data() -> None:
+    # 8 workers, the loop never waiting: a worker's CPU is 0.5 ms a sample, its stages took 5 ms a sample.
+    eight = Point(8, 800.0, 0.0001, 0.010, 8.0, 0.0015, worker_cpu_s_per_batch=0.004, main_cpu_s_per_batch=0.008)
+    plain, staged = fit([eight], cores=2), fit([replace(eight, stage_wall_s_per_sample=0.005)], cores=2)
+    assert plain is not None and staged is not None
+    assert plain.make_s == 0.004  # at least its CPU: the fewest workers it allows
+    assert staged.make_s == pytest.approx(0.040)  # what the workers measured: 4 of them keep up with the step
+    assert staged.wait_s == pytest.approx(0.036)

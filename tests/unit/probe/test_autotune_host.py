@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any
 
@@ -177,3 +178,24 @@ def test_following_another_loader_starts_a_new_round_without_the_first_ones_batc
         assert tuning.status_message().loader == "b"
     finally:
         tuning.stop()
+
+
+def test_a_reading_carries_the_running_counts_stage_wall_and_cpu_a_sample_without_the_loops_own_stages() -> None:
+    from loadertop.core.measure.cost import TreeCpuClock
+    from loadertop.core.probe.autotune_host import read_tree
+    from loadertop.core.protocol.stages import COLLATE, PIN, REST, StageFigures, StageTime
+
+    # 100 samples at 0 workers (not running) and at 0 workers read as the running count: the sample 4 ms of
+    # wall (1 ms CPU), the collate 1 ms a sample (all CPU); pinning (the loop's, not a worker's) 2 ms.
+    stages = (
+        StageTime(REST, 100, 0.4, 10, 0.04, 0.01),
+        StageTime(COLLATE, 10, 0.1, 10, 0.1, 0.1),
+        StageTime(PIN, 10, 0.2, 10, 0.2, 0.2),
+    )
+    other = StageFigures(2, 100, 10, tuple(replace(s, wall_s=9.0) for s in stages))
+    running = StageFigures(0, 100, 10, stages)
+    reading = read_tree(TreeCpuClock(), [], stages=(other, running))
+    assert reading.workers == 0
+    assert reading.stage_wall_s_per_sample == 0.005
+    assert reading.stage_cpu_s_per_sample == 0.002
+    assert math.isnan(read_tree(TreeCpuClock(), [], stages=(other,)).stage_wall_s_per_sample)
