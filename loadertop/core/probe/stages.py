@@ -551,15 +551,8 @@ class Recorder:
         if parts is None or parts[0] is not fetcher:
             parts = self.parts_of(fetcher)
         _, get, collate_fn, single = parts
-        self.active = True
         t0 = _clock()
-        try:
-            data = get(index)
-        except BaseException as exc:
-            self._name_stage(exc, None)
-            raise
-        finally:
-            self.active = False
+        data = self.samples(get, index)
         t1 = _clock()
         batch = collate_fn(data)
         t2 = _clock()
@@ -649,16 +642,10 @@ class Recorder:
         if self.write is None and (now := _clock()) >= self.io_next:  # the loop's thread: its bytes (IO_GAP_S)
             self.io_next = now + IO_GAP_S
             io0 = self.thread_io()
-        self.sampled = self.active = True
+        self.sampled = True
         c0 = _cpu()
         t0 = _clock()
-        try:
-            data = get(index)
-        except BaseException as exc:
-            self._name_stage(exc, None)
-            raise
-        finally:
-            self.active = False
+        data = self.samples(get, index)
         t1 = _clock()
         c1 = _cpu()
         batch = collate_fn(data)
@@ -693,6 +680,18 @@ class Recorder:
             if self.write_hist is not None:
                 self.write_hist(hist)
         return batch
+
+    def samples(self, get: Callable[[Any], Any], index: Any) -> Any:
+        """``get(index)``, a fetch's samples, inside the fetch (``active``: the stages within them time
+        themselves), the stage a sample raised in named on its exception."""
+        self.active = True
+        try:
+            return get(index)
+        except BaseException as exc:
+            self._name_stage(exc, None)
+            raise
+        finally:
+            self.active = False
 
     def parts_of(self, fetcher: Any) -> tuple[Any, ...]:
         """``(fetcher, get, collate_fn, single)`` for ``fetcher`` (``torch_compat.fetch_parts``), kept for its next
