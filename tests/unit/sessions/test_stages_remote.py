@@ -142,6 +142,11 @@ def test_a_scripts_figures_reach_the_monitors_view(runtime_dir: Path) -> None:
         assert figures.num_workers == 2 and figures.off is None and figures.batches > 0
         assert {stage.name for stage in figures.stages} == {REST, COLLATE}  # no Compose: the sample as a whole
         assert figures.sample_cpu_ms is not None and figures.sample_cpu_ms > 1.0  # its ~2 ms of CPU a sample
+        # The histograms and the bytes read came over the socket too.
+        assert all(sum(stage.hist) == stage.cpu_calls for stage in figures.stages)
+        assert any(stage.hist for stage in figures.stages)
+        if os.path.exists("/proc/self/io"):
+            assert figures.io_samples > 0 and figures.read_bytes > 0
     finally:
         session.stop()
         session.close()
