@@ -278,10 +278,10 @@ def read_tree(
     for figures in stages:
         if figures.num_workers == len(worker_pids) and figures.samples and not figures.off:
             # The fetch and the collate: what a worker does (pinning and the copy to the device are the loop's).
-            made = [stage for stage in figures.stages if stage.name not in BATCH_STAGES]
-            cpus = [figures.cpu_ms(stage) for stage in made]
-            stage_cpu = math.nan if any(c is None for c in cpus) else sum(c or 0.0 for c in cpus) / 1000.0
-            stage_wall = sum(figures.wall_ms(stage) for stage in made) / 1000.0
+            made = replace(figures, stages=tuple(s for s in figures.stages if s.name not in BATCH_STAGES))
+            cpu_ms = made.sample_cpu_ms
+            stage_cpu = cpu_ms / 1000.0 if cpu_ms is not None else math.nan
+            stage_wall = made.sample_ms / 1000.0
     return Reading(
         time.time(),
         cpu.total_s,

@@ -49,6 +49,7 @@ from loadertop.core.protocol.stages import (
     REST,
     StageFigures,
     StageTime,
+    bucket_of,
 )
 
 _clock = time.perf_counter
@@ -63,10 +64,6 @@ HEADER = 5
 and the bytes read in all (``/proc``'s ``read_bytes`` and ``rchar``). A recorder leaves the first two at 0: they
 are the sample stage's calls and the collate's, read from there (``StageSheet.totals``): two additions fewer a
 fetch."""
-
-
-_TOP = HIST_BUCKETS - 1
-"""The last histogram bucket (``protocol.stages.bucket_of`` inline: ``min(_TOP, int(seconds * 1e6).bit_length())``)."""
 
 
 def field_at(stage: int) -> int:
@@ -233,7 +230,7 @@ class BatchTimer:
         fields[2] += 1
         fields[3] += wall_s
         fields[4] += cpu_s
-        self.hist[min(_TOP, int(wall_s * 1e6).bit_length())] += 1
+        self.hist[bucket_of(wall_s)] += 1
 
     def time(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)``, timed as one call."""
@@ -306,19 +303,16 @@ class StageSheet:
             self.table.share_memory_()
             self.hists.share_memory_()
             self.off.share_memory_()
-        self.local_row: list[float] | None = None
-        """At 0 workers, the loop's process's recorder's own row, read where it is (no write a batch)."""
-        self.local_hist: list[int] | None = None
-        """At 0 workers, that recorder's histograms."""
         self.local_recorder: Recorder | None = None
-        """At 0 workers, that recorder (its bytes-read counter is closed when the generation is done)."""
+        """At 0 workers, the loop's process's recorder while its generation runs: its row and histograms are read
+        where they are (no write a batch); its bytes-read counter is closed when the generation is done."""
         self.batch = {name: BatchTimer() for name in BATCH_STAGES}
         """The stages once a batch in the loop's process: pinning, the copy to the device."""
 
     @property
     def frozen(self) -> bool:
         """Its generation is done and its figures are in private memory (``freeze``)."""
-        return self.local_row is None and not self.table.is_shared()
+        return self.local_recorder is None and not self.table.is_shared()
 
     def freeze(self) -> None:
         """Keep the figures in private memory: the generation's workers are gone (a shared tensor holds a file
@@ -327,14 +321,11 @@ class StageSheet:
             self.table = self.table.clone()
             self.hists = self.hists.clone()
             self.off = self.off.clone()
-        if self.local_row is not None:
-            self.table[0] = torch.tensor(self.local_values(), dtype=torch.float64)
-            self.local_row = None
-        if self.local_hist is not None:
-            self.hists[0] = torch.tensor(self.local_hist, dtype=torch.int64)
-            self.local_hist = None
-        if self.local_recorder is not None:
-            self.local_recorder.close()
+        recorder = self.local_recorder
+        if recorder is not None:
+            self.table[0] = torch.tensor(recorder.loop_row(), dtype=torch.float64)
+            self.hists[0] = torch.tensor(recorder.hist, dtype=torch.int64)
+            recorder.close()
             self.local_recorder = None
         pin = self.batch[PIN]
         for ident in [ident for ident, (_, timer, _) in _PINNING.items() if timer is pin]:  # its pinning is done
@@ -361,17 +352,10 @@ class StageSheet:
         """A function writing ``slot``'s histograms, as ``row_writer`` writes its row."""
         return _writer(self.hists[slot], ctypes.c_int64)
 
-    def local_values(self) -> list[float]:
-        """At 0 workers, the loop's process's row as it stands (its recorder's ``loop_row``)."""
-        recorder = self.local_recorder
-        if recorder is not None:
-            return recorder.loop_row()
-        return list(self.local_row or ())
-
     def hist_totals(self) -> dict[str, list[int]]:
         """Each stage's histogram by name, over the workers (then the loop process's once-a-batch stages)."""
-        local = self.local_hist
-        summed = list(local) if local is not None else self.hists.sum(dim=0).tolist()
+        local = self.local_recorder
+        summed = list(local.hist) if local is not None else self.hists.sum(dim=0).tolist()
         hists = {name: summed[HIST_BUCKETS * i : HIST_BUCKETS * (i + 1)] for i, name in enumerate(self.names)}
         for name, timer in self.batch.items():
             hists[name] = list(timer.hist)
@@ -395,7 +379,8 @@ class StageSheet:
     def totals(self) -> tuple[list[float], dict[str, list[float]]]:
         """The ``HEADER`` fields and each stage's fields by name, over the workers (then the loop process's
         once-a-batch stages)."""
-        summed = self.local_values() if self.local_row is not None else self.table.sum(dim=0).tolist()
+        local = self.local_recorder
+        summed = local.loop_row() if local is not None else self.table.sum(dim=0).tolist()
         fields = {name: summed[field_at(i) : field_at(i + 1)] for i, name in enumerate(self.names)}
         summed[0] = fields[self.names[-2]][0]  # the samples: the sample stage's calls
         summed[1] = fields[self.names[-1]][0]  # the batches: the collate's
@@ -540,9 +525,9 @@ class Recorder:
         """Torch's map-style fetch of ``index`` by ``fetcher``, its samples (a fetch's samples together, as the
         sample stage: one pair of clock reads a batch, whatever its size) and its collate timed.
 
-        The common case is done here with three clock reads and no call more than torch's fetch makes (its ``get``
-        and ``collate_fn`` found once a fetcher, ``torch_compat.fetch_parts``); one fetch in ``CPU_EVERY``, and one
-        inside another's, goes through ``sampled_fetch``."""
+        The common case is done here with three clock reads and one call more than torch's fetch makes (``samples``;
+        its ``get`` and ``collate_fn`` found once a fetcher, ``torch_compat.fetch_parts``); one fetch in
+        ``CPU_EVERY``, and one inside another's, goes through ``sampled_fetch``."""
         countdown = self.countdown - 1
         if countdown <= 0 or self.active:
             return self.sampled_fetch(fetcher, index)
@@ -667,8 +652,8 @@ class Recorder:
         row[at + 4] += c2 - c1
         hist = self.hist
         samples_at = HIST_BUCKETS * (len(self.names) - 2)  # each sample at its fetch's mean
-        hist[samples_at + min(_TOP, int((t1 - t0) / max(count, 1) * 1e6).bit_length())] += count
-        hist[samples_at + HIST_BUCKETS + min(_TOP, int((t2 - t1) * 1e6).bit_length())] += 1
+        hist[samples_at + bucket_of((t1 - t0) / max(count, 1))] += count
+        hist[samples_at + HIST_BUCKETS + bucket_of(t2 - t1)] += 1
         # The next one 1 to 2 x every - 1 fetches on: one in ``every``, with no period to alias.
         self.countdown = 1 + int(self.pick() * (2 * (self.every or CPU_EVERY) - 1))
         if io0 is not None and (io1 := self.thread_io()) is not None:
@@ -733,7 +718,7 @@ class Recorder:
                 row[base + 3] += dt
                 row[base + 4] += cpu
                 self.inner_cpu += cpu
-                self.hist[HIST_BUCKETS * at + min(_TOP, int(dt * 1e6).bit_length())] += 1
+                self.hist[HIST_BUCKETS * at + bucket_of(dt)] += 1
 
     def transforms(self, transforms: Any, first: int, inputs: tuple[Any, ...]) -> Any:
         """A ``Compose``'s loop (v1's and v2's: several inputs are passed on unpacked), each transform timed
@@ -765,7 +750,7 @@ class Recorder:
                 row[base + 3] += spent
                 row[base + 4] += (c_now - c) - (self.inner_cpu - inner_cpu)
                 c, inner_cpu = c_now, self.inner_cpu
-                self.hist[HIST_BUCKETS * at + min(_TOP, int(spent * 1e6).bit_length())] += 1
+                self.hist[HIST_BUCKETS * at + bucket_of(spent)] += 1
             t, inner = now, self.inner
             at += 1
             base += FIELDS
@@ -1020,7 +1005,7 @@ class _Creating:
         try:
             if not sheet.num_workers:
                 recorder = Recorder(sheet.names, None, seed=0, whole_process=False)
-                sheet.local_row, sheet.local_hist, sheet.local_recorder = recorder.row, recorder.hist, recorder
+                sheet.local_recorder = recorder
                 pinned = torch_compat.pins(iterator)
                 if pinned:  # the loop's thread pins what it fetched, at once
                     torch_compat.time_pinning(_timed_pin)

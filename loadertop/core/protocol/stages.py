@@ -58,8 +58,7 @@ HIST_BUCKETS = 24
 
 
 def bucket_of(seconds: float) -> int:
-    """The histogram bucket of a call of ``seconds`` (``HIST_BUCKETS``): the recorders compute it inline as
-    ``min(HIST_BUCKETS - 1, int(seconds * 1e6).bit_length())``."""
+    """The histogram bucket of a call of ``seconds`` (``HIST_BUCKETS``)."""
     return min(HIST_BUCKETS - 1, int(max(0.0, seconds) * 1e6).bit_length())
 
 

@@ -188,8 +188,8 @@ def stages_text(view: SessionView | None, width: int, height: int) -> Text:
     bars = min(len(measured), left)
     left -= bars
     notes = [line for line in (io_text(figures), describe_tails(figures)) if line is not None]
-    io_rows = min(len(notes), max(left, 0))  # the I/O line first, then the slow calls
-    left -= io_rows
+    note_rows = min(len(notes), max(left, 0))  # the I/O line first, then the slow calls
+    left -= note_rows
     stage_rows += min(len(rows) - stage_rows, left)
     hidden: list[StageTime] = []
     if stage_rows < len(rows) and stage_rows >= 3:  # the last row names the stages left out (the bars have them)
@@ -216,7 +216,7 @@ def stages_text(view: SessionView | None, width: int, height: int) -> Text:
         text.append_text(line)
         text.append("\n")
     _draw_bars(text, measured, figures, letters, width, bars)
-    for note in notes[:io_rows]:
+    for note in notes[:note_rows]:
         text.append(_crop(note, width), "dim")
         text.append("\n")
     for row in verdict_lines:
